@@ -1,0 +1,20 @@
+//! The pure domain of user-management.
+//!
+//! It owns the user model (built only from parsed newtypes), the roles and their permission matrix, sessions and
+//! the tokens that stand for them, and the ports through which the outside world is reached: the user repository,
+//! the password hasher, the access-token codec, the clock, picture storage and the mailer. [`Service`] is the entry
+//! point: handlers call it, adapters plug into it. Nothing here performs I/O; the adapters in the other crates do.
+
+pub mod permissions;
+pub mod ports;
+pub mod service;
+pub mod session;
+pub mod user;
+
+pub use permissions::{Action, Denied, Role};
+pub use service::{Service, ServiceConfig};
+pub use session::{AccessClaims, RefreshToken, Session, SessionId};
+pub use user::{
+    Bio, EmailAddress, NewUser, Nickname, Password, PasswordHash, PasswordPolicy, PersonName, ProfileUrl, ProfileUrlKind,
+    User, UserId,
+};

@@ -1,0 +1,221 @@
+//! Ports: the traits through which the domain reaches the outside world.
+//!
+//! Adapters in the other crates implement them (Postgres, argon2, josekit, S3, SMTP); the [`crate::Service`] is
+//! generic over them, so the compiler dispatches statically and domain tests plug in mockall mocks (`mock`
+//! feature). Driver errors never cross a port: adapters translate them into the errors defined here.
+
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+use crate::session::{AccessClaims, AccessToken, NewSession, Session, SessionId};
+use crate::user::{EmailAddress, NewUser, Password, PasswordHash, User, UserId};
+
+/// A failure of an infrastructure dependency, opaque to the domain except for one distinction: whether the
+/// dependency is unreachable (answered as 503, retry later) or failed in some other way.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The dependency cannot be reached right now (connection refused, pool timeout, shutting down).
+    #[error("dependency unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// Anything else: a bug, a constraint the domain did not expect, a corrupt row.
+    #[error(transparent)]
+    Unknown(anyhow::Error),
+}
+
+/// Why a user could not be inserted.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertUserError {
+    /// Another user has this email (compared case-insensitively).
+    #[error("email taken")]
+    EmailTaken,
+    /// Another user has this nickname (compared case-insensitively).
+    #[error("nickname taken")]
+    NicknameTaken,
+    /// The repository failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Storage of users and their sessions.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait UserRepository: Send + Sync + 'static {
+    /// Inserts a new user.
+    ///
+    /// # Errors
+    /// [`InsertUserError::EmailTaken`] or [`InsertUserError::NicknameTaken`] on a case-insensitive duplicate,
+    /// [`InsertUserError::Port`] when storage fails.
+    fn insert_user(&self, user: NewUser) -> impl Future<Output = Result<User, InsertUserError>> + Send;
+
+    /// Finds a user by id.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn find_user(&self, id: UserId) -> impl Future<Output = Result<Option<User>, PortError>> + Send;
+
+    /// Finds a user by email, case-insensitively.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn find_user_by_email(&self, email: EmailAddress)
+    -> impl Future<Output = Result<Option<User>, PortError>> + Send;
+
+    /// Makes an existing user a verified, unlocked ADMIN with a new password hash.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails; `Ok(None)` when the user does not exist.
+    fn promote_to_admin(
+        &self,
+        id: UserId,
+        password_hash: PasswordHash,
+    ) -> impl Future<Output = Result<Option<User>, PortError>> + Send;
+
+    /// Starts a session after a successful login and records the login time on the user, in one transaction.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn start_session(
+        &self,
+        session: NewSession,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<Session, PortError>> + Send;
+
+    /// Finds a session together with its user, in one round trip: what every authenticated request needs.
+    /// Revoked and expired sessions are returned too; the service decides.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn find_session_with_user(
+        &self,
+        id: SessionId,
+    ) -> impl Future<Output = Result<Option<(Session, User)>, PortError>> + Send;
+
+    /// Checks that storage answers.
+    ///
+    /// # Errors
+    /// [`PortError`] when it does not.
+    fn ping(&self) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Password hashing (argon2id in production).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait PasswordHasher: Send + Sync + 'static {
+    /// Hashes a new password with a fresh salt.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when the hasher is saturated and sheds load, [`PortError::Unknown`] otherwise.
+    fn hash(&self, password: Password) -> impl Future<Output = Result<PasswordHash, PortError>> + Send;
+
+    /// Checks a candidate (already NFKC-normalised) against a stored hash. With `None` it verifies against a fixed
+    /// dummy hash and answers `false`, so that an unknown account costs the same time as a wrong password.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when the hasher is saturated, [`PortError::Unknown`] for a malformed stored hash.
+    fn verify(
+        &self,
+        candidate: String,
+        hash: Option<PasswordHash>,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+}
+
+/// Why an access token was refused. One variant on purpose: callers learn nothing about which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid access token")]
+pub struct InvalidToken;
+
+/// Signing and checking access tokens (ES256 JWTs in production).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait TokenCodec: Send + Sync + 'static {
+    /// Signs the claims into a compact token.
+    ///
+    /// # Errors
+    /// [`PortError`] when signing fails.
+    fn issue(&self, claims: &AccessClaims) -> Result<AccessToken, PortError>;
+
+    /// Checks the signature first, then the registered claims (`exp`, `iss`, `aud`, `typ`), and returns the
+    /// domain's claims. Expiry is judged against `now`.
+    ///
+    /// # Errors
+    /// [`InvalidToken`] for anything but a valid, unexpired token of this deployment.
+    fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, InvalidToken>;
+}
+
+/// The source of the current time.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in UTC.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// An image ready to store: already decoded, checked and re-encoded by the picture pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The object's key, generated by the domain (`profile_pictures/{user_id}/...`), never from user input.
+    pub key: String,
+    /// The MIME type of the encoding.
+    pub content_type: String,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Object storage for profile pictures (S3/MinIO or the local file system).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait PictureStore: Send + Sync + 'static {
+    /// Stores an object, replacing any object with the same key.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn put(&self, object: StoredObject) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Reads an object; `Ok(None)` when it does not exist.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn get(&self, key: String) -> impl Future<Output = Result<Option<StoredObject>, PortError>> + Send;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn delete(&self, key: String) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Checks that storage answers.
+    ///
+    /// # Errors
+    /// [`PortError`] when it does not.
+    fn ping(&self) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// A rendered mail, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMail {
+    /// The recipient.
+    pub to: EmailAddress,
+    /// The subject line (never contains CR or LF).
+    pub subject: String,
+    /// The plain-text body.
+    pub text: String,
+    /// The HTML body.
+    pub html: String,
+}
+
+/// Mail delivery (SMTP, or files under `DATA_DIR/mail`).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait Mailer: Send + Sync + 'static {
+    /// Delivers one mail.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when the server cannot be reached (the outbox retries later),
+    /// [`PortError::Unknown`] when it refuses the message.
+    fn send(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), PortError>> + Send;
+}

@@ -1,0 +1,567 @@
+//! The domain's entry point: [`Service`], generic over its ports.
+//!
+//! Business rules live here: what a login checks and in which order, how sessions and tokens are issued, how an
+//! access token is turned into a principal against the current database row, and how the first admin is made.
+//! Handlers call one method each; adapters never decide anything.
+
+use time::Duration;
+use uuid::Uuid;
+
+use crate::permissions::Role;
+use crate::ports::{Clock, InsertUserError, PasswordHasher, PortError, TokenCodec, UserRepository};
+use crate::session::{AccessClaims, NewSession, RefreshToken, SessionId, TokenPair};
+use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordError, PasswordPolicy, User, UserId};
+
+/// The settings the service works with, read from configuration by the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Lifetime of access tokens.
+    pub access_token_ttl: Duration,
+    /// Absolute lifetime of a session and its refresh tokens.
+    pub refresh_token_ttl: Duration,
+    /// The password policy.
+    pub password_policy: PasswordPolicy,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::minutes(15),
+            refresh_token_ttl: Duration::days(30),
+            password_policy: PasswordPolicy::default(),
+        }
+    }
+}
+
+/// Where a login comes from, as recorded on the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// The client's address.
+    pub ip: Option<String>,
+}
+
+/// The longest `User-Agent` kept on a session.
+const USER_AGENT_MAX: usize = 256;
+
+/// An authenticated caller: the current row of the user and the session their token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user as stored right now.
+    pub user: User,
+    /// The session the access token belongs to.
+    pub session_id: SessionId,
+}
+
+/// Why a login failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Unknown email or wrong password; deliberately indistinguishable.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The password is right but the email address is not verified yet.
+    #[error("email not verified")]
+    EmailNotVerified,
+    /// The password is right but an administrator locked the account.
+    #[error("account locked")]
+    AccountLocked,
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Why an access token did not authenticate a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Bad, expired or revoked token, or a user that no longer exists.
+    #[error("invalid token")]
+    InvalidToken,
+    /// The user is locked by an administrator.
+    #[error("account locked")]
+    AccountLocked,
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Why `create-admin` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAdminError {
+    /// The password breaks the policy.
+    #[error("password {0}")]
+    WeakPassword(#[from] PasswordError),
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// How often a generated nickname is retried when it collides with an existing one.
+const NICKNAME_ATTEMPTS: usize = 8;
+
+/// The domain service, generic over its ports.
+#[derive(Debug, Clone)]
+pub struct Service<R, H, T, C> {
+    repo: R,
+    hasher: H,
+    tokens: T,
+    clock: C,
+    config: ServiceConfig,
+}
+
+impl<R, H, T, C> Service<R, H, T, C>
+where
+    R: UserRepository,
+    H: PasswordHasher,
+    T: TokenCodec,
+    C: Clock,
+{
+    /// Wires the service to its ports.
+    pub const fn new(repo: R, hasher: H, tokens: T, clock: C, config: ServiceConfig) -> Self {
+        Self { repo, hasher, tokens, clock, config }
+    }
+
+    /// The service's settings.
+    pub const fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// [`PortError`] when it does not.
+    pub async fn database_ready(&self) -> Result<(), PortError> {
+        self.repo.ping().await
+    }
+
+    /// Creates a verified ADMIN with this email and password, or makes the existing user with this email one.
+    ///
+    /// # Errors
+    /// [`CreateAdminError::WeakPassword`] when the password breaks the policy (nothing is changed),
+    /// [`CreateAdminError::Port`] when a dependency fails.
+    pub async fn create_admin(&self, email: EmailAddress, raw_password: &str) -> Result<User, CreateAdminError> {
+        let password = Password::parse(raw_password, self.config.password_policy, &[email.as_str()])?;
+        let password_hash = self.hasher.hash(password).await?;
+        if let Some(existing) = self.repo.find_user_by_email(email.clone()).await? {
+            let promoted = self.repo.promote_to_admin(existing.id, password_hash).await?;
+            return promoted.ok_or_else(|| PortError::Unknown(anyhow::anyhow!("user vanished while promoting")).into());
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let new_user = NewUser {
+                id: UserId::generate(),
+                email: email.clone(),
+                nickname: Nickname::generate(&mut rand::thread_rng()),
+                first_name: None,
+                last_name: None,
+                bio: None,
+                linkedin_profile_url: None,
+                github_profile_url: None,
+                role: Role::Admin,
+                email_verified: true,
+                password_hash: password_hash.clone(),
+            };
+            match self.repo.insert_user(new_user).await {
+                Ok(user) => return Ok(user),
+                Err(InsertUserError::NicknameTaken) if attempts < NICKNAME_ATTEMPTS => {}
+                Err(InsertUserError::NicknameTaken) => {
+                    return Err(PortError::Unknown(anyhow::anyhow!("no free generated nickname found")).into());
+                }
+                // Someone registered the address between the lookup and the insert: promote that account instead.
+                Err(InsertUserError::EmailTaken) => {
+                    let existing = self.repo.find_user_by_email(email.clone()).await?;
+                    let id = existing.map(|user| user.id).ok_or_else(|| {
+                        PortError::Unknown(anyhow::anyhow!("email reported taken but no user found"))
+                    })?;
+                    let promoted = self.repo.promote_to_admin(id, password_hash.clone()).await?;
+                    return promoted
+                        .ok_or_else(|| PortError::Unknown(anyhow::anyhow!("user vanished while promoting")).into());
+                }
+                Err(InsertUserError::Port(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Logs a user in with email and password and starts a session.
+    ///
+    /// The password is checked before anything about the account is revealed, and an unknown or malformed email
+    /// still costs one (dummy) hash verification, so neither the answer nor its timing tells whether an account
+    /// exists.
+    ///
+    /// # Errors
+    /// [`LoginError`] as described on its variants.
+    pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<TokenPair, LoginError> {
+        let user = match EmailAddress::parse(email) {
+            Ok(email) => self.repo.find_user_by_email(email).await?,
+            Err(_) => None,
+        };
+        let candidate = Password::normalize(password);
+        let matches = self.hasher.verify(candidate, user.as_ref().map(|u| u.password_hash.clone())).await?;
+        let user = match user {
+            Some(user) if matches => user,
+            _ => return Err(LoginError::InvalidCredentials),
+        };
+        if user.is_locked {
+            return Err(LoginError::AccountLocked);
+        }
+        if !user.email_verified {
+            return Err(LoginError::EmailNotVerified);
+        }
+        let now = self.clock.now();
+        let refresh_token = RefreshToken::generate();
+        let session = NewSession {
+            id: SessionId::generate(),
+            user_id: user.id,
+            expires_at: now + self.config.refresh_token_ttl,
+            refresh_token_hash: refresh_token.hash(),
+            user_agent: client.user_agent.map(|ua| ua.chars().take(USER_AGENT_MAX).collect()),
+            ip: client.ip,
+        };
+        let session = self.repo.start_session(session, now).await?;
+        let claims = AccessClaims {
+            user_id: user.id,
+            session_id: session.id,
+            issued_at: now,
+            expires_at: now + self.config.access_token_ttl,
+            token_id: Uuid::new_v4(),
+        };
+        let access_token = self.tokens.issue(&claims)?;
+        Ok(TokenPair { access_token, expires_in: self.config.access_token_ttl.whole_seconds(), refresh_token })
+    }
+
+    /// Turns a bearer token into the caller, judged on the current database rows: the session must be active and
+    /// belong to the token's user, and the user must exist and not be locked.
+    ///
+    /// # Errors
+    /// [`AuthError`] as described on its variants.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = self.clock.now();
+        let claims = self.tokens.verify(token, now).map_err(|_| AuthError::InvalidToken)?;
+        let (session, user) =
+            self.repo.find_session_with_user(claims.session_id).await?.ok_or(AuthError::InvalidToken)?;
+        if session.user_id != claims.user_id || user.id != claims.user_id || !session.is_active(now) {
+            return Err(AuthError::InvalidToken);
+        }
+        if user.is_locked {
+            return Err(AuthError::AccountLocked);
+        }
+        Ok(Principal { user, session_id: session.id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::ready;
+
+    use mockall::predicate::eq;
+    use time::OffsetDateTime;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::ports::{InvalidToken, MockClock, MockPasswordHasher, MockTokenCodec, MockUserRepository};
+    use crate::session::{AccessToken, Session};
+    use crate::user::PasswordHash;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
+    const STRONG: &str = "violet-kettle-orbit-97";
+
+    fn user(role: Role, verified: bool, locked: bool) -> User {
+        User {
+            id: UserId::generate(),
+            email: EmailAddress::parse("ada@example.com").unwrap(),
+            nickname: Nickname::parse("ada").unwrap(),
+            first_name: None,
+            last_name: None,
+            bio: None,
+            profile_picture_id: None,
+            linkedin_profile_url: None,
+            github_profile_url: None,
+            role,
+            is_professional: false,
+            professional_status_updated_at: None,
+            email_verified: verified,
+            pending_email: None,
+            is_locked: locked,
+            password_hash: PasswordHash::new("$argon2id$stored".to_owned()),
+            created_at: NOW,
+            updated_at: NOW,
+            last_login_at: None,
+        }
+    }
+
+    fn session_of(user: &User, revoked: bool) -> Session {
+        Session {
+            id: SessionId::generate(),
+            user_id: user.id,
+            created_at: NOW,
+            last_used_at: NOW,
+            expires_at: NOW + Duration::days(30),
+            revoked_at: revoked.then_some(NOW),
+            user_agent: None,
+            ip: None,
+        }
+    }
+
+    fn clock() -> MockClock {
+        let mut clock = MockClock::new();
+        clock.expect_now().return_const(NOW);
+        clock
+    }
+
+    fn service(
+        repo: MockUserRepository,
+        hasher: MockPasswordHasher,
+        tokens: MockTokenCodec,
+    ) -> Service<MockUserRepository, MockPasswordHasher, MockTokenCodec, MockClock> {
+        Service::new(repo, hasher, tokens, clock(), ServiceConfig::default())
+    }
+
+    fn repo_finding(found: Option<User>) -> MockUserRepository {
+        let mut repo = MockUserRepository::new();
+        repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(found.clone()))));
+        repo
+    }
+
+    fn hasher_answering(matches: bool, expect_dummy: bool) -> MockPasswordHasher {
+        let mut hasher = MockPasswordHasher::new();
+        hasher
+            .expect_verify()
+            .times(1)
+            .withf(move |_, hash| hash.is_none() == expect_dummy)
+            .returning(move |_, _| Box::pin(ready(Ok(matches))));
+        hasher
+    }
+
+    #[tokio::test]
+    async fn unknown_email_still_runs_a_dummy_verify_and_is_invalid_credentials() {
+        let svc = service(repo_finding(None), hasher_answering(false, true), MockTokenCodec::new());
+        let result = svc.login("nobody@example.com", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::InvalidCredentials)));
+    }
+
+    #[tokio::test]
+    async fn malformed_email_runs_a_dummy_verify_without_a_lookup() {
+        let svc = service(MockUserRepository::new(), hasher_answering(false, true), MockTokenCodec::new());
+        let result = svc.login("not an email", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::InvalidCredentials)));
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_invalid_credentials_even_for_locked_or_unverified_users() {
+        for (verified, locked) in [(true, false), (false, false), (true, true)] {
+            let found = user(Role::Authenticated, verified, locked);
+            let svc = service(repo_finding(Some(found)), hasher_answering(false, false), MockTokenCodec::new());
+            let result = svc.login("ada@example.com", "wrong", ClientInfo::default()).await;
+            assert!(matches!(result, Err(LoginError::InvalidCredentials)), "verified={verified} locked={locked}");
+        }
+    }
+
+    #[tokio::test]
+    async fn right_password_reveals_lock_before_verification() {
+        let svc = service(
+            repo_finding(Some(user(Role::Anonymous, false, true))),
+            hasher_answering(true, false),
+            MockTokenCodec::new(),
+        );
+        let result = svc.login("ada@example.com", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::AccountLocked)));
+
+        let svc = service(
+            repo_finding(Some(user(Role::Anonymous, false, false))),
+            hasher_answering(true, false),
+            MockTokenCodec::new(),
+        );
+        let result = svc.login("ada@example.com", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::EmailNotVerified)));
+    }
+
+    #[tokio::test]
+    async fn successful_login_starts_a_session_and_signs_a_token_naming_it() {
+        let found = user(Role::Authenticated, true, false);
+        let user_id = found.id;
+        let mut repo = repo_finding(Some(found.clone()));
+        let long_agent = "x".repeat(1000);
+        repo.expect_start_session()
+            .times(1)
+            .withf(move |session, at| {
+                session.user_id == user_id
+                    && *at == NOW
+                    && session.expires_at == NOW + Duration::days(30)
+                    && session.user_agent.as_ref().is_some_and(|ua| ua.len() == USER_AGENT_MAX)
+            })
+            .returning(move |new, _| {
+                let mut session = session_of(&found, false);
+                session.id = new.id;
+                Box::pin(ready(Ok(session)))
+            });
+        let mut tokens = MockTokenCodec::new();
+        tokens
+            .expect_issue()
+            .times(1)
+            .withf(move |claims| {
+                claims.user_id == user_id && claims.issued_at == NOW && claims.expires_at == NOW + Duration::minutes(15)
+            })
+            .returning(|_| Ok(AccessToken::new("signed".to_owned())));
+        let svc = service(repo, hasher_answering(true, false), tokens);
+        let client = ClientInfo { user_agent: Some(long_agent), ip: Some("127.0.0.1".to_owned()) };
+        let pair = svc.login("ADA@EXAMPLE.COM", STRONG, client).await.unwrap();
+        assert_eq!(pair.access_token.expose(), "signed");
+        assert_eq!(pair.expires_in, 900);
+        assert_eq!(pair.refresh_token.expose().len(), 43);
+    }
+
+    #[tokio::test]
+    async fn database_outage_during_login_is_reported_as_unavailable() {
+        let mut repo = MockUserRepository::new();
+        repo.expect_find_user_by_email()
+            .returning(|_| Box::pin(ready(Err(PortError::Unavailable(anyhow::anyhow!("connection refused"))))));
+        let svc = service(repo, MockPasswordHasher::new(), MockTokenCodec::new());
+        let result = svc.login("ada@example.com", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::Port(PortError::Unavailable(_)))));
+    }
+
+    fn tokens_verifying(claims: Result<AccessClaims, InvalidToken>) -> MockTokenCodec {
+        let mut tokens = MockTokenCodec::new();
+        tokens.expect_verify().with(eq("token"), eq(NOW)).returning(move |_, _| claims.clone());
+        tokens
+    }
+
+    fn claims_for(user: &User, session: &Session) -> AccessClaims {
+        AccessClaims {
+            user_id: user.id,
+            session_id: session.id,
+            issued_at: NOW,
+            expires_at: NOW + Duration::minutes(15),
+            token_id: Uuid::new_v4(),
+        }
+    }
+
+    fn repo_with_session(found: Option<(Session, User)>) -> MockUserRepository {
+        let mut repo = MockUserRepository::new();
+        repo.expect_find_session_with_user().returning(move |_| Box::pin(ready(Ok(found.clone()))));
+        repo
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_of_an_active_session_authenticates_the_current_row() {
+        let current = user(Role::Manager, true, false);
+        let session = session_of(&current, false);
+        let claims = claims_for(&current, &session);
+        let svc = service(
+            repo_with_session(Some((session.clone(), current.clone()))),
+            MockPasswordHasher::new(),
+            tokens_verifying(Ok(claims)),
+        );
+        let principal = svc.authenticate("token").await.unwrap();
+        assert_eq!(principal.user, current);
+        assert_eq!(principal.session_id, session.id);
+    }
+
+    #[tokio::test]
+    async fn revoked_expired_foreign_or_missing_sessions_are_invalid_tokens() {
+        let current = user(Role::Authenticated, true, false);
+        let active = session_of(&current, false);
+        let revoked = session_of(&current, true);
+        let mut expired = session_of(&current, false);
+        expired.expires_at = NOW;
+        let other = user(Role::Authenticated, true, false);
+        let foreign = session_of(&other, false);
+        let cases = [
+            (Some((revoked.clone(), current.clone())), claims_for(&current, &revoked)),
+            (Some((expired.clone(), current.clone())), claims_for(&current, &expired)),
+            (Some((foreign.clone(), other.clone())), claims_for(&current, &foreign)),
+            (None, claims_for(&current, &active)),
+        ];
+        for (found, claims) in cases {
+            let svc = service(repo_with_session(found), MockPasswordHasher::new(), tokens_verifying(Ok(claims)));
+            assert!(matches!(svc.authenticate("token").await, Err(AuthError::InvalidToken)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_locked_user_is_refused_with_their_old_token() {
+        let current = user(Role::Admin, true, true);
+        let session = session_of(&current, false);
+        let claims = claims_for(&current, &session);
+        let svc = service(
+            repo_with_session(Some((session, current))),
+            MockPasswordHasher::new(),
+            tokens_verifying(Ok(claims)),
+        );
+        assert!(matches!(svc.authenticate("token").await, Err(AuthError::AccountLocked)));
+    }
+
+    #[tokio::test]
+    async fn a_bad_token_never_reaches_the_database() {
+        let svc = service(MockUserRepository::new(), MockPasswordHasher::new(), tokens_verifying(Err(InvalidToken)));
+        assert!(matches!(svc.authenticate("token").await, Err(AuthError::InvalidToken)));
+    }
+
+    #[tokio::test]
+    async fn create_admin_refuses_a_weak_password_before_hashing_or_storing() {
+        let svc = service(MockUserRepository::new(), MockPasswordHasher::new(), MockTokenCodec::new());
+        let email = EmailAddress::parse("root@example.com").unwrap();
+        let result = svc.create_admin(email, "root@example.com1").await;
+        assert!(matches!(result, Err(CreateAdminError::WeakPassword(_))));
+    }
+
+    fn hasher_hashing() -> MockPasswordHasher {
+        let mut hasher = MockPasswordHasher::new();
+        hasher
+            .expect_hash()
+            .times(1)
+            .returning(|_| Box::pin(ready(Ok(PasswordHash::new("$argon2id$new".to_owned())))));
+        hasher
+    }
+
+    #[tokio::test]
+    async fn create_admin_inserts_a_verified_admin_with_a_generated_nickname() {
+        let mut repo = repo_finding(None);
+        repo.expect_insert_user()
+            .times(1)
+            .withf(|new| new.role == Role::Admin && new.email_verified && new.password_hash.as_str() == "$argon2id$new")
+            .returning(|new| {
+                let mut created = user(Role::Admin, true, false);
+                created.id = new.id;
+                created.nickname = new.nickname;
+                Box::pin(ready(Ok(created)))
+            });
+        let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
+        let created = svc.create_admin(EmailAddress::parse("ada@example.com").unwrap(), STRONG).await.unwrap();
+        assert_eq!(created.role, Role::Admin);
+        assert_eq!(created.nickname.as_str().split('_').count(), 3);
+    }
+
+    #[tokio::test]
+    async fn create_admin_promotes_an_existing_user_instead_of_inserting() {
+        let existing = user(Role::Authenticated, false, true);
+        let existing_id = existing.id;
+        let mut repo = repo_finding(Some(existing));
+        repo.expect_insert_user().never();
+        repo.expect_promote_to_admin().with(eq(existing_id), mockall::predicate::always()).times(1).returning(
+            |_, _| Box::pin(ready(Ok(Some(user(Role::Admin, true, false))))),
+        );
+        let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
+        let promoted = svc.create_admin(EmailAddress::parse("ada@example.com").unwrap(), STRONG).await.unwrap();
+        assert_eq!(promoted.role, Role::Admin);
+        assert!(promoted.email_verified && !promoted.is_locked);
+    }
+
+    #[tokio::test]
+    async fn create_admin_retries_a_generated_nickname_that_is_taken() {
+        let mut repo = repo_finding(None);
+        let mut calls = 0;
+        repo.expect_insert_user().times(2).returning(move |new| {
+            calls += 1;
+            if calls == 1 {
+                return Box::pin(ready(Err(InsertUserError::NicknameTaken)));
+            }
+            let mut created = user(Role::Admin, true, false);
+            created.id = new.id;
+            Box::pin(ready(Ok(created)))
+        });
+        let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
+        assert!(svc.create_admin(EmailAddress::parse("ada@example.com").unwrap(), STRONG).await.is_ok());
+    }
+}
