@@ -15,6 +15,6 @@ pub use permissions::{Action, Denied, Role};
 pub use service::{Service, ServiceConfig};
 pub use session::{AccessClaims, RefreshToken, Session, SessionId};
 pub use user::{
-    Bio, EmailAddress, NewUser, Nickname, Password, PasswordHash, PasswordPolicy, PersonName, ProfileUrl, ProfileUrlKind,
-    User, UserId,
+    Bio, EmailAddress, NewUser, Nickname, Password, PasswordHash, PasswordPolicy, PersonName, ProfileUrl,
+    ProfileUrlKind, User, UserId,
 };

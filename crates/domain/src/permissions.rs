@@ -262,7 +262,8 @@ mod tests {
     /// The row of the matrix for an actor and action, honouring `*` for "any requested role".
     fn expected_row(actor: Role, action: Action) -> Vec<Result<(), Denied>> {
         let (name, requested) = action_key(action);
-        let rows: Vec<Vec<&str>> = MATRIX.lines().map(|l| l.split_whitespace().collect()).filter(|r: &Vec<&str>| !r.is_empty()).collect();
+        let rows: Vec<Vec<&str>> =
+            MATRIX.lines().map(|l| l.split_whitespace().collect()).filter(|r: &Vec<&str>| !r.is_empty()).collect();
         let matching: Vec<&Vec<&str>> = rows
             .iter()
             .filter(|row| row[0] == actor.as_str())

@@ -57,8 +57,7 @@ pub trait UserRepository: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn find_user_by_email(&self, email: EmailAddress)
-    -> impl Future<Output = Result<Option<User>, PortError>> + Send;
+    fn find_user_by_email(&self, email: EmailAddress) -> impl Future<Output = Result<Option<User>, PortError>> + Send;
 
     /// Makes an existing user a verified, unlocked ADMIN with a new password hash.
     ///

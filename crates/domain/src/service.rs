@@ -171,9 +171,9 @@ where
                 // Someone registered the address between the lookup and the insert: promote that account instead.
                 Err(InsertUserError::EmailTaken) => {
                     let existing = self.repo.find_user_by_email(email.clone()).await?;
-                    let id = existing.map(|user| user.id).ok_or_else(|| {
-                        PortError::Unknown(anyhow::anyhow!("email reported taken but no user found"))
-                    })?;
+                    let id = existing
+                        .map(|user| user.id)
+                        .ok_or_else(|| PortError::Unknown(anyhow::anyhow!("email reported taken but no user found")))?;
                     let promoted = self.repo.promote_to_admin(id, password_hash.clone()).await?;
                     return promoted
                         .ok_or_else(|| PortError::Unknown(anyhow::anyhow!("user vanished while promoting")).into());
@@ -181,6 +181,21 @@ where
                 Err(InsertUserError::Port(error)) => return Err(error.into()),
             }
         }
+    }
+
+    /// Makes sure a verified ADMIN with this email exists (the `BOOTSTRAP_ADMIN_*` variables): an existing ADMIN is
+    /// left untouched, so restarting never resets a password changed since; anyone else goes through
+    /// [`Self::create_admin`].
+    ///
+    /// # Errors
+    /// As [`Self::create_admin`].
+    pub async fn ensure_admin(&self, email: EmailAddress, raw_password: &str) -> Result<User, CreateAdminError> {
+        if let Some(existing) = self.repo.find_user_by_email(email.clone()).await?
+            && existing.role == Role::Admin
+        {
+            return Ok(existing);
+        }
+        self.create_admin(email, raw_password).await
     }
 
     /// Logs a user in with email and password and starts a session.
@@ -508,10 +523,7 @@ mod tests {
 
     fn hasher_hashing() -> MockPasswordHasher {
         let mut hasher = MockPasswordHasher::new();
-        hasher
-            .expect_hash()
-            .times(1)
-            .returning(|_| Box::pin(ready(Ok(PasswordHash::new("$argon2id$new".to_owned())))));
+        hasher.expect_hash().times(1).returning(|_| Box::pin(ready(Ok(PasswordHash::new("$argon2id$new".to_owned())))));
         hasher
     }
 
@@ -539,13 +551,37 @@ mod tests {
         let existing_id = existing.id;
         let mut repo = repo_finding(Some(existing));
         repo.expect_insert_user().never();
-        repo.expect_promote_to_admin().with(eq(existing_id), mockall::predicate::always()).times(1).returning(
-            |_, _| Box::pin(ready(Ok(Some(user(Role::Admin, true, false))))),
-        );
+        repo.expect_promote_to_admin()
+            .with(eq(existing_id), mockall::predicate::always())
+            .times(1)
+            .returning(|_, _| Box::pin(ready(Ok(Some(user(Role::Admin, true, false))))));
         let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
         let promoted = svc.create_admin(EmailAddress::parse("ada@example.com").unwrap(), STRONG).await.unwrap();
         assert_eq!(promoted.role, Role::Admin);
         assert!(promoted.email_verified && !promoted.is_locked);
+    }
+
+    #[tokio::test]
+    async fn ensure_admin_leaves_an_existing_admin_untouched() {
+        let mut repo = repo_finding(Some(user(Role::Admin, true, false)));
+        repo.expect_insert_user().never();
+        repo.expect_promote_to_admin().never();
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_hash().never();
+        let svc = service(repo, hasher, MockTokenCodec::new());
+        let admin = svc.ensure_admin(EmailAddress::parse("ada@example.com").unwrap(), STRONG).await.unwrap();
+        assert_eq!(admin.role, Role::Admin);
+    }
+
+    #[tokio::test]
+    async fn ensure_admin_promotes_a_non_admin() {
+        let mut repo = repo_finding(Some(user(Role::Manager, true, false)));
+        repo.expect_promote_to_admin()
+            .times(1)
+            .returning(|_, _| Box::pin(ready(Ok(Some(user(Role::Admin, true, false))))));
+        let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
+        let admin = svc.ensure_admin(EmailAddress::parse("ada@example.com").unwrap(), STRONG).await.unwrap();
+        assert_eq!(admin.role, Role::Admin);
     }
 
     #[tokio::test]

@@ -218,10 +218,7 @@ mod tests {
 
     #[test]
     fn token_hashes_are_sha256_hex_and_stable() {
-        assert_eq!(
-            TokenHash::of("abc").as_str(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(TokenHash::of("abc").as_str(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let token = RefreshToken::generate();
         assert_eq!(token.hash(), TokenHash::of(token.expose()));
     }

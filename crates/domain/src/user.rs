@@ -151,8 +151,8 @@ const ADJECTIVES: [&str; 32] = [
 ];
 const ANIMALS: [&str; 32] = [
     "badger", "beaver", "bison", "capybara", "cheetah", "crane", "dolphin", "eagle", "falcon", "ferret", "fox",
-    "gecko", "heron", "ibex", "jaguar", "koala", "lemur", "lynx", "marmot", "newt", "otter", "owl", "panda",
-    "puffin", "quokka", "raven", "seal", "tapir", "toucan", "walrus", "wombat", "yak",
+    "gecko", "heron", "ibex", "jaguar", "koala", "lemur", "lynx", "marmot", "newt", "otter", "owl", "panda", "puffin",
+    "quokka", "raven", "seal", "tapir", "toucan", "walrus", "wombat", "yak",
 ];
 
 impl Nickname {
@@ -408,9 +408,7 @@ impl Password {
         }
         let estimate = zxcvbn::zxcvbn(&normalized, &clues);
         if u8::from(estimate.score()) < 3 {
-            let hint = estimate
-                .feedback()
-                .and_then(|feedback| feedback.warning().map(|warning| warning.to_string()));
+            let hint = estimate.feedback().and_then(|feedback| feedback.warning().map(|warning| warning.to_string()));
             return Err(PasswordError::TooWeak { hint });
         }
         Ok(Self(normalized))
@@ -638,19 +636,10 @@ mod tests {
     #[test]
     fn common_or_personal_passwords_are_too_weak() {
         let policy = PasswordPolicy::default();
-        assert!(matches!(
-            Password::parse("passwordpassword", policy, &[]),
-            Err(PasswordError::TooWeak { .. })
-        ));
-        assert!(matches!(
-            Password::parse("aaaaaaaaaaaaaaaaaaaa", policy, &[]),
-            Err(PasswordError::TooWeak { .. })
-        ));
+        assert!(matches!(Password::parse("passwordpassword", policy, &[]), Err(PasswordError::TooWeak { .. })));
+        assert!(matches!(Password::parse("aaaaaaaaaaaaaaaaaaaa", policy, &[]), Err(PasswordError::TooWeak { .. })));
         let context = ["margaretthatcher@example.com", "margaretthatcher"];
-        assert!(matches!(
-            Password::parse("margaretthatcher1", policy, &context),
-            Err(PasswordError::TooWeak { .. })
-        ));
+        assert!(matches!(Password::parse("margaretthatcher1", policy, &context), Err(PasswordError::TooWeak { .. })));
         assert!(Password::parse("violet-kettle-orbit-97", policy, &context).is_ok());
     }
 

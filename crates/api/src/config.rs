@@ -1,0 +1,485 @@
+//! Configuration, read once at start-up from the environment (and a `.env` file, loaded by `main`).
+//!
+//! Every variable of API.md has a safe local default. A value that does not parse stops start-up with one line that
+//! names the variable, so a typo never silently falls back to a default.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use time::Duration;
+use url::Url;
+use users_domain::EmailAddress;
+
+/// A configuration value that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { variable, message: message.into() }
+}
+
+/// Where profile pictures are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// Files under `DATA_DIR/pictures` (the embedded default).
+    Fs,
+    /// An S3-compatible server such as MinIO or Garage.
+    S3(S3Settings),
+}
+
+/// The S3 connection settings (`S3_*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The endpoint URL; path-style addressing is used.
+    pub endpoint: Url,
+    /// The region the server expects in signatures.
+    pub region: String,
+    /// The bucket, created if missing.
+    pub bucket: String,
+    /// The access key id.
+    pub access_key: String,
+    /// The secret key.
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How mail is delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailBackend {
+    /// Each mail written as `.eml` under `DATA_DIR/mail` (the embedded default).
+    File,
+    /// An SMTP server.
+    Smtp(SmtpSettings),
+}
+
+/// Transport security for SMTP (`SMTP_TLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (local catchers only).
+    None,
+    /// Upgrade with STARTTLS.
+    StartTls,
+    /// TLS from the first byte.
+    Tls,
+}
+
+/// The SMTP connection settings (`SMTP_*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// The server's host name.
+    pub host: String,
+    /// The server's port.
+    pub port: u16,
+    /// The user name, when the server wants one.
+    pub username: Option<String>,
+    /// The password, when the server wants one.
+    pub password: Option<String>,
+    /// Transport security.
+    pub tls: SmtpTls,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How logs are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The first administrator, made sure of at start-up (`BOOTSTRAP_ADMIN_*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapAdmin {
+    /// The admin's email.
+    pub email: EmailAddress,
+    /// The admin's password (checked against the policy when used).
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin").field("email", &self.email).finish_non_exhaustive()
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `BIND_ADDR`.
+    pub bind_addr: SocketAddr,
+    /// `PUBLIC_BASE_URL`, without a trailing slash.
+    pub public_base_url: String,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// `STORAGE_BACKEND` and `S3_*`.
+    pub storage: StorageBackend,
+    /// `MAIL_BACKEND` and `SMTP_*`.
+    pub mail: MailBackend,
+    /// `MAIL_FROM`.
+    pub mail_from: String,
+    /// `JWT_ALGORITHM`.
+    pub jwt_algorithm: String,
+    /// `JWT_PRIVATE_KEY_FILE`.
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// `ACCESS_TOKEN_TTL`.
+    pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL`.
+    pub refresh_token_ttl: Duration,
+    /// `REFRESH_TOKEN_IDLE_TTL`.
+    pub refresh_token_idle_ttl: Duration,
+    /// `VERIFY_TOKEN_TTL`.
+    pub verify_token_ttl: Duration,
+    /// `RESET_TOKEN_TTL`.
+    pub reset_token_ttl: Duration,
+    /// `PASSWORD_MIN_LENGTH`.
+    pub password_min_length: usize,
+    /// `PICTURE_MAX_BYTES`.
+    pub picture_max_bytes: u64,
+    /// `LOGIN_BACKOFF_AFTER`.
+    pub login_backoff_after: u32,
+    /// `LOGIN_BACKOFF_BASE`.
+    pub login_backoff_base: Duration,
+    /// `LOGIN_BACKOFF_MAX`.
+    pub login_backoff_max: Duration,
+    /// `BOOTSTRAP_ADMIN_EMAIL` and `BOOTSTRAP_ADMIN_PASSWORD`.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    /// `RATE_LIMITS`.
+    pub rate_limits: bool,
+    /// `RATE_LIMIT_PER_MINUTE`.
+    pub rate_limit_per_minute: u32,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+}
+
+/// Parses the duration forms of API.md: a positive whole number followed by `s`, `m`, `h` or `d`.
+///
+/// # Errors
+/// A message describing the accepted forms.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let message = || format!("{raw:?} is not a duration such as 30s, 15m, 24h or 7d");
+    let split = raw.len().checked_sub(1).ok_or_else(message)?;
+    let (number, unit) = raw.split_at(split);
+    let value: i64 = number.parse().map_err(|_| message())?;
+    if value <= 0 {
+        return Err(message());
+    }
+    let seconds = match unit {
+        "s" => Some(value),
+        "m" => value.checked_mul(60),
+        "h" => value.checked_mul(3600),
+        "d" => value.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(message)?;
+    Ok(Duration::seconds(seconds))
+}
+
+/// Reads variables from a lookup function, so tests can configure without touching the process environment.
+struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Vars<'_> {
+    /// The value, or `None` when unset or empty.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parsed<T: FromStr>(&self, name: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|_| invalid(name, format!("{raw:?} is not {what}"))),
+        }
+    }
+
+    fn duration(&self, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        parse_duration(&self.string(name, default)).map_err(|message| invalid(name, message))
+    }
+
+    fn required(&self, name: &'static str, because: &str) -> Result<String, ConfigError> {
+        self.get(name).ok_or_else(|| invalid(name, format!("must be set {because}")))
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable that does not parse.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration from a map, for tests and embedding.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable that does not parse.
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| vars.get(name).cloned())
+    }
+
+    fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars { lookup };
+        let bind_addr =
+            vars.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)), "an address such as 127.0.0.1:8080")?;
+        let public_base_url = parse_base_url(&vars.string("PUBLIC_BASE_URL", "http://localhost:8080"))?;
+        let database_url = vars.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/user_management");
+        match Url::parse(&database_url) {
+            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.has_host() => {}
+            _ => return Err(invalid("DATABASE_URL", "must be a URL such as postgres://user@host:5432/database")),
+        }
+        let data_dir = PathBuf::from(vars.string("DATA_DIR", "./data"));
+        let storage = match vars.string("STORAGE_BACKEND", "fs").as_str() {
+            "fs" => StorageBackend::Fs,
+            "s3" => StorageBackend::S3(s3_settings(&vars)?),
+            other => return Err(invalid("STORAGE_BACKEND", format!("{other:?} is not one of fs, s3"))),
+        };
+        let mail = match vars.string("MAIL_BACKEND", "file").as_str() {
+            "file" => MailBackend::File,
+            "smtp" => MailBackend::Smtp(smtp_settings(&vars)?),
+            other => return Err(invalid("MAIL_BACKEND", format!("{other:?} is not one of file, smtp"))),
+        };
+        let mail_from = vars.string("MAIL_FROM", "no-reply@localhost");
+        // The sender is ours, so a bare host such as `localhost` is fine; what matters is that nothing can break out
+        // of the From header.
+        let sender_ok = mail_from.len() <= 254
+            && mail_from.split_once('@').is_some_and(|(local, host)| !local.is_empty() && !host.is_empty())
+            && !mail_from.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c));
+        if !sender_ok {
+            return Err(invalid(
+                "MAIL_FROM",
+                format!("{mail_from:?} is not a plain address such as no-reply@example.com"),
+            ));
+        }
+        let jwt_algorithm = vars.string("JWT_ALGORITHM", "ES256");
+        if jwt_algorithm != "ES256" {
+            return Err(invalid("JWT_ALGORITHM", format!("{jwt_algorithm:?} is not supported; use ES256")));
+        }
+        let password_min_length = vars.parsed("PASSWORD_MIN_LENGTH", 15_usize, "a whole number")?;
+        if !(8..=128).contains(&password_min_length) {
+            return Err(invalid("PASSWORD_MIN_LENGTH", "must be between 8 and 128"));
+        }
+        let picture_max_bytes = vars.parsed("PICTURE_MAX_BYTES", 5_242_880_u64, "a number of bytes")?;
+        if picture_max_bytes == 0 {
+            return Err(invalid("PICTURE_MAX_BYTES", "must be greater than 0"));
+        }
+        let bootstrap_admin = match (vars.get("BOOTSTRAP_ADMIN_EMAIL"), vars.get("BOOTSTRAP_ADMIN_PASSWORD")) {
+            (None, None) => None,
+            (Some(email), Some(password)) => Some(BootstrapAdmin {
+                email: EmailAddress::parse(&email).map_err(|e| invalid("BOOTSTRAP_ADMIN_EMAIL", e.to_string()))?,
+                password,
+            }),
+            (Some(_), None) => {
+                return Err(invalid("BOOTSTRAP_ADMIN_PASSWORD", "must be set with BOOTSTRAP_ADMIN_EMAIL"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("BOOTSTRAP_ADMIN_EMAIL", "must be set with BOOTSTRAP_ADMIN_PASSWORD"));
+            }
+        };
+        let rate_limits = match vars.string("RATE_LIMITS", "on").as_str() {
+            "on" => true,
+            "off" => false,
+            other => return Err(invalid("RATE_LIMITS", format!("{other:?} is not one of on, off"))),
+        };
+        let rate_limit_per_minute = vars.parsed("RATE_LIMIT_PER_MINUTE", 20_u32, "a whole number")?;
+        if rate_limit_per_minute == 0 {
+            return Err(invalid("RATE_LIMIT_PER_MINUTE", "must be greater than 0 (use RATE_LIMITS=off to disable)"));
+        }
+        let log_format = match vars.string("LOG_FORMAT", "pretty").as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("LOG_FORMAT", format!("{other:?} is not one of pretty, json"))),
+        };
+        let login_backoff_base = vars.duration("LOGIN_BACKOFF_BASE", "1s")?;
+        let login_backoff_max = vars.duration("LOGIN_BACKOFF_MAX", "15m")?;
+        if login_backoff_max < login_backoff_base {
+            return Err(invalid("LOGIN_BACKOFF_MAX", "must not be shorter than LOGIN_BACKOFF_BASE"));
+        }
+        Ok(Self {
+            bind_addr,
+            public_base_url,
+            database_url,
+            data_dir,
+            storage,
+            mail,
+            mail_from,
+            jwt_algorithm,
+            jwt_private_key_file: vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
+            access_token_ttl: vars.duration("ACCESS_TOKEN_TTL", "15m")?,
+            refresh_token_ttl: vars.duration("REFRESH_TOKEN_TTL", "30d")?,
+            refresh_token_idle_ttl: vars.duration("REFRESH_TOKEN_IDLE_TTL", "7d")?,
+            verify_token_ttl: vars.duration("VERIFY_TOKEN_TTL", "24h")?,
+            reset_token_ttl: vars.duration("RESET_TOKEN_TTL", "15m")?,
+            password_min_length,
+            picture_max_bytes,
+            login_backoff_after: vars.parsed("LOGIN_BACKOFF_AFTER", 5_u32, "a whole number")?,
+            login_backoff_base,
+            login_backoff_max,
+            bootstrap_admin,
+            rate_limits,
+            rate_limit_per_minute,
+            log_format,
+        })
+    }
+}
+
+fn parse_base_url(raw: &str) -> Result<String, ConfigError> {
+    let url = Url::parse(raw).map_err(|_| invalid("PUBLIC_BASE_URL", format!("{raw:?} is not an absolute URL")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() || url.query().is_some() || url.fragment().is_some()
+    {
+        return Err(invalid("PUBLIC_BASE_URL", "must be an http(s) URL without query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn s3_settings(vars: &Vars<'_>) -> Result<S3Settings, ConfigError> {
+    let because = "when STORAGE_BACKEND=s3";
+    let raw_endpoint = vars.required("S3_ENDPOINT", because)?;
+    let endpoint = Url::parse(&raw_endpoint)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+        .ok_or_else(|| invalid("S3_ENDPOINT", format!("{raw_endpoint:?} is not an http(s) URL")))?;
+    Ok(S3Settings {
+        endpoint,
+        region: vars.string("S3_REGION", "us-east-1"),
+        bucket: vars.string("S3_BUCKET", "user-profiles"),
+        access_key: vars.required("S3_ACCESS_KEY", because)?,
+        secret_key: vars.required("S3_SECRET_KEY", because)?,
+    })
+}
+
+fn smtp_settings(vars: &Vars<'_>) -> Result<SmtpSettings, ConfigError> {
+    let tls = match vars.string("SMTP_TLS", "none").as_str() {
+        "none" => SmtpTls::None,
+        "starttls" => SmtpTls::StartTls,
+        "tls" => SmtpTls::Tls,
+        other => return Err(invalid("SMTP_TLS", format!("{other:?} is not one of none, starttls, tls"))),
+    };
+    let port = vars.parsed("SMTP_PORT", 1025_u16, "a port number")?;
+    if port == 0 {
+        return Err(invalid("SMTP_PORT", "must not be 0"));
+    }
+    Ok(SmtpSettings {
+        host: vars.string("SMTP_HOST", "127.0.0.1"),
+        port,
+        username: vars.get("SMTP_USERNAME"),
+        password: vars.get("SMTP_PASSWORD"),
+        tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_local_setup() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.public_base_url, "http://localhost:8080");
+        assert_eq!(config.storage, StorageBackend::Fs);
+        assert_eq!(config.mail, MailBackend::File);
+        assert_eq!(config.access_token_ttl, Duration::minutes(15));
+        assert_eq!(config.refresh_token_ttl, Duration::days(30));
+        assert_eq!(config.password_min_length, 15);
+        assert!(config.rate_limits);
+        assert_eq!(config.bootstrap_admin, None);
+    }
+
+    #[test]
+    fn durations_take_the_four_units_and_nothing_else() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::seconds(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::minutes(15)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::hours(24)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::days(7)));
+        for bad in ["", "s", "15", "0m", "-5m", "1.5h", "5w", "99999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases = [
+            ("BIND_ADDR", "x"),
+            ("DATABASE_URL", "nonsense"),
+            ("PUBLIC_BASE_URL", "ftp://example.com"),
+            ("STORAGE_BACKEND", "tape"),
+            ("MAIL_BACKEND", "pigeon"),
+            ("ACCESS_TOKEN_TTL", "forever"),
+            ("PASSWORD_MIN_LENGTH", "4"),
+            ("PICTURE_MAX_BYTES", "lots"),
+            ("RATE_LIMITS", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("JWT_ALGORITHM", "HS256"),
+            ("MAIL_FROM", "not an address"),
+        ];
+        for (variable, value) in cases {
+            let error = config(&[(variable, value)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{value:?}");
+            assert!(error.to_string().starts_with(&format!("invalid configuration: {variable}: ")));
+        }
+    }
+
+    #[test]
+    fn s3_needs_its_endpoint_and_keys() {
+        assert_eq!(config(&[("STORAGE_BACKEND", "s3")]).unwrap_err().variable, "S3_ENDPOINT");
+        let ok = config(&[
+            ("STORAGE_BACKEND", "s3"),
+            ("S3_ENDPOINT", "http://127.0.0.1:3900"),
+            ("S3_ACCESS_KEY", "key"),
+            ("S3_SECRET_KEY", "secret"),
+        ])
+        .unwrap();
+        assert!(matches!(ok.storage, StorageBackend::S3(ref s3) if s3.bucket == "user-profiles"));
+        assert!(!format!("{ok:?}").contains("secret\""), "secrets stay out of Debug output");
+    }
+
+    #[test]
+    fn bootstrap_admin_needs_both_variables() {
+        assert_eq!(
+            config(&[("BOOTSTRAP_ADMIN_EMAIL", "a@example.com")]).unwrap_err().variable,
+            "BOOTSTRAP_ADMIN_PASSWORD"
+        );
+        assert_eq!(config(&[("BOOTSTRAP_ADMIN_PASSWORD", "x")]).unwrap_err().variable, "BOOTSTRAP_ADMIN_EMAIL");
+    }
+}

@@ -1,0 +1,247 @@
+//! `ApiError`: the one error type of the HTTP edge, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Every error response of the service goes through here, including unknown routes and bodies that do not parse.
+//! Each carries a stable snake_case `code`. Server errors (5xx) expose nothing but a correlation id, the request's
+//! id, while their full cause chain goes to the log under the same id.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use users_domain::ports::PortError;
+use users_domain::service::{AuthError, LoginError};
+
+use crate::telemetry::current_request_id;
+
+/// How long clients are asked to wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// One entry of a validation problem's `errors` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// The request field at fault.
+    pub field: String,
+    /// What rule it breaks.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error from anything displayable.
+    pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self { field: field.into(), message: message.to_string() }
+    }
+}
+
+/// An RFC 9457 problem document, as sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: `code` identifies the problem.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The HTTP status phrase.
+    pub title: &'static str,
+    /// The HTTP status code.
+    pub status: u16,
+    /// A human-readable explanation (absent on server errors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// A stable machine-readable code such as `invalid_credentials`.
+    pub code: &'static str,
+    /// The fields at fault, for `validation_failed`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// The request id to quote when reporting a server error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// An error answered to the client.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+    retry_after: Option<u64>,
+    bearer_challenge: bool,
+    source: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    /// An error with a status, a code and a detail message.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: Some(detail.into()),
+            errors: Vec::new(),
+            retry_after: None,
+            bearer_challenge: false,
+            source: None,
+        }
+    }
+
+    /// 400 `malformed_body`: the body could not be read into the request's shape.
+    pub fn malformed_body(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_body", detail)
+    }
+
+    /// 422 `validation_failed` with the fields at fault.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "one or more fields break a rule; see errors",
+        );
+        error.errors = errors;
+        error
+    }
+
+    /// 401 `invalid_token` with a `WWW-Authenticate: Bearer` challenge.
+    pub fn invalid_token() -> Self {
+        let mut error = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a valid access token is required in the Authorization: Bearer header",
+        );
+        error.bearer_challenge = true;
+        error
+    }
+
+    /// 403 `account_locked`.
+    pub fn account_locked() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "account_locked", "this account has been locked by an administrator")
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    /// 415 `unsupported_media_type`.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+    }
+
+    /// 503 `service_unavailable` with `Retry-After`; the cause is logged.
+    pub fn unavailable(source: anyhow::Error) -> Self {
+        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "");
+        error.detail = None;
+        error.retry_after = Some(RETRY_AFTER_SECONDS);
+        error.source = Some(source);
+        error
+    }
+
+    /// 500 `internal_error`; the cause is logged, the client sees only the correlation id.
+    pub fn internal(source: anyhow::Error) -> Self {
+        let mut error = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "");
+        error.detail = None;
+        error.source = Some(source);
+        error
+    }
+
+    /// The stable code.
+    pub const fn code(&self) -> &'static str {
+        self.code
+    }
+
+    fn problem(&self) -> Problem {
+        let server_error = self.status.is_server_error();
+        Problem {
+            kind: "about:blank",
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: if server_error { None } else { self.detail.clone() },
+            code: self.code,
+            errors: self.errors.clone(),
+            correlation_id: if server_error { current_request_id() } else { None },
+        }
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiError")
+            .field("status", &self.status.as_u16())
+            .field("code", &self.code)
+            .field("detail", &self.detail)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.code)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Some(source) = &self.source {
+            // `{:#}` prints the whole cause chain on one line.
+            tracing::error!(status = self.status.as_u16(), code = self.code, error = %format!("{source:#}"), "request failed");
+        }
+        let mut response = HttpResponse::build(self.status);
+        response.content_type("application/problem+json");
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if self.bearer_challenge {
+            response
+                .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\"")));
+        }
+        response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        response.json(self.problem())
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(error: PortError) -> Self {
+        match error {
+            PortError::Unavailable(source) => Self::unavailable(source),
+            PortError::Unknown(source) => Self::internal(source),
+        }
+    }
+}
+
+impl From<LoginError> for ApiError {
+    fn from(error: LoginError) -> Self {
+        match error {
+            LoginError::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the email or password is wrong")
+            }
+            LoginError::EmailNotVerified => Self::new(
+                StatusCode::FORBIDDEN,
+                "email_not_verified",
+                "verify your email address with the link we sent before logging in",
+            ),
+            LoginError::AccountLocked => Self::account_locked(),
+            LoginError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::InvalidToken => Self::invalid_token(),
+            AuthError::AccountLocked => Self::account_locked(),
+            AuthError::Port(error) => error.into(),
+        }
+    }
+}

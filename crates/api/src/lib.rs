@@ -1,0 +1,12 @@
+//! The HTTP edge of user-management, usable as a library to embed the service.
+//!
+//! [`config::Config`] reads the environment, [`startup::Application`] wires the adapters into the domain service
+//! and serves it with actix-web; handlers live in `routes`, errors in [`error`], OpenAPI in [`openapi`].
+
+pub mod config;
+pub mod dto;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

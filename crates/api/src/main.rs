@@ -1,0 +1,97 @@
+//! The `user-management` binary: `serve` (the default), `migrate` and `create-admin`. Only wiring lives here.
+
+use std::io::{BufRead as _, Write as _};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use users_api::config::Config;
+use users_api::startup::{self, Application};
+use users_api::telemetry;
+use users_domain::EmailAddress;
+
+/// A user-management service: registration, login, roles, profiles and pictures.
+#[derive(Debug, Parser)]
+#[command(name = "user-management", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default). Migrations run first.
+    Serve,
+    /// Run pending database migrations and exit.
+    Migrate,
+    /// Create a verified ADMIN, or make an existing user one; the password is read from standard input.
+    CreateAdmin {
+        /// The admin's email address.
+        #[arg(long)]
+        email: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A missing .env file is normal; a malformed one is reported.
+    if let Err(error) = dotenvy::dotenv()
+        && !error.not_found()
+    {
+        eprintln!("error: reading .env: {error}");
+        return ExitCode::FAILURE;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Migrate => startup::migrate(&config).await,
+            Command::CreateAdmin { email } => create_admin(config, &email).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let bind_addr = config.bind_addr;
+    let app = Application::build(config).await?;
+    tracing::info!(%bind_addr, port = app.port(), "listening; interactive docs at /docs");
+    app.run_until_stopped().await.context("serving HTTP")
+}
+
+async fn create_admin(config: Config, raw_email: &str) -> anyhow::Result<()> {
+    let email = EmailAddress::parse(raw_email).map_err(|error| anyhow::anyhow!("--email: {error}"))?;
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password).context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!(
+            "no password on standard input: pipe it in, e.g. `echo '<password>' | user-management create-admin --email {email}`"
+        );
+    }
+    startup::migrate(&config).await?;
+    let (service, _) = startup::build_service(&config).await?;
+    let user = service.create_admin(email, password).await.map_err(anyhow::Error::from)?;
+    writeln!(std::io::stdout(), "admin {} is ready (id {})", user.email, user.id).context("writing to stdout")?;
+    Ok(())
+}

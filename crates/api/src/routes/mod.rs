@@ -1,0 +1,111 @@
+//! HTTP handlers, thin by rule: read the request, call the service once, shape the answer.
+//!
+//! Also the pieces every handler shares: the `Caller` extractor (bearer token -> current user), bounded body
+//! reading, and the client information recorded on sessions.
+
+pub mod auth;
+pub mod me;
+pub mod ops;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::{Bytes, BytesMut, Data};
+use actix_web::{FromRequest, HttpRequest, dev::Payload};
+use futures_util::StreamExt as _;
+use users_domain::service::{ClientInfo, Principal};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The largest JSON or form body accepted on the auth and profile routes (SECURITY.md "Input").
+pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
+
+/// How long a client may take to send a small body, so slow clients cannot hold workers.
+const BODY_READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Reads a request body of at most `limit` bytes, refusing as soon as the limit is passed (413) and giving up on
+/// clients that send too slowly (408).
+///
+/// # Errors
+/// 413 `payload_too_large`, 408 `request_timeout`, or 400 `malformed_body` when the connection breaks.
+pub async fn read_body(mut payload: actix_web::web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let read = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| ApiError::malformed_body("the request body could not be read"))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::payload_too_large(format!("the body must be at most {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(BODY_READ_DEADLINE, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not received in time",
+        ))
+    })
+}
+
+/// The request's media type, without parameters, lower-cased.
+pub fn media_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Parses a JSON body into a request DTO: 415 unless the body is declared JSON, 400 `malformed_body` when it does
+/// not deserialize (bad syntax, wrong type, unknown or duplicate field, nesting too deep).
+///
+/// # Errors
+/// As above.
+pub fn parse_json<T: serde::de::DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
+    if media_type(req) != "application/json" {
+        return Err(ApiError::unsupported_media_type("send the body as application/json"));
+    }
+    serde_json::from_slice(body).map_err(|error| ApiError::malformed_body(format!("invalid JSON body: {error}")))
+}
+
+/// Who is calling, as recorded on a new session. The peer address is used, never `X-Forwarded-For`, which any
+/// client can forge.
+pub fn client_info(req: &HttpRequest) -> ClientInfo {
+    ClientInfo {
+        user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        ip: req.peer_addr().map(|addr| addr.ip().to_string()),
+    }
+}
+
+/// An authenticated caller, extracted from `Authorization: Bearer <token>` and checked against the current rows.
+pub struct Caller(pub Principal);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let token = bearer_token(req);
+        let state = req.app_data::<Data<AppState>>().cloned();
+        Box::pin(async move {
+            let token = token.ok_or_else(ApiError::invalid_token)?;
+            let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+            let principal = state.service.authenticate(&token).await?;
+            Ok(Self(principal))
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (scheme matched case-insensitively), if there is one.
+fn bearer_token(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}

@@ -1,0 +1,50 @@
+//! Operations endpoints: liveness, readiness, metrics and the public signing keys.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use crate::dto::StatusResponse;
+use crate::error::{ApiError, Problem};
+use crate::startup::AppState;
+use crate::telemetry::metrics_handle;
+
+/// How long a readiness probe waits for each dependency.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = StatusResponse)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(StatusResponse { status: "ok" })
+}
+
+/// The dependencies answer: 200 when the database is reachable, 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, body = StatusResponse),
+        (status = 503, description = "A dependency is unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match tokio::time::timeout(READY_TIMEOUT, state.service.database_ready()).await {
+        Ok(Ok(())) => Ok(HttpResponse::Ok().json(StatusResponse { status: "ok" })),
+        Ok(Err(error)) => Err(ApiError::unavailable(anyhow::Error::new(error).context("readiness: database"))),
+        Err(_) => Err(ApiError::unavailable(anyhow::anyhow!("readiness: database did not answer in time"))),
+    }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics() -> HttpResponse {
+    HttpResponse::build(StatusCode::OK).content_type("text/plain; version=0.0.4").body(metrics_handle().render())
+}
+
+/// The public keys that verify access tokens (JWKS).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200, content_type = "application/json", body = Object)))]
+pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().insert_header(("Cache-Control", "public, max-age=300")).json(&state.jwks)
+}

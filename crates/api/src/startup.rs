@@ -1,0 +1,192 @@
+//! Wiring: the one place that names concrete adapters, builds the domain service from them and serves it.
+
+use std::net::TcpListener;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpServer, ResponseError, web};
+use anyhow::Context as _;
+use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
+use users_domain::ports::SystemClock;
+use users_domain::{PasswordPolicy, Service, ServiceConfig};
+use users_postgres::{PgConfig, PgRepository};
+use utoipa::OpenApi as _;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+use crate::routes::{auth, me, ops};
+use crate::telemetry::observe;
+
+/// The domain service with the production adapters plugged in.
+pub type AppService = Service<PgRepository, Argon2Hasher, JwtCodec, SystemClock>;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The domain service.
+    pub service: AppService,
+    /// `PUBLIC_BASE_URL`, for links and picture URLs.
+    pub public_base_url: String,
+    /// The JWKS document served at `/.well-known/jwks.json`.
+    pub jwks: serde_json::Value,
+}
+
+/// Runs the embedded migrations against `DATABASE_URL`.
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    users_postgres::run_migrations(&config.database_url)
+        .await
+        .with_context(|| format!("running migrations on DATABASE_URL ({})", redact_url(&config.database_url)))
+}
+
+/// Builds the domain service with the production adapters, creating `DATA_DIR` and the signing key if needed.
+///
+/// # Errors
+/// When the data directory, the key or the database pool cannot be set up.
+pub async fn build_service(config: &Config) -> anyhow::Result<(AppService, JwtCodec)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
+    let repo = PgRepository::connect(&PgConfig { url: config.database_url.clone(), ..PgConfig::default() })
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let hasher = Argon2Hasher::new(HasherConfig::default()).context("setting up password hashing")?;
+    let codec = JwtCodec::load_or_generate(&JwtConfig {
+        algorithm: config.jwt_algorithm.clone(),
+        private_key_file: config.jwt_private_key_file.clone(),
+        data_dir: config.data_dir.clone(),
+        issuer: config.public_base_url.clone(),
+        audience: "user-management".to_owned(),
+    })?;
+    let service_config = ServiceConfig {
+        access_token_ttl: config.access_token_ttl,
+        refresh_token_ttl: config.refresh_token_ttl,
+        password_policy: PasswordPolicy { min_length: config.password_min_length },
+    };
+    Ok((Service::new(repo, hasher, codec.clone(), SystemClock, service_config), codec))
+}
+
+/// A built, bound server, ready to run.
+pub struct Application {
+    server: Server,
+    port: u16,
+}
+
+impl Application {
+    /// Migrates the database, wires the service, makes sure of the bootstrap admin and binds `BIND_ADDR`.
+    ///
+    /// # Errors
+    /// When any of those steps fails; the message names what failed.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Install the metrics recorder before the first request, so that request is counted too.
+        let _ = crate::telemetry::metrics_handle();
+        migrate(&config).await?;
+        let (service, codec) = build_service(&config).await?;
+        if let Some(admin) = &config.bootstrap_admin {
+            let user = service
+                .ensure_admin(admin.email.clone(), &admin.password)
+                .await
+                .context("making sure of the BOOTSTRAP_ADMIN_EMAIL account")?;
+            tracing::info!(user_id = %user.id, "bootstrap admin is present");
+        }
+        let state =
+            web::Data::new(AppState { service, public_base_url: config.public_base_url.clone(), jwks: codec.jwks() });
+        let listener = TcpListener::bind(config.bind_addr)
+            .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
+        let port = listener.local_addr().context("reading the bound address")?.port();
+        let openapi = ApiDoc::openapi();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(problem_fallback))
+                .wrap(from_fn(observe))
+                .configure(routes)
+                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .service(web::redirect("/docs", "/docs/"))
+        })
+        .shutdown_timeout(10)
+        .listen(listener)
+        .context("starting the HTTP server")?
+        .run();
+        Ok(Self { server, port })
+    }
+
+    /// The port actually bound (useful with `BIND_ADDR=...:0`).
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the process is asked to stop (SIGINT/SIGTERM), letting in-flight requests finish.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Registers every route of the service. Each path is a resource, so a known path with the wrong method answers
+/// 405 (with `Allow`) rather than 404.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/login").route(web::post().to(auth::login)))
+        .service(web::resource("/me").route(web::get().to(me::get_me)))
+        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks)));
+}
+
+/// Turns every error response that is not already a problem document (405 from the router, errors raised by
+/// actix itself) into one, so clients see a single error format.
+async fn problem_fallback(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    // Errors that come back as `Err` were raised by our own middleware or handlers and are problems already; the
+    // request cannot be cloned up front to re-render them, because routing needs it unshared.
+    let response = next.call(req).await?.map_into_boxed_body();
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return Ok(response);
+    }
+    let error = match status {
+        StatusCode::NOT_FOUND => ApiError::not_found(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::new(status, "method_not_allowed", "this route does not take that method")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large("the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::unsupported_media_type("this content type is not accepted here")
+        }
+        status if status.is_server_error() => ApiError::internal(anyhow::anyhow!("unhandled {status} response")),
+        status => ApiError::new(status, "bad_request", "the request could not be processed"),
+    };
+    let allow = response.headers().get(actix_web::http::header::ALLOW).cloned();
+    let (request, _) = response.into_parts();
+    let mut problem = error.error_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(actix_web::http::header::ALLOW, allow);
+    }
+    Ok(ServiceResponse::new(request, problem))
+}
+
+/// A database URL with its password hidden, for error messages.
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparseable>".to_owned(),
+    }
+}

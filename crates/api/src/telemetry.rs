@@ -1,0 +1,132 @@
+//! Logs, request ids and metrics.
+//!
+//! Every request gets an id (`X-Request-Id`, echoed in the response and quoted in 5xx bodies), a tracing span that
+//! carries it, one log line when it ends, and a count and latency in the Prometheus metrics. Logged paths are
+//! redacted: the token segment of `/verify-email/{user_id}/{token}` and any `token` query parameter never reach a
+//! log, and neither does any header.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Installs the global log subscriber. `RUST_LOG` refines the level (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (tests start several apps in one process) is harmless, so its error is ignored.
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first, in which case ours simply records nothing.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A path fit for logs: secret-bearing segments and query values replaced.
+pub fn redact_path(path: &str, query: &str) -> String {
+    let mut redacted = match path.strip_prefix("/verify-email/") {
+        Some(rest) if rest.contains('/') && rest != "resend" => {
+            let user = rest.split('/').next().unwrap_or_default();
+            format!("/verify-email/{user}/[redacted]")
+        }
+        _ => path.to_owned(),
+    };
+    if !query.is_empty() {
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("token") => format!("{key}=[redacted]"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&parts.join("&"));
+    }
+    redacted
+}
+
+/// A client-supplied request id is kept only when it is short and plain, so it cannot forge log lines.
+fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
+    let value = req.headers().get("x-request-id")?.to_str().ok()?;
+    let plain = !value.is_empty()
+        && value.len() <= 64
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    plain.then(|| value.to_owned())
+}
+
+/// Middleware: request id, span, access log line and metrics for every request.
+///
+/// # Errors
+/// Passes on the inner service's errors untouched.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = req.method().to_string();
+    let path = redact_path(req.path(), req.query_string());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    let started = Instant::now();
+    let result = REQUEST_ID.scope(request_id.clone(), next.call(req)).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    // The route pattern (not the raw path) labels the metrics, so ids in paths cannot explode their cardinality.
+    let (status, route) = match &result {
+        Ok(response) => (response.status().as_u16(), response.request().match_pattern()),
+        Err(error) => (error.as_response_error().status_code().as_u16(), None),
+    };
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    span.in_scope(|| {
+        tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request finished");
+    });
+    let labels = [("method", method), ("route", route), ("status", status.to_string())];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    result.map(|mut response| {
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+        }
+        response
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_tokens_and_token_parameters_are_redacted() {
+        assert_eq!(redact_path("/verify-email/abc/s3cr3t", ""), "/verify-email/abc/[redacted]");
+        assert_eq!(redact_path("/verify-email/resend", ""), "/verify-email/resend");
+        assert_eq!(redact_path("/password/reset", "token=s3cr3t&x=1"), "/password/reset?token=[redacted]&x=1");
+        assert_eq!(redact_path("/password/reset", "TOKEN=s3cr3t"), "/password/reset?TOKEN=[redacted]");
+        assert_eq!(redact_path("/users", "q=ada&limit=5"), "/users?q=ada&limit=5");
+    }
+}

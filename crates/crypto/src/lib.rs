@@ -1,0 +1,40 @@
+//! The crypto adapters of user-management: password hashing and access tokens.
+//!
+//! [`Argon2Hasher`] implements the domain's [`PasswordHasher`](users_domain::ports::PasswordHasher) port with
+//! argon2id (m=19456 KiB, t=2, p=1), running every hash and verify on tokio's blocking pool behind a semaphore so
+//! that a login storm queues and then sheds load instead of starving the runtime. [`JwtCodec`] implements the
+//! [`TokenCodec`](users_domain::ports::TokenCodec) port with ES256 JWTs signed by one P-256 key, either configured
+//! (`JWT_PRIVATE_KEY_FILE`) or generated once under `DATA_DIR`, and publishes that key as a JWK set.
+//!
+//! Only `main` names these types; everything else sees the ports. Wiring looks like this:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
+//!
+//! // Both constructors do blocking work (one argon2 hash, key file I/O): call them before serving requests.
+//! let hasher = Argon2Hasher::new(HasherConfig::default())?;
+//! let codec = JwtCodec::load_or_generate(&JwtConfig {
+//!     algorithm: "ES256".to_owned(),           // JWT_ALGORITHM
+//!     private_key_file: None,                  // JWT_PRIVATE_KEY_FILE
+//!     data_dir: "./data".into(),               // DATA_DIR
+//!     issuer: "https://users.example.com".to_owned(),
+//!     audience: "user-management".to_owned(),
+//! })?;
+//! // Serve this at /.well-known/jwks.json so other services can check access tokens.
+//! let jwks: serde_json::Value = codec.jwks();
+//! # let _ = (hasher, jwks);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The hasher needs a tokio runtime with the time driver enabled (actix-web's runtime and `#[tokio::main]` have
+//! it): the queue timeout is a tokio timer.
+
+mod jwt;
+mod keys;
+mod password;
+
+pub use jwt::{ACCESS_TOKEN_TYPE, JwtCodec, JwtConfig, MAX_TOKEN_LENGTH};
+pub use keys::{GENERATED_KEY_FILE, KeyError};
+pub use password::{Argon2Hasher, HasherConfig, HasherError, ITERATIONS, MEMORY_KIB, PARALLELISM};

@@ -1,0 +1,127 @@
+//! Translation of driver and pool errors into the domain's port errors, so no diesel or deadpool type crosses
+//! the port.
+//!
+//! The one distinction the domain cares about is whether Postgres is unreachable (answered with 503 and retried
+//! later) or failed in some other way; unique violations on the two case-insensitive indexes additionally become
+//! the domain's `EmailTaken` and `NicknameTaken`.
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::PoolError as ConnectionPoolError;
+use diesel_async::pooled_connection::PoolableConnection as _;
+use diesel_async::pooled_connection::deadpool::PoolError;
+use users_domain::ports::{InsertUserError, PortError};
+
+/// The unique index behind [`InsertUserError::EmailTaken`]; its name is fixed by the migration.
+pub(crate) const EMAIL_UNIQUE_INDEX: &str = "users_email_lower_key";
+
+/// The unique index behind [`InsertUserError::NicknameTaken`]; its name is fixed by the migration.
+pub(crate) const NICKNAME_UNIQUE_INDEX: &str = "users_nickname_lower_key";
+
+/// Translates a failure to check a connection out of the pool.
+pub(crate) fn pool_error(error: PoolError) -> PortError {
+    match error {
+        // A connection that cannot be established is an unreachable database whatever the reason: refused,
+        // reset, the server starting up or shutting down, too many clients, or credentials that stopped working.
+        // Each clears up, if at all, outside this process, so retrying later is the right answer for all of them.
+        PoolError::Timeout(_) | PoolError::Closed | PoolError::Backend(ConnectionPoolError::ConnectionError(_)) => {
+            PortError::Unavailable(anyhow::Error::new(error).context("no database connection available"))
+        }
+        PoolError::Backend(ConnectionPoolError::QueryError(query_error)) => {
+            classify(query_error, false, "checking a database connection out of the pool")
+        }
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+            PortError::Unknown(anyhow::Error::new(error).context("the connection pool is misconfigured"))
+        }
+    }
+}
+
+/// The error for a checkout that did not finish within the acquire timeout, whatever step it was stuck in.
+pub(crate) fn acquire_timed_out(timeout: Duration) -> PortError {
+    PortError::Unavailable(anyhow::anyhow!("no database connection within {} ms", timeout.as_millis()))
+}
+
+/// Translates a failed query. `connection` is the connection it ran on: when the query left it broken (closed by
+/// the server, or with a transaction that could not be closed), the database is treated as unreachable even if
+/// the error itself does not say so, such as a server shutdown that interrupts a query in flight.
+pub(crate) fn query_error(error: DieselError, connection: &mut AsyncPgConnection, context: &'static str) -> PortError {
+    classify(error, connection.is_broken(), context)
+}
+
+fn classify(error: DieselError, connection_broken: bool, context: &'static str) -> PortError {
+    let unreachable = connection_broken
+        || matches!(
+            error,
+            DieselError::DatabaseError(DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection, _)
+                | DieselError::BrokenTransactionManager
+        );
+    let error = anyhow::Error::new(error).context(context);
+    if unreachable { PortError::Unavailable(error) } else { PortError::Unknown(error) }
+}
+
+/// Translates a failed user insert, recognising the two case-insensitive unique indexes by name.
+pub(crate) fn insert_user_error(error: DieselError, connection: &mut AsyncPgConnection) -> InsertUserError {
+    if let DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) = &error {
+        match info.constraint_name() {
+            Some(EMAIL_UNIQUE_INDEX) => return InsertUserError::EmailTaken,
+            Some(NICKNAME_UNIQUE_INDEX) => return InsertUserError::NicknameTaken,
+            _ => {}
+        }
+    }
+    InsertUserError::Port(query_error(error, connection, "inserting a user"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_cannot_be_sent_means_the_database_is_unavailable() {
+        let error = DieselError::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand,
+            Box::new("connection closed".to_owned()),
+        );
+        assert!(matches!(classify(error, false, "test"), PortError::Unavailable(_)));
+    }
+
+    #[test]
+    fn a_closed_connection_or_broken_transaction_means_the_database_is_unavailable() {
+        let error = DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, Box::new("closed".to_owned()));
+        assert!(matches!(classify(error, false, "test"), PortError::Unavailable(_)));
+        assert!(matches!(classify(DieselError::BrokenTransactionManager, false, "test"), PortError::Unavailable(_)));
+    }
+
+    #[test]
+    fn any_error_on_a_connection_left_broken_means_the_database_is_unavailable() {
+        let error = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("terminating connection due to administrator command".to_owned()),
+        );
+        assert!(matches!(classify(error, true, "test"), PortError::Unavailable(_)));
+    }
+
+    #[test]
+    fn other_errors_are_unknown_and_keep_their_context() {
+        let error = classify(DieselError::NotFound, false, "finding a user");
+        match error {
+            PortError::Unknown(error) => assert_eq!(error.to_string(), "finding a user"),
+            PortError::Unavailable(_) => panic!("NotFound must not read as an outage"),
+        }
+    }
+
+    #[test]
+    fn pool_timeouts_and_refused_connections_mean_the_database_is_unavailable() {
+        use deadpool::managed::TimeoutType;
+        for timeout in [TimeoutType::Wait, TimeoutType::Create, TimeoutType::Recycle] {
+            assert!(matches!(pool_error(PoolError::Timeout(timeout)), PortError::Unavailable(_)));
+        }
+        let refused = PoolError::Backend(ConnectionPoolError::ConnectionError(
+            diesel::result::ConnectionError::BadConnection("connection refused".to_owned()),
+        ));
+        assert!(matches!(pool_error(refused), PortError::Unavailable(_)));
+        assert!(matches!(pool_error(PoolError::Closed), PortError::Unavailable(_)));
+        assert!(matches!(pool_error(PoolError::NoRuntimeSpecified), PortError::Unknown(_)));
+    }
+}

@@ -1,0 +1,243 @@
+//! [`PgRepository`]: the domain's [`UserRepository`] on a deadpool pool of diesel-async connections.
+//!
+//! Every method checks out one connection under the acquire timeout, runs its queries with bound parameters and
+//! translates errors at the boundary (see [`crate::errors`]), so callers see only domain types.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
+use diesel::result::{ConnectionError, ConnectionResult};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use time::OffsetDateTime;
+use users_domain::permissions::Role;
+use users_domain::ports::{InsertUserError, PortError, UserRepository};
+use users_domain::session::{NewSession, Session, SessionId};
+use users_domain::user::{EmailAddress, NewUser, PasswordHash, User, UserId};
+
+use crate::errors::{acquire_timed_out, insert_user_error, pool_error, query_error};
+use crate::rows::{NewRefreshTokenRow, NewSessionRow, NewUserRow, SessionRow, UserRow};
+use crate::schema::{refresh_tokens, sessions, users};
+use crate::setup::{PgConfig, PgSetupError, validate_url};
+
+/// SQL functions diesel does not declare for text.
+mod sql {
+    use diesel::sql_types::Text;
+
+    #[diesel::declare_sql_function]
+    extern "SQL" {
+        /// Postgres' `lower(text)`: the expression the case-insensitive unique indexes are built on, so a lookup
+        /// through it uses the index.
+        fn lower(value: Text) -> Text;
+    }
+}
+
+/// The Postgres implementation of [`UserRepository`]. Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct PgRepository {
+    pool: Pool<AsyncPgConnection>,
+    acquire_timeout: Duration,
+}
+
+impl fmt::Debug for PgRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PgRepository")
+            .field("max_connections", &status.max_size)
+            .field("open_connections", &status.size)
+            .field("idle_connections", &status.available)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+impl PgRepository {
+    /// Builds the connection pool. Connections are opened lazily, on first use, so this succeeds while Postgres is
+    /// still starting; readiness is what [`UserRepository::ping`] is for.
+    ///
+    /// Every checkout is bounded by `acquire_timeout`, so requests fail as unavailable instead of hanging while
+    /// Postgres is down, and every idle connection is verified with a round trip before reuse, so connections
+    /// broken by a Postgres restart are replaced and the pool recovers without a restart of the service.
+    ///
+    /// # Errors
+    /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
+    /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
+    pub async fn connect(config: &PgConfig) -> Result<Self, PgSetupError> {
+        validate_url(&config.url)?;
+        if config.max_connections == 0 {
+            return Err(PgSetupError::InvalidConfig("max_connections must be at least 1"));
+        }
+        if config.acquire_timeout.is_zero() {
+            return Err(PgSetupError::InvalidConfig("acquire_timeout must be longer than zero"));
+        }
+        // The manager's default recycling method is `Verified` (a `SELECT 1` at checkout, after a local check
+        // that the socket is open and no transaction was left dangling): one local round trip per request buys
+        // never handing out a connection that a Postgres restart killed.
+        let mut manager_config = ManagerConfig::default();
+        manager_config.custom_setup = Box::new(establish);
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(config.url.clone(), manager_config);
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(config.acquire_timeout))
+            .create_timeout(Some(config.acquire_timeout))
+            .recycle_timeout(Some(config.acquire_timeout))
+            .build()
+            .map_err(|error| PgSetupError::Pool(Box::new(error)))?;
+        Ok(Self { pool, acquire_timeout: config.acquire_timeout })
+    }
+
+    /// Checks a connection out of the pool within the acquire timeout.
+    ///
+    /// The pool's own timeouts apply per step (waiting for a slot, each recycle attempt, opening a connection);
+    /// this outer bound makes the acquire timeout hold for the whole checkout, however many steps it takes.
+    async fn connection(&self) -> Result<Object<AsyncPgConnection>, PortError> {
+        match tokio::time::timeout(self.acquire_timeout, self.pool.get()).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) => Err(pool_error(error)),
+            Err(_elapsed) => Err(acquire_timed_out(self.acquire_timeout)),
+        }
+    }
+}
+
+/// Opens a connection as diesel-async's default does, but keeps the driver's whole error chain: diesel-async
+/// keeps only the outermost message ("error connecting to server"), which hides whether the server refused the
+/// connection, timed out or could not be resolved, the first thing an operator needs to know.
+fn establish(url: &str) -> Pin<Box<dyn Future<Output = ConnectionResult<AsyncPgConnection>> + Send + '_>> {
+    Box::pin(async move {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|error| ConnectionError::BadConnection(error_chain(&error)))?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    })
+}
+
+/// An error and its sources on one line, outermost first.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Converts a row into a domain user; a row the domain refuses is corrupt data, not absence.
+fn to_user(row: UserRow) -> Result<User, PortError> {
+    User::try_from(row).map_err(PortError::Unknown)
+}
+
+impl UserRepository for PgRepository {
+    async fn insert_user(&self, user: NewUser) -> Result<User, InsertUserError> {
+        let mut connection = self.connection().await?;
+        let inserted = diesel::insert_into(users::table)
+            .values(NewUserRow::from(&user))
+            .returning(UserRow::as_returning())
+            .get_result(&mut connection)
+            .await;
+        match inserted {
+            Ok(row) => Ok(to_user(row)?),
+            Err(error) => Err(insert_user_error(error, &mut connection)),
+        }
+    }
+
+    async fn find_user(&self, id: UserId) -> Result<Option<User>, PortError> {
+        let mut connection = self.connection().await?;
+        let found =
+            users::table.find(id.as_uuid()).select(UserRow::as_select()).get_result(&mut connection).await.optional();
+        match found {
+            Ok(row) => row.map(to_user).transpose(),
+            Err(error) => Err(query_error(error, &mut connection, "finding a user by id")),
+        }
+    }
+
+    async fn find_user_by_email(&self, email: EmailAddress) -> Result<Option<User>, PortError> {
+        let mut connection = self.connection().await?;
+        let found = users::table
+            .filter(sql::lower(users::email).eq(email.canonical()))
+            .select(UserRow::as_select())
+            .get_result(&mut connection)
+            .await
+            .optional();
+        match found {
+            Ok(row) => row.map(to_user).transpose(),
+            Err(error) => Err(query_error(error, &mut connection, "finding a user by email")),
+        }
+    }
+
+    async fn promote_to_admin(&self, id: UserId, password_hash: PasswordHash) -> Result<Option<User>, PortError> {
+        let mut connection = self.connection().await?;
+        let updated = diesel::update(users::table.find(id.as_uuid()))
+            .set((
+                users::role.eq(Role::Admin.as_str()),
+                users::email_verified.eq(true),
+                users::is_locked.eq(false),
+                users::password_hash.eq(password_hash.as_str()),
+                users::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(UserRow::as_returning())
+            .get_result(&mut connection)
+            .await
+            .optional();
+        match updated {
+            Ok(row) => row.map(to_user).transpose(),
+            Err(error) => Err(query_error(error, &mut connection, "promoting a user to ADMIN")),
+        }
+    }
+
+    async fn start_session(&self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
+        let mut connection = self.connection().await?;
+        let session_row = NewSessionRow::new(&session, at);
+        let token_row = NewRefreshTokenRow::first_of(&session, at);
+        let user_id = session.user_id.as_uuid();
+        // The session, its first refresh token and the login time commit together or not at all: a session
+        // without a token could never be refreshed, and a token without a session would dangle.
+        let started = connection
+            .transaction::<_, diesel::result::Error, _>(async |connection| {
+                let row = diesel::insert_into(sessions::table)
+                    .values(&session_row)
+                    .returning(SessionRow::as_returning())
+                    .get_result(connection)
+                    .await?;
+                diesel::insert_into(refresh_tokens::table).values(&token_row).execute(connection).await?;
+                diesel::update(users::table.find(user_id)).set(users::last_login_at.eq(at)).execute(connection).await?;
+                Ok(row)
+            })
+            .await;
+        match started {
+            Ok(row) => Ok(row.into()),
+            Err(error) => Err(query_error(error, &mut connection, "starting a session")),
+        }
+    }
+
+    async fn find_session_with_user(&self, id: SessionId) -> Result<Option<(Session, User)>, PortError> {
+        let mut connection = self.connection().await?;
+        let found = sessions::table
+            .inner_join(users::table)
+            .filter(sessions::id.eq(id.as_uuid()))
+            .select((SessionRow::as_select(), UserRow::as_select()))
+            .get_result::<(SessionRow, UserRow)>(&mut connection)
+            .await
+            .optional();
+        match found {
+            Ok(Some((session, user))) => Ok(Some((session.into(), to_user(user)?))),
+            Ok(None) => Ok(None),
+            Err(error) => Err(query_error(error, &mut connection, "finding a session with its user")),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match diesel::sql_query("SELECT 1").execute(&mut connection).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "pinging the database")),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Row structs: the shapes diesel reads from and writes to the tables, private to the adapter.
+//!
+//! Rows are input like any other: a stored user is turned back into a [`User`] only through the domain's own
+//! parsers, so a row edited by hand or written by an older version cannot smuggle an invalid value past the rules.
+
+use anyhow::Context as _;
+use diesel::prelude::{Insertable, Queryable, Selectable};
+use time::OffsetDateTime;
+use users_domain::permissions::Role;
+use users_domain::session::{NewSession, Session, SessionId};
+use users_domain::user::{
+    Bio, EmailAddress, NewUser, Nickname, PasswordHash, PersonName, ProfileUrl, ProfileUrlKind, User, UserId,
+};
+use uuid::Uuid;
+
+use crate::schema::{refresh_tokens, sessions, users};
+
+/// A `users` row as read back; `failed_login_count` is left out because the domain's [`User`] has no such field.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = users)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct UserRow {
+    id: Uuid,
+    email: String,
+    nickname: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    bio: Option<String>,
+    profile_picture_id: Option<Uuid>,
+    linkedin_profile_url: Option<String>,
+    github_profile_url: Option<String>,
+    role: String,
+    is_professional: bool,
+    professional_status_updated_at: Option<OffsetDateTime>,
+    email_verified: bool,
+    pending_email: Option<String>,
+    is_locked: bool,
+    password_hash: String,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    last_login_at: Option<OffsetDateTime>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = anyhow::Error;
+
+    fn try_from(row: UserRow) -> Result<Self, Self::Error> {
+        let id = row.id;
+        // The message names the row and the column but never the value: stored values are personal data.
+        let invalid = |column: &str| format!("users row {id}: column {column} holds a value the domain refuses");
+        let email = EmailAddress::parse(&row.email).with_context(|| invalid("email"))?;
+        let nickname = Nickname::parse(&row.nickname).with_context(|| invalid("nickname"))?;
+        let first_name = parse_optional(row.first_name, PersonName::parse).with_context(|| invalid("first_name"))?;
+        let last_name = parse_optional(row.last_name, PersonName::parse).with_context(|| invalid("last_name"))?;
+        let bio = parse_optional(row.bio, Bio::parse).with_context(|| invalid("bio"))?;
+        let linkedin_profile_url =
+            parse_optional(row.linkedin_profile_url, |raw| ProfileUrl::parse(raw, ProfileUrlKind::LinkedIn))
+                .with_context(|| invalid("linkedin_profile_url"))?;
+        let github_profile_url =
+            parse_optional(row.github_profile_url, |raw| ProfileUrl::parse(raw, ProfileUrlKind::GitHub))
+                .with_context(|| invalid("github_profile_url"))?;
+        let role = Role::parse(&row.role).with_context(|| invalid("role"))?;
+        let pending_email = row
+            .pending_email
+            .as_deref()
+            .map(EmailAddress::parse)
+            .transpose()
+            .with_context(|| invalid("pending_email"))?;
+        Ok(Self {
+            id: UserId::from_uuid(row.id),
+            email,
+            nickname,
+            first_name,
+            last_name,
+            bio,
+            profile_picture_id: row.profile_picture_id,
+            linkedin_profile_url,
+            github_profile_url,
+            role,
+            is_professional: row.is_professional,
+            professional_status_updated_at: row.professional_status_updated_at,
+            email_verified: row.email_verified,
+            pending_email,
+            is_locked: row.is_locked,
+            password_hash: PasswordHash::new(row.password_hash),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_login_at: row.last_login_at,
+        })
+    }
+}
+
+/// Parses a nullable column with a domain parser that itself answers `None` for blank input.
+fn parse_optional<T, E>(
+    value: Option<String>,
+    parse: impl FnOnce(&str) -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    value.as_deref().map(parse).transpose().map(Option::flatten)
+}
+
+/// A `users` row to insert; the timestamps and the flags the domain does not set come from the column defaults.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewUserRow<'a> {
+    id: Uuid,
+    email: &'a str,
+    nickname: &'a str,
+    first_name: Option<&'a str>,
+    last_name: Option<&'a str>,
+    bio: Option<&'a str>,
+    linkedin_profile_url: Option<&'a str>,
+    github_profile_url: Option<&'a str>,
+    role: &'static str,
+    email_verified: bool,
+    password_hash: &'a str,
+}
+
+impl<'a> From<&'a NewUser> for NewUserRow<'a> {
+    fn from(user: &'a NewUser) -> Self {
+        Self {
+            id: user.id.as_uuid(),
+            email: user.email.as_str(),
+            nickname: user.nickname.as_str(),
+            first_name: user.first_name.as_ref().map(PersonName::as_str),
+            last_name: user.last_name.as_ref().map(PersonName::as_str),
+            bio: user.bio.as_ref().map(Bio::as_str),
+            linkedin_profile_url: user.linkedin_profile_url.as_ref().map(ProfileUrl::as_str),
+            github_profile_url: user.github_profile_url.as_ref().map(ProfileUrl::as_str),
+            role: user.role.as_str(),
+            email_verified: user.email_verified,
+            password_hash: user.password_hash.as_str(),
+        }
+    }
+}
+
+/// A `sessions` row as read back.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = sessions)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct SessionRow {
+    id: Uuid,
+    user_id: Uuid,
+    created_at: OffsetDateTime,
+    last_used_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    revoked_at: Option<OffsetDateTime>,
+    user_agent: Option<String>,
+    ip: Option<String>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(row: SessionRow) -> Self {
+        Self {
+            id: SessionId::from_uuid(row.id),
+            user_id: UserId::from_uuid(row.user_id),
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+            user_agent: row.user_agent,
+            ip: row.ip,
+        }
+    }
+}
+
+/// A `sessions` row to insert. Both timestamps are the login time the service passes in, not the database's
+/// clock, so that the domain's clock alone decides expiry.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = sessions)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewSessionRow<'a> {
+    id: Uuid,
+    user_id: Uuid,
+    created_at: OffsetDateTime,
+    last_used_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    user_agent: Option<&'a str>,
+    ip: Option<&'a str>,
+}
+
+impl<'a> NewSessionRow<'a> {
+    /// The row for a session started at `at`.
+    pub(crate) fn new(session: &'a NewSession, at: OffsetDateTime) -> Self {
+        Self {
+            id: session.id.as_uuid(),
+            user_id: session.user_id.as_uuid(),
+            created_at: at,
+            last_used_at: at,
+            expires_at: session.expires_at,
+            user_agent: session.user_agent.as_deref(),
+            ip: session.ip.as_deref(),
+        }
+    }
+}
+
+/// A `refresh_tokens` row to insert: only the token's hash is ever stored.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = refresh_tokens)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewRefreshTokenRow<'a> {
+    token_hash: &'a str,
+    session_id: Uuid,
+    created_at: OffsetDateTime,
+}
+
+impl<'a> NewRefreshTokenRow<'a> {
+    /// The row for the first refresh token of `session`, issued at `at`.
+    pub(crate) fn first_of(session: &'a NewSession, at: OffsetDateTime) -> Self {
+        Self { token_hash: session.refresh_token_hash.as_str(), session_id: session.id.as_uuid(), created_at: at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> UserRow {
+        let now = OffsetDateTime::now_utc();
+        UserRow {
+            id: Uuid::now_v7(),
+            email: "Ada@example.com".to_owned(),
+            nickname: "ada_l".to_owned(),
+            first_name: Some("Ada".to_owned()),
+            last_name: None,
+            bio: Some("   ".to_owned()),
+            profile_picture_id: None,
+            linkedin_profile_url: None,
+            github_profile_url: Some("https://github.com/ada".to_owned()),
+            role: "MANAGER".to_owned(),
+            is_professional: false,
+            professional_status_updated_at: None,
+            email_verified: true,
+            pending_email: None,
+            is_locked: false,
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        }
+    }
+
+    #[test]
+    fn a_valid_row_becomes_a_user_through_the_domain_parsers() {
+        let user = User::try_from(row()).unwrap();
+        assert_eq!(user.email.as_str(), "Ada@example.com");
+        assert_eq!(user.role, Role::Manager);
+        assert_eq!(user.first_name.unwrap().as_str(), "Ada");
+        assert_eq!(user.bio, None, "a blank stored bio reads as no bio");
+        assert_eq!(user.github_profile_url.unwrap().as_str(), "https://github.com/ada");
+    }
+
+    #[test]
+    fn a_row_with_an_unknown_role_is_refused_without_echoing_the_value() {
+        let mut bad = row();
+        bad.role = "SUPERUSER".to_owned();
+        let error = User::try_from(bad).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("column role"), "{message}");
+        assert!(!message.contains("SUPERUSER"), "{message}");
+    }
+
+    #[test]
+    fn a_row_with_a_malformed_email_or_url_is_refused() {
+        let mut bad_email = row();
+        bad_email.email = "not an email".to_owned();
+        assert!(User::try_from(bad_email).is_err());
+        let mut bad_url = row();
+        bad_url.linkedin_profile_url = Some("http://linkedin.com/in/ada".to_owned());
+        assert!(User::try_from(bad_url).is_err());
+    }
+}

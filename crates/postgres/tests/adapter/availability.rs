@@ -1,0 +1,101 @@
+//! Postgres being down, hanging or coming back: requests fail fast as unavailable, and the pool recovers.
+
+use std::time::{Duration, Instant};
+
+use users_domain::ports::{PortError, UserRepository as _};
+use users_domain::user::UserId;
+use users_postgres::{PgConfig, PgRepository, PgSetupError};
+use users_testkit::TestDatabase;
+
+use crate::support::{SwitchableProxy, new_user, repository, repository_at};
+
+/// How long a test waits for an outage, or its end, to show before it fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_server_that_refuses_connections_is_unavailable_at_once() {
+    // Nothing listens on port 1, so every connection attempt is refused.
+    let repository = repository_at("postgres://postgres@127.0.0.1:1/postgres".to_owned()).await;
+    let started = Instant::now();
+
+    let ping = repository.ping().await.unwrap_err();
+    assert!(matches!(ping, PortError::Unavailable(_)), "{ping:?}");
+    assert!(format!("{:#}", anyhow::Error::new(ping)).contains("refused"), "the cause reaches the log");
+    let find = repository.find_user(UserId::generate()).await.unwrap_err();
+    assert!(matches!(find, PortError::Unavailable(_)), "{find:?}");
+    let insert = repository.insert_user(new_user("ada@example.com", "ada")).await.unwrap_err();
+    assert!(matches!(insert, users_domain::ports::InsertUserError::Port(PortError::Unavailable(_))), "{insert:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_unavailable_within_the_acquire_timeout() {
+    // The kernel completes the TCP handshake for this listener, but nothing ever reads or answers: a hung server.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://postgres@{}/postgres", silent.local_addr().unwrap());
+    let config = PgConfig { url, max_connections: 2, acquire_timeout: Duration::from_millis(500) };
+    let repository = PgRepository::connect(&config).await.unwrap();
+    let started = Instant::now();
+
+    let error = repository.ping().await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error, PortError::Unavailable(_)), "{error:?}");
+    assert!(elapsed >= Duration::from_millis(450), "gave up early, after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn the_pool_recovers_when_the_database_comes_back() {
+    let database = TestDatabase::create().await;
+    let target = url::Url::parse(&database.url()).unwrap();
+    let host_port = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
+    let proxy = SwitchableProxy::start(host_port).await;
+    let mut proxied = target.clone();
+    proxied.set_host(Some("127.0.0.1")).unwrap();
+    proxied.set_port(Some(proxy.address().port())).unwrap();
+    let repository = repository_at(proxied.to_string()).await;
+    let user = repository.insert_user(new_user("ada@example.com", "ada")).await.unwrap();
+
+    proxy.set_up(false);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match repository.ping().await {
+            Err(PortError::Unavailable(_)) => break,
+            other => assert!(Instant::now() < deadline, "the outage never showed: {other:?}"),
+        }
+    }
+    let error = repository.find_user(user.id).await.unwrap_err();
+    assert!(matches!(error, PortError::Unavailable(_)), "{error:?}");
+
+    proxy.set_up(true);
+    let deadline = Instant::now() + DEADLINE;
+    while let Err(error) = repository.ping().await {
+        assert!(Instant::now() < deadline, "the pool never recovered: {error:?}");
+    }
+    assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().id, user.id);
+}
+
+#[tokio::test]
+async fn connect_refuses_an_unparsable_url_at_once() {
+    let config = PgConfig { url: "postgres://postgres@127.0.0.1:notaport/db".to_owned(), ..PgConfig::default() };
+    let error = PgRepository::connect(&config).await.unwrap_err();
+    assert!(matches!(error, PgSetupError::InvalidUrl(_)), "{error:?}");
+    assert_eq!(error.to_string(), "the database URL is not a valid Postgres connection string");
+}
+
+#[tokio::test]
+async fn connect_refuses_a_pool_without_connections_or_without_a_timeout() {
+    let no_connections = PgConfig { max_connections: 0, ..PgConfig::default() };
+    assert!(matches!(PgRepository::connect(&no_connections).await, Err(PgSetupError::InvalidConfig(_))));
+    let no_timeout = PgConfig { acquire_timeout: Duration::ZERO, ..PgConfig::default() };
+    assert!(matches!(PgRepository::connect(&no_timeout).await, Err(PgSetupError::InvalidConfig(_))));
+}
+
+#[tokio::test]
+async fn a_repository_on_a_live_database_is_not_affected_by_another_one_being_down() {
+    let database = TestDatabase::create().await;
+    let live = repository(&database).await;
+    let dead = repository_at("postgres://postgres@127.0.0.1:1/postgres".to_owned()).await;
+    assert!(dead.ping().await.is_err());
+    live.ping().await.unwrap();
+}

@@ -1,0 +1,187 @@
+//! Support for the black-box tests: the app started in-process on a fresh database ([`TestApp`]), and the real
+//! `user-management` binary run as a child process ([`BinaryApp`], [`run_cli`]).
+//!
+//! Every test gets its own database cloned from a migrated template (see `users-testkit`) and its own data
+//! directory; nothing is shared between tests. Missing services fail with a message naming `cargo xtask test`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test support: failing loudly is the point")]
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use users_api::config::Config;
+use users_api::startup::Application;
+use users_testkit::TestDatabase;
+
+/// A password that passes the default policy.
+pub const STRONG_PASSWORD: &str = "violet-kettle-orbit-97";
+
+/// The base settings every test app gets: its own database and data directory, rate limits off.
+fn base_env(db: &TestDatabase, data_dir: &tempfile::TempDir) -> HashMap<String, String> {
+    HashMap::from([
+        ("DATABASE_URL".to_owned(), db.url()),
+        ("DATA_DIR".to_owned(), data_dir.path().display().to_string()),
+        ("STORAGE_BACKEND".to_owned(), "fs".to_owned()),
+        ("MAIL_BACKEND".to_owned(), "file".to_owned()),
+        ("RATE_LIMITS".to_owned(), "off".to_owned()),
+        ("LOG_FORMAT".to_owned(), "json".to_owned()),
+    ])
+}
+
+/// The app, started in-process on port 0 against a fresh database.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// A plain HTTP client.
+    pub client: reqwest::Client,
+    /// The test's own database (dropped with the app).
+    pub db: TestDatabase,
+    /// The test's own data directory (removed with the app).
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// Starts the app with the base settings plus `extra`.
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let db = TestDatabase::create().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut env = base_env(&db, &data_dir);
+        env.insert("BIND_ADDR".to_owned(), "127.0.0.1:0".to_owned());
+        env.insert("PUBLIC_BASE_URL".to_owned(), "http://app.test".to_owned());
+        for (key, value) in extra {
+            env.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let config = Config::from_map(&env).unwrap();
+        let app = Application::build(config).await.expect("the app should start");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        Self { address, client: reqwest::Client::new(), db, data_dir }
+    }
+
+    /// Starts the app with the base settings.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// The URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+}
+
+/// Runs the real binary with a subcommand, the given environment and standard input; waits for it to finish.
+pub fn run_cli(args: &[&str], env: &HashMap<String, String>, stdin: &str) -> Output {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the user-management binary should start");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The path of the built `user-management` binary: `USER_MANAGEMENT_BIN`, set by `cargo xtask test`.
+pub fn binary() -> PathBuf {
+    let path = std::env::var("USER_MANAGEMENT_BIN")
+        .map(PathBuf::from)
+        .expect("USER_MANAGEMENT_BIN is not set: run the tests with `cargo xtask test`, which builds the binary");
+    assert!(path.exists(), "{} does not exist: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real binary serving on a free port against a fresh database; killed when dropped.
+pub struct BinaryApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// The environment it runs with, to run CLI subcommands against the same database and data directory.
+    pub env: HashMap<String, String>,
+    /// A plain HTTP client.
+    pub client: reqwest::Client,
+    child: Child,
+    _db: TestDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+impl BinaryApp {
+    /// Prepares a database and data directory, lets `before_start` run CLI commands against them, then starts
+    /// `user-management serve` and waits until `/healthz` answers.
+    pub async fn start(before_start: impl FnOnce(&HashMap<String, String>)) -> Self {
+        let db = TestDatabase::create().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut env = base_env(&db, &data_dir);
+        let port = free_port();
+        env.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"));
+        env.insert("PUBLIC_BASE_URL".to_owned(), format!("http://127.0.0.1:{port}"));
+        before_start(&env);
+        let child = Command::new(binary())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the user-management binary should start");
+        let app = Self {
+            address: format!("http://127.0.0.1:{port}"),
+            env,
+            client: reqwest::Client::new(),
+            child,
+            _db: db,
+            _data_dir: data_dir,
+        };
+        app.wait_until_healthy().await;
+        app
+    }
+
+    async fn wait_until_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.client.get(format!("{}/healthz", self.address)).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+}
+
+impl Drop for BinaryApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Logs in with JSON and returns the whole response.
+pub async fn login_json(client: &reqwest::Client, base: &str, email: &str, password: &str) -> reqwest::Response {
+    client.post(format!("{base}/login")).json(&json!({"email": email, "password": password})).send().await.unwrap()
+}
+
+/// Reads a response body as JSON, failing with the body when it is not.
+pub async fn json_body(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("expected JSON, got {text:?}"))
+}

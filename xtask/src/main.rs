@@ -1,0 +1,94 @@
+//! `cargo xtask`: the project's development tasks, written in Rust instead of shell scripts.
+//!
+//! - `cargo xtask run` makes sure a local Postgres and the `user_management` database exist, then runs the server
+//!   with the embedded defaults (pictures and mail under `DATA_DIR`) and prints the URL of the interactive docs.
+//! - `cargo xtask test [ARGS]` starts every service the tests talk to (Postgres, Garage as the S3 server, MailDev as
+//!   the SMTP catcher) on free ports, runs `cargo test --workspace --all-targets [ARGS]` with the `UM_TEST_*`
+//!   variables pointing at them, and stops the services again, whatever the outcome.
+//!
+//! The `cargo xtask` alias lives in `.cargo/config.toml`; status lines go to standard error, like cargo's own.
+
+mod garage;
+mod http;
+mod maildev;
+mod postgres;
+mod process;
+mod run;
+mod test;
+mod ui;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use run::Run;
+use test::Test;
+
+/// The text printed for `cargo xtask help` and for anything the task runner does not understand.
+const USAGE: &str = "\
+Usage: cargo xtask <COMMAND> [ARGS]
+
+Commands:
+  run           Ensure Postgres and the `user_management` database, then run the server
+                (`cargo run --release -p users-api -- serve`) and print the docs URL
+  test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports and run
+                `cargo test --workspace --all-targets [ARGS]` against them
+  help          Print this message";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let command = args.next();
+    let rest: Vec<String> = args.collect();
+
+    let outcome = match command.as_deref() {
+        Some("run") if rest.is_empty() => Run::new().execute(),
+        Some("test") => Test::new(rest).execute(),
+        Some("help" | "-h" | "--help") => {
+            eprintln!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("run") => {
+            eprintln!(
+                "error: `cargo xtask run` takes no arguments (configure the server with environment variables)\n"
+            );
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+        Some(other) => {
+            eprintln!("error: unknown command `{other}`\n");
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            ui::error(&format!("{error:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this package's directory, wherever `cargo xtask` was started from.
+fn project_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` in the workspace root.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => project_root().join(dir),
+        None => project_root().join("target"),
+    }
+}
+
+/// The cargo executable that started us (cargo sets `CARGO` for the programs it runs), so nested builds use the
+/// same toolchain.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}

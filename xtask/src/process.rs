@@ -1,0 +1,254 @@
+//! Running commands and supervising the processes the task runner starts.
+//!
+//! Every child runs in a process group of its own, and the task runner is the one that signals it: a Ctrl-C in the
+//! terminal, or a SIGTERM sent to the task runner alone (say, by a CI timeout), is passed on to the command running in
+//! the foreground (cargo and every test process below it), while background services stay up until they are
+//! stopped in order after it. [`Service`] stops its process on drop as well, so an early error or a panic leaves
+//! nothing behind. Every failure names the command and how it ended.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::ui;
+
+/// Set by the signal handler on SIGINT, SIGTERM or SIGHUP.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How long a foreground command may take to exit after it was passed SIGINT before it is sent SIGTERM.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a process may take to exit after SIGTERM before it is killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Makes SIGINT, SIGTERM and SIGHUP set a flag instead of killing the task runner, so it can clean up.
+pub fn install_interrupt_handler() -> Result<()> {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("could not install the Ctrl-C handler")
+}
+
+/// Whether the task runner has been asked to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails when the task runner has been asked to stop, so that it starts nothing new.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The command line of `command`, for messages.
+pub fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How a process ended, for messages: `exit code 1` or `signal 15`.
+pub fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// The exit code a shell would report for `status` (128 + n for death by signal n).
+pub fn exit_code(status: ExitStatus) -> ExitCode {
+    let code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Runs `command` in the foreground with inherited standard streams and fails unless it exits successfully.
+pub fn run(command: &mut Command) -> Result<()> {
+    check_interrupted()?;
+    let mut child = command.spawn().with_context(|| format!("could not start `{}`", describe(command)))?;
+    let status = wait_foreground(&mut child, &describe(command))?;
+    if !status.success() {
+        bail!("`{}` failed with {}", describe(command), describe_status(status));
+    }
+    Ok(())
+}
+
+/// Runs `command`, captures its standard output and fails, quoting its standard error, unless it exits successfully.
+pub fn output(command: &mut Command) -> Result<String> {
+    let output =
+        command.stdin(Stdio::null()).output().with_context(|| format!("could not start `{}`", describe(command)))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed with {}: {}",
+            describe(command),
+            describe_status(output.status),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8(output.stdout)
+        .with_context(|| format!("`{}` printed something that is not UTF-8", describe(command)))
+}
+
+/// Sends `signal` (`TERM`, `KILL`, ...) to the process group `pgid` with the system's `kill`.
+fn signal_group(pgid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .stderr(Stdio::null())
+        .status()
+        .context("could not run `kill`")?;
+    if !status.success() {
+        bail!("`kill -{signal} -- -{pgid}` failed with {}", describe_status(status));
+    }
+    Ok(())
+}
+
+/// Starts `command` in a process group of its own, with inherited standard streams, unless the task runner has
+/// already been interrupted. Wait for it with [`wait_foreground`], which passes interrupts on.
+pub fn spawn_foreground(command: &mut Command) -> Result<Child> {
+    check_interrupted()?;
+    command.process_group(0);
+    command.spawn().with_context(|| format!("could not start `{}`", describe(command)))
+}
+
+/// Waits for a child started with [`spawn_foreground`] and returns how it ended.
+///
+/// When the task runner is interrupted, the child's process group gets SIGINT, as from a terminal; SIGTERM after
+/// [`INTERRUPT_GRACE`] and SIGKILL after [`STOP_DEADLINE`] more, if it is still running. Once the child has exited
+/// after an interrupt, whatever is left in its group (a test binary whose cargo died first) gets SIGTERM.
+pub fn wait_foreground(child: &mut Child, name: &str) -> Result<ExitStatus> {
+    // `spawn_foreground` made the child the leader of a new group, so the group id is its pid.
+    let pgid = child.id();
+    let mut interrupted_at: Option<Instant> = None;
+    let mut terminated = false;
+    loop {
+        if let Some(status) = child.try_wait().with_context(|| format!("could not wait for {name}"))? {
+            if interrupted_at.is_some() {
+                // Most often nobody is left, and `kill` fails; that is the good outcome.
+                let _ = signal_group(pgid, "TERM");
+            }
+            return Ok(status);
+        }
+        match interrupted_at {
+            None if interrupted() => {
+                ui::info(&format!("interrupted: passing SIGINT on to {name}"));
+                // It may have exited in between; the next `try_wait` tells.
+                let _ = signal_group(pgid, "INT");
+                interrupted_at = Some(Instant::now());
+            }
+            Some(since) if !terminated && since.elapsed() >= INTERRUPT_GRACE => {
+                ui::info(&format!("{name} is still running; sending SIGTERM"));
+                let _ = signal_group(pgid, "TERM");
+                terminated = true;
+            }
+            Some(since) if since.elapsed() >= INTERRUPT_GRACE + STOP_DEADLINE => {
+                ui::info(&format!("{name} ignored SIGTERM; killing it"));
+                if signal_group(pgid, "KILL").is_err() {
+                    child.kill().with_context(|| format!("could not kill {name}"))?;
+                }
+                return child.wait().with_context(|| format!("could not wait for {name}"));
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A background process the task runner started and must stop: its output goes to a log file.
+pub struct Service {
+    /// A short name for messages (`garage`, `maildev`).
+    name: &'static str,
+    /// The process, until it has been stopped and reaped.
+    child: Option<Child>,
+    /// Where its standard output and error go.
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `command` in a new process group, with standard input closed and its output appended to `log`.
+    pub fn start(name: &'static str, mut command: Command, log: &Path) -> Result<Self> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+        }
+        let stdout = File::create(log).with_context(|| format!("could not create {}", log.display()))?;
+        let stderr = stdout.try_clone().with_context(|| format!("could not reopen {}", log.display()))?;
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+        let child = command.spawn().with_context(|| format!("could not start {name}: `{}`", describe(&command)))?;
+        ui::info(&format!("{name} started (pid {}), log: {}", child.id(), log.display()));
+        Ok(Self { name, child: Some(child), log: log.to_path_buf() })
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The file its output goes to.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Fails when the process has already exited: useful while waiting for it to become ready.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} has been stopped", self.name);
+        };
+        if let Some(status) = child.try_wait().with_context(|| format!("could not check on {}", self.name))? {
+            bail!("{} exited with {}; see {}", self.name, describe_status(status), self.log.display());
+        }
+        Ok(())
+    }
+
+    /// Stops the process: SIGTERM to its process group, then SIGKILL when it is still there after [`STOP_DEADLINE`].
+    ///
+    /// Stopping a service that already exited (a test may have stopped it) only reaps it.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let name = self.name;
+        let pid = child.id();
+        if let Some(status) = child.try_wait().with_context(|| format!("could not check on {name}"))? {
+            ui::info(&format!("{name} (pid {pid}) had already exited with {}", describe_status(status)));
+            return Ok(());
+        }
+        // The group id is the pid: `start` made the process the leader of a new group.
+        if let Err(error) = signal_group(pid, "TERM") {
+            ui::warn(&format!("could not send SIGTERM to {name}: {error:#}"));
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().with_context(|| format!("could not wait for {name}"))? {
+                ui::info(&format!("{name} (pid {pid}) stopped ({})", describe_status(status)));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ui::warn(&format!("{name} (pid {pid}) ignored SIGTERM for {}s; killing it", STOP_DEADLINE.as_secs()));
+        if signal_group(pid, "KILL").is_err() {
+            child.kill().with_context(|| format!("could not kill {name} (pid {pid})"))?;
+        }
+        child.wait().with_context(|| format!("could not wait for {name} (pid {pid})"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            ui::warn(&format!("{error:#}"));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `cargo xtask test`: the one command that runs every test against real services.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus};
+
+use anyhow::{Context, Result};
+
+use crate::garage::{self, Garage};
+use crate::maildev::{self, MailDev};
+use crate::process::{self, Service};
+use crate::{http, postgres, ui};
+
+/// Starts Postgres, Garage and MailDev, builds the server binary, runs `cargo test --workspace --all-targets` with
+/// the `UM_TEST_*` variables pointing at the services, and stops the services again.
+pub struct Test {
+    /// Extra arguments for `cargo test`, such as `-p users-domain` or `-- --nocapture`.
+    cargo_args: Vec<String>,
+}
+
+/// Everything installed or chosen before any service starts.
+struct Prepared {
+    /// Admin URL of the Postgres server the tests create their databases on.
+    database_url: String,
+    /// The `garage` executable.
+    garage_bin: PathBuf,
+    /// The `maildev` executable.
+    maildev_bin: PathBuf,
+}
+
+impl Test {
+    /// A test run passing `cargo_args` on to `cargo test`.
+    pub fn new(cargo_args: Vec<String>) -> Self {
+        Self { cargo_args }
+    }
+
+    /// Runs the tests; the exit code is `cargo test`'s.
+    ///
+    /// # Errors
+    /// When a service cannot be installed or started, or a build fails. Services already started are stopped
+    /// before this returns, in every case.
+    pub fn execute(self) -> Result<ExitCode> {
+        process::install_interrupt_handler()?;
+        let prepared = prepare()?;
+
+        let work_dir = TempDir::create()?;
+        let logs = crate::target_dir().join("xtask");
+        let mut services: Vec<Service> = Vec::new();
+        let outcome = self.start_services_and_test(&prepared, work_dir.path(), &logs, &mut services);
+
+        ui::step("Stopping services");
+        for service in services.iter_mut().rev() {
+            if let Err(error) = service.stop() {
+                ui::warn(&format!("{error:#}"));
+            }
+        }
+        let succeeded = matches!(&outcome, Ok(status) if status.success());
+        if !succeeded {
+            for service in &services {
+                ui::info(&format!("{} log: {}", service.name(), service.log().display()));
+            }
+        }
+        drop(work_dir);
+
+        let status = outcome?;
+        if status.success() {
+            ui::step("Tests passed");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            ui::error(&format!("`cargo test` failed with {}", process::describe_status(status)));
+            Ok(process::exit_code(status))
+        }
+    }
+
+    /// Starts the services (pushing each onto `services` as soon as it runs, so the caller stops it whatever
+    /// happens next), builds the binary and runs `cargo test`.
+    fn start_services_and_test(
+        &self,
+        prepared: &Prepared,
+        work_dir: &Path,
+        logs: &Path,
+        services: &mut Vec<Service>,
+    ) -> Result<ExitStatus> {
+        let [s3, rpc, admin, smtp, web] = http::free_ports::<5>()?;
+
+        let garage_dir = work_dir.join("garage");
+        std::fs::create_dir_all(&garage_dir).with_context(|| format!("could not create {}", garage_dir.display()))?;
+        let Garage { service, config: garage_config, endpoint, access_key, secret_key } = garage::start(
+            &prepared.garage_bin,
+            &garage_dir,
+            &garage::Ports { s3, rpc, admin },
+            &logs.join("garage.log"),
+        )?;
+        services.push(service);
+
+        let mail_dir = work_dir.join("maildev");
+        std::fs::create_dir_all(&mail_dir).with_context(|| format!("could not create {}", mail_dir.display()))?;
+        let MailDev { service, smtp_port, web_url } =
+            maildev::start(&prepared.maildev_bin, smtp, web, &mail_dir, &logs.join("maildev.log"))?;
+        services.push(service);
+
+        process::check_interrupted()?;
+        ui::step("Postgres: dropping databases left behind by crashed test runs");
+        postgres::drop_leftover_test_databases(&prepared.database_url)?;
+
+        ui::step("Building the server binary (cargo build -p users-api --bin user-management)");
+        let mut build = Command::new(crate::cargo());
+        build.current_dir(crate::project_root()).args(["build", "-p", "users-api", "--bin", "user-management"]);
+        process::run(&mut build).context("could not build the server binary")?;
+        let binary = crate::target_dir().join("debug").join("user-management");
+        if !binary.is_file() {
+            anyhow::bail!("the build succeeded but {} does not exist", binary.display());
+        }
+
+        process::check_interrupted()?;
+        let mut test = Command::new(crate::cargo());
+        test.current_dir(crate::project_root()).arg("test");
+        // `--workspace` would override a package selection among the extra arguments.
+        let cargo_options = self.cargo_args.iter().take_while(|arg| *arg != "--");
+        if !cargo_options.into_iter().any(|arg| selects_packages(arg)) {
+            test.arg("--workspace");
+        }
+        test.arg("--all-targets").args(&self.cargo_args);
+        let variables = [
+            ("UM_TEST_DATABASE_URL", prepared.database_url.clone()),
+            ("UM_TEST_S3_ENDPOINT", endpoint),
+            ("UM_TEST_S3_REGION", garage::REGION.to_owned()),
+            ("UM_TEST_S3_BUCKET", garage::BUCKET.to_owned()),
+            ("UM_TEST_S3_ACCESS_KEY", access_key),
+            ("UM_TEST_S3_SECRET_KEY", secret_key),
+            ("UM_TEST_SMTP_HOST", "127.0.0.1".to_owned()),
+            ("UM_TEST_SMTP_PORT", smtp_port.to_string()),
+            ("UM_TEST_MAILDEV_URL", web_url),
+            ("UM_TEST_GARAGE_BIN", prepared.garage_bin.display().to_string()),
+            ("UM_TEST_GARAGE_CONFIG", garage_config.display().to_string()),
+            ("UM_TEST_MAILDEV_BIN", prepared.maildev_bin.display().to_string()),
+            ("USER_MANAGEMENT_BIN", binary.display().to_string()),
+        ];
+        ui::step(&format!("Running `{}` with", process::describe(&test)));
+        for (name, value) in &variables {
+            // The secret key stays out of the terminal and CI logs.
+            let shown = if name.ends_with("SECRET_KEY") { "(hidden)" } else { value.as_str() };
+            ui::info(&format!("{name}={shown}"));
+        }
+        test.envs(variables);
+        let mut child = process::spawn_foreground(&mut test)?;
+        process::wait_foreground(&mut child, "cargo test")
+    }
+}
+
+/// Installs or finds everything the run needs, before anything is started.
+fn prepare() -> Result<Prepared> {
+    let database_url = match std::env::var("UM_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            ui::step("Postgres: using UM_TEST_DATABASE_URL from the environment");
+            url
+        }
+        _ => {
+            postgres::ensure_local_server()?;
+            postgres::LOCAL_ADMIN_URL.to_owned()
+        }
+    };
+    let garage_bin = garage::ensure_installed()?;
+    let maildev_bin = maildev::ensure_installed()?;
+    Ok(Prepared { database_url, garage_bin, maildev_bin })
+}
+
+/// Whether a `cargo test` argument chooses packages itself.
+fn selects_packages(arg: &str) -> bool {
+    arg == "-p" || arg.starts_with("--package") || (arg.starts_with("-p") && arg.len() > 2)
+}
+
+/// A directory under the system's temporary directory, removed again on drop.
+struct TempDir {
+    /// Its path.
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh directory named after this process, with a random suffix.
+    fn create() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("um-xtask-{}-{}", std::process::id(), garage::random_hex(4)?));
+        std::fs::create_dir_all(&path).with_context(|| format!("could not create {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Its path.
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            ui::warn(&format!("could not remove {}: {error}", self.path.display()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_selections_are_recognised() {
+        for arg in ["-p", "-pusers-domain", "--package", "--package=users-domain"] {
+            assert!(selects_packages(arg), "{arg}");
+        }
+        for arg in ["--", "--nocapture", "--lib", "login"] {
+            assert!(!selects_packages(arg), "{arg}");
+        }
+    }
+}
