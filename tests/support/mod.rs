@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod maildev;
+
 use serde_json::{Value, json};
 use users_api::config::Config;
 use users_api::startup::Application;
@@ -113,7 +115,8 @@ pub struct BinaryApp {
     /// A plain HTTP client.
     pub client: reqwest::Client,
     child: Child,
-    _db: TestDatabase,
+    /// The app's own database.
+    pub db: TestDatabase,
     _data_dir: tempfile::TempDir,
 }
 
@@ -121,9 +124,17 @@ impl BinaryApp {
     /// Prepares a database and data directory, lets `before_start` run CLI commands against them, then starts
     /// `user-management serve` and waits until `/healthz` answers.
     pub async fn start(before_start: impl FnOnce(&HashMap<String, String>)) -> Self {
+        Self::start_with(&[], before_start).await
+    }
+
+    /// As [`Self::start`], with extra settings.
+    pub async fn start_with(extra: &[(String, String)], before_start: impl FnOnce(&HashMap<String, String>)) -> Self {
         let db = TestDatabase::create().await;
         let data_dir = tempfile::tempdir().unwrap();
         let mut env = base_env(&db, &data_dir);
+        // Only warnings and errors from the server reach the test output; a failing test shows them.
+        env.insert("RUST_LOG".to_owned(), "warn".to_owned());
+        env.extend(extra.iter().cloned());
         let port = free_port();
         env.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"));
         env.insert("PUBLIC_BASE_URL".to_owned(), format!("http://127.0.0.1:{port}"));
@@ -142,7 +153,7 @@ impl BinaryApp {
             env,
             client: reqwest::Client::new(),
             child,
-            _db: db,
+            db,
             _data_dir: data_dir,
         };
         app.wait_until_healthy().await;

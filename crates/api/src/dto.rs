@@ -8,8 +8,12 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use users_domain::User;
+use users_domain::account_service::{MeUpdate, Registration};
+use users_domain::accounts::{ProfileChanges, SessionSummary};
 use users_domain::session::TokenPair;
+use users_domain::{Bio, EmailAddress, Nickname, PersonName, ProfileUrl, ProfileUrlKind, User};
+
+use crate::error::{ApiError, FieldErrors};
 
 /// `POST /login` as JSON.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -151,4 +155,279 @@ impl UserResponse {
 pub struct StatusResponse {
     /// `ok`, or what is wrong.
     pub status: &'static str,
+}
+
+/// Reads a field that may be absent (`None`), `null` (`Some(None)`) or a value (`Some(Some(v))`).
+fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// `POST /register`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The address to verify; it becomes the login.
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    /// 15 to 128 characters (counted after NFKC), not common, not built from your own details.
+    #[schema(example = "violet-kettle-orbit-97", format = Password)]
+    pub password: String,
+    /// 3-32 ASCII letters, digits, `_` or `-`; generated as `adjective_animal_NNN` when absent.
+    pub nickname: Option<String>,
+    /// At most 100 characters.
+    pub first_name: Option<String>,
+    /// At most 100 characters.
+    pub last_name: Option<String>,
+    /// At most 500 characters.
+    pub bio: Option<String>,
+    /// An `https://` URL on linkedin.com.
+    pub linkedin_profile_url: Option<String>,
+    /// An `https://` URL on github.com.
+    pub github_profile_url: Option<String>,
+}
+
+/// A request naming only an email address (`/verify-email/resend`, `/password/forgot`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRequest {
+    /// The account's address.
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+}
+
+/// A request carrying a refresh token (`/token/refresh`, `/logout`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The opaque refresh token from the last login or refresh.
+    pub refresh_token: String,
+}
+
+/// `POST /password/reset`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The token from the reset link.
+    pub token: String,
+    /// The new password.
+    #[schema(format = Password)]
+    pub new_password: String,
+}
+
+/// `POST /me/password`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The password in use now.
+    #[schema(format = Password)]
+    pub current_password: String,
+    /// The new password.
+    #[schema(format = Password)]
+    pub new_password: String,
+}
+
+/// `PATCH /me`: only the fields present change; `null` clears an optional field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMeRequest {
+    /// A new nickname (cannot be cleared).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub nickname: Option<Option<String>>,
+    /// A new first name, or `null` to clear it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    /// A new last name, or `null` to clear it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    /// A new biography, or `null` to clear it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub bio: Option<Option<String>>,
+    /// A new LinkedIn URL, or `null` to clear it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub linkedin_profile_url: Option<Option<String>>,
+    /// A new GitHub URL, or `null` to clear it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub github_profile_url: Option<Option<String>>,
+    /// A new email address: shown as `pending_email` until the link mailed to it is followed.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    /// Required with `email`.
+    #[schema(format = Password)]
+    pub current_password: Option<String>,
+}
+
+/// `DELETE /me`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteMeRequest {
+    /// The password in use now.
+    #[schema(format = Password)]
+    pub current_password: String,
+}
+
+/// A plain confirmation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageResponse {
+    /// What happened, for humans.
+    pub message: &'static str,
+}
+
+/// One of the caller's sessions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionResponse {
+    /// The session's id (the `sid` of its access tokens).
+    pub id: Uuid,
+    /// When the user logged in.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// When the session was last refreshed.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_used_at: OffsetDateTime,
+    /// The `User-Agent` at login.
+    pub user_agent: Option<String>,
+    /// The client address at login.
+    pub ip: Option<String>,
+    /// Whether this is the session of the request.
+    pub current: bool,
+}
+
+/// The caller's sessions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionsResponse {
+    /// Active sessions, newest first.
+    pub items: Vec<SessionResponse>,
+}
+
+/// Parses an optional text field, treating an empty string like an absent one.
+fn optional<T, E>(
+    errors: &mut FieldErrors,
+    field: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<Option<T>, E>,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+{
+    raw.and_then(|raw| errors.check(field, parse(raw)).flatten())
+}
+
+/// Parses a field of a partial update: absent stays absent, `null` (or an empty string) clears, a value is parsed.
+#[expect(clippy::option_option, reason = "absent, cleared and set are three different requests")]
+fn change<T, E>(
+    errors: &mut FieldErrors,
+    field: &str,
+    raw: Option<Option<String>>,
+    parse: impl FnOnce(&str) -> Result<Option<T>, E>,
+) -> Option<Option<T>>
+where
+    E: std::fmt::Display,
+{
+    match raw {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(raw)) => errors.check(field, parse(&raw)),
+    }
+}
+
+impl RegisterRequest {
+    /// Parses every field, reporting all bad ones at once (422).
+    ///
+    /// # Errors
+    /// 422 `validation_failed`.
+    pub fn try_into_domain(self) -> Result<Registration, ApiError> {
+        let mut errors = FieldErrors::default();
+        let email = errors.check("email", EmailAddress::parse(&self.email));
+        let nickname = self.nickname.as_deref().and_then(|raw| errors.check("nickname", Nickname::parse(raw)));
+        let first_name = optional(&mut errors, "first_name", self.first_name.as_deref(), PersonName::parse);
+        let last_name = optional(&mut errors, "last_name", self.last_name.as_deref(), PersonName::parse);
+        let bio = optional(&mut errors, "bio", self.bio.as_deref(), Bio::parse);
+        let linkedin_profile_url =
+            optional(&mut errors, "linkedin_profile_url", self.linkedin_profile_url.as_deref(), |raw| {
+                ProfileUrl::parse(raw, ProfileUrlKind::LinkedIn)
+            });
+        let github_profile_url =
+            optional(&mut errors, "github_profile_url", self.github_profile_url.as_deref(), |raw| {
+                ProfileUrl::parse(raw, ProfileUrlKind::GitHub)
+            });
+        errors.finish()?;
+        let email = email.ok_or_else(|| ApiError::invalid_field("email", "is required"))?;
+        Ok(Registration {
+            email,
+            password: self.password,
+            nickname,
+            first_name,
+            last_name,
+            bio,
+            linkedin_profile_url,
+            github_profile_url,
+        })
+    }
+}
+
+impl UpdateMeRequest {
+    /// Parses the fields present, reporting all bad ones at once (422).
+    ///
+    /// # Errors
+    /// 422 `validation_failed`.
+    pub fn try_into_domain(self) -> Result<MeUpdate, ApiError> {
+        let mut errors = FieldErrors::default();
+        let nickname = match self.nickname {
+            None => None,
+            Some(None) => {
+                errors.add("nickname", "cannot be cleared");
+                None
+            }
+            Some(Some(raw)) => errors.check("nickname", Nickname::parse(&raw)),
+        };
+        let email = match self.email {
+            None => None,
+            Some(None) => {
+                errors.add("email", "cannot be cleared");
+                None
+            }
+            Some(Some(raw)) => errors.check("email", EmailAddress::parse(&raw)),
+        };
+        let profile = ProfileChanges {
+            nickname,
+            first_name: change(&mut errors, "first_name", self.first_name, PersonName::parse),
+            last_name: change(&mut errors, "last_name", self.last_name, PersonName::parse),
+            bio: change(&mut errors, "bio", self.bio, Bio::parse),
+            linkedin_profile_url: change(&mut errors, "linkedin_profile_url", self.linkedin_profile_url, |raw| {
+                ProfileUrl::parse(raw, ProfileUrlKind::LinkedIn)
+            }),
+            github_profile_url: change(&mut errors, "github_profile_url", self.github_profile_url, |raw| {
+                ProfileUrl::parse(raw, ProfileUrlKind::GitHub)
+            }),
+        };
+        errors.finish()?;
+        Ok(MeUpdate { profile, email, current_password: self.current_password })
+    }
+}
+
+impl SessionResponse {
+    /// Shows one of the caller's sessions.
+    pub fn new(summary: &SessionSummary) -> Self {
+        let session = &summary.session;
+        Self {
+            id: session.id.as_uuid(),
+            created_at: session.created_at,
+            last_used_at: session.last_used_at,
+            user_agent: session.user_agent.clone(),
+            ip: session.ip.clone(),
+            current: summary.current,
+        }
+    }
 }

@@ -10,6 +10,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use users_domain::account_service::{RefreshError, RegisterError, ResetPasswordError, SelfServiceError};
+use users_domain::accounts::ConfirmEmailError;
 use users_domain::ports::PortError;
 use users_domain::service::{AuthError, LoginError};
 
@@ -231,6 +233,7 @@ impl From<LoginError> for ApiError {
                 "verify your email address with the link we sent before logging in",
             ),
             LoginError::AccountLocked => Self::account_locked(),
+            LoginError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
             LoginError::Port(error) => error.into(),
         }
     }
@@ -242,6 +245,129 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidToken => Self::invalid_token(),
             AuthError::AccountLocked => Self::account_locked(),
             AuthError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// 429 `rate_limited` with `Retry-After` in whole seconds (at least 1).
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; try again later");
+        error.retry_after = Some(retry_after.as_secs().max(1) + u64::from(retry_after.subsec_nanos() > 0));
+        error
+    }
+
+    /// 400 `invalid_or_expired_token`, for email and reset links.
+    pub fn invalid_link() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_or_expired_token",
+            "this link is invalid, expired or already used; ask for a new one",
+        )
+    }
+
+    /// 409 `email_taken`.
+    pub fn email_taken() -> Self {
+        Self::new(StatusCode::CONFLICT, "email_taken", "another account uses this email address")
+    }
+
+    /// 409 `nickname_taken`.
+    pub fn nickname_taken() -> Self {
+        Self::new(StatusCode::CONFLICT, "nickname_taken", "another account uses this nickname")
+    }
+
+    /// 403 `invalid_current_password`.
+    pub fn invalid_current_password() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_current_password", "the current password is wrong")
+    }
+
+    /// 422 `validation_failed` for one field.
+    pub fn invalid_field(field: &str, message: impl fmt::Display) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+}
+
+/// Collects the field errors of one request, so a client learns about every bad field at once.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    /// Keeps the value of a successful parse, or records the error under `field`.
+    pub fn check<T, E: fmt::Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|error| self.0.push(FieldError::new(field, error))).ok()
+    }
+
+    /// Records an error under `field`.
+    pub fn add(&mut self, field: &str, message: impl fmt::Display) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    /// `Ok` when nothing was recorded, else a 422 listing every error.
+    ///
+    /// # Errors
+    /// The 422 `validation_failed` problem.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ApiError::validation(self.0)) }
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(error: RegisterError) -> Self {
+        match error {
+            RegisterError::WeakPassword(error) => Self::invalid_field("password", error),
+            RegisterError::NicknameTaken => Self::nickname_taken(),
+            RegisterError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<ConfirmEmailError> for ApiError {
+    fn from(error: ConfirmEmailError) -> Self {
+        match error {
+            ConfirmEmailError::InvalidToken => Self::invalid_link(),
+            ConfirmEmailError::EmailTaken => Self::email_taken(),
+            ConfirmEmailError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(error: RefreshError) -> Self {
+        match error {
+            RefreshError::InvalidToken => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "this refresh token is invalid, expired, revoked or already used; log in again",
+            ),
+            RefreshError::AccountLocked => Self::account_locked(),
+            RefreshError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<ResetPasswordError> for ApiError {
+    fn from(error: ResetPasswordError) -> Self {
+        match error {
+            ResetPasswordError::InvalidToken => Self::invalid_link(),
+            ResetPasswordError::WeakPassword(error) => Self::invalid_field("new_password", error),
+            ResetPasswordError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<SelfServiceError> for ApiError {
+    fn from(error: SelfServiceError) -> Self {
+        match error {
+            SelfServiceError::InvalidCurrentPassword => Self::invalid_current_password(),
+            SelfServiceError::CurrentPasswordRequired => {
+                Self::invalid_field("current_password", "is required to change the email address")
+            }
+            SelfServiceError::WeakPassword(error) => Self::invalid_field("new_password", error),
+            SelfServiceError::EmailTaken => Self::email_taken(),
+            SelfServiceError::NicknameTaken => Self::nickname_taken(),
+            // The caller's own account vanished under them: answer as for a revoked token.
+            SelfServiceError::NotFound => Self::invalid_token(),
+            SelfServiceError::Port(error) => error.into(),
         }
     }
 }

@@ -6,7 +6,9 @@
 pub mod config;
 pub mod dto;
 pub mod error;
+pub mod mailer;
 pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -5,9 +5,13 @@
 use utoipa::openapi::security::{Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::dto::{LoginForm, LoginJson, StatusResponse, TokenResponse, UserResponse};
+use crate::dto::{
+    ChangePasswordRequest, DeleteMeRequest, EmailRequest, LoginForm, LoginJson, MessageResponse, RefreshRequest,
+    RegisterRequest, ResetPasswordRequest, SessionResponse, SessionsResponse, StatusResponse, TokenResponse,
+    UpdateMeRequest, UserResponse,
+};
 use crate::error::{FieldError, Problem};
-use crate::routes::{auth, me, ops};
+use crate::routes::{accounts, auth, me, ops};
 
 /// The service's OpenAPI description.
 #[derive(OpenApi)]
@@ -23,8 +27,47 @@ Readings of the contract: nicknames are ASCII letters, digits, `_` and `-` only 
 \"letters/digits\": no look-alike or invisible characters); the client address recorded on sessions is the TCP \
 peer, never `X-Forwarded-For`."
     ),
-    paths(auth::login, me::get_me, ops::healthz, ops::readyz, ops::metrics, ops::jwks),
-    components(schemas(LoginJson, LoginForm, TokenResponse, UserResponse, StatusResponse, Problem, FieldError)),
+    paths(
+        auth::login,
+        accounts::register,
+        accounts::verify_email,
+        accounts::resend_verification,
+        accounts::refresh,
+        accounts::logout,
+        accounts::logout_all,
+        accounts::list_sessions,
+        accounts::revoke_session,
+        accounts::forgot_password,
+        accounts::reset_page,
+        accounts::reset_password,
+        accounts::change_password,
+        me::get_me,
+        accounts::update_me,
+        accounts::delete_me,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::jwks
+    ),
+    components(schemas(
+        LoginJson,
+        LoginForm,
+        TokenResponse,
+        UserResponse,
+        StatusResponse,
+        Problem,
+        FieldError,
+        RegisterRequest,
+        EmailRequest,
+        RefreshRequest,
+        ResetPasswordRequest,
+        ChangePasswordRequest,
+        UpdateMeRequest,
+        DeleteMeRequest,
+        MessageResponse,
+        SessionResponse,
+        SessionsResponse
+    )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "accounts", description = "Registration, login and sessions"),

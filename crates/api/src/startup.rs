@@ -10,6 +10,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
 use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
+use users_domain::accounts::BackoffPolicy;
 use users_domain::ports::SystemClock;
 use users_domain::{PasswordPolicy, Service, ServiceConfig};
 use users_postgres::{PgConfig, PgRepository};
@@ -18,8 +19,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
-use crate::routes::{auth, me, ops};
+use crate::rate_limit::RateLimiter;
+use crate::routes::{accounts, auth, me, ops};
 use crate::telemetry::observe;
 
 /// The domain service with the production adapters plugged in.
@@ -33,6 +36,8 @@ pub struct AppState {
     pub public_base_url: String,
     /// The JWKS document served at `/.well-known/jwks.json`.
     pub jwks: serde_json::Value,
+    /// Per-client-IP limits on the routes attackers hammer.
+    pub rate_limiter: RateLimiter,
 }
 
 /// Runs the embedded migrations against `DATABASE_URL`.
@@ -49,7 +54,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When the data directory, the key or the database pool cannot be set up.
-pub async fn build_service(config: &Config) -> anyhow::Result<(AppService, JwtCodec)> {
+pub async fn build_service(config: &Config) -> anyhow::Result<(AppService, JwtCodec, PgRepository)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
     let repo = PgRepository::connect(&PgConfig { url: config.database_url.clone(), ..PgConfig::default() })
@@ -66,15 +71,25 @@ pub async fn build_service(config: &Config) -> anyhow::Result<(AppService, JwtCo
     let service_config = ServiceConfig {
         access_token_ttl: config.access_token_ttl,
         refresh_token_ttl: config.refresh_token_ttl,
+        refresh_token_idle_ttl: config.refresh_token_idle_ttl,
+        verify_token_ttl: config.verify_token_ttl,
+        reset_token_ttl: config.reset_token_ttl,
         password_policy: PasswordPolicy { min_length: config.password_min_length },
+        login_backoff: BackoffPolicy {
+            after: config.login_backoff_after,
+            base: config.login_backoff_base,
+            max: config.login_backoff_max,
+        },
+        public_base_url: config.public_base_url.clone(),
     };
-    Ok((Service::new(repo, hasher, codec.clone(), SystemClock, service_config), codec))
+    Ok((Service::new(repo.clone(), hasher, codec.clone(), SystemClock, service_config), codec, repo))
 }
 
-/// A built, bound server, ready to run.
+/// A built, bound server, ready to run, with its outbox worker.
 pub struct Application {
     server: Server,
     port: u16,
+    outbox: OutboxWorker,
 }
 
 impl Application {
@@ -86,7 +101,8 @@ impl Application {
         // Install the metrics recorder before the first request, so that request is counted too.
         let _ = crate::telemetry::metrics_handle();
         migrate(&config).await?;
-        let (service, codec) = build_service(&config).await?;
+        let (service, codec, repo) = build_service(&config).await?;
+        let mailer = AppMailer::from_config(&config)?;
         if let Some(admin) = &config.bootstrap_admin {
             let user = service
                 .ensure_admin(admin.email.clone(), &admin.password)
@@ -94,8 +110,12 @@ impl Application {
                 .context("making sure of the BOOTSTRAP_ADMIN_EMAIL account")?;
             tracing::info!(user_id = %user.id, "bootstrap admin is present");
         }
-        let state =
-            web::Data::new(AppState { service, public_base_url: config.public_base_url.clone(), jwks: codec.jwks() });
+        let state = web::Data::new(AppState {
+            service,
+            public_base_url: config.public_base_url.clone(),
+            jwks: codec.jwks(),
+            rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
+        });
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
@@ -113,7 +133,8 @@ impl Application {
         .listen(listener)
         .context("starting the HTTP server")?
         .run();
-        Ok(Self { server, port })
+        let outbox = OutboxWorker::start(repo, mailer);
+        Ok(Self { server, port, outbox })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -126,7 +147,11 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
+        // outbox for the next start.
+        self.outbox.stop().await;
+        served
     }
 }
 
@@ -134,7 +159,27 @@ impl Application {
 /// 405 (with `Allow`) rather than 404.
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/login").route(web::post().to(auth::login)))
-        .service(web::resource("/me").route(web::get().to(me::get_me)))
+        .service(web::resource("/register").route(web::post().to(accounts::register)))
+        .service(web::resource("/verify-email/resend").route(web::post().to(accounts::resend_verification)))
+        .service(web::resource("/verify-email/{user_id}/{token}").route(web::get().to(accounts::verify_email)))
+        .service(web::resource("/token/refresh").route(web::post().to(accounts::refresh)))
+        .service(web::resource("/logout").route(web::post().to(accounts::logout)))
+        .service(web::resource("/logout/all").route(web::post().to(accounts::logout_all)))
+        .service(web::resource("/me/sessions").route(web::get().to(accounts::list_sessions)))
+        .service(web::resource("/me/sessions/{id}").route(web::delete().to(accounts::revoke_session)))
+        .service(web::resource("/me/password").route(web::post().to(accounts::change_password)))
+        .service(web::resource("/password/forgot").route(web::post().to(accounts::forgot_password)))
+        .service(
+            web::resource("/password/reset")
+                .route(web::get().to(accounts::reset_page))
+                .route(web::post().to(accounts::reset_password)),
+        )
+        .service(
+            web::resource("/me")
+                .route(web::get().to(me::get_me))
+                .route(web::patch().to(accounts::update_me))
+                .route(web::delete().to(accounts::delete_me)),
+        )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))

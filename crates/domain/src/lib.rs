@@ -5,7 +5,12 @@
 //! the password hasher, the access-token codec, the clock, picture storage and the mailer. [`Service`] is the entry
 //! point: handlers call it, adapters plug into it. Nothing here performs I/O; the adapters in the other crates do.
 
+pub mod account_service;
+pub mod accounts;
+pub mod mail;
+pub mod outbox;
 pub mod permissions;
+pub mod pictures;
 pub mod ports;
 pub mod service;
 pub mod session;

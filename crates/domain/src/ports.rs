@@ -6,9 +6,14 @@
 
 use std::future::Future;
 
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
 
-use crate::session::{AccessClaims, AccessToken, NewSession, Session, SessionId};
+use crate::accounts::{
+    BackoffPolicy, ConfirmEmailError, EmailConfirmation, NewEmailToken, OutboxMessage, OwnedSession, ProfileChanges,
+    RefreshOutcome, UpdateProfileError,
+};
+use crate::session::{AccessClaims, AccessToken, NewSession, Session, SessionId, TokenHash};
 use crate::user::{EmailAddress, NewUser, Password, PasswordHash, User, UserId};
 
 /// A failure of an infrastructure dependency, opaque to the domain except for one distinction: whether the
@@ -94,6 +99,219 @@ pub trait UserRepository: Send + Sync + 'static {
     /// # Errors
     /// [`PortError`] when it does not.
     fn ping(&self) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Registers a user: inserts the user, their verification token and the verification mail in one transaction,
+    /// so an account never exists without its mail queued.
+    ///
+    /// # Errors
+    /// As [`Self::insert_user`]; on any error nothing is stored.
+    fn register(
+        &self,
+        user: NewUser,
+        token: NewEmailToken,
+        mail: OutgoingMail,
+    ) -> impl Future<Output = Result<User, InsertUserError>> + Send;
+
+    /// Queues a mail in the outbox.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn queue_mail(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Issues an email token and queues `mails`, in one transaction. Older unused tokens of the same user and
+    /// purpose stop working (newest wins). For an email change, the user's `pending_email` becomes the token's
+    /// `new_email`.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails; then nothing is stored.
+    fn issue_email_token(
+        &self,
+        token: NewEmailToken,
+        mails: Vec<OutgoingMail>,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Follows a verification link: consumes the user's unused, unexpired, newest `Verify` or `EmailChange` token
+    /// with this hash and applies it in the same transaction. `Verify` sets `email_verified` and promotes ANONYMOUS
+    /// to AUTHENTICATED (never demotes); `EmailChange` makes the pending address the account's email (verified)
+    /// and clears `pending_email`.
+    ///
+    /// # Errors
+    /// [`ConfirmEmailError::InvalidToken`] when no such token can be used, [`ConfirmEmailError::EmailTaken`] when
+    /// the new address now belongs to someone else (the token stays unused), [`ConfirmEmailError::Port`].
+    fn confirm_email(
+        &self,
+        user_id: UserId,
+        hash: TokenHash,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<EmailConfirmation, ConfirmEmailError>> + Send;
+
+    /// Finds the user of an unused, unexpired, newest `PasswordReset` token.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn find_reset_token_user(
+        &self,
+        hash: TokenHash,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<User>, PortError>> + Send;
+
+    /// Resets a password in one transaction: consumes the reset token (only if still usable), stores the new hash,
+    /// revokes every session of the user, clears the login backoff of the user's email and queues `mail`.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails; `Ok(false)` when the token was no longer usable (nothing changed).
+    fn reset_password(
+        &self,
+        hash: TokenHash,
+        password_hash: PasswordHash,
+        mail: OutgoingMail,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Changes a password in one transaction: stores the new hash, revokes every session of the user except
+    /// `keep`, and queues `mail`.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn change_password(
+        &self,
+        user_id: UserId,
+        password_hash: PasswordHash,
+        keep: SessionId,
+        mail: OutgoingMail,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Applies profile changes and sets `updated_at`.
+    ///
+    /// # Errors
+    /// [`UpdateProfileError`] as described on its variants.
+    fn update_profile(
+        &self,
+        user_id: UserId,
+        changes: ProfileChanges,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<User, UpdateProfileError>> + Send;
+
+    /// Deletes a user with their sessions, tokens and email tokens; `Ok(false)` when there was no such user.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn delete_user(&self, user_id: UserId) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Rotates a refresh token, race-safely: of two concurrent uses of one token exactly one rotates. See
+    /// [`RefreshOutcome`] for the cases. A session is idle-expired when its last use is `idle_ttl` or more ago.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn rotate_refresh_token(
+        &self,
+        presented: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+        idle_ttl: Duration,
+    ) -> impl Future<Output = Result<RefreshOutcome, PortError>> + Send;
+
+    /// Revokes the session a refresh token belongs to (logout); unknown tokens are ignored.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn revoke_session_by_refresh_token(
+        &self,
+        presented: TokenHash,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Revokes one of the owner's sessions; `Ok(false)` when the owner has no such active session.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn revoke_session(
+        &self,
+        owned: OwnedSession,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Revokes every session of a user.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn revoke_all_sessions(
+        &self,
+        user_id: UserId,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// The user's active (unrevoked, unexpired) sessions, newest first.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn list_sessions(
+        &self,
+        user_id: UserId,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<Session>, PortError>> + Send;
+
+    /// Until when logins for this key (a lower-cased email) are blocked, if they are.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn login_blocked_until(
+        &self,
+        key: String,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<OffsetDateTime>, PortError>> + Send;
+
+    /// Counts one more consecutive failure for the key and, past the policy's threshold, blocks it until
+    /// `now + policy.block_for(failures)`. Atomic, so concurrent failures are all counted.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn record_login_failure(
+        &self,
+        key: String,
+        now: OffsetDateTime,
+        policy: BackoffPolicy,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Forgets the failures of a key (after a successful login).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn clear_login_failures(&self, key: String) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// The mail outbox, as the dispatcher sees it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait MailOutbox: Send + Sync + 'static {
+    /// Claims up to `limit` pending mails that are due, skipping rows other dispatchers hold
+    /// (`FOR UPDATE SKIP LOCKED`), and leases them until `now + lease` so a crashed dispatcher's claim expires.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn claim_due_mail(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<OutboxMessage>, PortError>> + Send;
+
+    /// Marks a mail delivered.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn mark_mail_sent(&self, id: Uuid, now: OffsetDateTime) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Records a failed attempt: the mail is retried at `retry_at`, or marked dead when that is `None`.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn mark_mail_failed(
+        &self,
+        id: Uuid,
+        retry_at: Option<OffsetDateTime>,
+        error: String,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// Password hashing (argon2id in production).

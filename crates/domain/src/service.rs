@@ -4,23 +4,35 @@
 //! access token is turned into a principal against the current database row, and how the first admin is made.
 //! Handlers call one method each; adapters never decide anything.
 
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::accounts::BackoffPolicy;
+use crate::mail::MailTemplates;
 use crate::permissions::Role;
 use crate::ports::{Clock, InsertUserError, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::session::{AccessClaims, NewSession, RefreshToken, SessionId, TokenPair};
 use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordError, PasswordPolicy, User, UserId};
 
 /// The settings the service works with, read from configuration by the binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     /// Lifetime of access tokens.
     pub access_token_ttl: Duration,
     /// Absolute lifetime of a session and its refresh tokens.
     pub refresh_token_ttl: Duration,
+    /// A session unused for this long can no longer be refreshed.
+    pub refresh_token_idle_ttl: Duration,
+    /// Lifetime of verification links (registration and email change).
+    pub verify_token_ttl: Duration,
+    /// Lifetime of password reset links.
+    pub reset_token_ttl: Duration,
     /// The password policy.
     pub password_policy: PasswordPolicy,
+    /// Backoff after repeated login failures for one email.
+    pub login_backoff: BackoffPolicy,
+    /// `PUBLIC_BASE_URL`, the start of every link in mails.
+    pub public_base_url: String,
 }
 
 impl Default for ServiceConfig {
@@ -28,7 +40,12 @@ impl Default for ServiceConfig {
         Self {
             access_token_ttl: Duration::minutes(15),
             refresh_token_ttl: Duration::days(30),
+            refresh_token_idle_ttl: Duration::days(7),
+            verify_token_ttl: Duration::hours(24),
+            reset_token_ttl: Duration::minutes(15),
             password_policy: PasswordPolicy::default(),
+            login_backoff: BackoffPolicy::default(),
+            public_base_url: "http://localhost:8080".to_owned(),
         }
     }
 }
@@ -66,6 +83,12 @@ pub enum LoginError {
     /// The password is right but an administrator locked the account.
     #[error("account locked")]
     AccountLocked,
+    /// Too many consecutive failures for this email: try again after the given time.
+    #[error("too many attempts")]
+    RateLimited {
+        /// How long until the next attempt is accepted.
+        retry_after: Duration,
+    },
     /// A dependency failed.
     #[error(transparent)]
     Port(#[from] PortError),
@@ -102,11 +125,12 @@ const NICKNAME_ATTEMPTS: usize = 8;
 /// The domain service, generic over its ports.
 #[derive(Debug, Clone)]
 pub struct Service<R, H, T, C> {
-    repo: R,
-    hasher: H,
-    tokens: T,
-    clock: C,
-    config: ServiceConfig,
+    pub(crate) repo: R,
+    pub(crate) hasher: H,
+    pub(crate) tokens: T,
+    pub(crate) clock: C,
+    pub(crate) config: ServiceConfig,
+    pub(crate) mails: MailTemplates,
 }
 
 impl<R, H, T, C> Service<R, H, T, C>
@@ -117,8 +141,9 @@ where
     C: Clock,
 {
     /// Wires the service to its ports.
-    pub const fn new(repo: R, hasher: H, tokens: T, clock: C, config: ServiceConfig) -> Self {
-        Self { repo, hasher, tokens, clock, config }
+    pub fn new(repo: R, hasher: H, tokens: T, clock: C, config: ServiceConfig) -> Self {
+        let mails = MailTemplates::new(&config.public_base_url);
+        Self { repo, hasher, tokens, clock, config, mails }
     }
 
     /// The service's settings.
@@ -207,23 +232,46 @@ where
     /// # Errors
     /// [`LoginError`] as described on its variants.
     pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<TokenPair, LoginError> {
-        let user = match EmailAddress::parse(email) {
-            Ok(email) => self.repo.find_user_by_email(email).await?,
-            Err(_) => None,
+        let parsed = EmailAddress::parse(email).ok();
+        // Unknown and malformed addresses are throttled like real ones, under the same kind of key, so the
+        // backoff itself does not reveal which accounts exist.
+        let key = parsed
+            .as_ref()
+            .map_or_else(|| email.trim().to_lowercase().chars().take(254).collect(), EmailAddress::canonical);
+        let now = self.clock.now();
+        if let Some(until) = self.repo.login_blocked_until(key.clone(), now).await? {
+            return Err(LoginError::RateLimited { retry_after: until - now });
+        }
+        let user = match parsed {
+            Some(email) => self.repo.find_user_by_email(email).await?,
+            None => None,
         };
         let candidate = Password::normalize(password);
         let matches = self.hasher.verify(candidate, user.as_ref().map(|u| u.password_hash.clone())).await?;
         let user = match user {
             Some(user) if matches => user,
-            _ => return Err(LoginError::InvalidCredentials),
+            _ => {
+                self.repo.record_login_failure(key, now, self.config.login_backoff).await?;
+                return Err(LoginError::InvalidCredentials);
+            }
         };
+        self.repo.clear_login_failures(key).await?;
         if user.is_locked {
             return Err(LoginError::AccountLocked);
         }
         if !user.email_verified {
             return Err(LoginError::EmailNotVerified);
         }
-        let now = self.clock.now();
+        Ok(self.start_session(&user, client, now).await?)
+    }
+
+    /// Starts a session for a user whose credentials were just checked, and issues its first tokens.
+    async fn start_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, PortError> {
         let refresh_token = RefreshToken::generate();
         let session = NewSession {
             id: SessionId::generate(),
@@ -234,9 +282,20 @@ where
             ip: client.ip,
         };
         let session = self.repo.start_session(session, now).await?;
+        self.token_pair(user.id, session.id, refresh_token, now)
+    }
+
+    /// Signs an access token for a session and pairs it with the session's current refresh token.
+    pub(crate) fn token_pair(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        refresh_token: RefreshToken,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, PortError> {
         let claims = AccessClaims {
-            user_id: user.id,
-            session_id: session.id,
+            user_id,
+            session_id,
             issued_at: now,
             expires_at: now + self.config.access_token_ttl,
             token_id: Uuid::new_v4(),
@@ -266,11 +325,10 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::future::ready;
 
     use mockall::predicate::eq;
-    use time::OffsetDateTime;
     use time::macros::datetime;
 
     use super::*;
@@ -278,10 +336,10 @@ mod tests {
     use crate::session::{AccessToken, Session};
     use crate::user::PasswordHash;
 
-    const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
-    const STRONG: &str = "violet-kettle-orbit-97";
+    pub(crate) const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
+    pub(crate) const STRONG: &str = "violet-kettle-orbit-97";
 
-    fn user(role: Role, verified: bool, locked: bool) -> User {
+    pub(crate) fn user(role: Role, verified: bool, locked: bool) -> User {
         User {
             id: UserId::generate(),
             email: EmailAddress::parse("ada@example.com").unwrap(),
@@ -305,7 +363,7 @@ mod tests {
         }
     }
 
-    fn session_of(user: &User, revoked: bool) -> Session {
+    pub(crate) fn session_of(user: &User, revoked: bool) -> Session {
         Session {
             id: SessionId::generate(),
             user_id: user.id,
@@ -318,13 +376,13 @@ mod tests {
         }
     }
 
-    fn clock() -> MockClock {
+    pub(crate) fn clock() -> MockClock {
         let mut clock = MockClock::new();
         clock.expect_now().return_const(NOW);
         clock
     }
 
-    fn service(
+    pub(crate) fn service(
         repo: MockUserRepository,
         hasher: MockPasswordHasher,
         tokens: MockTokenCodec,
@@ -332,13 +390,21 @@ mod tests {
         Service::new(repo, hasher, tokens, clock(), ServiceConfig::default())
     }
 
-    fn repo_finding(found: Option<User>) -> MockUserRepository {
+    pub(crate) fn repo_finding(found: Option<User>) -> MockUserRepository {
         let mut repo = MockUserRepository::new();
         repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(found.clone()))));
+        allow_throttle(&mut repo);
         repo
     }
 
-    fn hasher_answering(matches: bool, expect_dummy: bool) -> MockPasswordHasher {
+    /// Lets the login backoff bookkeeping through: nothing blocked, failures and clears accepted.
+    pub(crate) fn allow_throttle(repo: &mut MockUserRepository) {
+        repo.expect_login_blocked_until().returning(|_, _| Box::pin(ready(Ok(None))));
+        repo.expect_record_login_failure().returning(|_, _, _| Box::pin(ready(Ok(()))));
+        repo.expect_clear_login_failures().returning(|_| Box::pin(ready(Ok(()))));
+    }
+
+    pub(crate) fn hasher_answering(matches: bool, expect_dummy: bool) -> MockPasswordHasher {
         let mut hasher = MockPasswordHasher::new();
         hasher
             .expect_verify()
@@ -357,7 +423,9 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_email_runs_a_dummy_verify_without_a_lookup() {
-        let svc = service(MockUserRepository::new(), hasher_answering(false, true), MockTokenCodec::new());
+        let mut repo = MockUserRepository::new();
+        allow_throttle(&mut repo);
+        let svc = service(repo, hasher_answering(false, true), MockTokenCodec::new());
         let result = svc.login("not an email", STRONG, ClientInfo::default()).await;
         assert!(matches!(result, Err(LoginError::InvalidCredentials)));
     }
@@ -427,8 +495,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_blocked_email_is_rate_limited_before_any_password_check() {
+        let mut repo = MockUserRepository::new();
+        repo.expect_login_blocked_until()
+            .withf(|key, _| key == "ada@example.com")
+            .returning(|_, now| Box::pin(ready(Ok(Some(now + Duration::seconds(8))))));
+        repo.expect_find_user_by_email().never();
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_verify().never();
+        let svc = service(repo, hasher, MockTokenCodec::new());
+        let result = svc.login("Ada@Example.com", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::RateLimited { retry_after }) if retry_after == Duration::seconds(8)));
+    }
+
+    #[tokio::test]
+    async fn failures_are_recorded_for_known_and_unknown_emails_alike_and_success_clears_them() {
+        for (found, matches) in [(Some(user(Role::Authenticated, true, false)), false), (None, false)] {
+            let expect_dummy = found.is_none();
+            let mut repo = MockUserRepository::new();
+            repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(found.clone()))));
+            repo.expect_login_blocked_until().returning(|_, _| Box::pin(ready(Ok(None))));
+            repo.expect_record_login_failure()
+                .times(1)
+                .withf(|key, at, policy| key == "ada@example.com" && *at == NOW && policy.after == 5)
+                .returning(|_, _, _| Box::pin(ready(Ok(()))));
+            repo.expect_clear_login_failures().never();
+            let svc = service(repo, hasher_answering(matches, expect_dummy), MockTokenCodec::new());
+            let result = svc.login("ada@example.com", "wrong", ClientInfo::default()).await;
+            assert!(matches!(result, Err(LoginError::InvalidCredentials)));
+        }
+        // A right password for a locked account clears the failures too: the password was proven.
+        let mut repo = MockUserRepository::new();
+        let locked = user(Role::Authenticated, true, true);
+        repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(Some(locked.clone())))));
+        repo.expect_login_blocked_until().returning(|_, _| Box::pin(ready(Ok(None))));
+        repo.expect_record_login_failure().never();
+        repo.expect_clear_login_failures().times(1).returning(|_| Box::pin(ready(Ok(()))));
+        let svc = service(repo, hasher_answering(true, false), MockTokenCodec::new());
+        assert!(matches!(
+            svc.login("ada@example.com", STRONG, ClientInfo::default()).await,
+            Err(LoginError::AccountLocked)
+        ));
+    }
+
+    #[tokio::test]
     async fn database_outage_during_login_is_reported_as_unavailable() {
         let mut repo = MockUserRepository::new();
+        allow_throttle(&mut repo);
         repo.expect_find_user_by_email()
             .returning(|_| Box::pin(ready(Err(PortError::Unavailable(anyhow::anyhow!("connection refused"))))));
         let svc = service(repo, MockPasswordHasher::new(), MockTokenCodec::new());
@@ -521,7 +634,7 @@ mod tests {
         assert!(matches!(result, Err(CreateAdminError::WeakPassword(_))));
     }
 
-    fn hasher_hashing() -> MockPasswordHasher {
+    pub(crate) fn hasher_hashing() -> MockPasswordHasher {
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_hash().times(1).returning(|_| Box::pin(ready(Ok(PasswordHash::new("$argon2id$new".to_owned())))));
         hasher

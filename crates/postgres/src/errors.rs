@@ -62,15 +62,50 @@ fn classify(error: DieselError, connection_broken: bool, context: &'static str) 
 }
 
 /// Translates a failed user insert, recognising the two case-insensitive unique indexes by name.
-pub(crate) fn insert_user_error(error: DieselError, connection: &mut AsyncPgConnection) -> InsertUserError {
-    if let DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) = &error {
-        match info.constraint_name() {
-            Some(EMAIL_UNIQUE_INDEX) => return InsertUserError::EmailTaken,
-            Some(NICKNAME_UNIQUE_INDEX) => return InsertUserError::NicknameTaken,
-            _ => {}
+pub(crate) fn insert_user_error(
+    error: DieselError,
+    connection: &mut AsyncPgConnection,
+    context: &'static str,
+) -> InsertUserError {
+    match violated_unique_index(&error) {
+        Some(EMAIL_UNIQUE_INDEX) => InsertUserError::EmailTaken,
+        Some(NICKNAME_UNIQUE_INDEX) => InsertUserError::NicknameTaken,
+        _ => InsertUserError::Port(query_error(error, connection, context)),
+    }
+}
+
+/// The name of the unique index or constraint a statement violated, if that is why it failed.
+pub(crate) fn violated_unique_index(error: &DieselError) -> Option<&str> {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => info.constraint_name(),
+        _ => None,
+    }
+}
+
+/// Why a transaction ended without committing: a failed statement, or an outcome the method decided on part-way
+/// (a taken address, a corrupt row) that must undo what the transaction already did.
+#[derive(Debug)]
+pub(crate) enum TxError<E> {
+    /// A statement failed; translated with [`query_error`] once the connection is free again.
+    Query(DieselError),
+    /// The method's own outcome, already in the port's terms.
+    Abort(E),
+}
+
+impl<E> From<DieselError> for TxError<E> {
+    fn from(error: DieselError) -> Self {
+        Self::Query(error)
+    }
+}
+
+impl<E: From<PortError>> TxError<E> {
+    /// The port's error: an abort as decided, a failed statement translated as any other query error.
+    pub(crate) fn into_port(self, connection: &mut AsyncPgConnection, context: &'static str) -> E {
+        match self {
+            Self::Query(error) => E::from(query_error(error, connection, context)),
+            Self::Abort(outcome) => outcome,
         }
     }
-    InsertUserError::Port(query_error(error, connection, "inserting a user"))
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! The Postgres adapter of user-management.
 //!
-//! It implements the domain's [`UserRepository`](users_domain::ports::UserRepository) port with diesel's query
-//! builder on diesel-async connections from a deadpool pool ([`PgRepository`]), and owns the embedded migrations
+//! It implements the domain's [`UserRepository`](users_domain::ports::UserRepository) and
+//! [`MailOutbox`](users_domain::ports::MailOutbox) ports with diesel's query builder on diesel-async connections
+//! from a deadpool pool ([`PgRepository`]), and owns the embedded migrations
 //! of `migrations/` ([`run_migrations`]). Rows, the schema and driver errors stay inside: the port only ever sees
 //! domain types and [`PortError`](users_domain::ports::PortError)s.
 
+mod accounts;
+mod backoff;
 mod errors;
+mod outbox;
 mod repository;
+mod rotation;
 mod rows;
 mod schema;
 mod setup;

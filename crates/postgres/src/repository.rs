@@ -14,15 +14,23 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
+use users_domain::accounts::{
+    BackoffPolicy, ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession,
+    ProfileChanges, RefreshOutcome, UpdateProfileError,
+};
 use users_domain::permissions::Role;
-use users_domain::ports::{InsertUserError, PortError, UserRepository};
-use users_domain::session::{NewSession, Session, SessionId};
-use users_domain::user::{EmailAddress, NewUser, PasswordHash, User, UserId};
+use users_domain::ports::{InsertUserError, OutgoingMail, PortError, UserRepository};
+use users_domain::session::{NewSession, Session, SessionId, TokenHash};
+use users_domain::user::{Bio, EmailAddress, NewUser, PasswordHash, PersonName, ProfileUrl, User, UserId};
 
-use crate::errors::{acquire_timed_out, insert_user_error, pool_error, query_error};
+use crate::errors::{
+    NICKNAME_UNIQUE_INDEX, acquire_timed_out, insert_user_error, pool_error, query_error, violated_unique_index,
+};
+use crate::outbox::insert_mail;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, NewUserRow, SessionRow, UserRow};
-use crate::schema::{refresh_tokens, sessions, users};
+use crate::schema::{email_tokens, login_attempts, refresh_tokens, sessions, users};
 use crate::setup::{PgConfig, PgSetupError, validate_url};
+use crate::{accounts, backoff, rotation};
 
 /// SQL functions diesel does not declare for text.
 mod sql {
@@ -96,7 +104,7 @@ impl PgRepository {
     ///
     /// The pool's own timeouts apply per step (waiting for a slot, each recycle attempt, opening a connection);
     /// this outer bound makes the acquire timeout hold for the whole checkout, however many steps it takes.
-    async fn connection(&self) -> Result<Object<AsyncPgConnection>, PortError> {
+    pub(crate) async fn connection(&self) -> Result<Object<AsyncPgConnection>, PortError> {
         match tokio::time::timeout(self.acquire_timeout, self.pool.get()).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(pool_error(error)),
@@ -144,7 +152,7 @@ impl UserRepository for PgRepository {
             .await;
         match inserted {
             Ok(row) => Ok(to_user(row)?),
-            Err(error) => Err(insert_user_error(error, &mut connection)),
+            Err(error) => Err(insert_user_error(error, &mut connection, "inserting a user")),
         }
     }
 
@@ -238,6 +246,248 @@ impl UserRepository for PgRepository {
         match diesel::sql_query("SELECT 1").execute(&mut connection).await {
             Ok(_) => Ok(()),
             Err(error) => Err(query_error(error, &mut connection, "pinging the database")),
+        }
+    }
+
+    async fn register(&self, user: NewUser, token: NewEmailToken, mail: OutgoingMail) -> Result<User, InsertUserError> {
+        // A token bound to another account would verify the wrong one; refused before anything is written.
+        if token.user_id != user.id {
+            return Err(InsertUserError::Port(PortError::Unknown(anyhow::anyhow!(
+                "a registration's verification token must belong to the new user"
+            ))));
+        }
+        let mut connection = self.connection().await?;
+        match accounts::register(&mut connection, &user, &token, &mail).await {
+            Ok(row) => Ok(to_user(row)?),
+            Err(error) => Err(insert_user_error(error, &mut connection, "registering a user")),
+        }
+    }
+
+    async fn queue_mail(&self, mail: OutgoingMail) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match insert_mail(&mut connection, &mail).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "queueing a mail")),
+        }
+    }
+
+    async fn issue_email_token(&self, token: NewEmailToken, mails: Vec<OutgoingMail>) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match accounts::issue_email_token(&mut connection, &token, &mails).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "issuing an email token")),
+        }
+    }
+
+    async fn confirm_email(
+        &self,
+        user_id: UserId,
+        hash: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<EmailConfirmation, ConfirmEmailError> {
+        let mut connection = self.connection().await?;
+        let confirmed = accounts::confirm_email(&mut connection, user_id, &hash, now).await;
+        confirmed.map_err(|error| error.into_port(&mut connection, "confirming an email address"))
+    }
+
+    async fn find_reset_token_user(&self, hash: TokenHash, now: OffsetDateTime) -> Result<Option<User>, PortError> {
+        let mut connection = self.connection().await?;
+        // Newest wins by construction: a user holds one reset token at most, so a usable one is the newest.
+        let found = email_tokens::table
+            .inner_join(users::table)
+            .filter(email_tokens::token_hash.eq(hash.as_str()))
+            .filter(email_tokens::purpose.eq(EmailTokenPurpose::PasswordReset.as_str()))
+            .filter(email_tokens::used_at.is_null())
+            .filter(email_tokens::expires_at.gt(now))
+            .select(UserRow::as_select())
+            .get_result(&mut connection)
+            .await
+            .optional();
+        match found {
+            Ok(row) => row.map(to_user).transpose(),
+            Err(error) => Err(query_error(error, &mut connection, "finding the user of a reset token")),
+        }
+    }
+
+    async fn reset_password(
+        &self,
+        hash: TokenHash,
+        password_hash: PasswordHash,
+        mail: OutgoingMail,
+        now: OffsetDateTime,
+    ) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        let reset = accounts::reset_password(&mut connection, &hash, &password_hash, &mail, now).await;
+        reset.map_err(|error| error.into_port(&mut connection, "resetting a password"))
+    }
+
+    async fn change_password(
+        &self,
+        user_id: UserId,
+        password_hash: PasswordHash,
+        keep: SessionId,
+        mail: OutgoingMail,
+        now: OffsetDateTime,
+    ) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let changed = accounts::change_password(&mut connection, user_id, &password_hash, keep, &mail, now).await;
+        changed.map_err(|error| error.into_port(&mut connection, "changing a password"))
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: UserId,
+        changes: ProfileChanges,
+        now: OffsetDateTime,
+    ) -> Result<User, UpdateProfileError> {
+        let mut connection = self.connection().await?;
+        // Each field is `None` (left out of the SET list), `Some(None)` (set to NULL) or `Some(Some(value))`;
+        // `updated_at` is always set, so the statement is never empty.
+        let changeset = (
+            users::updated_at.eq(now),
+            changes.nickname.as_ref().map(|nickname| users::nickname.eq(nickname.as_str())),
+            changes.first_name.as_ref().map(|name| users::first_name.eq(name.as_ref().map(PersonName::as_str))),
+            changes.last_name.as_ref().map(|name| users::last_name.eq(name.as_ref().map(PersonName::as_str))),
+            changes.bio.as_ref().map(|bio| users::bio.eq(bio.as_ref().map(Bio::as_str))),
+            changes
+                .linkedin_profile_url
+                .as_ref()
+                .map(|url| users::linkedin_profile_url.eq(url.as_ref().map(ProfileUrl::as_str))),
+            changes
+                .github_profile_url
+                .as_ref()
+                .map(|url| users::github_profile_url.eq(url.as_ref().map(ProfileUrl::as_str))),
+        );
+        let updated = diesel::update(users::table.find(user_id.as_uuid()))
+            .set(changeset)
+            .returning(UserRow::as_returning())
+            .get_result(&mut connection)
+            .await
+            .optional();
+        match updated {
+            Ok(Some(row)) => Ok(to_user(row)?),
+            Ok(None) => Err(UpdateProfileError::NotFound),
+            Err(error) if violated_unique_index(&error) == Some(NICKNAME_UNIQUE_INDEX) => {
+                Err(UpdateProfileError::NicknameTaken)
+            }
+            Err(error) => Err(query_error(error, &mut connection, "updating a profile").into()),
+        }
+    }
+
+    async fn delete_user(&self, user_id: UserId) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        // Sessions, their refresh tokens and the email tokens go with the row through ON DELETE CASCADE. Queued
+        // mail stays: it is addressed to a mailbox, not to an account, and may be the deletion notice itself.
+        match diesel::delete(users::table.find(user_id.as_uuid())).execute(&mut connection).await {
+            Ok(deleted) => Ok(deleted > 0),
+            Err(error) => Err(query_error(error, &mut connection, "deleting a user")),
+        }
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+        idle_ttl: time::Duration,
+    ) -> Result<RefreshOutcome, PortError> {
+        let mut connection = self.connection().await?;
+        let outcome = rotation::rotate_refresh_token(&mut connection, &presented, &next, now, idle_ttl).await;
+        outcome.map_err(|error| error.into_port(&mut connection, "rotating a refresh token"))
+    }
+
+    async fn revoke_session_by_refresh_token(
+        &self,
+        presented: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let family = refresh_tokens::table
+            .filter(refresh_tokens::token_hash.eq(presented.as_str()))
+            .select(refresh_tokens::session_id);
+        let revoked = diesel::update(sessions::table)
+            .filter(sessions::id.eq_any(family))
+            .filter(sessions::revoked_at.is_null())
+            .set(sessions::revoked_at.eq(now))
+            .execute(&mut connection)
+            .await;
+        match revoked {
+            Ok(_) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "revoking a session by its refresh token")),
+        }
+    }
+
+    async fn revoke_session(&self, owned: OwnedSession, now: OffsetDateTime) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        // The owner is part of the condition, so a session id of someone else's reads as "no such session".
+        let revoked = diesel::update(sessions::table.find(owned.session_id.as_uuid()))
+            .filter(sessions::user_id.eq(owned.user_id.as_uuid()))
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(now))
+            .set(sessions::revoked_at.eq(now))
+            .execute(&mut connection)
+            .await;
+        match revoked {
+            Ok(revoked) => Ok(revoked > 0),
+            Err(error) => Err(query_error(error, &mut connection, "revoking a session")),
+        }
+    }
+
+    async fn revoke_all_sessions(&self, user_id: UserId, now: OffsetDateTime) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match accounts::revoke_sessions(&mut connection, user_id.as_uuid(), None, now).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "revoking every session of a user")),
+        }
+    }
+
+    async fn list_sessions(&self, user_id: UserId, now: OffsetDateTime) -> Result<Vec<Session>, PortError> {
+        let mut connection = self.connection().await?;
+        let listed = sessions::table
+            .filter(sessions::user_id.eq(user_id.as_uuid()))
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(now))
+            .order((sessions::created_at.desc(), sessions::id.desc()))
+            .select(SessionRow::as_select())
+            .load::<SessionRow>(&mut connection)
+            .await;
+        match listed {
+            Ok(rows) => Ok(rows.into_iter().map(Session::from).collect()),
+            Err(error) => Err(query_error(error, &mut connection, "listing sessions")),
+        }
+    }
+
+    async fn login_blocked_until(&self, key: String, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, PortError> {
+        let mut connection = self.connection().await?;
+        let blocked = login_attempts::table
+            .find(&key)
+            .filter(login_attempts::blocked_until.gt(now))
+            .select(login_attempts::blocked_until)
+            .get_result::<Option<OffsetDateTime>>(&mut connection)
+            .await
+            .optional();
+        match blocked {
+            Ok(blocked_until) => Ok(blocked_until.flatten()),
+            Err(error) => Err(query_error(error, &mut connection, "reading the login backoff")),
+        }
+    }
+
+    async fn record_login_failure(
+        &self,
+        key: String,
+        now: OffsetDateTime,
+        policy: BackoffPolicy,
+    ) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let recorded = backoff::record_failure(&mut connection, &key, now, policy).await;
+        recorded.map_err(|error| error.into_port(&mut connection, "recording a login failure"))
+    }
+
+    async fn clear_login_failures(&self, key: String) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match diesel::delete(login_attempts::table.find(&key)).execute(&mut connection).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "clearing the login backoff")),
         }
     }
 }

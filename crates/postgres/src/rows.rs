@@ -4,16 +4,18 @@
 //! parsers, so a row edited by hand or written by an older version cannot smuggle an invalid value past the rules.
 
 use anyhow::Context as _;
-use diesel::prelude::{Insertable, Queryable, Selectable};
+use diesel::prelude::{Insertable, Queryable, QueryableByName, Selectable};
 use time::OffsetDateTime;
+use users_domain::accounts::{NewEmailToken, OutboxMessage};
 use users_domain::permissions::Role;
-use users_domain::session::{NewSession, Session, SessionId};
+use users_domain::ports::OutgoingMail;
+use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{
     Bio, EmailAddress, NewUser, Nickname, PasswordHash, PersonName, ProfileUrl, ProfileUrlKind, User, UserId,
 };
 use uuid::Uuid;
 
-use crate::schema::{refresh_tokens, sessions, users};
+use crate::schema::{email_tokens, mail_outbox, refresh_tokens, sessions, users};
 
 /// A `users` row as read back; `failed_login_count` is left out because the domain's [`User`] has no such field.
 #[derive(Debug, Queryable, Selectable)]
@@ -208,6 +210,99 @@ impl<'a> NewRefreshTokenRow<'a> {
     /// The row for the first refresh token of `session`, issued at `at`.
     pub(crate) fn first_of(session: &'a NewSession, at: OffsetDateTime) -> Self {
         Self { token_hash: session.refresh_token_hash.as_str(), session_id: session.id.as_uuid(), created_at: at }
+    }
+
+    /// The row for `hash`, the token that replaces a used one in `session_id`'s family, issued at `at`.
+    pub(crate) fn next_of(hash: &'a TokenHash, session_id: Uuid, at: OffsetDateTime) -> Self {
+        Self { token_hash: hash.as_str(), session_id, created_at: at }
+    }
+}
+
+/// An `email_tokens` row to insert; `created_at` comes from the database and `used_at` starts out empty.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = email_tokens)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewEmailTokenRow<'a> {
+    token_hash: &'a str,
+    user_id: Uuid,
+    purpose: &'static str,
+    new_email: Option<&'a str>,
+    expires_at: OffsetDateTime,
+}
+
+impl<'a> From<&'a NewEmailToken> for NewEmailTokenRow<'a> {
+    fn from(token: &'a NewEmailToken) -> Self {
+        Self {
+            token_hash: token.hash.as_str(),
+            user_id: token.user_id.as_uuid(),
+            purpose: token.purpose.as_str(),
+            new_email: token.new_email.as_ref().map(EmailAddress::as_str),
+            expires_at: token.expires_at,
+        }
+    }
+}
+
+/// A `mail_outbox` row to insert: pending, due at once, with a fresh time-ordered id.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = mail_outbox)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewMailRow<'a> {
+    id: Uuid,
+    to_address: &'a str,
+    subject: &'a str,
+    text_body: &'a str,
+    html_body: &'a str,
+}
+
+impl<'a> From<&'a OutgoingMail> for NewMailRow<'a> {
+    fn from(mail: &'a OutgoingMail) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            to_address: mail.to.as_str(),
+            subject: &mail.subject,
+            text_body: &mail.text,
+            html_body: &mail.html,
+        }
+    }
+}
+
+/// A `mail_outbox` row as claimed by the dispatcher (read with a raw query, hence `QueryableByName`).
+#[derive(Debug, QueryableByName)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ClaimedMailRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub(crate) id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    to_address: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    subject: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    text_body: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    html_body: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub(crate) created_at: OffsetDateTime,
+}
+
+impl TryFrom<ClaimedMailRow> for OutboxMessage {
+    type Error = anyhow::Error;
+
+    /// Parses the recipient through the domain's parser, like every other stored address; the subject's lack of
+    /// CR and LF is guaranteed by a check constraint.
+    fn try_from(row: ClaimedMailRow) -> Result<Self, Self::Error> {
+        let id = row.id;
+        // As for users, the message names the row and the column but never the address.
+        let to = EmailAddress::parse(&row.to_address)
+            .with_context(|| format!("mail_outbox row {id}: column to_address holds a value the domain refuses"))?;
+        let attempts = u32::try_from(row.attempts)
+            .with_context(|| format!("mail_outbox row {id}: column attempts is negative"))?;
+        Ok(Self {
+            id,
+            mail: OutgoingMail { to, subject: row.subject, text: row.text_body, html: row.html_body },
+            attempts,
+        })
     }
 }
 

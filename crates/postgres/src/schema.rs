@@ -50,7 +50,52 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    email_tokens (token_hash) {
+        token_hash -> Text,
+        user_id -> Uuid,
+        purpose -> Text,
+        new_email -> Nullable<Text>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    login_attempts (key) {
+        key -> Text,
+        failures -> Int4,
+        blocked_until -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    mail_outbox (id) {
+        id -> Uuid,
+        to_address -> Text,
+        subject -> Text,
+        text_body -> Text,
+        html_body -> Text,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::joinable!(email_tokens -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(users, sessions, refresh_tokens);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    sessions,
+    refresh_tokens,
+    email_tokens,
+    login_attempts,
+    mail_outbox
+);

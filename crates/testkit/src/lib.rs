@@ -98,6 +98,33 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Runs one SQL statement against this database, for tests that arrange state the API cannot (yet) reach
+    /// or that check what a request left behind.
+    ///
+    /// # Panics
+    /// When the statement fails.
+    pub async fn execute(&self, sql: &str) {
+        let mut connection = connect(&self.url).await;
+        execute(&mut connection, sql).await;
+    }
+
+    /// Runs a query whose single row has a `bigint` column named `n` (`SELECT count(*) AS n ...`) and returns it.
+    ///
+    /// # Panics
+    /// When the query fails.
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut connection = connect(&self.url).await;
+        let rows: Vec<Count> = diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("test query failed: {sql}: {error}"));
+        rows.into_iter().next().map(|row| row.n).unwrap_or_else(|| panic!("test query returned no row: {sql}"))
+    }
 }
 
 impl Drop for TestDatabase {

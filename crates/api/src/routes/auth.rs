@@ -63,6 +63,7 @@ pub fn token_response(pair: TokenPair) -> HttpResponse {
         (status = 403, description = "`email_not_verified` or `account_locked`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many failures for this email, or requests from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable or hashing saturated", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -71,6 +72,7 @@ pub async fn login(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    state.rate_limiter.check("login", req.peer_addr().map(|addr| addr.ip()))?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let credentials = Credentials::from_body(&req, &body)?;
     let pair = state.service.login(&credentials.email, &credentials.password, client_info(&req)).await?;

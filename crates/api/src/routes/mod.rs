@@ -3,6 +3,7 @@
 //! Also the pieces every handler shares: the `Caller` extractor (bearer token -> current user), bounded body
 //! reading, and the client information recorded on sessions.
 
+pub mod accounts;
 pub mod auth;
 pub mod me;
 pub mod ops;

@@ -8,7 +8,11 @@
 // with the failing call's location is exactly the report wanted, so the whole crate may unwrap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod accounts;
 mod availability;
+mod backoff;
 mod migrations;
+mod outbox;
 mod repository;
+mod sessions;
 mod support;

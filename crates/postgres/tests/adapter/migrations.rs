@@ -11,6 +11,9 @@ use users_testkit::TestDatabase;
 
 use crate::support::{new_user, repository};
 
+/// The tables the migrations create.
+const TABLES: i64 = 6;
+
 async fn table_count(url: &str) -> i64 {
     #[derive(QueryableByName)]
     struct Count {
@@ -19,7 +22,8 @@ async fn table_count(url: &str) -> i64 {
     }
     let mut connection = AsyncPgConnection::establish(url).await.unwrap();
     let query = "SELECT count(*) AS count FROM information_schema.tables \
-                 WHERE table_schema = 'public' AND table_name IN ('users', 'sessions', 'refresh_tokens')";
+                 WHERE table_schema = 'public' AND table_name IN \
+                 ('users', 'sessions', 'refresh_tokens', 'email_tokens', 'login_attempts', 'mail_outbox')";
     let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
     row.count
 }
@@ -43,7 +47,7 @@ async fn migrations_are_idempotent() {
     // The template already holds every migration, so both runs find nothing pending and change nothing.
     run_migrations(&database.url()).await.unwrap();
     run_migrations(&database.url()).await.unwrap();
-    assert_eq!(table_count(&database.url()).await, 3);
+    assert_eq!(table_count(&database.url()).await, TABLES);
     repository(&database).await.insert_user(new_user("ada@example.com", "ada")).await.unwrap();
 }
 
@@ -55,7 +59,7 @@ async fn migrations_revert_cleanly_and_apply_again_on_an_empty_database() {
 
     run_migrations(&database.url()).await.unwrap();
     run_migrations(&database.url()).await.unwrap();
-    assert_eq!(table_count(&database.url()).await, 3);
+    assert_eq!(table_count(&database.url()).await, TABLES);
     repository(&database).await.insert_user(new_user("ada@example.com", "ada")).await.unwrap();
 }
 
@@ -67,7 +71,7 @@ async fn concurrent_migration_runs_on_an_empty_database_both_succeed() {
     let (first, second) = tokio::join!(run_migrations(&url), run_migrations(&url));
     first.unwrap();
     second.unwrap();
-    assert_eq!(table_count(&url).await, 3);
+    assert_eq!(table_count(&url).await, TABLES);
 }
 
 #[tokio::test]

@@ -1,43 +1,16 @@
 //! The `UserRepository` methods against a migrated database.
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Nullable, Timestamptz};
+use diesel::sql_types::{Nullable, Timestamptz};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::{Duration, OffsetDateTime};
 use users_domain::permissions::Role;
 use users_domain::ports::{InsertUserError, PortError, UserRepository as _};
-use users_domain::session::{NewSession, RefreshToken, SessionId, TokenHash};
+use users_domain::session::{RefreshToken, SessionId};
 use users_domain::user::{PasswordHash, UserId};
 use users_testkit::TestDatabase;
 
-use crate::support::{new_user, repository};
-
-/// Postgres keeps microseconds; the domain's clock has nanoseconds.
-fn to_micros(at: OffsetDateTime) -> OffsetDateTime {
-    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap()
-}
-
-fn new_session(user_id: UserId, at: OffsetDateTime, token_hash: TokenHash) -> NewSession {
-    NewSession {
-        id: SessionId::generate(),
-        user_id,
-        expires_at: to_micros(at + Duration::days(30)),
-        refresh_token_hash: token_hash,
-        user_agent: Some("curl/8.5".to_owned()),
-        ip: Some("203.0.113.7".to_owned()),
-    }
-}
-
-async fn count(database: &TestDatabase, query: &str) -> i64 {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        count: i64,
-    }
-    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
-    let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
-    row.count
-}
+use crate::support::{count, new_session, new_user, repository, to_micros};
 
 #[tokio::test]
 async fn an_inserted_user_is_found_by_id_and_by_email_in_any_case() {

@@ -1,19 +1,32 @@
-//! Shared helpers: parsed domain values, a repository on a test database, and a proxy that can cut Postgres off.
+//! Shared helpers: parsed domain values, a repository on a test database, direct SQL to look behind the port, and
+//! a proxy that can cut Postgres off.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use users_domain::accounts::{EmailTokenPurpose, NewEmailToken};
 use users_domain::permissions::Role;
+use users_domain::ports::OutgoingMail;
+use users_domain::session::{NewSession, RefreshToken, SessionId, TokenHash};
 use users_domain::user::{EmailAddress, NewUser, Nickname, PasswordHash, PersonName, UserId};
 use users_postgres::{PgConfig, PgRepository};
 use users_testkit::TestDatabase;
 
 /// A repository on `url` with a short acquire timeout, so outage tests finish quickly.
 pub async fn repository_at(url: String) -> PgRepository {
-    let config = PgConfig { url, max_connections: 4, acquire_timeout: Duration::from_secs(1) };
+    repository_with_connections(url, 4).await
+}
+
+/// A repository on `url` with room for `max_connections` queries at once, for tests that race them.
+pub async fn repository_with_connections(url: String, max_connections: usize) -> PgRepository {
+    let config = PgConfig { url, max_connections, acquire_timeout: Duration::from_secs(1) };
     PgRepository::connect(&config).await.unwrap()
 }
 
@@ -37,6 +50,102 @@ pub fn new_user(email: &str, nickname: &str) -> NewUser {
         email_verified: false,
         password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".to_owned()),
     }
+}
+
+/// Postgres keeps microseconds; the domain's clock has nanoseconds.
+pub fn to_micros(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap()
+}
+
+/// The current time as Postgres will store it, so values read back compare equal.
+pub fn now() -> OffsetDateTime {
+    to_micros(OffsetDateTime::now_utc())
+}
+
+/// A session of `user_id` started at `at`, valid for 30 days, with `token_hash` as its first refresh token.
+pub fn new_session(user_id: UserId, at: OffsetDateTime, token_hash: TokenHash) -> NewSession {
+    NewSession {
+        id: SessionId::generate(),
+        user_id,
+        expires_at: to_micros(at + time::Duration::days(30)),
+        refresh_token_hash: token_hash,
+        user_agent: Some("curl/8.5".to_owned()),
+        ip: Some("203.0.113.7".to_owned()),
+    }
+}
+
+/// A fresh random token's hash, as the service would store it.
+pub fn token_hash() -> TokenHash {
+    RefreshToken::generate().hash()
+}
+
+/// A new email token of `user_id` for `purpose`, valid for `valid_for` from `now`.
+pub fn email_token(
+    user_id: UserId,
+    purpose: EmailTokenPurpose,
+    new_email: Option<&str>,
+    now: OffsetDateTime,
+    valid_for: time::Duration,
+) -> NewEmailToken {
+    NewEmailToken {
+        hash: token_hash(),
+        user_id,
+        purpose,
+        new_email: new_email.map(|email| EmailAddress::parse(email).unwrap()),
+        expires_at: to_micros(now + valid_for),
+    }
+}
+
+/// A mail to `to` with a subject and both bodies.
+pub fn mail(to: &str, subject: &str) -> OutgoingMail {
+    OutgoingMail {
+        to: EmailAddress::parse(to).unwrap(),
+        subject: subject.to_owned(),
+        text: format!("{subject}\n\nplain text"),
+        html: format!("<p>{subject}</p>"),
+    }
+}
+
+/// Runs a statement directly, behind the repository's back.
+pub async fn execute(database: &TestDatabase, statement: &str) {
+    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    diesel::sql_query(statement).execute(&mut connection).await.unwrap();
+}
+
+/// The `count` column of a query's single row.
+pub async fn count(database: &TestDatabase, query: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
+    row.count
+}
+
+/// The nullable text column `value` of a query's single row.
+pub async fn text(database: &TestDatabase, query: &str) -> Option<String> {
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = Nullable<Text>)]
+        value: Option<String>,
+    }
+    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    let row: Value = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
+    row.value
+}
+
+/// The nullable timestamp column `value` of a query's single row.
+pub async fn timestamp(database: &TestDatabase, query: &str) -> Option<OffsetDateTime> {
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        value: Option<OffsetDateTime>,
+    }
+    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    let row: Value = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
+    row.value
 }
 
 /// A TCP proxy in front of Postgres that can be switched off (every connection cut, new ones closed at once)

@@ -1,0 +1,125 @@
+//! The mailer chosen by `MAIL_BACKEND`, and the background task that delivers the outbox through it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use users_domain::outbox::{Dispatcher, DispatcherConfig};
+use users_domain::ports::{Mailer, OutgoingMail, PortError, SystemClock};
+use users_postgres::PgRepository;
+use users_smtp::{FileMailer, SmtpConfig, SmtpMailer, SmtpTlsMode};
+
+use crate::config::{Config, MailBackend, SmtpTls};
+
+/// How often the dispatcher looks for due mail when the last round found none.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One of the two mailers, picked at start-up.
+#[derive(Debug, Clone)]
+pub enum AppMailer {
+    /// `.eml` files under `DATA_DIR/mail`.
+    File(FileMailer),
+    /// An SMTP server (boxed: it is much larger than the file mailer, and there is one per process).
+    Smtp(Box<SmtpMailer>),
+}
+
+impl AppMailer {
+    /// Builds the mailer `MAIL_BACKEND` asks for.
+    ///
+    /// # Errors
+    /// When the mail directory cannot be created or the SMTP settings are unusable.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        match &config.mail {
+            MailBackend::File => {
+                let dir = config.data_dir.join("mail");
+                let mailer = FileMailer::new(dir.clone(), config.mail_from.clone())
+                    .with_context(|| format!("MAIL_BACKEND=file: creating {}", dir.display()))?;
+                Ok(Self::File(mailer))
+            }
+            MailBackend::Smtp(smtp) => {
+                let tls = match smtp.tls {
+                    SmtpTls::None => SmtpTlsMode::None,
+                    SmtpTls::StartTls => SmtpTlsMode::StartTls,
+                    SmtpTls::Tls => SmtpTlsMode::Tls,
+                };
+                let mailer = SmtpMailer::new(SmtpConfig {
+                    host: smtp.host.clone(),
+                    port: smtp.port,
+                    username: smtp.username.clone(),
+                    password: smtp.password.clone(),
+                    tls,
+                    from: config.mail_from.clone(),
+                    timeout: SmtpConfig::DEFAULT_TIMEOUT,
+                })
+                .context("MAIL_BACKEND=smtp: SMTP_* settings")?;
+                Ok(Self::Smtp(Box::new(mailer)))
+            }
+        }
+    }
+}
+
+impl Mailer for AppMailer {
+    fn send(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), PortError>> + Send {
+        let mailer = self.clone();
+        async move {
+            match mailer {
+                Self::File(file) => file.send(mail).await,
+                Self::Smtp(smtp) => smtp.send(mail).await,
+            }
+        }
+    }
+}
+
+/// The running outbox dispatcher; [`OutboxWorker::stop`] lets the mail in flight finish, then ends it.
+#[derive(Debug)]
+pub struct OutboxWorker {
+    stop: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl OutboxWorker {
+    /// Starts delivering the outbox in the background.
+    pub fn start(repo: PgRepository, mailer: AppMailer) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let dispatcher = Dispatcher::new(repo, mailer, SystemClock, DispatcherConfig::default());
+        let (task_stop, task_wake) = (Arc::clone(&stop), Arc::clone(&wake));
+        let task = tokio::spawn(async move {
+            while !task_stop.load(Ordering::Relaxed) {
+                let busy = match dispatcher.run_round(|| task_stop.load(Ordering::Relaxed)).await {
+                    Ok(report) => {
+                        if report.dead > 0 {
+                            tracing::warn!(dead = report.dead, "mail given up after the last attempt");
+                        }
+                        report.sent + report.retried + report.dead > 0
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "outbox round failed");
+                        false
+                    }
+                };
+                if !busy {
+                    tokio::select! {
+                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                        () = task_wake.notified() => {}
+                    }
+                }
+            }
+        });
+        Self { stop, wake, task }
+    }
+
+    /// Asks the dispatcher to stop between mails and waits until it has.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "outbox worker ended abnormally");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The mail outbox dispatcher: delivers queued mails through the mailer port, retrying with exponential backoff
+//! and giving up (a dead letter, kept for inspection) after a fixed number of attempts.
+//!
+//! Mails are queued in the same transaction as the change that causes them, so the request that caused a mail
+//! never waits for SMTP and never fails because of it. Several dispatchers (one per instance) can run at once:
+//! claims skip rows another dispatcher holds, and a claim is a lease that expires if its holder dies.
+
+use time::Duration;
+
+use crate::ports::{Clock, MailOutbox, Mailer, PortError};
+
+/// How the dispatcher paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatcherConfig {
+    /// Mails claimed per round.
+    pub batch: u32,
+    /// How long a claim is held before another dispatcher may take the mail over.
+    pub lease: Duration,
+    /// Attempts before a mail is marked dead.
+    pub max_attempts: u32,
+    /// The wait after the first failure; it doubles with each further failure.
+    pub retry_base: Duration,
+    /// The longest wait between attempts.
+    pub retry_max: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            batch: 20,
+            lease: Duration::minutes(2),
+            max_attempts: 10,
+            retry_base: Duration::seconds(2),
+            retry_max: Duration::minutes(10),
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// The wait before the next attempt after `attempts` failed ones (1 = the first failure).
+    #[must_use]
+    pub fn retry_after(&self, attempts: u32) -> Duration {
+        let factor = 1_i32.checked_shl(attempts.saturating_sub(1).min(20)).unwrap_or(i32::MAX);
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+/// What one round of the dispatcher did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Mails delivered.
+    pub sent: usize,
+    /// Mails that failed and will be retried.
+    pub retried: usize,
+    /// Mails that failed for the last time.
+    pub dead: usize,
+}
+
+/// Delivers the outbox through a mailer.
+#[derive(Debug, Clone)]
+pub struct Dispatcher<O, M, C> {
+    outbox: O,
+    mailer: M,
+    clock: C,
+    config: DispatcherConfig,
+}
+
+impl<O: MailOutbox, M: Mailer, C: Clock> Dispatcher<O, M, C> {
+    /// Wires a dispatcher.
+    pub const fn new(outbox: O, mailer: M, clock: C, config: DispatcherConfig) -> Self {
+        Self { outbox, mailer, clock, config }
+    }
+
+    /// Claims one batch of due mails and tries each once. `stop` is asked before each mail, so a shutdown waits
+    /// for at most the mail in flight; mails claimed but not tried are taken up again when their lease expires.
+    ///
+    /// # Errors
+    /// [`PortError`] when the outbox cannot be read or updated.
+    pub async fn run_round(&self, stop: impl Fn() -> bool) -> Result<RoundReport, PortError> {
+        let now = self.clock.now();
+        let claimed = self.outbox.claim_due_mail(now, self.config.batch, self.config.lease).await?;
+        let mut report = RoundReport::default();
+        for message in claimed {
+            if stop() {
+                break;
+            }
+            match self.mailer.send(message.mail).await {
+                Ok(()) => {
+                    self.outbox.mark_mail_sent(message.id, self.clock.now()).await?;
+                    report.sent += 1;
+                }
+                Err(error) => {
+                    let attempts = message.attempts + 1;
+                    let retry_at = (attempts < self.config.max_attempts)
+                        .then(|| self.clock.now() + self.config.retry_after(attempts));
+                    if retry_at.is_some() {
+                        report.retried += 1;
+                    } else {
+                        report.dead += 1;
+                    }
+                    // The whole cause chain goes into the row, for whoever inspects a dead letter.
+                    let reason = format!("{:#}", anyhow::Error::new(error));
+                    self.outbox.mark_mail_failed(message.id, retry_at, reason).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::ready;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::accounts::OutboxMessage;
+    use crate::ports::{MockMailOutbox, MockMailer, OutgoingMail};
+    use crate::service::tests::{NOW, clock};
+    use crate::user::EmailAddress;
+
+    fn message(attempts: u32) -> OutboxMessage {
+        OutboxMessage {
+            id: Uuid::new_v4(),
+            mail: OutgoingMail {
+                to: EmailAddress::parse("ada@example.com").unwrap(),
+                subject: "s".to_owned(),
+                text: "t".to_owned(),
+                html: "h".to_owned(),
+            },
+            attempts,
+        }
+    }
+
+    fn outbox_with(messages: Vec<OutboxMessage>) -> MockMailOutbox {
+        let mut outbox = MockMailOutbox::new();
+        outbox.expect_claim_due_mail().times(1).returning(move |_, _, _| Box::pin(ready(Ok(messages.clone()))));
+        outbox
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_maximum() {
+        let config = DispatcherConfig::default();
+        assert_eq!(config.retry_after(1), Duration::seconds(2));
+        assert_eq!(config.retry_after(2), Duration::seconds(4));
+        assert_eq!(config.retry_after(5), Duration::seconds(32));
+        assert_eq!(config.retry_after(50), Duration::minutes(10));
+    }
+
+    #[tokio::test]
+    async fn delivered_mail_is_marked_sent() {
+        let first = message(0);
+        let id = first.id;
+        let mut outbox = outbox_with(vec![first]);
+        outbox
+            .expect_mark_mail_sent()
+            .times(1)
+            .withf(move |sent, _| *sent == id)
+            .returning(|_, _| Box::pin(ready(Ok(()))));
+        let mut mailer = MockMailer::new();
+        mailer.expect_send().times(1).returning(|_| Box::pin(ready(Ok(()))));
+        let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
+        assert_eq!(dispatcher.run_round(|| false).await.unwrap(), RoundReport { sent: 1, retried: 0, dead: 0 });
+    }
+
+    #[tokio::test]
+    async fn failed_mail_is_retried_later_and_dead_after_the_last_attempt() {
+        let retry = message(2);
+        let last = message(9);
+        let (retry_id, last_id) = (retry.id, last.id);
+        let mut outbox = outbox_with(vec![retry, last]);
+        outbox
+            .expect_mark_mail_failed()
+            .times(1)
+            .withf(move |id, at, error| {
+                *id == retry_id && *at == Some(NOW + Duration::seconds(8)) && error.contains("down")
+            })
+            .returning(|_, _, _| Box::pin(ready(Ok(()))));
+        outbox
+            .expect_mark_mail_failed()
+            .times(1)
+            .withf(move |id, at, _| *id == last_id && at.is_none())
+            .returning(|_, _, _| Box::pin(ready(Ok(()))));
+        let mut mailer = MockMailer::new();
+        mailer
+            .expect_send()
+            .times(2)
+            .returning(|_| Box::pin(ready(Err(PortError::Unavailable(anyhow::anyhow!("smtp down"))))));
+        let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
+        assert_eq!(dispatcher.run_round(|| false).await.unwrap(), RoundReport { sent: 0, retried: 1, dead: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_stopping_dispatcher_sends_nothing_more() {
+        let outbox = outbox_with(vec![message(0), message(0)]);
+        let mut mailer = MockMailer::new();
+        mailer.expect_send().never();
+        let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
+        assert_eq!(dispatcher.run_round(|| true).await.unwrap(), RoundReport::default());
+    }
+}
