@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod garage;
 pub mod maildev;
 
 use serde_json::{Value, json};
@@ -62,7 +63,7 @@ impl TestApp {
         let app = Application::build(config).await.expect("the app should start");
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped());
-        Self { address, client: reqwest::Client::new(), db, data_dir }
+        Self { address, client: client(), db, data_dir }
     }
 
     /// Starts the app with the base settings.
@@ -74,6 +75,13 @@ impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
+}
+
+/// An HTTP client that opens a connection per request. Reusing idle keep-alive connections races with the server
+/// closing them when a test blocks its thread for a while (encoding a test image, stopping a service), which shows
+/// up as a spurious "connection closed" error.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client")
 }
 
 /// Runs the real binary with a subcommand, the given environment and standard input; waits for it to finish.
@@ -148,14 +156,8 @@ impl BinaryApp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the user-management binary should start");
-        let app = Self {
-            address: format!("http://127.0.0.1:{port}"),
-            env,
-            client: reqwest::Client::new(),
-            child,
-            db,
-            _data_dir: data_dir,
-        };
+        let app =
+            Self { address: format!("http://127.0.0.1:{port}"), env, client: client(), child, db, _data_dir: data_dir };
         app.wait_until_healthy().await;
         app
     }

@@ -10,6 +10,9 @@ use uuid::Uuid;
 
 use users_domain::account_service::{MeUpdate, Registration};
 use users_domain::accounts::{ProfileChanges, SessionSummary};
+use users_domain::admin::AdminChanges;
+use users_domain::admin_service::AdminCreate;
+use users_domain::permissions::Role;
 use users_domain::session::TokenPair;
 use users_domain::{Bio, EmailAddress, Nickname, PersonName, ProfileUrl, ProfileUrlKind, User};
 
@@ -384,14 +387,6 @@ impl UpdateMeRequest {
     /// 422 `validation_failed`.
     pub fn try_into_domain(self) -> Result<MeUpdate, ApiError> {
         let mut errors = FieldErrors::default();
-        let nickname = match self.nickname {
-            None => None,
-            Some(None) => {
-                errors.add("nickname", "cannot be cleared");
-                None
-            }
-            Some(Some(raw)) => errors.check("nickname", Nickname::parse(&raw)),
-        };
         let email = match self.email {
             None => None,
             Some(None) => {
@@ -400,18 +395,17 @@ impl UpdateMeRequest {
             }
             Some(Some(raw)) => errors.check("email", EmailAddress::parse(&raw)),
         };
-        let profile = ProfileChanges {
-            nickname,
-            first_name: change(&mut errors, "first_name", self.first_name, PersonName::parse),
-            last_name: change(&mut errors, "last_name", self.last_name, PersonName::parse),
-            bio: change(&mut errors, "bio", self.bio, Bio::parse),
-            linkedin_profile_url: change(&mut errors, "linkedin_profile_url", self.linkedin_profile_url, |raw| {
-                ProfileUrl::parse(raw, ProfileUrlKind::LinkedIn)
-            }),
-            github_profile_url: change(&mut errors, "github_profile_url", self.github_profile_url, |raw| {
-                ProfileUrl::parse(raw, ProfileUrlKind::GitHub)
-            }),
-        };
+        let profile = profile_changes(
+            &mut errors,
+            [
+                self.nickname,
+                self.first_name,
+                self.last_name,
+                self.bio,
+                self.linkedin_profile_url,
+                self.github_profile_url,
+            ],
+        );
         errors.finish()?;
         Ok(MeUpdate { profile, email, current_password: self.current_password })
     }
@@ -429,5 +423,176 @@ impl SessionResponse {
             ip: session.ip.clone(),
             current: summary.current,
         }
+    }
+}
+
+/// `POST /users`: a registration plus the role and verification state, within the caller's rights.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCreateRequest {
+    /// The login address.
+    pub email: String,
+    /// The initial password (same policy as registration).
+    #[schema(format = Password)]
+    pub password: String,
+    /// Generated when absent.
+    pub nickname: Option<String>,
+    /// First name.
+    pub first_name: Option<String>,
+    /// Last name.
+    pub last_name: Option<String>,
+    /// Biography.
+    pub bio: Option<String>,
+    /// LinkedIn profile.
+    pub linkedin_profile_url: Option<String>,
+    /// GitHub profile.
+    pub github_profile_url: Option<String>,
+    /// `ANONYMOUS`, `AUTHENTICATED`, `MANAGER` or `ADMIN` (a MANAGER may give at most `AUTHENTICATED`).
+    pub role: Option<String>,
+    /// Whether the address counts as verified; when false (the default) a verification mail is sent.
+    pub email_verified: Option<bool>,
+}
+
+/// `PATCH /users/{id}` (and `PUT`): profile fields plus the administrative flags, each checked against the
+/// caller's rights. Only the fields present change; `null` clears an optional profile field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUpdateRequest {
+    /// A new nickname.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub nickname: Option<Option<String>>,
+    /// A new first name, or `null`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    /// A new last name, or `null`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    /// A new biography, or `null`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub bio: Option<Option<String>>,
+    /// A new LinkedIn URL, or `null`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub linkedin_profile_url: Option<Option<String>>,
+    /// A new GitHub URL, or `null`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub github_profile_url: Option<Option<String>>,
+    /// A new role.
+    pub role: Option<String>,
+    /// Grant or withdraw professional status (granting mails the user).
+    pub is_professional: Option<bool>,
+    /// Lock or unlock (locking mails the user; it does not end sessions, but every request answers 403).
+    pub is_locked: Option<bool>,
+    /// Mark the address verified or not.
+    pub email_verified: Option<bool>,
+}
+
+/// Links of a page of users.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PageLinks {
+    /// This page.
+    #[serde(rename = "self")]
+    pub this: String,
+    /// The next page, when there is one.
+    pub next: Option<String>,
+}
+
+/// `GET /users`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserPageResponse {
+    /// The users of this page.
+    pub items: Vec<UserResponse>,
+    /// The opaque cursor of the next page, when there is one.
+    pub next_cursor: Option<String>,
+    /// Links to this page and the next.
+    pub links: PageLinks,
+}
+
+/// The raw profile fields of a partial update, in the order of [`ProfileChanges`].
+type RawProfile = [Option<Option<String>>; 6];
+
+/// Parses the profile fields of a partial update (`PATCH /me`, `PATCH /users/{id}`).
+fn profile_changes(errors: &mut FieldErrors, raw: RawProfile) -> ProfileChanges {
+    let [nickname, first, last, bio, linkedin, github] = raw;
+    let nickname = match nickname {
+        None => None,
+        Some(None) => {
+            errors.add("nickname", "cannot be cleared");
+            None
+        }
+        Some(Some(raw)) => errors.check("nickname", Nickname::parse(&raw)),
+    };
+    ProfileChanges {
+        nickname,
+        first_name: change(errors, "first_name", first, PersonName::parse),
+        last_name: change(errors, "last_name", last, PersonName::parse),
+        bio: change(errors, "bio", bio, Bio::parse),
+        linkedin_profile_url: change(errors, "linkedin_profile_url", linkedin, |raw| {
+            ProfileUrl::parse(raw, ProfileUrlKind::LinkedIn)
+        }),
+        github_profile_url: change(errors, "github_profile_url", github, |raw| {
+            ProfileUrl::parse(raw, ProfileUrlKind::GitHub)
+        }),
+    }
+}
+
+impl AdminCreateRequest {
+    /// Parses every field, reporting all bad ones at once (422).
+    ///
+    /// # Errors
+    /// 422 `validation_failed`.
+    pub fn try_into_domain(self) -> Result<AdminCreate, ApiError> {
+        let role = match self.role.as_deref().map(Role::parse) {
+            None => None,
+            Some(Ok(role)) => Some(role),
+            Some(Err(error)) => return Err(ApiError::invalid_field("role", error)),
+        };
+        let registration = RegisterRequest {
+            email: self.email,
+            password: self.password,
+            nickname: self.nickname,
+            first_name: self.first_name,
+            last_name: self.last_name,
+            bio: self.bio,
+            linkedin_profile_url: self.linkedin_profile_url,
+            github_profile_url: self.github_profile_url,
+        }
+        .try_into_domain()?;
+        Ok(AdminCreate { registration, role, email_verified: self.email_verified.unwrap_or(false) })
+    }
+}
+
+impl AdminUpdateRequest {
+    /// Parses the fields present, reporting all bad ones at once (422).
+    ///
+    /// # Errors
+    /// 422 `validation_failed`.
+    pub fn try_into_domain(self) -> Result<AdminChanges, ApiError> {
+        let mut errors = FieldErrors::default();
+        let role = self.role.as_deref().and_then(|raw| errors.check("role", Role::parse(raw)));
+        let profile = profile_changes(
+            &mut errors,
+            [
+                self.nickname,
+                self.first_name,
+                self.last_name,
+                self.bio,
+                self.linkedin_profile_url,
+                self.github_profile_url,
+            ],
+        );
+        errors.finish()?;
+        Ok(AdminChanges {
+            profile,
+            role,
+            is_professional: self.is_professional,
+            is_locked: self.is_locked,
+            email_verified: self.email_verified,
+        })
     }
 }

@@ -12,6 +12,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use users_domain::account_service::{RefreshError, RegisterError, ResetPasswordError, SelfServiceError};
 use users_domain::accounts::ConfirmEmailError;
+use users_domain::admin_service::AdminError;
+use users_domain::picture_service::PictureError;
+use users_domain::pictures::ImageError;
 use users_domain::ports::PortError;
 use users_domain::service::{AuthError, LoginError};
 
@@ -276,6 +279,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "nickname_taken", "another account uses this nickname")
     }
 
+    /// 409 `last_admin`.
+    pub fn last_admin() -> Self {
+        Self::new(StatusCode::CONFLICT, "last_admin", "this would leave no unlocked ADMIN; promote another ADMIN first")
+    }
+
     /// 403 `invalid_current_password`.
     pub fn invalid_current_password() -> Self {
         Self::new(StatusCode::FORBIDDEN, "invalid_current_password", "the current password is wrong")
@@ -367,7 +375,43 @@ impl From<SelfServiceError> for ApiError {
             SelfServiceError::NicknameTaken => Self::nickname_taken(),
             // The caller's own account vanished under them: answer as for a revoked token.
             SelfServiceError::NotFound => Self::invalid_token(),
+            SelfServiceError::LastAdmin => Self::last_admin(),
             SelfServiceError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::Forbidden => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", "your role does not allow this request")
+            }
+            AdminError::NotFound => Self::not_found(),
+            AdminError::EmailTaken => Self::email_taken(),
+            AdminError::NicknameTaken => Self::nickname_taken(),
+            AdminError::LastAdmin => Self::last_admin(),
+            AdminError::WeakPassword(error) => Self::invalid_field("password", error),
+            AdminError::CursorMismatch => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", "cursor: belongs to another sort order")
+            }
+            AdminError::Port(error) => error.into(),
+        }
+    }
+}
+
+impl From<PictureError> for ApiError {
+    fn from(error: PictureError) -> Self {
+        match error {
+            PictureError::NotFound => Self::not_found(),
+            PictureError::Image(ImageError::UnsupportedType) => {
+                Self::unsupported_media_type("only JPEG, PNG, GIF and WebP images are accepted (judged by content)")
+            }
+            PictureError::Image(ImageError::Invalid(detail)) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", detail)
+            }
+            PictureError::Image(ImageError::Busy) => Self::unavailable(anyhow::anyhow!("image processing saturated")),
+            PictureError::Port(error) => error.into(),
         }
     }
 }

@@ -11,4 +11,5 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;

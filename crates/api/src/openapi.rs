@@ -6,12 +6,12 @@ use utoipa::openapi::security::{Flow, HttpAuthScheme, HttpBuilder, OAuth2, Passw
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::{
-    ChangePasswordRequest, DeleteMeRequest, EmailRequest, LoginForm, LoginJson, MessageResponse, RefreshRequest,
-    RegisterRequest, ResetPasswordRequest, SessionResponse, SessionsResponse, StatusResponse, TokenResponse,
-    UpdateMeRequest, UserResponse,
+    AdminCreateRequest, AdminUpdateRequest, ChangePasswordRequest, DeleteMeRequest, EmailRequest, LoginForm, LoginJson,
+    MessageResponse, PageLinks, RefreshRequest, RegisterRequest, ResetPasswordRequest, SessionResponse,
+    SessionsResponse, StatusResponse, TokenResponse, UpdateMeRequest, UserPageResponse, UserResponse,
 };
 use crate::error::{FieldError, Problem};
-use crate::routes::{accounts, auth, me, ops};
+use crate::routes::{accounts, auth, me, ops, pictures, users};
 
 /// The service's OpenAPI description.
 #[derive(OpenApi)]
@@ -23,9 +23,19 @@ profiles and profile pictures.\n\n\
 Conventions: errors are RFC 9457 `application/problem+json` with a stable `code`; request bodies reject unknown \
 fields (400 `malformed_body`); rule violations are 422 `validation_failed`. Authorization is decided on the current \
 database row on every request.\n\n\
-Readings of the contract: nicknames are ASCII letters, digits, `_` and `-` only (the safest reading of \
-\"letters/digits\": no look-alike or invisible characters); the client address recorded on sessions is the TCP \
-peer, never `X-Forwarded-For`."
+Readings of the contract (where API.md is silent or ambiguous, the safest reading):\n\n\
+- Nicknames are ASCII letters, digits, `_` and `-` only: no look-alike or invisible characters.\n\
+- The client address recorded on sessions and used for per-IP limits is the TCP peer, never `X-Forwarded-For`.\n\
+- \"The last ADMIN\" means the last *unlocked* ADMIN: a locked admin cannot administer anything. Demoting, locking \
+or deleting it answers 409 `last_admin`, also through `DELETE /me`.\n\
+- Nobody changes their own role, lock, verification or professional status, or deletes themself, through \
+`/users/{id}` (403); `DELETE /me` with the current password is the way to leave. A MANAGER may read and edit their \
+own profile there; other MANAGER and ADMIN users answer 404.\n\
+- `POST /password/reset` also accepts the form of the reset page (`application/x-www-form-urlencoded`) and then \
+answers a short HTML page instead of 204, since a browser form cannot send JSON.\n\
+- Archived pictures are not public: their `url` in the history points to an authenticated route.\n\
+- An unknown or malformed email at `/login` costs a full (dummy) password check and counts toward the per-email \
+backoff like a known one."
     ),
     paths(
         auth::login,
@@ -44,6 +54,17 @@ peer, never `X-Forwarded-For`."
         me::get_me,
         accounts::update_me,
         accounts::delete_me,
+        users::list_users,
+        users::create_user,
+        users::get_user,
+        users::update_user,
+        users::delete_user,
+        pictures::upload,
+        pictures::serve,
+        pictures::delete,
+        pictures::history,
+        pictures::serve_version,
+        pictures::restore,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -66,12 +87,20 @@ peer, never `X-Forwarded-For`."
         DeleteMeRequest,
         MessageResponse,
         SessionResponse,
-        SessionsResponse
+        SessionsResponse,
+        AdminCreateRequest,
+        AdminUpdateRequest,
+        UserPageResponse,
+        PageLinks,
+        pictures::PictureVersion,
+        pictures::PictureHistory
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "accounts", description = "Registration, login and sessions"),
         (name = "profile", description = "The caller's own profile"),
+        (name = "users", description = "User administration for MANAGER and ADMIN"),
+        (name = "pictures", description = "Profile pictures"),
         (name = "operations", description = "Health, readiness, metrics and keys"),
     )
 )]

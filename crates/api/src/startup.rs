@@ -11,8 +11,10 @@ use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
 use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
 use users_domain::accounts::BackoffPolicy;
+use users_domain::picture_service::PictureService;
 use users_domain::ports::SystemClock;
 use users_domain::{PasswordPolicy, Service, ServiceConfig};
+use users_images::ImagePipeline;
 use users_postgres::{PgConfig, PgRepository};
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
@@ -22,11 +24,15 @@ use crate::error::ApiError;
 use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
 use crate::rate_limit::RateLimiter;
-use crate::routes::{accounts, auth, me, ops};
+use crate::routes::{accounts, auth, me, ops, pictures, users};
+use crate::storage::AppStore;
 use crate::telemetry::observe;
 
 /// The domain service with the production adapters plugged in.
 pub type AppService = Service<PgRepository, Argon2Hasher, JwtCodec, SystemClock>;
+
+/// The picture service with the production adapters plugged in.
+pub type AppPictures = PictureService<PgRepository, PgRepository, AppStore, ImagePipeline, SystemClock>;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -38,6 +44,10 @@ pub struct AppState {
     pub jwks: serde_json::Value,
     /// Per-client-IP limits on the routes attackers hammer.
     pub rate_limiter: RateLimiter,
+    /// Profile pictures.
+    pub pictures: AppPictures,
+    /// `PICTURE_MAX_BYTES`.
+    pub picture_max_bytes: u64,
 }
 
 /// Runs the embedded migrations against `DATABASE_URL`.
@@ -103,6 +113,8 @@ impl Application {
         migrate(&config).await?;
         let (service, codec, repo) = build_service(&config).await?;
         let mailer = AppMailer::from_config(&config)?;
+        let store = AppStore::from_config(&config).await?;
+        let pictures = PictureService::new(repo.clone(), repo.clone(), store, ImagePipeline::default(), SystemClock);
         if let Some(admin) = &config.bootstrap_admin {
             let user = service
                 .ensure_admin(admin.email.clone(), &admin.password)
@@ -115,6 +127,8 @@ impl Application {
             public_base_url: config.public_base_url.clone(),
             jwks: codec.jwks(),
             rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
+            pictures,
+            picture_max_bytes: config.picture_max_bytes,
         });
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
@@ -174,6 +188,31 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(accounts::reset_page))
                 .route(web::post().to(accounts::reset_password)),
         )
+        .service(
+            web::resource("/users").route(web::get().to(users::list_users)).route(web::post().to(users::create_user)),
+        )
+        .service(
+            web::resource("/users/{id}")
+                .route(web::get().to(users::get_user))
+                .route(web::patch().to(users::update_user))
+                .route(web::put().to(users::update_user))
+                .route(web::delete().to(users::delete_user)),
+        )
+        .service(
+            web::resource("/users/{id}/profile-picture")
+                .route(web::post().to(pictures::upload))
+                .route(web::delete().to(pictures::delete)),
+        )
+        .service(web::resource("/users/{id}/profile-picture/history").route(web::get().to(pictures::history)))
+        .service(
+            web::resource("/users/{id}/profile-picture/history/{version_id}")
+                .route(web::get().to(pictures::serve_version)),
+        )
+        .service(
+            web::resource("/users/{id}/profile-picture/history/{version_id}/restore")
+                .route(web::post().to(pictures::restore)),
+        )
+        .service(web::resource("/profiles/{id}/picture").route(web::get().to(pictures::serve)))
         .service(
             web::resource("/me")
                 .route(web::get().to(me::get_me))

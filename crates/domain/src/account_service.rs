@@ -9,6 +9,7 @@ use crate::accounts::{
     ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession, ProfileChanges,
     RefreshOutcome, SessionSummary, UpdateProfileError,
 };
+use crate::admin::AdminWriteError;
 use crate::permissions::Role;
 use crate::ports::{Clock, InsertUserError, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::service::{Principal, Service};
@@ -102,6 +103,9 @@ pub enum SelfServiceError {
     /// The account no longer exists.
     #[error("not found")]
     NotFound,
+    /// The account is the last unlocked ADMIN, which must not disappear.
+    #[error("last admin")]
+    LastAdmin,
     /// A dependency failed.
     #[error(transparent)]
     Port(#[from] PortError),
@@ -151,6 +155,13 @@ where
         context.extend(registration.last_name.as_ref().map(PersonName::as_str));
         let password = Password::parse(&registration.password, self.config.password_policy, &context)?;
         let password_hash = self.hasher.hash(password).await?;
+        // A taken nickname is reported before the email is looked at, whatever the email: nicknames are public,
+        // so an answer that depended on the email would turn this check into an account oracle.
+        if let Some(nickname) = &registration.nickname
+            && self.repo.nickname_exists(nickname.clone()).await?
+        {
+            return Err(RegisterError::NicknameTaken);
+        }
         if self.repo.find_user_by_email(registration.email.clone()).await?.is_some() {
             self.repo.queue_mail(self.mails.already_registered(&registration.email)).await?;
             return Ok(());
@@ -187,6 +198,7 @@ where
                 Err(InsertUserError::NicknameTaken) if generated => {
                     return Err(PortError::Unknown(anyhow::anyhow!("no free generated nickname found")).into());
                 }
+                // Taken between the check above and the insert: rare, and still independent of the email.
                 Err(InsertUserError::NicknameTaken) => return Err(RegisterError::NicknameTaken),
                 // Registered concurrently by someone else: answer as for any existing address.
                 Err(InsertUserError::EmailTaken) => {
@@ -387,7 +399,12 @@ where
     /// [`SelfServiceError::InvalidCurrentPassword`], [`SelfServiceError::NotFound`] or a dependency failure.
     pub async fn delete_me(&self, principal: &Principal, current_password: &str) -> Result<(), SelfServiceError> {
         self.check_current_password(&principal.user, current_password).await?;
-        if self.repo.delete_user(principal.user.id).await? { Ok(()) } else { Err(SelfServiceError::NotFound) }
+        // The same guarded deletion as the admin route: the last unlocked ADMIN cannot delete themself either.
+        self.repo.admin_delete_user(principal.user.id).await.map_err(|error| match error {
+            AdminWriteError::LastAdmin => SelfServiceError::LastAdmin,
+            AdminWriteError::NotFound | AdminWriteError::NicknameTaken => SelfServiceError::NotFound,
+            AdminWriteError::Port(error) => SelfServiceError::Port(error),
+        })
     }
 
     async fn check_current_password(&self, user: &User, candidate: &str) -> Result<(), SelfServiceError> {
@@ -481,10 +498,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_chosen_nickname_that_is_taken_is_reported_but_a_generated_one_is_retried() {
+    async fn a_chosen_nickname_that_is_taken_is_reported_before_the_email_is_looked_at() {
         let mut repo = MockUserRepository::new();
-        repo.expect_find_user_by_email().returning(|_| Box::pin(ready(Ok(None))));
-        repo.expect_register().times(1).returning(|_, _, _| Box::pin(ready(Err(InsertUserError::NicknameTaken))));
+        repo.expect_nickname_exists().times(1).returning(|_| Box::pin(ready(Ok(true))));
+        repo.expect_find_user_by_email().never();
+        repo.expect_register().never();
         let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
         let mut chosen = registration("new@example.com");
         chosen.nickname = Some(Nickname::parse("taken").unwrap());
@@ -648,7 +666,7 @@ mod tests {
     #[tokio::test]
     async fn deleting_oneself_needs_the_current_password() {
         let mut repo = MockUserRepository::new();
-        repo.expect_delete_user().never();
+        repo.expect_admin_delete_user().never();
         let svc = service(repo, hasher_checking(false), MockTokenCodec::new());
         assert!(matches!(svc.delete_me(&principal(), "wrong").await, Err(SelfServiceError::InvalidCurrentPassword)));
     }

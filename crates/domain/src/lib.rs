@@ -7,9 +7,12 @@
 
 pub mod account_service;
 pub mod accounts;
+pub mod admin;
+pub mod admin_service;
 pub mod mail;
 pub mod outbox;
 pub mod permissions;
+pub mod picture_service;
 pub mod pictures;
 pub mod ports;
 pub mod service;

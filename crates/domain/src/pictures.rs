@@ -121,3 +121,162 @@ pub trait ImageProcessor: Send + Sync + 'static {
     /// [`ImageError`] as described on its variants.
     fn process(&self, bytes: Vec<u8>) -> impl Future<Output = Result<ProcessedImage, ImageError>> + Send;
 }
+
+/// One stored size of a picture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PictureVariant {
+    /// Which size.
+    pub size: PictureSize,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Length in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the bytes, hex: the strong `ETag`.
+    pub sha256: String,
+}
+
+impl PictureVariant {
+    /// The file extension of the encoding.
+    #[must_use]
+    pub fn extension(&self) -> &'static str {
+        if self.content_type == "image/png" { "png" } else { "jpg" }
+    }
+}
+
+/// A picture as recorded: its sizes and where its objects live now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPicture {
+    /// The picture's id (the `version_id` of the history routes).
+    pub id: uuid::Uuid,
+    /// Whose picture it is.
+    pub user_id: crate::user::UserId,
+    /// When it was uploaded.
+    pub created_at: time::OffsetDateTime,
+    /// Whether it is in the archive (history) rather than active.
+    pub archived: bool,
+    /// The key prefix its objects are stored under now.
+    pub prefix: String,
+    /// The three sizes.
+    pub variants: Vec<PictureVariant>,
+}
+
+impl StoredPicture {
+    /// The size asked for, if recorded.
+    #[must_use]
+    pub fn variant(&self, size: PictureSize) -> Option<&PictureVariant> {
+        self.variants.iter().find(|variant| variant.size == size)
+    }
+
+    /// The object key of one size under a prefix.
+    #[must_use]
+    pub fn key_under(prefix: &str, variant: &PictureVariant) -> String {
+        format!("{prefix}/{}.{}", variant.size.as_str(), variant.extension())
+    }
+
+    /// The object keys of every size, where they are now.
+    #[must_use]
+    pub fn keys(&self) -> Vec<String> {
+        self.variants.iter().map(|variant| Self::key_under(&self.prefix, variant)).collect()
+    }
+
+    /// The prefix of an active picture: `profile_pictures/{user_id}/{picture_id}`.
+    #[must_use]
+    pub fn active_prefix(user_id: crate::user::UserId, id: uuid::Uuid) -> String {
+        format!("profile_pictures/{user_id}/{id}")
+    }
+
+    /// The prefix of an archived picture: `profile_pictures/{user_id}/archive/{picture_id}`.
+    #[must_use]
+    pub fn archive_prefix(user_id: crate::user::UserId, id: uuid::Uuid) -> String {
+        format!("profile_pictures/{user_id}/archive/{id}")
+    }
+}
+
+/// Why a picture could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum PictureWriteError {
+    /// The user was deleted meanwhile.
+    #[error("user not found")]
+    UserGone,
+    /// The repository failed.
+    #[error(transparent)]
+    Port(#[from] crate::ports::PortError),
+}
+
+/// Storage of picture records (the objects themselves go to the [`crate::ports::PictureStore`]).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait PictureRepository: Send + Sync + 'static {
+    /// Records a new active picture in one transaction: the user's current active picture (if any) becomes
+    /// archived and is returned, the new one becomes active, and `users.profile_picture_id` points to it.
+    ///
+    /// # Errors
+    /// [`PictureWriteError::UserGone`] when the user no longer exists; then nothing is stored.
+    fn insert_active_picture(
+        &self,
+        picture: StoredPicture,
+        now: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<StoredPicture>, PictureWriteError>> + Send;
+
+    /// Records that a picture's objects now live under `prefix`.
+    ///
+    /// # Errors
+    /// [`crate::ports::PortError`] when storage fails.
+    fn move_picture(
+        &self,
+        id: uuid::Uuid,
+        prefix: String,
+    ) -> impl Future<Output = Result<(), crate::ports::PortError>> + Send;
+
+    /// The user's active picture.
+    ///
+    /// # Errors
+    /// [`crate::ports::PortError`] when storage fails.
+    fn active_picture(
+        &self,
+        user_id: crate::user::UserId,
+    ) -> impl Future<Output = Result<Option<StoredPicture>, crate::ports::PortError>> + Send;
+
+    /// The user's archived pictures, newest first.
+    ///
+    /// # Errors
+    /// [`crate::ports::PortError`] when storage fails.
+    fn archived_pictures(
+        &self,
+        user_id: crate::user::UserId,
+    ) -> impl Future<Output = Result<Vec<StoredPicture>, crate::ports::PortError>> + Send;
+
+    /// Every picture of the user, active or archived (to remove their objects with the user).
+    ///
+    /// # Errors
+    /// [`crate::ports::PortError`] when storage fails.
+    fn all_pictures(
+        &self,
+        user_id: crate::user::UserId,
+    ) -> impl Future<Output = Result<Vec<StoredPicture>, crate::ports::PortError>> + Send;
+
+    /// Archives the active picture and clears `users.profile_picture_id`, in one transaction; returns it.
+    ///
+    /// # Errors
+    /// [`crate::ports::PortError`] when storage fails; `Ok(None)` when there was no active picture.
+    fn archive_active_picture(
+        &self,
+        user_id: crate::user::UserId,
+        now: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<StoredPicture>, crate::ports::PortError>> + Send;
+
+    /// Makes an archived picture active again, in one transaction: the current active one (returned second)
+    /// becomes archived and `users.profile_picture_id` points to the restored one (returned first).
+    ///
+    /// # Errors
+    /// [`crate::ports::PortError`] when storage fails; `Ok(None)` when the user has no such archived picture.
+    fn restore_picture(
+        &self,
+        user_id: crate::user::UserId,
+        id: uuid::Uuid,
+        now: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<(StoredPicture, Option<StoredPicture>)>, crate::ports::PortError>> + Send;
+}

@@ -13,8 +13,9 @@ use crate::accounts::{
     BackoffPolicy, ConfirmEmailError, EmailConfirmation, NewEmailToken, OutboxMessage, OwnedSession, ProfileChanges,
     RefreshOutcome, UpdateProfileError,
 };
+use crate::admin::{AdminChanges, AdminWriteError, UserQuery};
 use crate::session::{AccessClaims, AccessToken, NewSession, Session, SessionId, TokenHash};
-use crate::user::{EmailAddress, NewUser, Password, PasswordHash, User, UserId};
+use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordHash, User, UserId};
 
 /// A failure of an infrastructure dependency, opaque to the domain except for one distinction: whether the
 /// dependency is unreachable (answered as 503, retry later) or failed in some other way.
@@ -63,6 +64,12 @@ pub trait UserRepository: Send + Sync + 'static {
     /// # Errors
     /// [`PortError`] when storage fails.
     fn find_user_by_email(&self, email: EmailAddress) -> impl Future<Output = Result<Option<User>, PortError>> + Send;
+
+    /// Whether a user has this nickname, compared case-insensitively.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn nickname_exists(&self, nickname: Nickname) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Makes an existing user a verified, unlocked ADMIN with a new password hash.
     ///
@@ -252,27 +259,46 @@ pub trait UserRepository: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Vec<Session>, PortError>> + Send;
 
-    /// Until when logins for this key (a lower-cased email) are blocked, if they are.
+    /// Reserves one login attempt for this key (a lower-cased email), atomically, before the password is checked:
+    /// the attempt counts as a failure until [`Self::clear_login_failures`] says otherwise. Past the policy's
+    /// threshold the key is blocked until `now + policy.block_for(count)` in the same statement, so of many
+    /// concurrent attempts only those under the threshold get through. A key already blocked is not counted, and
+    /// its block's end is returned instead.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn login_blocked_until(
-        &self,
-        key: String,
-        now: OffsetDateTime,
-    ) -> impl Future<Output = Result<Option<OffsetDateTime>, PortError>> + Send;
-
-    /// Counts one more consecutive failure for the key and, past the policy's threshold, blocks it until
-    /// `now + policy.block_for(failures)`. Atomic, so concurrent failures are all counted.
-    ///
-    /// # Errors
-    /// [`PortError`] when storage fails.
-    fn record_login_failure(
+    fn begin_login_attempt(
         &self,
         key: String,
         now: OffsetDateTime,
         policy: BackoffPolicy,
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+    ) -> impl Future<Output = Result<Option<OffsetDateTime>, PortError>> + Send;
+
+    /// Lists users for an administrator: one page in the query's order, after its cursor, filtered.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn list_users(&self, query: UserQuery) -> impl Future<Output = Result<Vec<User>, PortError>> + Send;
+
+    /// Applies an administrator's changes and queues `mails`, in one transaction. A change that demotes or locks
+    /// an ADMIN is refused when no other unlocked ADMIN would remain (checked under a lock, so two concurrent
+    /// demotions cannot both pass). `professional_status_updated_at` is set when `is_professional` changes.
+    ///
+    /// # Errors
+    /// [`AdminWriteError`] as described on its variants; then nothing is changed.
+    fn admin_update_user(
+        &self,
+        id: UserId,
+        changes: AdminChanges,
+        mails: Vec<OutgoingMail>,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<User, AdminWriteError>> + Send;
+
+    /// Deletes a user, refusing to delete the last unlocked ADMIN (checked under a lock).
+    ///
+    /// # Errors
+    /// [`AdminWriteError::LastAdmin`], [`AdminWriteError::NotFound`], or a storage failure.
+    fn admin_delete_user(&self, id: UserId) -> impl Future<Output = Result<(), AdminWriteError>> + Send;
 
     /// Forgets the failures of a key (after a successful login).
     ///

@@ -239,7 +239,9 @@ where
             .as_ref()
             .map_or_else(|| email.trim().to_lowercase().chars().take(254).collect(), EmailAddress::canonical);
         let now = self.clock.now();
-        if let Some(until) = self.repo.login_blocked_until(key.clone(), now).await? {
+        // The attempt is reserved (counted) before the password is checked, so a burst of parallel guesses cannot
+        // all slip past the block; a success clears it again.
+        if let Some(until) = self.repo.begin_login_attempt(key.clone(), now, self.config.login_backoff).await? {
             return Err(LoginError::RateLimited { retry_after: until - now });
         }
         let user = match parsed {
@@ -250,10 +252,7 @@ where
         let matches = self.hasher.verify(candidate, user.as_ref().map(|u| u.password_hash.clone())).await?;
         let user = match user {
             Some(user) if matches => user,
-            _ => {
-                self.repo.record_login_failure(key, now, self.config.login_backoff).await?;
-                return Err(LoginError::InvalidCredentials);
-            }
+            _ => return Err(LoginError::InvalidCredentials),
         };
         self.repo.clear_login_failures(key).await?;
         if user.is_locked {
@@ -399,8 +398,7 @@ pub(crate) mod tests {
 
     /// Lets the login backoff bookkeeping through: nothing blocked, failures and clears accepted.
     pub(crate) fn allow_throttle(repo: &mut MockUserRepository) {
-        repo.expect_login_blocked_until().returning(|_, _| Box::pin(ready(Ok(None))));
-        repo.expect_record_login_failure().returning(|_, _, _| Box::pin(ready(Ok(()))));
+        repo.expect_begin_login_attempt().returning(|_, _, _| Box::pin(ready(Ok(None))));
         repo.expect_clear_login_failures().returning(|_| Box::pin(ready(Ok(()))));
     }
 
@@ -497,9 +495,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_blocked_email_is_rate_limited_before_any_password_check() {
         let mut repo = MockUserRepository::new();
-        repo.expect_login_blocked_until()
-            .withf(|key, _| key == "ada@example.com")
-            .returning(|_, now| Box::pin(ready(Ok(Some(now + Duration::seconds(8))))));
+        repo.expect_begin_login_attempt()
+            .withf(|key, _, _| key == "ada@example.com")
+            .returning(|_, now, _| Box::pin(ready(Ok(Some(now + Duration::seconds(8))))));
         repo.expect_find_user_by_email().never();
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_verify().never();
@@ -509,16 +507,15 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn failures_are_recorded_for_known_and_unknown_emails_alike_and_success_clears_them() {
+    async fn attempts_are_reserved_for_known_and_unknown_emails_alike_and_success_clears_them() {
         for (found, matches) in [(Some(user(Role::Authenticated, true, false)), false), (None, false)] {
             let expect_dummy = found.is_none();
             let mut repo = MockUserRepository::new();
             repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(found.clone()))));
-            repo.expect_login_blocked_until().returning(|_, _| Box::pin(ready(Ok(None))));
-            repo.expect_record_login_failure()
+            repo.expect_begin_login_attempt()
                 .times(1)
                 .withf(|key, at, policy| key == "ada@example.com" && *at == NOW && policy.after == 5)
-                .returning(|_, _, _| Box::pin(ready(Ok(()))));
+                .returning(|_, _, _| Box::pin(ready(Ok(None))));
             repo.expect_clear_login_failures().never();
             let svc = service(repo, hasher_answering(matches, expect_dummy), MockTokenCodec::new());
             let result = svc.login("ada@example.com", "wrong", ClientInfo::default()).await;
@@ -528,8 +525,7 @@ pub(crate) mod tests {
         let mut repo = MockUserRepository::new();
         let locked = user(Role::Authenticated, true, true);
         repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(Some(locked.clone())))));
-        repo.expect_login_blocked_until().returning(|_, _| Box::pin(ready(Ok(None))));
-        repo.expect_record_login_failure().never();
+        repo.expect_begin_login_attempt().times(1).returning(|_, _, _| Box::pin(ready(Ok(None))));
         repo.expect_clear_login_failures().times(1).returning(|_| Box::pin(ready(Ok(()))));
         let svc = service(repo, hasher_answering(true, false), MockTokenCodec::new());
         assert!(matches!(

@@ -1,6 +1,7 @@
 //! The per-email login backoff: consecutive failures counted atomically, and the block they earn.
 
-use diesel::prelude::{ExpressionMethods as _, QueryDsl as _};
+use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _};
+use diesel::sql_types::{Text, Timestamptz};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
 use users_domain::accounts::BackoffPolicy;
@@ -9,45 +10,69 @@ use users_domain::ports::PortError;
 use crate::errors::TxError;
 use crate::schema::login_attempts;
 
-/// Counts one more failure for `key` and, past the policy's threshold, blocks it until `now + block_for(count)`.
+/// The count an attempt reservation returns.
+#[derive(diesel::QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    failures: i32,
+}
+
+/// Reserves one login attempt for `key` before its password is checked; see the port's
+/// `begin_login_attempt`.
 ///
-/// The count is one upsert, so concurrent failures each add one. The block is computed by the domain's own
-/// [`BackoffPolicy::block_for`] from the count that upsert returned, and written in the same transaction: the
-/// upsert's row lock holds until commit, so concurrent failures are applied one after the other and the block
-/// always belongs to the highest count, never to an earlier one that finished late.
-pub(crate) async fn record_failure(
+/// The count is one upsert whose update only applies while the key is not blocked. Its row lock holds until
+/// commit, and a concurrent upsert that waited on it re-checks the committed row, so of a burst of parallel
+/// attempts exactly those under the threshold are counted and let through; the others find the block. The block
+/// itself is computed by the domain's own [`BackoffPolicy::block_for`] from the count the upsert returned, and
+/// written in the same transaction.
+pub(crate) async fn begin_attempt(
     connection: &mut AsyncPgConnection,
     key: &str,
     now: OffsetDateTime,
     policy: BackoffPolicy,
-) -> Result<(), TxError<PortError>> {
+) -> Result<Option<OffsetDateTime>, TxError<PortError>> {
     connection
         .transaction::<_, TxError<PortError>, _>(async |connection| {
-            let failures: i32 = diesel::insert_into(login_attempts::table)
-                .values((
-                    login_attempts::key.eq(key),
-                    login_attempts::failures.eq(1),
-                    login_attempts::updated_at.eq(now),
-                ))
-                .on_conflict(login_attempts::key)
-                .do_update()
-                .set((login_attempts::failures.eq(login_attempts::failures + 1), login_attempts::updated_at.eq(now)))
-                .returning(login_attempts::failures)
-                .get_result(connection)
-                .await?;
+            // diesel's DSL has no WHERE on ON CONFLICT DO UPDATE, so this one statement is written out; every value
+            // is a bound parameter.
+            let counted: Option<Counted> = diesel::sql_query(
+                "INSERT INTO login_attempts AS a (key, failures, updated_at) VALUES ($1, 1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET failures = a.failures + 1, updated_at = $2 \
+                 WHERE a.blocked_until IS NULL OR a.blocked_until <= $2 \
+                 RETURNING a.failures",
+            )
+            .bind::<Text, _>(key)
+            .bind::<Timestamptz, _>(now)
+            .get_result(connection)
+            .await
+            .optional()?;
+            let counted = counted.map(|row| row.failures);
+            let Some(failures) = counted else {
+                // Blocked: nothing was counted; answer with the end of the block.
+                let until: Option<OffsetDateTime> = login_attempts::table
+                    .find(key)
+                    .select(login_attempts::blocked_until)
+                    .get_result(connection)
+                    .await?;
+                return Ok(until);
+            };
             // The column's check keeps the count positive, so the conversion cannot fail on a stored row.
             let failures = u32::try_from(failures).map_err(|error| {
                 TxError::Abort(PortError::Unknown(anyhow::Error::new(error).context("a negative login failure count")))
             })?;
-            let Some(block) = policy.block_for(failures) else { return Ok(()) };
-            let blocked_until = now.checked_add(block).ok_or_else(|| {
-                TxError::Abort(PortError::Unknown(anyhow::anyhow!("a login block of {block} runs past the calendar")))
-            })?;
+            let blocked_until = match policy.block_for(failures) {
+                None => None,
+                Some(block) => Some(now.checked_add(block).ok_or_else(|| {
+                    TxError::Abort(PortError::Unknown(anyhow::anyhow!(
+                        "a login block of {block} runs past the calendar"
+                    )))
+                })?),
+            };
             diesel::update(login_attempts::table.find(key))
                 .set(login_attempts::blocked_until.eq(blocked_until))
                 .execute(connection)
                 .await?;
-            Ok(())
+            Ok(None)
         })
         .await
 }

@@ -18,10 +18,11 @@ use users_domain::accounts::{
     BackoffPolicy, ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession,
     ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
+use users_domain::admin::{AdminChanges, AdminWriteError, UserQuery};
 use users_domain::permissions::Role;
 use users_domain::ports::{InsertUserError, OutgoingMail, PortError, UserRepository};
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
-use users_domain::user::{Bio, EmailAddress, NewUser, PasswordHash, PersonName, ProfileUrl, User, UserId};
+use users_domain::user::{Bio, EmailAddress, NewUser, Nickname, PasswordHash, PersonName, ProfileUrl, User, UserId};
 
 use crate::errors::{
     NICKNAME_UNIQUE_INDEX, acquire_timed_out, insert_user_error, pool_error, query_error, violated_unique_index,
@@ -30,7 +31,7 @@ use crate::outbox::insert_mail;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, NewUserRow, SessionRow, UserRow};
 use crate::schema::{email_tokens, login_attempts, refresh_tokens, sessions, users};
 use crate::setup::{PgConfig, PgSetupError, validate_url};
-use crate::{accounts, backoff, rotation};
+use crate::{accounts, admin, backoff, rotation};
 
 /// SQL functions diesel does not declare for text.
 mod sql {
@@ -42,6 +43,35 @@ mod sql {
         /// through it uses the index.
         fn lower(value: Text) -> Text;
     }
+}
+
+/// The `SET` list of a profile change: each field is `None` (left out), `Some(None)` (set to NULL) or
+/// `Some(Some(value))`. Shared by the user's own update and an administrator's, so both mean the same.
+pub(crate) type ProfileChangeset<'a> = (
+    Option<diesel::dsl::Eq<users::nickname, &'a str>>,
+    Option<diesel::dsl::Eq<users::first_name, Option<&'a str>>>,
+    Option<diesel::dsl::Eq<users::last_name, Option<&'a str>>>,
+    Option<diesel::dsl::Eq<users::bio, Option<&'a str>>>,
+    Option<diesel::dsl::Eq<users::linkedin_profile_url, Option<&'a str>>>,
+    Option<diesel::dsl::Eq<users::github_profile_url, Option<&'a str>>>,
+);
+
+/// The [`ProfileChangeset`] of `changes`.
+pub(crate) fn profile_changeset(changes: &ProfileChanges) -> ProfileChangeset<'_> {
+    (
+        changes.nickname.as_ref().map(|nickname| users::nickname.eq(nickname.as_str())),
+        changes.first_name.as_ref().map(|name| users::first_name.eq(name.as_ref().map(PersonName::as_str))),
+        changes.last_name.as_ref().map(|name| users::last_name.eq(name.as_ref().map(PersonName::as_str))),
+        changes.bio.as_ref().map(|bio| users::bio.eq(bio.as_ref().map(Bio::as_str))),
+        changes
+            .linkedin_profile_url
+            .as_ref()
+            .map(|url| users::linkedin_profile_url.eq(url.as_ref().map(ProfileUrl::as_str))),
+        changes
+            .github_profile_url
+            .as_ref()
+            .map(|url| users::github_profile_url.eq(url.as_ref().map(ProfileUrl::as_str))),
+    )
 }
 
 /// The Postgres implementation of [`UserRepository`]. Cloning is cheap and shares the pool.
@@ -178,6 +208,15 @@ impl UserRepository for PgRepository {
             Ok(row) => row.map(to_user).transpose(),
             Err(error) => Err(query_error(error, &mut connection, "finding a user by email")),
         }
+    }
+
+    async fn nickname_exists(&self, nickname: Nickname) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        let lowered = nickname.as_str().to_ascii_lowercase();
+        let found = diesel::select(diesel::dsl::exists(users::table.filter(sql::lower(users::nickname).eq(lowered))))
+            .get_result::<bool>(&mut connection)
+            .await;
+        found.map_err(|error| query_error(error, &mut connection, "checking a nickname"))
     }
 
     async fn promote_to_admin(&self, id: UserId, password_hash: PasswordHash) -> Result<Option<User>, PortError> {
@@ -341,23 +380,8 @@ impl UserRepository for PgRepository {
         now: OffsetDateTime,
     ) -> Result<User, UpdateProfileError> {
         let mut connection = self.connection().await?;
-        // Each field is `None` (left out of the SET list), `Some(None)` (set to NULL) or `Some(Some(value))`;
         // `updated_at` is always set, so the statement is never empty.
-        let changeset = (
-            users::updated_at.eq(now),
-            changes.nickname.as_ref().map(|nickname| users::nickname.eq(nickname.as_str())),
-            changes.first_name.as_ref().map(|name| users::first_name.eq(name.as_ref().map(PersonName::as_str))),
-            changes.last_name.as_ref().map(|name| users::last_name.eq(name.as_ref().map(PersonName::as_str))),
-            changes.bio.as_ref().map(|bio| users::bio.eq(bio.as_ref().map(Bio::as_str))),
-            changes
-                .linkedin_profile_url
-                .as_ref()
-                .map(|url| users::linkedin_profile_url.eq(url.as_ref().map(ProfileUrl::as_str))),
-            changes
-                .github_profile_url
-                .as_ref()
-                .map(|url| users::github_profile_url.eq(url.as_ref().map(ProfileUrl::as_str))),
-        );
+        let changeset = (users::updated_at.eq(now), profile_changeset(&changes));
         let updated = diesel::update(users::table.find(user_id.as_uuid()))
             .set(changeset)
             .returning(UserRow::as_returning())
@@ -457,30 +481,37 @@ impl UserRepository for PgRepository {
         }
     }
 
-    async fn login_blocked_until(&self, key: String, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, PortError> {
-        let mut connection = self.connection().await?;
-        let blocked = login_attempts::table
-            .find(&key)
-            .filter(login_attempts::blocked_until.gt(now))
-            .select(login_attempts::blocked_until)
-            .get_result::<Option<OffsetDateTime>>(&mut connection)
-            .await
-            .optional();
-        match blocked {
-            Ok(blocked_until) => Ok(blocked_until.flatten()),
-            Err(error) => Err(query_error(error, &mut connection, "reading the login backoff")),
-        }
-    }
-
-    async fn record_login_failure(
+    async fn begin_login_attempt(
         &self,
         key: String,
         now: OffsetDateTime,
         policy: BackoffPolicy,
-    ) -> Result<(), PortError> {
+    ) -> Result<Option<OffsetDateTime>, PortError> {
         let mut connection = self.connection().await?;
-        let recorded = backoff::record_failure(&mut connection, &key, now, policy).await;
-        recorded.map_err(|error| error.into_port(&mut connection, "recording a login failure"))
+        let reserved = backoff::begin_attempt(&mut connection, &key, now, policy).await;
+        reserved.map_err(|error| error.into_port(&mut connection, "reserving a login attempt"))
+    }
+
+    async fn list_users(&self, query: UserQuery) -> Result<Vec<User>, PortError> {
+        self.list_users_page(&query).await
+    }
+
+    async fn admin_update_user(
+        &self,
+        id: UserId,
+        changes: AdminChanges,
+        mails: Vec<OutgoingMail>,
+        now: OffsetDateTime,
+    ) -> Result<User, AdminWriteError> {
+        let mut connection = self.connection().await?;
+        let updated = admin::admin_update_user(&mut connection, id, &changes, &mails, now).await;
+        updated.map_err(|error| error.into_port(&mut connection, "updating a user as an administrator"))
+    }
+
+    async fn admin_delete_user(&self, id: UserId) -> Result<(), AdminWriteError> {
+        let mut connection = self.connection().await?;
+        let deleted = admin::admin_delete_user(&mut connection, id).await;
+        deleted.map_err(|error| error.into_port(&mut connection, "deleting a user as an administrator"))
     }
 
     async fn clear_login_failures(&self, key: String) -> Result<(), PortError> {

@@ -8,6 +8,7 @@ use diesel::prelude::{Insertable, Queryable, QueryableByName, Selectable};
 use time::OffsetDateTime;
 use users_domain::accounts::{NewEmailToken, OutboxMessage};
 use users_domain::permissions::Role;
+use users_domain::pictures::{PictureSize, PictureVariant, StoredPicture};
 use users_domain::ports::OutgoingMail;
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{
@@ -15,10 +16,11 @@ use users_domain::user::{
 };
 use uuid::Uuid;
 
-use crate::schema::{email_tokens, mail_outbox, refresh_tokens, sessions, users};
+use crate::schema::{email_tokens, mail_outbox, picture_variants, pictures, refresh_tokens, sessions, users};
 
 /// A `users` row as read back; `failed_login_count` is left out because the domain's [`User`] has no such field.
-#[derive(Debug, Queryable, Selectable)]
+/// Read by name too, for the listing's raw query.
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = users)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub(crate) struct UserRow {
@@ -306,6 +308,136 @@ impl TryFrom<ClaimedMailRow> for OutboxMessage {
     }
 }
 
+/// A `pictures` row as read back.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = pictures)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct PictureRow {
+    pub(crate) id: Uuid,
+    user_id: Uuid,
+    created_at: OffsetDateTime,
+    archived: bool,
+    prefix: String,
+}
+
+/// A `picture_variants` row as read back.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = picture_variants)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct PictureVariantRow {
+    size: String,
+    content_type: String,
+    width: i32,
+    height: i32,
+    bytes: i64,
+    sha256: String,
+}
+
+impl TryFrom<PictureVariantRow> for PictureVariant {
+    type Error = anyhow::Error;
+
+    /// Parses the size name and checks that the numbers fit the domain's unsigned types (the column checks keep
+    /// them positive, so only a row written around them fails).
+    fn try_from(row: PictureVariantRow) -> Result<Self, Self::Error> {
+        let invalid = |column: &str| format!("picture_variants row: column {column} holds a value the domain refuses");
+        let size = PictureSize::parse(&row.size).with_context(|| invalid("size"))?;
+        Ok(Self {
+            size,
+            content_type: row.content_type,
+            width: u32::try_from(row.width).with_context(|| invalid("width"))?,
+            height: u32::try_from(row.height).with_context(|| invalid("height"))?,
+            bytes: u64::try_from(row.bytes).with_context(|| invalid("bytes"))?,
+            sha256: row.sha256,
+        })
+    }
+}
+
+/// A `pictures` row with the `picture_variants` rows of its sizes, as one join reads them.
+#[derive(Debug)]
+pub(crate) struct PictureWithVariants {
+    /// The picture.
+    pub(crate) picture: PictureRow,
+    /// Its sizes, in any order.
+    pub(crate) variants: Vec<PictureVariantRow>,
+}
+
+impl TryFrom<PictureWithVariants> for StoredPicture {
+    type Error = anyhow::Error;
+
+    /// A picture with its sizes, listed in the order of [`PictureSize::ALL`] whatever order they were read in.
+    fn try_from(PictureWithVariants { picture: row, variants }: PictureWithVariants) -> Result<Self, Self::Error> {
+        let id = row.id;
+        let mut variants = variants
+            .into_iter()
+            .map(PictureVariant::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("a size of picture {id}"))?;
+        variants.sort_by_key(|variant| PictureSize::ALL.iter().position(|size| *size == variant.size));
+        Ok(Self {
+            id,
+            user_id: UserId::from_uuid(row.user_id),
+            created_at: row.created_at,
+            archived: row.archived,
+            prefix: row.prefix,
+            variants,
+        })
+    }
+}
+
+/// A `pictures` row to insert: always active, since a new picture is the user's current one.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = pictures)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewPictureRow<'a> {
+    id: Uuid,
+    user_id: Uuid,
+    created_at: OffsetDateTime,
+    archived: bool,
+    prefix: &'a str,
+}
+
+impl<'a> From<&'a StoredPicture> for NewPictureRow<'a> {
+    fn from(picture: &'a StoredPicture) -> Self {
+        Self {
+            id: picture.id,
+            user_id: picture.user_id.as_uuid(),
+            created_at: picture.created_at,
+            archived: false,
+            prefix: &picture.prefix,
+        }
+    }
+}
+
+/// A `picture_variants` row to insert.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = picture_variants)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NewPictureVariantRow<'a> {
+    picture_id: Uuid,
+    size: &'static str,
+    content_type: &'a str,
+    width: i32,
+    height: i32,
+    bytes: i64,
+    sha256: &'a str,
+}
+
+impl<'a> NewPictureVariantRow<'a> {
+    /// The row of one size of picture `picture_id`; fails when a number does not fit its signed column.
+    pub(crate) fn new(picture_id: Uuid, variant: &'a PictureVariant) -> anyhow::Result<Self> {
+        let too_large = |what: &str| format!("the {what} of a picture size does not fit its column");
+        Ok(Self {
+            picture_id,
+            size: variant.size.as_str(),
+            content_type: &variant.content_type,
+            width: i32::try_from(variant.width).with_context(|| too_large("width"))?,
+            height: i32::try_from(variant.height).with_context(|| too_large("height"))?,
+            bytes: i64::try_from(variant.bytes).with_context(|| too_large("length"))?,
+            sha256: &variant.sha256,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +495,46 @@ mod tests {
         let mut bad_url = row();
         bad_url.linkedin_profile_url = Some("http://linkedin.com/in/ada".to_owned());
         assert!(User::try_from(bad_url).is_err());
+    }
+
+    fn variant_row(size: &str, width: i32) -> PictureVariantRow {
+        PictureVariantRow {
+            size: size.to_owned(),
+            content_type: "image/png".to_owned(),
+            width,
+            height: 10,
+            bytes: 123,
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    fn picture_row() -> PictureRow {
+        PictureRow {
+            id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            created_at: OffsetDateTime::now_utc(),
+            archived: true,
+            prefix: "profile_pictures/x/archive/y".to_owned(),
+        }
+    }
+
+    fn with(variants: Vec<PictureVariantRow>) -> PictureWithVariants {
+        PictureWithVariants { picture: picture_row(), variants }
+    }
+
+    #[test]
+    fn a_picture_lists_its_sizes_from_largest_to_smallest_whatever_the_read_order() {
+        let rows = vec![variant_row("thumb", 64), variant_row("original", 1024), variant_row("medium", 256)];
+        let picture = StoredPicture::try_from(with(rows)).unwrap();
+        let sizes: Vec<PictureSize> = picture.variants.iter().map(|variant| variant.size).collect();
+        assert_eq!(sizes, PictureSize::ALL);
+        assert!(picture.archived);
+        assert_eq!(picture.variant(PictureSize::Medium).unwrap().width, 256);
+    }
+
+    #[test]
+    fn a_size_row_with_an_unknown_size_or_a_negative_number_is_refused() {
+        assert!(StoredPicture::try_from(with(vec![variant_row("huge", 10)])).is_err());
+        assert!(StoredPicture::try_from(with(vec![variant_row("thumb", -1)])).is_err());
     }
 }

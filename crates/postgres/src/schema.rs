@@ -87,9 +87,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    pictures (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        archived -> Bool,
+        prefix -> Text,
+    }
+}
+
+diesel::table! {
+    picture_variants (picture_id, size) {
+        picture_id -> Uuid,
+        size -> Text,
+        content_type -> Text,
+        width -> Int4,
+        height -> Int4,
+        bytes -> Int8,
+        sha256 -> Text,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(email_tokens -> users (user_id));
+diesel::joinable!(picture_variants -> pictures (picture_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -97,5 +120,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     refresh_tokens,
     email_tokens,
     login_attempts,
-    mail_outbox
+    mail_outbox,
+    pictures,
+    picture_variants
 );

@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod auth;
 pub mod me;
 pub mod ops;
+pub mod pictures;
+pub mod users;
 
 use std::future::Future;
 use std::pin::Pin;

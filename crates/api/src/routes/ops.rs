@@ -19,7 +19,7 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(StatusResponse { status: "ok" })
 }
 
-/// The dependencies answer: 200 when the database is reachable, 503 otherwise.
+/// The dependencies answer: 200 when the database and picture storage are reachable, 503 otherwise.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -30,11 +30,20 @@ pub async fn healthz() -> HttpResponse {
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match tokio::time::timeout(READY_TIMEOUT, state.service.database_ready()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok().json(StatusResponse { status: "ok" })),
-        Ok(Err(error)) => Err(ApiError::unavailable(anyhow::Error::new(error).context("readiness: database"))),
-        Err(_) => Err(ApiError::unavailable(anyhow::anyhow!("readiness: database did not answer in time"))),
+    let (database, storage) = tokio::join!(
+        tokio::time::timeout(READY_TIMEOUT, state.service.database_ready()),
+        tokio::time::timeout(READY_TIMEOUT, state.pictures.storage_ready()),
+    );
+    for (name, outcome) in [("database", database), ("storage", storage)] {
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(ApiError::unavailable(anyhow::Error::new(error).context(format!("readiness: {name}"))));
+            }
+            Err(_) => return Err(ApiError::unavailable(anyhow::anyhow!("readiness: {name} did not answer in time"))),
+        }
     }
+    Ok(HttpResponse::Ok().json(StatusResponse { status: "ok" }))
 }
 
 /// Prometheus metrics in the text exposition format.

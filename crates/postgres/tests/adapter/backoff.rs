@@ -1,4 +1,4 @@
-//! The per-email login backoff: counting, blocking, and clearing.
+//! The per-email login backoff: attempts reserved before the password check, blocks, and clearing.
 
 use time::Duration;
 use tokio::task::JoinSet;
@@ -19,83 +19,77 @@ async fn failures(database: &TestDatabase, key: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn a_key_without_failures_is_not_blocked() {
-    let database = TestDatabase::create().await;
-    let repository = repository(&database).await;
-    assert_eq!(repository.login_blocked_until(KEY.to_owned(), now()).await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn failures_under_the_threshold_are_counted_without_blocking() {
+async fn attempts_under_the_threshold_are_counted_and_let_through() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let policy = BackoffPolicy::default();
     for _ in 1..policy.after {
-        repository.record_login_failure(KEY.to_owned(), now(), policy).await.unwrap();
+        assert_eq!(repository.begin_login_attempt(KEY.to_owned(), now(), policy).await.unwrap(), None);
     }
     assert_eq!(failures(&database, KEY).await, i64::from(policy.after - 1));
-    assert_eq!(repository.login_blocked_until(KEY.to_owned(), now()).await.unwrap(), None);
 }
 
 #[tokio::test]
-async fn past_the_threshold_each_failure_blocks_for_the_policys_doubling_time() {
+async fn the_attempt_at_the_threshold_goes_through_but_blocks_the_next_for_the_doubling_time() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let policy = BackoffPolicy { after: 2, base: Duration::seconds(10), max: Duration::seconds(35) };
     let at = now();
-    repository.record_login_failure(KEY.to_owned(), at, policy).await.unwrap();
-    assert_eq!(repository.login_blocked_until(KEY.to_owned(), at).await.unwrap(), None);
+    assert_eq!(repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap(), None);
+    // The second attempt is still checked, and blocks whatever comes before its block ends.
+    assert_eq!(repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap(), None);
+    let blocked = repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap();
+    assert_eq!(blocked, Some(at + Duration::seconds(10)));
+    assert_eq!(failures(&database, KEY).await, 2, "a blocked attempt is not counted");
 
-    let expected = [Duration::seconds(10), Duration::seconds(20), Duration::seconds(35), Duration::seconds(35)];
-    for block in expected {
-        repository.record_login_failure(KEY.to_owned(), at, policy).await.unwrap();
-        assert_eq!(repository.login_blocked_until(KEY.to_owned(), at).await.unwrap(), Some(at + block));
+    let mut at = at;
+    for block in [Duration::seconds(20), Duration::seconds(35), Duration::seconds(35)] {
+        at = repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap().unwrap();
+        assert_eq!(repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap(), None, "block over");
+        assert_eq!(repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap(), Some(at + block));
     }
-    assert_eq!(repository.login_blocked_until(KEY.to_owned(), at + Duration::seconds(35)).await.unwrap(), None);
-    let other = repository.login_blocked_until("grace@example.com".to_owned(), at).await.unwrap();
+    let other = repository.begin_login_attempt("grace@example.com".to_owned(), at, policy).await.unwrap();
     assert_eq!(other, None, "keys are independent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ten_concurrent_failures_are_all_counted_and_the_block_matches_the_last_count() {
+async fn of_twenty_concurrent_attempts_only_those_under_the_threshold_get_through() {
     let database = TestDatabase::create().await;
     let repository = repository_with_connections(database.url(), 10).await;
-    let policy = BackoffPolicy { after: 5, base: Duration::seconds(1), max: Duration::hours(1) };
+    let policy = BackoffPolicy { after: 5, base: Duration::seconds(60), max: Duration::hours(1) };
     let at = now();
 
-    let mut failures_in_flight = JoinSet::new();
-    for _ in 0..10 {
+    let mut attempts = JoinSet::new();
+    for _ in 0..20 {
         let repository = repository.clone();
-        failures_in_flight.spawn(async move { repository.record_login_failure(KEY.to_owned(), at, policy).await });
+        attempts.spawn(async move { repository.begin_login_attempt(KEY.to_owned(), at, policy).await });
     }
-    while let Some(recorded) = failures_in_flight.join_next().await {
-        recorded.unwrap().unwrap();
+    let mut let_through = 0;
+    while let Some(attempt) = attempts.join_next().await {
+        if attempt.unwrap().unwrap().is_none() {
+            let_through += 1;
+        }
     }
-    assert_eq!(failures(&database, KEY).await, 10);
+    assert_eq!(let_through, 5);
+    assert_eq!(failures(&database, KEY).await, 5);
     let query = format!("SELECT blocked_until AS value FROM login_attempts WHERE key = '{KEY}'");
-    assert_eq!(
-        timestamp(&database, &query).await,
-        Some(at + policy.block_for(10).unwrap()),
-        "never the block of an earlier count"
-    );
+    assert_eq!(timestamp(&database, &query).await, Some(at + Duration::seconds(60)));
 }
 
 #[tokio::test]
-async fn clearing_failures_forgets_the_count_and_the_block() {
+async fn clearing_forgets_the_count_and_the_block() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let policy = BackoffPolicy { after: 1, ..BackoffPolicy::default() };
     let at = now();
-    repository.record_login_failure(KEY.to_owned(), at, policy).await.unwrap();
-    repository.record_login_failure("grace@example.com".to_owned(), at, policy).await.unwrap();
-    assert!(repository.login_blocked_until(KEY.to_owned(), at).await.unwrap().is_some());
+    repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap();
+    repository.begin_login_attempt("grace@example.com".to_owned(), at, policy).await.unwrap();
+    assert!(repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap().is_some());
 
     repository.clear_login_failures(KEY.to_owned()).await.unwrap();
-    assert_eq!(repository.login_blocked_until(KEY.to_owned(), at).await.unwrap(), None);
     assert_eq!(failures(&database, KEY).await, 0);
     assert_eq!(failures(&database, "grace@example.com").await, 1, "other keys keep their count");
-
-    repository.record_login_failure(KEY.to_owned(), at, policy).await.unwrap();
+    assert_eq!(repository.begin_login_attempt(KEY.to_owned(), at, policy).await.unwrap(), None);
     assert_eq!(failures(&database, KEY).await, 1, "counting starts over");
     repository.clear_login_failures("nobody@example.com".to_owned()).await.unwrap();
 }

@@ -9,10 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounts;
+mod admin;
 mod availability;
 mod backoff;
 mod migrations;
 mod outbox;
+mod pictures;
 mod repository;
 mod sessions;
 mod support;

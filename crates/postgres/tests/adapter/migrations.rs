@@ -12,7 +12,7 @@ use users_testkit::TestDatabase;
 use crate::support::{new_user, repository};
 
 /// The tables the migrations create.
-const TABLES: i64 = 6;
+const TABLES: i64 = 8;
 
 async fn table_count(url: &str) -> i64 {
     #[derive(QueryableByName)]
@@ -23,7 +23,8 @@ async fn table_count(url: &str) -> i64 {
     let mut connection = AsyncPgConnection::establish(url).await.unwrap();
     let query = "SELECT count(*) AS count FROM information_schema.tables \
                  WHERE table_schema = 'public' AND table_name IN \
-                 ('users', 'sessions', 'refresh_tokens', 'email_tokens', 'login_attempts', 'mail_outbox')";
+                 ('users', 'sessions', 'refresh_tokens', 'email_tokens', 'login_attempts', 'mail_outbox', \
+                  'pictures', 'picture_variants')";
     let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
     row.count
 }

@@ -1,0 +1,274 @@
+//! Profile pictures: upload (multipart, size enforced while streaming), public serving with caching, delete,
+//! history and restore.
+
+use actix_multipart::Multipart;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use time::OffsetDateTime;
+use users_domain::UserId;
+use users_domain::pictures::{PictureSize, StoredPicture};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Caller, media_type};
+use crate::dto::UserResponse;
+use crate::error::{ApiError, Problem};
+use crate::startup::AppState;
+
+/// One archived picture.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PictureVersion {
+    /// The version id, for restore.
+    pub id: Uuid,
+    /// When it was uploaded.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Width of the `original` size.
+    pub width: u32,
+    /// Height of the `original` size.
+    pub height: u32,
+    /// Bytes of the `original` size.
+    pub bytes: u64,
+    /// Type of the `original` size.
+    pub content_type: String,
+    /// Where an authorised caller can fetch it: archived pictures are not public.
+    pub url: String,
+}
+
+/// `GET /users/{id}/profile-picture/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PictureHistory {
+    /// Archived pictures, newest first.
+    pub items: Vec<PictureVersion>,
+}
+
+fn parse_user(raw: &str) -> Result<UserId, ApiError> {
+    Uuid::parse_str(raw).map(UserId::from_uuid).map_err(|_| ApiError::not_found())
+}
+
+/// Reads the multipart field `file`, refusing (413) as soon as it passes the limit, before the rest is read.
+async fn read_file_field(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, ApiError> {
+    while let Some(field) = multipart.next().await {
+        let mut field = field.map_err(|error| ApiError::malformed_body(format!("invalid multipart body: {error}")))?;
+        if field.name() != Some("file") {
+            // Other fields are drained and ignored, as browsers may add some; only `file` is read.
+            while let Some(chunk) = field.next().await {
+                chunk.map_err(|error| ApiError::malformed_body(format!("invalid multipart body: {error}")))?;
+            }
+            continue;
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|error| ApiError::malformed_body(format!("invalid multipart body: {error}")))?;
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(ApiError::payload_too_large(format!("the picture must be at most {limit} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        return Ok(bytes);
+    }
+    Err(ApiError::invalid_field("file", "is required: send the picture as the multipart field `file`"))
+}
+
+/// Upload a profile picture (the user themself, or a MANAGER/ADMIN within their rights).
+///
+/// The type is judged from the content (JPEG, PNG, GIF or WebP), never the name or declared type; the image is
+/// decoded, re-encoded without metadata, and stored in three sizes. The previous picture goes to the archive.
+#[utoipa::path(
+    post, path = "/users/{id}/profile-picture", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    request_body(content_type = "multipart/form-data", description = "Field `file`: the image"),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over PICTURE_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JPEG, PNG, GIF or WebP", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_image`: does not decode, or dimensions outside 10..=5000 px or the pixel budget", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn upload(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = parse_user(&path)?;
+    if media_type(&req) != "multipart/form-data" {
+        return Err(ApiError::unsupported_media_type("send the picture as multipart/form-data, field `file`"));
+    }
+    let limit = state.picture_max_bytes;
+    // Multipart framing adds a few hundred bytes; a declared length far beyond the limit is refused unread.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit + 64 * 1024) {
+        return Err(ApiError::payload_too_large(format!("the picture must be at most {limit} bytes")));
+    }
+    let multipart = Multipart::new(req.headers(), payload.into_inner());
+    let bytes = read_file_field(multipart, limit).await?;
+    let user = state.pictures.upload(&caller.0, user_id, bytes).await?;
+    Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
+}
+
+/// The `size` query parameter.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeQuery {
+    size: Option<String>,
+}
+
+fn parse_size(query: &SizeQuery) -> Result<PictureSize, ApiError> {
+    match query.size.as_deref() {
+        None => Ok(PictureSize::Original),
+        Some(raw) => PictureSize::parse(raw).ok_or_else(|| {
+            ApiError::new(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "size: must be original, medium or thumb",
+            )
+        }),
+    }
+}
+
+fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
+    req.headers().get_all(header::IF_NONE_MATCH).filter_map(|value| value.to_str().ok()).any(|value| {
+        value.split(',').map(str::trim).any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
+    })
+}
+
+/// A user's active profile picture (public).
+#[utoipa::path(
+    get, path = "/profiles/{id}/picture", tag = "pictures",
+    params(("id" = Uuid, Path), ("size" = Option<String>, Query, description = "original (default), medium or thumb")),
+    responses(
+        (status = 200, description = "The image, with a strong ETag", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn serve(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<SizeQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = parse_user(&path)?;
+    let size = parse_size(&query)?;
+    let etag = format!("\"{}\"", state.pictures.etag(user_id, size).await?);
+    if etag_matches(&req, &etag) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .insert_header((header::CACHE_CONTROL, "public, max-age=300, must-revalidate"))
+            .finish());
+    }
+    let picture = state.pictures.serve(user_id, size).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(picture.content_type.as_str())
+        .insert_header((header::ETAG, format!("\"{}\"", picture.sha256)))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300, must-revalidate"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .insert_header((header::CONTENT_DISPOSITION, format!("inline; filename=\"picture.{}\"", picture.extension)))
+        .body(picture.bytes))
+}
+
+/// Archive the active picture; `profile_picture_url` becomes null.
+#[utoipa::path(
+    delete, path = "/users/{id}/profile-picture", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.pictures.delete(&caller.0, parse_user(&path)?).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The archived pictures, newest first (not the active one).
+#[utoipa::path(
+    get, path = "/users/{id}/profile-picture/history", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = PictureHistory), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn history(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = parse_user(&path)?;
+    let pictures = state.pictures.history(&caller.0, user_id).await?;
+    let items = pictures
+        .iter()
+        .filter_map(|picture| {
+            let original = picture.variant(PictureSize::Original)?;
+            Some(PictureVersion {
+                id: picture.id,
+                created_at: picture.created_at,
+                width: original.width,
+                height: original.height,
+                bytes: original.bytes,
+                content_type: original.content_type.clone(),
+                url: format!("{}/users/{user_id}/profile-picture/history/{}", state.public_base_url, picture.id),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(PictureHistory { items }))
+}
+
+/// An archived picture, for those who may manage the user's pictures (archived pictures are not public).
+#[utoipa::path(
+    get, path = "/users/{id}/profile-picture/history/{version_id}", tag = "pictures",
+    security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path), ("version_id" = Uuid, Path), ("size" = Option<String>, Query, description = "original (default), medium or thumb")),
+    responses((status = 200, description = "The image", content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn serve_version(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: web::Query<SizeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (user, version) = path.into_inner();
+    let version = Uuid::parse_str(&version).map_err(|_| ApiError::not_found())?;
+    let size = parse_size(&query)?;
+    let picture = state.pictures.serve_version(&caller.0, parse_user(&user)?, version, size).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(picture.content_type.as_str())
+        .insert_header((header::ETAG, format!("\"{}\"", picture.sha256)))
+        .insert_header((header::CACHE_CONTROL, "private, no-cache"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .insert_header((header::CONTENT_DISPOSITION, format!("inline; filename=\"picture.{}\"", picture.extension)))
+        .body(picture.bytes))
+}
+
+/// Make an archived picture active again; the active one goes to the archive.
+#[utoipa::path(
+    post, path = "/users/{id}/profile-picture/history/{version_id}/restore", tag = "pictures",
+    security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path), ("version_id" = Uuid, Path)),
+    responses((status = 200, body = UserResponse), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn restore(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (user, version) = path.into_inner();
+    let version = Uuid::parse_str(&version).map_err(|_| ApiError::not_found())?;
+    let user = state.pictures.restore(&caller.0, parse_user(&user)?, version).await?;
+    Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
+}
+
+/// Every picture of a user, before deleting them, so their objects can be removed afterwards.
+pub async fn pictures_before_delete(state: &AppState, user_id: UserId) -> Result<Vec<StoredPicture>, ApiError> {
+    Ok(state.pictures.pictures_of(user_id).await?)
+}

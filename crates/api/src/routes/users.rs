@@ -1,0 +1,273 @@
+//! User administration for MANAGER and ADMIN: list and search, create, read, change and delete.
+
+use std::collections::HashMap;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use users_domain::UserId;
+use users_domain::admin::{UserCursor, UserSort};
+use users_domain::admin_service::{ListUsers, MAX_PAGE};
+use users_domain::permissions::Role;
+use uuid::Uuid;
+
+use super::{Caller, SMALL_BODY_LIMIT, parse_json, read_body};
+use crate::dto::{AdminCreateRequest, AdminUpdateRequest, PageLinks, UserPageResponse, UserResponse};
+use crate::error::{ApiError, Problem};
+use crate::startup::AppState;
+
+/// The longest search prefix accepted.
+const PREFIX_MAX: usize = 100;
+
+fn bad_parameter(name: &str, message: &str) -> ApiError {
+    ApiError::new(actix_web::http::StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name}: {message}"))
+}
+
+/// Encodes a cursor as an opaque string: the kind, the tie-breaking id, then the sort value (last, because an
+/// email may contain any separator).
+fn encode_cursor(cursor: &UserCursor) -> String {
+    let plain = match cursor {
+        UserCursor::CreatedAt(at, id) => format!("c:{id}:{}", at.format(&Rfc3339).unwrap_or_default()),
+        UserCursor::Email(email, id) => format!("e:{id}:{email}"),
+        UserCursor::Nickname(nickname, id) => format!("n:{id}:{nickname}"),
+    };
+    URL_SAFE_NO_PAD.encode(plain)
+}
+
+fn decode_cursor(raw: &str) -> Option<UserCursor> {
+    let plain = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+    let mut parts = plain.splitn(3, ':');
+    let (kind, id, value) = (parts.next()?, parts.next()?, parts.next()?);
+    let id = UserId::from_uuid(Uuid::parse_str(id).ok()?);
+    match kind {
+        "c" => Some(UserCursor::CreatedAt(OffsetDateTime::parse(value, &Rfc3339).ok()?, id)),
+        "e" => Some(UserCursor::Email(value.to_owned(), id)),
+        "n" => Some(UserCursor::Nickname(value.to_owned(), id)),
+        _ => None,
+    }
+}
+
+fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
+    match raw {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(bad_parameter(name, "must be true or false")),
+    }
+}
+
+/// Parses the query string of `GET /users`: every parameter from an allow-list, each at most once.
+fn parse_list_query(query: &str) -> Result<ListUsers, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|_| bad_parameter("query", "is not a valid query string"))?;
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (name, value) in &pairs {
+        if seen.insert(name.as_str(), value.as_str()).is_some() {
+            return Err(bad_parameter(name, "may be given only once"));
+        }
+    }
+    let mut request = ListUsers {
+        limit: 20,
+        sort: UserSort::CreatedAt,
+        after: None,
+        prefix: None,
+        role: None,
+        email_verified: None,
+        is_locked: None,
+        is_professional: None,
+    };
+    for (name, value) in seen {
+        match name {
+            "limit" => {
+                request.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                    .ok_or_else(|| bad_parameter("limit", "must be a whole number from 1 to 100"))?;
+            }
+            "sort" => {
+                request.sort = UserSort::parse(value)
+                    .ok_or_else(|| bad_parameter("sort", "must be created_at, -created_at, email or nickname"))?;
+            }
+            "cursor" => {
+                request.after = Some(decode_cursor(value).ok_or_else(|| bad_parameter("cursor", "is not valid"))?)
+            }
+            "q" => {
+                if value.is_empty() || value.chars().count() > PREFIX_MAX || value.chars().any(char::is_control) {
+                    return Err(bad_parameter("q", "must be 1 to 100 printable characters"));
+                }
+                request.prefix = Some(value.to_owned());
+            }
+            "role" => {
+                request.role = Some(
+                    Role::parse(value)
+                        .map_err(|_| bad_parameter("role", "must be ANONYMOUS, AUTHENTICATED, MANAGER or ADMIN"))?,
+                );
+            }
+            "email_verified" => request.email_verified = Some(parse_bool(name, value)?),
+            "is_locked" => request.is_locked = Some(parse_bool(name, value)?),
+            "is_professional" => request.is_professional = Some(parse_bool(name, value)?),
+            other => return Err(bad_parameter(other, "is not a known parameter")),
+        }
+    }
+    Ok(request)
+}
+
+/// The query string of a page, with the cursor replaced.
+fn page_link(base: &str, query: &str, cursor: Option<&str>) -> String {
+    let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != "cursor")
+        .collect();
+    if let Some(cursor) = cursor {
+        pairs.push(("cursor".to_owned(), cursor.to_owned()));
+    }
+    let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+    if encoded.is_empty() { format!("{base}/users") } else { format!("{base}/users?{encoded}") }
+}
+
+/// The `cursor` parameter of a query string, as given.
+fn current_cursor(query: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find_map(|(name, value)| (name == "cursor").then_some(value))
+}
+
+fn parse_id(raw: &str) -> Result<UserId, ApiError> {
+    Uuid::parse_str(raw).map(UserId::from_uuid).map_err(|_| ApiError::not_found())
+}
+
+/// List and search users (MANAGER and ADMIN). A MANAGER sees only users below MANAGER.
+#[utoipa::path(
+    get, path = "/users", tag = "users", security(("oauth2" = []), ("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, description = "1-100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page"),
+        ("q" = Option<String>, Query, description = "A literal, case-insensitive prefix of email, nickname, first or last name"),
+        ("role" = Option<String>, Query, description = "ANONYMOUS, AUTHENTICATED, MANAGER or ADMIN"),
+        ("email_verified" = Option<bool>, Query), ("is_locked" = Option<bool>, Query), ("is_professional" = Option<bool>, Query),
+        ("sort" = Option<String>, Query, description = "created_at (default), -created_at, email or nickname"),
+    ),
+    responses(
+        (status = 200, body = UserPageResponse),
+        (status = 400, description = "A bad parameter (`invalid_parameter`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a MANAGER or ADMIN", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_users(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let request = parse_list_query(req.query_string())?;
+    let page = state.service.list_users(&caller.0, request).await?;
+    let next_cursor = page.next.as_ref().map(encode_cursor);
+    let base = &state.public_base_url;
+    Ok(HttpResponse::Ok().json(UserPageResponse {
+        items: page.users.iter().map(|user| UserResponse::new(user, base)).collect(),
+        links: PageLinks {
+            this: page_link(base, req.query_string(), current_cursor(req.query_string()).as_deref()),
+            next: next_cursor.as_deref().map(|cursor| page_link(base, req.query_string(), Some(cursor))),
+        },
+        next_cursor,
+    }))
+}
+
+/// Create a user (MANAGER: roles up to AUTHENTICATED; ADMIN: any).
+#[utoipa::path(
+    post, path = "/users", tag = "users", request_body = AdminCreateRequest, security(("oauth2" = []), ("bearer" = [])),
+    responses(
+        (status = 201, body = UserResponse),
+        (status = 403, description = "`forbidden`, e.g. a MANAGER creating an ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken` or `nickname_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, SMALL_BODY_LIMIT).await?;
+    let request = parse_json::<AdminCreateRequest>(&req, &body)?.try_into_domain()?;
+    let user = state.service.create_user(&caller.0, request).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("{}/users/{}", state.public_base_url, user.id)))
+        .json(UserResponse::new(&user, &state.public_base_url)))
+}
+
+/// Read one user. An id the caller may not see answers the same 404 as an unknown one.
+#[utoipa::path(
+    get, path = "/users/{id}", tag = "users", security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let user = state.service.get_user(&caller.0, id).await?;
+    Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
+}
+
+/// Change a user (`PUT` is accepted as a synonym). Each field is checked against the caller's rights; the last
+/// unlocked ADMIN cannot be demoted or locked (409 `last_admin`).
+#[utoipa::path(
+    patch, path = "/users/{id}", tag = "users", request_body = AdminUpdateRequest, security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`last_admin` or `nickname_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let body = read_body(payload, SMALL_BODY_LIMIT).await?;
+    let changes = parse_json::<AdminUpdateRequest>(&req, &body)?.try_into_domain()?;
+    let user = state.service.update_user(&caller.0, id, changes).await?;
+    Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
+}
+
+/// Delete a user with their sessions and pictures. The last unlocked ADMIN cannot be deleted.
+#[utoipa::path(
+    delete, path = "/users/{id}", tag = "users", security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`last_admin`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    // The rows go with the user (cascade); the objects are removed once the deletion has committed.
+    let pictures = super::pictures::pictures_before_delete(&state, id).await?;
+    state.service.delete_user(&caller.0, id).await?;
+    state.pictures.remove_objects(pictures).await;
+    Ok(HttpResponse::NoContent().finish())
+}

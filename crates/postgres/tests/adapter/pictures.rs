@@ -1,0 +1,373 @@
+//! Picture records: the active picture and its history, the transactions that switch between them, the schema's
+//! guarantees (one active picture per user, a user points only at its own picture) and the cascade from users.
+
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use time::{Duration, OffsetDateTime};
+use users_domain::pictures::{PictureRepository as _, PictureSize, PictureVariant, PictureWriteError, StoredPicture};
+use users_domain::ports::{PortError, UserRepository as _};
+use users_domain::user::{User, UserId};
+use users_postgres::PgRepository;
+use users_testkit::TestDatabase;
+use uuid::Uuid;
+
+use crate::support::{count, new_user, now, repository, repository_with_connections, text};
+
+/// Inserts a user.
+async fn insert_user(repository: &PgRepository, nickname: &str) -> User {
+    repository.insert_user(new_user(&format!("{nickname}@example.com"), nickname)).await.unwrap()
+}
+
+/// A new active picture of `user_id` uploaded at `created_at`, with all three sizes; `seed` varies the hashes.
+fn picture(user_id: UserId, created_at: OffsetDateTime, seed: u8) -> StoredPicture {
+    let id = Uuid::now_v7();
+    let variants = PictureSize::ALL
+        .into_iter()
+        .map(|size| PictureVariant {
+            size,
+            content_type: if size == PictureSize::Original { "image/jpeg" } else { "image/png" }.to_owned(),
+            width: size.max_edge(),
+            height: size.max_edge() / 2,
+            bytes: u64::from(size.max_edge()) * 10 + u64::from(seed),
+            sha256: format!("{seed:02x}{}", size.as_str().len()).repeat(32).chars().take(64).collect(),
+        })
+        .collect();
+    StoredPicture {
+        id,
+        user_id,
+        created_at,
+        archived: false,
+        prefix: StoredPicture::active_prefix(user_id, id),
+        variants,
+    }
+}
+
+/// `picture` as it reads once archived.
+fn archived(picture: &StoredPicture) -> StoredPicture {
+    StoredPicture { archived: true, ..picture.clone() }
+}
+
+/// The ids of `pictures`, in order.
+fn ids(pictures: &[StoredPicture]) -> Vec<Uuid> {
+    pictures.iter().map(|picture| picture.id).collect()
+}
+
+/// The user's `profile_picture_id`, as text.
+async fn profile_picture_id(database: &TestDatabase, user: &User) -> Option<String> {
+    text(database, &format!("SELECT profile_picture_id::text AS value FROM users WHERE id = '{}'", user.id)).await
+}
+
+/// How many rows `table` holds.
+async fn rows(database: &TestDatabase, table: &str) -> i64 {
+    count(database, &format!("SELECT count(*) AS count FROM {table}")).await
+}
+
+/// Runs a statement directly and returns its outcome instead of unwrapping it.
+async fn try_execute(database: &TestDatabase, statement: &str) -> Result<usize, diesel::result::Error> {
+    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    diesel::sql_query(statement).execute(&mut connection).await
+}
+
+#[tokio::test]
+async fn an_inserted_picture_reads_back_as_the_active_one_with_its_sizes() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let new = picture(user.id, now(), 1);
+    let at = now() + Duration::seconds(1);
+
+    let previous = repository.insert_active_picture(new.clone(), at).await.unwrap();
+    assert_eq!(previous, None);
+    assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(new.clone()));
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap(), []);
+    assert_eq!(repository.all_pictures(user.id).await.unwrap(), std::slice::from_ref(&new));
+    let stored = repository.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.profile_picture_id, Some(new.id));
+    assert_eq!(stored.updated_at, at);
+    assert_eq!(rows(&database, "picture_variants").await, 3);
+}
+
+#[tokio::test]
+async fn a_user_without_pictures_has_no_active_picture_and_no_history() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    assert_eq!(repository.active_picture(user.id).await.unwrap(), None);
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap(), []);
+    assert_eq!(repository.all_pictures(UserId::generate()).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn a_second_upload_archives_the_first_and_returns_it() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let first = picture(user.id, now(), 1);
+    let second = picture(user.id, now() + Duration::seconds(1), 2);
+
+    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    let previous = repository.insert_active_picture(second.clone(), now()).await.unwrap();
+    // Archived, with its sizes, and still where its objects are until the service moves them.
+    assert_eq!(previous, Some(archived(&first)));
+    assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(second.clone()));
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap(), [archived(&first)]);
+    assert_eq!(profile_picture_id(&database, &user).await, Some(second.id.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_for_one_user_all_succeed_one_after_the_other_and_leave_one_active() {
+    let database = TestDatabase::create().await;
+    let repository = repository_with_connections(database.url(), 4).await;
+    let user = insert_user(&repository, "ada").await;
+
+    for round in 0..8 {
+        let one = picture(user.id, now(), 1);
+        let other = picture(user.id, now(), 2);
+        let (first, second) = tokio::join!(
+            repository.insert_active_picture(one.clone(), now()),
+            repository.insert_active_picture(other.clone(), now()),
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+        // The later of the two archives the earlier, which archived the previous round's winner (if any).
+        let active = repository.active_picture(user.id).await.unwrap().unwrap();
+        let (winner, loser, loser_saw) =
+            if active.id == one.id { (&one, &other, &second) } else { (&other, &one, &first) };
+        assert_eq!(active.id, winner.id, "round {round}");
+        let winner_saw = if active.id == one.id { &first } else { &second };
+        assert_eq!(winner_saw.as_ref().map(|picture| picture.id), Some(loser.id), "round {round}");
+        assert_eq!(loser_saw.is_some(), round > 0, "round {round}");
+        let active_rows =
+            format!("SELECT count(*) AS count FROM pictures WHERE user_id = '{}' AND NOT archived", user.id);
+        assert_eq!(count(&database, &active_rows).await, 1, "round {round}");
+        assert_eq!(profile_picture_id(&database, &user).await, Some(winner.id.to_string()), "round {round}");
+    }
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap().len(), 15);
+}
+
+#[tokio::test]
+async fn the_schema_refuses_a_second_active_picture_for_one_user() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    repository.insert_active_picture(picture(user.id, now(), 1), now()).await.unwrap();
+
+    let second = format!(
+        "INSERT INTO pictures (id, user_id, created_at, archived, prefix) VALUES ('{}', '{}', now(), false, 'p')",
+        Uuid::now_v7(),
+        user.id
+    );
+    let error = try_execute(&database, &second).await.unwrap_err();
+    assert!(error.to_string().contains("pictures_one_active_per_user"), "{error}");
+}
+
+#[tokio::test]
+async fn a_user_can_only_point_at_a_picture_of_their_own() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let ada = insert_user(&repository, "ada").await;
+    let grace = insert_user(&repository, "grace").await;
+    let graces = picture(grace.id, now(), 1);
+    repository.insert_active_picture(graces.clone(), now()).await.unwrap();
+
+    let steal = format!("UPDATE users SET profile_picture_id = '{}' WHERE id = '{}'", graces.id, ada.id);
+    let error = try_execute(&database, &steal).await.unwrap_err();
+    assert!(error.to_string().contains("users_profile_picture_fkey"), "{error}");
+    let dangling = format!("UPDATE users SET profile_picture_id = '{}' WHERE id = '{}'", Uuid::now_v7(), ada.id);
+    assert!(try_execute(&database, &dangling).await.is_err());
+}
+
+#[tokio::test]
+async fn archiving_leaves_no_active_picture_and_clears_the_users_picture() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let first = picture(user.id, now(), 1);
+    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    let at = now() + Duration::seconds(5);
+
+    let archived_now = repository.archive_active_picture(user.id, at).await.unwrap();
+    assert_eq!(archived_now, Some(archived(&first)));
+    assert_eq!(repository.active_picture(user.id).await.unwrap(), None);
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap(), [archived(&first)]);
+    let stored = repository.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.profile_picture_id, None);
+    assert_eq!(stored.updated_at, at);
+
+    // Nothing active any more: nothing to archive, and the user is left as it is.
+    assert_eq!(repository.archive_active_picture(user.id, at + Duration::seconds(5)).await.unwrap(), None);
+    assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().updated_at, at);
+    assert_eq!(repository.archive_active_picture(UserId::generate(), at).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn restoring_swaps_the_chosen_picture_with_the_active_one() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let first = picture(user.id, now(), 1);
+    let second = picture(user.id, now() + Duration::seconds(1), 2);
+    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    repository.insert_active_picture(second.clone(), now()).await.unwrap();
+    let at = now() + Duration::seconds(5);
+
+    let (restored, previous) = repository.restore_picture(user.id, first.id, at).await.unwrap().unwrap();
+    assert_eq!(restored, first, "active again, with its sizes");
+    assert_eq!(previous, Some(archived(&second)));
+    assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap(), [archived(&second)]);
+    let stored = repository.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.profile_picture_id, Some(first.id));
+    assert_eq!(stored.updated_at, at);
+
+    // With no active picture, restoring archives nothing.
+    repository.archive_active_picture(user.id, at).await.unwrap();
+    let (restored, previous) = repository.restore_picture(user.id, second.id, at).await.unwrap().unwrap();
+    assert_eq!((restored, previous), (second.clone(), None));
+    assert_eq!(profile_picture_id(&database, &user).await, Some(second.id.to_string()));
+    assert_eq!(repository.archived_pictures(user.id).await.unwrap(), [archived(&first)]);
+}
+
+#[tokio::test]
+async fn restoring_another_users_picture_the_active_one_or_an_unknown_one_finds_nothing_and_changes_nothing() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let ada = insert_user(&repository, "ada").await;
+    let grace = insert_user(&repository, "grace").await;
+    let adas_old = picture(ada.id, now(), 1);
+    let adas = picture(ada.id, now() + Duration::seconds(1), 2);
+    let graces_old = picture(grace.id, now(), 3);
+    let graces = picture(grace.id, now() + Duration::seconds(1), 4);
+    for new in [&adas_old, &adas, &graces_old, &graces] {
+        repository.insert_active_picture(new.clone(), now()).await.unwrap();
+    }
+    let before = repository.find_user(ada.id).await.unwrap().unwrap();
+    let later = now() + Duration::seconds(5);
+
+    assert_eq!(repository.restore_picture(ada.id, graces_old.id, later).await.unwrap(), None, "another user's");
+    assert_eq!(repository.restore_picture(ada.id, adas.id, later).await.unwrap(), None, "the active one");
+    assert_eq!(repository.restore_picture(ada.id, Uuid::now_v7(), later).await.unwrap(), None, "unknown");
+    assert_eq!(repository.restore_picture(UserId::generate(), adas_old.id, later).await.unwrap(), None);
+
+    assert_eq!(repository.active_picture(ada.id).await.unwrap(), Some(adas));
+    assert_eq!(repository.active_picture(grace.id).await.unwrap(), Some(graces));
+    assert_eq!(repository.archived_pictures(grace.id).await.unwrap(), [archived(&graces_old)]);
+    assert_eq!(repository.find_user(ada.id).await.unwrap().unwrap(), before);
+}
+
+#[tokio::test]
+async fn the_history_lists_archived_pictures_newest_first() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let base = now();
+    // Uploaded in an order that differs from their creation times, which alone decide the order of the history.
+    let pictures: Vec<StoredPicture> =
+        [3, 0, 2, 1, 4].into_iter().map(|minutes| picture(user.id, base + Duration::minutes(minutes), 1)).collect();
+    for new in &pictures {
+        repository.insert_active_picture(new.clone(), now()).await.unwrap();
+    }
+    let by_minute = |minutes: usize| pictures[[1, 3, 2, 0, 4][minutes]].id;
+
+    let history = repository.archived_pictures(user.id).await.unwrap();
+    assert_eq!(ids(&history), [by_minute(3), by_minute(2), by_minute(1), by_minute(0)]);
+    assert!(history.iter().all(|picture| picture.archived && picture.variants.len() == 3));
+    let all = repository.all_pictures(user.id).await.unwrap();
+    assert_eq!(ids(&all), [by_minute(4), by_minute(3), by_minute(2), by_minute(1), by_minute(0)]);
+    assert_eq!(all.iter().filter(|picture| !picture.archived).count(), 1);
+}
+
+#[tokio::test]
+async fn a_picture_for_a_deleted_user_is_refused_as_user_gone_and_nothing_is_stored() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    assert!(repository.delete_user(user.id).await.unwrap());
+
+    let error = repository.insert_active_picture(picture(user.id, now(), 1), now()).await.unwrap_err();
+    assert!(matches!(error, PictureWriteError::UserGone), "{error:?}");
+    let error = repository.insert_active_picture(picture(UserId::generate(), now(), 1), now()).await.unwrap_err();
+    assert!(matches!(error, PictureWriteError::UserGone), "{error:?}");
+    assert_eq!(rows(&database, "pictures").await, 0);
+    assert_eq!(rows(&database, "picture_variants").await, 0);
+}
+
+#[tokio::test]
+async fn a_picture_without_every_size_or_marked_archived_is_refused_and_nothing_is_stored() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let mut incomplete = picture(user.id, now(), 1);
+    incomplete.variants.pop();
+    let mut doubled = picture(user.id, now(), 1);
+    doubled.variants[2] = doubled.variants[1].clone();
+    let pre_archived = StoredPicture { archived: true, ..picture(user.id, now(), 1) };
+
+    for refused in [incomplete, doubled, pre_archived] {
+        let error = repository.insert_active_picture(refused, now()).await.unwrap_err();
+        assert!(matches!(error, PictureWriteError::Port(PortError::Unknown(_))), "{error:?}");
+    }
+    assert_eq!(rows(&database, "pictures").await, 0);
+    assert_eq!(profile_picture_id(&database, &user).await, None);
+}
+
+#[tokio::test]
+async fn a_failed_upload_leaves_the_previous_picture_active() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let first = picture(user.id, now(), 1);
+    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    // A hash the schema refuses fails the last insert of the transaction, after the first picture was archived.
+    let mut broken = picture(user.id, now(), 2);
+    broken.variants[2].sha256 = "not hex".to_owned();
+
+    let error = repository.insert_active_picture(broken, now()).await.unwrap_err();
+    assert!(matches!(error, PictureWriteError::Port(PortError::Unknown(_))), "{error:?}");
+    assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(rows(&database, "pictures").await, 1);
+    assert_eq!(profile_picture_id(&database, &user).await, Some(first.id.to_string()));
+}
+
+#[tokio::test]
+async fn deleting_a_user_removes_their_pictures_and_sizes_but_no_one_elses() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let ada = insert_user(&repository, "ada").await;
+    let grace = insert_user(&repository, "grace").await;
+    for seed in 0..3 {
+        repository.insert_active_picture(picture(ada.id, now(), seed), now()).await.unwrap();
+    }
+    let graces = picture(grace.id, now(), 9);
+    repository.insert_active_picture(graces.clone(), now()).await.unwrap();
+
+    // The user points at its active picture, which points back at the user: the cascade must still go through.
+    assert!(repository.delete_user(ada.id).await.unwrap());
+    assert_eq!(repository.all_pictures(ada.id).await.unwrap(), []);
+    assert_eq!(rows(&database, "pictures").await, 1);
+    assert_eq!(rows(&database, "picture_variants").await, 3);
+    assert_eq!(repository.active_picture(grace.id).await.unwrap(), Some(graces));
+}
+
+#[tokio::test]
+async fn moving_a_picture_records_its_new_prefix() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let first = picture(user.id, now(), 1);
+    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    repository.insert_active_picture(picture(user.id, now(), 2), now()).await.unwrap();
+    let archive = StoredPicture::archive_prefix(user.id, first.id);
+
+    repository.move_picture(first.id, archive.clone()).await.unwrap();
+    let history = repository.archived_pictures(user.id).await.unwrap();
+    assert_eq!(history, [StoredPicture { prefix: archive, ..archived(&first) }]);
+    assert_eq!(
+        history[0].keys(),
+        [
+            format!("profile_pictures/{}/archive/{}/original.jpg", user.id, first.id),
+            format!("profile_pictures/{}/archive/{}/medium.png", user.id, first.id),
+            format!("profile_pictures/{}/archive/{}/thumb.png", user.id, first.id),
+        ]
+    );
+    // A picture that went with its user has nothing left to move.
+    repository.move_picture(Uuid::now_v7(), "profile_pictures/gone".to_owned()).await.unwrap();
+}
