@@ -15,7 +15,7 @@ use crate::ports::{Clock, InsertUserError, PasswordHasher, PortError, TokenCodec
 use crate::service::{Principal, Service};
 use crate::session::{RefreshToken, SessionId, TokenHash, TokenPair};
 use crate::user::{
-    Bio, EmailAddress, NewUser, Nickname, Password, PasswordError, PersonName, ProfileUrl, User, UserId,
+    Bio, EmailAddress, NewUser, Nickname, Password, PasswordError, PasswordHash, PersonName, ProfileUrl, User, UserId,
 };
 
 /// A registration, parsed.
@@ -149,12 +149,7 @@ where
     /// # Errors
     /// [`RegisterError`] as described on its variants.
     pub async fn register(&self, registration: Registration) -> Result<(), RegisterError> {
-        let mut context = vec![registration.email.as_str()];
-        context.extend(registration.nickname.as_ref().map(Nickname::as_str));
-        context.extend(registration.first_name.as_ref().map(PersonName::as_str));
-        context.extend(registration.last_name.as_ref().map(PersonName::as_str));
-        let password = Password::parse(&registration.password, self.config.password_policy, &context)?;
-        let password_hash = self.hasher.hash(password).await?;
+        let password_hash = self.hash_new_password(&registration).await?;
         // A taken nickname is reported before the email is looked at, whatever the email: nicknames are public,
         // so an answer that depended on the email would turn this check into an account oracle.
         if let Some(nickname) = &registration.nickname
@@ -166,9 +161,42 @@ where
             self.repo.queue_mail(self.mails.already_registered(&registration.email)).await?;
             return Ok(());
         }
-        let now = self.clock.now();
-        for attempt in 1..=NICKNAME_ATTEMPTS {
-            let generated = registration.nickname.is_none();
+        match self.create_account(&registration, password_hash, Role::Anonymous, false).await {
+            Ok(_) => Ok(()),
+            // Taken between the check above and the insert: rare, and still independent of the email.
+            Err(InsertUserError::NicknameTaken) => Err(RegisterError::NicknameTaken),
+            // Registered concurrently by someone else: answer as for any existing address.
+            Err(InsertUserError::EmailTaken) => {
+                self.repo.queue_mail(self.mails.already_registered(&registration.email)).await?;
+                Ok(())
+            }
+            Err(InsertUserError::Port(error)) => Err(error.into()),
+        }
+    }
+
+    /// Checks a new account's password against the policy, with the account's own details as context, and hashes
+    /// it.
+    pub(crate) async fn hash_new_password(&self, registration: &Registration) -> Result<PasswordHash, RegisterError> {
+        let mut context = vec![registration.email.as_str()];
+        context.extend(registration.nickname.as_ref().map(Nickname::as_str));
+        context.extend(registration.first_name.as_ref().map(PersonName::as_str));
+        context.extend(registration.last_name.as_ref().map(PersonName::as_str));
+        let password = Password::parse(&registration.password, self.config.password_policy, &context)?;
+        Ok(self.hasher.hash(password).await?)
+    }
+
+    /// Stores a new account. A generated nickname that collides is generated again; a chosen one that is taken is
+    /// [`InsertUserError::NicknameTaken`]. An unverified account gets its verification token and mail in the same
+    /// transaction.
+    pub(crate) async fn create_account(
+        &self,
+        registration: &Registration,
+        password_hash: PasswordHash,
+        role: Role,
+        email_verified: bool,
+    ) -> Result<User, InsertUserError> {
+        let generated = registration.nickname.is_none();
+        for _ in 0..NICKNAME_ATTEMPTS {
             let nickname = registration.nickname.clone().unwrap_or_else(|| Nickname::generate(&mut rand::thread_rng()));
             let user = NewUser {
                 id: UserId::generate(),
@@ -179,33 +207,27 @@ where
                 bio: registration.bio.clone(),
                 linkedin_profile_url: registration.linkedin_profile_url.clone(),
                 github_profile_url: registration.github_profile_url.clone(),
-                role: Role::Anonymous,
-                email_verified: false,
+                role,
+                email_verified,
                 password_hash: password_hash.clone(),
             };
-            let secret = RefreshToken::generate();
-            let token = NewEmailToken {
-                hash: secret.hash(),
-                user_id: user.id,
-                purpose: EmailTokenPurpose::Verify,
-                new_email: None,
-                expires_at: now + self.config.verify_token_ttl,
+            let inserted = if email_verified {
+                self.repo.insert_user(user).await
+            } else {
+                let secret = RefreshToken::generate();
+                let token = NewEmailToken {
+                    hash: secret.hash(),
+                    user_id: user.id,
+                    purpose: EmailTokenPurpose::Verify,
+                    new_email: None,
+                    expires_at: self.clock.now() + self.config.verify_token_ttl,
+                };
+                let mail = self.mails.verify_email(&user.email, &nickname, user.id, secret.expose());
+                self.repo.register(user, token, mail).await
             };
-            let mail = self.mails.verify_email(&user.email, &nickname, user.id, secret.expose());
-            match self.repo.register(user, token, mail).await {
-                Ok(_) => return Ok(()),
-                Err(InsertUserError::NicknameTaken) if generated && attempt < NICKNAME_ATTEMPTS => {}
-                Err(InsertUserError::NicknameTaken) if generated => {
-                    return Err(PortError::Unknown(anyhow::anyhow!("no free generated nickname found")).into());
-                }
-                // Taken between the check above and the insert: rare, and still independent of the email.
-                Err(InsertUserError::NicknameTaken) => return Err(RegisterError::NicknameTaken),
-                // Registered concurrently by someone else: answer as for any existing address.
-                Err(InsertUserError::EmailTaken) => {
-                    self.repo.queue_mail(self.mails.already_registered(&registration.email)).await?;
-                    return Ok(());
-                }
-                Err(InsertUserError::Port(error)) => return Err(error.into()),
+            match inserted {
+                Err(InsertUserError::NicknameTaken) if generated => {}
+                other => return other,
             }
         }
         Err(PortError::Unknown(anyhow::anyhow!("no free generated nickname found")).into())

@@ -2,14 +2,12 @@
 //! decided by the permission matrix against the target's current role, plus the last-ADMIN rule that storage
 //! enforces under a lock.
 
-use crate::account_service::Registration;
-use crate::accounts::{EmailTokenPurpose, NewEmailToken};
+use crate::account_service::{RegisterError, Registration};
 use crate::admin::{AdminChanges, AdminWriteError, UserCursor, UserQuery, UserSort};
 use crate::permissions::{Action, Denied, Role, Target, authorize, can_see};
 use crate::ports::{Clock, InsertUserError, OutgoingMail, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::service::{Principal, Service};
-use crate::session::RefreshToken;
-use crate::user::{NewUser, Nickname, Password, PasswordError, PersonName, User, UserId};
+use crate::user::{PasswordError, User, UserId};
 
 /// The most users one page may hold.
 pub const MAX_PAGE: u32 = 100;
@@ -172,52 +170,17 @@ where
     pub async fn create_user(&self, actor: &Principal, request: AdminCreate) -> Result<User, AdminError> {
         let role = request.role.unwrap_or(if request.email_verified { Role::Authenticated } else { Role::Anonymous });
         authorize(actor.user.role, Action::CreateUser { role }, None)?;
-        let registration = request.registration;
-        let mut context = vec![registration.email.as_str()];
-        context.extend(registration.nickname.as_ref().map(Nickname::as_str));
-        context.extend(registration.first_name.as_ref().map(PersonName::as_str));
-        context.extend(registration.last_name.as_ref().map(PersonName::as_str));
-        let password = Password::parse(&registration.password, self.config.password_policy, &context)?;
-        let password_hash = self.hasher.hash(password).await?;
-        let generated = registration.nickname.is_none();
-        for _ in 0..8 {
-            let nickname = registration.nickname.clone().unwrap_or_else(|| Nickname::generate(&mut rand::thread_rng()));
-            let user = NewUser {
-                id: UserId::generate(),
-                email: registration.email.clone(),
-                nickname: nickname.clone(),
-                first_name: registration.first_name.clone(),
-                last_name: registration.last_name.clone(),
-                bio: registration.bio.clone(),
-                linkedin_profile_url: registration.linkedin_profile_url.clone(),
-                github_profile_url: registration.github_profile_url.clone(),
-                role,
-                email_verified: request.email_verified,
-                password_hash: password_hash.clone(),
-            };
-            let inserted = if request.email_verified {
-                self.repo.insert_user(user).await
-            } else {
-                let secret = RefreshToken::generate();
-                let token = NewEmailToken {
-                    hash: secret.hash(),
-                    user_id: user.id,
-                    purpose: EmailTokenPurpose::Verify,
-                    new_email: None,
-                    expires_at: self.clock.now() + self.config.verify_token_ttl,
-                };
-                let mail = self.mails.verify_email(&user.email, &nickname, user.id, secret.expose());
-                self.repo.register(user, token, mail).await
-            };
-            match inserted {
-                Ok(user) => return Ok(user),
-                Err(InsertUserError::NicknameTaken) if generated => {}
-                Err(InsertUserError::NicknameTaken) => return Err(AdminError::NicknameTaken),
-                Err(InsertUserError::EmailTaken) => return Err(AdminError::EmailTaken),
-                Err(InsertUserError::Port(error)) => return Err(error.into()),
-            }
+        let password_hash = self.hash_new_password(&request.registration).await.map_err(|error| match error {
+            RegisterError::WeakPassword(error) => AdminError::WeakPassword(error),
+            RegisterError::NicknameTaken => AdminError::NicknameTaken,
+            RegisterError::Port(error) => AdminError::Port(error),
+        })?;
+        match self.create_account(&request.registration, password_hash, role, request.email_verified).await {
+            Ok(user) => Ok(user),
+            Err(InsertUserError::NicknameTaken) => Err(AdminError::NicknameTaken),
+            Err(InsertUserError::EmailTaken) => Err(AdminError::EmailTaken),
+            Err(InsertUserError::Port(error)) => Err(error.into()),
         }
-        Err(PortError::Unknown(anyhow::anyhow!("no free generated nickname found")).into())
     }
 
     /// Changes another user within the caller's rights: each requested change is checked on its own against the
