@@ -168,7 +168,10 @@ fn serde_urlencoded_pair(name: &str, value: &str) -> String {
 async fn bad_parameters_are_400_problems() {
     let app = app().await;
     let admin = token(&app, ADMIN).await;
+    // A well-formed cursor whose value carries a NUL, which storage would refuse.
+    let nul_cursor = format!("sort=email&cursor={}", base64_url("e:00000000-0000-7000-8000-000000000000:a\u{0}"));
     for query in [
+        nul_cursor.as_str(),
         "limit=0",
         "limit=101",
         "limit=ten",
@@ -365,4 +368,10 @@ async fn becoming_professional_stamps_the_time_and_queues_the_mail() {
         app.db.count("SELECT count(*) AS n FROM mail_outbox WHERE to_address = 'pro@example.com' AND subject = 'You now have professional status'").await,
         1
     );
+}
+
+/// Base64url without padding, as the API's cursors are encoded.
+fn base64_url(plain: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plain)
 }

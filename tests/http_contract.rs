@@ -110,3 +110,15 @@ async fn a_client_request_id_is_echoed_only_when_plain() {
     let forged = app.client.get(app.url("/healthz")).header("x-request-id", "a b\"c").send().await.unwrap();
     assert_ne!(forged.headers()["x-request-id"], "a b\"c");
 }
+
+#[tokio::test]
+async fn control_characters_in_a_login_email_are_an_ordinary_401() {
+    let app = TestApp::spawn().await;
+    for email in ["a\u{0}b@example.com", "\u{0}", "x\r\ny"] {
+        let body = json!({"email": email, "password": "whatever-it-is"});
+        let response = app.client.post(app.url("/login")).json(&body).send().await.unwrap();
+        assert_problem(response, 401, "invalid_credentials").await;
+    }
+    let form = app.client.post(app.url("/login")).header("content-type", "application/x-www-form-urlencoded");
+    assert_problem(form.body("username=a%00b&password=x").send().await.unwrap(), 401, "invalid_credentials").await;
+}

@@ -588,6 +588,7 @@ impl AdminUpdateRequest {
         );
         errors.finish()?;
         Ok(AdminChanges {
+            expected_role: None,
             profile,
             role,
             is_professional: self.is_professional,

@@ -422,7 +422,7 @@ where
     pub async fn delete_me(&self, principal: &Principal, current_password: &str) -> Result<(), SelfServiceError> {
         self.check_current_password(&principal.user, current_password).await?;
         // The same guarded deletion as the admin route: the last unlocked ADMIN cannot delete themself either.
-        self.repo.admin_delete_user(principal.user.id).await.map_err(|error| match error {
+        self.repo.admin_delete_user(principal.user.id, None).await.map_err(|error| match error {
             AdminWriteError::LastAdmin => SelfServiceError::LastAdmin,
             AdminWriteError::NotFound | AdminWriteError::NicknameTaken => SelfServiceError::NotFound,
             AdminWriteError::Port(error) => SelfServiceError::Port(error),

@@ -105,6 +105,10 @@ pub struct UserQuery {
 /// What an administrator changes on another user; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminChanges {
+    /// The target's role the caller's rights were checked against. The repository refuses the write (as not found)
+    /// when the locked row holds another role by then, so a concurrent promotion cannot slip a target out of
+    /// the caller's reach between the check and the write. `None` skips the check.
+    pub expected_role: Option<Role>,
     /// Profile fields.
     pub profile: ProfileChanges,
     /// A new role.
@@ -121,7 +125,7 @@ impl AdminChanges {
     /// Whether the request changes nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        Self { expected_role: None, ..self.clone() } == Self::default()
     }
 }
 

@@ -215,6 +215,7 @@ where
         if changes.is_empty() {
             return Ok(target);
         }
+        let changes = AdminChanges { expected_role: Some(target.role), ..changes };
         let mut mails: Vec<OutgoingMail> = Vec::new();
         if becomes_professional {
             mails.push(self.mails.professional_upgrade(&target.email, &target.nickname));
@@ -230,8 +231,8 @@ where
     /// # Errors
     /// [`AdminError::NotFound`], [`AdminError::Forbidden`], [`AdminError::LastAdmin`], or a dependency failure.
     pub async fn delete_user(&self, actor: &Principal, id: UserId) -> Result<(), AdminError> {
-        self.target(actor, id, Action::DeleteUser).await?;
-        Ok(self.repo.admin_delete_user(id).await?)
+        let target = self.target(actor, id, Action::DeleteUser).await?;
+        Ok(self.repo.admin_delete_user(id, Some(target.role)).await?)
     }
 }
 

@@ -161,6 +161,11 @@ where
     /// Moves a picture's objects to `prefix`: copy every object, re-point the row, then delete the originals.
     /// Best effort: the row always names objects that exist, whichever step fails.
     async fn relocate(&self, picture: &StoredPicture, prefix: String) {
+        // Already there (an earlier move that stopped half-way, or a race): copying onto itself and then deleting
+        // the originals would delete the very objects the row names.
+        if picture.prefix == prefix {
+            return;
+        }
         let mut copied = Vec::new();
         for variant in &picture.variants {
             let from = StoredPicture::key_under(&picture.prefix, variant);

@@ -14,6 +14,7 @@ use crate::accounts::{
     RefreshOutcome, UpdateProfileError,
 };
 use crate::admin::{AdminChanges, AdminWriteError, UserQuery};
+use crate::permissions::Role;
 use crate::session::{AccessClaims, AccessToken, NewSession, Session, SessionId, TokenHash};
 use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordHash, User, UserId};
 
@@ -294,11 +295,16 @@ pub trait UserRepository: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<User, AdminWriteError>> + Send;
 
-    /// Deletes a user, refusing to delete the last unlocked ADMIN (checked under a lock).
+    /// Deletes a user, refusing to delete the last unlocked ADMIN (checked under a lock). With `expected_role`, the
+    /// deletion is refused as not found when the locked row holds another role (see [`AdminChanges::expected_role`]).
     ///
     /// # Errors
     /// [`AdminWriteError::LastAdmin`], [`AdminWriteError::NotFound`], or a storage failure.
-    fn admin_delete_user(&self, id: UserId) -> impl Future<Output = Result<(), AdminWriteError>> + Send;
+    fn admin_delete_user(
+        &self,
+        id: UserId,
+        expected_role: Option<Role>,
+    ) -> impl Future<Output = Result<(), AdminWriteError>> + Send;
 
     /// Forgets the failures of a key (after a successful login).
     ///

@@ -59,6 +59,13 @@ pub struct ClientInfo {
     pub ip: Option<String>,
 }
 
+/// The backoff key of an email that does not parse: a hash of its trimmed, lower-cased form, so any input (however
+/// long, whatever its bytes) makes a bounded key that storage accepts, and the same input always meets the same block.
+fn unparsed_key(raw: &str) -> String {
+    use sha2::Digest as _;
+    format!("unparsed:{}", hex::encode(sha2::Sha256::digest(raw.trim().to_lowercase().as_bytes())))
+}
+
 /// The longest `User-Agent` kept on a session.
 const USER_AGENT_MAX: usize = 256;
 
@@ -235,9 +242,7 @@ where
         let parsed = EmailAddress::parse(email).ok();
         // Unknown and malformed addresses are throttled like real ones, under the same kind of key, so the
         // backoff itself does not reveal which accounts exist.
-        let key = parsed
-            .as_ref()
-            .map_or_else(|| email.trim().to_lowercase().chars().take(254).collect(), EmailAddress::canonical);
+        let key = parsed.as_ref().map_or_else(|| unparsed_key(email), EmailAddress::canonical);
         let now = self.clock.now();
         // The attempt is reserved (counted) before the password is checked, so a burst of parallel guesses cannot
         // all slip past the block; a success clears it again.
@@ -490,6 +495,14 @@ pub(crate) mod tests {
         assert_eq!(pair.access_token.expose(), "signed");
         assert_eq!(pair.expires_in, 900);
         assert_eq!(pair.refresh_token.expose().len(), 43);
+    }
+
+    #[test]
+    fn keys_of_unparsable_emails_are_bounded_hashes_of_their_normalised_form() {
+        let key = unparsed_key(" NUL\u{0}byte ");
+        assert_eq!(key, unparsed_key("nul\u{0}BYTE"));
+        assert!(key.starts_with("unparsed:") && key.len() == 9 + 64);
+        assert!(key.chars().all(|c| !c.is_control()));
     }
 
     #[tokio::test]

@@ -242,11 +242,16 @@ pub(crate) async fn reset_password(
                 .optional()?;
             let Some(user_id) = consumed else { return Ok(false) };
             let email: String = diesel::update(users::table.find(user_id))
-                .set((users::password_hash.eq(password_hash.as_str()), users::updated_at.eq(now)))
+                .set((
+                    users::password_hash.eq(password_hash.as_str()),
+                    users::pending_email.eq(None::<String>),
+                    users::updated_at.eq(now),
+                ))
                 .returning(users::email)
                 .get_result(connection)
                 .await?;
             revoke_sessions(connection, user_id, None, now).await?;
+            cancel_email_change(connection, user_id).await?;
             // The backoff is keyed by the canonical (lower-cased) address, the same key the login flow uses.
             let key = EmailAddress::parse(&email)
                 .map_err(|error| {
@@ -274,7 +279,11 @@ pub(crate) async fn change_password(
     connection
         .transaction::<_, TxError<PortError>, _>(async |connection| {
             let updated = diesel::update(users::table.find(user_id.as_uuid()))
-                .set((users::password_hash.eq(password_hash.as_str()), users::updated_at.eq(now)))
+                .set((
+                    users::password_hash.eq(password_hash.as_str()),
+                    users::pending_email.eq(None::<String>),
+                    users::updated_at.eq(now),
+                ))
                 .execute(connection)
                 .await?;
             // The caller has just authenticated this user, so a missing row is a concurrent deletion; queueing a
@@ -285,9 +294,20 @@ pub(crate) async fn change_password(
                 ))));
             }
             revoke_sessions(connection, user_id.as_uuid(), Some(keep), now).await?;
+            cancel_email_change(connection, user_id.as_uuid()).await?;
             insert_mail(connection, mail).await?;
             Ok(())
         })
+        .await
+}
+
+/// Drops a pending email change. A password reset or change is how an owner takes an account back, so an email
+/// change requested by whoever held the old password must not survive it (its link would hand the account over).
+async fn cancel_email_change(connection: &mut AsyncPgConnection, user_id: uuid::Uuid) -> Result<usize, DieselError> {
+    diesel::delete(email_tokens::table)
+        .filter(email_tokens::user_id.eq(user_id))
+        .filter(email_tokens::purpose.eq(EmailTokenPurpose::EmailChange.as_str()))
+        .execute(connection)
         .await
 }
 

@@ -285,6 +285,9 @@ pub(crate) async fn admin_update_user(
             };
             let current_role = Role::parse(&target.role)
                 .map_err(|_| corrupt(format!("users row {id}: column role holds a value the domain refuses")))?;
+            if changes.expected_role.is_some_and(|expected| expected != current_role) {
+                return Err(TxError::Abort(AdminWriteError::NotFound));
+            }
             let demotes = current_role == Role::Admin && changes.role.is_some_and(|role| role != Role::Admin);
             let locks = target.is_unlocked_admin() && changes.is_locked == Some(true);
             if (demotes || locks) && !another_unlocked_admin(&locked, id) {
@@ -293,10 +296,15 @@ pub(crate) async fn admin_update_user(
             // The status time records when the status last changed, so granting it twice keeps the first time.
             let professional_changed =
                 changes.is_professional.is_some_and(|is_professional| is_professional != target.is_professional);
+            // Verifying an email promotes ANONYMOUS to AUTHENTICATED (API.md "Roles"), also when an administrator
+            // marks it verified, unless the same request sets a role of its own. Decided on the locked row.
+            let promoted =
+                (changes.role.is_none() && changes.email_verified == Some(true) && current_role == Role::Anonymous)
+                    .then_some(Role::Authenticated);
             let changeset = (
                 users::updated_at.eq(now),
                 profile_changeset(&changes.profile),
-                changes.role.map(|role| users::role.eq(role.as_str())),
+                changes.role.or(promoted).map(|role| users::role.eq(role.as_str())),
                 changes.is_locked.map(|is_locked| users::is_locked.eq(is_locked)),
                 changes.email_verified.map(|email_verified| users::email_verified.eq(email_verified)),
                 changes.is_professional.map(|is_professional| users::is_professional.eq(is_professional)),
@@ -330,6 +338,7 @@ pub(crate) async fn admin_update_user(
 pub(crate) async fn admin_delete_user(
     connection: &mut AsyncPgConnection,
     id: UserId,
+    expected_role: Option<Role>,
 ) -> Result<(), TxError<AdminWriteError>> {
     let id = id.as_uuid();
     connection
@@ -338,6 +347,9 @@ pub(crate) async fn admin_delete_user(
             let Some(target) = locked.iter().find(|user| user.id == id) else {
                 return Err(TxError::Abort(AdminWriteError::NotFound));
             };
+            if expected_role.is_some_and(|expected| Role::parse(&target.role) != Ok(expected)) {
+                return Err(TxError::Abort(AdminWriteError::NotFound));
+            }
             if target.is_unlocked_admin() && !another_unlocked_admin(&locked, id) {
                 return Err(TxError::Abort(AdminWriteError::LastAdmin));
             }

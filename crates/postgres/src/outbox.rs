@@ -116,6 +116,10 @@ impl MailOutbox for PgRepository {
                 mail_outbox::status.eq("sent"),
                 mail_outbox::sent_at.eq(now),
                 mail_outbox::attempts.eq(mail_outbox::attempts + 1),
+                // The bodies carry live verification and reset links; once delivered they must not linger in the
+                // database, its replicas or its backups. Recipient and subject stay for the record.
+                mail_outbox::text_body.eq(""),
+                mail_outbox::html_body.eq(""),
             ))
             .execute(&mut connection)
             .await;
@@ -153,6 +157,9 @@ impl MailOutbox for PgRepository {
                         mail_outbox::attempts.eq(mail_outbox::attempts + 1),
                         mail_outbox::last_error.eq(&last_error),
                         mail_outbox::status.eq("dead"),
+                        // A dead letter keeps what explains it (recipient, subject, error), not the links it held.
+                        mail_outbox::text_body.eq(""),
+                        mail_outbox::html_body.eq(""),
                     ))
                     .execute(&mut connection)
                     .await

@@ -508,9 +508,9 @@ impl UserRepository for PgRepository {
         updated.map_err(|error| error.into_port(&mut connection, "updating a user as an administrator"))
     }
 
-    async fn admin_delete_user(&self, id: UserId) -> Result<(), AdminWriteError> {
+    async fn admin_delete_user(&self, id: UserId, expected_role: Option<Role>) -> Result<(), AdminWriteError> {
         let mut connection = self.connection().await?;
-        let deleted = admin::admin_delete_user(&mut connection, id).await;
+        let deleted = admin::admin_delete_user(&mut connection, id, expected_role).await;
         deleted.map_err(|error| error.into_port(&mut connection, "deleting a user as an administrator"))
     }
 

@@ -49,28 +49,50 @@ fn parse_user(raw: &str) -> Result<UserId, ApiError> {
     Uuid::parse_str(raw).map(UserId::from_uuid).map_err(|_| ApiError::not_found())
 }
 
-/// Reads the multipart field `file`, refusing (413) as soon as it passes the limit, before the rest is read.
-async fn read_file_field(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, ApiError> {
+/// How long a client may take to send a picture.
+const UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What multipart framing and other small fields may add to the picture itself.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+/// Reads the multipart field `file`, refusing (413) as soon as the picture passes `limit` or the whole body passes
+/// `limit` plus a small overhead, before the rest is read; a client that sends too slowly gets 408.
+async fn read_file_field(multipart: Multipart, limit: u64) -> Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(UPLOAD_DEADLINE, read_fields(multipart, limit)).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the picture was not received in time",
+        ))
+    })
+}
+
+async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::payload_too_large(format!("the picture must be at most {limit} bytes"));
+    let malformed =
+        |error: actix_multipart::MultipartError| ApiError::malformed_body(format!("invalid multipart body: {error}"));
+    let mut total: u64 = 0;
+    let mut file = None;
     while let Some(field) = multipart.next().await {
-        let mut field = field.map_err(|error| ApiError::malformed_body(format!("invalid multipart body: {error}")))?;
-        if field.name() != Some("file") {
-            // Other fields are drained and ignored, as browsers may add some; only `file` is read.
-            while let Some(chunk) = field.next().await {
-                chunk.map_err(|error| ApiError::malformed_body(format!("invalid multipart body: {error}")))?;
-            }
-            continue;
-        }
+        let mut field = field.map_err(malformed)?;
+        let is_file = field.name() == Some("file") && file.is_none();
         let mut bytes = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|error| ApiError::malformed_body(format!("invalid multipart body: {error}")))?;
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(ApiError::payload_too_large(format!("the picture must be at most {limit} bytes")));
+            let chunk = chunk.map_err(malformed)?;
+            total += chunk.len() as u64;
+            if total > limit + MULTIPART_OVERHEAD || (is_file && (bytes.len() + chunk.len()) as u64 > limit) {
+                return Err(too_large());
             }
-            bytes.extend_from_slice(&chunk);
+            // Other fields are read to move past them (browsers may add some) but never kept.
+            if is_file {
+                bytes.extend_from_slice(&chunk);
+            }
         }
-        return Ok(bytes);
+        if is_file {
+            file = Some(bytes);
+        }
     }
-    Err(ApiError::invalid_field("file", "is required: send the picture as the multipart field `file`"))
+    file.ok_or_else(|| ApiError::invalid_field("file", "is required: send the picture as the multipart field `file`"))
 }
 
 /// Upload a profile picture (the user themself, or a MANAGER/ADMIN within their rights).
@@ -108,7 +130,7 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit + 64 * 1024) {
+    if declared.is_some_and(|length| length > limit + MULTIPART_OVERHEAD) {
         return Err(ApiError::payload_too_large(format!("the picture must be at most {limit} bytes")));
     }
     let multipart = Multipart::new(req.headers(), payload.into_inner());

@@ -42,6 +42,10 @@ fn decode_cursor(raw: &str) -> Option<UserCursor> {
     let mut parts = plain.splitn(3, ':');
     let (kind, id, value) = (parts.next()?, parts.next()?, parts.next()?);
     let id = UserId::from_uuid(Uuid::parse_str(id).ok()?);
+    // A forged cursor must not smuggle values storage refuses (NUL) or that no email or nickname could be.
+    if value.len() > 254 || value.chars().any(char::is_control) {
+        return None;
+    }
     match kind {
         "c" => Some(UserCursor::CreatedAt(OffsetDateTime::parse(value, &Rfc3339).ok()?, id)),
         "e" => Some(UserCursor::Email(value.to_owned(), id)),

@@ -589,3 +589,30 @@ async fn deleting_a_user_removes_their_sessions_refresh_tokens_and_email_tokens(
     assert_eq!(rows(&database, "email_tokens").await, 1);
     assert!(!repository.delete_user(user.id).await.unwrap(), "a second delete finds nothing");
 }
+
+#[tokio::test]
+async fn a_password_reset_or_change_cancels_a_pending_email_change() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert(&repository, "ada@example.com", "ada").await;
+    // Someone holding the old password asked to move the account to their address.
+    let change = issue(&repository, &user, EmailTokenPurpose::EmailChange, Some("thief@example.com")).await;
+    let reset = issue(&repository, &user, EmailTokenPurpose::PasswordReset, None).await;
+    assert!(repository.reset_password(reset, new_hash(), mail("ada@example.com", "Changed"), now()).await.unwrap());
+    let confirmed = repository.confirm_email(user.id, change, now()).await;
+    assert!(matches!(confirmed, Err(ConfirmEmailError::InvalidToken)), "{confirmed:?}");
+    let stored = repository.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.email.as_str(), "ada@example.com");
+    assert_eq!(stored.pending_email, None);
+
+    let change = issue(&repository, &user, EmailTokenPurpose::EmailChange, Some("thief@example.com")).await;
+    let login = now();
+    let session = repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
+    repository
+        .change_password(user.id, new_hash(), session.id, mail("ada@example.com", "Changed"), now())
+        .await
+        .unwrap();
+    let confirmed = repository.confirm_email(user.id, change, now()).await;
+    assert!(matches!(confirmed, Err(ConfirmEmailError::InvalidToken)), "{confirmed:?}");
+    assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().pending_email, None);
+}

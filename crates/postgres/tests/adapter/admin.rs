@@ -349,6 +349,7 @@ async fn an_admin_update_applies_profile_role_and_flags_and_queues_the_mails() {
     let user = repository.insert_user(new).await.unwrap();
     let at = now();
     let changes = AdminChanges {
+        expected_role: None,
         profile: ProfileChanges {
             nickname: Some(Nickname::parse("countess").unwrap()),
             first_name: Some(None),
@@ -433,7 +434,7 @@ async fn updating_or_deleting_a_missing_user_is_not_found_and_queues_nothing() {
             .unwrap_err();
         assert!(matches!(error, AdminWriteError::NotFound), "{error:?}");
     }
-    let error = repository.admin_delete_user(UserId::generate()).await.unwrap_err();
+    let error = repository.admin_delete_user(UserId::generate(), None).await.unwrap_err();
     assert!(matches!(error, AdminWriteError::NotFound), "{error:?}");
     assert_eq!(mails(&database).await, 0);
 }
@@ -459,7 +460,7 @@ async fn the_only_unlocked_admin_cannot_be_demoted_locked_or_deleted() {
             .unwrap_err();
         assert!(matches!(error, AdminWriteError::LastAdmin), "{changes:?}: {error:?}");
     }
-    let error = repository.admin_delete_user(boss.id).await.unwrap_err();
+    let error = repository.admin_delete_user(boss.id, None).await.unwrap_err();
     assert!(matches!(error, AdminWriteError::LastAdmin), "{error:?}");
 
     assert_eq!(repository.find_user(boss.id).await.unwrap().unwrap(), boss, "nothing changed");
@@ -478,6 +479,7 @@ async fn changes_that_keep_an_unlocked_admin_are_allowed_with_a_single_admin() {
     let member = insert(&repository, "member@example.com", "member", Role::Manager, "Member").await;
 
     let profile = AdminChanges {
+        expected_role: None,
         profile: ProfileChanges { first_name: Some(None), ..ProfileChanges::default() },
         role: Some(Role::Admin),
         is_locked: Some(false),
@@ -493,8 +495,8 @@ async fn changes_that_keep_an_unlocked_admin_are_allowed_with_a_single_admin() {
         Role::Manager
     );
     assert!(repository.admin_update_user(member.id, lock(), vec![], now()).await.unwrap().is_locked);
-    repository.admin_delete_user(member.id).await.unwrap();
-    repository.admin_delete_user(dormant.id).await.unwrap();
+    repository.admin_delete_user(member.id, None).await.unwrap();
+    repository.admin_delete_user(dormant.id, None).await.unwrap();
     assert_eq!(count(&database, "SELECT count(*) AS count FROM users").await, 1);
 }
 
@@ -516,8 +518,8 @@ async fn with_two_admins_one_can_be_demoted_locked_or_deleted_and_then_the_other
     assert!(matches!(error, AdminWriteError::LastAdmin), "{error:?}");
 
     let fourth = admin(&repository, "fourth").await;
-    repository.admin_delete_user(third.id).await.unwrap();
-    let error = repository.admin_delete_user(fourth.id).await.unwrap_err();
+    repository.admin_delete_user(third.id, None).await.unwrap();
+    let error = repository.admin_delete_user(fourth.id, None).await.unwrap_err();
     assert!(matches!(error, AdminWriteError::LastAdmin), "{error:?}");
     assert_eq!(unlocked_admins(&database).await, 1);
 }
@@ -552,7 +554,8 @@ async fn of_two_concurrent_removals_of_the_last_two_admins_exactly_one_succeeds(
         assert_eq!(mails(&database).await, round + 1, "round {round}: only the winner's mail is queued");
     }
 
-    let (one, other) = tokio::join!(repository.admin_delete_user(first.id), repository.admin_delete_user(second.id));
+    let (one, other) =
+        tokio::join!(repository.admin_delete_user(first.id, None), repository.admin_delete_user(second.id, None));
     let outcomes = [one, other];
     assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1, "{outcomes:?}");
     assert!(outcomes.iter().any(|outcome| matches!(outcome, Err(AdminWriteError::LastAdmin))), "{outcomes:?}");
@@ -568,10 +571,38 @@ async fn an_admin_deletion_removes_the_user_with_their_sessions() {
     let login = now();
     repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
 
-    repository.admin_delete_user(user.id).await.unwrap();
+    repository.admin_delete_user(user.id, None).await.unwrap();
     assert_eq!(repository.find_user(user.id).await.unwrap(), None);
     assert_eq!(count(&database, "SELECT count(*) AS count FROM sessions").await, 0);
     assert_eq!(count(&database, "SELECT count(*) AS count FROM refresh_tokens").await, 0);
-    let error = repository.admin_delete_user(user.id).await.unwrap_err();
+    let error = repository.admin_delete_user(user.id, None).await.unwrap_err();
     assert!(matches!(error, AdminWriteError::NotFound), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_write_checked_against_a_role_the_row_no_longer_has_is_refused_as_not_found() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let _boss = admin(&repository, "boss").await;
+    let target = insert(&repository, "target@example.com", "target", Role::Authenticated, "Target").await;
+    // Promoted to ADMIN after a MANAGER's rights were checked against AUTHENTICATED.
+    repository.admin_update_user(target.id, role(Role::Admin), vec![], now()).await.unwrap();
+    let stale = AdminChanges { expected_role: Some(Role::Authenticated), ..lock() };
+    let error = repository.admin_update_user(target.id, stale, vec![], now()).await.unwrap_err();
+    assert!(matches!(error, AdminWriteError::NotFound), "{error:?}");
+    let error = repository.admin_delete_user(target.id, Some(Role::Authenticated)).await.unwrap_err();
+    assert!(matches!(error, AdminWriteError::NotFound), "{error:?}");
+    let stored = repository.find_user(target.id).await.unwrap().unwrap();
+    assert!(!stored.is_locked && stored.role == Role::Admin, "nothing changed");
+}
+
+#[tokio::test]
+async fn marking_an_anonymous_users_email_verified_promotes_them() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert(&repository, "anon@example.com", "anon", Role::Anonymous, "Anon").await;
+    let verify = AdminChanges { email_verified: Some(true), ..AdminChanges::default() };
+    let updated = repository.admin_update_user(user.id, verify, vec![], now()).await.unwrap();
+    assert!(updated.email_verified);
+    assert_eq!(updated.role, Role::Authenticated);
 }

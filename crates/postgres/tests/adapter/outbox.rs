@@ -112,6 +112,9 @@ async fn a_sent_mail_is_never_claimed_again() {
     assert_eq!(sent_at, Some(at));
     assert_eq!(attempts(&database, id).await, 1);
     assert_eq!(repository.claim_due_mail(at + Duration::days(1), 10, LEASE).await.unwrap(), vec![]);
+    let bodies =
+        format!("SELECT count(*) AS count FROM mail_outbox WHERE id = '{id}' AND text_body = '' AND html_body = ''");
+    assert_eq!(count(&database, &bodies).await, 1, "a delivered mail keeps no link-bearing body");
 }
 
 #[tokio::test]
