@@ -5,9 +5,13 @@
 //! - `cargo xtask test [ARGS]` starts every service the tests talk to (Postgres, Garage as the S3 server, MailDev as
 //!   the SMTP catcher) on free ports, runs `cargo test --workspace --all-targets [ARGS]` with the `UM_TEST_*`
 //!   variables pointing at them, and stops the services again, whatever the outcome.
+//! - `cargo xtask bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]`
+//!   load-tests the release server against a seeded database and prints one table of throughput, latency and
+//!   memory.
 //!
 //! The `cargo xtask` alias lives in `.cargo/config.toml`; status lines go to standard error, like cargo's own.
 
+mod bench;
 mod garage;
 mod http;
 mod maildev;
@@ -20,6 +24,7 @@ mod ui;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use bench::Bench;
 use run::Run;
 use test::Test;
 
@@ -32,6 +37,12 @@ Commands:
                 (`cargo run --release -p users-api -- serve`) and print the docs URL
   test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports and run
                 `cargo test --workspace --all-targets [ARGS]` against them
+  bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
+                Build the release server, seed `um_bench_<N>` (default 1000 users), start the
+                server and load it; scenarios: idle me user-by-id search login argon2 refresh
+                storm upload (default: all); defaults 3 s warm-up + 10 s measured; prints a
+                table and writes it as JSON to target/bench/<timestamp>.json. `--fresh` reseeds
+                the database; `--server-bin` measures a binary built elsewhere
   help          Print this message";
 
 fn main() -> ExitCode {
@@ -42,6 +53,7 @@ fn main() -> ExitCode {
     let outcome = match command.as_deref() {
         Some("run") if rest.is_empty() => Run::new().execute(),
         Some("test") => Test::new(rest).execute(),
+        Some("bench") => Bench::new(rest).execute(),
         Some("help" | "-h" | "--help") => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
