@@ -84,6 +84,16 @@ impl PictureStore for AppStore {
         }
     }
 
+    fn list(&self, prefix: String) -> impl Future<Output = Result<Vec<String>, PortError>> + Send {
+        let store = self.clone();
+        async move {
+            match store {
+                Self::Fs(fs) => fs.list(&prefix).await,
+                Self::S3(s3) => s3.list(&prefix).await,
+            }
+        }
+    }
+
     fn ping(&self) -> impl Future<Output = Result<(), PortError>> + Send {
         let store = self.clone();
         async move {

@@ -312,3 +312,63 @@ mod tests {
         }
     }
 }
+
+/// Resident memory after a burst of verifies. Each test must run alone in its own process, since RSS is per process:
+/// `cargo test -p users-crypto --lib -- --ignored --exact --nocapture password::rss::<name>`.
+#[cfg(test)]
+mod rss {
+    use std::time::Duration;
+
+    use users_domain::ports::PasswordHasher as _;
+    use users_domain::{Password, PasswordPolicy};
+
+    use super::{Argon2Hasher, HasherConfig};
+
+    const SECRET: &str = "violet-kettle-orbit-97";
+    const CALLS: usize = 50;
+
+    /// `VmRSS` and `VmHWM` of this process, in MiB.
+    fn rss_mib() -> (u64, u64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    async fn setup() -> (Argon2Hasher, users_domain::PasswordHash) {
+        let hasher =
+            Argon2Hasher::new(HasherConfig { max_concurrent: 2, queue_timeout: Duration::from_secs(600) }).unwrap();
+        let password = Password::parse(SECRET, PasswordPolicy::default(), &[]).unwrap();
+        let hash = hasher.hash(password).await.unwrap();
+        (hasher, hash)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement: run alone, see the module docs"]
+    async fn sequential() {
+        let (hasher, hash) = setup().await;
+        eprintln!("rss before: {:?} MiB (rss, hwm)", rss_mib());
+        for _ in 0..CALLS {
+            assert!(hasher.verify(SECRET.to_owned(), Some(hash.clone())).await.unwrap());
+        }
+        eprintln!("rss after {CALLS} sequential verifies on 2 permits: {:?} MiB (rss, hwm)", rss_mib());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement: run alone, see the module docs"]
+    async fn burst() {
+        let (hasher, hash) = setup().await;
+        eprintln!("rss before: {:?} MiB (rss, hwm)", rss_mib());
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..CALLS {
+            let (hasher, hash) = (hasher.clone(), hash.clone());
+            calls.spawn(async move { hasher.verify(SECRET.to_owned(), Some(hash)).await });
+        }
+        while let Some(result) = calls.join_next().await {
+            assert!(result.unwrap().unwrap());
+        }
+        eprintln!("rss after a burst of {CALLS} verifies on 2 permits: {:?} MiB (rss, hwm)", rss_mib());
+    }
+}

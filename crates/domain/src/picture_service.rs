@@ -274,18 +274,14 @@ where
         self.users.find_user(target.id).await?.ok_or(PictureError::NotFound)
     }
 
-    /// Every picture of a user, to remove their objects once the user is deleted.
-    ///
-    /// # Errors
-    /// A dependency failure.
-    pub async fn pictures_of(&self, user_id: UserId) -> Result<Vec<StoredPicture>, PortError> {
-        self.pictures.all_pictures(user_id).await
-    }
-
-    /// Removes the objects of pictures whose rows are gone (after deleting their user).
-    pub async fn remove_objects(&self, pictures: Vec<StoredPicture>) {
-        for picture in pictures {
-            self.delete_keys(picture.keys()).await;
+    /// Removes every object under the user's prefix, once the user is deleted (their picture rows went with them).
+    /// Listing the prefix rather than the rows catches an upload that committed just before the deletion; one still
+    /// in flight finds its user gone and removes its own objects. Failures are logged: what remains is unreferenced.
+    pub async fn remove_user_objects(&self, user_id: UserId) {
+        let prefix = format!("profile_pictures/{user_id}/");
+        match self.store.list(prefix.clone()).await {
+            Ok(keys) => self.delete_keys(keys).await,
+            Err(error) => log_cleanup_failure(&prefix, &error),
         }
     }
 }

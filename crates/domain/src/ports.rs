@@ -438,6 +438,12 @@ pub trait PictureStore: Send + Sync + 'static {
     /// [`PortError`] when storage fails.
     fn delete(&self, key: String) -> impl Future<Output = Result<(), PortError>> + Send;
 
+    /// The keys of every object under `prefix` (which ends with `/`).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn list(&self, prefix: String) -> impl Future<Output = Result<Vec<String>, PortError>> + Send;
+
     /// Checks that storage answers.
     ///
     /// # Errors

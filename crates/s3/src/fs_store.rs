@@ -89,6 +89,10 @@ impl PictureStore for FsPictureStore {
         blocking(move || delete_blocking(&root, &key)).await
     }
 
+    async fn list(&self, prefix: String) -> Result<Vec<String>, PortError> {
+        Self::list(self, &prefix).await
+    }
+
     async fn ping(&self) -> Result<(), PortError> {
         let root = Arc::clone(&self.root);
         blocking(move || ping_blocking(&root)).await

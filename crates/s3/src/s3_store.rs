@@ -276,6 +276,10 @@ impl PictureStore for S3PictureStore {
         }
     }
 
+    async fn list(&self, prefix: String) -> Result<Vec<String>, PortError> {
+        Self::list(self, &prefix).await
+    }
+
     async fn ping(&self) -> Result<(), PortError> {
         self.within(self.probe()).await.map_err(|failure| self.port_error(failure, "probing"))
     }

@@ -356,8 +356,7 @@ pub async fn delete_me(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: DeleteMeRequest = parse_json(&req, &body)?;
-    let pictures = super::pictures::pictures_before_delete(&state, caller.0.user.id).await?;
     state.service.delete_me(&caller.0, &request.current_password).await?;
-    state.pictures.remove_objects(pictures).await;
+    state.pictures.remove_user_objects(caller.0.user.id).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use time::OffsetDateTime;
 use users_domain::UserId;
-use users_domain::pictures::{PictureSize, StoredPicture};
+use users_domain::pictures::PictureSize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -288,9 +288,4 @@ pub async fn restore(
     let version = Uuid::parse_str(&version).map_err(|_| ApiError::not_found())?;
     let user = state.pictures.restore(&caller.0, parse_user(&user)?, version).await?;
     Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
-}
-
-/// Every picture of a user, before deleting them, so their objects can be removed afterwards.
-pub async fn pictures_before_delete(state: &AppState, user_id: UserId) -> Result<Vec<StoredPicture>, ApiError> {
-    Ok(state.pictures.pictures_of(user_id).await?)
 }

@@ -269,9 +269,8 @@ pub async fn delete_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    // The rows go with the user (cascade); the objects are removed once the deletion has committed.
-    let pictures = super::pictures::pictures_before_delete(&state, id).await?;
     state.service.delete_user(&caller.0, id).await?;
-    state.pictures.remove_objects(pictures).await;
+    // The picture rows went with the user (cascade); their objects go once the deletion has committed.
+    state.pictures.remove_user_objects(id).await;
     Ok(HttpResponse::NoContent().finish())
 }
