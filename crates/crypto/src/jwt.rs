@@ -60,6 +60,42 @@ struct Inner {
     issuer: String,
     audience: String,
     jwks: Value,
+    verified: VerifiedTokens,
+}
+
+/// Tokens that passed every check, by the SHA-256 of their exact text, with their claims.
+///
+/// The signature check is the most expensive step of an authenticated request, and a client presents the same
+/// token for its whole lifetime, so a verified token is remembered until it expires. Only the time-dependent check
+/// (`exp`) is repeated on a hit; revocation never depended on the token, it is read from the session row on every
+/// request. Only valid tokens enter, so callers cannot fill it with garbage; its size is bounded all the same.
+#[derive(Default)]
+struct VerifiedTokens(std::sync::Mutex<std::collections::HashMap<[u8; 32], AccessClaims>>);
+
+/// How many verified tokens are remembered at most.
+const VERIFIED_TOKENS_MAX: usize = 10_000;
+
+impl VerifiedTokens {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, token: &str, now: OffsetDateTime) -> Option<AccessClaims> {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&Self::key(token)).filter(|claims| claims.expires_at > now).cloned()
+    }
+
+    fn insert(&self, token: &str, claims: &AccessClaims, now: OffsetDateTime) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= VERIFIED_TOKENS_MAX {
+            map.retain(|_, cached| cached.expires_at > now);
+            if map.len() >= VERIFIED_TOKENS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(Self::key(token), claims.clone());
+    }
 }
 
 impl std::fmt::Debug for JwtCodec {
@@ -105,7 +141,17 @@ impl JwtCodec {
                 "alg": ALGORITHM,
             }]
         });
-        Ok(Self { inner: Arc::new(Inner { signer, verifier, kid, issuer, audience, jwks }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                signer,
+                verifier,
+                kid,
+                issuer,
+                audience,
+                jwks,
+                verified: VerifiedTokens::default(),
+            }),
+        })
     }
 
     /// The key id (`kid`): the RFC 7638 thumbprint of the public key.
@@ -196,8 +242,13 @@ impl TokenCodec for JwtCodec {
         // josekit requires `alg` to equal the verifier's (ES256), checks the signature with our public key, and
         // refuses any `crit` header, before it decodes the payload. Nothing here logs: the reasons a token fails
         // are the attacker's business, not the log's.
+        if let Some(claims) = self.inner.verified.get(token, now) {
+            return Ok(claims);
+        }
         let (payload, header) = jwt::decode_with_verifier(token, &self.inner.verifier).map_err(|_| InvalidToken)?;
-        self.claims(&header, &payload, now).ok_or(InvalidToken)
+        let claims = self.claims(&header, &payload, now).ok_or(InvalidToken)?;
+        self.inner.verified.insert(token, &claims, now);
+        Ok(claims)
     }
 }
 
@@ -338,6 +389,34 @@ mod tests {
                 "jti": claims.token_id.to_string(),
             })
         );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_its_altered_copies_are_still_checked() {
+        let (codec, _dir) = codec();
+        let claims = claims();
+        let token = codec.issue(&claims).unwrap();
+        assert_eq!(codec.verify(token.expose(), now()), Ok(claims.clone()), "verified once, now remembered");
+        assert_eq!(codec.verify(token.expose(), now()), Ok(claims.clone()), "answered from memory");
+        assert_eq!(codec.verify(token.expose(), claims.expires_at), Err(InvalidToken));
+        let mut altered = token.expose().to_owned();
+        let last = altered.pop().unwrap();
+        altered.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(codec.verify(&altered, now()), Err(InvalidToken));
+    }
+
+    #[test]
+    fn the_memory_of_verified_tokens_stays_bounded() {
+        let (codec, _dir) = codec();
+        let mut first = None;
+        for _ in 0..(VERIFIED_TOKENS_MAX + 5) {
+            let token = codec.issue(&claims()).unwrap();
+            assert!(codec.verify(token.expose(), now()).is_ok());
+            first.get_or_insert(token);
+        }
+        let size = codec.inner.verified.0.lock().unwrap().len();
+        assert!(size <= VERIFIED_TOKENS_MAX, "{size}");
+        assert!(codec.verify(first.unwrap().expose(), now()).is_ok(), "a forgotten token verifies the long way");
     }
 
     #[test]

@@ -4,19 +4,24 @@
 //! on tokio's blocking pool and at most `max_concurrent` calls run at once. A caller that cannot get a slot within
 //! `queue_timeout` gets [`PortError::Unavailable`], which the HTTP edge answers with 503: under a login storm the
 //! service degrades by refusing some logins quickly instead of making every request slow.
+//!
+//! The 19 MiB come from a pool with one buffer per slot that is reused rather than freed (see the `memory` module
+//! for why freeing them makes the process keep hundreds of MiB), so argon2 holds at most `max_concurrent` × 19 MiB.
+
+mod memory;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{
-    Error as PhcError, PasswordHash as PhcHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
-};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Error as PhcError, Output, ParamsString, PasswordHash as PhcHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use tokio::sync::Semaphore;
 use users_domain::ports::{PasswordHasher, PortError};
 use users_domain::{Password, PasswordHash};
+
+use self::memory::MemoryPool;
 
 /// Argon2 memory cost in KiB (19 MiB, OWASP's recommendation for argon2id with t=2, p=1).
 pub const MEMORY_KIB: u32 = 19_456;
@@ -25,10 +30,14 @@ pub const ITERATIONS: u32 = 2;
 /// Argon2 lanes.
 pub const PARALLELISM: u32 = 1;
 
+/// Longest salt a stored hash may carry, in bytes (what the `argon2` crate's own verifier accepts too).
+const MAX_SALT_BYTES: usize = 64;
+
 /// How much hashing may run at once, and how long a caller may wait for a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HasherConfig {
-    /// Hashes and verifies running at the same time; 0 is treated as 1.
+    /// Hashes and verifies running at the same time; 0 is treated as 1. Each running call holds one 19 MiB argon2
+    /// buffer, kept for reuse once allocated.
     pub max_concurrent: usize,
     /// How long a call waits for a slot before it is refused with [`PortError::Unavailable`].
     pub queue_timeout: Duration,
@@ -54,11 +63,14 @@ pub enum HasherError {
     Dummy(#[source] PhcError),
 }
 
-/// The argon2id [`PasswordHasher`]: cheap to clone, all clones share one semaphore.
+/// The argon2id [`PasswordHasher`]: cheap to clone, all clones share one semaphore and one memory pool.
 #[derive(Clone)]
 pub struct Argon2Hasher {
-    argon2: Argon2<'static>,
+    /// The parameters of new hashes; verification takes its parameters from the stored hash.
+    params: Params,
     permits: Arc<Semaphore>,
+    /// One argon2 buffer per permit, taken by whoever holds the permit.
+    memory: Arc<MemoryPool>,
     queue_timeout: Duration,
     /// A PHC string of a random, forgotten password with the current parameters, verified when the account is
     /// unknown so that answering "no such account" takes as long as answering "wrong password".
@@ -69,6 +81,7 @@ impl std::fmt::Debug for Argon2Hasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Argon2Hasher")
             .field("available_permits", &self.permits.available_permits())
+            .field("memory_buffers", &self.memory.allocated())
             .field("queue_timeout", &self.queue_timeout)
             .finish_non_exhaustive()
     }
@@ -76,30 +89,36 @@ impl std::fmt::Debug for Argon2Hasher {
 
 impl Argon2Hasher {
     /// Builds the hasher and computes its dummy hash (one full argon2 hash, done here on the calling thread, so
-    /// call it at start-up).
+    /// call it at start-up). The 19 MiB buffer that hash uses stays in the pool as its first buffer; the others are
+    /// allocated the first time that many calls run at once.
     ///
     /// # Errors
     /// [`HasherError`] if argon2 refuses the parameters or the operating system's random generator fails.
     pub fn new(config: HasherConfig) -> Result<Self, HasherError> {
         let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(HasherError::Params)?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let memory = MemoryPool::new(params.block_count());
         let mut secret = [0_u8; 32];
         OsRng.fill_bytes(&mut secret);
-        let salt = SaltString::generate(&mut OsRng);
-        let dummy = argon2.hash_password(&secret, &salt).map_err(HasherError::Dummy)?.to_string();
+        // Allocated now rather than on first use so that no 19 MiB buffer is ever freed: the first such free is what
+        // makes glibc keep the pages of every later one.
+        let mut first = memory.allocate();
+        let dummy = hash_phc(&params, &secret, &mut first).map_err(HasherError::Dummy)?;
+        memory.put(first);
         Ok(Self {
-            argon2,
+            params,
             // A semaphore without permits would refuse every call; one slot is the least that works.
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            memory: Arc::new(memory),
             queue_timeout: config.queue_timeout,
             dummy: dummy.into(),
         })
     }
 
-    /// Waits for a slot, then runs `work` on the blocking pool while holding it.
+    /// Waits for a slot, then runs `work` on the blocking pool while holding it, lending it the slot's argon2
+    /// buffer ([`Params::block_count`] blocks of the current parameters).
     async fn run<T, F>(&self, work: F) -> Result<T, PortError>
     where
-        F: FnOnce(&Argon2<'static>) -> Result<T, PortError> + Send + 'static,
+        F: FnOnce(&mut [Block]) -> Result<T, PortError> + Send + 'static,
         T: Send + 'static,
     {
         let permit = tokio::time::timeout(self.queue_timeout, Arc::clone(&self.permits).acquire_owned())
@@ -111,12 +130,13 @@ impl Argon2Hasher {
                 ))
             })?
             .map_err(|closed| PortError::Unavailable(anyhow::Error::new(closed).context("password hasher closed")))?;
-        let argon2 = self.argon2.clone();
+        let memory = Arc::clone(&self.memory);
         // The permit moves into the blocking task: if the caller gives up (client gone, request timeout) the CPU
         // work still runs to its end, and the slot must stay taken until it does or the semaphore would undercount.
+        // The lease holds both and gives the buffer back before it releases the permit.
         let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work(&argon2)
+            let mut lease = memory.lease(permit);
+            work(lease.memory())
         });
         match task.await {
             Ok(result) => result,
@@ -130,49 +150,105 @@ impl Argon2Hasher {
 
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: Password) -> Result<PasswordHash, PortError> {
-        self.run(move |argon2| {
-            let salt = SaltString::generate(&mut OsRng);
-            let phc = argon2
-                .hash_password(password.expose().as_bytes(), &salt)
+        let params = self.params.clone();
+        self.run(move |memory| {
+            let phc = hash_phc(&params, password.expose().as_bytes(), memory)
                 .map_err(|error| PortError::Unknown(anyhow::Error::new(error).context("argon2 hashing failed")))?;
-            Ok(PasswordHash::new(phc.to_string()))
+            Ok(PasswordHash::new(phc))
         })
         .await
     }
 
     async fn verify(&self, candidate: String, hash: Option<PasswordHash>) -> Result<bool, PortError> {
         let dummy = Arc::clone(&self.dummy);
-        self.run(move |argon2| {
+        self.run(move |memory| {
             let (stored, is_real) = match &hash {
                 Some(hash) => (hash.as_str(), true),
                 None => (&*dummy, false),
             };
             // The error says what is wrong with the stored string but never repeats it: it is a credential.
-            let unusable = |error: PhcError| {
+            let matches = verify_phc(stored, candidate.as_bytes(), memory).map_err(|error| {
                 PortError::Unknown(anyhow::Error::new(error).context("stored password hash is not a usable PHC string"))
-            };
-            let parsed = PhcHash::new(stored).map_err(unusable)?;
-            // Without salt and output the verifier would quietly answer "no match"; that is a corrupt row, not a
-            // wrong password.
-            if parsed.salt.is_none() || parsed.hash.is_none() {
-                return Err(unusable(PhcError::PhcStringField));
-            }
-            // verify_password takes algorithm, version and cost from the stored string, not from `argon2`, so
-            // hashes made with older parameters keep verifying after the parameters change.
-            match argon2.verify_password(candidate.as_bytes(), &parsed) {
-                Ok(()) => Ok(is_real),
-                Err(PhcError::Password) => Ok(false),
-                Err(error) => Err(unusable(error)),
-            }
+            })?;
+            Ok(matches && is_real)
         })
         .await
     }
 }
 
+/// Hashes `password` with a fresh salt, argon2id v19 and `params` into the PHC string the `argon2` crate's
+/// `PasswordHasher` would produce for that salt: `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`.
+fn hash_phc(params: &Params, password: &[u8], memory: &mut [Block]) -> Result<String, PhcError> {
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_buffer = [0_u8; MAX_SALT_BYTES];
+    let salt_bytes = salt.decode_b64(&mut salt_buffer)?;
+    let (algorithm, version) = (Algorithm::Argon2id, Version::V0x13);
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = argon2_output(algorithm, version, params.clone(), password, salt_bytes, output_len, memory)?;
+    let phc = PhcHash {
+        algorithm: algorithm.ident(),
+        version: Some(version.into()),
+        params: ParamsString::try_from(params)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `candidate` is the password behind the PHC string `stored`, recomputed with the algorithm, version,
+/// parameters (m, t, p, keyid, data, output length) and salt written in `stored`, so hashes made with older
+/// parameters keep verifying after the parameters change.
+///
+/// # Errors
+/// If `stored` is not an argon2 PHC string with salt and output, or argon2 refuses what it says. Without salt and
+/// output there is nothing to compare against: that is a corrupt row, not a wrong password.
+fn verify_phc(stored: &str, candidate: &[u8], memory: &mut [Block]) -> Result<bool, PhcError> {
+    let parsed = PhcHash::new(stored)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(PhcError::PhcStringField);
+    };
+    let algorithm = Algorithm::try_from(parsed.algorithm)?;
+    let version = parsed.version.map(Version::try_from).transpose()?.unwrap_or_default();
+    let params = Params::try_from(&parsed)?;
+    let mut salt_buffer = [0_u8; MAX_SALT_BYTES];
+    let salt_bytes = salt.decode_b64(&mut salt_buffer)?;
+    let computed = argon2_output(algorithm, version, params, candidate, salt_bytes, expected.len(), memory)?;
+    // `Output`'s equality is constant-time.
+    Ok(computed == expected)
+}
+
+/// Runs argon2 in `memory` if it is large enough for `params` (its leading `block_count()` blocks), else in a
+/// buffer allocated for this call only, which only a stored hash with a larger memory cost than the current one
+/// needs.
+fn argon2_output(
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: &[u8],
+    output_len: usize,
+    memory: &mut [Block],
+) -> Result<Output, PhcError> {
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut one_off = Vec::new();
+    let memory = match memory.get_mut(..blocks) {
+        Some(pooled) => pooled,
+        None => {
+            // A corrupt row could ask for terabytes: refuse what cannot be reserved instead of aborting the process.
+            one_off.try_reserve_exact(blocks).map_err(|_| PhcError::from(argon2::Error::MemoryTooMuch))?;
+            one_off.resize(blocks, Block::new());
+            one_off.as_mut_slice()
+        }
+    };
+    Output::init_with(output_len, |out| Ok(argon2.hash_password_into_with_memory(password, salt, out, &mut *memory)?))
+}
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
+    use argon2::ParamsBuilder;
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
     use users_domain::PasswordPolicy;
 
     use super::*;
@@ -303,6 +379,114 @@ mod tests {
         wait_until(|| hasher.permits.available_permits() == 1).await;
     }
 
+    /// The `argon2` crate's own hasher and verifier with the current parameters, as used before the pool.
+    fn plain_argon2() -> Argon2<'static> {
+        Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn hashes_are_what_the_argon2_crate_makes_and_verifies() {
+        // One slot, so every hash after the first runs in a buffer still holding the previous call's blocks.
+        let hasher = hasher(HasherConfig { max_concurrent: 1, queue_timeout: Duration::from_secs(30) });
+        for secret in [SECRET, "another-password-entirely", SECRET] {
+            let hash = hasher.hash(Password::parse(secret, PasswordPolicy::default(), &[]).unwrap()).await.unwrap();
+            let parsed = PhcHash::new(hash.as_str()).unwrap();
+            assert_eq!(plain_argon2().verify_password(secret.as_bytes(), &parsed), Ok(()));
+            assert_eq!(plain_argon2().verify_password(b"violet-kettle-orbit-98", &parsed), Err(PhcError::Password));
+            let salt = parsed.salt.unwrap();
+            let remade = plain_argon2().hash_password(secret.as_bytes(), salt).unwrap().to_string();
+            assert_eq!(remade, hash.as_str(), "same salt, same string");
+        }
+        assert_eq!(hasher.memory.allocated(), 1);
+    }
+
+    #[tokio::test]
+    async fn hashes_made_by_the_argon2_crate_verify() {
+        let salt = SaltString::generate(&mut OsRng);
+        let phc = plain_argon2().hash_password(SECRET.as_bytes(), &salt).unwrap().to_string();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        let hasher = hasher(HasherConfig::default());
+        assert!(hasher.verify(SECRET.to_owned(), Some(PasswordHash::new(phc.clone()))).await.unwrap());
+        assert!(!hasher.verify("violet-kettle-orbit-98".to_owned(), Some(PasswordHash::new(phc))).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn stored_algorithm_version_lanes_output_length_and_data_are_honoured() {
+        let hasher = hasher(HasherConfig::default());
+        let with_data = {
+            let mut builder = ParamsBuilder::new();
+            builder.m_cost(4_096).t_cost(3).p_cost(1).output_len(16).data("c29tZS1kYXRh".parse().unwrap());
+            builder.build().unwrap()
+        };
+        for (algorithm, version, params) in [
+            (Algorithm::Argon2i, Version::V0x10, Params::new(8_192, 1, 2, Some(64)).unwrap()),
+            (Algorithm::Argon2d, Version::V0x13, Params::new(1_024, 2, 4, None).unwrap()),
+            (Algorithm::Argon2id, Version::V0x13, with_data),
+        ] {
+            let salt = SaltString::generate(&mut OsRng);
+            let phc = Argon2::new(algorithm, version, params).hash_password(SECRET.as_bytes(), &salt).unwrap();
+            let phc = phc.to_string();
+            assert!(hasher.verify(SECRET.to_owned(), Some(PasswordHash::new(phc.clone()))).await.unwrap(), "{phc}");
+            assert!(!hasher.verify("something-else".to_owned(), Some(PasswordHash::new(phc.clone()))).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_needing_more_memory_than_the_pool_verifies_without_growing_it() {
+        let bigger = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(32_768, 1, 1, None).unwrap());
+        let salt = SaltString::generate(&mut OsRng);
+        let phc = bigger.hash_password(SECRET.as_bytes(), &salt).unwrap().to_string();
+        let hasher = hasher(HasherConfig { max_concurrent: 1, queue_timeout: Duration::from_secs(30) });
+        assert!(hasher.verify(SECRET.to_owned(), Some(PasswordHash::new(phc.clone()))).await.unwrap());
+        assert!(!hasher.verify("something-else".to_owned(), Some(PasswordHash::new(phc))).await.unwrap());
+        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1));
+        assert_eq!(hasher.memory.blocks(), 19_456);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_never_holds_more_buffers_than_slots_and_reuses_them() {
+        let hasher = hasher(HasherConfig { max_concurrent: 2, queue_timeout: Duration::from_secs(600) });
+        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1), "the dummy hash's buffer is kept");
+        let hash = hasher.hash(password()).await.unwrap();
+        for _ in 0..10 {
+            assert!(hasher.verify(SECRET.to_owned(), Some(hash.clone())).await.unwrap());
+            assert!(!hasher.verify(SECRET.to_owned(), None).await.unwrap());
+            assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1), "one call at a time, one buffer");
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for call in 0..12 {
+            let (hasher, hash) = (hasher.clone(), hash.clone());
+            calls.spawn(async move {
+                if call % 3 == 0 {
+                    hasher.hash(password()).await.map(|_| true)
+                } else {
+                    hasher.verify(SECRET.to_owned(), Some(hash)).await
+                }
+            });
+        }
+        while let Some(result) = calls.join_next().await {
+            assert!(result.unwrap().unwrap());
+            assert!(hasher.memory.allocated() <= 2, "{hasher:?}");
+            assert!(hasher.memory.free() <= hasher.memory.allocated());
+        }
+        assert_eq!(hasher.memory.free(), hasher.memory.allocated(), "every buffer is back");
+        assert!(hasher.memory.allocated() <= 2);
+    }
+
+    #[tokio::test]
+    async fn a_panic_during_hashing_gives_the_buffer_and_the_slot_back() {
+        let hasher = hasher(HasherConfig { max_concurrent: 1, queue_timeout: Duration::from_secs(30) });
+        let result = hasher.run(|_| -> Result<(), PortError> { panic!("argon2 blew up") }).await;
+        assert!(matches!(result, Err(PortError::Unknown(_))), "{result:?}");
+        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1));
+        assert_eq!(hasher.permits.available_permits(), 1);
+        assert!(!hasher.verify(SECRET.to_owned(), None).await.unwrap());
+    }
+
     /// Polls a condition until it holds, failing the test after a generous deadline.
     async fn wait_until(condition: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -310,65 +494,5 @@ mod tests {
             assert!(Instant::now() < deadline, "condition not met within 10 s");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-    }
-}
-
-/// Resident memory after a burst of verifies. Each test must run alone in its own process, since RSS is per process:
-/// `cargo test -p users-crypto --lib -- --ignored --exact --nocapture password::rss::<name>`.
-#[cfg(test)]
-mod rss {
-    use std::time::Duration;
-
-    use users_domain::ports::PasswordHasher as _;
-    use users_domain::{Password, PasswordPolicy};
-
-    use super::{Argon2Hasher, HasherConfig};
-
-    const SECRET: &str = "violet-kettle-orbit-97";
-    const CALLS: usize = 50;
-
-    /// `VmRSS` and `VmHWM` of this process, in MiB.
-    fn rss_mib() -> (u64, u64) {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let field = |name: &str| -> u64 {
-            let line = status.lines().find(|line| line.starts_with(name)).unwrap();
-            line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    async fn setup() -> (Argon2Hasher, users_domain::PasswordHash) {
-        let hasher =
-            Argon2Hasher::new(HasherConfig { max_concurrent: 2, queue_timeout: Duration::from_secs(600) }).unwrap();
-        let password = Password::parse(SECRET, PasswordPolicy::default(), &[]).unwrap();
-        let hash = hasher.hash(password).await.unwrap();
-        (hasher, hash)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "measurement: run alone, see the module docs"]
-    async fn sequential() {
-        let (hasher, hash) = setup().await;
-        eprintln!("rss before: {:?} MiB (rss, hwm)", rss_mib());
-        for _ in 0..CALLS {
-            assert!(hasher.verify(SECRET.to_owned(), Some(hash.clone())).await.unwrap());
-        }
-        eprintln!("rss after {CALLS} sequential verifies on 2 permits: {:?} MiB (rss, hwm)", rss_mib());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "measurement: run alone, see the module docs"]
-    async fn burst() {
-        let (hasher, hash) = setup().await;
-        eprintln!("rss before: {:?} MiB (rss, hwm)", rss_mib());
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..CALLS {
-            let (hasher, hash) = (hasher.clone(), hash.clone());
-            calls.spawn(async move { hasher.verify(SECRET.to_owned(), Some(hash)).await });
-        }
-        while let Some(result) = calls.join_next().await {
-            assert!(result.unwrap().unwrap());
-        }
-        eprintln!("rss after a burst of {CALLS} verifies on 2 permits: {:?} MiB (rss, hwm)", rss_mib());
     }
 }

@@ -34,6 +34,7 @@ impl MemoryPool {
     }
 
     /// Blocks per pooled buffer.
+    #[cfg(test)]
     pub(super) fn blocks(&self) -> usize {
         self.blocks
     }
@@ -44,6 +45,7 @@ impl MemoryPool {
     }
 
     /// Buffers no task is using right now.
+    #[cfg(test)]
     pub(super) fn free(&self) -> usize {
         self.lock().len()
     }
@@ -86,7 +88,7 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    /// The buffer, [`MemoryPool::blocks`] long.
+    /// The buffer: `Params::block_count()` blocks of the parameters new hashes use.
     pub(super) fn memory(&mut self) -> &mut [Block] {
         &mut self.memory
     }
