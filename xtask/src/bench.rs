@@ -4,7 +4,8 @@
 //! server on a free port with the per-IP limits off, and runs each scenario against it: `oha` for the scenarios that
 //! repeat one request, a small built-in HTTP/1.1 loop for those `oha` cannot express (a refresh token is single use,
 //! so every request needs the token the previous answer returned; idle connections only have to be held open), and
-//! argon2 in-process for the raw hash rate the `login` figure is compared with. The table goes to standard output and,
+//! argon2 in-process for the raw hash rate the `login` figure is compared with. `upload` starts its own Garage and a
+//! second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. The table goes to standard output and,
 //! as JSON, to `target/bench/<timestamp>.json`, so runs can be compared. The server is stopped whatever happens.
 
 use std::fmt::Write as _;
@@ -19,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::process::{self, Service};
-use crate::{http, postgres, ui};
+use crate::{garage, http, postgres, ui};
 
 /// The administrator every run creates (or finds) and the `/users` scenarios call as.
 const ADMIN_EMAIL: &str = "bench-admin@example.com";
@@ -35,6 +36,15 @@ const SEED_DOMAIN: &str = "bench.example.com";
 
 /// How many idle keep-alive connections the `idle` scenario opens (fewer when the open-files limit is lower).
 const IDLE_CONNECTIONS: usize = 10_000;
+
+/// Connections of `upload`.
+const UPLOAD_CONNECTIONS: u32 = 8;
+
+/// The seeded user who uploads a picture for themself in `upload` (not one the other scenarios log in as).
+const UPLOAD_USER: u64 = 3;
+
+/// The boundary of the `upload` scenario's multipart body; the JPEG's bytes are checked not to contain it.
+const UPLOAD_BOUNDARY: &str = "um-bench-boundary-7f3c9a2e51d84b06";
 
 /// How long the in-process argon2 measurement runs.
 const ARGON2_DURATION: Duration = Duration::from_secs(5);
@@ -83,7 +93,7 @@ enum Scenario {
     Refresh,
     /// `GET /me` while 200 connections send wrong passwords.
     Storm,
-    /// Picture uploads: not built yet.
+    /// `POST /users/{id}/profile-picture` of a ~1 MB JPEG, with the server storing in a Garage the run starts.
     Upload,
 }
 
@@ -123,7 +133,7 @@ impl Scenario {
 
     /// Whether the scenario runs `oha`.
     fn uses_oha(self) -> bool {
-        matches!(self, Self::Me | Self::UserById | Self::Search | Self::Login | Self::Storm)
+        matches!(self, Self::Me | Self::UserById | Self::Search | Self::Login | Self::Storm | Self::Upload)
     }
 }
 
@@ -263,6 +273,9 @@ impl Row {
     }
 }
 
+/// Starts a server with these environment variables on top of the bench defaults (none for the `fs` server).
+type StartServer<'a> = dyn Fn(&[(&str, String)]) -> Result<Server> + 'a;
+
 /// The running server and how to reach it.
 struct Server {
     /// The supervised process; stopped on drop.
@@ -324,8 +337,8 @@ impl Bench {
         std::fs::create_dir_all(&data_dir).with_context(|| format!("could not create {}", data_dir.display()))?;
         let database_url = prepare_database(&binary, &data_dir, options.users, options.fresh)?;
 
-        let start = || start_server(&binary, &data_dir, &database_url, &bench_dir);
-        let mut server = start()?;
+        let start = |env: &[(&str, String)]| start_server(&binary, &data_dir, &database_url, &bench_dir, env);
+        let mut server = start(&[])?;
         // Other processes' load (a build, a test run) lowers every figure; measure it so the report says so.
         let busy_before = machine_busy_percent(Duration::from_secs(2)).ok();
         if let Some(busy) = busy_before.filter(|busy| *busy > BUSY_WARNING_PERCENT) {
@@ -359,7 +372,7 @@ impl Bench {
 fn run_scenarios(
     options: &Options,
     server: &mut Server,
-    start: &dyn Fn() -> Result<Server>,
+    start: &StartServer<'_>,
     oha: Option<&Oha>,
     open_files: u64,
 ) -> Result<Vec<Row>> {
@@ -368,7 +381,7 @@ fn run_scenarios(
         if index > 0 && options.scenarios.get(index - 1) == Some(&Scenario::Idle) {
             ui::step("Restarting the server after `idle`");
             server.service.stop()?;
-            *server = start()?;
+            *server = start(&[])?;
         }
         let current = &*server;
         process::check_interrupted()?;
@@ -377,11 +390,10 @@ fn run_scenarios(
             Scenario::Idle => idle(current, open_files).map(|row| vec![row]),
             Scenario::Argon2 => argon2_rate().map(|row| vec![row]),
             Scenario::Refresh => refresh(current, options).map(|row| vec![row]),
-            Scenario::Upload => {
-                let mut row = Row::new("upload");
-                row.failure = Some("not available yet (profile pictures are not built)".to_owned());
-                Ok(vec![row])
-            }
+            Scenario::Upload => match oha {
+                Some(oha) => upload(start, oha, options).map(|row| vec![row]),
+                None => Err(anyhow::anyhow!("oha is not available")),
+            },
             Scenario::Me | Scenario::UserById | Scenario::Search | Scenario::Login | Scenario::Storm => match oha {
                 Some(oha) => oha_scenario(scenario, current, oha, options),
                 None => Err(anyhow::anyhow!("oha is not available")),
@@ -482,14 +494,27 @@ struct Load {
     url: String,
     /// `GET` or `POST`.
     method: &'static str,
-    /// A JSON body, for `POST`.
-    json_body: Option<String>,
+    /// The body, for `POST`.
+    body: Option<Body>,
     /// An access token for `Authorization: Bearer`.
     bearer: Option<String>,
     /// Connections kept busy at once.
     connections: u32,
     /// The status a correct answer has; any other counts as an error.
     expected_status: u16,
+}
+
+/// A request body.
+enum Body {
+    /// JSON text, sent as `application/json`.
+    Json(String),
+    /// The contents of a file, sent with this `Content-Type`.
+    File {
+        /// The `Content-Type` header's value.
+        content_type: String,
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// The `oha` command that sends `load` for `duration` and prints its results as JSON.
@@ -500,8 +525,14 @@ fn oha_command(oha: &Oha, load: &Load, duration: Duration) -> Command {
         .args(["-z", &format!("{}s", duration.as_secs().max(1))])
         .args(["-c", &load.connections.to_string()])
         .args(["-m", load.method]);
-    if let Some(body) = &load.json_body {
-        command.args(["-T", "application/json", "-d", body]);
+    match &load.body {
+        Some(Body::Json(body)) => {
+            command.args(["-T", "application/json", "-d", body]);
+        }
+        Some(Body::File { content_type, path }) => {
+            command.args(["-T", content_type]).arg("-D").arg(path);
+        }
+        None => {}
     }
     if let Some(token) = &load.bearer {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
@@ -727,12 +758,12 @@ fn error_note(measurement: &Measurement) -> String {
 
 /// A `GET` expecting 200.
 fn get(url: String, bearer: Option<String>, connections: u32) -> Load {
-    Load { url, method: "GET", json_body: None, bearer, connections, expected_status: 200 }
+    Load { url, method: "GET", body: None, bearer, connections, expected_status: 200 }
 }
 
 /// A JSON `POST` without a token.
 fn post_json(url: String, body: String, connections: u32, expected_status: u16) -> Load {
-    Load { url, method: "POST", json_body: Some(body), bearer: None, connections, expected_status }
+    Load { url, method: "POST", body: Some(Body::Json(body)), bearer: None, connections, expected_status }
 }
 
 /// Sends `load`'s request once with the built-in client and returns the status.
@@ -744,7 +775,14 @@ fn probe(addr: SocketAddr, load: &Load) -> Result<u16> {
     if let Some(value) = &authorization {
         headers.push(("Authorization", value.as_str()));
     }
-    let response = conn.send(load.method, &path, &headers, load.json_body.as_deref())?;
+    let response = match &load.body {
+        None => conn.send(load.method, &path, &headers, None)?,
+        Some(Body::Json(body)) => conn.send(load.method, &path, &headers, Some(body))?,
+        Some(Body::File { content_type, path: file }) => {
+            let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
+            conn.send_bytes(load.method, &path, &headers, Some((content_type, &bytes)))?
+        }
+    };
     Ok(response.status)
 }
 
@@ -785,16 +823,31 @@ impl HttpConn {
         headers: &[(&str, &str)],
         json_body: Option<&str>,
     ) -> Result<Response> {
+        self.send_bytes(method, path, headers, json_body.map(|body| ("application/json", body.as_bytes())))
+    }
+
+    /// Sends one request with a body of the given `Content-Type` when given, and reads the whole response.
+    fn send_bytes(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Result<Response> {
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.authority);
         for (name, value) in headers {
             let _ = write!(request, "{name}: {value}\r\n");
         }
-        if let Some(body) = json_body {
-            let _ = write!(request, "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let mut bytes = Vec::new();
+        if let Some((content_type, body)) = body {
+            let _ = write!(request, "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len());
+            bytes.extend_from_slice(request.as_bytes());
+            bytes.extend_from_slice(body);
         } else {
             request.push_str("\r\n");
+            bytes.extend_from_slice(request.as_bytes());
         }
-        self.reader.get_mut().write_all(request.as_bytes()).context("could not send the request")?;
+        self.reader.get_mut().write_all(&bytes).context("could not send the request")?;
         self.read_response()
     }
 
@@ -1004,6 +1057,142 @@ fn refresh_chain(addr: SocketAddr, n: u64, barrier: &Barrier, options: &Options)
     }
     result.measured_for = measure_from.elapsed();
     Ok(result)
+}
+
+/// `upload`: starts a Garage (free ports, a fresh directory under `target/bench/garage`, its default bucket) and a
+/// second server storing in it, logs in as a seeded user and has `oha` upload a ~1 MB JPEG to that user's own
+/// `POST /users/{id}/profile-picture` on [`UPLOAD_CONNECTIONS`] connections. Garage, the second server and the
+/// pictures the run recorded are gone afterwards; the `fs` server of the other scenarios idles meanwhile.
+fn upload(start: &StartServer<'_>, oha: &Oha, options: &Options) -> Result<Row> {
+    let bench_dir = crate::target_dir().join("bench");
+    let body_path = bench_dir.join("upload.multipart");
+    let jpeg_bytes = write_upload_body(&body_path)?;
+    ui::info(&format!("test picture: 2000x1500 JPEG of {jpeg_bytes} bytes in {}", body_path.display()));
+
+    let garage_bin = garage::ensure_installed()?;
+    let garage_dir = bench_dir.join("garage");
+    if garage_dir.exists() {
+        std::fs::remove_dir_all(&garage_dir).with_context(|| format!("could not remove {}", garage_dir.display()))?;
+    }
+    std::fs::create_dir_all(&garage_dir).with_context(|| format!("could not create {}", garage_dir.display()))?;
+    let [s3, rpc, admin] = http::free_ports::<3>()?;
+    let mut storage =
+        garage::start(&garage_bin, &garage_dir, &garage::Ports { s3, rpc, admin }, &bench_dir.join("garage.log"))?;
+    let env = [
+        ("STORAGE_BACKEND", "s3".to_owned()),
+        ("S3_ENDPOINT", storage.endpoint.clone()),
+        ("S3_REGION", garage::REGION.to_owned()),
+        ("S3_BUCKET", garage::BUCKET.to_owned()),
+        ("S3_ACCESS_KEY", storage.access_key.clone()),
+        ("S3_SECRET_KEY", storage.secret_key.clone()),
+    ];
+    let outcome = start(&env).and_then(|mut server| {
+        let outcome = upload_on(&server, oha, options, &body_path, jpeg_bytes);
+        ui::step("Stopping the S3 server of `upload`");
+        if let Err(error) = server.service.stop() {
+            ui::warn(&format!("{error:#}"));
+        }
+        outcome
+    });
+    ui::step("Stopping Garage");
+    if let Err(error) = storage.service.stop() {
+        ui::warn(&format!("{error:#}"));
+    }
+    if let Err(error) = std::fs::remove_dir_all(&garage_dir) {
+        ui::warn(&format!("could not remove {}: {error}", garage_dir.display()));
+    }
+    outcome
+}
+
+/// The measured part of `upload`, against `server` (which stores in Garage).
+fn upload_on(server: &Server, oha: &Oha, options: &Options, body_path: &Path, jpeg_bytes: usize) -> Result<Row> {
+    let email = format!("user{UPLOAD_USER}@{SEED_DOMAIN}");
+    let id = user_id(server, &email)?;
+    // The bucket is new, so pictures recorded by earlier runs would point at nothing; start and end without any.
+    let clear = format!("DELETE FROM pictures WHERE user_id = {}", literal(&id));
+    psql(&server.database_url, &clear)?;
+    let token = login(server.addr, &email)?.access_token;
+    let load = Load {
+        url: server.url(&format!("/users/{id}/profile-picture")),
+        method: "POST",
+        body: Some(Body::File {
+            content_type: format!("multipart/form-data; boundary={UPLOAD_BOUNDARY}"),
+            path: body_path.to_path_buf(),
+        }),
+        bearer: Some(token),
+        connections: UPLOAD_CONNECTIONS,
+        expected_status: 200,
+    };
+    let status = probe(server.addr, &load)?;
+    if status != 200 {
+        bail!("POST /users/{{id}}/profile-picture answered {status}");
+    }
+    let measured = run_oha(oha, &load, options, server);
+    let rss_kib = server.rss_kib().ok();
+    if let Err(error) = psql(&server.database_url, &clear) {
+        ui::warn(&format!("could not delete the uploaded pictures' rows: {error:#}"));
+    }
+    let measured = measured?;
+    let mut row = Row::new("upload");
+    row.connections = Some(u64::from(load.connections));
+    row.note = format!(
+        "{:.2} MB JPEG 2000x1500 to Garage as user{UPLOAD_USER}{}",
+        jpeg_bytes as f64 / 1_000_000.0,
+        error_note(&measured)
+    );
+    row.measurement = Some(measured);
+    row.rss_kib = rss_kib;
+    Ok(row)
+}
+
+/// Writes the `upload` request body to `path`: one multipart part `file` holding [`bench_jpeg`], framed by
+/// [`UPLOAD_BOUNDARY`]. Returns the JPEG's size.
+fn write_upload_body(path: &Path) -> Result<usize> {
+    let jpeg = bench_jpeg()?;
+    if jpeg.windows(UPLOAD_BOUNDARY.len()).any(|window| window == UPLOAD_BOUNDARY.as_bytes()) {
+        bail!("the test JPEG happens to contain the multipart boundary");
+    }
+    let body = multipart_body(&jpeg);
+    std::fs::write(path, body).with_context(|| format!("could not write {}", path.display()))?;
+    Ok(jpeg.len())
+}
+
+/// `content` as the only part, `file`, of a `multipart/form-data` body with [`UPLOAD_BOUNDARY`].
+fn multipart_body(content: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{UPLOAD_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bench.jpg\"\r\n\
+         Content-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{UPLOAD_BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// The picture `upload` sends: a 2000x1500 diagonal colour gradient with per-pixel noise from a fixed-seed
+/// xorshift, as JPEG at quality 90. The noise is what makes it about 1 MB (a plain gradient compresses to a tenth).
+fn bench_jpeg() -> Result<Vec<u8>> {
+    const WIDTH: u32 = 2000;
+    const HEIGHT: u32 = 1500;
+    let mut state: u32 = 0x9e37_79b9;
+    let image = image::RgbImage::from_fn(WIDTH, HEIGHT, |x, y| {
+        let mut channel = |base: u32| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = i64::from(state % 23) - 11;
+            u8::try_from((i64::from(base) + noise).clamp(0, 255)).unwrap_or(0)
+        };
+        let red = x * 255 / WIDTH;
+        let green = y * 255 / HEIGHT;
+        let blue = (x + y) * 255 / (WIDTH + HEIGHT);
+        image::Rgb([channel(red), channel(green), channel(blue)])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&image)
+        .context("could not encode the test JPEG")?;
+    Ok(jpeg)
 }
 
 /// Percentiles and rate of a set of latencies gathered over `elapsed`.
@@ -1330,7 +1519,13 @@ fn create_admin(binary: &Path, data_dir: &Path, url: &str) -> Result<()> {
 }
 
 /// Starts the release server on a free port with the bench settings and waits for `/healthz`.
-fn start_server(binary: &Path, data_dir: &Path, database_url: &str, bench_dir: &Path) -> Result<Server> {
+fn start_server(
+    binary: &Path,
+    data_dir: &Path,
+    database_url: &str,
+    bench_dir: &Path,
+    env: &[(&str, String)],
+) -> Result<Server> {
     let [port] = http::free_ports::<1>()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let pid_file = bench_dir.join("server.pid");
@@ -1354,7 +1549,12 @@ fn start_server(binary: &Path, data_dir: &Path, database_url: &str, bench_dir: &
         .env("LOGIN_BACKOFF_AFTER", "1000000")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn");
-    ui::step(&format!("Starting the server on {addr} (RATE_LIMITS=off, LOGIN_BACKOFF_AFTER=1000000)"));
+    // The scenario's own settings (`upload`'s S3 storage) override the defaults above.
+    command.envs(env.iter().map(|(name, value)| (name, value)));
+    let storage = env.iter().find(|(name, _)| *name == "STORAGE_BACKEND").map_or("fs", |(_, value)| value.as_str());
+    ui::step(&format!(
+        "Starting the server on {addr} (RATE_LIMITS=off, LOGIN_BACKOFF_AFTER=1000000, STORAGE_BACKEND={storage})"
+    ));
     let mut service = Service::start("user-management", command, &bench_dir.join("server.log"))?;
     http::wait_until("the server to answer /healthz", STARTUP_TIMEOUT, || {
         service.ensure_running()?;
@@ -1633,6 +1833,18 @@ mod tests {
     fn timestamps_are_utc_and_sortable() {
         assert_eq!(timestamp(UNIX_EPOCH), "19700101T000000Z");
         assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(1_795_617_000)), "20261125T143000Z");
+    }
+
+    #[test]
+    fn the_upload_body_is_one_multipart_part_holding_a_jpeg_of_about_1_mb() -> Result<()> {
+        let jpeg = bench_jpeg()?;
+        assert!((900_000..=1_200_000).contains(&jpeg.len()), "the test JPEG is {} bytes", jpeg.len());
+        assert_eq!(jpeg.get(..3), Some(&[0xff, 0xd8, 0xff][..]));
+        let body = multipart_body(b"xyz");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with(&format!("--{UPLOAD_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"")));
+        assert!(text.ends_with(&format!("\r\n\r\nxyz\r\n--{UPLOAD_BOUNDARY}--\r\n")));
+        Ok(())
     }
 
     #[test]
