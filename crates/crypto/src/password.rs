@@ -88,22 +88,17 @@ impl std::fmt::Debug for Argon2Hasher {
 }
 
 impl Argon2Hasher {
-    /// Builds the hasher and computes its dummy hash (one full argon2 hash, done here on the calling thread, so
-    /// call it at start-up). The 19 MiB buffer that hash uses stays in the pool as its first buffer; the others are
-    /// allocated the first time that many calls run at once.
+    /// Builds the hasher. Its dummy hash (for unknown accounts) is a PHC string with a random salt and a random
+    /// output: verifying against it costs exactly one argon2 computation with the current parameters, like a real
+    /// hash, and no password can match it, so nothing needs hashing at start-up. The 19 MiB buffers are allocated
+    /// the first time that many calls run at once and kept in the pool from then on, never freed.
     ///
     /// # Errors
     /// [`HasherError`] if argon2 refuses the parameters or the operating system's random generator fails.
     pub fn new(config: HasherConfig) -> Result<Self, HasherError> {
         let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(HasherError::Params)?;
         let memory = MemoryPool::new(params.block_count());
-        let mut secret = [0_u8; 32];
-        OsRng.fill_bytes(&mut secret);
-        // Allocated now rather than on first use so that no 19 MiB buffer is ever freed: the first such free is what
-        // makes glibc keep the pages of every later one.
-        let mut first = memory.allocate();
-        let dummy = hash_phc(&params, &secret, &mut first).map_err(HasherError::Dummy)?;
-        memory.put(first);
+        let dummy = dummy_phc(&params).map_err(HasherError::Dummy)?;
         Ok(Self {
             params,
             // A semaphore without permits would refuse every call; one slot is the least that works.
@@ -178,6 +173,21 @@ impl PasswordHasher for Argon2Hasher {
 
 /// Hashes `password` with a fresh salt, argon2id v19 and `params` into the PHC string the `argon2` crate's
 /// `PasswordHasher` would produce for that salt: `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`.
+/// A PHC string of the current parameters with a random salt and a random output, which no password matches.
+fn dummy_phc(params: &Params) -> Result<String, PhcError> {
+    let salt = SaltString::generate(&mut OsRng);
+    let mut output = [0_u8; Params::DEFAULT_OUTPUT_LEN];
+    OsRng.fill_bytes(&mut output);
+    let phc = PhcHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&output)?),
+    };
+    Ok(phc.to_string())
+}
+
 fn hash_phc(params: &Params, password: &[u8], memory: &mut [Block]) -> Result<String, PhcError> {
     let salt = SaltString::generate(&mut OsRng);
     let mut salt_buffer = [0_u8; MAX_SALT_BYTES];
@@ -443,15 +453,16 @@ mod tests {
         let hasher = hasher(HasherConfig { max_concurrent: 1, queue_timeout: Duration::from_secs(30) });
         assert!(hasher.verify(SECRET.to_owned(), Some(PasswordHash::new(phc.clone()))).await.unwrap());
         assert!(!hasher.verify("something-else".to_owned(), Some(PasswordHash::new(phc))).await.unwrap());
-        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1));
+        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1), "only the slot's own buffer is kept");
         assert_eq!(hasher.memory.blocks(), 19_456);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pool_never_holds_more_buffers_than_slots_and_reuses_them() {
         let hasher = hasher(HasherConfig { max_concurrent: 2, queue_timeout: Duration::from_secs(600) });
-        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1), "the dummy hash's buffer is kept");
+        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (0, 0), "nothing is allocated before use");
         let hash = hasher.hash(password()).await.unwrap();
+        assert_eq!((hasher.memory.allocated(), hasher.memory.free()), (1, 1), "the first buffer is kept");
         for _ in 0..10 {
             assert!(hasher.verify(SECRET.to_owned(), Some(hash.clone())).await.unwrap());
             assert!(!hasher.verify(SECRET.to_owned(), None).await.unwrap());

@@ -127,8 +127,8 @@ fn fit(image: DynamicImage, edge: u32) -> DynamicImage {
     if image.width().max(image.height()) <= edge {
         image
     } else {
-        // Lanczos3 keeps downscaled photos sharp; it is the slowest filter, but it runs once per upload and size.
-        image.resize(edge, edge, FilterType::Lanczos3)
+        // Catmull-Rom keeps downscaled photos sharp at about half the cost of Lanczos3 (4 taps instead of 6 per axis).
+        image.resize(edge, edge, FilterType::CatmullRom)
     }
 }
 
