@@ -6,7 +6,7 @@
 //! resend, forgot) behave the same, as seen from outside, whether or not the address has an account.
 
 use crate::accounts::{
-    ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession, ProfileChanges,
+    ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession, ProfileChanges,
     RefreshOutcome, SessionSummary, UpdateProfileError,
 };
 use crate::admin::AdminWriteError;
@@ -391,12 +391,7 @@ where
             }
         }
         let now = self.clock.now();
-        let mut updated = if update.profile.is_empty() {
-            user.clone()
-        } else {
-            self.repo.update_profile(user.id, update.profile, now).await?
-        };
-        if let Some(new_email) = new_email {
+        let email_change = new_email.map(|new_email| {
             let secret = RefreshToken::generate();
             let token = NewEmailToken {
                 hash: secret.hash(),
@@ -409,10 +404,12 @@ where
                 self.mails.confirm_new_email(&new_email, user.id, secret.expose()),
                 self.mails.email_change_requested(&user.email, &new_email),
             ];
-            self.repo.issue_email_token(token, mails).await?;
-            updated = self.repo.find_user(user.id).await?.ok_or(SelfServiceError::NotFound)?;
+            EmailChangeRequest { token, mails }
+        });
+        if update.profile.is_empty() && email_change.is_none() {
+            return Ok(user.clone());
         }
-        Ok(updated)
+        Ok(self.repo.update_me(user.id, update.profile, email_change, now).await?)
     }
 
     /// Deletes the caller's account after checking their password.
@@ -664,10 +661,14 @@ mod tests {
         let me = principal();
         let mut repo = MockUserRepository::new();
         repo.expect_find_user_by_email().returning(|_| Box::pin(ready(Ok(None))));
-        repo.expect_issue_email_token()
+        let mut pending = me.user.clone();
+        pending.pending_email = Some(new_email);
+        repo.expect_update_me()
             .times(1)
-            .withf(|token, mails| {
-                token.purpose == EmailTokenPurpose::EmailChange
+            .withf(|_, profile, change, _| {
+                let Some(EmailChangeRequest { token, mails }) = change else { return false };
+                profile.is_empty()
+                    && token.purpose == EmailTokenPurpose::EmailChange
                     && token.new_email.as_ref().is_some_and(|e| e.as_str() == "new@example.com")
                     && mails.len() == 2
                     && mails[0].to.as_str() == "new@example.com"
@@ -675,10 +676,7 @@ mod tests {
                     && mails[1].to.as_str() == "ada@example.com"
                     && !mails[1].text.contains("/verify-email/")
             })
-            .returning(|_, _| Box::pin(ready(Ok(()))));
-        let mut pending = me.user.clone();
-        pending.pending_email = Some(new_email);
-        repo.expect_find_user().returning(move |_| Box::pin(ready(Ok(Some(pending.clone())))));
+            .returning(move |_, _, _, _| Box::pin(ready(Ok(pending.clone()))));
         let svc = service(repo, hasher_checking(true), MockTokenCodec::new());
         let updated = svc.update_me(&me, with_password).await.unwrap();
         assert_eq!(updated.email.as_str(), "ada@example.com", "the old address keeps working until confirmed");

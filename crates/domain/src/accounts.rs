@@ -119,6 +119,15 @@ impl ProfileChanges {
     }
 }
 
+/// An email change requested together with a profile update: the confirmation token and the mails to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailChangeRequest {
+    /// The `EmailChange` token carrying the new address.
+    pub token: NewEmailToken,
+    /// The confirmation (to the new address) and the notice (to the old one).
+    pub mails: Vec<OutgoingMail>,
+}
+
 /// Why a profile update failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateProfileError {

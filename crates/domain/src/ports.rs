@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailConfirmation, NewEmailToken, OutboxMessage, OwnedSession, ProfileChanges,
+    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, NewEmailToken, OutboxMessage, OwnedSession, ProfileChanges,
     RefreshOutcome, UpdateProfileError,
 };
 use crate::admin::{AdminChanges, AdminWriteError, UserQuery};
@@ -198,6 +198,20 @@ pub trait UserRepository: Send + Sync + 'static {
         &self,
         user_id: UserId,
         changes: ProfileChanges,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<User, UpdateProfileError>> + Send;
+
+    /// `PATCH /me` in one transaction: applies the profile changes (and `updated_at`) and, with an email change,
+    /// issues its token (newest wins), records the pending address and queues its mails. On any error nothing is
+    /// changed.
+    ///
+    /// # Errors
+    /// [`UpdateProfileError`] as described on its variants.
+    fn update_me(
+        &self,
+        user_id: UserId,
+        changes: ProfileChanges,
+        email_change: Option<EmailChangeRequest>,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<User, UpdateProfileError>> + Send;
 

@@ -12,14 +12,18 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
-use users_domain::accounts::{ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, NewEmailToken};
+use users_domain::accounts::{
+    ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken, ProfileChanges,
+    UpdateProfileError,
+};
 use users_domain::permissions::Role;
 use users_domain::ports::{OutgoingMail, PortError};
 use users_domain::session::{SessionId, TokenHash};
 use users_domain::user::{EmailAddress, NewUser, PasswordHash, User, UserId};
 
-use crate::errors::{EMAIL_UNIQUE_INDEX, TxError, violated_unique_index};
+use crate::errors::{EMAIL_UNIQUE_INDEX, NICKNAME_UNIQUE_INDEX, TxError, violated_unique_index};
 use crate::outbox::insert_mail;
+use crate::repository::profile_changeset;
 use crate::rows::{NewEmailTokenRow, NewUserRow, UserRow};
 use crate::schema::{email_tokens, login_attempts, sessions, users};
 
@@ -97,6 +101,48 @@ pub(crate) async fn issue_email_token(
                 insert_mail(connection, mail).await?;
             }
             Ok(())
+        })
+        .await
+}
+
+/// `PATCH /me` in one transaction: the profile changes, then, with an email change, its token, the pending address
+/// and its mails (see the port's `update_me`).
+pub(crate) async fn update_me(
+    connection: &mut AsyncPgConnection,
+    user_id: UserId,
+    changes: &ProfileChanges,
+    email_change: Option<&EmailChangeRequest>,
+    now: OffsetDateTime,
+) -> Result<User, TxError<UpdateProfileError>> {
+    connection
+        .transaction::<_, TxError<UpdateProfileError>, _>(async |connection| {
+            // `updated_at` is always set, so the statement is never empty.
+            let updated = diesel::update(users::table.find(user_id.as_uuid()))
+                .set((users::updated_at.eq(now), profile_changeset(changes)))
+                .returning(UserRow::as_returning())
+                .get_result(connection)
+                .await
+                .optional();
+            let mut row = match updated {
+                Ok(Some(row)) => row,
+                Ok(None) => return Err(TxError::Abort(UpdateProfileError::NotFound)),
+                Err(error) if violated_unique_index(&error) == Some(NICKNAME_UNIQUE_INDEX) => {
+                    return Err(TxError::Abort(UpdateProfileError::NicknameTaken));
+                }
+                Err(error) => return Err(TxError::Query(error)),
+            };
+            if let Some(change) = email_change {
+                upsert_email_token(connection, &NewEmailTokenRow::from(&change.token)).await?;
+                row = diesel::update(users::table.find(user_id.as_uuid()))
+                    .set(users::pending_email.eq(change.token.new_email.as_ref().map(EmailAddress::as_str)))
+                    .returning(UserRow::as_returning())
+                    .get_result(connection)
+                    .await?;
+                for mail in &change.mails {
+                    insert_mail(connection, mail).await?;
+                }
+            }
+            User::try_from(row).map_err(|error| TxError::Abort(UpdateProfileError::Port(PortError::Unknown(error))))
         })
         .await
 }

@@ -15,8 +15,8 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
 use users_domain::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession,
-    ProfileChanges, RefreshOutcome, UpdateProfileError,
+    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken,
+    OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
 use users_domain::admin::{AdminChanges, AdminWriteError, UserQuery};
 use users_domain::permissions::Role;
@@ -371,6 +371,18 @@ impl UserRepository for PgRepository {
         let mut connection = self.connection().await?;
         let changed = accounts::change_password(&mut connection, user_id, &password_hash, keep, &mail, now).await;
         changed.map_err(|error| error.into_port(&mut connection, "changing a password"))
+    }
+
+    async fn update_me(
+        &self,
+        user_id: UserId,
+        changes: ProfileChanges,
+        email_change: Option<EmailChangeRequest>,
+        now: OffsetDateTime,
+    ) -> Result<User, UpdateProfileError> {
+        let mut connection = self.connection().await?;
+        let updated = accounts::update_me(&mut connection, user_id, &changes, email_change.as_ref(), now).await;
+        updated.map_err(|error| error.into_port(&mut connection, "updating a profile"))
     }
 
     async fn update_profile(

@@ -3,7 +3,7 @@
 
 use time::Duration;
 use users_domain::accounts::{
-    ConfirmEmailError, EmailConfirmation, EmailTokenPurpose, ProfileChanges, UpdateProfileError,
+    ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, ProfileChanges, UpdateProfileError,
 };
 use users_domain::permissions::Role;
 use users_domain::ports::{InsertUserError, PortError, UserRepository as _};
@@ -615,4 +615,32 @@ async fn a_password_reset_or_change_cancels_a_pending_email_change() {
     let confirmed = repository.confirm_email(user.id, change, now()).await;
     assert!(matches!(confirmed, Err(ConfirmEmailError::InvalidToken)), "{confirmed:?}");
     assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().pending_email, None);
+}
+
+#[tokio::test]
+async fn a_profile_update_with_an_email_change_is_one_transaction() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert(&repository, "ada@example.com", "ada").await;
+    insert(&repository, "grace@example.com", "grace").await;
+    let change = || EmailChangeRequest {
+        token: email_token(user.id, EmailTokenPurpose::EmailChange, Some("ada@new.example.com"), now(), DAY),
+        mails: vec![mail("ada@new.example.com", "Confirm"), mail("ada@example.com", "Notice")],
+    };
+
+    // A taken nickname aborts the whole request: no token, no pending address, no mail.
+    let taken = ProfileChanges { nickname: Some(Nickname::parse("Grace").unwrap()), ..ProfileChanges::default() };
+    let error = repository.update_me(user.id, taken, Some(change()), now()).await.unwrap_err();
+    assert!(matches!(error, UpdateProfileError::NicknameTaken), "{error:?}");
+    assert_eq!(rows(&database, "email_tokens").await, 0);
+    assert_eq!(rows(&database, "mail_outbox").await, 0);
+    assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().pending_email, None);
+
+    let bio = ProfileChanges { bio: Some(Bio::parse("Counts.").unwrap()), ..ProfileChanges::default() };
+    let updated = repository.update_me(user.id, bio, Some(change()), now()).await.unwrap();
+    assert_eq!(updated.bio.as_ref().map(Bio::as_str), Some("Counts."));
+    assert_eq!(updated.pending_email.as_ref().map(|email| email.as_str()), Some("ada@new.example.com"));
+    assert_eq!(updated.email.as_str(), "ada@example.com");
+    assert_eq!(rows(&database, "email_tokens").await, 1);
+    assert_eq!(rows(&database, "mail_outbox").await, 2);
 }
