@@ -6,8 +6,8 @@
 //! resend, forgot) behave the same, as seen from outside, whether or not the address has an account.
 
 use crate::accounts::{
-    ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession, ProfileChanges,
-    RefreshOutcome, SessionSummary, UpdateProfileError,
+    ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession,
+    ProfileChanges, RefreshOutcome, SessionSummary, UpdateProfileError,
 };
 use crate::admin::AdminWriteError;
 use crate::permissions::Role;

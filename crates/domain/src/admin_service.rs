@@ -121,6 +121,22 @@ where
         target.ok_or(AdminError::NotFound)
     }
 
+    /// The last unlocked ADMIN removing themself (demotion, lock or deletion) is answered `last_admin`, which says
+    /// more than the generic refusal of changing one's own role; anyone else removing themself stays forbidden.
+    async fn refuse_last_admin_removing_themself(
+        &self,
+        target: &User,
+        actor: &Principal,
+        removes_admin: bool,
+    ) -> Result<(), AdminError> {
+        let last_admin_themself =
+            removes_admin && target.id == actor.user.id && target.role == Role::Admin && !target.is_locked;
+        if last_admin_themself && !self.repo.another_unlocked_admin(target.id).await? {
+            return Err(AdminError::LastAdmin);
+        }
+        Ok(())
+    }
+
     /// One page of the users the caller may see.
     ///
     /// # Errors
@@ -209,6 +225,8 @@ where
         if changes.is_professional.is_some_and(|professional| professional != target.is_professional) {
             actions.push(Action::SetProfessional);
         }
+        let removes_admin = changes.role.is_some_and(|role| role != Role::Admin) || changes.is_locked == Some(true);
+        self.refuse_last_admin_removing_themself(&target, actor, removes_admin).await?;
         for action in actions {
             authorize(actor.user.role, action, facts)?;
         }
@@ -231,6 +249,9 @@ where
     /// # Errors
     /// [`AdminError::NotFound`], [`AdminError::Forbidden`], [`AdminError::LastAdmin`], or a dependency failure.
     pub async fn delete_user(&self, actor: &Principal, id: UserId) -> Result<(), AdminError> {
+        if id == actor.user.id {
+            self.refuse_last_admin_removing_themself(&actor.user, actor, true).await?;
+        }
         let target = self.target(actor, id, Action::DeleteUser).await?;
         Ok(self.repo.admin_delete_user(id, Some(target.role)).await?)
     }
@@ -353,10 +374,31 @@ mod tests {
             AdminChanges { is_locked: Some(true), ..AdminChanges::default() },
         ] {
             let mut repo = repo_with_target(Some(myself.clone()));
+            repo.expect_another_unlocked_admin().returning(|_| Box::pin(ready(Ok(true))));
             repo.expect_admin_update_user().never();
             let svc = admin_service(repo);
             assert!(matches!(svc.update_user(&me, myself.id, changes).await, Err(AdminError::Forbidden)));
         }
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_removing_themself_is_told_last_admin() {
+        let me = actor(Role::Admin);
+        let myself = me.user.clone();
+        for changes in [
+            AdminChanges { role: Some(Role::Manager), ..AdminChanges::default() },
+            AdminChanges { is_locked: Some(true), ..AdminChanges::default() },
+        ] {
+            let mut repo = repo_with_target(Some(myself.clone()));
+            repo.expect_another_unlocked_admin().returning(|_| Box::pin(ready(Ok(false))));
+            repo.expect_admin_update_user().never();
+            let svc = admin_service(repo);
+            assert!(matches!(svc.update_user(&me, myself.id, changes).await, Err(AdminError::LastAdmin)));
+        }
+        let mut repo = MockUserRepository::new();
+        repo.expect_another_unlocked_admin().returning(|_| Box::pin(ready(Ok(false))));
+        repo.expect_admin_delete_user().never();
+        assert!(matches!(admin_service(repo).delete_user(&me, myself.id).await, Err(AdminError::LastAdmin)));
     }
 
     #[tokio::test]

@@ -10,8 +10,8 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, NewEmailToken, OutboxMessage, OwnedSession, ProfileChanges,
-    RefreshOutcome, UpdateProfileError,
+    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, NewEmailToken, OutboxMessage,
+    OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
 use crate::admin::{AdminChanges, AdminWriteError, UserQuery};
 use crate::permissions::Role;
@@ -308,6 +308,13 @@ pub trait UserRepository: Send + Sync + 'static {
         mails: Vec<OutgoingMail>,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<User, AdminWriteError>> + Send;
+
+    /// Whether an unlocked ADMIN other than `besides` exists (to answer `last_admin` rather than a generic refusal
+    /// when the last one tries to demote, lock or delete themself; the writes re-check under a lock).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn another_unlocked_admin(&self, besides: UserId) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Deletes a user, refusing to delete the last unlocked ADMIN (checked under a lock). With `expected_role`, the
     /// deletion is refused as not found when the locked row holds another role (see [`AdminChanges::expected_role`]).

@@ -219,6 +219,16 @@ impl UserRepository for PgRepository {
         found.map_err(|error| query_error(error, &mut connection, "checking a nickname"))
     }
 
+    async fn another_unlocked_admin(&self, besides: UserId) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        let others = users::table
+            .filter(users::role.eq(Role::Admin.as_str()))
+            .filter(users::is_locked.eq(false))
+            .filter(users::id.ne(besides.as_uuid()));
+        let found = diesel::select(diesel::dsl::exists(others)).get_result::<bool>(&mut connection).await;
+        found.map_err(|error| query_error(error, &mut connection, "looking for another admin"))
+    }
+
     async fn promote_to_admin(&self, id: UserId, password_hash: PasswordHash) -> Result<Option<User>, PortError> {
         let mut connection = self.connection().await?;
         let updated = diesel::update(users::table.find(id.as_uuid()))
