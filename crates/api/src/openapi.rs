@@ -29,7 +29,8 @@ Readings of the contract (where API.md is silent or ambiguous, the safest readin
 - \"The last ADMIN\" means the last *unlocked* ADMIN: a locked admin cannot administer anything. Demoting, locking \
 or deleting it answers 409 `last_admin`, also through `DELETE /me`.\n\
 - Nobody changes their own role, lock, verification or professional status, or deletes themself, through \
-`/users/{id}` (403); `DELETE /me` with the current password is the way to leave. A MANAGER may read and edit their \
+`/users/{id}` (403; 409 `last_admin` when the caller is the last unlocked ADMIN); `DELETE /me` with the current \
+password is the way to leave. A MANAGER may read and edit their \
 own profile there; other MANAGER and ADMIN users answer 404.\n\
 - `POST /password/reset` also accepts the form of the reset page (`application/x-www-form-urlencoded`) and then \
 answers a short HTML page instead of 204, since a browser form cannot send JSON.\n\
