@@ -280,3 +280,37 @@ async fn mail_queued_while_smtp_is_down_is_delivered_once_when_it_returns() {
         assert_eq!(private.maildev.mails_to(email).await.len(), 1, "{email} got a duplicate");
     }
 }
+
+#[tokio::test]
+async fn an_account_someone_else_registered_first_is_taken_back_by_its_mailbox_owner() {
+    // Account pre-hijacking: an attacker registers the victim's address with their own password before the victim.
+    let maildev = MailDev::shared();
+    let app = smtp_app(&maildev).await;
+    let victim = unique_email("victim");
+    let attacker_password = "attacker-chose-this-97";
+    assert_eq!(register(&app, &victim, attacker_password).await.status(), 202);
+    maildev.wait_for(&victim, 1).await;
+
+    // The victim registers later: same answer, and a mail that lets the mailbox owner choose the password.
+    assert_eq!(register(&app, &victim, STRONG_PASSWORD).await.status(), 202);
+    let mails = maildev.wait_for(&victim, 2).await;
+    let finish = mails.iter().find(|m| m["subject"] == "Finish setting up your account").expect("the finish mail");
+    let reset_link = link(finish, &format!("{}/password/reset?token=", app.address));
+    let token = reset_link.split("token=").nth(1).unwrap();
+    let reset = app
+        .client
+        .post(app.url("/password/reset"))
+        .json(&json!({"token": token, "new_password": STRONG_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 204);
+
+    // Choosing the password through the mailbox confirmed the address and cut out the attacker's password.
+    assert_eq!(login_json(&app.client, &app.address, &victim, attacker_password).await.status(), 401);
+    let login = login_json(&app.client, &app.address, &victim, STRONG_PASSWORD).await;
+    assert_eq!(login.status(), 200);
+    let me = json_body(get_me(&app, str_of(&json_body(login).await, "access_token")).await).await;
+    assert_eq!(me["email_verified"], true);
+    assert_eq!(me["role"], "AUTHENTICATED");
+}

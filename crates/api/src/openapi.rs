@@ -32,6 +32,9 @@ or deleting it answers 409 `last_admin`, also through `DELETE /me`.\n\
 `/users/{id}` (403; 409 `last_admin` when the caller is the last unlocked ADMIN); `DELETE /me` with the current \
 password is the way to leave. A MANAGER may read and edit their \
 own profile there; other MANAGER and ADMIN users answer 404.\n\
+- A password reset confirms the address (the link proves control of the mailbox). Registering an address whose \
+account was never confirmed mails its owner a link to choose the password instead of \"already registered\", so an \
+account someone else created first is taken back by the mailbox owner (account pre-hijacking).\n\
 - `POST /password/reset` also accepts the form of the reset page (`application/x-www-form-urlencoded`) and then \
 answers a short HTML page instead of 204, since a browser form cannot send JSON.\n\
 - Archived pictures are not public: their `url` in the history points to an authenticated route.\n\

@@ -157,21 +157,40 @@ where
         {
             return Err(RegisterError::NicknameTaken);
         }
-        if self.repo.find_user_by_email(registration.email.clone()).await?.is_some() {
-            self.repo.queue_mail(self.mails.already_registered(&registration.email)).await?;
-            return Ok(());
+        if let Some(existing) = self.repo.find_user_by_email(registration.email.clone()).await? {
+            return Ok(self.answer_existing_address(&existing).await?);
         }
         match self.create_account(&registration, password_hash, Role::Anonymous, false).await {
             Ok(_) => Ok(()),
             // Taken between the check above and the insert: rare, and still independent of the email.
             Err(InsertUserError::NicknameTaken) => Err(RegisterError::NicknameTaken),
             // Registered concurrently by someone else: answer as for any existing address.
-            Err(InsertUserError::EmailTaken) => {
-                self.repo.queue_mail(self.mails.already_registered(&registration.email)).await?;
-                Ok(())
-            }
+            Err(InsertUserError::EmailTaken) => match self.repo.find_user_by_email(registration.email.clone()).await? {
+                Some(existing) => Ok(self.answer_existing_address(&existing).await?),
+                None => Ok(()),
+            },
             Err(InsertUserError::Port(error)) => Err(error.into()),
         }
+    }
+
+    /// A registration for an address that has an account: a verified owner is told "already registered"; an
+    /// account never confirmed may have been created by someone else before the owner (account pre-hijacking), so
+    /// its owner gets a link to set the password instead, which confirms the address and replaces the other
+    /// password. The caller's answer is the same either way.
+    async fn answer_existing_address(&self, existing: &User) -> Result<(), PortError> {
+        if existing.email_verified {
+            return self.repo.queue_mail(self.mails.already_registered(&existing.email)).await;
+        }
+        let secret = RefreshToken::generate();
+        let token = NewEmailToken {
+            hash: secret.hash(),
+            user_id: existing.id,
+            purpose: EmailTokenPurpose::PasswordReset,
+            new_email: None,
+            expires_at: self.clock.now() + self.config.reset_token_ttl,
+        };
+        let mail = self.mails.finish_registration(&existing.email, secret.expose());
+        self.repo.issue_email_token(token, vec![mail]).await
     }
 
     /// Checks a new account's password against the policy, with the account's own details as context, and hashes
@@ -504,6 +523,25 @@ mod tests {
             .withf(|mail| mail.to.as_str() == "ada@example.com" && mail.subject == "You already have an account")
             .returning(|_| Box::pin(ready(Ok(()))));
         // The password is hashed anyway, so both paths cost the same.
+        let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
+        assert!(svc.register(registration("ada@example.com")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn registering_an_unconfirmed_address_mails_its_owner_a_link_to_choose_the_password() {
+        let mut repo = MockUserRepository::new();
+        repo.expect_find_user_by_email().returning(|_| Box::pin(ready(Ok(Some(user(Role::Anonymous, false, false))))));
+        repo.expect_register().never();
+        repo.expect_queue_mail().never();
+        repo.expect_issue_email_token()
+            .times(1)
+            .withf(|token, mails| {
+                token.purpose == EmailTokenPurpose::PasswordReset
+                    && mails.len() == 1
+                    && mails[0].subject == "Finish setting up your account"
+                    && mails[0].text.contains("/password/reset?token=")
+            })
+            .returning(|_, _| Box::pin(ready(Ok(()))));
         let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
         assert!(svc.register(registration("ada@example.com")).await.is_ok());
     }

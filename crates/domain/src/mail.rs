@@ -112,6 +112,25 @@ impl MailTemplates {
         .render(to, "You already have an account")
     }
 
+    /// Answers a registration for an address whose account was never confirmed: the owner of the mailbox may not be
+    /// whoever created it, so the way in is to set a password through this link, which also confirms the address
+    /// (and cuts out a password someone else chose).
+    #[must_use]
+    pub fn finish_registration(&self, to: &EmailAddress, token: &str) -> OutgoingMail {
+        Body {
+            greeting: "Hello,".to_owned(),
+            paragraphs: vec![
+                "Someone tried to register this address again, but an account for it already exists and was never \
+                 confirmed. If it is yours, choose your password with the link below: that confirms the address and \
+                 replaces any password set before. The link works once, for 15 minutes."
+                    .to_owned(),
+                "If you did not ask for this, ignore this mail.".to_owned(),
+            ],
+            link: Some(("Choose my password", self.reset_link(token))),
+        }
+        .render(to, "Finish setting up your account")
+    }
+
     /// Sends a password reset link.
     #[must_use]
     pub fn password_reset(&self, to: &EmailAddress, token: &str) -> OutgoingMail {
@@ -241,6 +260,7 @@ mod tests {
             templates().email_change_requested(&ada(), &new_email),
             templates().professional_upgrade(&ada(), &Nickname::parse("ada").unwrap()),
             templates().account_locked(&ada()),
+            templates().finish_registration(&ada(), "t"),
         ];
         for mail in all {
             assert!(!mail.subject.contains(['\r', '\n']));

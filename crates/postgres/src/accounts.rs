@@ -287,10 +287,20 @@ pub(crate) async fn reset_password(
                 .await
                 .optional()?;
             let Some(user_id) = consumed else { return Ok(false) };
+            // The reset link proves control of the mailbox, so it confirms the address like a verification link
+            // (ANONYMOUS becomes AUTHENTICATED, never demoting): an account someone else created for this address
+            // before its owner is taken back by the reset.
+            let promoted = diesel::dsl::case_when(
+                users::role.eq(Role::Anonymous.as_str()),
+                Role::Authenticated.as_str().into_sql::<Text>(),
+            )
+            .otherwise(users::role);
             let email: String = diesel::update(users::table.find(user_id))
                 .set((
                     users::password_hash.eq(password_hash.as_str()),
                     users::pending_email.eq(None::<String>),
+                    users::email_verified.eq(true),
+                    users::role.eq(promoted),
                     users::updated_at.eq(now),
                 ))
                 .returning(users::email)
