@@ -181,16 +181,27 @@ where
         if existing.email_verified {
             return self.repo.queue_mail(self.mails.already_registered(&existing.email)).await;
         }
-        let secret = RefreshToken::generate();
-        let token = NewEmailToken {
-            hash: secret.hash(),
-            user_id: existing.id,
-            purpose: EmailTokenPurpose::PasswordReset,
-            new_email: None,
-            expires_at: self.clock.now() + self.config.reset_token_ttl,
-        };
+        let (secret, token) = self.email_token(
+            existing.id,
+            EmailTokenPurpose::PasswordReset,
+            None,
+            self.clock.now() + self.config.reset_token_ttl,
+        );
         let mail = self.mails.finish_registration(&existing.email, secret.expose());
         self.repo.issue_email_token(token, vec![mail]).await
+    }
+
+    /// A fresh single-use email token: the secret for the mail, and what is stored (its hash, owner, purpose, expiry).
+    fn email_token(
+        &self,
+        user_id: UserId,
+        purpose: EmailTokenPurpose,
+        new_email: Option<EmailAddress>,
+        expires_at: time::OffsetDateTime,
+    ) -> (RefreshToken, NewEmailToken) {
+        let secret = RefreshToken::generate();
+        let token = NewEmailToken { hash: secret.hash(), user_id, purpose, new_email, expires_at };
+        (secret, token)
     }
 
     /// Checks a new account's password against the policy, with the account's own details as context, and hashes
@@ -233,14 +244,12 @@ where
             let inserted = if email_verified {
                 self.repo.insert_user(user).await
             } else {
-                let secret = RefreshToken::generate();
-                let token = NewEmailToken {
-                    hash: secret.hash(),
-                    user_id: user.id,
-                    purpose: EmailTokenPurpose::Verify,
-                    new_email: None,
-                    expires_at: self.clock.now() + self.config.verify_token_ttl,
-                };
+                let (secret, token) = self.email_token(
+                    user.id,
+                    EmailTokenPurpose::Verify,
+                    None,
+                    self.clock.now() + self.config.verify_token_ttl,
+                );
                 let mail = self.mails.verify_email(&user.email, &nickname, user.id, secret.expose());
                 self.repo.register(user, token, mail).await
             };
@@ -270,14 +279,8 @@ where
         if user.email_verified {
             return Ok(());
         }
-        let secret = RefreshToken::generate();
-        let token = NewEmailToken {
-            hash: secret.hash(),
-            user_id: user.id,
-            purpose: EmailTokenPurpose::Verify,
-            new_email: None,
-            expires_at: self.clock.now() + self.config.verify_token_ttl,
-        };
+        let (secret, token) =
+            self.email_token(user.id, EmailTokenPurpose::Verify, None, self.clock.now() + self.config.verify_token_ttl);
         let mail = self.mails.verify_email(&user.email, &user.nickname, user.id, secret.expose());
         self.repo.issue_email_token(token, vec![mail]).await
     }
@@ -344,14 +347,12 @@ where
     /// [`PortError`] when a dependency fails.
     pub async fn forgot_password(&self, email: EmailAddress) -> Result<(), PortError> {
         let Some(user) = self.repo.find_user_by_email(email).await? else { return Ok(()) };
-        let secret = RefreshToken::generate();
-        let token = NewEmailToken {
-            hash: secret.hash(),
-            user_id: user.id,
-            purpose: EmailTokenPurpose::PasswordReset,
-            new_email: None,
-            expires_at: self.clock.now() + self.config.reset_token_ttl,
-        };
+        let (secret, token) = self.email_token(
+            user.id,
+            EmailTokenPurpose::PasswordReset,
+            None,
+            self.clock.now() + self.config.reset_token_ttl,
+        );
         let mail = self.mails.password_reset(&user.email, secret.expose());
         self.repo.issue_email_token(token, vec![mail]).await
     }
@@ -411,14 +412,12 @@ where
         }
         let now = self.clock.now();
         let email_change = new_email.map(|new_email| {
-            let secret = RefreshToken::generate();
-            let token = NewEmailToken {
-                hash: secret.hash(),
-                user_id: user.id,
-                purpose: EmailTokenPurpose::EmailChange,
-                new_email: Some(new_email.clone()),
-                expires_at: now + self.config.verify_token_ttl,
-            };
+            let (secret, token) = self.email_token(
+                user.id,
+                EmailTokenPurpose::EmailChange,
+                Some(new_email.clone()),
+                now + self.config.verify_token_ttl,
+            );
             let mails = vec![
                 self.mails.confirm_new_email(&new_email, user.id, secret.expose()),
                 self.mails.email_change_requested(&user.email, &new_email),

@@ -34,6 +34,18 @@ fn parse_email(raw: &str) -> Result<EmailAddress, ApiError> {
     EmailAddress::parse(raw).map_err(|error| ApiError::invalid_field("email", error))
 }
 
+/// The email of an enumeration-safe request (`{email}`), after the per-IP limit of its route.
+async fn limited_email_request(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    route: &'static str,
+) -> Result<EmailAddress, ApiError> {
+    state.rate_limiter.check(route, peer_ip(req))?;
+    let body = read_body(payload, SMALL_BODY_LIMIT).await?;
+    parse_email(&parse_json::<EmailRequest>(req, &body)?.email)
+}
+
 /// Register a new account.
 ///
 /// Answers 202 with the same body whether or not the address already has an account; a new account gets a
@@ -100,9 +112,7 @@ pub async fn resend_verification(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("resend", peer_ip(&req))?;
-    let body = read_body(payload, SMALL_BODY_LIMIT).await?;
-    let email = parse_email(&parse_json::<EmailRequest>(&req, &body)?.email)?;
+    let email = limited_email_request(&state, &req, payload, "resend").await?;
     state.service.resend_verification(email).await?;
     Ok(accepted("If this address has an unverified account, a new link is on its way."))
 }
@@ -193,9 +203,7 @@ pub async fn forgot_password(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("forgot", peer_ip(&req))?;
-    let body = read_body(payload, SMALL_BODY_LIMIT).await?;
-    let email = parse_email(&parse_json::<EmailRequest>(&req, &body)?.email)?;
+    let email = limited_email_request(&state, &req, payload, "forgot").await?;
     state.service.forgot_password(email).await?;
     Ok(accepted("If this address has an account, a reset link is on its way."))
 }
