@@ -12,7 +12,6 @@
     reason = "test helpers: a failed step should fail the test loudly"
 )]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -21,20 +20,10 @@ use josekit::jws::{ES256, HS256, JwsSigner};
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, link};
-use users_e2e::{STRONG_PASSWORD, TestApp, json_body, login_json};
-
-/// `PUBLIC_BASE_URL` of every [`TestApp`], hence the `iss` of its tokens and the start of its links.
-const PUBLIC_BASE_URL: &str = "http://app.test";
+use users_e2e::{PUBLIC_BASE_URL, STRONG_PASSWORD, TestApp, json_body, login_json, str_of, unique_email};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
-
-fn unique_email(tag: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{tag}-{nanos:x}-{}-{n}@example.com", std::process::id())
-}
 
 fn unix_now() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
@@ -60,10 +49,6 @@ async fn verified_user(app: &TestApp, email: &str) -> Value {
     let login = login_json(&app.client, &app.address, email, STRONG_PASSWORD).await;
     assert_eq!(login.status(), 200, "{email} should log in");
     json_body(login).await
-}
-
-fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
-    value[field].as_str().unwrap_or_else(|| panic!("{field} missing in {value}"))
 }
 
 async fn get_me(app: &TestApp, access_token: &str) -> reqwest::Response {

@@ -6,12 +6,7 @@
 
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, PrivateMailDev, link};
-use users_e2e::{BinaryApp, STRONG_PASSWORD, json_body, login_json};
-
-/// Tests share MailDev, so every address is unique to its test.
-fn unique_email(tag: &str) -> String {
-    format!("{tag}-{}@example.com", uuid::Uuid::new_v4().simple())
-}
+use users_e2e::{BinaryApp, STRONG_PASSWORD, json_body, login_json, str_of, unique_email};
 
 async fn smtp_app(maildev: &MailDev) -> BinaryApp {
     BinaryApp::start_with(&maildev.app_env(), |_| {}).await
@@ -27,10 +22,6 @@ async fn get_me(app: &BinaryApp, access_token: &str) -> reqwest::Response {
 
 async fn refresh(app: &BinaryApp, refresh_token: &str) -> reqwest::Response {
     app.client.post(app.url("/token/refresh")).json(&json!({"refresh_token": refresh_token})).send().await.unwrap()
-}
-
-fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
-    value[field].as_str().unwrap_or_else(|| panic!("{field} missing in {value}"))
 }
 
 #[tokio::test]

@@ -9,23 +9,14 @@
     reason = "test helpers: a failed step should fail the test loudly"
 )]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, link};
-use users_e2e::{STRONG_PASSWORD, TestApp, login_json};
+use users_e2e::{PUBLIC_BASE_URL, STRONG_PASSWORD, TestApp, login_json, unique_email};
 
-const PUBLIC_BASE_URL: &str = "http://app.test";
 const WRONG_PASSWORD: &str = "certainly-not-the-password-42";
-
-fn unique_email(tag: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{tag}-{nanos:x}-{}-{n}@example.com", std::process::id())
-}
 
 async fn register(app: &TestApp, email: &str) -> reqwest::Response {
     app.client

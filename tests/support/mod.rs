@@ -21,6 +21,19 @@ use users_api::config::Config;
 use users_api::startup::Application;
 use users_testkit::TestDatabase;
 
+/// `PUBLIC_BASE_URL` of every [`TestApp`]: the `iss` of its tokens and the start of its links.
+pub const PUBLIC_BASE_URL: &str = "http://app.test";
+
+/// An address no other test uses (tests share MailDev and may share a database server).
+pub fn unique_email(tag: &str) -> String {
+    format!("{tag}-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// A string field of a JSON body, failing with the body when it is missing.
+pub fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field].as_str().unwrap_or_else(|| panic!("{field} missing in {value}"))
+}
+
 /// A password that passes the default policy.
 pub const STRONG_PASSWORD: &str = "violet-kettle-orbit-97";
 
@@ -55,7 +68,7 @@ impl TestApp {
         let data_dir = tempfile::tempdir().unwrap();
         let mut env = base_env(&db, &data_dir);
         env.insert("BIND_ADDR".to_owned(), "127.0.0.1:0".to_owned());
-        env.insert("PUBLIC_BASE_URL".to_owned(), "http://app.test".to_owned());
+        env.insert("PUBLIC_BASE_URL".to_owned(), PUBLIC_BASE_URL.to_owned());
         for (key, value) in extra {
             env.insert((*key).to_owned(), (*value).to_owned());
         }
