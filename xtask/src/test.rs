@@ -99,8 +99,15 @@ impl Test {
         services.push(service);
 
         process::check_interrupted()?;
-        ui::step("Postgres: dropping databases left behind by crashed test runs");
-        postgres::drop_leftover_test_databases(&prepared.database_url)?;
+        // Every run holds a shared lock on one file for its whole life; only a run that can take it exclusively is
+        // alone on this machine, and only then are `um_test_*` databases leftovers rather than another run's.
+        let run_lock = RunLock::acquire()?;
+        if run_lock.alone {
+            ui::step("Postgres: dropping databases left behind by crashed test runs");
+            postgres::drop_leftover_test_databases(&prepared.database_url)?;
+        } else {
+            ui::step("Postgres: another test run is active on this machine; leaving existing test databases alone");
+        }
 
         ui::step("Building the server binary (cargo build -p users-api --bin user-management)");
         let mut build = Command::new(crate::cargo());
@@ -162,6 +169,32 @@ fn prepare() -> Result<Prepared> {
     let garage_bin = garage::ensure_installed()?;
     let maildev_bin = maildev::ensure_installed()?;
     Ok(Prepared { database_url, garage_bin, maildev_bin })
+}
+
+/// A shared lock on `$TMPDIR/user-management-xtask-test.lock`, held until the run ends, so concurrent runs of
+/// `cargo xtask test` on one machine know about each other.
+struct RunLock {
+    /// The locked file; the lock is released when it closes.
+    _file: std::fs::File,
+    /// Whether no other run held the lock when this one started.
+    alone: bool,
+}
+
+impl RunLock {
+    /// Takes the lock exclusively when possible (then no other run is active) and keeps it shared.
+    fn acquire() -> Result<Self> {
+        let path = std::env::temp_dir().join("user-management-xtask-test.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("could not open {}", path.display()))?;
+        let alone = file.try_lock().is_ok();
+        // Downgrade to a shared lock: other runs may start, but none of them will think it is alone.
+        file.lock_shared().with_context(|| format!("could not lock {}", path.display()))?;
+        Ok(Self { _file: file, alone })
+    }
 }
 
 /// Whether a `cargo test` argument chooses packages itself.
