@@ -490,6 +490,10 @@ pub struct AdminUpdateRequest {
     pub is_locked: Option<bool>,
     /// Mark the address verified or not.
     pub email_verified: Option<bool>,
+    /// A new login address, effective at once (409 `email_taken` when another account has it). It counts as
+    /// unverified, and gets a verification link, unless the same request sets `email_verified: true`; the old
+    /// address is told.
+    pub email: Option<String>,
 }
 
 /// Links of a page of users.
@@ -586,6 +590,7 @@ impl AdminUpdateRequest {
                 self.github_profile_url,
             ],
         );
+        let email = self.email.and_then(|raw| errors.check("email", EmailAddress::parse(&raw)));
         errors.finish()?;
         Ok(AdminChanges {
             expected_role: None,
@@ -594,6 +599,8 @@ impl AdminUpdateRequest {
             is_professional: self.is_professional,
             is_locked: self.is_locked,
             email_verified: self.email_verified,
+            email,
+            email_token: None,
         })
     }
 }

@@ -256,7 +256,8 @@ impl ApiError {
     /// 429 `rate_limited` with `Retry-After` in whole seconds (at least 1).
     pub fn rate_limited(retry_after: std::time::Duration) -> Self {
         let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; try again later");
-        error.retry_after = Some(retry_after.as_secs().max(1) + u64::from(retry_after.subsec_nanos() > 0));
+        // Whole seconds, rounded up (never 0): a block of 0.4 s advertises 1, a block of exactly 2 s advertises 2.
+        error.retry_after = Some((retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1));
         error
     }
 
@@ -376,6 +377,7 @@ impl From<SelfServiceError> for ApiError {
             // The caller's own account vanished under them: answer as for a revoked token.
             SelfServiceError::NotFound => Self::invalid_token(),
             SelfServiceError::LastAdmin => Self::last_admin(),
+            SelfServiceError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
             SelfServiceError::Port(error) => error.into(),
         }
     }

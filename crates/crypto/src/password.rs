@@ -19,6 +19,7 @@ use rand::RngCore as _;
 use rand::rngs::OsRng;
 use tokio::sync::Semaphore;
 use users_domain::ports::{PasswordHasher, PortError};
+use users_domain::user::{PasswordCandidate, PasswordError};
 use users_domain::{Password, PasswordHash};
 
 use self::memory::MemoryPool;
@@ -152,6 +153,16 @@ impl PasswordHasher for Argon2Hasher {
             Ok(PasswordHash::new(phc))
         })
         .await
+    }
+
+    async fn judge(
+        &self,
+        candidate: PasswordCandidate,
+        clues: Vec<String>,
+    ) -> Result<Result<Password, PasswordError>, PortError> {
+        // The strength estimate takes from a few to several hundred milliseconds of CPU (zxcvbn's substitution
+        // search on symbol-heavy input), so it waits for a slot like a hash and runs on the blocking pool.
+        self.run(move |_memory| Ok(candidate.judge(&clues))).await
     }
 
     async fn verify(&self, candidate: String, hash: Option<PasswordHash>) -> Result<bool, PortError> {

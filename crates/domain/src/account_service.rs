@@ -14,6 +14,7 @@ use crate::permissions::Role;
 use crate::ports::{Clock, InsertUserError, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::service::{Principal, Service};
 use crate::session::{RefreshToken, SessionId, TokenHash, TokenPair};
+use crate::throttle::Checked;
 use crate::user::{
     Bio, EmailAddress, NewUser, Nickname, Password, PasswordError, PasswordHash, PersonName, ProfileUrl, User, UserId,
 };
@@ -106,6 +107,12 @@ pub enum SelfServiceError {
     /// The account is the last unlocked ADMIN, which must not disappear.
     #[error("last admin")]
     LastAdmin,
+    /// Too many wrong passwords for this account (current-password checks share the login backoff).
+    #[error("too many attempts")]
+    RateLimited {
+        /// How long until the next attempt is accepted.
+        retry_after: time::Duration,
+    },
     /// A dependency failed.
     #[error(transparent)]
     Port(#[from] PortError),
@@ -181,12 +188,15 @@ where
         if existing.email_verified {
             return self.repo.queue_mail(self.mails.already_registered(&existing.email)).await;
         }
-        let (secret, token) = self.email_token(
+        let (secret, mut token) = self.email_token(
             existing.id,
             EmailTokenPurpose::PasswordReset,
             None,
             self.clock.now() + self.config.reset_token_ttl,
         );
+        // Whoever registered the address first must not be able to confirm it with their own link (and password)
+        // once the mailbox owner has taken the account back.
+        token.drops = vec![EmailTokenPurpose::Verify, EmailTokenPurpose::EmailChange];
         let mail = self.mails.finish_registration(&existing.email, secret.expose());
         self.repo.issue_email_token(token, vec![mail]).await
     }
@@ -200,7 +210,7 @@ where
         expires_at: time::OffsetDateTime,
     ) -> (RefreshToken, NewEmailToken) {
         let secret = RefreshToken::generate();
-        let token = NewEmailToken { hash: secret.hash(), user_id, purpose, new_email, expires_at };
+        let token = NewEmailToken { hash: secret.hash(), user_id, purpose, new_email, expires_at, drops: Vec::new() };
         (secret, token)
     }
 
@@ -211,7 +221,7 @@ where
         context.extend(registration.nickname.as_ref().map(Nickname::as_str));
         context.extend(registration.first_name.as_ref().map(PersonName::as_str));
         context.extend(registration.last_name.as_ref().map(PersonName::as_str));
-        let password = Password::parse(&registration.password, self.config.password_policy, &context)?;
+        let password = self.new_password(&registration.password, &context).await??;
         Ok(self.hasher.hash(password).await?)
     }
 
@@ -365,7 +375,7 @@ where
         let hash = TokenHash::of(token);
         let now = self.clock.now();
         let user = self.repo.find_reset_token_user(hash.clone(), now).await?.ok_or(ResetPasswordError::InvalidToken)?;
-        let password = Password::parse(new_password, self.config.password_policy, &own_details(&user))?;
+        let password = self.new_password(new_password, &own_details(&user)).await??;
         let password_hash = self.hasher.hash(password).await?;
         let mail = self.mails.password_changed(&user.email);
         if self.repo.reset_password(hash, password_hash, mail, now).await? {
@@ -386,7 +396,7 @@ where
         new_password: &str,
     ) -> Result<(), SelfServiceError> {
         self.check_current_password(&principal.user, current_password).await?;
-        let password = Password::parse(new_password, self.config.password_policy, &own_details(&principal.user))?;
+        let password = self.new_password(new_password, &own_details(&principal.user)).await??;
         let password_hash = self.hasher.hash(password).await?;
         let mail = self.mails.password_changed(&principal.user.email);
         self.repo
@@ -439,14 +449,28 @@ where
         // The same guarded deletion as the admin route: the last unlocked ADMIN cannot delete themself either.
         self.repo.admin_delete_user(principal.user.id, None).await.map_err(|error| match error {
             AdminWriteError::LastAdmin => SelfServiceError::LastAdmin,
-            AdminWriteError::NotFound | AdminWriteError::NicknameTaken => SelfServiceError::NotFound,
+            AdminWriteError::NotFound | AdminWriteError::NicknameTaken | AdminWriteError::EmailTaken => {
+                SelfServiceError::NotFound
+            }
             AdminWriteError::Port(error) => SelfServiceError::Port(error),
         })
     }
 
+    /// Checks the caller's current password on the same per-account backoff as login: a wrong one counts as a
+    /// failed login, and while the account is blocked no password is checked at all.
     async fn check_current_password(&self, user: &User, candidate: &str) -> Result<(), SelfServiceError> {
-        let matches = self.hasher.verify(Password::normalize(candidate), Some(user.password_hash.clone())).await?;
-        if matches { Ok(()) } else { Err(SelfServiceError::InvalidCurrentPassword) }
+        let checked = self
+            .check_password_throttled(
+                user.email.canonical(),
+                Password::normalize(candidate),
+                Some(user.password_hash.clone()),
+            )
+            .await?;
+        match checked {
+            Checked::Matches => Ok(()),
+            Checked::Wrong => Err(SelfServiceError::InvalidCurrentPassword),
+            Checked::Blocked { retry_after } => Err(SelfServiceError::RateLimited { retry_after }),
+        }
     }
 }
 
@@ -465,7 +489,9 @@ mod tests {
 
     use super::*;
     use crate::ports::{MockPasswordHasher, MockTokenCodec, MockUserRepository};
-    use crate::service::tests::{NOW, STRONG, hasher_hashing, service, session_of, user};
+    use crate::service::tests::{
+        NOW, STRONG, allow_judging, hasher_hashing, judging_hasher, service, session_of, throttled_repo, user,
+    };
     use crate::session::AccessToken;
 
     fn registration(email: &str) -> Registration {
@@ -549,7 +575,7 @@ mod tests {
     async fn a_weak_or_personal_password_is_refused_before_anything_is_stored() {
         let mut weak = registration("margaretthatcher@example.com");
         weak.password = "margaretthatcher1".to_owned();
-        let svc = service(MockUserRepository::new(), MockPasswordHasher::new(), MockTokenCodec::new());
+        let svc = service(throttled_repo(), judging_hasher(), MockTokenCodec::new());
         assert!(matches!(svc.register(weak).await, Err(RegisterError::WeakPassword(_))));
     }
 
@@ -648,6 +674,7 @@ mod tests {
 
     fn hasher_checking(matches: bool) -> MockPasswordHasher {
         let mut hasher = MockPasswordHasher::new();
+        allow_judging(&mut hasher);
         hasher
             .expect_verify()
             .times(1)
@@ -658,7 +685,7 @@ mod tests {
 
     #[tokio::test]
     async fn changing_the_password_needs_the_current_one_and_keeps_only_this_session() {
-        let svc = service(MockUserRepository::new(), hasher_checking(false), MockTokenCodec::new());
+        let svc = service(throttled_repo(), hasher_checking(false), MockTokenCodec::new());
         assert!(matches!(
             svc.change_password(&principal(), "wrong", STRONG).await,
             Err(SelfServiceError::InvalidCurrentPassword)
@@ -666,7 +693,7 @@ mod tests {
 
         let me = principal();
         let keep = me.session_id;
-        let mut repo = MockUserRepository::new();
+        let mut repo = throttled_repo();
         repo.expect_change_password()
             .times(1)
             .withf(move |_, _, kept, mail, _| *kept == keep && mail.subject == "Your password was changed")
@@ -681,14 +708,14 @@ mod tests {
     async fn an_email_change_needs_the_password_and_a_free_address_and_mails_both_addresses() {
         let new_email = EmailAddress::parse("new@example.com").unwrap();
         let update = MeUpdate { email: Some(new_email.clone()), ..MeUpdate::default() };
-        let svc = service(MockUserRepository::new(), MockPasswordHasher::new(), MockTokenCodec::new());
+        let svc = service(throttled_repo(), judging_hasher(), MockTokenCodec::new());
         assert!(matches!(
             svc.update_me(&principal(), update.clone()).await,
             Err(SelfServiceError::CurrentPasswordRequired)
         ));
 
         let with_password = MeUpdate { current_password: Some(STRONG.to_owned()), ..update };
-        let mut repo = MockUserRepository::new();
+        let mut repo = throttled_repo();
         repo.expect_find_user_by_email()
             .returning(|_| Box::pin(ready(Ok(Some(user(Role::Authenticated, true, false))))));
         repo.expect_issue_email_token().never();
@@ -696,7 +723,7 @@ mod tests {
         assert!(matches!(svc.update_me(&principal(), with_password.clone()).await, Err(SelfServiceError::EmailTaken)));
 
         let me = principal();
-        let mut repo = MockUserRepository::new();
+        let mut repo = throttled_repo();
         repo.expect_find_user_by_email().returning(|_| Box::pin(ready(Ok(None))));
         let mut pending = me.user.clone();
         pending.pending_email = Some(new_email);
@@ -722,7 +749,7 @@ mod tests {
 
     #[tokio::test]
     async fn deleting_oneself_needs_the_current_password() {
-        let mut repo = MockUserRepository::new();
+        let mut repo = throttled_repo();
         repo.expect_admin_delete_user().never();
         let svc = service(repo, hasher_checking(false), MockTokenCodec::new());
         assert!(matches!(svc.delete_me(&principal(), "wrong").await, Err(SelfServiceError::InvalidCurrentPassword)));

@@ -50,6 +50,10 @@ pub struct NewEmailToken {
     pub new_email: Option<EmailAddress>,
     /// When it stops working.
     pub expires_at: OffsetDateTime,
+    /// Other purposes whose outstanding tokens of this user die in the same transaction (older tokens of this
+    /// token's own purpose always do). An account taken back by its mailbox owner loses the verification link of
+    /// whoever registered it first.
+    pub drops: Vec<EmailTokenPurpose>,
 }
 
 /// What following a verification link did.
@@ -168,6 +172,15 @@ impl BackoffPolicy {
         let factor = 1_i32.checked_shl(over.min(20)).unwrap_or(i32::MAX);
         Some(self.base.saturating_mul(factor).min(self.max))
     }
+}
+
+/// The stored failures of one backoff key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureCount {
+    /// Consecutive failures since the last success.
+    pub failures: u32,
+    /// The end of the block these failures earned, if any (possibly already past).
+    pub blocked_until: Option<OffsetDateTime>,
 }
 
 /// A mail waiting in the outbox, as claimed by the dispatcher.

@@ -3,9 +3,9 @@
 
 use time::OffsetDateTime;
 
-use crate::accounts::ProfileChanges;
+use crate::accounts::{NewEmailToken, ProfileChanges};
 use crate::permissions::Role;
-use crate::user::UserId;
+use crate::user::{EmailAddress, UserId};
 
 /// The orders `GET /users` can list in; every order ends with the id, so pages never overlap or skip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,6 +119,11 @@ pub struct AdminChanges {
     pub is_locked: Option<bool>,
     /// Mark the email verified or not.
     pub email_verified: Option<bool>,
+    /// A new login address, effective at once; the repository answers [`AdminWriteError::EmailTaken`] when another
+    /// account has it, clears any pending email change and drops the user's outstanding email tokens.
+    pub email: Option<EmailAddress>,
+    /// The verification link to store for an unverified new address, in the same transaction.
+    pub email_token: Option<NewEmailToken>,
 }
 
 impl AdminChanges {
@@ -138,6 +143,9 @@ pub enum AdminWriteError {
     /// The new nickname belongs to someone else.
     #[error("nickname taken")]
     NicknameTaken,
+    /// The new email address belongs to someone else.
+    #[error("email taken")]
+    EmailTaken,
     /// The user no longer exists.
     #[error("not found")]
     NotFound,

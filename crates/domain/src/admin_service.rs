@@ -3,10 +3,12 @@
 //! enforces under a lock.
 
 use crate::account_service::{RegisterError, Registration};
+use crate::accounts::{EmailTokenPurpose, NewEmailToken};
 use crate::admin::{AdminChanges, AdminWriteError, UserCursor, UserQuery, UserSort};
 use crate::permissions::{Action, Denied, Role, Target, authorize, can_see};
 use crate::ports::{Clock, InsertUserError, OutgoingMail, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::service::{Principal, Service};
+use crate::session::RefreshToken;
 use crate::user::{PasswordError, User, UserId};
 
 /// The most users one page may hold.
@@ -55,6 +57,7 @@ impl From<AdminWriteError> for AdminError {
         match error {
             AdminWriteError::LastAdmin => Self::LastAdmin,
             AdminWriteError::NicknameTaken => Self::NicknameTaken,
+            AdminWriteError::EmailTaken => Self::EmailTaken,
             AdminWriteError::NotFound => Self::NotFound,
             AdminWriteError::Port(error) => Self::Port(error),
         }
@@ -205,10 +208,27 @@ where
     /// # Errors
     /// [`AdminError::NotFound`] for an invisible or missing user, [`AdminError::Forbidden`] for a change the
     /// caller may not make, [`AdminError::LastAdmin`], [`AdminError::NicknameTaken`], or a dependency failure.
-    pub async fn update_user(&self, actor: &Principal, id: UserId, changes: AdminChanges) -> Result<User, AdminError> {
+    pub async fn update_user(
+        &self,
+        actor: &Principal,
+        id: UserId,
+        mut changes: AdminChanges,
+    ) -> Result<User, AdminError> {
         let target = self.target(actor, id, Action::ReadUser).await?;
         let facts = Some(Target { is_self: target.id == actor.user.id, role: target.role });
         let mut actions = Vec::new();
+        // A new address takes effect at once. It counts as unverified unless this very request vouches for it,
+        // which needs the right to set the verification state even when the flag itself does not change.
+        changes.email = changes.email.filter(|email| email.canonical() != target.email.canonical());
+        changes.email_token = None;
+        if changes.email.is_some() {
+            actions.push(Action::UpdateProfile);
+            if changes.email_verified == Some(true) {
+                actions.push(Action::SetEmailVerified);
+            } else {
+                changes.email_verified = Some(false);
+            }
+        }
         if !changes.profile.is_empty() {
             actions.push(Action::UpdateProfile);
         }
@@ -218,7 +238,7 @@ where
         if changes.is_locked.is_some_and(|locked| locked != target.is_locked) {
             actions.push(Action::SetLocked);
         }
-        if changes.email_verified.is_some_and(|verified| verified != target.email_verified) {
+        if changes.email.is_none() && changes.email_verified.is_some_and(|verified| verified != target.email_verified) {
             actions.push(Action::SetEmailVerified);
         }
         let becomes_professional = changes.is_professional == Some(true) && !target.is_professional;
@@ -241,6 +261,23 @@ where
         if changes.is_locked == Some(true) && !target.is_locked {
             mails.push(self.mails.account_locked(&target.email));
         }
+        let mut changes = changes;
+        if let Some(new_email) = changes.email.clone() {
+            mails.push(self.mails.email_changed_by_admin(&target.email, &new_email));
+            if changes.email_verified != Some(true) {
+                let now = self.clock.now();
+                let secret = RefreshToken::generate();
+                changes.email_token = Some(NewEmailToken {
+                    hash: secret.hash(),
+                    user_id: target.id,
+                    purpose: EmailTokenPurpose::Verify,
+                    new_email: None,
+                    expires_at: now + self.config.verify_token_ttl,
+                    drops: vec![EmailTokenPurpose::EmailChange, EmailTokenPurpose::PasswordReset],
+                });
+                mails.push(self.mails.verify_email(&new_email, &target.nickname, target.id, secret.expose()));
+            }
+        }
         Ok(self.repo.admin_update_user(id, changes, mails, self.clock.now()).await?)
     }
 
@@ -250,6 +287,8 @@ where
     /// [`AdminError::NotFound`], [`AdminError::Forbidden`], [`AdminError::LastAdmin`], or a dependency failure.
     pub async fn delete_user(&self, actor: &Principal, id: UserId) -> Result<(), AdminError> {
         if id == actor.user.id {
+            // An ADMIN may leave through this route while another unlocked ADMIN remains (the permission matrix
+            // allows it; the deletion re-checks under a lock); the last one is told `last_admin`.
             self.refuse_last_admin_removing_themself(&actor.user, actor, true).await?;
         }
         let target = self.target(actor, id, Action::DeleteUser).await?;

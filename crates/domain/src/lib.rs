@@ -17,6 +17,7 @@ pub mod pictures;
 pub mod ports;
 pub mod service;
 pub mod session;
+mod throttle;
 pub mod user;
 
 pub use permissions::{Action, Denied, Role};

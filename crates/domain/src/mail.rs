@@ -193,6 +193,22 @@ impl MailTemplates {
         .render(to, "Your email address is being changed")
     }
 
+    /// Tells the old address that an administrator changed the account's email (no link).
+    #[must_use]
+    pub fn email_changed_by_admin(&self, to: &EmailAddress, new_email: &EmailAddress) -> OutgoingMail {
+        Body {
+            greeting: "Hello,".to_owned(),
+            paragraphs: vec![
+                format!(
+                    "An administrator changed your account's email address to {new_email}. From now on you log in                      with that address, and mail about your account goes there."
+                ),
+                "If you did not expect this, contact an administrator.".to_owned(),
+            ],
+            link: None,
+        }
+        .render(to, "Your email address was changed")
+    }
+
     /// Congratulates a user on professional status.
     #[must_use]
     pub fn professional_upgrade(&self, to: &EmailAddress, nickname: &Nickname) -> OutgoingMail {

@@ -180,6 +180,8 @@ pub fn authorize(actor: Role, action: Action, target: Option<Target>) -> Result<
     }
     match action {
         Action::ReadUser | Action::UpdateProfile | Action::ManagePicture => Ok(()),
+        // An ADMIN may delete their own account here; the service keeps the last unlocked ADMIN from doing so.
+        Action::DeleteUser if target.is_self && actor == Role::Admin => Ok(()),
         // Privileged changes to oneself are refused: nobody changes their own role, and locking, deleting or
         // flagging oneself through the admin routes would bypass the checks of the self-service routes.
         _ if target.is_self => Err(Denied::Forbidden),
@@ -240,7 +242,7 @@ mod tests {
         ADMIN         lock             F Y Y Y Y
         ADMIN         verify           F Y Y Y Y
         ADMIN         professional     F Y Y Y Y
-        ADMIN         delete           F Y Y Y Y
+        ADMIN         delete           Y Y Y Y Y
         ADMIN         picture          Y Y Y Y Y
     ";
 

@@ -10,13 +10,15 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, NewEmailToken, OutboxMessage,
-    OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
+    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, FailureCount, NewEmailToken,
+    OutboxMessage, OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
 use crate::admin::{AdminChanges, AdminWriteError, UserQuery};
 use crate::permissions::Role;
 use crate::session::{AccessClaims, AccessToken, NewSession, Session, SessionId, TokenHash};
-use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordHash, User, UserId};
+use crate::user::{
+    EmailAddress, NewUser, Nickname, Password, PasswordCandidate, PasswordError, PasswordHash, User, UserId,
+};
 
 /// A failure of an infrastructure dependency, opaque to the domain except for one distinction: whether the
 /// dependency is unreachable (answered as 503, retry later) or failed in some other way.
@@ -127,7 +129,7 @@ pub trait UserRepository: Send + Sync + 'static {
     fn queue_mail(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// Issues an email token and queues `mails`, in one transaction. Older unused tokens of the same user and
-    /// purpose stop working (newest wins). For an email change, the user's `pending_email` becomes the token's
+    /// purpose stop working (newest wins), and so do the user's tokens of the purposes in `token.drops`. For an email change, the user's `pending_email` becomes the token's
     /// `new_email`.
     ///
     /// # Errors
@@ -177,7 +179,8 @@ pub trait UserRepository: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Changes a password in one transaction: stores the new hash, revokes every session of the user except
-    /// `keep`, and queues `mail`.
+    /// `keep`, drops the user's outstanding email-change and password-reset tokens (a link mailed before the change
+    /// must not undo it), and queues `mail`.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
@@ -274,15 +277,21 @@ pub trait UserRepository: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Vec<Session>, PortError>> + Send;
 
-    /// Reserves one login attempt for this key (a lower-cased email), atomically, before the password is checked:
-    /// the attempt counts as a failure until [`Self::clear_login_failures`] says otherwise. Past the policy's
-    /// threshold the key is blocked until `now + policy.block_for(count)` in the same statement, so of many
-    /// concurrent attempts only those under the threshold get through. A key already blocked is not counted, and
-    /// its block's end is returned instead.
+    /// The failure count of this key (a lower-cased email, or the hash of an unparsable one) and its block, if
+    /// any failure is recorded; whether the block still holds is the domain's call.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn begin_login_attempt(
+    fn login_failures(&self, key: String) -> impl Future<Output = Result<Option<FailureCount>, PortError>> + Send;
+
+    /// Counts one failure (a wrong password or code) for this key, atomically with any concurrent count, and when
+    /// the new count reaches the policy's threshold blocks the key until `now + policy.block_for(count)` (never
+    /// shortening a block already in place). The length of the block is the domain's [`BackoffPolicy`]; the
+    /// adapter only applies it to the count it stored. Returns the end of the block, if any.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn record_login_failure(
         &self,
         key: String,
         now: OffsetDateTime,
@@ -327,7 +336,7 @@ pub trait UserRepository: Send + Sync + 'static {
         expected_role: Option<Role>,
     ) -> impl Future<Output = Result<(), AdminWriteError>> + Send;
 
-    /// Forgets the failures of a key (after a successful login).
+    /// Forgets the failures of a key (after a successful password check).
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
@@ -375,6 +384,19 @@ pub trait PasswordHasher: Send + Sync + 'static {
     /// # Errors
     /// [`PortError::Unavailable`] when the hasher is saturated and sheds load, [`PortError::Unknown`] otherwise.
     fn hash(&self, password: Password) -> impl Future<Output = Result<PasswordHash, PortError>> + Send;
+
+    /// Runs the strength half of the password policy, [`PasswordCandidate::judge`], where CPU-bound work belongs
+    /// (the blocking pool, behind the same limit as hashing): the estimator can take hundreds of milliseconds on
+    /// adversarial input, which must never stall the async workers.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when the hasher is saturated, [`PortError::Unknown`] when the work cannot run.
+    /// A weak password is the inner `Err`.
+    fn judge(
+        &self,
+        candidate: PasswordCandidate,
+        clues: Vec<String>,
+    ) -> impl Future<Output = Result<Result<Password, PasswordError>, PortError>> + Send;
 
     /// Checks a candidate (already NFKC-normalised) against a stored hash. With `None` it verifies against a fixed
     /// dummy hash and answers `false`, so that an unknown account costs the same time as a wrong password.

@@ -4,6 +4,8 @@
 //! access token is turned into a principal against the current database row, and how the first admin is made.
 //! Handlers call one method each; adapters never decide anything.
 
+use std::sync::Arc;
+
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -12,7 +14,8 @@ use crate::mail::MailTemplates;
 use crate::permissions::Role;
 use crate::ports::{Clock, InsertUserError, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::session::{AccessClaims, NewSession, RefreshToken, SessionId, TokenPair};
-use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordError, PasswordPolicy, User, UserId};
+use crate::throttle::{AttemptGate, Checked};
+use crate::user::{EmailAddress, NewUser, Nickname, Password, PasswordError, PasswordPolicy, User, UserId, clues};
 
 /// The settings the service works with, read from configuration by the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,8 @@ pub struct Service<R, H, T, C> {
     pub(crate) clock: C,
     pub(crate) config: ServiceConfig,
     pub(crate) mails: MailTemplates,
+    /// Per-account limit on concurrent password checks in this process, shared by clones.
+    pub(crate) attempts: Arc<AttemptGate>,
 }
 
 impl<R, H, T, C> Service<R, H, T, C>
@@ -150,7 +155,8 @@ where
     /// Wires the service to its ports.
     pub fn new(repo: R, hasher: H, tokens: T, clock: C, config: ServiceConfig) -> Self {
         let mails = MailTemplates::new(&config.public_base_url);
-        Self { repo, hasher, tokens, clock, config, mails }
+        let attempts = Arc::new(AttemptGate::new(config.login_backoff.after));
+        Self { repo, hasher, tokens, clock, config, mails, attempts }
     }
 
     /// The service's settings.
@@ -172,7 +178,7 @@ where
     /// [`CreateAdminError::WeakPassword`] when the password breaks the policy (nothing is changed),
     /// [`CreateAdminError::Port`] when a dependency fails.
     pub async fn create_admin(&self, email: EmailAddress, raw_password: &str) -> Result<User, CreateAdminError> {
-        let password = Password::parse(raw_password, self.config.password_policy, &[email.as_str()])?;
+        let password = self.new_password(raw_password, &[email.as_str()]).await??;
         let password_hash = self.hasher.hash(password).await?;
         if let Some(existing) = self.repo.find_user_by_email(email.clone()).await? {
             let promoted = self.repo.promote_to_admin(existing.id, password_hash).await?;
@@ -243,30 +249,37 @@ where
         // Unknown and malformed addresses are throttled like real ones, under the same kind of key, so the
         // backoff itself does not reveal which accounts exist.
         let key = parsed.as_ref().map_or_else(|| unparsed_key(email), EmailAddress::canonical);
-        let now = self.clock.now();
-        // The attempt is reserved (counted) before the password is checked, so a burst of parallel guesses cannot
-        // all slip past the block; a success clears it again.
-        if let Some(until) = self.repo.begin_login_attempt(key.clone(), now, self.config.login_backoff).await? {
-            return Err(LoginError::RateLimited { retry_after: until - now });
-        }
         let user = match parsed {
             Some(email) => self.repo.find_user_by_email(email).await?,
             None => None,
         };
         let candidate = Password::normalize(password);
-        let matches = self.hasher.verify(candidate, user.as_ref().map(|u| u.password_hash.clone())).await?;
-        let user = match user {
-            Some(user) if matches => user,
-            _ => return Err(LoginError::InvalidCredentials),
+        let hash = user.as_ref().map(|user| user.password_hash.clone());
+        let user = match self.check_password_throttled(key, candidate, hash).await? {
+            Checked::Blocked { retry_after } => return Err(LoginError::RateLimited { retry_after }),
+            Checked::Wrong => return Err(LoginError::InvalidCredentials),
+            Checked::Matches => user.ok_or(LoginError::InvalidCredentials)?,
         };
-        self.repo.clear_login_failures(key).await?;
         if user.is_locked {
             return Err(LoginError::AccountLocked);
         }
         if !user.email_verified {
             return Err(LoginError::EmailNotVerified);
         }
-        Ok(self.start_session(&user, client, now).await?)
+        Ok(self.start_session(&user, client, self.clock.now()).await?)
+    }
+
+    /// Checks a new password against the whole policy, with `context` (the user's own details) as clues: the
+    /// length here, the strength estimate on the hasher's blocking pool. A weak password is the inner `Err`.
+    pub(crate) async fn new_password(
+        &self,
+        raw: &str,
+        context: &[&str],
+    ) -> Result<Result<Password, PasswordError>, PortError> {
+        match Password::check_length(raw, self.config.password_policy) {
+            Ok(candidate) => self.hasher.judge(candidate, clues(context)).await,
+            Err(error) => Ok(Err(error)),
+        }
     }
 
     /// Starts a session for a user whose credentials were just checked, and issues its first tokens.
@@ -336,6 +349,7 @@ pub(crate) mod tests {
     use time::macros::datetime;
 
     use super::*;
+    use crate::accounts::FailureCount;
     use crate::ports::{InvalidToken, MockClock, MockPasswordHasher, MockTokenCodec, MockUserRepository};
     use crate::session::{AccessToken, Session};
     use crate::user::PasswordHash;
@@ -403,7 +417,8 @@ pub(crate) mod tests {
 
     /// Lets the login backoff bookkeeping through: nothing blocked, failures and clears accepted.
     pub(crate) fn allow_throttle(repo: &mut MockUserRepository) {
-        repo.expect_begin_login_attempt().returning(|_, _, _| Box::pin(ready(Ok(None))));
+        repo.expect_login_failures().returning(|_| Box::pin(ready(Ok(None))));
+        repo.expect_record_login_failure().returning(|_, _, _| Box::pin(ready(Ok(None))));
         repo.expect_clear_login_failures().returning(|_| Box::pin(ready(Ok(()))));
     }
 
@@ -508,10 +523,11 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_blocked_email_is_rate_limited_before_any_password_check() {
         let mut repo = MockUserRepository::new();
-        repo.expect_begin_login_attempt()
-            .withf(|key, _, _| key == "ada@example.com")
-            .returning(|_, now, _| Box::pin(ready(Ok(Some(now + Duration::seconds(8))))));
-        repo.expect_find_user_by_email().never();
+        repo.expect_login_failures().withf(|key| key == "ada@example.com").returning(|_| {
+            Box::pin(ready(Ok(Some(FailureCount { failures: 6, blocked_until: Some(NOW + Duration::seconds(8)) }))))
+        });
+        repo.expect_find_user_by_email().returning(|_| Box::pin(ready(Ok(None))));
+        repo.expect_record_login_failure().never();
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_verify().never();
         let svc = service(repo, hasher, MockTokenCodec::new());
@@ -520,25 +536,42 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn attempts_are_reserved_for_known_and_unknown_emails_alike_and_success_clears_them() {
-        for (found, matches) in [(Some(user(Role::Authenticated, true, false)), false), (None, false)] {
+    async fn a_block_that_has_ended_lets_the_next_attempt_be_checked() {
+        let mut repo = MockUserRepository::new();
+        repo.expect_find_user_by_email().returning(|_| Box::pin(ready(Ok(None))));
+        repo.expect_login_failures().returning(|_| {
+            Box::pin(ready(Ok(Some(FailureCount { failures: 6, blocked_until: Some(NOW - Duration::seconds(1)) }))))
+        });
+        repo.expect_record_login_failure().times(1).returning(|_, _, _| Box::pin(ready(Ok(None))));
+        let svc = service(repo, hasher_answering(false, true), MockTokenCodec::new());
+        let result = svc.login("ada@example.com", STRONG, ClientInfo::default()).await;
+        assert!(matches!(result, Err(LoginError::InvalidCredentials)));
+    }
+
+    #[tokio::test]
+    async fn only_wrong_passwords_count_as_failures_for_known_and_unknown_emails_alike_and_success_clears_them() {
+        for found in [Some(user(Role::Authenticated, true, false)), None] {
             let expect_dummy = found.is_none();
             let mut repo = MockUserRepository::new();
             repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(found.clone()))));
-            repo.expect_begin_login_attempt()
+            repo.expect_login_failures().returning(|_| Box::pin(ready(Ok(None))));
+            repo.expect_record_login_failure()
                 .times(1)
                 .withf(|key, at, policy| key == "ada@example.com" && *at == NOW && policy.after == 5)
                 .returning(|_, _, _| Box::pin(ready(Ok(None))));
             repo.expect_clear_login_failures().never();
-            let svc = service(repo, hasher_answering(matches, expect_dummy), MockTokenCodec::new());
+            let svc = service(repo, hasher_answering(false, expect_dummy), MockTokenCodec::new());
             let result = svc.login("ada@example.com", "wrong", ClientInfo::default()).await;
             assert!(matches!(result, Err(LoginError::InvalidCredentials)));
         }
-        // A right password for a locked account clears the failures too: the password was proven.
+        // A right password for a locked account clears earlier failures too: the password was proven. It is not
+        // a failure itself.
         let mut repo = MockUserRepository::new();
         let locked = user(Role::Authenticated, true, true);
         repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(Some(locked.clone())))));
-        repo.expect_begin_login_attempt().times(1).returning(|_, _, _| Box::pin(ready(Ok(None))));
+        repo.expect_login_failures()
+            .returning(|_| Box::pin(ready(Ok(Some(FailureCount { failures: 2, blocked_until: None })))));
+        repo.expect_record_login_failure().never();
         repo.expect_clear_login_failures().times(1).returning(|_| Box::pin(ready(Ok(()))));
         let svc = service(repo, hasher_answering(true, false), MockTokenCodec::new());
         assert!(matches!(
@@ -637,14 +670,34 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn create_admin_refuses_a_weak_password_before_hashing_or_storing() {
-        let svc = service(MockUserRepository::new(), MockPasswordHasher::new(), MockTokenCodec::new());
+        let svc = service(MockUserRepository::new(), judging_hasher(), MockTokenCodec::new());
         let email = EmailAddress::parse("root@example.com").unwrap();
         let result = svc.create_admin(email, "root@example.com1").await;
         assert!(matches!(result, Err(CreateAdminError::WeakPassword(_))));
     }
 
+    /// A repository mock whose backoff bookkeeping lets everything through.
+    pub(crate) fn throttled_repo() -> MockUserRepository {
+        let mut repo = MockUserRepository::new();
+        allow_throttle(&mut repo);
+        repo
+    }
+
+    /// A hasher mock that only judges strength (in place).
+    pub(crate) fn judging_hasher() -> MockPasswordHasher {
+        let mut hasher = MockPasswordHasher::new();
+        allow_judging(&mut hasher);
+        hasher
+    }
+
+    /// Lets the strength estimate run in place, as the real hasher runs it on its blocking pool.
+    pub(crate) fn allow_judging(hasher: &mut MockPasswordHasher) {
+        hasher.expect_judge().returning(|candidate, clues| Box::pin(ready(Ok(candidate.judge(&clues)))));
+    }
+
     pub(crate) fn hasher_hashing() -> MockPasswordHasher {
         let mut hasher = MockPasswordHasher::new();
+        allow_judging(&mut hasher);
         hasher.expect_hash().times(1).returning(|_| Box::pin(ready(Ok(PasswordHash::new("$argon2id$new".to_owned())))));
         hasher
     }

@@ -206,21 +206,42 @@ fn is_invisible_format(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
+/// The stored form of free text: NFKC, then trimmed, repeated until it no longer changes (trimming can expose a
+/// combining mark that NFKC then composes differently), so that parsing the stored form again gives it back.
+fn stored_text(raw: &str) -> String {
+    let mut text: String = raw.trim().nfkc().collect::<String>().trim().to_owned();
+    // Two rounds reach the fixed point for every input the property tests found; the bound keeps it finite.
+    for _ in 0..4 {
+        let next = text.nfkc().collect::<String>().trim().to_owned();
+        if next == text {
+            break;
+        }
+        text = next;
+    }
+    text
+}
+
+/// Checks free text as it will be stored: the limit counts the characters of the NFKC, trimmed form, because
+/// NFKC can make text longer (U+FDFA alone becomes 18 characters).
 fn check_text(raw: &str, max: usize, allow_newlines: bool) -> Result<String, TextError> {
-    let text = raw.trim();
+    // Bound the work before normalising: NFKC expands a character at most 18-fold, so nothing longer can fit.
+    if raw.len() > max.saturating_mul(4).saturating_mul(18) {
+        return Err(TextError::TooLong { max });
+    }
+    let text = stored_text(raw);
     if text.chars().count() > max {
         return Err(TextError::TooLong { max });
     }
     let bad = text.chars().any(|c| {
         is_invisible_format(c) || (c.is_control() && !(allow_newlines && (c == '\n' || c == '\t' || c == '\r')))
     });
-    if bad {
+    if bad || text.nfkc().ne(text.chars()) {
         return Err(TextError::Invisible);
     }
-    Ok(text.to_owned())
+    Ok(text)
 }
 
-/// A first or last name: at most 100 characters, trimmed, printable.
+/// A first or last name: at most 100 characters in its stored form (NFKC, trimmed), printable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonName(String);
 
@@ -241,7 +262,7 @@ impl PersonName {
     }
 }
 
-/// A short biography: at most 500 characters; line breaks allowed.
+/// A short biography: at most 500 characters in its stored form (NFKC, trimmed); line breaks allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bio(String);
 
@@ -283,8 +304,8 @@ impl ProfileUrlKind {
 /// Why a profile URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProfileUrlError {
-    /// Not an absolute URL, or longer than 2048 characters.
-    #[error("must be an absolute URL of at most 2048 characters")]
+    /// Not an absolute URL, or longer than 2048 characters once normalised (percent-encoded).
+    #[error("must be an absolute URL of at most 2048 characters once percent-encoded")]
     Malformed,
     /// Not `https://`, or carries user credentials.
     #[error("must be an https:// URL without credentials")]
@@ -297,7 +318,11 @@ pub enum ProfileUrlError {
     },
 }
 
-/// An absolute `https://` URL to a LinkedIn or GitHub profile.
+/// The longest profile URL, in bytes of its normalised (stored) form.
+pub const PROFILE_URL_MAX_LENGTH: usize = 2048;
+
+/// An absolute `https://` URL to a LinkedIn or GitHub profile, at most [`PROFILE_URL_MAX_LENGTH`] bytes once
+/// normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileUrl(String);
 
@@ -311,7 +336,8 @@ impl ProfileUrl {
         if raw.is_empty() {
             return Ok(None);
         }
-        if raw.len() > 2048 {
+        // A cheap bound before parsing; the real limit applies to the normalised form below.
+        if raw.len() > PROFILE_URL_MAX_LENGTH * 4 {
             return Err(ProfileUrlError::Malformed);
         }
         let url = url::Url::parse(raw).map_err(|_| ProfileUrlError::Malformed)?;
@@ -323,7 +349,13 @@ impl ProfileUrl {
         if host != site && !host.ends_with(&format!(".{site}")) {
             return Err(ProfileUrlError::WrongSite { site });
         }
-        Ok(Some(Self(url.to_string())))
+        // Normalisation percent-encodes what needs it, which can triple the length: the limit applies to what is
+        // stored and read back, never to the raw input.
+        let stored = url.to_string();
+        if stored.len() > PROFILE_URL_MAX_LENGTH {
+            return Err(ProfileUrlError::Malformed);
+        }
+        Ok(Some(Self(stored)))
     }
 
     /// The URL as shown.
@@ -388,9 +420,26 @@ impl Password {
     /// Parses a new password against the policy. `context` holds the user's own details (email, nickname, names),
     /// which a strong password must not be built from.
     ///
+    /// This runs the strength estimator, which can take hundreds of milliseconds of CPU on adversarial input:
+    /// services call [`Password::check_length`] and let the password hasher port run
+    /// [`PasswordCandidate::judge`] off the async workers instead.
+    ///
     /// # Errors
     /// [`PasswordError`] when the length is outside the policy or the strength estimate is below 3 of 4.
     pub fn parse(raw: &str, policy: PasswordPolicy, context: &[&str]) -> Result<Self, PasswordError> {
+        Self::check_length(raw, policy)?.judge(&clues(context))
+    }
+
+    /// The cheap half of the policy: NFKC, then the length in code points.
+    ///
+    /// # Errors
+    /// [`PasswordError::TooShort`] or [`PasswordError::TooLong`].
+    pub fn check_length(raw: &str, policy: PasswordPolicy) -> Result<PasswordCandidate, PasswordError> {
+        // Bound the work before normalising: NFKC expands a character at most 18-fold and UTF-8 takes at most
+        // four bytes a character, so nothing longer than this can fit once normalised.
+        if raw.len() > PASSWORD_MAX_LENGTH * 4 * 18 {
+            return Err(PasswordError::TooLong { max: PASSWORD_MAX_LENGTH });
+        }
         let normalized = Self::normalize(raw);
         let length = normalized.chars().count();
         if length < policy.min_length {
@@ -399,19 +448,7 @@ impl Password {
         if length > PASSWORD_MAX_LENGTH {
             return Err(PasswordError::TooLong { max: PASSWORD_MAX_LENGTH });
         }
-        // The email's local part and domain labels are separate clues: "alice.smith" and "example" each make a
-        // password guessable on their own.
-        let mut clues: Vec<&str> = Vec::with_capacity(context.len() * 3);
-        for item in context {
-            clues.push(item);
-            clues.extend(item.split(['@', '.', '_', '-', ' ']).filter(|part| part.len() >= 3));
-        }
-        let estimate = zxcvbn::zxcvbn(&normalized, &clues);
-        if u8::from(estimate.score()) < 3 {
-            let hint = estimate.feedback().and_then(|feedback| feedback.warning().map(|warning| warning.to_string()));
-            return Err(PasswordError::TooWeak { hint });
-        }
-        Ok(Self(normalized))
+        Ok(PasswordCandidate(normalized))
     }
 
     /// The normalised secret, for the hasher only.
@@ -425,6 +462,73 @@ impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(<redacted>)")
     }
+}
+
+/// A new password of an acceptable length, not yet judged for strength. Its `Debug` output never shows it.
+#[derive(Clone)]
+pub struct PasswordCandidate(String);
+
+impl PasswordCandidate {
+    /// The expensive half of the policy: the strength estimate (zxcvbn, score >= 3 of 4) against the user's own
+    /// details, as returned by [`clues`]. CPU-bound; the password hasher port runs it off the async workers.
+    ///
+    /// # Errors
+    /// [`PasswordError::TooWeak`] when the estimate is below 3.
+    pub fn judge(self, clues: &[String]) -> Result<Password, PasswordError> {
+        let clues: Vec<&str> = clues.iter().map(String::as_str).collect();
+        let estimate = zxcvbn::zxcvbn(&self.0, &clues);
+        if u8::from(estimate.score()) < 3 {
+            let hint = estimate.feedback().and_then(|feedback| feedback.warning().map(|warning| warning.to_string()));
+            return Err(PasswordError::TooWeak { hint });
+        }
+        Ok(Password(self.0))
+    }
+}
+
+impl fmt::Debug for PasswordCandidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordCandidate(<redacted>)")
+    }
+}
+
+/// The words a password must not be built from, derived from a user's own details (email, nickname, names): each
+/// detail whole and lower-cased; for an email also its local part, the local part without separators, and its
+/// pieces split at `.`, `_`, `-`, `+` and between letters and digits; the domain's labels; and the pieces of
+/// names. Pieces shorter than three characters are left out: they would match almost anything.
+#[must_use]
+pub fn clues(context: &[&str]) -> Vec<String> {
+    let mut clues: Vec<String> = Vec::new();
+    let mut push = |word: &str| {
+        let word = word.to_lowercase();
+        if word.chars().count() >= 3 && !clues.contains(&word) {
+            clues.push(word);
+        }
+    };
+    for item in context {
+        push(item);
+        let (local, domain) = item.split_once('@').unwrap_or((item, ""));
+        push(local);
+        push(&local.chars().filter(|c| c.is_alphanumeric()).collect::<String>());
+        for piece in local.split(['.', '_', '-', '+', ' ']) {
+            push(piece);
+            // Letter runs and digit runs separately: "ada1815" gives "ada" and "1815".
+            let mut run = String::new();
+            let mut digits = false;
+            for c in piece.chars() {
+                if !run.is_empty() && c.is_ascii_digit() != digits {
+                    push(&run);
+                    run.clear();
+                }
+                digits = c.is_ascii_digit();
+                run.push(c);
+            }
+            push(&run);
+        }
+        for label in domain.split('.') {
+            push(label);
+        }
+    }
+    clues
 }
 
 /// A password hash in PHC string format, as produced by the password hasher port.
@@ -644,10 +748,135 @@ mod tests {
     }
 
     #[test]
+    fn passwords_built_from_the_emails_local_part_or_its_pieces_are_too_weak() {
+        let policy = PasswordPolicy::default();
+        let context = ["zorblax.quendrith@example.com"];
+        for password in ["zorblaxquendrith12345678", "zorblax.quendrith12345678", "quendrith12345678"] {
+            assert!(
+                matches!(Password::parse(password, policy, &context), Err(PasswordError::TooWeak { .. })),
+                "{password}"
+            );
+        }
+        // The same password is fine for someone whose details it does not contain.
+        assert!(Password::parse("zorblaxquendrith12345678", policy, &["someone@example.com"]).is_ok());
+    }
+
+    #[test]
+    fn clues_split_the_local_part_at_separators_and_between_letters_and_digits() {
+        let clues = clues(&["Ada.Love-lace+news1815@Example.com"]);
+        for expected in
+            ["ada.love-lace+news1815", "adalovelacenews1815", "ada", "love", "lace", "news", "1815", "example"]
+        {
+            assert!(clues.iter().any(|clue| clue == expected), "{expected} in {clues:?}");
+        }
+        assert!(clues.iter().all(|clue| clue.chars().count() >= 3));
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let password = Password::parse("violet-kettle-orbit-97", PasswordPolicy::default(), &[]).unwrap();
         assert!(!format!("{password:?}").contains("violet"));
         let hash = PasswordHash::new("$argon2id$v=19$secret".to_owned());
         assert!(!format!("{hash:?}").contains("secret"));
+    }
+}
+
+/// Every value accepted on write must read back: parsing the stored form succeeds and gives it back unchanged, and
+/// every limit holds for the stored form, whatever the input (including text that grows under NFKC or URL
+/// encoding).
+#[cfg(test)]
+mod stored_form_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Characters that stress normalisation and encoding, mixed with arbitrary ones.
+    fn tricky_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            4 => any::<char>(),
+            2 => prop::char::range('a', 'z'),
+            1 => prop::sample::select(vec![
+                '\u{FDFA}', '\u{FB03}', '\u{0301}', '\u{0308}', '\u{1100}', '\u{1161}', '\u{3000}', '\u{00A0}',
+                '\u{2126}', '\u{212B}', '\u{FF21}', '\u{2460}', '{', '}', ' ', '%', '#', '?', '/', '\\', '\n', '\t',
+                '\u{200B}', '\u{202E}', '"', '<', '^', '`', '|', '@', '.', '-', '_',
+            ]),
+        ]
+    }
+
+    fn tricky_text(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(tricky_char(), 0..max).prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn names_read_back_and_fit_their_limit(raw in tricky_text(140)) {
+            if let Ok(Some(name)) = PersonName::parse(&raw) {
+                prop_assert!(name.as_str().chars().count() <= 100);
+                prop_assert_eq!(PersonName::parse(name.as_str()), Ok(Some(name.clone())));
+            }
+        }
+
+        #[test]
+        fn bios_read_back_and_fit_their_limit(raw in tricky_text(560)) {
+            if let Ok(Some(bio)) = Bio::parse(&raw) {
+                prop_assert!(bio.as_str().chars().count() <= 500);
+                prop_assert_eq!(Bio::parse(bio.as_str()), Ok(Some(bio.clone())));
+            }
+        }
+
+        #[test]
+        fn profile_urls_read_back_and_fit_their_limit(
+            path in tricky_text(2100),
+            github in any::<bool>(),
+            subdomain in prop::option::of("[a-z]{1,8}"),
+        ) {
+            let (kind, site) =
+                if github { (ProfileUrlKind::GitHub, "github.com") } else { (ProfileUrlKind::LinkedIn, "linkedin.com") };
+            let host = subdomain.map_or_else(|| site.to_owned(), |sub| format!("{sub}.{site}"));
+            let raw = format!("https://{host}/{path}");
+            if let Ok(Some(url)) = ProfileUrl::parse(&raw, kind) {
+                prop_assert!(url.as_str().len() <= PROFILE_URL_MAX_LENGTH);
+                prop_assert_eq!(ProfileUrl::parse(url.as_str(), kind), Ok(Some(url.clone())));
+            }
+        }
+
+        #[test]
+        fn nicknames_read_back(raw in tricky_text(40)) {
+            if let Ok(nickname) = Nickname::parse(&raw) {
+                prop_assert_eq!(Nickname::parse(nickname.as_str()), Ok(nickname.clone()));
+            }
+        }
+
+        #[test]
+        fn emails_read_back(local in "[A-Za-z0-9._%+-]{1,70}", domain in "[A-Za-z0-9-]{1,70}(\\.[A-Za-z]{2,10}){1,3}", pad in " {0,3}") {
+            let raw = format!("{pad}{local}@{domain}{pad}");
+            if let Ok(email) = EmailAddress::parse(&raw) {
+                prop_assert!(email.as_str().len() <= 254);
+                prop_assert_eq!(EmailAddress::parse(email.as_str()), Ok(email.clone()));
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_parses_into_an_unreadable_email(raw in tricky_text(300)) {
+            if let Ok(email) = EmailAddress::parse(&raw) {
+                prop_assert_eq!(EmailAddress::parse(email.as_str()), Ok(email.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn the_reported_cases_are_refused_rather_than_stored_unreadable() {
+        let braces = format!("https://github.com/{}", "{".repeat(2000));
+        assert_eq!(ProfileUrl::parse(&braces, ProfileUrlKind::GitHub), Err(ProfileUrlError::Malformed));
+        // 677 braces are 2050 bytes once percent-encoded: over the limit although the input is under it.
+        let just_over = format!("https://github.com/{}", "{".repeat(677));
+        assert!(just_over.len() < PROFILE_URL_MAX_LENGTH);
+        assert_eq!(ProfileUrl::parse(&just_over, ProfileUrlKind::GitHub), Err(ProfileUrlError::Malformed));
+        // U+FDFA is one character that NFKC turns into eighteen.
+        assert_eq!(PersonName::parse(&"\u{FDFA}".repeat(10)), Err(TextError::TooLong { max: 100 }));
+        assert_eq!(Bio::parse(&"\u{FDFA}".repeat(28)), Err(TextError::TooLong { max: 500 }));
+        assert!(PersonName::parse(&"\u{FDFA}".repeat(5)).unwrap().is_some());
     }
 }

@@ -88,6 +88,7 @@ pub(crate) async fn issue_email_token(
     connection
         .transaction::<_, DieselError, _>(async |connection| {
             upsert_email_token(connection, &row).await?;
+            drop_email_tokens(connection, token.user_id.as_uuid(), &token.drops).await?;
             if token.purpose == EmailTokenPurpose::EmailChange {
                 diesel::update(users::table.find(token.user_id.as_uuid()))
                     .set((
@@ -350,10 +351,39 @@ pub(crate) async fn change_password(
                 ))));
             }
             revoke_sessions(connection, user_id.as_uuid(), Some(keep), now).await?;
-            cancel_email_change(connection, user_id.as_uuid()).await?;
+            // A reset link mailed before the change would undo it: it dies with the pending email change.
+            let purposes = [EmailTokenPurpose::EmailChange, EmailTokenPurpose::PasswordReset];
+            drop_email_tokens(connection, user_id.as_uuid(), &purposes).await?;
             insert_mail(connection, mail).await?;
             Ok(())
         })
+        .await
+}
+
+/// Stores an email token inside the caller's transaction: replaces the user's token of the same purpose and drops
+/// those of the purposes in `token.drops`.
+pub(crate) async fn issue_token_in_transaction(
+    connection: &mut AsyncPgConnection,
+    token: &NewEmailToken,
+) -> Result<(), DieselError> {
+    upsert_email_token(connection, &NewEmailTokenRow::from(token)).await?;
+    drop_email_tokens(connection, token.user_id.as_uuid(), &token.drops).await?;
+    Ok(())
+}
+
+/// Drops the user's outstanding email tokens of these purposes.
+pub(crate) async fn drop_email_tokens(
+    connection: &mut AsyncPgConnection,
+    user_id: uuid::Uuid,
+    purposes: &[EmailTokenPurpose],
+) -> Result<usize, DieselError> {
+    if purposes.is_empty() {
+        return Ok(0);
+    }
+    diesel::delete(email_tokens::table)
+        .filter(email_tokens::user_id.eq(user_id))
+        .filter(email_tokens::purpose.eq_any(purposes.iter().map(|purpose| purpose.as_str())))
+        .execute(connection)
         .await
 }
 

@@ -19,13 +19,15 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Text, Timestamptz};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
+use users_domain::accounts::EmailTokenPurpose;
 use users_domain::admin::{AdminChanges, AdminWriteError, UserCursor, UserQuery, UserSort};
 use users_domain::permissions::Role;
 use users_domain::ports::{OutgoingMail, PortError};
 use users_domain::user::{User, UserId};
 use uuid::Uuid;
 
-use crate::errors::{NICKNAME_UNIQUE_INDEX, TxError, query_error, violated_unique_index};
+use crate::accounts::{drop_email_tokens, issue_token_in_transaction};
+use crate::errors::{EMAIL_UNIQUE_INDEX, NICKNAME_UNIQUE_INDEX, TxError, query_error, violated_unique_index};
 use crate::outbox::insert_mail;
 use crate::repository::{PgRepository, profile_changeset};
 use crate::rows::UserRow;
@@ -226,7 +228,18 @@ impl PgRepository {
         let statement = list_statement("", query)?;
         let mut connection = self.connection().await?;
         match statement.query.load::<UserRow>(&mut connection).await {
-            Ok(rows) => rows.into_iter().map(to_user).collect(),
+            // A row the domain refuses is logged and left out, so one corrupt account cannot take the whole list
+            // (and every page containing it) down with it.
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    to_user(row)
+                        .inspect_err(
+                            |error| tracing::error!(error = %format!("{error:#}"), "skipping an unreadable user row"),
+                        )
+                        .ok()
+                })
+                .collect()),
             Err(error) => Err(query_error(error, &mut connection, "listing users")),
         }
     }
@@ -309,6 +322,8 @@ pub(crate) async fn admin_update_user(
                 changes.email_verified.map(|email_verified| users::email_verified.eq(email_verified)),
                 changes.is_professional.map(|is_professional| users::is_professional.eq(is_professional)),
                 professional_changed.then(|| users::professional_status_updated_at.eq(Some(now))),
+                changes.email.as_ref().map(|email| users::email.eq(email.as_str())),
+                changes.email.is_some().then(|| users::pending_email.eq(None::<String>)),
             );
             let updated = diesel::update(users::table.find(id))
                 .set(changeset)
@@ -323,8 +338,20 @@ pub(crate) async fn admin_update_user(
                 Err(error) if violated_unique_index(&error) == Some(NICKNAME_UNIQUE_INDEX) => {
                     return Err(TxError::Abort(AdminWriteError::NicknameTaken));
                 }
+                Err(error) if violated_unique_index(&error) == Some(EMAIL_UNIQUE_INDEX) => {
+                    return Err(TxError::Abort(AdminWriteError::EmailTaken));
+                }
                 Err(error) => return Err(TxError::Query(error)),
             };
+            if changes.email.is_some() {
+                // Links mailed to the old address (or for a pending change) must not act on the new one.
+                let purposes =
+                    [EmailTokenPurpose::Verify, EmailTokenPurpose::EmailChange, EmailTokenPurpose::PasswordReset];
+                drop_email_tokens(connection, id, &purposes).await?;
+            }
+            if let Some(token) = &changes.email_token {
+                issue_token_in_transaction(connection, token).await?;
+            }
             for mail in mails {
                 insert_mail(connection, mail).await?;
             }

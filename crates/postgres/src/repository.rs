@@ -15,8 +15,8 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
 use users_domain::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken,
-    OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
+    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, FailureCount,
+    NewEmailToken, OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
 use users_domain::admin::{AdminChanges, AdminWriteError, UserQuery};
 use users_domain::permissions::Role;
@@ -503,15 +503,21 @@ impl UserRepository for PgRepository {
         }
     }
 
-    async fn begin_login_attempt(
+    async fn login_failures(&self, key: String) -> Result<Option<FailureCount>, PortError> {
+        let mut connection = self.connection().await?;
+        let found = backoff::failures(&mut connection, &key).await;
+        found.map_err(|error| error.into_port(&mut connection, "reading the login backoff"))
+    }
+
+    async fn record_login_failure(
         &self,
         key: String,
         now: OffsetDateTime,
         policy: BackoffPolicy,
     ) -> Result<Option<OffsetDateTime>, PortError> {
         let mut connection = self.connection().await?;
-        let reserved = backoff::begin_attempt(&mut connection, &key, now, policy).await;
-        reserved.map_err(|error| error.into_port(&mut connection, "reserving a login attempt"))
+        let recorded = backoff::record_failure(&mut connection, &key, now, policy).await;
+        recorded.map_err(|error| error.into_port(&mut connection, "counting a failed login"))
     }
 
     async fn list_users(&self, query: UserQuery) -> Result<Vec<User>, PortError> {

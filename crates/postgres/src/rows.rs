@@ -54,22 +54,31 @@ impl TryFrom<UserRow> for User {
         let invalid = |column: &str| format!("users row {id}: column {column} holds a value the domain refuses");
         let email = EmailAddress::parse(&row.email).with_context(|| invalid("email"))?;
         let nickname = Nickname::parse(&row.nickname).with_context(|| invalid("nickname"))?;
-        let first_name = parse_optional(row.first_name, PersonName::parse).with_context(|| invalid("first_name"))?;
-        let last_name = parse_optional(row.last_name, PersonName::parse).with_context(|| invalid("last_name"))?;
-        let bio = parse_optional(row.bio, Bio::parse).with_context(|| invalid("bio"))?;
-        let linkedin_profile_url =
+        // Optional profile fields that no longer parse (written by an older version or by hand) read back as
+        // absent, with a warning, rather than making the whole account unreadable: its owner can still log in and
+        // fix them, and lists that contain the row still answer.
+        let first_name =
+            lenient(id, "first_name", parse_optional(row.first_name, PersonName::parse).map_err(Into::into));
+        let last_name = lenient(id, "last_name", parse_optional(row.last_name, PersonName::parse).map_err(Into::into));
+        let bio = lenient(id, "bio", parse_optional(row.bio, Bio::parse).map_err(Into::into));
+        let linkedin_profile_url = lenient(
+            id,
+            "linkedin_profile_url",
             parse_optional(row.linkedin_profile_url, |raw| ProfileUrl::parse(raw, ProfileUrlKind::LinkedIn))
-                .with_context(|| invalid("linkedin_profile_url"))?;
-        let github_profile_url =
+                .map_err(Into::into),
+        );
+        let github_profile_url = lenient(
+            id,
+            "github_profile_url",
             parse_optional(row.github_profile_url, |raw| ProfileUrl::parse(raw, ProfileUrlKind::GitHub))
-                .with_context(|| invalid("github_profile_url"))?;
+                .map_err(Into::into),
+        );
         let role = Role::parse(&row.role).with_context(|| invalid("role"))?;
-        let pending_email = row
-            .pending_email
-            .as_deref()
-            .map(EmailAddress::parse)
-            .transpose()
-            .with_context(|| invalid("pending_email"))?;
+        let pending_email = lenient(
+            id,
+            "pending_email",
+            row.pending_email.as_deref().map(EmailAddress::parse).transpose().map_err(Into::into),
+        );
         Ok(Self {
             id: UserId::from_uuid(row.id),
             email,
@@ -92,6 +101,16 @@ impl TryFrom<UserRow> for User {
             last_login_at: row.last_login_at,
         })
     }
+}
+
+/// An optional profile field that no longer parses (written by an older version or by hand) reads back as absent,
+/// with a warning naming the row and column but not the value, rather than making the whole account unreadable:
+/// its owner can still log in and fix it, and lists that contain the row still answer.
+fn lenient<T>(id: uuid::Uuid, column: &str, parsed: Result<Option<T>, anyhow::Error>) -> Option<T> {
+    parsed.unwrap_or_else(|error| {
+        tracing::warn!(user_id = %id, column, error = %error, "ignoring a stored value the domain refuses");
+        None
+    })
 }
 
 /// Parses a nullable column with a domain parser that itself answers `None` for blank input.

@@ -358,6 +358,8 @@ async fn an_admin_update_applies_profile_role_and_flags_and_queues_the_mails() {
         role: Some(Role::Manager),
         is_professional: None,
         is_locked: Some(true),
+        email: None,
+        email_token: None,
         email_verified: Some(true),
     };
 
@@ -485,6 +487,8 @@ async fn changes_that_keep_an_unlocked_admin_are_allowed_with_a_single_admin() {
         is_locked: Some(false),
         is_professional: Some(true),
         email_verified: Some(true),
+        email: None,
+        email_token: None,
     };
     let updated = repository.admin_update_user(boss.id, profile, vec![], now()).await.unwrap();
     assert!(updated.role == Role::Admin && !updated.is_locked && updated.is_professional);

@@ -93,6 +93,7 @@ pub fn email_token(
         purpose,
         new_email: new_email.map(|email| EmailAddress::parse(email).unwrap()),
         expires_at: to_micros(now + valid_for),
+        drops: Vec::new(),
     }
 }
 
