@@ -258,6 +258,10 @@ async fn a_stored_row_that_no_longer_parses_takes_down_neither_the_list_nor_any_
     app.db
         .execute(&format!("UPDATE users SET nickname = 'not a nickname!' WHERE lower(email) = lower('{broken}')"))
         .await;
+    let corrupt = "SELECT count(*) AS n FROM users WHERE (github_profile_url = 'not a url' \
+                   AND first_name = E'Ada\\u202Enimda') OR nickname = 'not a nickname!'";
+    assert_eq!(count(&app, corrupt).await, 2, "both rows hold values the domain refuses");
+
     // The admin list answers, with every readable user; the unreadable optional fields read back as absent.
     let list = app.client.get(app.url("/users?limit=100")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(list.status(), 200, "GET /users with unreadable rows in it");
@@ -296,10 +300,7 @@ async fn a_stored_row_that_no_longer_parses_takes_down_neither_the_list_nor_any_
         let wrong = login(&app, email, WRONG_PASSWORD).await;
         assert_not_server_error(&wrong, &what("login with a wrong password"));
     }
-    // Nothing was rewritten behind the test's back: the raw values are still stored, no row was added.
-    assert_eq!(count(&app, "SELECT count(*) AS n FROM users WHERE github_profile_url = 'not a url'").await, 1);
-    assert_eq!(count(&app, "SELECT count(*) AS n FROM users WHERE nickname = 'not a nickname!'").await, 1);
-    assert_eq!(count(&app, "SELECT count(*) AS n FROM users").await, 4);
+    assert_eq!(count(&app, "SELECT count(*) AS n FROM users").await, 4, "no row was added or removed");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -475,7 +476,7 @@ async fn the_attackers_verification_link_dies_when_the_mailbox_owner_registers()
     // The owner registers the same address with their own password: the same answer, and a mail of their own.
     assert_eq!(register_plain(&app, &address, STRONG_PASSWORD).await.status(), 202);
     let mails = maildev.wait_for(&address, 2).await;
-    let owners_mail = mails.last().unwrap();
+    let owners_mail = mails.iter().find(|mail| !mail["text"].as_str().unwrap().contains(&attacker_link)).unwrap();
 
     let stale = app.client.get(&attacker_link).send().await.unwrap();
     assert_problem(stale, 400, "invalid_or_expired_token", "the attacker's link after the owner registered").await;
@@ -512,11 +513,9 @@ async fn a_password_change_kills_the_reset_links_sent_before_it() {
     let app = smtp_app_with(&maildev, &[]).await;
     let email = unique_email("change-kills-reset");
     let access = verified_user(&app, &email).await;
-    let before = maildev.mails_to(&email).await.len();
     assert_eq!(post_email(&app, "/password/forgot", &email).await.status(), 202);
-    let mails = maildev.wait_for(&email, before + 1).await;
-    let reset_mail = mails.iter().find(|mail| mail["subject"] == "Reset your password").expect("a reset mail");
-    let token = reset_token(&app_link(&app, reset_mail, "/password/reset?token="));
+    let reset_mail = maildev.wait_for_subject(&email, "Reset your password").await;
+    let token = reset_token(&app_link(&app, &reset_mail, "/password/reset?token="));
 
     let changed = app
         .client
