@@ -64,6 +64,19 @@ impl MailDev {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Waits until a mail for `to` with this subject has arrived (a deadline, not a fixed sleep) and returns the
+    /// newest such mail.
+    pub async fn wait_for_subject(&self, to: &str, subject: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(mail) = self.mails_to(to).await.into_iter().rev().find(|mail| mail["subject"] == subject) {
+                return mail;
+            }
+            assert!(Instant::now() < deadline, "no mail {subject:?} for {to} within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// The first link in a mail's text that starts with `prefix`.
