@@ -14,9 +14,13 @@ use users_postgres::PgRepository;
 use users_smtp::{FileMailer, SmtpConfig, SmtpMailer, SmtpTlsMode};
 
 use crate::config::{Config, MailBackend, SmtpTls};
+use crate::startup::AppService;
 
 /// How often the dispatcher looks for due mail when the last round found none.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Account requests handled per round.
+const REQUEST_BATCH: u32 = 20;
 
 /// One of the two mailers, picked at start-up.
 #[derive(Debug, Clone)]
@@ -83,26 +87,37 @@ pub struct OutboxWorker {
 }
 
 impl OutboxWorker {
-    /// Starts delivering the outbox in the background.
-    pub fn start(repo: PgRepository, mailer: AppMailer) -> Self {
+    /// Starts delivering the outbox in the background. Each round first handles queued account requests
+    /// (forgotten password, resend), which queue the mails they call for, then delivers due mail.
+    pub fn start(repo: PgRepository, mailer: AppMailer, requests: AppService) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
         let dispatcher = Dispatcher::new(repo, mailer, SystemClock, DispatcherConfig::default());
         let (task_stop, task_wake) = (Arc::clone(&stop), Arc::clone(&wake));
         let task = tokio::spawn(async move {
             while !task_stop.load(Ordering::Relaxed) {
-                let busy = match dispatcher.run_round(|| task_stop.load(Ordering::Relaxed)).await {
-                    Ok(report) => {
-                        if report.dead > 0 {
-                            tracing::warn!(dead = report.dead, "mail given up after the last attempt");
-                        }
-                        report.sent + report.retried + report.dead > 0
-                    }
+                let handled = match requests.handle_account_requests(REQUEST_BATCH).await {
+                    Ok(handled) => handled,
                     Err(error) => {
-                        tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "outbox round failed");
-                        false
+                        let error = anyhow::Error::new(error);
+                        tracing::warn!(error = %format!("{error:#}"), "handling account requests failed");
+                        0
                     }
                 };
+                let busy = handled > 0;
+                let busy = busy
+                    | match dispatcher.run_round(|| task_stop.load(Ordering::Relaxed)).await {
+                        Ok(report) => {
+                            if report.dead > 0 {
+                                tracing::warn!(dead = report.dead, "mail given up after the last attempt");
+                            }
+                            report.sent + report.retried + report.dead > 0
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "outbox round failed");
+                            false
+                        }
+                    };
                 if !busy {
                     tokio::select! {
                         () = tokio::time::sleep(POLL_INTERVAL) => {}

@@ -122,6 +122,7 @@ impl Application {
                 .context("making sure of the BOOTSTRAP_ADMIN_EMAIL account")?;
             tracing::info!(user_id = %user.id, "bootstrap admin is present");
         }
+        let requests = service.clone();
         let state = web::Data::new(AppState {
             service,
             public_base_url: config.public_base_url.clone(),
@@ -147,7 +148,7 @@ impl Application {
         .listen(listener)
         .context("starting the HTTP server")?
         .run();
-        let outbox = OutboxWorker::start(repo, mailer);
+        let outbox = OutboxWorker::start(repo, mailer, requests);
         Ok(Self { server, port, outbox })
     }
 

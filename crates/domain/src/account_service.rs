@@ -6,8 +6,8 @@
 //! resend, forgot) behave the same, as seen from outside, whether or not the address has an account.
 
 use crate::accounts::{
-    ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken, OwnedSession,
-    ProfileChanges, RefreshOutcome, SessionSummary, UpdateProfileError,
+    AccountRequestKind, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, NewEmailToken,
+    OwnedSession, ProfileChanges, RefreshOutcome, SessionSummary, UpdateProfileError,
 };
 use crate::admin::AdminWriteError;
 use crate::permissions::Role;
@@ -141,6 +141,9 @@ pub struct MeUpdate {
 
 /// How often a generated nickname is retried on a collision.
 const NICKNAME_ATTEMPTS: usize = 8;
+
+/// How long a worker holds a claimed account request before another may take it over.
+const ACCOUNT_REQUEST_LEASE: time::Duration = time::Duration::minutes(2);
 
 impl<R, H, T, C> Service<R, H, T, C>
 where
@@ -279,12 +282,36 @@ where
         self.repo.confirm_email(user_id, TokenHash::of(token), self.clock.now()).await
     }
 
-    /// Sends a fresh verification link when the address has an unverified account; otherwise does nothing, which
-    /// the caller cannot tell apart.
+    /// Asks for a fresh verification link for the address. The request only queues it, the same work whatever the
+    /// address, so neither the answer nor its timing tells whether an account exists; the worker
+    /// ([`Self::handle_account_requests`]) sends the link when the address has an unverified account.
     ///
     /// # Errors
     /// [`PortError`] when a dependency fails.
     pub async fn resend_verification(&self, email: EmailAddress) -> Result<(), PortError> {
+        self.repo.queue_account_request(AccountRequestKind::Verification, email, self.clock.now()).await
+    }
+
+    /// Handles up to `limit` queued requests (forgotten password, resend): looks each address up, and issues the
+    /// token and queues the mail the account calls for, or nothing. Returns how many were handled. A request whose
+    /// handling fails stays queued and is taken up again when its claim expires.
+    ///
+    /// # Errors
+    /// [`PortError`] when a dependency fails.
+    pub async fn handle_account_requests(&self, limit: u32) -> Result<usize, PortError> {
+        let claimed = self.repo.claim_account_requests(self.clock.now(), limit, ACCOUNT_REQUEST_LEASE).await?;
+        for request in &claimed {
+            match request.kind {
+                AccountRequestKind::PasswordReset => self.send_reset_link(request.email.clone()).await?,
+                AccountRequestKind::Verification => self.send_verification_link(request.email.clone()).await?,
+            }
+            self.repo.finish_account_request(request.id).await?;
+        }
+        Ok(claimed.len())
+    }
+
+    /// Sends a fresh verification link when the address has an unverified account; otherwise does nothing.
+    async fn send_verification_link(&self, email: EmailAddress) -> Result<(), PortError> {
         let Some(user) = self.repo.find_user_by_email(email).await? else { return Ok(()) };
         if user.email_verified {
             return Ok(());
@@ -350,12 +377,17 @@ where
         self.repo.revoke_session(owned, self.clock.now()).await
     }
 
-    /// Mails a password reset link when the address has an account; otherwise does nothing, which the caller
-    /// cannot tell apart.
+    /// Asks for a password reset link for the address. Like [`Self::resend_verification`], the request only queues
+    /// it; the worker mails the link when the address has an account.
     ///
     /// # Errors
     /// [`PortError`] when a dependency fails.
     pub async fn forgot_password(&self, email: EmailAddress) -> Result<(), PortError> {
+        self.repo.queue_account_request(AccountRequestKind::PasswordReset, email, self.clock.now()).await
+    }
+
+    /// Mails a password reset link when the address has an account; otherwise does nothing.
+    async fn send_reset_link(&self, email: EmailAddress) -> Result<(), PortError> {
         let Some(user) = self.repo.find_user_by_email(email).await? else { return Ok(()) };
         let (secret, token) = self.email_token(
             user.id,
@@ -488,6 +520,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::accounts::AccountRequest;
     use crate::ports::{MockPasswordHasher, MockTokenCodec, MockUserRepository};
     use crate::service::tests::{
         NOW, STRONG, allow_judging, hasher_hashing, judging_hasher, service, session_of, throttled_repo, user,
@@ -753,5 +786,62 @@ mod tests {
         repo.expect_admin_delete_user().never();
         let svc = service(repo, hasher_checking(false), MockTokenCodec::new());
         assert!(matches!(svc.delete_me(&principal(), "wrong").await, Err(SelfServiceError::InvalidCurrentPassword)));
+    }
+
+    #[tokio::test]
+    async fn forgot_and_resend_do_the_same_work_for_every_address_and_leave_the_rest_to_the_worker() {
+        for (kind, address) in [
+            (AccountRequestKind::PasswordReset, "ada@example.com"),
+            (AccountRequestKind::PasswordReset, "nobody@example.com"),
+            (AccountRequestKind::Verification, "ada@example.com"),
+            (AccountRequestKind::Verification, "nobody@example.com"),
+        ] {
+            // Only the queueing is expected: any lookup, token or mail in the request would make the mock panic.
+            let mut repo = MockUserRepository::new();
+            repo.expect_queue_account_request()
+                .times(1)
+                .withf(move |queued, email, at| *queued == kind && email.as_str() == address && *at == NOW)
+                .returning(|_, _, _| Box::pin(ready(Ok(()))));
+            let svc = service(repo, MockPasswordHasher::new(), MockTokenCodec::new());
+            let email = EmailAddress::parse(address).unwrap();
+            match kind {
+                AccountRequestKind::PasswordReset => svc.forgot_password(email).await.unwrap(),
+                AccountRequestKind::Verification => svc.resend_verification(email).await.unwrap(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_worker_mails_a_reset_link_for_an_account_and_nothing_for_an_unknown_address_then_finishes_both() {
+        let known = AccountRequest {
+            id: uuid::Uuid::now_v7(),
+            kind: AccountRequestKind::PasswordReset,
+            email: EmailAddress::parse("ada@example.com").unwrap(),
+        };
+        let unknown = AccountRequest {
+            id: uuid::Uuid::now_v7(),
+            kind: AccountRequestKind::PasswordReset,
+            email: EmailAddress::parse("nobody@example.com").unwrap(),
+        };
+        let claimed = vec![known.clone(), unknown.clone()];
+        let mut repo = MockUserRepository::new();
+        repo.expect_claim_account_requests().times(1).returning(move |_, _, _| Box::pin(ready(Ok(claimed.clone()))));
+        repo.expect_find_user_by_email().returning(|email| {
+            let found = (email.as_str() == "ada@example.com").then(|| user(Role::Authenticated, true, false));
+            Box::pin(ready(Ok(found)))
+        });
+        repo.expect_issue_email_token()
+            .times(1)
+            .withf(|token, mails| token.purpose == EmailTokenPurpose::PasswordReset && mails.len() == 1)
+            .returning(|_, _| Box::pin(ready(Ok(()))));
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let finished_in_mock = Arc::clone(&finished);
+        repo.expect_finish_account_request().times(2).returning(move |id| {
+            finished_in_mock.lock().unwrap().push(id);
+            Box::pin(ready(Ok(())))
+        });
+        let svc = service(repo, MockPasswordHasher::new(), MockTokenCodec::new());
+        assert_eq!(svc.handle_account_requests(20).await.unwrap(), 2);
+        assert_eq!(*finished.lock().unwrap(), vec![known.id, unknown.id]);
     }
 }

@@ -174,6 +174,44 @@ impl BackoffPolicy {
     }
 }
 
+/// What an enumeration-prone request asks for. The request itself only queues it, the same work for every
+/// address; a background worker decides what, if anything, to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountRequestKind {
+    /// `POST /password/forgot`: a reset link, when the address has an account.
+    PasswordReset,
+    /// `POST /verify-email/resend`: a fresh verification link, when the address has an unverified account.
+    Verification,
+}
+
+impl AccountRequestKind {
+    /// The name stored for it.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PasswordReset => "password_reset",
+            Self::Verification => "verification",
+        }
+    }
+
+    /// The kind stored under `name`.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::PasswordReset, Self::Verification].into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+/// A queued request, as claimed by the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRequest {
+    /// The queue row.
+    pub id: Uuid,
+    /// What is asked for.
+    pub kind: AccountRequestKind,
+    /// The address it was asked for.
+    pub email: EmailAddress,
+}
+
 /// The stored failures of one backoff key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureCount {

@@ -10,8 +10,8 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, FailureCount, NewEmailToken,
-    OutboxMessage, OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
+    AccountRequest, AccountRequestKind, BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation,
+    FailureCount, NewEmailToken, OutboxMessage, OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
 use crate::admin::{AdminChanges, AdminWriteError, UserQuery};
 use crate::permissions::Role;
@@ -297,6 +297,35 @@ pub trait UserRepository: Send + Sync + 'static {
         now: OffsetDateTime,
         policy: BackoffPolicy,
     ) -> impl Future<Output = Result<Option<OffsetDateTime>, PortError>> + Send;
+
+    /// Queues an enumeration-prone request (one insert, whatever the address).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn queue_account_request(
+        &self,
+        kind: AccountRequestKind,
+        email: EmailAddress,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Claims up to `limit` queued requests, oldest first, skipping those another worker holds, and leases them
+    /// until `now + lease` so a crashed worker's claim expires.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn claim_account_requests(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<AccountRequest>, PortError>> + Send;
+
+    /// Removes a handled request.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn finish_account_request(&self, id: Uuid) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// Lists users for an administrator: one page in the query's order, after its cursor, filtered.
     ///

@@ -2,74 +2,112 @@
 //!
 //! Failures are counted in storage, so every instance sees the same count and block. Only a wrong password is a
 //! failure: an attempt still being checked is not, so concurrent correct logins never meet a block they did not
-//! earn. What keeps a burst of parallel guesses from all being checked before the first failure is recorded is the
-//! [`AttemptGate`]: within one process, at most `LOGIN_BACKOFF_AFTER` checks of one account run at once, and each
-//! looks at the block only when its turn comes. A burst can therefore overshoot the threshold by fewer than
-//! `LOGIN_BACKOFF_AFTER` checks per instance before the block stops it.
+//! earn. What keeps a burst of parallel guesses from all being checked before the first failures are recorded is
+//! the [`AttemptGate`]: within one process, the checks of one account running at once plus the failures already
+//! counted never exceed the threshold (`LOGIN_BACKOFF_AFTER`), and once past it one check runs at a time. Further
+//! attempts wait for a running check to finish, then look at the count again: after a burst of wrong guesses they
+//! find the block (429), after a right password they go ahead. With several instances each has its own gate, so a
+//! burst spread over N instances can be checked at most N times the threshold before the block stops it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use time::{Duration, OffsetDateTime};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::accounts::FailureCount;
 use crate::ports::{Clock, PasswordHasher, PortError, TokenCodec, UserRepository};
 use crate::service::Service;
 use crate::user::PasswordHash;
 
-/// Limits how many password checks of one key run at once in this process.
+/// The checks of one key running in this process, and how waiters learn that one ended.
+#[derive(Debug, Default)]
+struct KeyState {
+    /// Checks running now.
+    running: u32,
+    /// Wakes one waiter when a check ends (or a waiter passes its wake-up on).
+    ended: Arc<Notify>,
+    /// Checks running or waiting; the entry is removed when this drops to zero.
+    interested: u32,
+}
+
+/// Limits how many password checks of one key run at once in this process (see the module docs).
 #[derive(Debug)]
 pub(crate) struct AttemptGate {
-    /// Checks of one key allowed at once.
-    permits: usize,
-    /// The semaphore of every key with a check running or waiting; removed when the last one leaves.
-    keys: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Failures (counted plus running) allowed before the block: `LOGIN_BACKOFF_AFTER`.
+    threshold: u32,
+    /// Every key with a check running or waiting.
+    keys: Mutex<HashMap<String, KeyState>>,
 }
 
 impl AttemptGate {
-    /// A gate letting `permits` checks of one key run at once (at least one).
-    pub(crate) fn new(permits: u32) -> Self {
-        let permits = usize::try_from(permits.max(1)).unwrap_or(1).min(Semaphore::MAX_PERMITS);
-        Self { permits, keys: Mutex::new(HashMap::new()) }
+    /// A gate for the given threshold (at least one).
+    pub(crate) fn new(threshold: u32) -> Self {
+        Self { threshold: threshold.max(1), keys: Mutex::new(HashMap::new()) }
     }
 
-    /// Waits for a turn to check a password of `key`; the turn ends when the returned value is dropped.
-    pub(crate) async fn enter(self: &Arc<Self>, key: &str) -> Turn {
-        let semaphore = {
-            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(keys.entry(key.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.permits))))
-        };
-        // The semaphore is never closed, so acquiring only fails if that invariant breaks; then the check simply
-        // runs without a permit rather than failing the request.
-        let permit = Arc::clone(&semaphore).acquire_owned().await.ok();
-        Turn { gate: Arc::clone(self), key: key.to_owned(), semaphore: Some(semaphore), permit }
+    /// How many checks may run at once with `failures` already counted.
+    fn capacity(&self, failures: u32) -> u32 {
+        self.threshold.checked_sub(failures).filter(|left| *left > 0).unwrap_or(1)
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyState>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers interest in `key`; the returned value takes it back when dropped.
+    fn join(self: &Arc<Self>, key: &str) -> Interest {
+        self.keys().entry(key.to_owned()).or_default().interested += 1;
+        Interest { gate: Arc::clone(self), key: key.to_owned(), running: false }
     }
 
     /// How many keys have a check running or waiting (for tests).
     #[cfg(test)]
     pub(crate) fn busy_keys(&self) -> usize {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.keys().len()
     }
 }
 
-/// A running check's place in the [`AttemptGate`].
+/// One attempt's place at the gate: waiting, or running once [`Interest::try_start`] succeeded. Dropping it (also
+/// when the request is abandoned) ends the check and wakes the next waiter.
 #[derive(Debug)]
-pub(crate) struct Turn {
+struct Interest {
     gate: Arc<AttemptGate>,
     key: String,
-    semaphore: Option<Arc<Semaphore>>,
-    permit: Option<OwnedSemaphorePermit>,
+    running: bool,
 }
 
-impl Drop for Turn {
+impl Interest {
+    /// Starts the check if the key has room for it with `failures` counted; otherwise returns what to wait on.
+    fn try_start(&mut self, failures: u32) -> Result<(), Arc<Notify>> {
+        let capacity = self.gate.capacity(failures);
+        let mut keys = self.gate.keys();
+        let state = keys.entry(self.key.clone()).or_default();
+        if state.running < capacity {
+            state.running += 1;
+            self.running = true;
+            // More room left: let the next waiter look too.
+            if state.running < capacity {
+                state.ended.notify_one();
+            }
+            Ok(())
+        } else {
+            Err(Arc::clone(&state.ended))
+        }
+    }
+}
+
+impl Drop for Interest {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        let Some(semaphore) = self.semaphore.take() else { return };
-        let mut keys = self.gate.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        // Clones are only taken under this lock, so two references (the map's and ours) mean nobody else is
-        // running or waiting for this key.
-        if Arc::strong_count(&semaphore) == 2 {
+        let mut keys = self.gate.keys();
+        let Some(state) = keys.get_mut(&self.key) else { return };
+        if self.running {
+            state.running = state.running.saturating_sub(1);
+        }
+        state.interested = state.interested.saturating_sub(1);
+        // A check ended, or a waiter left (maybe holding a wake-up meant for someone else): pass it on.
+        state.ended.notify_one();
+        if state.interested == 0 {
             keys.remove(&self.key);
         }
     }
@@ -111,11 +149,18 @@ where
         candidate: String,
         hash: Option<PasswordHash>,
     ) -> Result<Checked, PortError> {
-        let _turn = self.attempts.enter(&key).await;
-        let count = self.repo.login_failures(key.clone()).await?;
-        if let Some(retry_after) = blocked_for(count.as_ref(), self.clock.now()) {
-            return Ok(Checked::Blocked { retry_after });
-        }
+        let mut interest = self.attempts.join(&key);
+        let count = loop {
+            let count = self.repo.login_failures(key.clone()).await?;
+            if let Some(retry_after) = blocked_for(count.as_ref(), self.clock.now()) {
+                return Ok(Checked::Blocked { retry_after });
+            }
+            match interest.try_start(count.map_or(0, |count| count.failures)) {
+                Ok(()) => break count,
+                // A running check ends (or a waiter leaves) before the count can change: look again then.
+                Err(ended) => ended.notified().await,
+            }
+        };
         if self.hasher.verify(candidate, hash).await? {
             if count.is_some() {
                 self.repo.clear_login_failures(key).await?;
@@ -132,20 +177,40 @@ where
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_gate_lets_only_its_permits_through_for_one_key_and_forgets_idle_keys() {
-        let gate = Arc::new(AttemptGate::new(2));
-        let first = gate.enter("a@example.com").await;
-        let second = gate.enter("a@example.com").await;
-        // Another key is not held up by the first one's turns.
-        let other = gate.enter("b@example.com").await;
-        let third = tokio::time::timeout(std::time::Duration::from_millis(50), gate.enter("a@example.com")).await;
-        assert!(third.is_err(), "a third concurrent check of one key must wait");
+    #[test]
+    fn a_key_runs_as_many_checks_as_failures_are_left_before_the_threshold_then_one_at_a_time() {
+        let gate = Arc::new(AttemptGate::new(3));
+        let mut first = gate.join("a@example.com");
+        let mut second = gate.join("a@example.com");
+        let mut third = gate.join("a@example.com");
+        // One failure counted: two checks may run.
+        assert!(first.try_start(1).is_ok());
+        assert!(second.try_start(1).is_ok());
+        assert!(third.try_start(1).is_err(), "a third check must wait");
+        // Another key is not held up by the first one's checks.
+        let mut other = gate.join("b@example.com");
+        assert!(other.try_start(0).is_ok());
         drop(first);
-        let third = gate.enter("a@example.com").await;
-        assert_eq!(gate.busy_keys(), 2);
+        assert!(third.try_start(1).is_ok(), "a slot freed by a finished check is taken");
         drop((second, third, other));
-        assert_eq!(gate.busy_keys(), 0);
+        assert_eq!(gate.busy_keys(), 0, "idle keys are forgotten");
+        // Past the threshold (the block has ended), one check at a time.
+        let mut late = gate.join("a@example.com");
+        let mut later = gate.join("a@example.com");
+        assert!(late.try_start(7).is_ok());
+        assert!(later.try_start(7).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_when_a_running_check_ends() {
+        let gate = Arc::new(AttemptGate::new(1));
+        let mut running = gate.join("a@example.com");
+        assert!(running.try_start(0).is_ok());
+        let mut waiting = gate.join("a@example.com");
+        let ended = waiting.try_start(0).unwrap_err();
+        drop(running);
+        ended.notified().await;
+        assert!(waiting.try_start(0).is_ok());
     }
 
     #[test]

@@ -180,6 +180,14 @@ impl Nickname {
         Self(format!("{adjective}_{animal}_{number:03}"))
     }
 
+    /// A valid nickname derived from a user id (`user-` and its first 12 hex digits): what a storage adapter shows
+    /// for a row whose stored nickname no longer parses, so that the account stays readable.
+    #[must_use]
+    pub fn stand_in(id: UserId) -> Self {
+        let digits: String = id.as_uuid().simple().to_string().chars().take(12).collect();
+        Self(format!("user-{digits}"))
+    }
+
     /// The nickname as shown.
     #[must_use]
     pub fn as_str(&self) -> &str {
@@ -669,6 +677,13 @@ mod tests {
         assert_eq!(Nickname::parse("bob\u{200B}by"), Err(NicknameError::Characters));
         assert_eq!(Nickname::parse("b\u{202E}ob"), Err(NicknameError::Characters));
         assert_eq!(Nickname::parse("b\u{430}b"), Err(NicknameError::Characters));
+    }
+
+    #[test]
+    fn stand_in_nicknames_parse() {
+        let nickname = Nickname::stand_in(UserId::generate());
+        assert_eq!(Nickname::parse(nickname.as_str()), Ok(nickname.clone()));
+        assert!(nickname.as_str().starts_with("user-"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod errors;
 mod outbox;
 mod pictures;
 mod repository;
+mod requests;
 mod rotation;
 mod rows;
 mod schema;

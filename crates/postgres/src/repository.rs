@@ -15,8 +15,8 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
 use users_domain::accounts::{
-    BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation, EmailTokenPurpose, FailureCount,
-    NewEmailToken, OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
+    AccountRequest, AccountRequestKind, BackoffPolicy, ConfirmEmailError, EmailChangeRequest, EmailConfirmation,
+    EmailTokenPurpose, FailureCount, NewEmailToken, OwnedSession, ProfileChanges, RefreshOutcome, UpdateProfileError,
 };
 use users_domain::admin::{AdminChanges, AdminWriteError, UserQuery};
 use users_domain::permissions::Role;
@@ -28,6 +28,7 @@ use crate::errors::{
     NICKNAME_UNIQUE_INDEX, acquire_timed_out, insert_user_error, pool_error, query_error, violated_unique_index,
 };
 use crate::outbox::insert_mail;
+use crate::requests;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, NewUserRow, SessionRow, UserRow};
 use crate::schema::{email_tokens, login_attempts, refresh_tokens, sessions, users};
 use crate::setup::{PgConfig, PgSetupError, validate_url};
@@ -501,6 +502,34 @@ impl UserRepository for PgRepository {
             Ok(rows) => Ok(rows.into_iter().map(Session::from).collect()),
             Err(error) => Err(query_error(error, &mut connection, "listing sessions")),
         }
+    }
+
+    async fn queue_account_request(
+        &self,
+        kind: AccountRequestKind,
+        email: EmailAddress,
+        now: OffsetDateTime,
+    ) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let queued = requests::queue(&mut connection, kind, &email, now).await;
+        queued.map_err(|error| query_error(error, &mut connection, "queueing an account request"))
+    }
+
+    async fn claim_account_requests(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: time::Duration,
+    ) -> Result<Vec<AccountRequest>, PortError> {
+        let mut connection = self.connection().await?;
+        let claimed = requests::claim(&mut connection, now, limit, lease).await;
+        claimed.map_err(|error| query_error(error, &mut connection, "claiming account requests"))
+    }
+
+    async fn finish_account_request(&self, id: uuid::Uuid) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let finished = requests::finish(&mut connection, id).await;
+        finished.map_err(|error| query_error(error, &mut connection, "finishing an account request"))
     }
 
     async fn login_failures(&self, key: String) -> Result<Option<FailureCount>, PortError> {

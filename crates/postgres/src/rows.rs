@@ -53,7 +53,13 @@ impl TryFrom<UserRow> for User {
         // The message names the row and the column but never the value: stored values are personal data.
         let invalid = |column: &str| format!("users row {id}: column {column} holds a value the domain refuses");
         let email = EmailAddress::parse(&row.email).with_context(|| invalid("email"))?;
-        let nickname = Nickname::parse(&row.nickname).with_context(|| invalid("nickname"))?;
+        // A nickname that no longer parses (written by hand or by an older version) must not make the account
+        // unreadable for every request about its address: it reads back as a valid stand-in derived from the id,
+        // with a warning, until someone sets a new one.
+        let nickname = Nickname::parse(&row.nickname).unwrap_or_else(|error| {
+            tracing::warn!(user_id = %id, column = "nickname", error = %error, "replacing a stored nickname the domain refuses");
+            Nickname::stand_in(UserId::from_uuid(id))
+        });
         // Optional profile fields that no longer parse (written by an older version or by hand) read back as
         // absent, with a warning, rather than making the whole account unreadable: its owner can still log in and
         // fix them, and lists that contain the row still answer.

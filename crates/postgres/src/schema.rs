@@ -124,3 +124,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     pictures,
     picture_variants
 );
+
+diesel::table! {
+    account_requests (id) {
+        id -> Uuid,
+        kind -> Text,
+        email -> Text,
+        created_at -> Timestamptz,
+        claimed_until -> Timestamptz,
+    }
+}
