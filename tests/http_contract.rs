@@ -83,9 +83,10 @@ async fn operations_endpoints_answer() {
 
     let openapi = json_body(app.client.get(app.url("/openapi.json")).send().await.unwrap()).await;
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/login", "/me", "/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"] {
+    for path in ["/login", "/me", "/healthz", "/readyz", "/.well-known/jwks.json"] {
         assert!(openapi["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
+    assert!(openapi["paths"].get("/metrics").is_none(), "/metrics is not on the public API");
     let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().to_lowercase().contains("swagger"));
@@ -98,7 +99,9 @@ async fn operations_endpoints_answer() {
     assert_eq!(key["crv"], "P-256");
     assert!(key.get("d").is_none(), "the private key must never be published");
 
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_problem(app.client.get(app.url("/metrics")).send().await.unwrap(), 404, "not_found").await;
+    let metrics_address = app.metrics_address.as_deref().unwrap();
+    let metrics = app.client.get(format!("{metrics_address}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("http_requests_total"), "{metrics}");
 }
 

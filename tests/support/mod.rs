@@ -46,6 +46,8 @@ fn base_env(db: &TestDatabase, data_dir: &tempfile::TempDir) -> HashMap<String, 
         ("MAIL_BACKEND".to_owned(), "file".to_owned()),
         ("RATE_LIMITS".to_owned(), "off".to_owned()),
         ("LOG_FORMAT".to_owned(), "json".to_owned()),
+        // Never the default 9464: tests run in parallel, and a developer's server may hold it.
+        ("METRICS_BIND_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
     ])
 }
 
@@ -59,6 +61,8 @@ pub struct TestApp {
     pub db: TestDatabase,
     /// The test's own data directory (removed with the app).
     pub data_dir: tempfile::TempDir,
+    /// `http://127.0.0.1:<port>` of the metrics listener, unless `METRICS_BIND_ADDR` was set empty.
+    pub metrics_address: Option<String>,
 }
 
 impl TestApp {
@@ -75,8 +79,9 @@ impl TestApp {
         let config = Config::from_map(&env).unwrap();
         let app = Application::build(config).await.expect("the app should start");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let metrics_address = app.metrics_addr().map(|addr| format!("http://{addr}"));
         tokio::spawn(app.run_until_stopped());
-        Self { address, client: client(), db, data_dir }
+        Self { address, client: client(), db, data_dir, metrics_address }
     }
 
     /// Starts the app with the base settings.
@@ -113,6 +118,34 @@ pub fn run_cli(args: &[&str], env: &HashMap<String, String>, stdin: &str) -> Out
     child.wait_with_output().unwrap()
 }
 
+/// Runs the real binary with a subcommand and the given environment, expecting it to exit on its own (a start-up
+/// that should fail); fails the test if it is still running after `timeout`.
+pub fn run_until_exit(args: &[&str], env: &HashMap<String, String>, timeout: Duration) -> Output {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the user-management binary should start");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "user-management {args:?} was still running after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// The path of the built `user-management` binary: `USER_MANAGEMENT_BIN`, set by `cargo xtask test`.
 pub fn binary() -> PathBuf {
     let path = std::env::var("USER_MANAGEMENT_BIN")
@@ -135,6 +168,8 @@ pub struct BinaryApp {
     pub env: HashMap<String, String>,
     /// A plain HTTP client.
     pub client: reqwest::Client,
+    /// `http://127.0.0.1:<port>` of the metrics listener (`METRICS_BIND_ADDR`), on a free port of its own.
+    pub metrics_address: String,
     child: Child,
     /// The app's own database.
     pub db: TestDatabase,
@@ -150,15 +185,25 @@ impl BinaryApp {
 
     /// As [`Self::start`], with extra settings.
     pub async fn start_with(extra: &[(String, String)], before_start: impl FnOnce(&HashMap<String, String>)) -> Self {
+        Self::start_editing(|env| env.extend(extra.iter().cloned()), before_start).await
+    }
+
+    /// As [`Self::start`], with the environment edited by `edit` (which sees the test database's `DATABASE_URL`).
+    pub async fn start_editing(
+        edit: impl FnOnce(&mut HashMap<String, String>),
+        before_start: impl FnOnce(&HashMap<String, String>),
+    ) -> Self {
         let db = TestDatabase::create().await;
         let data_dir = tempfile::tempdir().unwrap();
         let mut env = base_env(&db, &data_dir);
         // Only warnings and errors from the server reach the test output; a failing test shows them.
         env.insert("RUST_LOG".to_owned(), "warn".to_owned());
-        env.extend(extra.iter().cloned());
+        env.insert("METRICS_BIND_ADDR".to_owned(), format!("127.0.0.1:{}", free_port()));
+        edit(&mut env);
         let port = free_port();
         env.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"));
         env.insert("PUBLIC_BASE_URL".to_owned(), format!("http://127.0.0.1:{port}"));
+        let metrics_address = format!("http://{}", env["METRICS_BIND_ADDR"]);
         before_start(&env);
         let child = Command::new(binary())
             .arg("serve")
@@ -169,8 +214,15 @@ impl BinaryApp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the user-management binary should start");
-        let app =
-            Self { address: format!("http://127.0.0.1:{port}"), env, client: client(), child, db, _data_dir: data_dir };
+        let app = Self {
+            address: format!("http://127.0.0.1:{port}"),
+            env,
+            client: client(),
+            metrics_address,
+            child,
+            db,
+            _data_dir: data_dir,
+        };
         app.wait_until_healthy().await;
         app
     }

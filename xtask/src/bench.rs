@@ -5,7 +5,9 @@
 //! repeat one request, a small built-in HTTP/1.1 loop for those `oha` cannot express (a refresh token is single use,
 //! so every request needs the token the previous answer returned; idle connections only have to be held open), and
 //! argon2 in-process for the raw hash rate the `login` figure is compared with. `upload` starts its own Garage and a
-//! second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. The table goes to standard output and,
+//! second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `soak`, run only when named,
+//! keeps `GET /me` going for minutes with nobody scraping the metrics and samples the server's memory, to show that
+//! nothing accumulates per request. The table goes to standard output and,
 //! as JSON, to `target/bench/<timestamp>.json`, so runs can be compared. The server is stopped whatever happens.
 
 use std::fmt::Write as _;
@@ -65,6 +67,15 @@ const REFRESH_CONNECTIONS: u32 = 32;
 /// Connections of the wrong-password flood in `storm`.
 const STORM_FLOOD_CONNECTIONS: u32 = 200;
 
+/// Connections of `soak` (the load under which unscraped metrics once grew the server by 10 MiB a minute).
+const SOAK_CONNECTIONS: u32 = 32;
+
+/// How long `soak` runs unless `--soak-minutes` says otherwise.
+const SOAK_DEFAULT: Duration = Duration::from_secs(10 * 60);
+
+/// How often `soak` reads the server's resident memory.
+const SOAK_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Above this share of the CPU used by other processes before the run, the run warns that its figures will be low.
 const BUSY_WARNING_PERCENT: f64 = 15.0;
 
@@ -95,11 +106,13 @@ enum Scenario {
     Storm,
     /// `POST /users/{id}/profile-picture` of a ~1 MB JPEG, with the server storing in a Garage the run starts.
     Upload,
+    /// `GET /me` for `--soak-minutes` with nobody scraping `/metrics`, the server's memory sampled throughout.
+    Soak,
 }
 
 impl Scenario {
     /// Every scenario, in running order.
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Idle,
         Self::Me,
         Self::UserById,
@@ -109,7 +122,13 @@ impl Scenario {
         Self::Refresh,
         Self::Storm,
         Self::Upload,
+        Self::Soak,
     ];
+
+    /// Whether the scenario runs when none is named: all but `soak`, which takes ten minutes.
+    fn runs_by_default(self) -> bool {
+        self != Self::Soak
+    }
 
     /// The name used on the command line and in the table.
     fn name(self) -> &'static str {
@@ -123,6 +142,7 @@ impl Scenario {
             Self::Refresh => "refresh",
             Self::Storm => "storm",
             Self::Upload => "upload",
+            Self::Soak => "soak",
         }
     }
 
@@ -133,7 +153,7 @@ impl Scenario {
 
     /// Whether the scenario runs `oha`.
     fn uses_oha(self) -> bool {
-        matches!(self, Self::Me | Self::UserById | Self::Search | Self::Login | Self::Storm | Self::Upload)
+        matches!(self, Self::Me | Self::UserById | Self::Search | Self::Login | Self::Storm | Self::Upload | Self::Soak)
     }
 }
 
@@ -152,10 +172,13 @@ struct Options {
     fresh: bool,
     /// A server binary built elsewhere (another checkout, another commit) to measure instead of building this one.
     server_bin: Option<PathBuf>,
+    /// How long `soak` keeps the load on.
+    soak: Duration,
 }
 
 impl Options {
-    /// Parses `[scenario...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]`.
+    /// Parses `[scenario...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
+    /// [--soak-minutes M]`.
     fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self {
             scenarios: Vec::new(),
@@ -164,6 +187,7 @@ impl Options {
             duration: Duration::from_secs(10),
             fresh: false,
             server_bin: None,
+            soak: SOAK_DEFAULT,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -191,6 +215,15 @@ impl Options {
                 "--warmup" => options.warmup = parse_seconds("--warmup", &value()?)?,
                 "--fresh" => options.fresh = true,
                 "--server-bin" => options.server_bin = Some(PathBuf::from(value()?)),
+                "--soak-minutes" => {
+                    let raw = value()?;
+                    let minutes: u64 = raw
+                        .parse()
+                        .ok()
+                        .filter(|minutes| *minutes >= 1)
+                        .with_context(|| format!("--soak-minutes {raw}: expected a whole number of at least 1"))?;
+                    options.soak = Duration::from_secs(minutes * 60);
+                }
                 name if !name.starts_with('-') => {
                     let scenario = Scenario::parse(name).with_context(|| {
                         let known = Scenario::ALL.map(Scenario::name).join(", ");
@@ -205,7 +238,7 @@ impl Options {
             bail!("--duration must be at least 1 second");
         }
         if options.scenarios.is_empty() {
-            options.scenarios = Scenario::ALL.to_vec();
+            options.scenarios = Scenario::ALL.into_iter().filter(|scenario| scenario.runs_by_default()).collect();
         }
         options.scenarios.sort();
         options.scenarios.dedup();
@@ -222,7 +255,8 @@ fn parse_seconds(flag: &str, raw: &str) -> Result<Duration> {
         .with_context(|| format!("{flag} {raw}: expected whole seconds such as 10 or 10s"))
 }
 
-/// `cargo xtask bench [scenario...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]`.
+/// `cargo xtask bench [scenario...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
+/// [--soak-minutes M]`.
 pub struct Bench {
     /// The arguments after `bench`.
     args: Vec<String>,
@@ -392,6 +426,10 @@ fn run_scenarios(
             Scenario::Refresh => refresh(current, options).map(|row| vec![row]),
             Scenario::Upload => match oha {
                 Some(oha) => upload(start, oha, options).map(|row| vec![row]),
+                None => Err(anyhow::anyhow!("oha is not available")),
+            },
+            Scenario::Soak => match oha {
+                Some(oha) => soak(current, oha, options).map(|row| vec![row]),
                 None => Err(anyhow::anyhow!("oha is not available")),
             },
             Scenario::Me | Scenario::UserById | Scenario::Search | Scenario::Login | Scenario::Storm => match oha {
@@ -693,7 +731,7 @@ fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, options: &Option
             let body = json!({"email": seeded_email(1), "password": PASSWORD}).to_string();
             (post_json(server.url("/login"), body, LOGIN_CONNECTIONS, 200), String::new())
         }
-        Scenario::Idle | Scenario::Argon2 | Scenario::Refresh | Scenario::Upload => {
+        Scenario::Idle | Scenario::Argon2 | Scenario::Refresh | Scenario::Upload | Scenario::Soak => {
             bail!("`{}` is not an oha scenario", scenario.name())
         }
     };
@@ -749,6 +787,106 @@ fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, options: &Option
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// `soak`: `GET /me` on [`SOAK_CONNECTIONS`] connections for `--soak-minutes`, with nobody scraping `/metrics`
+/// (the metrics listener is on a port nobody is told), reading the server's RSS every [`SOAK_SAMPLE_INTERVAL`].
+/// Anything kept per request (unscraped metric samples, a cache without a bound) shows as a steady growth; the
+/// notes give RSS at the start, the end and its maximum, and the growth per minute fitted over every sample.
+fn soak(server: &Server, oha: &Oha, options: &Options) -> Result<Row> {
+    let token = login(server.addr, &format!("user1@{SEED_DOMAIN}"))?.access_token;
+    let load = get(server.url("/me"), Some(token), SOAK_CONNECTIONS);
+    let status = probe(server.addr, &load)?;
+    if status != load.expected_status {
+        bail!("GET /me answered {status}");
+    }
+    if !options.warmup.is_zero() {
+        process::output(&mut oha_command(oha, &load, options.warmup)).context("the warm-up run of oha failed")?;
+    }
+    let cpu = CpuMeter::start(server.pid)?;
+    let mut command = oha_command(oha, &load, options.soak);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("could not start `{}`", process::describe(&command)))?;
+    let mut samples = vec![(0.0, server.rss_kib()?)];
+    let mut next_sample = SOAK_SAMPLE_INTERVAL;
+    ui::info(&format!(
+        "{} minutes of GET /me on {SOAK_CONNECTIONS} connections; RSS every {} s",
+        options.soak.as_secs() / 60,
+        SOAK_SAMPLE_INTERVAL.as_secs()
+    ));
+    while child.try_wait().context("could not wait for oha")?.is_none() {
+        if let Err(interrupted) = process::check_interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(interrupted);
+        }
+        if started.elapsed() >= next_sample {
+            let rss = server.rss_kib()?;
+            samples.push((started.elapsed().as_secs_f64(), rss));
+            if next_sample.as_secs().is_multiple_of(60) {
+                ui::info(&format!("{:.0} min: {} resident", started.elapsed().as_secs_f64() / 60.0, format_kib(rss)));
+            }
+            next_sample += SOAK_SAMPLE_INTERVAL;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    samples.push((started.elapsed().as_secs_f64(), server.rss_kib()?));
+    let output = child.wait_with_output().context("could not read oha's report")?;
+    if !output.status.success() {
+        bail!(
+            "oha failed with {}: {}",
+            process::describe_status(output.status),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let measured = Measurement {
+        server_cpu_percent: cpu.percent().ok(),
+        ..parse_oha(&String::from_utf8_lossy(&output.stdout), load.expected_status)?
+    };
+    let mut row = Row::new(Scenario::Soak.name());
+    row.connections = Some(u64::from(SOAK_CONNECTIONS));
+    row.note = format!("{}{}", soak_note(&samples), error_note(&measured));
+    row.measurement = Some(measured);
+    row.rss_kib = samples.last().map(|(_, rss)| *rss);
+    Ok(row)
+}
+
+/// The notes of `soak`: RSS at the start, the end and its maximum, and the growth per minute, from samples of
+/// (seconds since the start, RSS in KiB).
+fn soak_note(samples: &[(f64, u64)]) -> String {
+    let (Some((_, first)), Some((last_at, last))) = (samples.first(), samples.last()) else {
+        return "no memory samples".to_owned();
+    };
+    let max = samples.iter().map(|(_, rss)| *rss).max().unwrap_or(*last);
+    format!(
+        "GET /me for {:.1} min, nobody scraping /metrics: RSS start {}, end {}, max {}; growth {:+.2} MiB/min \
+         (least squares over {} samples)",
+        last_at / 60.0,
+        format_kib(*first),
+        format_kib(*last),
+        format_kib(max),
+        growth_mib_per_minute(samples),
+        samples.len()
+    )
+}
+
+/// The least-squares slope of RSS over time, in MiB per minute: a steady leak shows however noisy one sample is.
+fn growth_mib_per_minute(samples: &[(f64, u64)]) -> f64 {
+    let points: Vec<(f64, f64)> = samples.iter().map(|(at, rss)| (*at, *rss as f64)).collect();
+    let count = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mean_t = points.iter().map(|(t, _)| t).sum::<f64>() / count;
+    let mean_r = points.iter().map(|(_, r)| r).sum::<f64>() / count;
+    let covariance: f64 = points.iter().map(|(t, r)| (t - mean_t) * (r - mean_r)).sum();
+    let variance: f64 = points.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+    if variance == 0.0 {
+        return 0.0;
+    }
+    // KiB per second to MiB per minute.
+    covariance / variance * 60.0 / 1024.0
 }
 
 /// `; errors: 3x HTTP 503` when there were errors, else nothing.
@@ -1548,7 +1686,10 @@ fn start_server(
         .env("RATE_LIMITS", "off")
         .env("LOGIN_BACKOFF_AFTER", "1000000")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        // A port of its own that nobody scrapes: `soak` measures the unscraped case, and a developer's server may
+        // hold the default 9464.
+        .env("METRICS_BIND_ADDR", "127.0.0.1:0");
     // The scenario's own settings (`upload`'s S3 storage) override the defaults above.
     command.envs(env.iter().map(|(name, value)| (name, value)));
     let storage = env.iter().find(|(name, _)| *name == "STORAGE_BACKEND").map_or("fs", |(_, value)| value.as_str());
@@ -1774,7 +1915,9 @@ mod tests {
     #[test]
     fn no_arguments_run_every_scenario_with_the_defaults() -> Result<()> {
         let options = Options::parse(&[])?;
-        assert_eq!(options.scenarios, Scenario::ALL.to_vec());
+        let all_but_soak: Vec<Scenario> = Scenario::ALL.into_iter().filter(|s| *s != Scenario::Soak).collect();
+        assert_eq!(options.scenarios, all_but_soak);
+        assert_eq!(options.soak, Duration::from_secs(600));
         assert_eq!(options.users, 1000);
         assert_eq!(options.warmup, Duration::from_secs(3));
         assert_eq!(options.duration, Duration::from_secs(10));
@@ -1790,6 +1933,30 @@ mod tests {
         assert_eq!(options.users, 1_000_000);
         assert_eq!(options.duration, Duration::from_secs(5));
         Ok(())
+    }
+
+    #[test]
+    fn soak_runs_only_when_named_for_the_minutes_given() -> Result<()> {
+        let options = Options::parse(&args(&["soak", "--soak-minutes", "3"]))?;
+        assert_eq!(options.scenarios, vec![Scenario::Soak]);
+        assert_eq!(options.soak, Duration::from_secs(180));
+        assert!(Options::parse(&args(&["soak", "--soak-minutes", "0"])).is_err());
+        assert!(Options::parse(&args(&["soak", "--soak-minutes", "1.5"])).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn memory_growth_is_the_fitted_slope_in_mib_per_minute() {
+        // 10 MiB a minute, sampled every 10 s, with noise that a first/last difference would take at face value.
+        let samples: Vec<(f64, u64)> = (0..=18_u64)
+            .map(|i| (i as f64 * 10.0, 50 * 1024 + i * 10 * 1024 / 6 + if i % 2 == 0 { 300 } else { 0 }))
+            .collect();
+        assert!((growth_mib_per_minute(&samples) - 10.0).abs() < 0.1, "{}", growth_mib_per_minute(&samples));
+        let flat: Vec<(f64, u64)> = (0..10_u64).map(|i| (i as f64 * 10.0, 48 * 1024)).collect();
+        assert!(growth_mib_per_minute(&flat).abs() < 1e-9);
+        assert!(growth_mib_per_minute(&flat[..1]).abs() < 1e-9);
+        let note = soak_note(&[(0.0, 48 * 1024), (60.0, 50 * 1024), (120.0, 49 * 1024)]);
+        assert!(note.contains("start 48.0 MiB, end 49.0 MiB, max 50.0 MiB"), "{note}");
     }
 
     #[test]

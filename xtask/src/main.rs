@@ -5,9 +5,9 @@
 //! - `cargo xtask test [ARGS]` starts every service the tests talk to (Postgres, Garage as the S3 server, MailDev as
 //!   the SMTP catcher) on free ports, runs `cargo test --workspace --all-targets [ARGS]` with the `UM_TEST_*`
 //!   variables pointing at them, and stops the services again, whatever the outcome.
-//! - `cargo xtask bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]`
-//!   load-tests the release server against a seeded database and prints one table of throughput, latency and
-//!   memory.
+//! - `cargo xtask bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
+//!   [--soak-minutes M]` load-tests the release server against a seeded database and prints one table of
+//!   throughput, latency and memory.
 //!
 //! The `cargo xtask` alias lives in `.cargo/config.toml`; status lines go to standard error, like cargo's own.
 
@@ -38,11 +38,14 @@ Commands:
   test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports and run
                 `cargo test --workspace --all-targets [ARGS]` against them
   bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
+        [--soak-minutes M]
                 Build the release server, seed `um_bench_<N>` (default 1000 users), start the
                 server and load it; scenarios: idle me user-by-id search login argon2 refresh
-                storm upload (default: all); defaults 3 s warm-up + 10 s measured; prints a
-                table and writes it as JSON to target/bench/<timestamp>.json. `--fresh` reseeds
-                the database; `--server-bin` measures a binary built elsewhere
+                storm upload (default: all of these) and soak (only when named: GET /me for
+                M minutes, default 10, with the server's memory sampled); defaults 3 s warm-up
+                + 10 s measured; prints a table and writes it as JSON to
+                target/bench/<timestamp>.json. `--fresh` reseeds the database; `--server-bin`
+                measures a binary built elsewhere
   help          Print this message";
 
 fn main() -> ExitCode {

@@ -1,7 +1,9 @@
 //! The local Postgres server: reach it, start or install it when needed, and manage databases through `psql`.
 //!
 //! Debian's PostgreSQL cluster usually runs already at 127.0.0.1:5432 with trust authentication for `postgres`;
-//! where it is stopped it is started with `pg_ctlcluster`, and where it is missing it is installed with apt.
+//! where it is stopped it is started with `pg_ctlcluster`, and where it is missing it is installed with apt. The
+//! server must offer TLS (the tests of `sslmode` need it): Debian's cluster does, with its certificate for
+//! `localhost`; one that does not is given a self-signed certificate for `localhost` and `ssl = on`.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,8 +21,56 @@ pub const LOCAL_ADDRESS: &str = "127.0.0.1:5432";
 /// An admin URL for the local server: its `postgres` database, as user `postgres`.
 pub const LOCAL_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Makes sure a Postgres server accepts connections at [`LOCAL_ADDRESS`], starting or installing it if needed.
+/// Makes sure a Postgres server accepts connections at [`LOCAL_ADDRESS`], starting or installing it if needed, and
+/// that it offers TLS.
 pub fn ensure_local_server() -> Result<()> {
+    ensure_running()?;
+    ensure_tls()
+}
+
+/// Where [`ensure_tls`] puts the certificate and key it makes: owned by `postgres`, outside any data directory.
+const TLS_DIR: &str = "/var/lib/postgresql/user-management-tls";
+
+/// Turns TLS on when the server has it off: a self-signed certificate for `localhost` (the name the TLS tests
+/// connect to with `sslmode=verify-full`), `ALTER SYSTEM` for the settings, and a reload, which TLS needs no
+/// restart for.
+fn ensure_tls() -> Result<()> {
+    if psql(LOCAL_ADMIN_URL, "SHOW ssl")?.first().map(String::as_str) == Some("on") {
+        return Ok(());
+    }
+    ui::info(&format!("TLS is off; turning it on with a self-signed certificate for localhost in {TLS_DIR}"));
+    let dir = Path::new(TLS_DIR);
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {TLS_DIR}"))?;
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let mut openssl = Command::new("openssl");
+    openssl
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    process::output(&mut openssl).context("could not make a certificate for Postgres")?;
+    // Postgres refuses a key that others can read, and must own it to read it.
+    process::run(Command::new("chmod").arg("600").arg(&key))?;
+    process::run(Command::new("chown").args(["-R", "postgres:postgres", TLS_DIR]))?;
+    // One statement per call: ALTER SYSTEM refuses to run inside the implicit transaction of a multi-statement
+    // command.
+    for statement in [
+        format!("ALTER SYSTEM SET ssl_cert_file = {}", literal(&cert.display().to_string())),
+        format!("ALTER SYSTEM SET ssl_key_file = {}", literal(&key.display().to_string())),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        psql(LOCAL_ADMIN_URL, &statement).context("could not turn TLS on")?;
+    }
+    wait_until("Postgres to offer TLS", Duration::from_secs(10), || {
+        Ok(psql(LOCAL_ADMIN_URL, "SHOW ssl")?.first().map(String::as_str) == Some("on"))
+    })
+    .context("Postgres did not turn TLS on; see /var/log/postgresql/")
+}
+
+/// Makes sure a Postgres server accepts connections at [`LOCAL_ADDRESS`], starting or installing it if needed.
+fn ensure_running() -> Result<()> {
     ui::step(&format!("Postgres: checking {LOCAL_ADDRESS}"));
     if accepts_connections(LOCAL_ADDRESS) {
         ui::info("running");

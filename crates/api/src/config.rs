@@ -2,6 +2,11 @@
 //!
 //! Every variable of API.md has a safe local default. A value that does not parse stops start-up with one line that
 //! names the variable, so a typo never silently falls back to a default.
+//!
+//! Secret-bearing variables (`DATABASE_URL`, `S3_ACCESS_KEY`, `S3_SECRET_KEY`, `SMTP_PASSWORD`,
+//! `BOOTSTRAP_ADMIN_PASSWORD`) may instead be given as `NAME_FILE`, the path of a file holding the value (as
+//! Docker and Kubernetes secrets are mounted), so the secret stays out of the process environment; one trailing
+//! newline of the file is dropped. Setting both forms is an error naming both.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -179,6 +184,9 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `METRICS_BIND_ADDR`: where `GET /metrics` is served, on a listener of its own; `None` (the variable set
+    /// empty) serves no metrics.
+    pub metrics_bind_addr: Option<SocketAddr>,
 }
 
 /// Parses the duration forms of API.md: a positive whole number followed by `s`, `m`, `h` or `d`.
@@ -234,6 +242,49 @@ impl Vars<'_> {
     fn required(&self, name: &'static str, because: &str) -> Result<String, ConfigError> {
         self.get(name).ok_or_else(|| invalid(name, format!("must be set {because}")))
     }
+
+    /// A secret, given either as `name` or as `file_name` (`name` + `_FILE`), the path of a file holding it.
+    ///
+    /// One trailing newline (`\n` or `\r\n`) of the file is dropped, since editors and `echo` add one; anything
+    /// else is kept, because a secret may end in spaces.
+    fn secret(&self, name: &'static str, file_name: &'static str) -> Result<Option<String>, ConfigError> {
+        match (self.get(name), self.get(file_name)) {
+            (Some(_), Some(_)) => {
+                Err(invalid(name, format!("{name} and {file_name} are both set; set only one of them")))
+            }
+            (direct, None) => Ok(direct),
+            (None, Some(path)) => {
+                let contents = std::fs::read_to_string(&path)
+                    .map_err(|error| invalid(file_name, format!("cannot read {path:?}: {error}")))?;
+                let value = contents.strip_suffix("\r\n").or_else(|| contents.strip_suffix('\n')).unwrap_or(&contents);
+                if value.is_empty() {
+                    return Err(invalid(file_name, format!("{path:?} is empty")));
+                }
+                Ok(Some(value.to_owned()))
+            }
+        }
+    }
+
+    /// A secret that must be given in one of its two forms.
+    fn required_secret(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+        because: &str,
+    ) -> Result<String, ConfigError> {
+        self.secret(name, file_name)?.ok_or_else(|| invalid(name, format!("must be set (or {file_name}) {because}")))
+    }
+
+    /// An optional listen address: the default when unset, `None` when set to the empty string.
+    fn optional_addr(&self, name: &'static str, default: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+        match (self.lookup)(name) {
+            None => Ok(Some(default)),
+            Some(raw) if raw.trim().is_empty() => Ok(None),
+            Some(raw) => raw.trim().parse().map(Some).map_err(|_| {
+                invalid(name, format!("{raw:?} is not an address such as 127.0.0.1:9464 (or empty, to disable)"))
+            }),
+        }
+    }
 }
 
 impl Config {
@@ -258,7 +309,9 @@ impl Config {
         let bind_addr =
             vars.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)), "an address such as 127.0.0.1:8080")?;
         let public_base_url = parse_base_url(&vars.string("PUBLIC_BASE_URL", "http://localhost:8080"))?;
-        let database_url = vars.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/user_management");
+        let database_url = vars
+            .secret("DATABASE_URL", "DATABASE_URL_FILE")?
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/user_management".to_owned());
         match Url::parse(&database_url) {
             Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.has_host() => {}
             _ => return Err(invalid("DATABASE_URL", "must be a URL such as postgres://user@host:5432/database")),
@@ -298,14 +351,18 @@ impl Config {
         if picture_max_bytes == 0 {
             return Err(invalid("PICTURE_MAX_BYTES", "must be greater than 0"));
         }
-        let bootstrap_admin = match (vars.get("BOOTSTRAP_ADMIN_EMAIL"), vars.get("BOOTSTRAP_ADMIN_PASSWORD")) {
+        let bootstrap_password = vars.secret("BOOTSTRAP_ADMIN_PASSWORD", "BOOTSTRAP_ADMIN_PASSWORD_FILE")?;
+        let bootstrap_admin = match (vars.get("BOOTSTRAP_ADMIN_EMAIL"), bootstrap_password) {
             (None, None) => None,
             (Some(email), Some(password)) => Some(BootstrapAdmin {
                 email: EmailAddress::parse(&email).map_err(|e| invalid("BOOTSTRAP_ADMIN_EMAIL", e.to_string()))?,
                 password,
             }),
             (Some(_), None) => {
-                return Err(invalid("BOOTSTRAP_ADMIN_PASSWORD", "must be set with BOOTSTRAP_ADMIN_EMAIL"));
+                return Err(invalid(
+                    "BOOTSTRAP_ADMIN_PASSWORD",
+                    "must be set (or BOOTSTRAP_ADMIN_PASSWORD_FILE) with BOOTSTRAP_ADMIN_EMAIL",
+                ));
             }
             (None, Some(_)) => {
                 return Err(invalid("BOOTSTRAP_ADMIN_EMAIL", "must be set with BOOTSTRAP_ADMIN_PASSWORD"));
@@ -354,6 +411,7 @@ impl Config {
             rate_limits,
             rate_limit_per_minute,
             log_format,
+            metrics_bind_addr: vars.optional_addr("METRICS_BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
         })
     }
 }
@@ -378,8 +436,8 @@ fn s3_settings(vars: &Vars<'_>) -> Result<S3Settings, ConfigError> {
         endpoint,
         region: vars.string("S3_REGION", "us-east-1"),
         bucket: vars.string("S3_BUCKET", "user-profiles"),
-        access_key: vars.required("S3_ACCESS_KEY", because)?,
-        secret_key: vars.required("S3_SECRET_KEY", because)?,
+        access_key: vars.required_secret("S3_ACCESS_KEY", "S3_ACCESS_KEY_FILE", because)?,
+        secret_key: vars.required_secret("S3_SECRET_KEY", "S3_SECRET_KEY_FILE", because)?,
     })
 }
 
@@ -398,7 +456,7 @@ fn smtp_settings(vars: &Vars<'_>) -> Result<SmtpSettings, ConfigError> {
         host: vars.string("SMTP_HOST", "127.0.0.1"),
         port,
         username: vars.get("SMTP_USERNAME"),
-        password: vars.get("SMTP_PASSWORD"),
+        password: vars.secret("SMTP_PASSWORD", "SMTP_PASSWORD_FILE")?,
         tls,
     })
 }
@@ -472,6 +530,119 @@ mod tests {
         .unwrap();
         assert!(matches!(ok.storage, StorageBackend::S3(ref s3) if s3.bucket == "user-profiles"));
         assert!(!format!("{ok:?}").contains("secret\""), "secrets stay out of Debug output");
+    }
+
+    /// Secret-bearing variables and their file forms.
+    const SECRETS: [(&str, &str); 5] = [
+        ("DATABASE_URL", "DATABASE_URL_FILE"),
+        ("S3_ACCESS_KEY", "S3_ACCESS_KEY_FILE"),
+        ("S3_SECRET_KEY", "S3_SECRET_KEY_FILE"),
+        ("SMTP_PASSWORD", "SMTP_PASSWORD_FILE"),
+        ("BOOTSTRAP_ADMIN_PASSWORD", "BOOTSTRAP_ADMIN_PASSWORD_FILE"),
+    ];
+
+    /// The settings under which every secret of [`SECRETS`] is read.
+    const USING_EVERY_SECRET: [(&str, &str); 5] = [
+        ("STORAGE_BACKEND", "s3"),
+        ("S3_ENDPOINT", "http://127.0.0.1:3900"),
+        ("MAIL_BACKEND", "smtp"),
+        ("BOOTSTRAP_ADMIN_EMAIL", "admin@example.com"),
+        ("BIND_ADDR", "127.0.0.1:0"),
+    ];
+
+    /// A file holding `contents`, removed when dropped.
+    struct SecretFile(std::path::PathBuf);
+
+    impl SecretFile {
+        fn new(contents: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("um-config-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::write(&path, contents).unwrap();
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for SecretFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn every_secret_can_come_from_a_file_with_one_trailing_newline_dropped() {
+        let url = SecretFile::new("postgres://app:pw@db:5432/users\n");
+        let access = SecretFile::new("access-key\r\n");
+        let secret = SecretFile::new("secret key with a trailing space \n\n");
+        let smtp = SecretFile::new("smtp-password");
+        let admin = SecretFile::new("a long admin passphrase\n");
+        let mut pairs = USING_EVERY_SECRET.to_vec();
+        pairs.extend([
+            ("DATABASE_URL_FILE", url.path()),
+            ("S3_ACCESS_KEY_FILE", access.path()),
+            ("S3_SECRET_KEY_FILE", secret.path()),
+            ("SMTP_PASSWORD_FILE", smtp.path()),
+            ("BOOTSTRAP_ADMIN_PASSWORD_FILE", admin.path()),
+        ]);
+        let config = config(&pairs).unwrap();
+        assert_eq!(config.database_url, "postgres://app:pw@db:5432/users");
+        let StorageBackend::S3(s3) = &config.storage else { panic!("expected S3: {:?}", config.storage) };
+        assert_eq!(s3.access_key, "access-key");
+        assert_eq!(s3.secret_key, "secret key with a trailing space \n", "only one newline is dropped");
+        let MailBackend::Smtp(smtp) = &config.mail else { panic!("expected SMTP: {:?}", config.mail) };
+        assert_eq!(smtp.password.as_deref(), Some("smtp-password"));
+        assert_eq!(config.bootstrap_admin.unwrap().password, "a long admin passphrase");
+    }
+
+    #[test]
+    fn setting_both_forms_of_a_secret_is_an_error_naming_both() {
+        let file = SecretFile::new("value\n");
+        for (name, file_name) in SECRETS {
+            let mut pairs = USING_EVERY_SECRET.to_vec();
+            pairs.extend([("S3_ACCESS_KEY", "a"), ("S3_SECRET_KEY", "b"), ("BOOTSTRAP_ADMIN_PASSWORD", "c")]);
+            pairs.retain(|(key, _)| *key != name);
+            pairs.extend([(name, "direct"), (file_name, file.path())]);
+            let error = config(&pairs).unwrap_err();
+            assert_eq!(error.variable, name);
+            let message = error.to_string();
+            assert!(message.contains(name) && message.contains(file_name), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_secret_file_names_the_file_variable() {
+        let missing = config(&[("DATABASE_URL_FILE", "/nonexistent/um-database-url")]).unwrap_err();
+        assert_eq!(missing.variable, "DATABASE_URL_FILE");
+        assert!(missing.message.contains("/nonexistent/um-database-url"), "{missing}");
+        let empty = SecretFile::new("\n");
+        let error = config(&[("DATABASE_URL_FILE", empty.path())]).unwrap_err();
+        assert_eq!(error.variable, "DATABASE_URL_FILE");
+        assert!(error.message.contains("empty"), "{error}");
+    }
+
+    #[test]
+    fn a_secret_file_is_checked_like_the_variable_it_stands_for() {
+        let bad = SecretFile::new("mysql://db/users\n");
+        assert_eq!(config(&[("DATABASE_URL_FILE", bad.path())]).unwrap_err().variable, "DATABASE_URL");
+        assert_eq!(
+            config(&[("STORAGE_BACKEND", "s3"), ("S3_ENDPOINT", "http://s3"), ("S3_ACCESS_KEY", "a")])
+                .unwrap_err()
+                .to_string(),
+            "invalid configuration: S3_SECRET_KEY: must be set (or S3_SECRET_KEY_FILE) when STORAGE_BACKEND=s3"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_9464_unless_told_otherwise_and_empty_disables_them() {
+        assert_eq!(config(&[]).unwrap().metrics_bind_addr, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
+        assert_eq!(config(&[("METRICS_BIND_ADDR", "")]).unwrap().metrics_bind_addr, None);
+        assert_eq!(
+            config(&[("METRICS_BIND_ADDR", "0.0.0.0:9100")]).unwrap().metrics_bind_addr,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(config(&[("METRICS_BIND_ADDR", "9464")]).unwrap_err().variable, "METRICS_BIND_ADDR");
     }
 
     #[test]

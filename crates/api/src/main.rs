@@ -76,6 +76,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let bind_addr = config.bind_addr;
     let app = Application::build(config).await?;
     tracing::info!(%bind_addr, port = app.port(), "listening; interactive docs at /docs");
+    match app.metrics_addr() {
+        Some(metrics_addr) => tracing::info!(%metrics_addr, "metrics at /metrics on their own listener"),
+        None => tracing::info!("metrics listener disabled (METRICS_BIND_ADDR is empty)"),
+    }
     app.run_until_stopped().await.context("serving HTTP")
 }
 

@@ -71,7 +71,6 @@ backoff like a known one."
         pictures::restore,
         ops::healthz,
         ops::readyz,
-        ops::metrics,
         ops::jwks
     ),
     components(schemas(

@@ -1,6 +1,6 @@
 //! Wiring: the one place that names concrete adapters, builds the domain service from them and serves it.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
@@ -95,11 +95,44 @@ pub async fn build_service(config: &Config) -> anyhow::Result<(AppService, JwtCo
     Ok((Service::new(repo.clone(), hasher, codec.clone(), SystemClock, service_config), codec, repo))
 }
 
-/// A built, bound server, ready to run, with its outbox worker.
+/// A built, bound server, ready to run, with its metrics listener and outbox worker.
 pub struct Application {
     server: Server,
     port: u16,
+    metrics: Option<MetricsListener>,
     outbox: OutboxWorker,
+}
+
+/// The second HTTP server, serving only `GET /metrics` on `METRICS_BIND_ADDR`, so that metrics never reach the
+/// public listener (they describe traffic and routes) and a scraper needs no route through the public edge.
+struct MetricsListener {
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl MetricsListener {
+    /// Binds `METRICS_BIND_ADDR`, before anything starts serving, so a taken port fails start-up cleanly.
+    fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+        TcpListener::bind(addr).with_context(|| format!("cannot listen on METRICS_BIND_ADDR {addr}"))
+    }
+
+    /// Starts the server on the bound listener: one worker, no signal handling of its own (the public server's
+    /// shutdown stops it), and problem documents for every other path.
+    fn start(listener: TcpListener) -> anyhow::Result<Self> {
+        let addr = listener.local_addr().context("reading the bound metrics address")?;
+        let server = HttpServer::new(|| {
+            App::new()
+                .wrap(from_fn(problem_fallback))
+                .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)
+        .context("starting the metrics server")?
+        .run();
+        Ok(Self { server, addr })
+    }
 }
 
 impl Application {
@@ -131,6 +164,7 @@ impl Application {
             pictures,
             picture_max_bytes: config.picture_max_bytes,
         });
+        let metrics_listener = config.metrics_bind_addr.map(MetricsListener::bind).transpose()?;
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
@@ -148,8 +182,9 @@ impl Application {
         .listen(listener)
         .context("starting the HTTP server")?
         .run();
+        let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
         let outbox = OutboxWorker::start(repo, mailer, requests);
-        Ok(Self { server, port, outbox })
+        Ok(Self { server, port, metrics, outbox })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -157,12 +192,34 @@ impl Application {
         self.port
     }
 
+    /// The address the metrics listener actually bound, `None` when `METRICS_BIND_ADDR` is empty.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|metrics| metrics.addr)
+    }
+
     /// Serves until the process is asked to stop (SIGINT/SIGTERM), letting in-flight requests finish.
     ///
     /// # Errors
     /// When the server fails.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let metrics_server = self.metrics.map(|metrics| metrics.server);
+        let metrics_handle = metrics_server.as_ref().map(Server::handle);
+        let public = async {
+            let served = self.server.await;
+            // The public server handles the signals; once it has stopped, so does the metrics listener.
+            if let Some(handle) = metrics_handle {
+                handle.stop(true).await;
+            }
+            served
+        };
+        let metrics = async {
+            if let Some(server) = metrics_server
+                && let Err(error) = server.await
+            {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        };
+        let (served, ()) = tokio::join!(public, metrics);
         // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
         // outbox for the next start.
         self.outbox.stop().await;
@@ -222,7 +279,6 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
         .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks)));
 }
 

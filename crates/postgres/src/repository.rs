@@ -4,12 +4,10 @@
 //! translates errors at the boundary (see [`crate::errors`]), so callers see only domain types.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
-use diesel::result::{ConnectionError, ConnectionResult};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
@@ -31,7 +29,8 @@ use crate::outbox::insert_mail;
 use crate::requests;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, NewUserRow, SessionRow, UserRow};
 use crate::schema::{email_tokens, login_attempts, refresh_tokens, sessions, users};
-use crate::setup::{PgConfig, PgSetupError, validate_url};
+use crate::setup::{PgConfig, PgSetupError};
+use crate::tls::Connector;
 use crate::{accounts, admin, backoff, rotation};
 
 /// SQL functions diesel does not declare for text.
@@ -106,7 +105,8 @@ impl PgRepository {
     /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
     /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
     pub async fn connect(config: &PgConfig) -> Result<Self, PgSetupError> {
-        validate_url(&config.url)?;
+        // Parsed once: `sslmode`, the roots of `sslrootcert` and the driver's settings serve every connection.
+        let connector = Arc::new(Connector::from_url(&config.url)?);
         if config.max_connections == 0 {
             return Err(PgSetupError::InvalidConfig("max_connections must be at least 1"));
         }
@@ -117,7 +117,10 @@ impl PgRepository {
         // that the socket is open and no transaction was left dangling): one local round trip per request buys
         // never handing out a connection that a Postgres restart killed.
         let mut manager_config = ManagerConfig::default();
-        manager_config.custom_setup = Box::new(establish);
+        manager_config.custom_setup = Box::new(move |_url| {
+            let connector = Arc::clone(&connector);
+            Box::pin(async move { connector.connect().await })
+        });
         let manager =
             AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(config.url.clone(), manager_config);
         let pool = Pool::builder(manager)
@@ -142,30 +145,6 @@ impl PgRepository {
             Err(_elapsed) => Err(acquire_timed_out(self.acquire_timeout)),
         }
     }
-}
-
-/// Opens a connection as diesel-async's default does, but keeps the driver's whole error chain: diesel-async
-/// keeps only the outermost message ("error connecting to server"), which hides whether the server refused the
-/// connection, timed out or could not be resolved, the first thing an operator needs to know.
-fn establish(url: &str) -> Pin<Box<dyn Future<Output = ConnectionResult<AsyncPgConnection>> + Send + '_>> {
-    Box::pin(async move {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|error| ConnectionError::BadConnection(error_chain(&error)))?;
-        AsyncPgConnection::try_from_client_and_connection(client, connection).await
-    })
-}
-
-/// An error and its sources on one line, outermost first.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// Converts a row into a domain user; a row the domain refuses is corrupt data, not absence.

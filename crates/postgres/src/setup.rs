@@ -8,8 +8,10 @@ use std::fmt;
 use std::time::Duration;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
+
+use crate::tls::Connector;
 
 /// The migrations of `migrations/` at the repository root, compiled into the binary so a deployment needs no
 /// files next to it.
@@ -28,7 +30,9 @@ type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// How to reach Postgres, read once at start-up (from `DATABASE_URL` by the binary).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
-    /// A Postgres connection string, as a `postgres://` URL or in `key=value` form.
+    /// A Postgres connection string, as a `postgres://` URL or in `key=value` form. Its `sslmode` (`disable`,
+    /// `prefer` (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` are read as libpq reads
+    /// them; see the `tls` module.
     pub url: String,
     /// The most connections the pool opens at once.
     pub max_connections: usize,
@@ -83,6 +87,9 @@ pub enum PgSetupError {
     /// A setting is out of range.
     #[error("invalid database configuration: {0}")]
     InvalidConfig(&'static str),
+    /// The TLS settings of the connection string (`sslmode`, `sslrootcert`) cannot be used.
+    #[error("invalid TLS settings in the database URL: {0}")]
+    InvalidTls(String),
     /// The connection pool could not be built.
     #[error("could not build the database connection pool")]
     Pool(#[source] BoxError),
@@ -94,22 +101,19 @@ pub enum PgSetupError {
     Migrate(#[source] BoxError),
 }
 
-/// Checks a connection string the way the driver will read it, so that a typo fails at start-up.
-pub(crate) fn validate_url(url: &str) -> Result<(), PgSetupError> {
-    url.parse::<tokio_postgres::Config>().map(drop).map_err(|error| PgSetupError::InvalidUrl(Box::new(error)))
-}
-
 /// Runs the embedded migrations that have not run yet on the database at `url`.
 ///
 /// Concurrent callers (several instances starting together) are serialised by a Postgres advisory lock, so each
-/// migration runs once. Each migration runs in its own transaction.
+/// migration runs once. Each migration runs in its own transaction. The connection honours `sslmode` exactly as
+/// the pool's do, so `require` against a server without TLS fails here, before anything is served.
 ///
 /// # Errors
-/// [`PgSetupError::InvalidUrl`] for a bad URL, [`PgSetupError::Connect`] when Postgres cannot be reached within
-/// 10 s, [`PgSetupError::Migrate`] when a migration fails.
+/// [`PgSetupError::InvalidUrl`] for a bad URL, [`PgSetupError::InvalidTls`] for bad TLS settings,
+/// [`PgSetupError::Connect`] when Postgres cannot be reached within 10 s (or the TLS requirement is not met),
+/// [`PgSetupError::Migrate`] when a migration fails.
 pub async fn run_migrations(url: &str) -> Result<(), PgSetupError> {
-    validate_url(url)?;
-    let mut connection = tokio::time::timeout(MIGRATION_CONNECT_TIMEOUT, AsyncPgConnection::establish(url))
+    let connector = Connector::from_url(url)?;
+    let mut connection = tokio::time::timeout(MIGRATION_CONNECT_TIMEOUT, connector.connect())
         .await
         .map_err(|_elapsed| {
             PgSetupError::Connect(format!("no answer within {} s", MIGRATION_CONNECT_TIMEOUT.as_secs()).into())
@@ -159,9 +163,11 @@ mod tests {
 
     #[test]
     fn urls_are_checked_the_way_the_driver_reads_them() {
-        assert!(validate_url("postgres://postgres@127.0.0.1:5432/db").is_ok());
-        assert!(validate_url("host=127.0.0.1 user=postgres dbname=db").is_ok());
-        assert!(matches!(validate_url("postgres://host:notaport/db"), Err(PgSetupError::InvalidUrl(_))));
-        assert!(matches!(validate_url("mysql://host/db"), Err(PgSetupError::InvalidUrl(_))));
+        let validate = |url: &str| Connector::from_url(url).map(drop);
+        assert!(validate("postgres://postgres@127.0.0.1:5432/db").is_ok());
+        assert!(validate("host=127.0.0.1 user=postgres dbname=db").is_ok());
+        assert!(matches!(validate("postgres://host:notaport/db"), Err(PgSetupError::InvalidUrl(_))));
+        assert!(matches!(validate("mysql://host/db"), Err(PgSetupError::InvalidUrl(_))));
+        assert!(matches!(validate("postgres://host/db?sslmode=sometimes"), Err(PgSetupError::InvalidTls(_))));
     }
 }

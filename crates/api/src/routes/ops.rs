@@ -1,4 +1,7 @@
 //! Operations endpoints: liveness, readiness, metrics and the public signing keys.
+//!
+//! All but [`metrics`] are public routes; [`metrics`] is served only on the metrics listener
+//! (`METRICS_BIND_ADDR`), so it is not part of the public API or its OpenAPI document.
 
 use std::time::Duration;
 
@@ -46,8 +49,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(StatusResponse { status: "ok" }))
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+/// Prometheus metrics in the text exposition format; mounted on the metrics listener only.
 pub async fn metrics() -> HttpResponse {
     HttpResponse::build(StatusCode::OK).content_type("text/plain; version=0.0.4").body(metrics_handle().render())
 }
