@@ -131,7 +131,8 @@ pub async fn upload(
     check_upload_head(&req, state.picture_max_bytes)?;
     // Held until the picture is processed and stored, so memory stays bounded however many uploads arrive.
     let _slot = Arc::clone(&state.picture_uploads).try_acquire_owned().map_err(|_| {
-        ApiError::unavailable(anyhow::anyhow!("PICTURE_MAX_CONCURRENT picture uploads are already in progress"))
+        tracing::warn!("picture upload refused: PICTURE_MAX_CONCURRENT uploads are already in progress");
+        ApiError::busy()
     })?;
     let bytes = read_file_field(Multipart::new(req.headers(), payload.into_inner()), state.picture_max_bytes).await?;
     let user = state.pictures.upload(permit, bytes).await?;
