@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub mod garage;
 pub mod maildev;
+pub mod raw;
 
 use serde_json::{Value, json};
 use users_api::config::Config;

@@ -170,6 +170,8 @@ pub struct Config {
     pub password_min_length: usize,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
+    /// `PICTURE_MAX_CONCURRENT`: picture uploads read and processed at once; more are refused with 503.
+    pub picture_max_concurrent: usize,
     /// `LOGIN_BACKOFF_AFTER`.
     pub login_backoff_after: u32,
     /// `LOGIN_BACKOFF_BASE`.
@@ -351,6 +353,13 @@ impl Config {
         if picture_max_bytes == 0 {
             return Err(invalid("PICTURE_MAX_BYTES", "must be greater than 0"));
         }
+        // Twice the cores keeps every core busy while some uploads are still arriving, and bounds memory at that
+        // many bodies of PICTURE_MAX_BYTES plus their decoding.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let picture_max_concurrent = vars.parsed("PICTURE_MAX_CONCURRENT", 2 * cores, "a whole number")?;
+        if picture_max_concurrent == 0 {
+            return Err(invalid("PICTURE_MAX_CONCURRENT", "must be greater than 0"));
+        }
         let bootstrap_password = vars.secret("BOOTSTRAP_ADMIN_PASSWORD", "BOOTSTRAP_ADMIN_PASSWORD_FILE")?;
         let bootstrap_admin = match (vars.get("BOOTSTRAP_ADMIN_EMAIL"), bootstrap_password) {
             (None, None) => None,
@@ -404,6 +413,7 @@ impl Config {
             reset_token_ttl: vars.duration("RESET_TOKEN_TTL", "15m")?,
             password_min_length,
             picture_max_bytes,
+            picture_max_concurrent,
             login_backoff_after: vars.parsed("LOGIN_BACKOFF_AFTER", 5_u32, "a whole number")?,
             login_backoff_base,
             login_backoff_max,
@@ -480,6 +490,7 @@ mod tests {
         assert_eq!(config.access_token_ttl, Duration::minutes(15));
         assert_eq!(config.refresh_token_ttl, Duration::days(30));
         assert_eq!(config.password_min_length, 15);
+        assert_eq!(config.picture_max_concurrent, 2 * std::thread::available_parallelism().unwrap().get());
         assert!(config.rate_limits);
         assert_eq!(config.bootstrap_admin, None);
     }
@@ -506,6 +517,7 @@ mod tests {
             ("ACCESS_TOKEN_TTL", "forever"),
             ("PASSWORD_MIN_LENGTH", "4"),
             ("PICTURE_MAX_BYTES", "lots"),
+            ("PICTURE_MAX_CONCURRENT", "0"),
             ("RATE_LIMITS", "maybe"),
             ("LOG_FORMAT", "xml"),
             ("JWT_ALGORITHM", "HS256"),

@@ -253,6 +253,15 @@ impl From<AuthError> for ApiError {
 }
 
 impl ApiError {
+    /// 503 `service_unavailable` with `Retry-After`, for work shed on purpose because a configured bound is
+    /// reached. Nothing failed, so unlike [`Self::unavailable`] no error is logged; the caller says what was full.
+    pub fn busy() -> Self {
+        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "");
+        error.detail = None;
+        error.retry_after = Some(RETRY_AFTER_SECONDS);
+        error
+    }
+
     /// 429 `rate_limited` with `Retry-After` in whole seconds (at least 1).
     pub fn rate_limited(retry_after: std::time::Duration) -> Self {
         let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; try again later");

@@ -48,6 +48,8 @@ pub struct AppState {
     pub pictures: AppPictures,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
+    /// One permit per picture upload being read or processed (`PICTURE_MAX_CONCURRENT`).
+    pub picture_uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the embedded migrations against `DATABASE_URL`.
@@ -163,6 +165,7 @@ impl Application {
             rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
             pictures,
             picture_max_bytes: config.picture_max_bytes,
+            picture_uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(config.picture_max_concurrent)),
         });
         let metrics_listener = config.metrics_bind_addr.map(MetricsListener::bind).transpose()?;
         let listener = TcpListener::bind(config.bind_addr)

@@ -4,6 +4,10 @@
 //! that points to them (a failed write leaves the user unchanged and the new objects removed), and objects are
 //! moved between the active and archive prefixes by copy, re-point, delete, so a row always names objects that
 //! exist. A move that fails half-way leaves at worst unreferenced copies behind, never a broken picture.
+//!
+//! An upload is decided in two steps so that a caller who may not touch the target never gets to send a picture:
+//! [`PictureService::authorize_upload`] decides from the caller and the target id alone and hands out an
+//! [`UploadPermit`], and only [`PictureService::upload`], which requires that permit, takes the picture's bytes.
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -42,6 +46,26 @@ pub struct ServedPicture {
     pub sha256: String,
     /// `jpg` or `png`.
     pub extension: &'static str,
+}
+
+/// Proof that a caller may upload a picture for a user, decided before any of the picture is read.
+///
+/// Only [`PictureService::authorize_upload`] makes one, and [`PictureService::upload`] consumes it, so an upload
+/// cannot skip the decision. It names the caller and the target; the upload applies the rule again to the target's
+/// row as it is once the picture has arrived, since the target may be promoted or deleted while a slow client is
+/// still sending.
+#[derive(Debug)]
+pub struct UploadPermit {
+    actor: Principal,
+    target: UserId,
+}
+
+impl UploadPermit {
+    /// The user whose picture is being uploaded.
+    #[must_use]
+    pub const fn target(&self) -> UserId {
+        self.target
+    }
 }
 
 /// The picture service, generic over its ports.
@@ -94,13 +118,26 @@ where
         target.ok_or(PictureError::NotFound)
     }
 
-    /// Processes an upload and makes it the user's active picture; the previous one goes to the archive.
+    /// Decides, from the caller and the target id alone, whether the caller may upload a picture for that user
+    /// (themself, or MANAGER/ADMIN within their rights), before any of the picture is read.
     ///
     /// # Errors
-    /// [`PictureError::Image`] for content that is not an acceptable image, [`PictureError::NotFound`], or a
-    /// dependency failure (then the user is unchanged and no new object is left behind).
-    pub async fn upload(&self, actor: &Principal, user_id: UserId, bytes: Vec<u8>) -> Result<User, PictureError> {
+    /// [`PictureError::NotFound`] for an unknown user or one the caller may not see (the same answer, so ids cannot
+    /// be probed), or a dependency failure.
+    pub async fn authorize_upload(&self, actor: &Principal, user_id: UserId) -> Result<UploadPermit, PictureError> {
         let target = self.target(actor, user_id).await?;
+        Ok(UploadPermit { actor: actor.clone(), target: target.id })
+    }
+
+    /// Processes an upload the caller was authorized for and makes it the user's active picture; the previous one
+    /// goes to the archive.
+    ///
+    /// # Errors
+    /// [`PictureError::Image`] for content that is not an acceptable image, [`PictureError::NotFound`] (also when
+    /// the caller lost the right while sending), or a dependency failure (then the user is unchanged and no new
+    /// object is left behind).
+    pub async fn upload(&self, permit: UploadPermit, bytes: Vec<u8>) -> Result<User, PictureError> {
+        let target = self.target(&permit.actor, permit.target).await?;
         let processed = self.images.process(bytes).await?;
         let id = Uuid::now_v7();
         let picture = StoredPicture {
@@ -347,7 +384,8 @@ mod tests {
         let mut pictures = MockPictureRepository::new();
         pictures.expect_insert_active_picture().never();
         let svc: Svc = PictureService::new(users_finding(me.user.clone()), pictures, store, images(), clock());
-        let result = svc.upload(&me, me.user.id, vec![0; 10]).await;
+        let permit = svc.authorize_upload(&me, me.user.id).await.unwrap();
+        let result = svc.upload(permit, vec![0; 10]).await;
         assert!(matches!(result, Err(PictureError::Port(PortError::Unavailable(_)))));
         let deleted = deleted.lock().unwrap();
         assert_eq!(deleted.len(), 1);
@@ -371,7 +409,8 @@ mod tests {
             Box::pin(ready(Err(PictureWriteError::Port(PortError::Unavailable(anyhow::anyhow!("db down"))))))
         });
         let svc: Svc = PictureService::new(users_finding(me.user.clone()), pictures, store, images(), clock());
-        assert!(matches!(svc.upload(&me, me.user.id, vec![0; 10]).await, Err(PictureError::Port(_))));
+        let permit = svc.authorize_upload(&me, me.user.id).await.unwrap();
+        assert!(matches!(svc.upload(permit, vec![0; 10]).await, Err(PictureError::Port(_))));
         assert_eq!(deleted.lock().unwrap().len(), 3);
     }
 
@@ -385,8 +424,53 @@ mod tests {
         store.expect_put().never();
         let svc: Svc =
             PictureService::new(users_finding(other.clone()), MockPictureRepository::new(), store, images, clock());
-        assert!(matches!(svc.upload(&me, other.id, vec![0; 10]).await, Err(PictureError::NotFound)));
+        assert!(matches!(svc.authorize_upload(&me, other.id).await, Err(PictureError::NotFound)));
         assert!(matches!(svc.history(&me, other.id).await, Err(PictureError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_manager_may_upload_for_a_plain_user_but_not_for_an_unknown_id() {
+        let manager = principal(Role::Manager);
+        let plain = user(Role::Authenticated, true, false);
+        let svc: Svc = PictureService::new(
+            users_finding(plain.clone()),
+            MockPictureRepository::new(),
+            MockPictureStore::new(),
+            MockImageProcessor::new(),
+            clock(),
+        );
+        assert_eq!(svc.authorize_upload(&manager, plain.id).await.unwrap().target(), plain.id);
+        let mut nobody = MockUserRepository::new();
+        nobody.expect_find_user().returning(|_| Box::pin(ready(Ok(None))));
+        let svc: Svc = PictureService::new(
+            nobody,
+            MockPictureRepository::new(),
+            MockPictureStore::new(),
+            MockImageProcessor::new(),
+            clock(),
+        );
+        assert!(matches!(svc.authorize_upload(&manager, UserId::generate()).await, Err(PictureError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_target_promoted_out_of_sight_while_the_picture_arrives_is_not_found_and_nothing_is_processed() {
+        let manager = principal(Role::Manager);
+        let target = user(Role::Authenticated, true, false);
+        let promoted = User { role: Role::Admin, ..target.clone() };
+        let mut users = MockUserRepository::new();
+        let mut calls = 0;
+        users.expect_find_user().times(2).returning(move |_| {
+            calls += 1;
+            let found = if calls == 1 { target.clone() } else { promoted.clone() };
+            Box::pin(ready(Ok(Some(found))))
+        });
+        let mut images = MockImageProcessor::new();
+        images.expect_process().never();
+        let mut store = MockPictureStore::new();
+        store.expect_put().never();
+        let svc: Svc = PictureService::new(users, MockPictureRepository::new(), store, images, clock());
+        let permit = svc.authorize_upload(&manager, UserId::generate()).await.unwrap();
+        assert!(matches!(svc.upload(permit, vec![0; 10]).await, Err(PictureError::NotFound)));
     }
 
     #[tokio::test]

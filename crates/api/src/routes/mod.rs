@@ -1,7 +1,12 @@
 //! HTTP handlers, thin by rule: read the request, call the service once, shape the answer.
 //!
-//! Also the pieces every handler shares: the `Caller` extractor (bearer token -> current user), bounded body
-//! reading, and the client information recorded on sessions.
+//! Also the pieces every handler shares: the `Caller` extractor (bearer token -> current user), the `Staff`
+//! extractor (a caller who may use the `/users` routes at all), bounded body reading, and the client information
+//! recorded on sessions.
+//!
+//! Handlers that take a body or a path id receive them raw (`web::Payload`, `web::Path<String>`) and read them in
+//! their own code, after `Caller` or `Staff` has resolved. Extractors would not do: actix polls all of a handler's
+//! extractors together, so a body or id extractor could answer 400 or 404 before the caller is known.
 
 pub mod accounts;
 pub mod auth;
@@ -18,6 +23,7 @@ use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut, Data};
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 use futures_util::StreamExt as _;
+use users_domain::admin_service::AdminError;
 use users_domain::service::{ClientInfo, Principal};
 
 use crate::error::ApiError;
@@ -100,6 +106,29 @@ impl FromRequest for Caller {
             let token = token.ok_or_else(ApiError::invalid_token)?;
             let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
             let principal = state.service.authenticate(&token).await?;
+            Ok(Self(principal))
+        })
+    }
+}
+
+/// A caller whose role may use the user-administration routes under `/users` at all (MANAGER or ADMIN, as the
+/// domain's [`Role::administers_users`](users_domain::permissions::Role::administers_users) decides).
+///
+/// Anyone else gets 403 `forbidden` from the extractor itself, before the handler looks at the path id, the query
+/// or the body; no token is 401 as with [`Caller`]. The service still applies the full permission matrix.
+pub struct Staff(pub Principal);
+
+impl FromRequest for Staff {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = Caller::from_request(req, payload);
+        Box::pin(async move {
+            let Caller(principal) = caller.await?;
+            if !principal.user.role.administers_users() {
+                return Err(AdminError::Forbidden.into());
+            }
             Ok(Self(principal))
         })
     }

@@ -1,5 +1,10 @@
 //! Profile pictures: upload (multipart, size enforced while streaming), public serving with caching, delete,
 //! history and restore.
+//!
+//! Every route under `/users/{id}/profile-picture` decides who may touch the target from the caller and the path
+//! before it looks at the query or the body, so a caller without the right learns nothing more from a bad request.
+
+use std::sync::Arc;
 
 use actix_multipart::Multipart;
 use actix_web::http::header::{self, HeaderValue};
@@ -99,6 +104,8 @@ async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, Ap
 ///
 /// The type is judged from the content (JPEG, PNG, GIF or WebP), never the name or declared type; the image is
 /// decoded, re-encoded without metadata, and stored in three sizes. The previous picture goes to the archive.
+/// Whether the caller may upload for this user is decided before any of the body is read, and at most
+/// `PICTURE_MAX_CONCURRENT` uploads are read and processed at once: beyond that the answer is 503 at once.
 #[utoipa::path(
     post, path = "/users/{id}/profile-picture", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -109,7 +116,7 @@ async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, Ap
         (status = 413, description = "Over PICTURE_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JPEG, PNG, GIF or WebP", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_image`: does not decode, or dimensions outside 10..=5000 px or the pixel budget", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable, or PICTURE_MAX_CONCURRENT uploads already in progress (`Retry-After`); nothing changed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn upload(
@@ -119,12 +126,25 @@ pub async fn upload(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let user_id = parse_user(&path)?;
-    if media_type(&req) != "multipart/form-data" {
+    // Everything up to the slot is decided from the request head: not a byte of the body is read before.
+    let permit = state.pictures.authorize_upload(&caller.0, parse_user(&path)?).await?;
+    check_upload_head(&req, state.picture_max_bytes)?;
+    // Held until the picture is processed and stored, so memory stays bounded however many uploads arrive.
+    let _slot = Arc::clone(&state.picture_uploads).try_acquire_owned().map_err(|_| {
+        tracing::warn!("picture upload refused: PICTURE_MAX_CONCURRENT uploads are already in progress");
+        ApiError::busy()
+    })?;
+    let bytes = read_file_field(Multipart::new(req.headers(), payload.into_inner()), state.picture_max_bytes).await?;
+    let user = state.pictures.upload(permit, bytes).await?;
+    Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
+}
+
+/// Refuses, from the headers alone, an upload that is not multipart (415) or declares a length far beyond the
+/// limit (413); multipart framing adds a few hundred bytes, so only a length past the overhead is refused unread.
+fn check_upload_head(req: &HttpRequest, limit: u64) -> Result<(), ApiError> {
+    if media_type(req) != "multipart/form-data" {
         return Err(ApiError::unsupported_media_type("send the picture as multipart/form-data, field `file`"));
     }
-    let limit = state.picture_max_bytes;
-    // Multipart framing adds a few hundred bytes; a declared length far beyond the limit is refused unread.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -133,10 +153,7 @@ pub async fn upload(
     if declared.is_some_and(|length| length > limit + MULTIPART_OVERHEAD) {
         return Err(ApiError::payload_too_large(format!("the picture must be at most {limit} bytes")));
     }
-    let multipart = Multipart::new(req.headers(), payload.into_inner());
-    let bytes = read_file_field(multipart, limit).await?;
-    let user = state.pictures.upload(&caller.0, user_id, bytes).await?;
-    Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
+    Ok(())
 }
 
 /// The `size` query parameter.
@@ -257,10 +274,19 @@ pub async fn serve_version(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    query: web::Query<SizeQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (user, version) = path.into_inner();
     let version = Uuid::parse_str(&version).map_err(|_| ApiError::not_found())?;
+    // Read by hand rather than by an extractor, which actix would run alongside `Caller`: a bad query must not
+    // answer 400 to a caller without a valid token.
+    let query = serde_urlencoded::from_str::<SizeQuery>(req.query_string()).map_err(|_| {
+        ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "query: the only parameter is size, given once",
+        )
+    })?;
     let size = parse_size(&query)?;
     let picture = state.pictures.serve_version(&caller.0, parse_user(&user)?, version, size).await?;
     Ok(HttpResponse::Ok()

@@ -1,4 +1,7 @@
 //! User administration for MANAGER and ADMIN: list and search, create, read, change and delete.
+//!
+//! Every handler takes [`Staff`] first and reads its path id, query and body only after it: a role that may not
+//! use these routes gets 403 whatever it sends.
 
 use std::collections::HashMap;
 
@@ -14,7 +17,7 @@ use users_domain::admin_service::{ListUsers, MAX_PAGE};
 use users_domain::permissions::Role;
 use uuid::Uuid;
 
-use super::{Caller, SMALL_BODY_LIMIT, parse_json, read_body};
+use super::{SMALL_BODY_LIMIT, Staff, parse_json, read_body};
 use crate::dto::{AdminCreateRequest, AdminUpdateRequest, PageLinks, UserPageResponse, UserResponse};
 use crate::error::{ApiError, Problem};
 use crate::startup::AppState;
@@ -162,13 +165,9 @@ fn parse_id(raw: &str) -> Result<UserId, ApiError> {
         (status = 403, description = "Not a MANAGER or ADMIN", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_users(
-    state: web::Data<AppState>,
-    caller: Caller,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list_users(state: web::Data<AppState>, staff: Staff, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let request = parse_list_query(req.query_string())?;
-    let page = state.service.list_users(&caller.0, request).await?;
+    let page = state.service.list_users(&staff.0, request).await?;
     let next_cursor = page.next.as_ref().map(encode_cursor);
     let base = &state.public_base_url;
     Ok(HttpResponse::Ok().json(UserPageResponse {
@@ -193,13 +192,13 @@ pub async fn list_users(
 )]
 pub async fn create_user(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: Staff,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request = parse_json::<AdminCreateRequest>(&req, &body)?.try_into_domain()?;
-    let user = state.service.create_user(&caller.0, request).await?;
+    let user = state.service.create_user(&staff.0, request).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("{}/users/{}", state.public_base_url, user.id)))
         .json(UserResponse::new(&user, &state.public_base_url)))
@@ -217,11 +216,11 @@ pub async fn create_user(
 )]
 pub async fn get_user(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: Staff,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let user = state.service.get_user(&caller.0, id).await?;
+    let user = state.service.get_user(&staff.0, id).await?;
     Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
 }
 
@@ -240,7 +239,7 @@ pub async fn get_user(
 )]
 pub async fn update_user(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: Staff,
     path: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
@@ -248,7 +247,7 @@ pub async fn update_user(
     let id = parse_id(&path)?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let changes = parse_json::<AdminUpdateRequest>(&req, &body)?.try_into_domain()?;
-    let user = state.service.update_user(&caller.0, id, changes).await?;
+    let user = state.service.update_user(&staff.0, id, changes).await?;
     Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
 }
 
@@ -265,11 +264,11 @@ pub async fn update_user(
 )]
 pub async fn delete_user(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: Staff,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    state.service.delete_user(&caller.0, id).await?;
+    state.service.delete_user(&staff.0, id).await?;
     // The picture rows went with the user (cascade); their objects go once the deletion has committed.
     state.pictures.remove_user_objects(id).await;
     Ok(HttpResponse::NoContent().finish())
