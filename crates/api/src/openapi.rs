@@ -2,8 +2,15 @@
 //!
 //! Where API.md is ambiguous, the reading taken is stated here so that it shows in `/docs`.
 
+use std::collections::BTreeMap;
+
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
 use utoipa::openapi::security::{Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{Object, RefOr};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::dto::{
     AdminCreateRequest, AdminUpdateRequest, ChangePasswordRequest, DeleteMeRequest, EmailRequest, LoginForm, LoginJson,
@@ -71,7 +78,6 @@ backoff like a known one."
         pictures::restore,
         ops::healthz,
         ops::readyz,
-        ops::metrics,
         ops::jwks
     ),
     components(schemas(
@@ -99,7 +105,7 @@ backoff like a known one."
         pictures::PictureVersion,
         pictures::PictureHistory
     )),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &PutSynonym),
     tags(
         (name = "accounts", description = "Registration, login and sessions"),
         (name = "profile", description = "The caller's own profile"),
@@ -126,4 +132,285 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
     }
+}
+
+/// Documents `PUT /users/{id}`, which the server accepts as a synonym of `PATCH`: the same operation, under its
+/// own operation id.
+struct PutSynonym;
+
+impl Modify for PutSynonym {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(item) = openapi.paths.paths.get_mut("/users/{id}")
+            && let Some(patch) = item.patch.clone()
+        {
+            let mut put = patch;
+            put.operation_id = put.operation_id.map(|id| format!("{id}_put"));
+            put.summary =
+                Some("Change a user (`PUT`, the same as `PATCH`: only the fields present change).".to_owned());
+            item.put = Some(put);
+        }
+    }
+}
+
+/// The multipart body of a picture upload: the field `file`, plus any other fields a browser adds, which are read
+/// past and ignored.
+pub struct PictureUpload;
+
+impl utoipa::PartialSchema for PictureUpload {
+    fn schema() -> RefOr<utoipa::openapi::Schema> {
+        ObjectBuilder::new()
+            .property(
+                "file",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                    .description(Some(
+                        "The image: JPEG, PNG, GIF or WebP, judged from its bytes (never its name or declared type)",
+                    )),
+            )
+            .required("file")
+            // Field names travel in a quoted `Content-Disposition` parameter: printable ASCII without `"` or `\`.
+            .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[ !#-\[\]-~]+$"))))
+            .build()
+            .into()
+    }
+}
+
+impl ToSchema for PictureUpload {}
+
+/// The bytes of a stored image.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ImageBytes(pub Vec<u8>);
+
+/// A problem response (`application/problem+json`, the `Problem` schema) with a description.
+fn problem(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/problem+json",
+        ContentBuilder::new().schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem")))).build(),
+    )
+}
+
+/// A header whose value is a whole number of seconds.
+fn seconds_header(description: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+        .description(Some(description))
+        .build()
+}
+
+/// Declares a set of error responses shared by several routes, so each route names the set instead of repeating
+/// its statuses. Every response is a problem document; `retry_after` adds the `Retry-After` header and `bearer`
+/// the `WWW-Authenticate` challenge.
+macro_rules! response_set {
+    ($(#[$doc:meta])* $name:ident { $($status:literal $(+ $extra:ident)? => $description:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                BTreeMap::from([$((
+                    $status.to_string(),
+                    RefOr::T(response_set!(@extra problem($description) $(, $extra)?).build()),
+                )),+])
+            }
+        }
+    };
+    (@extra $builder:expr) => { $builder };
+    (@extra $builder:expr, retry_after) => {
+        $builder.header("Retry-After", seconds_header("Seconds to wait before trying again"))
+    };
+    (@extra $builder:expr, bearer) => {
+        $builder.header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some("`Bearer error=\"invalid_token\"`"))
+                .build(),
+        )
+    };
+}
+
+response_set! {
+    /// What any route that reads a JSON (or form) body can answer before the body reaches the handler's logic.
+    BodyErrors {
+        400 => "`malformed_body`: the body does not have the request's shape (bad syntax, a wrong type, an unknown, \
+                duplicate or missing field, nesting too deep)",
+        408 => "`request_timeout`: the body was not received within 10 seconds",
+        413 => "`payload_too_large`: the body is over 16 KiB",
+        415 => "`unsupported_media_type`: the body's `Content-Type` is not one the route reads (`application/json`, \
+                and for `/login` also `application/x-www-form-urlencoded`)",
+    }
+}
+
+response_set! {
+    /// What every route behind `Authorization: Bearer` can answer when the token does not hold.
+    BearerErrors {
+        401 + bearer => "`invalid_token`: the bearer token is missing, malformed, expired, or its session was revoked",
+    }
+}
+
+response_set! {
+    /// The answer of every route that needs the database or the picture storage while it is unreachable.
+    Unavailable {
+        503 + retry_after => "`service_unavailable`: the database or the picture storage is unreachable; retry later",
+    }
+}
+
+response_set! {
+    /// The answer of the routes with a per-client-address or per-account limit.
+    RateLimited {
+        429 + retry_after => "`rate_limited`: too many requests from this client address, or too many failed \
+                              password checks for this account; `Retry-After` says when to try again",
+    }
+}
+
+response_set! {
+    /// The answer for a target that does not exist or that the caller may not see (the two look the same).
+    NotFound {
+        404 => "`not_found`: no such resource, or one the caller may not see",
+    }
+}
+
+response_set! {
+    /// The answer for values that parse but break a rule.
+    ValidationFailed {
+        422 => "`validation_failed`: a field breaks a rule; `errors` lists every field at fault",
+    }
+}
+
+/// The characters Rust's `str::trim` removes (Unicode `White_Space`), as a regular-expression class.
+const WHITESPACE: &str = r"[\x09-\x0D \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// A character allowed inside a name: anything but control (`Cc`) and invisible formatting characters.
+const NAME_CHAR: &str = r"[^\x00-\x1F\x7F-\x9F\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]";
+
+/// A character allowed inside a biography: as in a name, plus tab and line breaks.
+const BIO_CHAR: &str =
+    r"[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]";
+
+/// A character allowed at either end of a trimmed text: a name character that is not white space.
+const EDGE_CHAR: &str = r"[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200F\u2028-\u202F\u205F-\u2064\u2066-\u2069\u3000\uFEFF]";
+
+/// A pattern for free text that is trimmed, then holds at most `max` characters of `inner`: leading and trailing
+/// white space is allowed (it is removed), and an empty or blank value means "none".
+fn trimmed_text_pattern(inner: &str, max: usize) -> String {
+    let middle = max.saturating_sub(2);
+    format!("^{WHITESPACE}*(?:{EDGE_CHAR}(?:{inner}{{0,{middle}}}{EDGE_CHAR})?)?{WHITESPACE}*$")
+}
+
+/// A string schema, nullable when `nullable`.
+fn string(nullable: bool) -> ObjectBuilder {
+    let schema_type = if nullable { SchemaType::from_iter([Type::String, Type::Null]) } else { Type::String.into() };
+    ObjectBuilder::new().schema_type(schema_type)
+}
+
+/// A first or last name (`null` or empty clears it).
+pub fn person_name() -> Object {
+    string(true)
+        .pattern(Some(trimmed_text_pattern(NAME_CHAR, 100)))
+        .description(Some(
+            "At most 100 characters after trimming surrounding white space (and NFKC normalisation); no control or \
+             invisible formatting characters. Empty or `null` means no name.",
+        ))
+        .build()
+}
+
+/// A biography (`null` or empty clears it).
+pub fn bio() -> Object {
+    string(true)
+        .pattern(Some(trimmed_text_pattern(BIO_CHAR, 500)))
+        .description(Some(
+            "At most 500 characters after trimming surrounding white space (and NFKC normalisation); line breaks \
+             and tabs allowed, no other control or invisible formatting characters. Empty or `null` means none.",
+        ))
+        .build()
+}
+
+/// The pattern of a nickname.
+const NICKNAME_PATTERN: &str = "^[A-Za-z0-9_-]{3,32}$";
+
+/// A nickname that may be left out (generated as `adjective_animal_NNN`).
+pub fn optional_nickname() -> Object {
+    string(true)
+        .pattern(Some(NICKNAME_PATTERN))
+        .min_length(Some(3))
+        .max_length(Some(32))
+        .description(Some(
+            "3 to 32 ASCII letters, digits, `_` or `-`, unique ignoring case; generated as `adjective_animal_NNN` \
+             when absent or `null`.",
+        ))
+        .build()
+}
+
+/// A new nickname in a partial update: it can be changed but not cleared, so `null` is refused.
+pub fn new_nickname() -> Object {
+    string(false)
+        .pattern(Some(NICKNAME_PATTERN))
+        .min_length(Some(3))
+        .max_length(Some(32))
+        .description(Some("3 to 32 ASCII letters, digits, `_` or `-`, unique ignoring case; cannot be cleared."))
+        .build()
+}
+
+/// An email address being set (registration, creation, a change).
+pub fn email() -> Object {
+    string(false)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+        .max_length(Some(254))
+        .description(Some(
+            "A plain ASCII address `local@domain.tld` (no quoted local parts, comments or IP literals), at most 254 \
+             characters; surrounding white space is removed and the domain lower-cased.",
+        ))
+        .examples(["ada@example.com"])
+        .build()
+}
+
+/// A new password, checked against the password policy.
+pub fn new_password() -> Object {
+    string(false)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+        .min_length(Some(15))
+        .max_length(Some(128))
+        .description(Some(
+            "15 (`PASSWORD_MIN_LENGTH`) to 128 characters, counted in code points after NFKC, never truncated; \
+             refused with 422 when it is common, guessable or built from the account's email, nickname or names.",
+        ))
+        .build()
+}
+
+/// A profile URL on `site` (a registrable domain such as `linkedin.com`), nullable.
+fn profile_url(site_pattern: &str, site: &str) -> Object {
+    let label = "[A-Za-z0-9-]{1,63}";
+    string(true)
+        .pattern(Some(format!(
+            r"^(?:[Hh][Tt][Tt][Pp][Ss]://(?:{label}\.){{0,3}}{site_pattern}(?::[0-9]{{1,4}})?(?:[/?#][!-~]{{0,500}})?)?$"
+        )))
+        .description(Some(format!(
+            "An absolute `https://` URL on {site} or one of its subdomains, without credentials, at most 2048 \
+             characters as stored (after URL normalisation). Empty or `null` clears it."
+        )))
+        .build()
+}
+
+/// A LinkedIn profile URL.
+pub fn linkedin_url() -> Object {
+    profile_url("[Ll][Ii][Nn][Kk][Ee][Dd][Ii][Nn]\\.[Cc][Oo][Mm]", "linkedin.com")
+}
+
+/// A GitHub profile URL.
+pub fn github_url() -> Object {
+    profile_url("[Gg][Ii][Tt][Hh][Uu][Bb]\\.[Cc][Oo][Mm]", "github.com")
+}
+
+/// The four role names.
+const ROLES: [&str; 4] = ["ANONYMOUS", "AUTHENTICATED", "MANAGER", "ADMIN"];
+
+/// A role being given, optional.
+pub fn role() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(ROLES.into_iter().map(Some).chain([None])))
+        .description(Some("`ANONYMOUS`, `AUTHENTICATED`, `MANAGER` or `ADMIN`, within the caller's rights."))
+        .build()
 }
