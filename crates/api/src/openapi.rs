@@ -1,6 +1,12 @@
 //! The OpenAPI document, generated from the handlers and DTOs (never written by hand).
 //!
-//! Where API.md is ambiguous, the reading taken is stated here so that it shows in `/docs`.
+//! The document is meant to be exact, so that a schema-driven fuzzer (`cargo xtask schemathesis`) finds no request
+//! it allows that the server refuses and no answer it does not list. Two kinds of building blocks live here:
+//! response sets ([`BodyErrors`], [`BearerErrors`], [`Unavailable`], ...) that the `#[utoipa::path]` blocks of the
+//! routes name instead of repeating the same statuses, and schema functions ([`person_name`], [`email`], ...) that
+//! the DTOs use through `schema_with`, stating each field's rule (lengths after trimming, allowed characters) as
+//! JSON Schema keywords. Where the HTTP contract is ambiguous, the reading taken is stated in the document's
+//! description so that it shows in `/docs`.
 
 use std::collections::BTreeMap;
 
@@ -413,4 +419,154 @@ pub fn role() -> Object {
         .enum_values(Some(ROLES.into_iter().map(Some).chain([None])))
         .description(Some("`ANONYMOUS`, `AUTHENTICATED`, `MANAGER` or `ADMIN`, within the caller's rights."))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::path::Operation;
+
+    use super::*;
+
+    /// Every operation of the document with its method and path.
+    fn operations() -> Vec<(String, Operation)> {
+        let doc = ApiDoc::openapi();
+        let mut all = Vec::new();
+        for (path, item) in doc.paths.paths {
+            for (method, operation) in [
+                ("GET", item.get),
+                ("POST", item.post),
+                ("PUT", item.put),
+                ("PATCH", item.patch),
+                ("DELETE", item.delete),
+            ] {
+                if let Some(operation) = operation {
+                    all.push((format!("{method} {path}"), operation));
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_route_with_a_body_documents_the_answers_to_a_bad_body() {
+        for (name, operation) in operations() {
+            if operation.request_body.is_some() {
+                for status in ["400", "408", "413", "415"] {
+                    assert!(operation.responses.responses.contains_key(status), "{name} does not document {status}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_route_behind_a_bearer_token_documents_401_and_403() {
+        for (name, operation) in operations() {
+            if operation.security.as_ref().is_some_and(|security| !security.is_empty()) {
+                for status in ["401", "403", "503"] {
+                    assert!(operation.responses.responses.contains_key(status), "{name} does not document {status}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn put_is_documented_as_a_synonym_of_patch_with_its_own_operation_id() {
+        let doc = ApiDoc::openapi();
+        let item = doc.paths.paths.get("/users/{id}");
+        let patch = item.and_then(|item| item.patch.as_ref()).and_then(|op| op.operation_id.clone());
+        let put = item.and_then(|item| item.put.as_ref()).and_then(|op| op.operation_id.clone());
+        assert_eq!(patch.as_deref(), Some("update_user"));
+        assert_eq!(put.as_deref(), Some("update_user_put"));
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let mut ids: Vec<String> = operations().into_iter().filter_map(|(_, op)| op.operation_id).collect();
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count);
+    }
+
+    /// The `pattern` of a schema function's result, compiled.
+    fn pattern_of(object: &Object) -> regex::Regex {
+        let pattern = object.pattern.as_deref().unwrap_or_default();
+        regex::Regex::new(pattern).unwrap_or_else(|error| panic!("{pattern}: {error}"))
+    }
+
+    /// Inputs at the edges of the text rules: lengths around the limits with and without surrounding white space,
+    /// and control, invisible and white-space characters inside and at the ends.
+    fn tricky_texts(max: usize) -> Vec<String> {
+        let mut texts: Vec<String> =
+            ["", " ", "\t\n", "a", " a ", "\ta\r\n", "a b", "a\tb", "a\nb", "a\u{0}b", "\u{1}a"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+        for c in [
+            '\u{85}', '\u{A0}', '\u{2003}', '\u{2028}', '\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{7F}',
+            '\u{9F}', 'é', '😀',
+        ] {
+            texts.extend([format!("a{c}b"), format!("{c}ab"), format!("ab{c}")]);
+        }
+        for len in [max - 1, max, max + 1] {
+            let body = "x".repeat(len);
+            texts.extend([
+                body.clone(),
+                format!("  {body}\t"),
+                format!("\u{3000}{body}"),
+                format!("{}😀", "x".repeat(len - 1)),
+            ]);
+        }
+        texts
+    }
+
+    #[test]
+    fn the_name_and_bio_patterns_accept_exactly_what_the_parsers_accept() {
+        use users_domain::{Bio, PersonName};
+        let name = pattern_of(&person_name());
+        for text in tricky_texts(100) {
+            assert_eq!(name.is_match(&text), PersonName::parse(&text).is_ok(), "name {text:?}");
+        }
+        let bio_pattern = pattern_of(&bio());
+        for text in tricky_texts(500) {
+            assert_eq!(bio_pattern.is_match(&text), Bio::parse(&text).is_ok(), "bio {text:?}");
+        }
+    }
+
+    #[test]
+    fn the_nickname_pattern_accepts_exactly_what_the_parser_accepts() {
+        let pattern = pattern_of(&new_nickname());
+        for text in ["ab", "abc", "a-b_C9", " abc", "abc ", "ab\u{e9}", &"x".repeat(32), &"x".repeat(33), "a.b.c"] {
+            assert_eq!(pattern.is_match(text), users_domain::Nickname::parse(text).is_ok(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_profile_url_patterns_allow_the_parser_accepts() {
+        use users_domain::{ProfileUrl, ProfileUrlKind};
+        let linkedin = pattern_of(&linkedin_url());
+        let github = pattern_of(&github_url());
+        let long_path = format!("https://github.com/{}", "~".repeat(500));
+        let urls = [
+            "https://linkedin.com",
+            "https://www.LinkedIn.com/in/ada",
+            "HTTPS://a.b.c.linkedin.com:8443/x?y#z",
+            "https://github.com/ada",
+            long_path.as_str(),
+            "http://github.com/ada",
+            "https://github.com.evil.example/ada",
+            "https://user@github.com/",
+            "",
+        ];
+        for url in urls {
+            if linkedin.is_match(url) {
+                assert!(ProfileUrl::parse(url, ProfileUrlKind::LinkedIn).is_ok(), "{url}");
+            }
+            if github.is_match(url) {
+                assert!(ProfileUrl::parse(url, ProfileUrlKind::GitHub).is_ok(), "{url}");
+            }
+        }
+        assert!(linkedin.is_match("https://www.LinkedIn.com/in/ada") && github.is_match(&long_path));
+        assert!(!github.is_match("https://github.com.evil.example/ada") && !github.is_match("http://github.com/ada"));
+    }
 }
