@@ -328,8 +328,13 @@ impl Fuzz<'_> {
                     .with_context(|| format!("could not clear {}", report_dir.display()))?;
             }
             ui::step(&format!("schemathesis run `{}`: {}", run.name, run.what));
+            std::fs::create_dir_all(&report_dir)
+                .with_context(|| format!("could not create {}", report_dir.display()))?;
             let mut command = Command::new(self.schemathesis);
+            // schemathesis keeps a cache of earlier failures in `.schemathesis/` under its working directory and
+            // replays them first; in the run's own, freshly cleared directory each run starts from the seed alone.
             command
+                .current_dir(&report_dir)
                 .arg("--config-file")
                 .arg(&config)
                 .arg("run")
