@@ -4,7 +4,9 @@
 //!   with the embedded defaults (pictures and mail under `DATA_DIR`) and prints the URL of the interactive docs.
 //! - `cargo xtask test [ARGS]` starts every service the tests talk to (Postgres, Garage as the S3 server, MailDev as
 //!   the SMTP catcher) on free ports, runs `cargo test --workspace --all-targets [ARGS]` with the `UM_TEST_*`
-//!   variables pointing at them, and stops the services again, whatever the outcome.
+//!   variables pointing at them, then (without ARGS) fuzzes the server from its OpenAPI document with schemathesis,
+//!   and stops the services again, whatever the outcome.
+//! - `cargo xtask schemathesis [--max-examples N] [--server-bin PATH]` runs that fuzz step alone.
 //! - `cargo xtask bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
 //!   [--soak-minutes M]` load-tests the release server against a seeded database and prints one table of
 //!   throughput, latency and memory.
@@ -18,6 +20,7 @@ mod maildev;
 mod postgres;
 mod process;
 mod run;
+mod schemathesis;
 mod test;
 mod ui;
 
@@ -26,6 +29,7 @@ use std::process::ExitCode;
 
 use bench::Bench;
 use run::Run;
+use schemathesis::Schemathesis;
 use test::Test;
 
 /// The text printed for `cargo xtask help` and for anything the task runner does not understand.
@@ -36,7 +40,12 @@ Commands:
   run           Ensure Postgres and the `user_management` database, then run the server
                 (`cargo run --release -p users-api -- serve`) and print the docs URL
   test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports and run
-                `cargo test --workspace --all-targets [ARGS]` against them
+                `cargo test --workspace --all-targets [ARGS]` against them; without ARGS, then
+                fuzz the debug server from its OpenAPI document with schemathesis
+  schemathesis [--max-examples N] [--server-bin PATH]
+                Only the schemathesis step: build the debug server (or take PATH), start it on
+                a fresh database and run `schemathesis run --checks all` against it (default
+                40 examples per operation and phase)
   bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
         [--soak-minutes M]
                 Build the release server, seed `um_bench_<N>` (default 1000 users), start the
@@ -57,6 +66,7 @@ fn main() -> ExitCode {
         Some("run") if rest.is_empty() => Run::new().execute(),
         Some("test") => Test::new(rest).execute(),
         Some("bench") => Bench::new(rest).execute(),
+        Some("schemathesis") => Schemathesis::new(rest).execute(),
         Some("help" | "-h" | "--help") => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: the one command that runs every test against real services.
+//! `cargo xtask test`: the one command that runs every test against real services, then fuzzes the running server
+//! from its OpenAPI document with schemathesis.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus};
@@ -11,7 +12,8 @@ use crate::process::{self, Service};
 use crate::{http, postgres, ui};
 
 /// Starts Postgres, Garage and MailDev, builds the server binary, runs `cargo test --workspace --all-targets` with
-/// the `UM_TEST_*` variables pointing at the services, and stops the services again.
+/// the `UM_TEST_*` variables pointing at the services, runs the schemathesis step when the whole suite was asked
+/// for and passed, and stops the services again.
 pub struct Test {
     /// Extra arguments for `cargo test`, such as `-p users-domain` or `-- --nocapture`.
     cargo_args: Vec<String>,
@@ -25,6 +27,16 @@ struct Prepared {
     garage_bin: PathBuf,
     /// The `maildev` executable.
     maildev_bin: PathBuf,
+    /// The `schemathesis` executable, when the run fuzzes the server.
+    schemathesis_bin: Option<PathBuf>,
+}
+
+/// How the run went.
+struct Outcome {
+    /// How `cargo test` ended.
+    tests: ExitStatus,
+    /// Whether the schemathesis step was clean, when it ran.
+    fuzz: Option<bool>,
 }
 
 impl Test {
@@ -33,14 +45,18 @@ impl Test {
         Self { cargo_args }
     }
 
-    /// Runs the tests; the exit code is `cargo test`'s.
+    /// Runs the tests; the exit code is `cargo test`'s, or 1 when the tests passed but the schemathesis step found
+    /// something.
     ///
     /// # Errors
     /// When a service cannot be installed or started, or a build fails. Services already started are stopped
     /// before this returns, in every case.
     pub fn execute(self) -> Result<ExitCode> {
         process::install_interrupt_handler()?;
-        let prepared = prepare()?;
+        // Arguments select a part of the suite (`-p users-domain`, a test name): the fuzz step checks the whole
+        // server, so it runs only with the whole suite.
+        let fuzz = self.cargo_args.is_empty();
+        let prepared = prepare(fuzz)?;
 
         let work_dir = TempDir::create()?;
         let logs = crate::target_dir().join("xtask");
@@ -53,7 +69,7 @@ impl Test {
                 ui::warn(&format!("{error:#}"));
             }
         }
-        let succeeded = matches!(&outcome, Ok(status) if status.success());
+        let succeeded = matches!(&outcome, Ok(outcome) if outcome.tests.success() && outcome.fuzz != Some(false));
         if !succeeded {
             for service in &services {
                 ui::info(&format!("{} log: {}", service.name(), service.log().display()));
@@ -61,13 +77,27 @@ impl Test {
         }
         drop(work_dir);
 
-        let status = outcome?;
-        if status.success() {
-            ui::step("Tests passed");
-            Ok(ExitCode::SUCCESS)
-        } else {
-            ui::error(&format!("`cargo test` failed with {}", process::describe_status(status)));
-            Ok(process::exit_code(status))
+        let Outcome { tests, fuzz } = outcome?;
+        if !tests.success() {
+            ui::error(&format!("`cargo test` failed with {}", process::describe_status(tests)));
+            return Ok(process::exit_code(tests));
+        }
+        match fuzz {
+            Some(false) => {
+                ui::error("`cargo test` passed, but schemathesis found requests the OpenAPI document gets wrong");
+                Ok(ExitCode::FAILURE)
+            }
+            Some(true) => {
+                ui::step("Tests passed; schemathesis found nothing");
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                ui::step("Tests passed");
+                ui::info(
+                    "schemathesis was not run: the arguments select a part of the suite (`cargo xtask schemathesis` runs it alone)",
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 
@@ -79,7 +109,7 @@ impl Test {
         work_dir: &Path,
         logs: &Path,
         services: &mut Vec<Service>,
-    ) -> Result<ExitStatus> {
+    ) -> Result<Outcome> {
         let [s3, rpc, admin, smtp, web] = http::free_ports::<5>()?;
 
         let garage_dir = work_dir.join("garage");
@@ -150,12 +180,26 @@ impl Test {
         }
         test.envs(variables);
         let mut child = process::spawn_foreground(&mut test)?;
-        process::wait_foreground(&mut child, "cargo test")
+        let tests = process::wait_foreground(&mut child, "cargo test")?;
+        let fuzz = match &prepared.schemathesis_bin {
+            Some(schemathesis) if tests.success() => Some(
+                crate::schemathesis::Fuzz {
+                    schemathesis,
+                    server_bin: &binary,
+                    database_admin_url: &prepared.database_url,
+                    work_dir,
+                    max_examples: crate::schemathesis::DEFAULT_MAX_EXAMPLES,
+                }
+                .execute(services)?,
+            ),
+            _ => None,
+        };
+        Ok(Outcome { tests, fuzz })
     }
 }
 
-/// Installs or finds everything the run needs, before anything is started.
-fn prepare() -> Result<Prepared> {
+/// Installs or finds everything the run needs, before anything is started; schemathesis only when `fuzz`.
+fn prepare(fuzz: bool) -> Result<Prepared> {
     let database_url = match std::env::var("UM_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => {
             ui::step("Postgres: using UM_TEST_DATABASE_URL from the environment");
@@ -168,12 +212,13 @@ fn prepare() -> Result<Prepared> {
     };
     let garage_bin = garage::ensure_installed()?;
     let maildev_bin = maildev::ensure_installed()?;
-    Ok(Prepared { database_url, garage_bin, maildev_bin })
+    let schemathesis_bin = if fuzz { Some(crate::schemathesis::ensure_installed()?) } else { None };
+    Ok(Prepared { database_url, garage_bin, maildev_bin, schemathesis_bin })
 }
 
 /// A shared lock on `$TMPDIR/user-management-xtask-test.lock`, held until the run ends, so concurrent runs of
-/// `cargo xtask test` on one machine know about each other.
-struct RunLock {
+/// `cargo xtask test` (and `cargo xtask schemathesis`) on one machine know about each other.
+pub struct RunLock {
     /// The locked file; the lock is released when it closes.
     _file: std::fs::File,
     /// Whether no other run held the lock when this one started.
@@ -182,7 +227,7 @@ struct RunLock {
 
 impl RunLock {
     /// Takes the lock exclusively when possible (then no other run is active) and keeps it shared.
-    fn acquire() -> Result<Self> {
+    pub fn acquire() -> Result<Self> {
         let path = std::env::temp_dir().join("user-management-xtask-test.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)

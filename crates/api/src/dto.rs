@@ -17,6 +17,7 @@ use users_domain::session::TokenPair;
 use users_domain::{Bio, EmailAddress, Nickname, PersonName, ProfileUrl, ProfileUrlKind, User};
 
 use crate::error::{ApiError, FieldErrors};
+use crate::openapi;
 
 /// `POST /login` as JSON.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -40,12 +41,16 @@ pub struct LoginForm {
     #[schema(format = Password)]
     pub password: String,
     /// Must be `password` when sent.
+    #[schema(value_type = String, required = false, pattern = "^password$")]
     pub grant_type: Option<String>,
     /// Accepted and ignored: access is decided by role, not scopes.
+    #[schema(value_type = String, required = false)]
     pub scope: Option<String>,
     /// Accepted and ignored: this is a first-party login.
+    #[schema(value_type = String, required = false)]
     pub client_id: Option<String>,
     /// Accepted and ignored.
+    #[schema(value_type = String, required = false)]
     pub client_secret: Option<String>,
 }
 
@@ -174,22 +179,28 @@ where
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The address to verify; it becomes the login.
-    #[schema(example = "ada@example.com")]
+    #[schema(schema_with = openapi::email)]
     pub email: String,
     /// 15 to 128 characters (counted after NFKC), not common, not built from your own details.
-    #[schema(example = "violet-kettle-orbit-97", format = Password)]
+    #[schema(schema_with = openapi::new_password)]
     pub password: String,
     /// 3-32 ASCII letters, digits, `_` or `-`; generated as `adjective_animal_NNN` when absent.
+    #[schema(schema_with = openapi::optional_nickname)]
     pub nickname: Option<String>,
     /// At most 100 characters.
+    #[schema(schema_with = openapi::person_name)]
     pub first_name: Option<String>,
     /// At most 100 characters.
+    #[schema(schema_with = openapi::person_name)]
     pub last_name: Option<String>,
     /// At most 500 characters.
+    #[schema(schema_with = openapi::bio)]
     pub bio: Option<String>,
     /// An `https://` URL on linkedin.com.
+    #[schema(schema_with = openapi::linkedin_url)]
     pub linkedin_profile_url: Option<String>,
     /// An `https://` URL on github.com.
+    #[schema(schema_with = openapi::github_url)]
     pub github_profile_url: Option<String>,
 }
 
@@ -198,7 +209,7 @@ pub struct RegisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct EmailRequest {
     /// The account's address.
-    #[schema(example = "ada@example.com")]
+    #[schema(schema_with = openapi::email)]
     pub email: String,
 }
 
@@ -217,7 +228,7 @@ pub struct ResetPasswordRequest {
     /// The token from the reset link.
     pub token: String,
     /// The new password.
-    #[schema(format = Password)]
+    #[schema(schema_with = openapi::new_password)]
     pub new_password: String,
 }
 
@@ -229,7 +240,7 @@ pub struct ChangePasswordRequest {
     #[schema(format = Password)]
     pub current_password: String,
     /// The new password.
-    #[schema(format = Password)]
+    #[schema(schema_with = openapi::new_password)]
     pub new_password: String,
 }
 
@@ -239,31 +250,31 @@ pub struct ChangePasswordRequest {
 pub struct UpdateMeRequest {
     /// A new nickname (cannot be cleared).
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::new_nickname)]
     pub nickname: Option<Option<String>>,
     /// A new first name, or `null` to clear it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::person_name)]
     pub first_name: Option<Option<String>>,
     /// A new last name, or `null` to clear it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::person_name)]
     pub last_name: Option<Option<String>>,
     /// A new biography, or `null` to clear it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::bio)]
     pub bio: Option<Option<String>>,
     /// A new LinkedIn URL, or `null` to clear it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::linkedin_url)]
     pub linkedin_profile_url: Option<Option<String>>,
     /// A new GitHub URL, or `null` to clear it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::github_url)]
     pub github_profile_url: Option<Option<String>>,
     /// A new email address: shown as `pending_email` until the link mailed to it is followed.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::email)]
     pub email: Option<Option<String>>,
     /// Required with `email`.
     #[schema(format = Password)]
@@ -431,23 +442,31 @@ impl SessionResponse {
 #[serde(deny_unknown_fields)]
 pub struct AdminCreateRequest {
     /// The login address.
+    #[schema(schema_with = openapi::email)]
     pub email: String,
     /// The initial password (same policy as registration).
-    #[schema(format = Password)]
+    #[schema(schema_with = openapi::new_password)]
     pub password: String,
     /// Generated when absent.
+    #[schema(schema_with = openapi::optional_nickname)]
     pub nickname: Option<String>,
     /// First name.
+    #[schema(schema_with = openapi::person_name)]
     pub first_name: Option<String>,
     /// Last name.
+    #[schema(schema_with = openapi::person_name)]
     pub last_name: Option<String>,
     /// Biography.
+    #[schema(schema_with = openapi::bio)]
     pub bio: Option<String>,
     /// LinkedIn profile.
+    #[schema(schema_with = openapi::linkedin_url)]
     pub linkedin_profile_url: Option<String>,
     /// GitHub profile.
+    #[schema(schema_with = openapi::github_url)]
     pub github_profile_url: Option<String>,
     /// `ANONYMOUS`, `AUTHENTICATED`, `MANAGER` or `ADMIN` (a MANAGER may give at most `AUTHENTICATED`).
+    #[schema(schema_with = openapi::role)]
     pub role: Option<String>,
     /// Whether the address counts as verified; when false (the default) a verification mail is sent.
     pub email_verified: Option<bool>,
@@ -460,29 +479,30 @@ pub struct AdminCreateRequest {
 pub struct AdminUpdateRequest {
     /// A new nickname.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::new_nickname)]
     pub nickname: Option<Option<String>>,
     /// A new first name, or `null`.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::person_name)]
     pub first_name: Option<Option<String>>,
     /// A new last name, or `null`.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::person_name)]
     pub last_name: Option<Option<String>>,
     /// A new biography, or `null`.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::bio)]
     pub bio: Option<Option<String>>,
     /// A new LinkedIn URL, or `null`.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::linkedin_url)]
     pub linkedin_profile_url: Option<Option<String>>,
     /// A new GitHub URL, or `null`.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = openapi::github_url)]
     pub github_profile_url: Option<Option<String>>,
     /// A new role.
+    #[schema(schema_with = openapi::role)]
     pub role: Option<String>,
     /// Grant or withdraw professional status (granting mails the user).
     pub is_professional: Option<bool>,
@@ -492,8 +512,10 @@ pub struct AdminUpdateRequest {
     pub email_verified: Option<bool>,
     /// A new login address, effective at once (409 `email_taken` when another account has it). It counts as
     /// unverified, and gets a verification link, unless the same request sets `email_verified: true`; the old
-    /// address is told.
-    pub email: Option<String>,
+    /// address is told. It cannot be cleared (`null` is refused).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, schema_with = openapi::email)]
+    pub email: Option<Option<String>>,
 }
 
 /// Links of a page of users.
@@ -590,7 +612,14 @@ impl AdminUpdateRequest {
                 self.github_profile_url,
             ],
         );
-        let email = self.email.and_then(|raw| errors.check("email", EmailAddress::parse(&raw)));
+        let email = match self.email {
+            None => None,
+            Some(None) => {
+                errors.add("email", "cannot be cleared");
+                None
+            }
+            Some(Some(raw)) => errors.check("email", EmailAddress::parse(&raw)),
+        };
         errors.finish()?;
         Ok(AdminChanges {
             expected_role: None,

@@ -16,6 +16,7 @@ use crate::dto::{
     ResetPasswordRequest, SessionResponse, SessionsResponse, TokenResponse, UpdateMeRequest, UserResponse,
 };
 use crate::error::{ApiError, Problem};
+use crate::openapi::{BearerErrors, BodyErrors, NotFound, RateLimited, Unavailable};
 use crate::startup::AppState;
 
 /// The longest email or reset token accepted in a link; ours are 43 characters.
@@ -54,10 +55,11 @@ async fn limited_email_request(
     post, path = "/register", tag = "accounts", request_body = RegisterRequest,
     responses(
         (status = 202, description = "Accepted; check your mail", body = MessageResponse),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
         (status = 409, description = "`nickname_taken` (nicknames are public)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, including a weak password", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn register(
@@ -75,11 +77,15 @@ pub async fn register(
 /// Follow the link of a verification mail (registration or email change).
 #[utoipa::path(
     get, path = "/verify-email/{user_id}/{token}", tag = "accounts",
-    params(("user_id" = Uuid, Path, description = "The account"), ("token" = String, Path, description = "The token from the mail")),
+    params(
+        ("user_id" = Uuid, Path, description = "The account"),
+        ("token" = String, Path, max_length = 128, description = "The token from the mail"),
+    ),
     responses(
         (status = 200, description = "Verified", body = MessageResponse),
-        (status = 400, description = "`invalid_or_expired_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_or_expired_token`: an unknown, expired or used token, or a `user_id` that is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`email_taken`: the new address was taken meanwhile", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn verify_email(
@@ -103,8 +109,10 @@ pub async fn verify_email(
     post, path = "/verify-email/resend", tag = "accounts", request_body = EmailRequest,
     responses(
         (status = 202, body = MessageResponse),
-        (status = 422, description = "Not an email address", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
+        (status = 422, description = "`validation_failed`: not an email address", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn resend_verification(
@@ -123,8 +131,10 @@ pub async fn resend_verification(
     post, path = "/token/refresh", tag = "accounts", request_body = RefreshRequest,
     responses(
         (status = 200, body = TokenResponse),
-        (status = 401, description = "`invalid_token`", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
+        (status = 401, description = "`invalid_token`: an unknown, expired, revoked or already used refresh token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn refresh(
@@ -138,7 +148,14 @@ pub async fn refresh(
 }
 
 /// End the session of a refresh token.
-#[utoipa::path(post, path = "/logout", tag = "accounts", request_body = RefreshRequest, responses((status = 204)))]
+#[utoipa::path(
+    post, path = "/logout", tag = "accounts", request_body = RefreshRequest,
+    responses(
+        (status = 204, description = "The session of that refresh token, if any, is over"),
+        BodyErrors,
+        Unavailable,
+    )
+)]
 pub async fn logout(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -153,7 +170,12 @@ pub async fn logout(
 /// End every session of the caller; access tokens issued before stop working at once.
 #[utoipa::path(
     post, path = "/logout/all", tag = "accounts", security(("oauth2" = []), ("bearer" = [])),
-    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 204, description = "Every session of the caller is over"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
+    )
 )]
 pub async fn logout_all(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     state.service.logout_all(&caller.0).await?;
@@ -163,7 +185,12 @@ pub async fn logout_all(state: web::Data<AppState>, caller: Caller) -> Result<Ht
 /// The caller's active sessions.
 #[utoipa::path(
     get, path = "/me/sessions", tag = "accounts", security(("oauth2" = []), ("bearer" = [])),
-    responses((status = 200, body = SessionsResponse), (status = 401, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, body = SessionsResponse),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
+    )
 )]
 pub async fn list_sessions(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let sessions = state.service.sessions(&caller.0).await?;
@@ -174,7 +201,13 @@ pub async fn list_sessions(state: web::Data<AppState>, caller: Caller) -> Result
 #[utoipa::path(
     delete, path = "/me/sessions/{id}", tag = "accounts", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path, description = "The session")),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 204, description = "The session is over"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
+    )
 )]
 pub async fn revoke_session(
     state: web::Data<AppState>,
@@ -194,8 +227,10 @@ pub async fn revoke_session(
     post, path = "/password/forgot", tag = "accounts", request_body = EmailRequest,
     responses(
         (status = 202, body = MessageResponse),
-        (status = 422, description = "Not an email address", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
+        (status = 422, description = "`validation_failed`: not an email address", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn forgot_password(
@@ -245,8 +280,11 @@ fn page(title: &str, inner: &str) -> String {
 /// The page of the reset link: a form that posts the new password to `POST /password/reset`.
 #[utoipa::path(
     get, path = "/password/reset", tag = "accounts",
-    params(("token" = String, Query, description = "The token from the mail")),
-    responses((status = 200, description = "An HTML form", content_type = "text/html", body = String))
+    params(("token" = Option<String>, Query, description = "The token from the mail; the form carries it along")),
+    responses(
+        (status = 200, description = "An HTML form", content_type = "text/html", body = String),
+        (status = 400, description = "`bad_request`: a query string that does not parse (such as `token` given twice)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn reset_page(query: web::Query<ResetQuery>) -> HttpResponse {
     let token = query.into_inner().token.unwrap_or_default();
@@ -268,8 +306,14 @@ pub async fn reset_page(query: web::Query<ResetQuery>) -> HttpResponse {
     responses(
         (status = 204, description = "Password changed (JSON request)"),
         (status = 200, description = "Password changed (form request)", content_type = "text/html", body = String),
-        (status = 400, description = "`invalid_or_expired_token`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Weak password", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_or_expired_token`, or `malformed_body`: the body does not have the request's shape. A form request gets the first as an HTML page",
+            content((Problem = "application/problem+json"), (String = "text/html"))),
+        (status = 408, description = "`request_timeout`: the body was not received within 10 seconds", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: a weak password. A form request gets an HTML page",
+            content((Problem = "application/problem+json"), (String = "text/html"))),
+        Unavailable,
     )
 )]
 pub async fn reset_password(
@@ -306,9 +350,13 @@ pub async fn reset_password(
     post, path = "/me/password", tag = "profile", request_body = ChangePasswordRequest,
     security(("oauth2" = []), ("bearer" = [])),
     responses(
-        (status = 204),
-        (status = 403, description = "`invalid_current_password`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Weak password", body = Problem, content_type = "application/problem+json"),
+        (status = 204, description = "Changed; the caller's other sessions are over"),
+        BodyErrors,
+        BearerErrors,
+        (status = 403, description = "`invalid_current_password` or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: a weak new password", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn change_password(
@@ -330,9 +378,13 @@ pub async fn change_password(
     security(("oauth2" = []), ("bearer" = [])),
     responses(
         (status = 200, body = UserResponse),
-        (status = 403, description = "`invalid_current_password`", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
+        BearerErrors,
+        (status = 403, description = "`invalid_current_password` or `account_locked`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`email_taken` or `nickname_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, including `email` without `current_password`", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn update_me(
@@ -352,8 +404,13 @@ pub async fn update_me(
     delete, path = "/me", tag = "profile", request_body = DeleteMeRequest,
     security(("oauth2" = []), ("bearer" = [])),
     responses(
-        (status = 204),
-        (status = 403, description = "`invalid_current_password`", body = Problem, content_type = "application/problem+json"),
+        (status = 204, description = "The account, its sessions and its pictures are gone"),
+        BodyErrors,
+        BearerErrors,
+        (status = 403, description = "`invalid_current_password` or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`last_admin`: the caller is the last unlocked ADMIN", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn delete_me(

@@ -7,6 +7,7 @@ use users_domain::session::TokenPair;
 use super::{SMALL_BODY_LIMIT, client_info, media_type, read_body};
 use crate::dto::{LoginForm, LoginJson, TokenResponse};
 use crate::error::{ApiError, Problem};
+use crate::openapi::{BodyErrors, RateLimited, Unavailable};
 use crate::startup::AppState;
 
 /// Email and password, from whichever body form the client sent.
@@ -58,13 +59,11 @@ pub fn token_response(pair: TokenPair) -> HttpResponse {
     )),
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
+        (status = 401, description = "`invalid_credentials`: wrong email or password", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`email_not_verified` or `account_locked`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate_limited`: too many failures for this email, or requests from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable or hashing saturated", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn login(

@@ -5,19 +5,17 @@ use actix_web::{HttpResponse, web};
 use super::Caller;
 use crate::dto::UserResponse;
 use crate::error::{ApiError, Problem};
+use crate::openapi::{BearerErrors, Unavailable};
 use crate::startup::AppState;
 
 /// The caller's profile, read from the current database row.
 #[utoipa::path(
-    get,
-    path = "/me",
-    tag = "profile",
-    security(("oauth2" = []), ("bearer" = [])),
+    get, path = "/me", tag = "profile", security(("oauth2" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = UserResponse),
-        (status = 401, description = "Missing, invalid, expired or revoked token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Locked by an administrator (`account_locked`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn get_me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {

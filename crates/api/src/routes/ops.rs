@@ -9,7 +9,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
 use crate::dto::StatusResponse;
-use crate::error::{ApiError, Problem};
+use crate::error::ApiError;
+use crate::openapi::Unavailable;
 use crate::startup::AppState;
 use crate::telemetry::metrics_handle;
 
@@ -29,7 +30,7 @@ pub async fn healthz() -> HttpResponse {
     tag = "operations",
     responses(
         (status = 200, body = StatusResponse),
-        (status = 503, description = "A dependency is unreachable", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::{Caller, media_type};
 use crate::dto::UserResponse;
 use crate::error::{ApiError, Problem};
+use crate::openapi::{BearerErrors, ImageBytes, NotFound, PictureUpload, Unavailable};
 use crate::startup::AppState;
 
 /// One archived picture.
@@ -109,14 +110,19 @@ async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, Ap
 #[utoipa::path(
     post, path = "/users/{id}/profile-picture", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path)),
-    request_body(content_type = "multipart/form-data", description = "Field `file`: the image"),
+    request_body(content = inline(PictureUpload), content_type = "multipart/form-data", description = "Field `file`: the image"),
     responses(
         (status = 200, body = UserResponse),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Over PICTURE_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JPEG, PNG, GIF or WebP", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_image`: does not decode, or dimensions outside 10..=5000 px or the pixel budget", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable, or PICTURE_MAX_CONCURRENT uploads already in progress (`Retry-After`); nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_body`: not a readable multipart body", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        (status = 408, description = "`request_timeout`: the picture was not received within 60 seconds", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: over `PICTURE_MAX_BYTES`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: not `multipart/form-data`, or a file that is not JPEG, PNG, GIF or WebP", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_image`: does not decode, or dimensions outside 10..=5000 px or the pixel budget; `validation_failed`: no `file` field", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`service_unavailable`: storage unreachable, or too many pictures in processing; nothing changed", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn upload(
@@ -185,11 +191,14 @@ fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
 /// A user's active profile picture (public).
 #[utoipa::path(
     get, path = "/profiles/{id}/picture", tag = "pictures",
-    params(("id" = Uuid, Path), ("size" = Option<String>, Query, description = "original (default), medium or thumb")),
+    params(("id" = Uuid, Path), ("size" = Option<String>, Query, pattern = "^(original|medium|thumb)$", description = "`original` (default), `medium` or `thumb`")),
     responses(
-        (status = 200, description = "The image, with a strong ETag", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 200, description = "The image, with a strong ETag",
+            content((ImageBytes = "image/jpeg"), (ImageBytes = "image/png"), (ImageBytes = "image/gif"), (ImageBytes = "image/webp"))),
         (status = 304, description = "Not modified (If-None-Match)"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_parameter` or `bad_request`: a bad `size`, or another query parameter", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
     )
 )]
 pub async fn serve(
@@ -221,7 +230,13 @@ pub async fn serve(
 #[utoipa::path(
     delete, path = "/users/{id}/profile-picture", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 204, description = "Archived"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
+    )
 )]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -236,7 +251,13 @@ pub async fn delete(
 #[utoipa::path(
     get, path = "/users/{id}/profile-picture/history", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = PictureHistory), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, body = PictureHistory),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
+    )
 )]
 pub async fn history(
     state: web::Data<AppState>,
@@ -265,10 +286,16 @@ pub async fn history(
 
 /// An archived picture, for those who may manage the user's pictures (archived pictures are not public).
 #[utoipa::path(
-    get, path = "/users/{id}/profile-picture/history/{version_id}", tag = "pictures",
-    security(("oauth2" = []), ("bearer" = [])),
-    params(("id" = Uuid, Path), ("version_id" = Uuid, Path), ("size" = Option<String>, Query, description = "original (default), medium or thumb")),
-    responses((status = 200, description = "The image", content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = Problem, content_type = "application/problem+json"))
+    get, path = "/users/{id}/profile-picture/history/{version_id}", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
+    params(("id" = Uuid, Path), ("version_id" = Uuid, Path), ("size" = Option<String>, Query, pattern = "^(original|medium|thumb)$", description = "`original` (default), `medium` or `thumb`")),
+    responses(
+        (status = 200, description = "The image", content((ImageBytes = "image/jpeg"), (ImageBytes = "image/png"), (ImageBytes = "image/gif"), (ImageBytes = "image/webp"))),
+        (status = 400, description = "`invalid_parameter` or `bad_request`: a bad `size`, or another query parameter", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
+    )
 )]
 pub async fn serve_version(
     state: web::Data<AppState>,
@@ -300,10 +327,15 @@ pub async fn serve_version(
 
 /// Make an archived picture active again; the active one goes to the archive.
 #[utoipa::path(
-    post, path = "/users/{id}/profile-picture/history/{version_id}/restore", tag = "pictures",
-    security(("oauth2" = []), ("bearer" = [])),
+    post, path = "/users/{id}/profile-picture/history/{version_id}/restore", tag = "pictures", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path), ("version_id" = Uuid, Path)),
-    responses((status = 200, body = UserResponse), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, body = UserResponse),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
+    )
 )]
 pub async fn restore(
     state: web::Data<AppState>,

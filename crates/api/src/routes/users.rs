@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::{SMALL_BODY_LIMIT, Staff, parse_json, read_body};
 use crate::dto::{AdminCreateRequest, AdminUpdateRequest, PageLinks, UserPageResponse, UserResponse};
 use crate::error::{ApiError, Problem};
+use crate::openapi::{BearerErrors, BodyErrors, NotFound, Unavailable, ValidationFailed};
 use crate::startup::AppState;
 
 /// The longest search prefix accepted.
@@ -152,17 +153,19 @@ fn parse_id(raw: &str) -> Result<UserId, ApiError> {
 #[utoipa::path(
     get, path = "/users", tag = "users", security(("oauth2" = []), ("bearer" = [])),
     params(
-        ("limit" = Option<u32>, Query, description = "1-100, default 20"),
-        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page"),
-        ("q" = Option<String>, Query, description = "A literal, case-insensitive prefix of email, nickname, first or last name"),
-        ("role" = Option<String>, Query, description = "ANONYMOUS, AUTHENTICATED, MANAGER or ADMIN"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Users per page, 1-100, default 20"),
+        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given; any other value is refused"),
+        ("q" = Option<String>, Query, pattern = r"^[^\x00-\x1F\x7F-\x9F]{1,100}$", description = "A literal, case-insensitive prefix of email, nickname, first or last name: 1 to 100 characters, no control characters"),
+        ("role" = Option<String>, Query, pattern = "^(ANONYMOUS|AUTHENTICATED|MANAGER|ADMIN)$", description = "Only users with this role"),
         ("email_verified" = Option<bool>, Query), ("is_locked" = Option<bool>, Query), ("is_professional" = Option<bool>, Query),
-        ("sort" = Option<String>, Query, description = "created_at (default), -created_at, email or nickname"),
+        ("sort" = Option<String>, Query, pattern = "^(created_at|-created_at|email|nickname)$", description = "`created_at` (default), `-created_at`, `email` or `nickname`"),
     ),
     responses(
         (status = 200, body = UserPageResponse),
-        (status = 400, description = "A bad parameter (`invalid_parameter`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a MANAGER or ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_parameter`: a parameter out of range, unknown, given twice, or a cursor this sort did not issue", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`forbidden`: the caller is not a MANAGER or ADMIN, or may not do this to that user (decided before the body is read); or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn list_users(state: web::Data<AppState>, staff: Staff, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -184,10 +187,13 @@ pub async fn list_users(state: web::Data<AppState>, staff: Staff, req: HttpReque
 #[utoipa::path(
     post, path = "/users", tag = "users", request_body = AdminCreateRequest, security(("oauth2" = []), ("bearer" = [])),
     responses(
-        (status = 201, body = UserResponse),
-        (status = 403, description = "`forbidden`, e.g. a MANAGER creating an ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 201, body = UserResponse, headers(("Location" = String, description = "The new user's URL"))),
+        BodyErrors,
+        BearerErrors,
+        (status = 403, description = "`forbidden`: the caller is not a MANAGER or ADMIN, or may not do this to that user (decided before the body is read); or `account_locked`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`email_taken` or `nickname_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, including a weak password or an unknown role", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn create_user(
@@ -210,8 +216,10 @@ pub async fn create_user(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = UserResponse),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`forbidden`: the caller is not a MANAGER or ADMIN, or may not do this to that user (decided before the body is read); or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        Unavailable,
     )
 )]
 pub async fn get_user(
@@ -231,10 +239,13 @@ pub async fn get_user(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = UserResponse),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`last_admin` or `nickname_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
+        BearerErrors,
+        (status = 403, description = "`forbidden`: the caller is not a MANAGER or ADMIN, or may not do this to that user (decided before the body is read); or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
+        (status = 409, description = "`last_admin`, `email_taken` or `nickname_taken`", body = Problem, content_type = "application/problem+json"),
+        ValidationFailed,
+        Unavailable,
     )
 )]
 pub async fn update_user(
@@ -256,10 +267,12 @@ pub async fn update_user(
     delete, path = "/users/{id}", tag = "users", security(("oauth2" = []), ("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses(
-        (status = 204),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 204, description = "The user, their sessions and pictures are gone"),
+        BearerErrors,
+        (status = 403, description = "`forbidden`: the caller is not a MANAGER or ADMIN, or may not do this to that user (decided before the body is read); or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        NotFound,
         (status = 409, description = "`last_admin`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn delete_user(
