@@ -376,6 +376,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_strength_estimate_takes_a_hashing_slot_off_the_async_workers() {
+        let hasher = hasher(HasherConfig { max_concurrent: 1, queue_timeout: Duration::from_millis(20) });
+        let candidate = || Password::check_length("4@8({[<3=6&#|!1|7|5$+%2", PasswordPolicy::default()).unwrap();
+        // With the only slot held, the estimate sheds like a hash would: it does not run on the caller's thread.
+        let held = Arc::clone(&hasher.permits).acquire_owned().await.unwrap();
+        let shed = hasher.judge(candidate(), Vec::new()).await;
+        assert!(matches!(shed, Err(PortError::Unavailable(_))), "{shed:?}");
+        drop(held);
+        let judged = hasher.judge(candidate(), Vec::new()).await.unwrap();
+        assert!(judged.is_ok(), "a strong password is accepted once a slot is free");
+        let weak = Password::check_length("passwordpassword", PasswordPolicy::default()).unwrap();
+        assert!(matches!(hasher.judge(weak, Vec::new()).await.unwrap(), Err(PasswordError::TooWeak { .. })));
+    }
+
+    #[tokio::test]
     async fn zero_concurrency_is_treated_as_one_slot() {
         let hasher = hasher(HasherConfig { max_concurrent: 0, queue_timeout: Duration::from_millis(20) });
         assert_eq!(hasher.permits.available_permits(), 1);

@@ -513,13 +513,25 @@ mod tests {
     }
 
     #[test]
-    fn a_row_with_a_malformed_email_or_url_is_refused() {
+    fn a_row_with_a_malformed_email_is_refused_but_a_malformed_optional_field_reads_back_as_absent() {
         let mut bad_email = row();
         bad_email.email = "not an email".to_owned();
         assert!(User::try_from(bad_email).is_err());
         let mut bad_url = row();
         bad_url.linkedin_profile_url = Some("http://linkedin.com/in/ada".to_owned());
-        assert!(User::try_from(bad_url).is_err());
+        bad_url.first_name = Some("A\u{202E}da".to_owned());
+        let user = User::try_from(bad_url).unwrap();
+        assert_eq!(user.linkedin_profile_url, None);
+        assert_eq!(user.first_name, None);
+    }
+
+    #[test]
+    fn a_refused_nickname_reads_back_as_a_stand_in_derived_from_the_id() {
+        let mut bad = row();
+        bad.nickname = "ada lovelace".to_owned();
+        let id = bad.id;
+        let user = User::try_from(bad).unwrap();
+        assert_eq!(user.nickname, Nickname::stand_in(UserId::from_uuid(id)));
     }
 
     fn variant_row(size: &str, width: i32) -> PictureVariantRow {

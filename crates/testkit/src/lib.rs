@@ -127,6 +127,21 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Polls [`Self::count`] until it answers `expected`, for state a background worker produces (the mail queued
+    /// for a forgotten password, say); returns the last count, which differs from `expected` only when 10 s passed.
+    pub async fn count_eventually(&self, sql: &str, expected: i64) -> i64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let n = self.count(sql).await;
+            if n == expected || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+}
+
 impl Drop for TestDatabase {
     /// Drops the database, disconnecting whatever still uses it (a test's connection pool, typically).
     ///

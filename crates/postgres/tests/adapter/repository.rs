@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 use users_domain::permissions::Role;
 use users_domain::ports::{InsertUserError, PortError, UserRepository as _};
 use users_domain::session::{RefreshToken, SessionId};
-use users_domain::user::{PasswordHash, UserId};
+use users_domain::user::{Nickname, PasswordHash, UserId};
 use users_testkit::TestDatabase;
 
 use crate::support::{count, new_session, new_user, repository, to_micros};
@@ -191,7 +191,7 @@ async fn a_missing_session_is_none() {
 }
 
 #[tokio::test]
-async fn a_stored_row_the_domain_refuses_is_an_unknown_error_not_a_missing_user() {
+async fn a_refused_nickname_reads_back_as_a_stand_in_and_a_refused_role_is_an_unknown_error() {
     #[derive(QueryableByName)]
     struct Login {
         #[diesel(sql_type = Nullable<Timestamptz>)]
@@ -208,9 +208,18 @@ async fn a_stored_row_the_domain_refuses_is_an_unknown_error_not_a_missing_user(
         .await
         .unwrap();
 
+    // The account stays readable (its owner can still log in and fix it): the nickname reads back as a stand-in.
+    let found = repository.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!(found.nickname, Nickname::stand_in(user.id));
+    // A role the domain refuses still makes the row unreadable: there is no safe stand-in for a role.
+    diesel::sql_query("ALTER TABLE users DROP CONSTRAINT users_role_known").execute(&mut connection).await.unwrap();
+    let _: Login = diesel::sql_query("UPDATE users SET role = 'ROOT' RETURNING last_login_at")
+        .get_result(&mut connection)
+        .await
+        .unwrap();
     let error = repository.find_user(user.id).await.unwrap_err();
     assert!(matches!(error, PortError::Unknown(_)), "{error:?}");
-    assert!(format!("{error:#}").contains("nickname"), "{error:#}");
+    assert!(format!("{error:#}").contains("role"), "{error:#}");
 }
 
 #[tokio::test]
