@@ -487,6 +487,22 @@ async fn the_attackers_verification_link_dies_when_the_mailbox_owner_registers()
     assert!([401, 403].contains(&attacker_login.status().as_u16()), "login with A: {}", attacker_login.status());
     assert_eq!(count(&app, "SELECT count(*) AS n FROM sessions").await, 0, "the attacker got no session");
 
+    // The attacker asks for a fresh verification link, which reaches the owner, who follows it: the account is
+    // confirmed, but the attacker's password died with the takeover, so it still does not open it.
+    assert_eq!(post_email(&app, "/verify-email/resend", &address).await.status(), 202);
+    let resent = maildev.wait_for(&address, 3).await;
+    let resent = resent
+        .iter()
+        .find(|mail| {
+            let text = mail["text"].as_str().unwrap();
+            text.contains("/verify-email/") && !text.contains(&attacker_link)
+        })
+        .expect("a fresh verification mail");
+    let fresh_link = app_link(&app, resent, "/verify-email/");
+    assert_eq!(app.client.get(&fresh_link).send().await.unwrap().status(), 200);
+    let after_resend = login(&app, &address, attacker_password).await;
+    assert_problem(after_resend, 401, "invalid_credentials", "A after the owner followed a resent link").await;
+
     // The owner follows their own, newest link: it lets them set their password, or confirms the one they chose.
     let text = owners_mail["text"].as_str().unwrap();
     if text.contains("/password/reset?token=") {

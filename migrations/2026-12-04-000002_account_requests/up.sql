@@ -11,3 +11,7 @@ CREATE TABLE account_requests (
 );
 
 CREATE INDEX account_requests_due_idx ON account_requests (claimed_until, created_at);
+
+-- One waiting request per kind and address: repeating a request before it is handled adds nothing (and cannot
+-- grow the table beyond one row per address and kind).
+CREATE UNIQUE INDEX account_requests_one_per_address ON account_requests (kind, lower(email));

@@ -326,11 +326,36 @@ async fn problem_fallback(
 /// A database URL with its password hidden, for error messages.
 fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            // libpq also takes the password as a query parameter (`?password=...`); it is a secret there too.
+            if url.query_pairs().any(|(key, _)| key == "password") {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let value = if key == "password" { "***".to_owned() } else { value.into_owned() };
+                        (key.into_owned(), value)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             url.to_string()
         }
-        Ok(url) => url.to_string(),
         Err(_) => "<unparseable>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_never_survive_redaction_in_the_user_info_or_the_query() {
+        let redacted = redact_url("postgres://app:s3cret@db:5432/users?sslmode=require&password=other-s3cret");
+        assert!(!redacted.contains("s3cret"), "{redacted}");
+        assert!(redacted.contains("sslmode=require"), "{redacted}");
+        assert_eq!(redact_url("not a url"), "<unparseable>");
     }
 }

@@ -200,6 +200,9 @@ where
         // Whoever registered the address first must not be able to confirm it with their own link (and password)
         // once the mailbox owner has taken the account back.
         token.drops = vec![EmailTokenPurpose::Verify, EmailTokenPurpose::EmailChange];
+        // Nor with their password: it dies now, so even a verification link sent later (a resend) only confirms an
+        // account that nobody can log in to until the mailbox owner sets a password through this link.
+        token.replaces_password = Some(self.hasher.unusable());
         let mail = self.mails.finish_registration(&existing.email, secret.expose());
         self.repo.issue_email_token(token, vec![mail]).await
     }
@@ -213,7 +216,15 @@ where
         expires_at: time::OffsetDateTime,
     ) -> (RefreshToken, NewEmailToken) {
         let secret = RefreshToken::generate();
-        let token = NewEmailToken { hash: secret.hash(), user_id, purpose, new_email, expires_at, drops: Vec::new() };
+        let token = NewEmailToken {
+            hash: secret.hash(),
+            user_id,
+            purpose,
+            new_email,
+            expires_at,
+            drops: Vec::new(),
+            replaces_password: None,
+        };
         (secret, token)
     }
 
@@ -300,14 +311,22 @@ where
     /// [`PortError`] when a dependency fails.
     pub async fn handle_account_requests(&self, limit: u32) -> Result<usize, PortError> {
         let claimed = self.repo.claim_account_requests(self.clock.now(), limit, ACCOUNT_REQUEST_LEASE).await?;
+        let mut first_error = None;
         for request in &claimed {
-            match request.kind {
-                AccountRequestKind::PasswordReset => self.send_reset_link(request.email.clone()).await?,
-                AccountRequestKind::Verification => self.send_verification_link(request.email.clone()).await?,
+            // One request that fails stays claimed until its lease ends and is tried again then; the others go on.
+            let handled = match request.kind {
+                AccountRequestKind::PasswordReset => self.send_reset_link(request.email.clone()).await,
+                AccountRequestKind::Verification => self.send_verification_link(request.email.clone()).await,
+            };
+            let finished = match handled {
+                Ok(()) => self.repo.finish_account_request(request.id).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = finished {
+                first_error.get_or_insert(error);
             }
-            self.repo.finish_account_request(request.id).await?;
         }
-        Ok(claimed.len())
+        first_error.map_or(Ok(claimed.len()), Err)
     }
 
     /// Sends a fresh verification link when the address has an unverified account; otherwise does nothing.
@@ -600,7 +619,9 @@ mod tests {
                     && mails[0].text.contains("/password/reset?token=")
             })
             .returning(|_, _| Box::pin(ready(Ok(()))));
-        let svc = service(repo, hasher_hashing(), MockTokenCodec::new());
+        let mut hasher = hasher_hashing();
+        hasher.expect_unusable().returning(|| PasswordHash::new("$argon2id$unusable".to_owned()));
+        let svc = service(repo, hasher, MockTokenCodec::new());
         assert!(svc.register(registration("ada@example.com")).await.is_ok());
     }
 
@@ -843,5 +864,27 @@ mod tests {
         let svc = service(repo, MockPasswordHasher::new(), MockTokenCodec::new());
         assert_eq!(svc.handle_account_requests(20).await.unwrap(), 2);
         assert_eq!(*finished.lock().unwrap(), vec![known.id, unknown.id]);
+    }
+
+    #[tokio::test]
+    async fn registering_an_unconfirmed_address_takes_the_account_back_from_whoever_registered_it_first() {
+        let mut repo = MockUserRepository::new();
+        let first = user(Role::Anonymous, false, false);
+        repo.expect_find_user_by_email().returning(move |_| Box::pin(ready(Ok(Some(first.clone())))));
+        repo.expect_register().never();
+        repo.expect_issue_email_token()
+            .times(1)
+            .withf(|token, mails| {
+                token.purpose == EmailTokenPurpose::PasswordReset
+                    && token.drops.contains(&EmailTokenPurpose::Verify)
+                    && token.drops.contains(&EmailTokenPurpose::EmailChange)
+                    && token.replaces_password == Some(PasswordHash::new("$argon2id$unusable".to_owned()))
+                    && mails.len() == 1
+            })
+            .returning(|_, _| Box::pin(ready(Ok(()))));
+        let mut hasher = hasher_hashing();
+        hasher.expect_unusable().times(1).returning(|| PasswordHash::new("$argon2id$unusable".to_owned()));
+        let svc = service(repo, hasher, MockTokenCodec::new());
+        svc.register(registration("ada@example.com")).await.unwrap();
     }
 }

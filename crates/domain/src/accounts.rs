@@ -54,6 +54,9 @@ pub struct NewEmailToken {
     /// token's own purpose always do). An account taken back by its mailbox owner loses the verification link of
     /// whoever registered it first.
     pub drops: Vec<EmailTokenPurpose>,
+    /// When set, the user's password hash is replaced by this one in the same transaction: an account taken back
+    /// by its mailbox owner gets a hash no password matches, so the first registrant's password dies at once.
+    pub replaces_password: Option<crate::user::PasswordHash>,
 }
 
 /// What following a verification link did.

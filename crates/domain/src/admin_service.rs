@@ -221,6 +221,11 @@ where
         // which needs the right to set the verification state even when the flag itself does not change.
         changes.email = changes.email.filter(|email| email.canonical() != target.email.canonical());
         changes.email_token = None;
+        // One's own address changes only through `PATCH /me`, which asks for the current password and waits for
+        // the new address to confirm: a stolen staff token must not be enough to move an account to another inbox.
+        if changes.email.is_some() && target.id == actor.user.id {
+            return Err(AdminError::Forbidden);
+        }
         if changes.email.is_some() {
             actions.push(Action::UpdateProfile);
             if changes.email_verified == Some(true) {
@@ -274,6 +279,7 @@ where
                     new_email: None,
                     expires_at: now + self.config.verify_token_ttl,
                     drops: vec![EmailTokenPurpose::EmailChange, EmailTokenPurpose::PasswordReset],
+                    replaces_password: None,
                 });
                 mails.push(self.mails.verify_email(&new_email, &target.nickname, target.id, secret.expose()));
             }
@@ -479,5 +485,20 @@ mod tests {
         let svc = admin_service(MockUserRepository::new());
         let wrong = ListUsers { after: Some(UserCursor::Nickname("a".to_owned(), UserId::generate())), ..request };
         assert!(matches!(svc.list_users(&actor(Role::Admin), wrong).await, Err(AdminError::CursorMismatch)));
+    }
+
+    #[tokio::test]
+    async fn staff_cannot_change_their_own_email_through_the_admin_route() {
+        for role in [Role::Manager, Role::Admin] {
+            let me = actor(role);
+            let mut repo = repo_with_target(Some(me.user.clone()));
+            repo.expect_admin_update_user().never();
+            let changes = AdminChanges {
+                email: Some(EmailAddress::parse("thief@evil.example").unwrap()),
+                ..AdminChanges::default()
+            };
+            let result = admin_service(repo).update_user(&me, me.user.id, changes).await;
+            assert!(matches!(result, Err(AdminError::Forbidden)), "{role}: {result:?}");
+        }
     }
 }

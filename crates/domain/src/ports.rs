@@ -427,6 +427,10 @@ pub trait PasswordHasher: Send + Sync + 'static {
         clues: Vec<String>,
     ) -> impl Future<Output = Result<Result<Password, PasswordError>, PortError>> + Send;
 
+    /// A hash in the current format that no password matches (a random output), cheap to make: what an account
+    /// gets when the password someone set on it must stop working before anyone has chosen a new one.
+    fn unusable(&self) -> PasswordHash;
+
     /// Checks a candidate (already NFKC-normalised) against a stored hash. With `None` it verifies against a fixed
     /// dummy hash and answers `false`, so that an unknown account costs the same time as a wrong password.
     ///

@@ -29,6 +29,9 @@ struct KeyState {
     ended: Arc<Notify>,
     /// Checks running or waiting; the entry is removed when this drops to zero.
     interested: u32,
+    /// Failures this process recorded for the key while the entry existed (wrapping). A waiter that read the stored
+    /// count before some of them committed adds those it has not seen, so the threshold holds without a race.
+    recorded: u32,
 }
 
 /// Limits how many password checks of one key run at once in this process (see the module docs).
@@ -58,7 +61,7 @@ impl AttemptGate {
     /// Registers interest in `key`; the returned value takes it back when dropped.
     fn join(self: &Arc<Self>, key: &str) -> Interest {
         self.keys().entry(key.to_owned()).or_default().interested += 1;
-        Interest { gate: Arc::clone(self), key: key.to_owned(), running: false }
+        Interest { gate: Arc::clone(self), key: key.to_owned(), running: false, seen: 0 }
     }
 
     /// How many keys have a check running or waiting (for tests).
@@ -68,6 +71,17 @@ impl AttemptGate {
     }
 }
 
+/// What an attempt at the gate does next.
+#[derive(Debug)]
+enum Turn {
+    /// Run the check now.
+    Start,
+    /// Wait for a running check to end (or a waiter to leave), then read the count again.
+    Wait(Arc<Notify>),
+    /// The count just read is stale: read it again at once.
+    ReadAgain,
+}
+
 /// One attempt's place at the gate: waiting, or running once [`Interest::try_start`] succeeded. Dropping it (also
 /// when the request is abandoned) ends the check and wakes the next waiter.
 #[derive(Debug)]
@@ -75,14 +89,37 @@ struct Interest {
     gate: Arc<AttemptGate>,
     key: String,
     running: bool,
+    /// `KeyState::recorded` when the stored count was last read.
+    seen: u32,
 }
 
 impl Interest {
-    /// Starts the check if the key has room for it with `failures` counted; otherwise returns what to wait on.
-    fn try_start(&mut self, failures: u32) -> Result<(), Arc<Notify>> {
-        let capacity = self.gate.capacity(failures);
+    /// Notes what this process has recorded so far; call it right before reading the stored count.
+    fn look(&mut self) {
+        let mut keys = self.gate.keys();
+        self.seen = keys.entry(self.key.clone()).or_default().recorded;
+    }
+
+    /// Notes a failure this check has just recorded (after it is stored).
+    fn failed(&self) {
         let mut keys = self.gate.keys();
         let state = keys.entry(self.key.clone()).or_default();
+        state.recorded = state.recorded.wrapping_add(1);
+    }
+
+    /// Starts the check if the key has room for it with `failures` counted.
+    fn try_start(&mut self, failures: u32) -> Turn {
+        let mut keys = self.gate.keys();
+        let state = keys.entry(self.key.clone()).or_default();
+        // Failures recorded here after the count was read may be missing from it: count them too (counting one
+        // twice only makes the gate stricter). If they reach the threshold, the stored count may hold a block the
+        // read missed: read it again rather than start.
+        let unseen = state.recorded.wrapping_sub(self.seen);
+        let failures = failures.saturating_add(unseen);
+        if unseen > 0 && failures >= self.gate.threshold {
+            return Turn::ReadAgain;
+        }
+        let capacity = self.gate.capacity(failures);
         if state.running < capacity {
             state.running += 1;
             self.running = true;
@@ -90,9 +127,9 @@ impl Interest {
             if state.running < capacity {
                 state.ended.notify_one();
             }
-            Ok(())
+            Turn::Start
         } else {
-            Err(Arc::clone(&state.ended))
+            Turn::Wait(Arc::clone(&state.ended))
         }
     }
 }
@@ -151,14 +188,16 @@ where
     ) -> Result<Checked, PortError> {
         let mut interest = self.attempts.join(&key);
         let count = loop {
+            interest.look();
             let count = self.repo.login_failures(key.clone()).await?;
             if let Some(retry_after) = blocked_for(count.as_ref(), self.clock.now()) {
                 return Ok(Checked::Blocked { retry_after });
             }
             match interest.try_start(count.map_or(0, |count| count.failures)) {
-                Ok(()) => break count,
+                Turn::Start => break count,
                 // A running check ends (or a waiter leaves) before the count can change: look again then.
-                Err(ended) => ended.notified().await,
+                Turn::Wait(ended) => ended.notified().await,
+                Turn::ReadAgain => {}
             }
         };
         if self.hasher.verify(candidate, hash).await? {
@@ -168,6 +207,7 @@ where
             Ok(Checked::Matches)
         } else {
             self.repo.record_login_failure(key, self.clock.now(), self.config.login_backoff).await?;
+            interest.failed();
             Ok(Checked::Wrong)
         }
     }
@@ -177,6 +217,16 @@ where
 mod tests {
     use super::*;
 
+    impl Turn {
+        fn is_start(&self) -> bool {
+            matches!(self, Self::Start)
+        }
+
+        fn is_wait(&self) -> bool {
+            matches!(self, Self::Wait(_))
+        }
+    }
+
     #[test]
     fn a_key_runs_as_many_checks_as_failures_are_left_before_the_threshold_then_one_at_a_time() {
         let gate = Arc::new(AttemptGate::new(3));
@@ -184,33 +234,54 @@ mod tests {
         let mut second = gate.join("a@example.com");
         let mut third = gate.join("a@example.com");
         // One failure counted: two checks may run.
-        assert!(first.try_start(1).is_ok());
-        assert!(second.try_start(1).is_ok());
-        assert!(third.try_start(1).is_err(), "a third check must wait");
+        assert!(first.try_start(1).is_start());
+        assert!(second.try_start(1).is_start());
+        assert!(third.try_start(1).is_wait(), "a third check must wait");
         // Another key is not held up by the first one's checks.
         let mut other = gate.join("b@example.com");
-        assert!(other.try_start(0).is_ok());
+        assert!(other.try_start(0).is_start());
         drop(first);
-        assert!(third.try_start(1).is_ok(), "a slot freed by a finished check is taken");
+        assert!(third.try_start(1).is_start(), "a slot freed by a finished check is taken");
         drop((second, third, other));
         assert_eq!(gate.busy_keys(), 0, "idle keys are forgotten");
         // Past the threshold (the block has ended), one check at a time.
         let mut late = gate.join("a@example.com");
         let mut later = gate.join("a@example.com");
-        assert!(late.try_start(7).is_ok());
-        assert!(later.try_start(7).is_err());
+        assert!(late.try_start(7).is_start());
+        assert!(later.try_start(7).is_wait());
+    }
+
+    #[test]
+    fn failures_recorded_after_a_waiter_read_the_count_still_narrow_its_room() {
+        let gate = Arc::new(AttemptGate::new(2));
+        let mut waiter = gate.join("a@example.com");
+        // The waiter read a stored count of 0, then two checks of this process recorded failures.
+        waiter.look();
+        let other = gate.join("a@example.com");
+        other.failed();
+        other.failed();
+        drop(other);
+        // The stale count says 0, but this process recorded 2 since: the threshold may be reached, so read again.
+        assert!(matches!(waiter.try_start(0), Turn::ReadAgain));
+        waiter.look();
+        assert!(waiter.try_start(2).is_start(), "with a fresh count past the threshold, one check at a time");
+        let mut second = gate.join("a@example.com");
+        second.look();
+        let third = gate.join("a@example.com");
+        third.failed();
+        assert!(second.try_start(0).is_wait(), "one failure unseen plus one running leave no room under 2");
     }
 
     #[tokio::test]
     async fn a_waiter_is_woken_when_a_running_check_ends() {
         let gate = Arc::new(AttemptGate::new(1));
         let mut running = gate.join("a@example.com");
-        assert!(running.try_start(0).is_ok());
+        assert!(running.try_start(0).is_start());
         let mut waiting = gate.join("a@example.com");
-        let ended = waiting.try_start(0).unwrap_err();
+        let Turn::Wait(ended) = waiting.try_start(0) else { panic!("the second check must wait") };
         drop(running);
         ended.notified().await;
-        assert!(waiting.try_start(0).is_ok());
+        assert!(waiting.try_start(0).is_start());
     }
 
     #[test]

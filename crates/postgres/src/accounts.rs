@@ -89,6 +89,7 @@ pub(crate) async fn issue_email_token(
         .transaction::<_, DieselError, _>(async |connection| {
             upsert_email_token(connection, &row).await?;
             drop_email_tokens(connection, token.user_id.as_uuid(), &token.drops).await?;
+            replace_password(connection, token).await?;
             if token.purpose == EmailTokenPurpose::EmailChange {
                 diesel::update(users::table.find(token.user_id.as_uuid()))
                     .set((
@@ -368,6 +369,18 @@ pub(crate) async fn issue_token_in_transaction(
 ) -> Result<(), DieselError> {
     upsert_email_token(connection, &NewEmailTokenRow::from(token)).await?;
     drop_email_tokens(connection, token.user_id.as_uuid(), &token.drops).await?;
+    replace_password(connection, token).await?;
+    Ok(())
+}
+
+/// Applies a token's `replaces_password`, if any.
+async fn replace_password(connection: &mut AsyncPgConnection, token: &NewEmailToken) -> Result<(), DieselError> {
+    if let Some(hash) = &token.replaces_password {
+        diesel::update(users::table.find(token.user_id.as_uuid()))
+            .set(users::password_hash.eq(hash.as_str()))
+            .execute(connection)
+            .await?;
+    }
     Ok(())
 }
 

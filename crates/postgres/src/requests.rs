@@ -21,7 +21,7 @@ struct ClaimedRow {
     email: String,
 }
 
-/// Inserts a request.
+/// Inserts a request, unless the same one (kind and address) is already waiting.
 pub(crate) async fn queue(
     connection: &mut AsyncPgConnection,
     kind: AccountRequestKind,
@@ -35,6 +35,7 @@ pub(crate) async fn queue(
             account_requests::email.eq(email.as_str()),
             account_requests::created_at.eq(now),
         ))
+        .on_conflict_do_nothing()
         .execute(connection)
         .await
         .map(drop)

@@ -13,9 +13,10 @@
 //! | `verify-ca` | always | the chain, against `sslrootcert` |
 //! | `verify-full` | always | the chain and the host name |
 //!
-//! Without `sslrootcert` (or with `sslrootcert=system`) the verifying modes trust the Mozilla root set compiled
-//! into the binary (webpki-roots), which is what a server with a publicly trusted certificate needs; a private CA
-//! is named with `sslrootcert=/path/to/ca.pem`. Handshake signatures are always checked, even when the
+//! Without `sslrootcert` (or with `sslrootcert=system`) `verify-full` trusts the Mozilla root set compiled into
+//! the binary (webpki-roots), which is what a server with a publicly trusted certificate needs; `verify-ca` (and
+//! `require` with `sslrootcert=system`) is refused then, since a chain check without the host name against public
+//! roots would accept any publicly trusted certificate. A private CA is named with `sslrootcert=/path/to/ca.pem`. Handshake signatures are always checked, even when the
 //! certificate is not. Channel binding is not offered (SCRAM still authenticates without it).
 
 use std::error::Error as StdError;
@@ -268,6 +269,15 @@ fn client_config(mode: SslMode, root: Option<&RootSource>) -> Result<ClientConfi
         (SslMode::Disable | SslMode::Prefer, _) | (SslMode::Require, None) => {
             Arc::new(UncheckedCertificate { algorithms })
         }
+        // A chain check without the host name against the public roots would accept any publicly trusted
+        // certificate, for any domain: whoever holds one could stand in for the database. libpq refuses it too.
+        (SslMode::Require | SslMode::VerifyCa, None | Some(RootSource::Builtin)) => {
+            return Err(PgSetupError::InvalidTls(
+                "sslmode=verify-ca needs sslrootcert naming the CA's certificate file; with the public roots use \
+                 sslmode=verify-full, which also checks the host name"
+                    .to_owned(),
+            ));
+        }
         (SslMode::Require | SslMode::VerifyCa, _) => Arc::new(ChainOnly { inner: webpki_verifier(root, &provider)? }),
         (SslMode::VerifyFull, _) => webpki_verifier(root, &provider)?,
     };
@@ -403,9 +413,11 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
     type Error = BoxError;
 
     fn make_tls_connect(&mut self, host: &str) -> Result<RustlsHandshake, BoxError> {
-        // An IP address is a valid server name too (it is then checked against the certificate's IP entries).
+        // An IP address is a valid server name too (it is then checked against the certificate's IP entries). A
+        // Unix socket has no host name (the driver passes ""), and no TLS either: the error only matters if a
+        // handshake is actually attempted.
         let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|_| format!("{host:?} is not a host name TLS can check a certificate against"))?;
+            .map_err(|_| format!("{host:?} is not a host name TLS can check a certificate against"));
         Ok(RustlsHandshake { connector: tokio_rustls::TlsConnector::from(Arc::clone(&self.config)), server_name })
     }
 }
@@ -413,7 +425,7 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
 /// One handshake, to one host.
 struct RustlsHandshake {
     connector: tokio_rustls::TlsConnector,
-    server_name: ServerName<'static>,
+    server_name: Result<ServerName<'static>, String>,
 }
 
 impl TlsConnect<Socket> for RustlsHandshake {
@@ -423,7 +435,8 @@ impl TlsConnect<Socket> for RustlsHandshake {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let stream = self.connector.connect(self.server_name, stream).await?;
+            let server_name = self.server_name.map_err(io::Error::other)?;
+            let stream = self.connector.connect(server_name, stream).await?;
             Ok(RustlsStream(Box::new(stream)))
         })
     }
@@ -535,11 +548,19 @@ mod tests {
             ("postgres://h/db?sslmode=disable", tokio_postgres::config::SslMode::Disable),
             ("postgres://h/db", tokio_postgres::config::SslMode::Prefer),
             ("postgres://h/db?sslmode=require", tokio_postgres::config::SslMode::Require),
-            ("postgres://h/db?sslmode=verify-ca", tokio_postgres::config::SslMode::Require),
             ("postgres://h/db?sslmode=verify-full", tokio_postgres::config::SslMode::Require),
         ] {
             let connector = Connector::from_url(url).unwrap();
             assert_eq!(connector.config.get_ssl_mode(), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_chain_check_against_the_public_roots_is_refused() {
+        // Without the host name, any publicly trusted certificate for any domain would pass.
+        for url in ["postgres://h/db?sslmode=verify-ca", "postgres://h/db?sslmode=require&sslrootcert=system"] {
+            let refused = Connector::from_url(url).err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(refused.contains("sslrootcert"), "{url}: {refused}");
         }
     }
 

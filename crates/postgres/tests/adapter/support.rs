@@ -94,6 +94,7 @@ pub fn email_token(
         new_email: new_email.map(|email| EmailAddress::parse(email).unwrap()),
         expires_at: to_micros(now + valid_for),
         drops: Vec::new(),
+        replaces_password: None,
     }
 }
 
