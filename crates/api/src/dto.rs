@@ -398,14 +398,7 @@ impl UpdateMeRequest {
     /// 422 `validation_failed`.
     pub fn try_into_domain(self) -> Result<MeUpdate, ApiError> {
         let mut errors = FieldErrors::default();
-        let email = match self.email {
-            None => None,
-            Some(None) => {
-                errors.add("email", "cannot be cleared");
-                None
-            }
-            Some(Some(raw)) => errors.check("email", EmailAddress::parse(&raw)),
-        };
+        let email = new_email(&mut errors, self.email);
         let profile = profile_changes(
             &mut errors,
             [
@@ -543,6 +536,18 @@ pub struct UserPageResponse {
 type RawProfile = [Option<Option<String>>; 6];
 
 /// Parses the profile fields of a partial update (`PATCH /me`, `PATCH /users/{id}`).
+/// A new address in a partial update: absent is no change, `null` is refused (an account always has one).
+fn new_email(errors: &mut FieldErrors, raw: Option<Option<String>>) -> Option<EmailAddress> {
+    match raw {
+        None => None,
+        Some(None) => {
+            errors.add("email", "cannot be cleared");
+            None
+        }
+        Some(Some(raw)) => errors.check("email", EmailAddress::parse(&raw)),
+    }
+}
+
 fn profile_changes(errors: &mut FieldErrors, raw: RawProfile) -> ProfileChanges {
     let [nickname, first, last, bio, linkedin, github] = raw;
     let nickname = match nickname {
@@ -612,14 +617,7 @@ impl AdminUpdateRequest {
                 self.github_profile_url,
             ],
         );
-        let email = match self.email {
-            None => None,
-            Some(None) => {
-                errors.add("email", "cannot be cleared");
-                None
-            }
-            Some(Some(raw)) => errors.check("email", EmailAddress::parse(&raw)),
-        };
+        let email = new_email(&mut errors, self.email);
         errors.finish()?;
         Ok(AdminChanges {
             expected_role: None,
