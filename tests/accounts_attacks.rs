@@ -1,5 +1,4 @@
-//! Black-box attacks on accounts and sessions (SECURITY.md "Credentials", "Enumeration", "Tokens", "Access
-//! control" and "Input"), against the app started in-process on a fresh database. Every test tries the attack,
+//! Black-box attacks on accounts and sessions (credentials, enumeration, tokens, access control and input), against the app started in-process on a fresh database. Every test tries the attack,
 //! checks the answer, and checks that nothing changed: rows, sessions, tokens and queued mail.
 //!
 //! Forged access tokens are assembled by hand with josekit, some of them signed with the deployment's real key
@@ -887,7 +886,7 @@ async fn register_refuses_line_breaks_in_emails_and_invisible_characters_in_nick
     assert_eq!(user_count(&app).await, 0);
     assert_eq!(outbox_count(&app).await, 0);
 
-    // Surrounding whitespace is trimmed (SECURITY.md: emails are normalised), so no CR/LF is ever stored.
+    // Surrounding whitespace is trimmed (emails are normalised), so no CR/LF is ever stored.
     let trimmed = app
         .client
         .post(app.url("/register"))

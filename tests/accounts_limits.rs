@@ -1,4 +1,4 @@
-//! Limits an attacker runs into (API.md "Brute force", SECURITY.md "Credentials"): the per-email login backoff,
+//! Limits an attacker runs into (brute force and credential stuffing): the per-email login backoff,
 //! the per-client-IP limits on login, register, forgot and resend, and login timing that does not tell unknown
 //! emails from wrong passwords. Against the app started in-process on a fresh database.
 

@@ -1,4 +1,4 @@
-//! The HTTP conventions of API.md, checked against the app started in-process on a fresh database: problem+json
+//! The HTTP conventions of the contract, checked against the app started in-process on a fresh database: problem+json
 //! for every error, body rules, bearer-token handling and the operations endpoints.
 
 use serde_json::{Value, json};

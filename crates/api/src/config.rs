@@ -1,6 +1,6 @@
 //! Configuration, read once at start-up from the environment (and a `.env` file, loaded by `main`).
 //!
-//! Every variable of API.md has a safe local default. A value that does not parse stops start-up with one line that
+//! Every variable (listed in the README and `.env.example`) has a safe local default. A value that does not parse stops start-up with one line that
 //! names the variable, so a typo never silently falls back to a default.
 //!
 //! Secret-bearing variables (`DATABASE_URL`, `S3_ACCESS_KEY`, `S3_SECRET_KEY`, `SMTP_PASSWORD`,
@@ -191,7 +191,7 @@ pub struct Config {
     pub metrics_bind_addr: Option<SocketAddr>,
 }
 
-/// Parses the duration forms of API.md: a positive whole number followed by `s`, `m`, `h` or `d`.
+/// Parses the configuration's duration forms: a positive whole number followed by `s`, `m`, `h` or `d`.
 ///
 /// # Errors
 /// A message describing the accepted forms.

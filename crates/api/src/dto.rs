@@ -1,7 +1,7 @@
-//! Request and response shapes of the HTTP contract (API.md), with their OpenAPI schemas.
+//! Request and response shapes of the HTTP contract (the generated OpenAPI document), with their schemas.
 //!
 //! Request DTOs deny unknown fields, so a field a caller may not set is refused instead of silently ignored.
-//! Response DTOs are built from domain values and never carry a hash, token or counter that API.md does not list.
+//! Response DTOs are built from domain values and never carry a hash, token or counter.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

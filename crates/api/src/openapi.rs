@@ -36,7 +36,7 @@ profiles and profile pictures.\n\n\
 Conventions: errors are RFC 9457 `application/problem+json` with a stable `code`; request bodies reject unknown \
 fields (400 `malformed_body`); rule violations are 422 `validation_failed`. Authorization is decided on the current \
 database row on every request.\n\n\
-Readings of the contract (where API.md is silent or ambiguous, the safest reading):\n\n\
+Readings of the contract (where it could be read several ways, the safest reading):\n\n\
 - Nicknames are ASCII letters, digits, `_` and `-` only: no look-alike or invisible characters.\n\
 - The client address recorded on sessions and used for per-IP limits is the TCP peer, never `X-Forwarded-For`.\n\
 - \"The last ADMIN\" means the last *unlocked* ADMIN: a locked admin cannot administer anything. Demoting, locking \

@@ -309,7 +309,7 @@ pub(crate) async fn admin_update_user(
             // The status time records when the status last changed, so granting it twice keeps the first time.
             let professional_changed =
                 changes.is_professional.is_some_and(|is_professional| is_professional != target.is_professional);
-            // Verifying an email promotes ANONYMOUS to AUTHENTICATED (API.md "Roles"), also when an administrator
+            // Verifying an email promotes ANONYMOUS to AUTHENTICATED (the roles rule), also when an administrator
             // marks it verified, unless the same request sets a role of its own. Decided on the locked row.
             let promoted =
                 (changes.role.is_none() && changes.email_verified == Some(true) && current_role == Role::Anonymous)

@@ -42,7 +42,7 @@ pub struct PgConfig {
 }
 
 impl Default for PgConfig {
-    /// The local development database of API.md, 16 connections and a 3 s acquire timeout.
+    /// The local development database (the `DATABASE_URL` default), 16 connections and a 3 s acquire timeout.
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/user_management".to_owned(),

@@ -29,7 +29,7 @@ use users_domain::service::{ClientInfo, Principal};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// The largest JSON or form body accepted on the auth and profile routes (SECURITY.md "Input").
+/// The largest JSON or form body accepted on the auth and profile routes (see the README's "Security" section).
 pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
 
 /// How long a client may take to send a small body, so slow clients cannot hold workers.
