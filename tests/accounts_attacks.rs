@@ -19,7 +19,9 @@ use josekit::jws::{ES256, HS256, JwsSigner};
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, link};
-use users_e2e::{PUBLIC_BASE_URL, STRONG_PASSWORD, TestApp, json_body, login_json, str_of, unique_email};
+use users_e2e::{
+    PUBLIC_BASE_URL, STRONG_PASSWORD, TestApp, assert_problem, json_body, login_json, str_of, unique_email,
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -60,19 +62,6 @@ async fn get_me_raw(app: &TestApp, authorization: HeaderValue) -> reqwest::Respo
 
 async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
     app.client.post(app.url("/token/refresh")).json(&json!({"refresh_token": refresh_token})).send().await.unwrap()
-}
-
-/// Checks a problem answer and returns its body.
-async fn assert_problem(response: reqwest::Response, status: u16, code: &str, what: &str) -> Value {
-    let actual = response.status();
-    let content_type = response.headers().get("content-type").cloned();
-    let body = response.text().await.unwrap();
-    assert_eq!(actual, status, "{what}: expected {status} {code}, got {actual}: {body}");
-    assert_eq!(content_type.unwrap(), "application/problem+json", "{what}");
-    let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["code"], code, "{what}: {body}");
-    assert_eq!(body["status"], status, "{what}: {body}");
-    body
 }
 
 /// 401 `invalid_token` with a `WWW-Authenticate: Bearer` challenge.

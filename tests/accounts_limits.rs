@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, link};
-use users_e2e::{PUBLIC_BASE_URL, STRONG_PASSWORD, TestApp, login_json, unique_email};
-
-const WRONG_PASSWORD: &str = "certainly-not-the-password-42";
+use users_e2e::{PUBLIC_BASE_URL, STRONG_PASSWORD, TestApp, WRONG_PASSWORD, login_json, unique_email};
 
 async fn register(app: &TestApp, email: &str) -> reqwest::Response {
     app.client

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, link};
-use users_e2e::{BinaryApp, STRONG_PASSWORD, json_body, login_json, str_of, unique_email};
+use users_e2e::{
+    BinaryApp, STRONG_PASSWORD, WRONG_PASSWORD, assert_problem, json_body, login_json, str_of, unique_email,
+};
 
-const WRONG_PASSWORD: &str = "certainly-not-the-password-42";
 const NEW_PASSWORD: &str = "amber-lantern-quiet-31";
 const ADMIN_EMAIL: &str = "root@example.com";
 
@@ -93,18 +94,6 @@ async fn id_of(app: &BinaryApp, access_token: &str) -> String {
     let me = get_me(app, access_token).await;
     assert_eq!(me.status(), 200);
     str_of(&json_body(me).await, "id").to_owned()
-}
-
-/// Checks a problem answer and returns its body.
-async fn assert_problem(response: reqwest::Response, status: u16, code: &str, what: &str) -> Value {
-    let actual = response.status();
-    let content_type = response.headers().get("content-type").cloned();
-    let body = response.text().await.unwrap();
-    assert_eq!(actual, status, "{what}: expected {status} {code}, got {actual}: {body}");
-    assert_eq!(content_type.unwrap(), "application/problem+json", "{what}");
-    let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["code"], code, "{what}: {body}");
-    body
 }
 
 /// Checks a 422 `validation_failed` naming `field` among its errors.

@@ -38,6 +38,9 @@ pub fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
 /// A password that passes the default policy.
 pub const STRONG_PASSWORD: &str = "violet-kettle-orbit-97";
 
+/// A password no test account has.
+pub const WRONG_PASSWORD: &str = "certainly-not-the-password-42";
+
 /// The base settings every test app gets: its own database and data directory, rate limits off.
 fn base_env(db: &TestDatabase, data_dir: &tempfile::TempDir) -> HashMap<String, String> {
     HashMap::from([
@@ -263,4 +266,21 @@ pub async fn login_json(client: &reqwest::Client, base: &str, email: &str, passw
 pub async fn json_body(response: reqwest::Response) -> Value {
     let text = response.text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("expected JSON, got {text:?}"))
+}
+
+/// Checks a problem answer (status, `application/problem+json`, `code` and `status` in the body) and returns its
+/// body; `what` names the step in the failure message.
+///
+/// # Panics
+/// When any of those differs.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str, what: &str) -> Value {
+    let actual = response.status();
+    let content_type = response.headers().get("content-type").cloned();
+    let body = response.text().await.unwrap();
+    assert_eq!(actual, status, "{what}: expected {status} {code}, got {actual}: {body}");
+    assert_eq!(content_type.unwrap(), "application/problem+json", "{what}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], code, "{what}: {body}");
+    assert_eq!(body["status"], status, "{what}: {body}");
+    body
 }

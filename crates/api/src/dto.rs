@@ -505,7 +505,8 @@ pub struct AdminUpdateRequest {
     pub email_verified: Option<bool>,
     /// A new login address, effective at once (409 `email_taken` when another account has it). It counts as
     /// unverified, and gets a verification link, unless the same request sets `email_verified: true`; the old
-    /// address is told. It cannot be cleared (`null` is refused).
+    /// address is told. It cannot be cleared (`null` is refused), and not set on oneself (403: one's own address
+    /// changes through `PATCH /me`, with the current password).
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, schema_with = openapi::email)]
     pub email: Option<Option<String>>,
