@@ -1,27 +1,35 @@
 //! The pure domain of user-management.
 //!
 //! It owns the user model (built only from parsed newtypes), the roles and their permission matrix, sessions and
-//! the tokens that stand for them, and the ports through which the outside world is reached: the user repository,
-//! the password hasher, the access-token codec, the clock, picture storage and the mailer. [`Service`] is the entry
-//! point: handlers call it, adapters plug into it. Nothing here performs I/O; the adapters in the other crates do.
+//! the tokens that stand for them, profile pictures, the mails, and the [`ports`] through which storage and the
+//! other outside services are reached. [`Service`] is the entry point: one method per use case, generic over one
+//! bundle of adapters ([`ports::Ports`]). Nothing here performs I/O; the adapters in the other crates do.
+//!
+//! The modules are layered, each using only those above it:
+//! - the model: [`user`], [`permissions`], [`session`];
+//! - [`ports`]: what crosses the boundary, and the traits adapters implement;
+//! - [`mail`] (templates and the outbox dispatcher), [`config`], and the in-process attempt gate;
+//! - [`service`]: the [`Service`] itself;
+//! - the features, each a set of [`Service`] methods with their own inputs and errors: [`sessions`] (login,
+//!   refresh, authentication), [`accounts`] (registration, verification, passwords, one's own profile),
+//!   [`admin`] (user administration) and [`pictures`].
 
-pub mod account_service;
 pub mod accounts;
 pub mod admin;
-pub mod admin_service;
+pub mod config;
 pub mod mail;
-pub mod outbox;
 pub mod permissions;
-pub mod picture_service;
 pub mod pictures;
 pub mod ports;
 pub mod service;
 pub mod session;
+pub mod sessions;
 mod throttle;
 pub mod user;
 
+pub use config::ServiceConfig;
 pub use permissions::{Action, Denied, Role};
-pub use service::{Service, ServiceConfig};
+pub use service::Service;
 pub use session::{AccessClaims, RefreshToken, Session, SessionId};
 pub use user::{
     Bio, EmailAddress, NewUser, Nickname, Password, PasswordHash, PasswordPolicy, PersonName, ProfileUrl,

@@ -53,6 +53,22 @@ impl Role {
     pub const fn administers_users(self) -> bool {
         matches!(self, Self::Manager | Self::Admin)
     }
+
+    /// The role after the user's address is proven (a verification link, a reset link, an email change, or an
+    /// administrator vouching for it): ANONYMOUS becomes AUTHENTICATED; no other role changes, and none is lowered.
+    ///
+    /// ```
+    /// use users_domain::Role;
+    /// assert_eq!(Role::Anonymous.once_verified(), Role::Authenticated);
+    /// assert_eq!(Role::Manager.once_verified(), Role::Manager);
+    /// ```
+    #[must_use]
+    pub const fn once_verified(self) -> Self {
+        match self {
+            Self::Anonymous => Self::Authenticated,
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Role {

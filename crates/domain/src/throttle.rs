@@ -15,10 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
 
-use crate::accounts::FailureCount;
-use crate::ports::{Clock, PasswordHasher, PortError, TokenCodec, UserRepository};
-use crate::service::Service;
-use crate::user::PasswordHash;
+use crate::ports::FailureCount;
 
 /// The checks of one key running in this process, and how waiters learn that one ended.
 #[derive(Debug, Default)]
@@ -59,7 +56,7 @@ impl AttemptGate {
     }
 
     /// Registers interest in `key`; the returned value takes it back when dropped.
-    fn join(self: &Arc<Self>, key: &str) -> Interest {
+    pub(crate) fn join(self: &Arc<Self>, key: &str) -> Interest {
         self.keys().entry(key.to_owned()).or_default().interested += 1;
         Interest { gate: Arc::clone(self), key: key.to_owned(), running: false, seen: 0 }
     }
@@ -73,7 +70,7 @@ impl AttemptGate {
 
 /// What an attempt at the gate does next.
 #[derive(Debug)]
-enum Turn {
+pub(crate) enum Turn {
     /// Run the check now.
     Start,
     /// Wait for a running check to end (or a waiter to leave), then read the count again.
@@ -85,7 +82,7 @@ enum Turn {
 /// One attempt's place at the gate: waiting, or running once [`Interest::try_start`] succeeded. Dropping it (also
 /// when the request is abandoned) ends the check and wakes the next waiter.
 #[derive(Debug)]
-struct Interest {
+pub(crate) struct Interest {
     gate: Arc<AttemptGate>,
     key: String,
     running: bool,
@@ -95,20 +92,20 @@ struct Interest {
 
 impl Interest {
     /// Notes what this process has recorded so far; call it right before reading the stored count.
-    fn look(&mut self) {
+    pub(crate) fn look(&mut self) {
         let mut keys = self.gate.keys();
         self.seen = keys.entry(self.key.clone()).or_default().recorded;
     }
 
     /// Notes a failure this check has just recorded (after it is stored).
-    fn failed(&self) {
+    pub(crate) fn failed(&self) {
         let mut keys = self.gate.keys();
         let state = keys.entry(self.key.clone()).or_default();
         state.recorded = state.recorded.wrapping_add(1);
     }
 
     /// Starts the check if the key has room for it with `failures` counted.
-    fn try_start(&mut self, failures: u32) -> Turn {
+    pub(crate) fn try_start(&mut self, failures: u32) -> Turn {
         let mut keys = self.gate.keys();
         let state = keys.entry(self.key.clone()).or_default();
         // Failures recorded here after the count was read may be missing from it: count them too (counting one
@@ -168,49 +165,6 @@ pub(crate) enum Checked {
 pub(crate) fn blocked_for(count: Option<&FailureCount>, now: OffsetDateTime) -> Option<Duration> {
     let until = count?.blocked_until?;
     (until > now).then(|| until - now)
-}
-
-impl<R, H, T, C> Service<R, H, T, C>
-where
-    R: UserRepository,
-    H: PasswordHasher,
-    T: TokenCodec,
-    C: Clock,
-{
-    /// Checks `candidate` (NFKC) against `hash` (`None`: no such account, checked against a dummy) on the
-    /// per-account backoff of `key`: refused while the key is blocked, a wrong password counted as a failure, a
-    /// right one clearing the count.
-    pub(crate) async fn check_password_throttled(
-        &self,
-        key: String,
-        candidate: String,
-        hash: Option<PasswordHash>,
-    ) -> Result<Checked, PortError> {
-        let mut interest = self.attempts.join(&key);
-        let count = loop {
-            interest.look();
-            let count = self.repo.login_failures(key.clone()).await?;
-            if let Some(retry_after) = blocked_for(count.as_ref(), self.clock.now()) {
-                return Ok(Checked::Blocked { retry_after });
-            }
-            match interest.try_start(count.map_or(0, |count| count.failures)) {
-                Turn::Start => break count,
-                // A running check ends (or a waiter leaves) before the count can change: look again then.
-                Turn::Wait(ended) => ended.notified().await,
-                Turn::ReadAgain => {}
-            }
-        };
-        if self.hasher.verify(candidate, hash).await? {
-            if count.is_some() {
-                self.repo.clear_login_failures(key).await?;
-            }
-            Ok(Checked::Matches)
-        } else {
-            self.repo.record_login_failure(key, self.clock.now(), self.config.login_backoff).await?;
-            interest.failed();
-            Ok(Checked::Wrong)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
-//! The mails the service sends, rendered as plain text and HTML.
+//! The mails the service sends, rendered as plain text and HTML, and the dispatcher that delivers them.
 //!
 //! Which mail goes out when is a business rule, so the templates live in the domain. Links are built from
 //! `PUBLIC_BASE_URL` only (never from request headers); every value placed in HTML is escaped, and subjects are
 //! fixed strings, so no user input can reach a mail header.
 
+mod dispatcher;
+
 use std::fmt::Write as _;
 
+pub use dispatcher::{Dispatcher, DispatcherConfig, RoundReport};
+
+use crate::config::ServiceConfig;
 use crate::ports::OutgoingMail;
 use crate::user::{EmailAddress, Nickname, UserId};
 
@@ -61,10 +66,10 @@ impl Body<'_> {
 }
 
 impl MailTemplates {
-    /// Templates whose links start with `base_url` (`PUBLIC_BASE_URL`, without a trailing slash).
+    /// Templates whose links start with the configured `public_base_url`.
     #[must_use]
-    pub fn new(base_url: &str) -> Self {
-        Self { base_url: base_url.trim_end_matches('/').to_owned() }
+    pub fn new(config: &ServiceConfig) -> Self {
+        Self { base_url: config.public_base_url.trim_end_matches('/').to_owned() }
     }
 
     /// The verification link of a registration or an email change.
@@ -241,7 +246,7 @@ mod tests {
     use super::*;
 
     fn templates() -> MailTemplates {
-        MailTemplates::new("https://users.example.com/")
+        MailTemplates::new(&ServiceConfig { public_base_url: "https://users.example.com/".to_owned(), ..ServiceConfig::default() })
     }
 
     fn ada() -> EmailAddress {

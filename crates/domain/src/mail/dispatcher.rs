@@ -115,10 +115,19 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::accounts::OutboxMessage;
-    use crate::ports::{MockMailOutbox, MockMailer, OutgoingMail};
-    use crate::service::tests::{NOW, clock};
+    use time::OffsetDateTime;
+    use time::macros::datetime;
+
+    use crate::ports::{MockClock, MockMailOutbox, MockMailer, OutboxMessage, OutgoingMail};
     use crate::user::EmailAddress;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
+
+    fn clock() -> MockClock {
+        let mut clock = MockClock::new();
+        clock.expect_now().return_const(NOW);
+        clock
+    }
 
     fn message(attempts: u32) -> OutboxMessage {
         OutboxMessage {

@@ -1,10 +1,16 @@
-//! Profile pictures: what an uploaded image becomes, and the port that turns untrusted bytes into it.
+//! Profile pictures: what an uploaded image becomes, the port that turns untrusted bytes into it, and the ports
+//! that keep picture records and their objects.
 //!
 //! An upload is never stored as sent. The image processor judges the type from the bytes, decodes within limits,
 //! applies the orientation, and re-encodes three sizes, so metadata (EXIF, GPS) and anything appended to the file
 //! are gone before a byte reaches storage.
 
 use std::future::Future;
+
+use time::OffsetDateTime;
+
+use super::PortError;
+use crate::user::UserId;
 
 /// The largest edge of the `original` size.
 pub const ORIGINAL_EDGE: u32 = 1024;
@@ -99,6 +105,7 @@ impl ProcessedImage {
 
 /// Why an upload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImageError {
     /// The bytes are not JPEG, PNG, GIF or WebP (judged from the content, never the name or declared type).
     #[error("only JPEG, PNG, GIF and WebP images are accepted")]
@@ -153,9 +160,9 @@ pub struct StoredPicture {
     /// The picture's id (the `version_id` of the history routes).
     pub id: uuid::Uuid,
     /// Whose picture it is.
-    pub user_id: crate::user::UserId,
+    pub user_id: UserId,
     /// When it was uploaded.
-    pub created_at: time::OffsetDateTime,
+    pub created_at: OffsetDateTime,
     /// Whether it is in the archive (history) rather than active.
     pub archived: bool,
     /// The key prefix its objects are stored under now.
@@ -185,13 +192,13 @@ impl StoredPicture {
 
     /// The prefix of an active picture: `profile_pictures/{user_id}/{picture_id}`.
     #[must_use]
-    pub fn active_prefix(user_id: crate::user::UserId, id: uuid::Uuid) -> String {
+    pub fn active_prefix(user_id: UserId, id: uuid::Uuid) -> String {
         format!("profile_pictures/{user_id}/{id}")
     }
 
     /// The prefix of an archived picture: `profile_pictures/{user_id}/archive/{picture_id}`.
     #[must_use]
-    pub fn archive_prefix(user_id: crate::user::UserId, id: uuid::Uuid) -> String {
+    pub fn archive_prefix(user_id: UserId, id: uuid::Uuid) -> String {
         format!("profile_pictures/{user_id}/archive/{id}")
     }
 }
@@ -204,12 +211,13 @@ pub enum PictureWriteError {
     UserGone,
     /// The repository failed.
     #[error(transparent)]
-    Port(#[from] crate::ports::PortError),
+    Port(#[from] PortError),
 }
 
-/// Storage of picture records (the objects themselves go to the [`crate::ports::PictureStore`]).
+/// Storage of picture records (the objects themselves go to the [`PictureStore`]). Deleting a user deletes their
+/// records with them.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
-pub trait PictureRepository: Send + Sync + 'static {
+pub trait PictureRecords: Send + Sync + 'static {
     /// Records a new active picture in one transaction: the user's current active picture (if any) becomes
     /// archived and is returned, the new one becomes active, and `users.profile_picture_id` points to it.
     ///
@@ -218,65 +226,101 @@ pub trait PictureRepository: Send + Sync + 'static {
     fn insert_active_picture(
         &self,
         picture: StoredPicture,
-        now: time::OffsetDateTime,
+        now: OffsetDateTime,
     ) -> impl Future<Output = Result<Option<StoredPicture>, PictureWriteError>> + Send;
 
     /// Records that a picture's objects now live under `prefix`.
     ///
     /// # Errors
-    /// [`crate::ports::PortError`] when storage fails.
+    /// [`PortError`] when storage fails.
     fn move_picture(
         &self,
         id: uuid::Uuid,
         prefix: String,
-    ) -> impl Future<Output = Result<(), crate::ports::PortError>> + Send;
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// The user's active picture.
     ///
     /// # Errors
-    /// [`crate::ports::PortError`] when storage fails.
+    /// [`PortError`] when storage fails.
     fn active_picture(
         &self,
-        user_id: crate::user::UserId,
-    ) -> impl Future<Output = Result<Option<StoredPicture>, crate::ports::PortError>> + Send;
+        user_id: UserId,
+    ) -> impl Future<Output = Result<Option<StoredPicture>, PortError>> + Send;
 
     /// The user's archived pictures, newest first.
     ///
     /// # Errors
-    /// [`crate::ports::PortError`] when storage fails.
+    /// [`PortError`] when storage fails.
     fn archived_pictures(
         &self,
-        user_id: crate::user::UserId,
-    ) -> impl Future<Output = Result<Vec<StoredPicture>, crate::ports::PortError>> + Send;
-
-    /// Every picture of the user, active or archived (to remove their objects with the user).
-    ///
-    /// # Errors
-    /// [`crate::ports::PortError`] when storage fails.
-    fn all_pictures(
-        &self,
-        user_id: crate::user::UserId,
-    ) -> impl Future<Output = Result<Vec<StoredPicture>, crate::ports::PortError>> + Send;
+        user_id: UserId,
+    ) -> impl Future<Output = Result<Vec<StoredPicture>, PortError>> + Send;
 
     /// Archives the active picture and clears `users.profile_picture_id`, in one transaction; returns it.
     ///
     /// # Errors
-    /// [`crate::ports::PortError`] when storage fails; `Ok(None)` when there was no active picture.
+    /// [`PortError`] when storage fails; `Ok(None)` when there was no active picture.
     fn archive_active_picture(
         &self,
-        user_id: crate::user::UserId,
-        now: time::OffsetDateTime,
-    ) -> impl Future<Output = Result<Option<StoredPicture>, crate::ports::PortError>> + Send;
+        user_id: UserId,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<StoredPicture>, PortError>> + Send;
 
     /// Makes an archived picture active again, in one transaction: the current active one (returned second)
     /// becomes archived and `users.profile_picture_id` points to the restored one (returned first).
     ///
     /// # Errors
-    /// [`crate::ports::PortError`] when storage fails; `Ok(None)` when the user has no such archived picture.
+    /// [`PortError`] when storage fails; `Ok(None)` when the user has no such archived picture.
     fn restore_picture(
         &self,
-        user_id: crate::user::UserId,
+        user_id: UserId,
         id: uuid::Uuid,
-        now: time::OffsetDateTime,
-    ) -> impl Future<Output = Result<Option<(StoredPicture, Option<StoredPicture>)>, crate::ports::PortError>> + Send;
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<(StoredPicture, Option<StoredPicture>)>, PortError>> + Send;
+}
+
+/// An image ready to store: already decoded, checked and re-encoded by the picture pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The object's key, generated by the domain (`profile_pictures/{user_id}/...`), never from user input.
+    pub key: String,
+    /// The MIME type of the encoding.
+    pub content_type: String,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Object storage for profile pictures (S3/MinIO or the local file system).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait PictureStore: Send + Sync + 'static {
+    /// Stores an object, replacing any object with the same key.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn put(&self, object: StoredObject) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Reads an object; `Ok(None)` when it does not exist.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn get(&self, key: String) -> impl Future<Output = Result<Option<StoredObject>, PortError>> + Send;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn delete(&self, key: String) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// The keys of every object under `prefix` (which ends with `/`).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn list(&self, prefix: String) -> impl Future<Output = Result<Vec<String>, PortError>> + Send;
+
+    /// Checks that storage answers.
+    ///
+    /// # Errors
+    /// [`PortError`] when it does not.
+    fn ping(&self) -> impl Future<Output = Result<(), PortError>> + Send;
 }

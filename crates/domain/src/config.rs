@@ -1,0 +1,43 @@
+//! The settings of the domain, with their defaults: the one place each default is written. The binary's
+//! configuration starts from [`ServiceConfig::default`] and overrides what the environment sets.
+
+use time::Duration;
+
+use crate::ports::BackoffPolicy;
+use crate::user::PasswordPolicy;
+
+/// The settings the service works with, read from configuration by the binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Lifetime of access tokens.
+    pub access_token_ttl: Duration,
+    /// Absolute lifetime of a session and its refresh tokens.
+    pub refresh_token_ttl: Duration,
+    /// A session unused for this long can no longer be refreshed.
+    pub refresh_token_idle_ttl: Duration,
+    /// Lifetime of verification links (registration and email change).
+    pub verify_token_ttl: Duration,
+    /// Lifetime of password reset links.
+    pub reset_token_ttl: Duration,
+    /// The password policy.
+    pub password_policy: PasswordPolicy,
+    /// Backoff after repeated login failures for one email.
+    pub login_backoff: BackoffPolicy,
+    /// `PUBLIC_BASE_URL`, the start of every link in mails.
+    pub public_base_url: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::minutes(15),
+            refresh_token_ttl: Duration::days(30),
+            refresh_token_idle_ttl: Duration::days(7),
+            verify_token_ttl: Duration::hours(24),
+            reset_token_ttl: Duration::minutes(15),
+            password_policy: PasswordPolicy::default(),
+            login_backoff: BackoffPolicy::default(),
+            public_base_url: "http://localhost:8080".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Profile pictures: upload, serve, delete, history and restore, and removing a deleted user's objects.
+//!
+//! The database row and the objects never disagree in a way a user can see: objects are written before the row
+//! that points to them (a failed write leaves the user unchanged and the new objects removed), and objects are
+//! moved between the active and archive prefixes by copy, re-point, delete, so a row always names objects that
+//! exist. A move that fails half-way leaves at worst unreferenced copies behind, never a broken picture.
+//!
+//! An upload is decided in two steps so that a caller who may not touch the target never gets to send a picture:
+//! [`Service::authorize_upload`] decides from the caller and the target id alone and hands out an
+//! [`UploadPermit`], and only [`Service::upload`], which requires that permit, takes the picture's bytes.
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::permissions::{Action, Target, authorize};
+use crate::ports::{
+    EncodedImage, Guard, ImageError, ImageProcessor as _, PictureRecords as _, PictureSize, PictureStore as _,
+    PictureVariant, PictureWriteError, PortError, Ports, ProcessedImage, StoredObject, StoredPicture, UpdateError,
+    UserStore as _,
+};
+use crate::service::Service;
+use crate::sessions::Principal;
+use crate::user::{User, UserId};
+
+/// Why a picture request (other than an upload) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PictureError {
+    /// No such user or picture, or a user the caller may not see.
+    #[error("not found")]
+    NotFound,
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Why an upload failed; the user is unchanged and no new object is left behind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// No such user, or one the caller may not (or no longer may) manage.
+    #[error("not found")]
+    NotFound,
+    /// The upload is not an acceptable image.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+impl From<PictureError> for UploadError {
+    fn from(error: PictureError) -> Self {
+        match error {
+            PictureError::NotFound => Self::NotFound,
+            PictureError::Port(error) => Self::Port(error),
+        }
+    }
+}
+
+/// A picture as served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPicture {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// The stored encoding's type.
+    pub content_type: String,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// `jpg` or `png`.
+    pub extension: &'static str,
+}
+
+/// Proof that a caller may upload a picture for a user, decided before any of the picture is read.
+///
+/// Only [`Service::authorize_upload`] makes one, and [`Service::upload`] consumes it, so an upload
+/// cannot skip the decision. It names the caller and the target; the upload applies the rule again to the target's
+/// row as it is once the picture has arrived, since the target may be promoted or deleted while a slow client is
+/// still sending.
+#[derive(Debug)]
+pub struct UploadPermit {
+    actor: Principal,
+    target: UserId,
+}
+
+impl UploadPermit {
+    /// The user whose picture is being uploaded.
+    #[must_use]
+    pub const fn target(&self) -> UserId {
+        self.target
+    }
+}
+
+fn variant(size: PictureSize, image: &EncodedImage) -> PictureVariant {
+    PictureVariant {
+        size,
+        content_type: image.content_type.to_owned(),
+        width: image.width,
+        height: image.height,
+        bytes: image.bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&image.bytes)),
+    }
+}
+
+impl<P: Ports> Service<P> {
+    /// The target user, when the caller may manage their pictures (themself, or MANAGER/ADMIN within rights).
+    async fn picture_target(&self, actor: &Principal, id: UserId) -> Result<User, PictureError> {
+        let target = self.ports.users().find_user(id).await?;
+        let facts = target.as_ref().map(|user| Target { is_self: user.id == actor.user.id, role: user.role });
+        authorize(actor.user.role, Action::ManagePicture, facts).map_err(|_| PictureError::NotFound)?;
+        target.ok_or(PictureError::NotFound)
+    }
+
+    /// Decides, from the caller and the target id alone, whether the caller may upload a picture for that user
+    /// (themself, or MANAGER/ADMIN within their rights), before any of the picture is read.
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] for an unknown user or one the caller may not see (the same answer, so ids cannot
+    /// be probed), or a dependency failure.
+    pub async fn authorize_upload(&self, actor: &Principal, user_id: UserId) -> Result<UploadPermit, PictureError> {
+        let target = self.picture_target(actor, user_id).await?;
+        Ok(UploadPermit { actor: actor.clone(), target: target.id })
+    }
+
+    /// Processes an upload the caller was authorized for and makes it the user's active picture; the previous one
+    /// goes to the archive.
+    ///
+    /// # Errors
+    /// [`UploadError::Image`] for content that is not an acceptable image, [`UploadError::NotFound`] (also when
+    /// the caller lost the right while sending), or a dependency failure (then the user is unchanged and no new
+    /// object is left behind).
+    pub async fn upload(&self, permit: UploadPermit, bytes: Vec<u8>) -> Result<User, UploadError> {
+        let target = self.picture_target(&permit.actor, permit.target).await?;
+        let processed = self.ports.images().process(bytes).await?;
+        let id = Uuid::now_v7();
+        let picture = StoredPicture {
+            id,
+            user_id: target.id,
+            created_at: self.now(),
+            archived: false,
+            prefix: StoredPicture::active_prefix(target.id, id),
+            variants: PictureSize::ALL.iter().map(|size| variant(*size, processed.size(*size))).collect(),
+        };
+        self.put_all(&picture, &processed).await?;
+        match self.ports.pictures().insert_active_picture(picture.clone(), self.now()).await {
+            Ok(previous) => {
+                if let Some(previous) = previous {
+                    let archive = StoredPicture::archive_prefix(previous.user_id, previous.id);
+                    self.relocate(&previous, archive).await;
+                }
+            }
+            Err(error) => {
+                self.delete_keys(picture.keys()).await;
+                return Err(match error {
+                    PictureWriteError::UserGone => UploadError::NotFound,
+                    PictureWriteError::Port(error) => UploadError::Port(error),
+                });
+            }
+        }
+        self.ports.users().find_user(target.id).await?.ok_or(UploadError::NotFound)
+    }
+
+    /// Stores every size; on a failure removes what was stored and reports it.
+    async fn put_all(&self, picture: &StoredPicture, processed: &ProcessedImage) -> Result<(), PortError> {
+        let mut written = Vec::new();
+        for variant in &picture.variants {
+            let key = StoredPicture::key_under(&picture.prefix, variant);
+            let object = StoredObject {
+                key: key.clone(),
+                content_type: variant.content_type.clone(),
+                bytes: processed.size(variant.size).bytes.clone(),
+            };
+            if let Err(error) = self.ports.objects().put(object).await {
+                self.delete_keys(written).await;
+                return Err(error);
+            }
+            written.push(key);
+        }
+        Ok(())
+    }
+
+    /// Deletes objects, logging (not failing on) errors: what remains is unreferenced and harmless.
+    async fn delete_keys(&self, keys: Vec<String>) {
+        for key in keys {
+            if let Err(error) = self.ports.objects().delete(key.clone()).await {
+                log_cleanup_failure(&key, &error);
+            }
+        }
+    }
+
+    /// Moves a picture's objects to `prefix`: copy every object, re-point the row, then delete the originals.
+    /// Best effort: the row always names objects that exist, whichever step fails.
+    async fn relocate(&self, picture: &StoredPicture, prefix: String) {
+        // Already there (an earlier move that stopped half-way, or a race): copying onto itself and then deleting
+        // the originals would delete the very objects the row names.
+        if picture.prefix == prefix {
+            return;
+        }
+        let mut copied = Vec::new();
+        for variant in &picture.variants {
+            let from = StoredPicture::key_under(&picture.prefix, variant);
+            let to = StoredPicture::key_under(&prefix, variant);
+            let copy = match self.ports.objects().get(from).await {
+                Ok(Some(object)) => self.ports.objects().put(StoredObject { key: to.clone(), ..object }).await,
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = copy {
+                log_cleanup_failure(&to, &error);
+                self.delete_keys(copied).await;
+                return;
+            }
+            copied.push(to);
+        }
+        if let Err(error) = self.ports.pictures().move_picture(picture.id, prefix).await {
+            log_cleanup_failure(&picture.prefix, &error);
+            self.delete_keys(copied).await;
+            return;
+        }
+        self.delete_keys(picture.keys()).await;
+    }
+
+    /// The active picture of a user in one size, for anyone (profile pictures are public).
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] when the user has no picture, or a dependency failure.
+    pub async fn serve(&self, user_id: UserId, size: PictureSize) -> Result<ServedPicture, PictureError> {
+        let picture = self.ports.pictures().active_picture(user_id).await?.ok_or(PictureError::NotFound)?;
+        self.fetch(&picture, size).await
+    }
+
+    /// An archived picture in one size, for those who may manage the user's pictures.
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] for an unknown version or invisible user, or a dependency failure.
+    pub async fn serve_version(
+        &self,
+        actor: &Principal,
+        user_id: UserId,
+        version: Uuid,
+        size: PictureSize,
+    ) -> Result<ServedPicture, PictureError> {
+        let target = self.picture_target(actor, user_id).await?;
+        let archived = self.ports.pictures().archived_pictures(target.id).await?;
+        let picture = archived.into_iter().find(|picture| picture.id == version).ok_or(PictureError::NotFound)?;
+        self.fetch(&picture, size).await
+    }
+
+    async fn fetch(&self, picture: &StoredPicture, size: PictureSize) -> Result<ServedPicture, PictureError> {
+        let variant = picture.variant(size).ok_or(PictureError::NotFound)?;
+        let object =
+            self.ports.objects().get(StoredPicture::key_under(&picture.prefix, variant)).await?.ok_or(PictureError::NotFound)?;
+        Ok(ServedPicture {
+            bytes: object.bytes,
+            content_type: variant.content_type.clone(),
+            sha256: variant.sha256.clone(),
+            extension: variant.extension(),
+        })
+    }
+
+    /// The ETag of the active picture in one size, without reading the object (for `If-None-Match`).
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] when the user has no picture, or a dependency failure.
+    pub async fn etag(&self, user_id: UserId, size: PictureSize) -> Result<String, PictureError> {
+        let picture = self.ports.pictures().active_picture(user_id).await?.ok_or(PictureError::NotFound)?;
+        Ok(picture.variant(size).ok_or(PictureError::NotFound)?.sha256.clone())
+    }
+
+    /// Archives the active picture; `profile_picture_url` becomes null.
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] when there is no active picture or no visible user, or a dependency failure.
+    pub async fn delete(&self, actor: &Principal, user_id: UserId) -> Result<(), PictureError> {
+        let target = self.picture_target(actor, user_id).await?;
+        let archived =
+            self.ports.pictures().archive_active_picture(target.id, self.now()).await?.ok_or(PictureError::NotFound)?;
+        let archive = StoredPicture::archive_prefix(archived.user_id, archived.id);
+        self.relocate(&archived, archive).await;
+        Ok(())
+    }
+
+    /// The archived pictures, newest first.
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] for an invisible user, or a dependency failure.
+    pub async fn history(&self, actor: &Principal, user_id: UserId) -> Result<Vec<StoredPicture>, PictureError> {
+        let target = self.picture_target(actor, user_id).await?;
+        Ok(self.ports.pictures().archived_pictures(target.id).await?)
+    }
+
+    /// Makes an archived picture active again; the active one goes to the archive.
+    ///
+    /// # Errors
+    /// [`PictureError::NotFound`] for an unknown version or invisible user, or a dependency failure.
+    pub async fn restore(&self, actor: &Principal, user_id: UserId, version: Uuid) -> Result<User, PictureError> {
+        let target = self.picture_target(actor, user_id).await?;
+        let (restored, previous) =
+            self.ports.pictures().restore_picture(target.id, version, self.now()).await?.ok_or(PictureError::NotFound)?;
+        self.relocate(&restored, StoredPicture::active_prefix(restored.user_id, restored.id)).await;
+        if let Some(previous) = previous {
+            self.relocate(&previous, StoredPicture::archive_prefix(previous.user_id, previous.id)).await;
+        }
+        self.ports.users().find_user(target.id).await?.ok_or(PictureError::NotFound)
+    }
+
+    /// Deletes a user (their sessions, tokens and picture records go with the row), then their picture objects.
+    pub(crate) async fn delete_user_with_pictures(&self, id: UserId, guard: Guard) -> Result<(), UpdateError> {
+        self.ports.users().delete_user(id, guard).await?;
+        self.remove_user_objects(id).await;
+        Ok(())
+    }
+
+    /// Removes every object under the user's prefix, once the user is deleted (their picture rows went with them).
+    /// Listing the prefix rather than the rows catches an upload that committed just before the deletion; one still
+    /// in flight finds its user gone and removes its own objects. Failures are logged: what remains is unreferenced.
+    async fn remove_user_objects(&self, user_id: UserId) {
+        let prefix = format!("profile_pictures/{user_id}/");
+        match self.ports.objects().list(prefix.clone()).await {
+            Ok(keys) => self.delete_keys(keys).await,
+            Err(error) => log_cleanup_failure(&prefix, &error),
+        }
+    }
+}
+
+/// Logs a storage step that failed without failing the request: what it leaves behind is unreferenced.
+fn log_cleanup_failure(what: &str, error: &PortError) {
+    tracing::warn!(object = what, error = %format!("{error:#}"), "picture storage clean-up step failed");
+}
+

@@ -1,0 +1,116 @@
+//! Sessions and their refresh-token families, as stored. Which refresh wins, when a reuse revokes a family and
+//! when a session counts as expired are the domain's rules; the store reads rows and applies compare-and-set
+//! writes.
+
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+use super::PortError;
+use crate::session::{NewSession, Session, SessionId, TokenHash};
+use crate::user::{User, UserId};
+
+/// A refresh token as found by its hash, with its session and the session's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    /// The session (token family) the token belongs to, revoked and expired ones included.
+    pub session: Session,
+    /// The session's user, as stored now.
+    pub user: User,
+    /// Whether the token was already exchanged for a successor.
+    pub used: bool,
+}
+
+/// Which of a user's sessions a change ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// None.
+    #[default]
+    Keep,
+    /// Every session.
+    All,
+    /// Every session but this one (the one making the request).
+    AllBut(SessionId),
+}
+
+/// Storage of sessions and refresh tokens.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session with its first refresh token, and records `at` as the user's last login, in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn start_session(
+        &self,
+        session: NewSession,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<Session, PortError>> + Send;
+
+    /// A session with its user, in one round trip: what every authenticated request needs. Revoked and expired
+    /// sessions are returned too.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn find_session_with_user(
+        &self,
+        id: SessionId,
+    ) -> impl Future<Output = Result<Option<(Session, User)>, PortError>> + Send;
+
+    /// The refresh token with this hash, used or not, with its session and user.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn find_refresh_token(
+        &self,
+        hash: TokenHash,
+    ) -> impl Future<Output = Result<Option<RefreshRecord>, PortError>> + Send;
+
+    /// Exchanges `presented` for `next`, compare-and-set: only when `presented` is still unused and its session
+    /// `session` is not revoked, it is marked used, `next` becomes the family's current token and the session's
+    /// last use becomes `now`, atomically. Of two concurrent exchanges of one token exactly one succeeds.
+    /// `Ok(None)` when the condition did not hold (nothing changed).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn rotate_refresh_token(
+        &self,
+        session: SessionId,
+        presented: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Session>, PortError>> + Send;
+
+    /// Revokes a session, keeping the first revocation time of one already revoked. With `owner`, only a session
+    /// of that user is revoked. `Ok(false)` when no unrevoked session matched.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn revoke_session(
+        &self,
+        id: SessionId,
+        owner: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Revokes the user's sessions that `end` names.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn end_sessions(
+        &self,
+        user_id: UserId,
+        end: SessionEnd,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// The user's unrevoked sessions whose absolute end is after `now`, newest first.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn list_sessions(
+        &self,
+        user_id: UserId,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<Session>, PortError>> + Send;
+}

@@ -1,0 +1,289 @@
+//! Sessions: login, authenticating a request, refresh-token rotation with reuse detection, logout and the list of
+//! one's sessions.
+//!
+//! A login checks the password before anything about the account is revealed, on the per-account backoff. A
+//! refresh token is single use: presenting one that was already exchanged is taken as theft and ends its whole
+//! session (the token family), and of two concurrent exchanges of one token exactly one wins.
+
+mod check;
+
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::ports::{PortError, Ports, SessionEnd, SessionStore as _, TokenCodec as _, UserStore as _};
+use crate::service::Service;
+use crate::session::{AccessClaims, NewSession, RefreshToken, Session, SessionId, TokenHash, TokenPair};
+use crate::throttle::Checked;
+use crate::user::{EmailAddress, Password, User, UserId};
+
+/// Where a login comes from, as recorded on the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// The client's address.
+    pub ip: Option<String>,
+}
+
+/// An authenticated caller: the current row of the user and the session their token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user as stored right now.
+    pub user: User,
+    /// The session the access token belongs to.
+    pub session_id: SessionId,
+}
+
+/// A session as listed to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The session.
+    pub session: Session,
+    /// Whether it is the session of the request that lists them.
+    pub current: bool,
+}
+
+/// Why a login failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// Unknown email or wrong password; deliberately indistinguishable.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The password is right but the email address is not verified yet.
+    #[error("email not verified")]
+    EmailNotVerified,
+    /// The password is right but an administrator locked the account.
+    #[error("account locked")]
+    AccountLocked,
+    /// Too many consecutive failures for this email: try again after the given time.
+    #[error("too many attempts")]
+    RateLimited {
+        /// How long until the next attempt is accepted.
+        retry_after: Duration,
+    },
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Why an access token did not authenticate a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Bad, expired or revoked token, or a user that no longer exists.
+    #[error("invalid token")]
+    InvalidToken,
+    /// The user is locked by an administrator.
+    #[error("account locked")]
+    AccountLocked,
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// Unknown, used, revoked or expired refresh token.
+    #[error("invalid refresh token")]
+    InvalidToken,
+    /// The user is locked; the session survives for when they are unlocked.
+    #[error("account locked")]
+    AccountLocked,
+    /// A dependency failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The backoff key of an email that does not parse: a hash of its trimmed, lower-cased form, so any input (however
+/// long, whatever its bytes) makes a bounded key that storage accepts, and the same input always meets the same block.
+fn unparsed_key(raw: &str) -> String {
+    use sha2::Digest as _;
+    format!("unparsed:{}", hex::encode(sha2::Sha256::digest(raw.trim().to_lowercase().as_bytes())))
+}
+
+/// The longest `User-Agent` kept on a session.
+const USER_AGENT_MAX: usize = 256;
+
+impl<P: Ports> Service<P> {
+    /// Logs a user in with email and password and starts a session.
+    ///
+    /// The password is checked before anything about the account is revealed, and an unknown or malformed email
+    /// still costs one (dummy) hash verification, so neither the answer nor its timing tells whether an account
+    /// exists.
+    ///
+    /// # Errors
+    /// [`LoginError`] as described on its variants.
+    pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<TokenPair, LoginError> {
+        let parsed = EmailAddress::parse(email).ok();
+        // Unknown and malformed addresses are throttled like real ones, under the same kind of key, so the
+        // backoff itself does not reveal which accounts exist.
+        let key = parsed.as_ref().map_or_else(|| unparsed_key(email), EmailAddress::canonical);
+        let user = match parsed {
+            Some(email) => self.ports.users().find_user_by_email(email).await?,
+            None => None,
+        };
+        let candidate = Password::normalize(password);
+        let hash = user.as_ref().map(|user| user.password_hash.clone());
+        let user = match self.check_password_throttled(key, candidate, hash).await? {
+            Checked::Blocked { retry_after } => return Err(LoginError::RateLimited { retry_after }),
+            Checked::Wrong => return Err(LoginError::InvalidCredentials),
+            Checked::Matches => user.ok_or(LoginError::InvalidCredentials)?,
+        };
+        if user.is_locked {
+            return Err(LoginError::AccountLocked);
+        }
+        if !user.email_verified {
+            return Err(LoginError::EmailNotVerified);
+        }
+        Ok(self.start_session(&user, client, self.now()).await?)
+    }
+
+    /// Starts a session for a user whose credentials were just checked, and issues its first tokens.
+    async fn start_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, PortError> {
+        let refresh_token = RefreshToken::generate();
+        let session = NewSession {
+            id: SessionId::generate(),
+            user_id: user.id,
+            expires_at: now + self.config.refresh_token_ttl,
+            refresh_token_hash: refresh_token.hash(),
+            user_agent: client.user_agent.map(|ua| ua.chars().take(USER_AGENT_MAX).collect()),
+            ip: client.ip,
+        };
+        let session = self.ports.sessions().start_session(session, now).await?;
+        self.token_pair(user.id, session.id, refresh_token, now)
+    }
+
+    /// Signs an access token for a session and pairs it with the session's current refresh token.
+    fn token_pair(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        refresh_token: RefreshToken,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, PortError> {
+        let claims = AccessClaims {
+            user_id,
+            session_id,
+            issued_at: now,
+            expires_at: now + self.config.access_token_ttl,
+            token_id: Uuid::new_v4(),
+        };
+        let access_token = self.ports.tokens().issue(&claims)?;
+        Ok(TokenPair { access_token, expires_in: self.config.access_token_ttl.whole_seconds(), refresh_token })
+    }
+
+    /// Turns a bearer token into the caller, judged on the current rows: the session must be active and belong to
+    /// the token's user, and the user must exist and not be locked.
+    ///
+    /// # Errors
+    /// [`AuthError`] as described on its variants.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = self.now();
+        let claims = self.ports.tokens().verify(token, now).map_err(|_| AuthError::InvalidToken)?;
+        let (session, user) =
+            self.ports.sessions().find_session_with_user(claims.session_id).await?.ok_or(AuthError::InvalidToken)?;
+        if session.user_id != claims.user_id || user.id != claims.user_id || !session.is_active(now) {
+            return Err(AuthError::InvalidToken);
+        }
+        if user.is_locked {
+            return Err(AuthError::AccountLocked);
+        }
+        Ok(Principal { user, session_id: session.id })
+    }
+
+    /// Exchanges a refresh token for a new pair, rotating it.
+    ///
+    /// The rules, in order: a locked user is refused and nothing changes (an unlock restores the session); a token
+    /// already exchanged is a reuse, which revokes its session; a revoked session, one past its absolute end, or
+    /// one unused for `refresh_token_idle_ttl` is refused; otherwise the token is exchanged, and losing that
+    /// exchange to a concurrent one counts as a reuse too.
+    ///
+    /// # Errors
+    /// [`RefreshError`] as described on its variants.
+    pub async fn refresh(&self, presented: &str) -> Result<TokenPair, RefreshError> {
+        let now = self.now();
+        let sessions = self.ports.sessions();
+        let presented = TokenHash::of(presented);
+        let Some(record) = sessions.find_refresh_token(presented.clone()).await? else {
+            return Err(RefreshError::InvalidToken);
+        };
+        if record.user.is_locked {
+            return Err(RefreshError::AccountLocked);
+        }
+        let session_id = record.session.id;
+        if record.used {
+            sessions.revoke_session(session_id, None, now).await?;
+            return Err(RefreshError::InvalidToken);
+        }
+        if !self.refreshable(&record.session, now) {
+            return Err(RefreshError::InvalidToken);
+        }
+        let next = RefreshToken::generate();
+        match sessions.rotate_refresh_token(session_id, presented, next.hash(), now).await? {
+            Some(session) => Ok(self.token_pair(record.user.id, session.id, next, now)?),
+            None => {
+                // Someone exchanged the same token a moment ago (or revoked the session): a reuse all the same.
+                sessions.revoke_session(session_id, None, now).await?;
+                Err(RefreshError::InvalidToken)
+            }
+        }
+    }
+
+    /// Whether a session may still be refreshed at `now`: not revoked, before its absolute end, and used within
+    /// the idle lifetime.
+    fn refreshable(&self, session: &Session, now: OffsetDateTime) -> bool {
+        let idle_expired = session
+            .last_used_at
+            .checked_add(self.config.refresh_token_idle_ttl)
+            .is_some_and(|idle_end| idle_end <= now);
+        session.is_active(now) && !idle_expired
+    }
+
+    /// Ends the session a refresh token belongs to; an unknown token is accepted silently.
+    ///
+    /// # Errors
+    /// [`PortError`] when a dependency fails.
+    pub async fn logout(&self, presented: &str) -> Result<(), PortError> {
+        let sessions = self.ports.sessions();
+        if let Some(record) = sessions.find_refresh_token(TokenHash::of(presented)).await? {
+            sessions.revoke_session(record.session.id, None, self.now()).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the caller; their access tokens stop working at once.
+    ///
+    /// # Errors
+    /// [`PortError`] when a dependency fails.
+    pub async fn logout_all(&self, principal: &Principal) -> Result<(), PortError> {
+        self.ports.sessions().end_sessions(principal.user.id, SessionEnd::All, self.now()).await
+    }
+
+    /// The caller's active sessions, newest first, the current one marked.
+    ///
+    /// # Errors
+    /// [`PortError`] when a dependency fails.
+    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<SessionSummary>, PortError> {
+        let now = self.now();
+        let sessions = self.ports.sessions().list_sessions(principal.user.id, now).await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|session| session.is_active(now))
+            .map(|session| SessionSummary { current: session.id == principal.session_id, session })
+            .collect())
+    }
+
+    /// Ends one of the caller's sessions; `Ok(false)` when they have no such active session.
+    ///
+    /// # Errors
+    /// [`PortError`] when a dependency fails.
+    pub async fn revoke_session(&self, principal: &Principal, session_id: SessionId) -> Result<bool, PortError> {
+        self.ports.sessions().revoke_session(session_id, Some(principal.user.id), self.now()).await
+    }
+}
