@@ -15,7 +15,9 @@ use std::str::FromStr;
 
 use time::Duration;
 use url::Url;
-use users_domain::EmailAddress;
+use users_domain::ports::BackoffPolicy;
+use users_domain::{EmailAddress, PasswordPolicy, ServiceConfig};
+use users_postgres::PgConfig;
 
 /// A configuration value that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,10 +142,13 @@ impl std::fmt::Debug for BootstrapAdmin {
 pub struct Config {
     /// `BIND_ADDR`.
     pub bind_addr: SocketAddr,
-    /// `PUBLIC_BASE_URL`, without a trailing slash.
-    pub public_base_url: String,
-    /// `DATABASE_URL`.
-    pub database_url: String,
+    /// The domain's settings: `PUBLIC_BASE_URL` (without a trailing slash), the token lifetimes
+    /// (`ACCESS_TOKEN_TTL`, `REFRESH_TOKEN_TTL`, `REFRESH_TOKEN_IDLE_TTL`, `VERIFY_TOKEN_TTL`, `RESET_TOKEN_TTL`),
+    /// `PASSWORD_MIN_LENGTH` and `LOGIN_BACKOFF_*`. Their defaults are the domain's own.
+    pub service: ServiceConfig,
+    /// The Postgres adapter's settings: `DATABASE_URL` (or `DATABASE_URL_FILE`); the default and the pool size are
+    /// the adapter's own.
+    pub database: PgConfig,
     /// `DATA_DIR`.
     pub data_dir: PathBuf,
     /// `STORAGE_BACKEND` and `S3_*`.
@@ -156,28 +161,10 @@ pub struct Config {
     pub jwt_algorithm: String,
     /// `JWT_PRIVATE_KEY_FILE`.
     pub jwt_private_key_file: Option<PathBuf>,
-    /// `ACCESS_TOKEN_TTL`.
-    pub access_token_ttl: Duration,
-    /// `REFRESH_TOKEN_TTL`.
-    pub refresh_token_ttl: Duration,
-    /// `REFRESH_TOKEN_IDLE_TTL`.
-    pub refresh_token_idle_ttl: Duration,
-    /// `VERIFY_TOKEN_TTL`.
-    pub verify_token_ttl: Duration,
-    /// `RESET_TOKEN_TTL`.
-    pub reset_token_ttl: Duration,
-    /// `PASSWORD_MIN_LENGTH`.
-    pub password_min_length: usize,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
     /// `PICTURE_MAX_CONCURRENT`: picture uploads read and processed at once; more are refused with 503.
     pub picture_max_concurrent: usize,
-    /// `LOGIN_BACKOFF_AFTER`.
-    pub login_backoff_after: u32,
-    /// `LOGIN_BACKOFF_BASE`.
-    pub login_backoff_base: Duration,
-    /// `LOGIN_BACKOFF_MAX`.
-    pub login_backoff_max: Duration,
     /// `BOOTSTRAP_ADMIN_EMAIL` and `BOOTSTRAP_ADMIN_PASSWORD`.
     pub bootstrap_admin: Option<BootstrapAdmin>,
     /// `RATE_LIMITS`.
@@ -237,8 +224,8 @@ impl Vars<'_> {
         }
     }
 
-    fn duration(&self, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
-        parse_duration(&self.string(name, default)).map_err(|message| invalid(name, message))
+    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        self.get(name).map_or(Ok(default), |raw| parse_duration(&raw).map_err(|message| invalid(name, message)))
     }
 
     fn required(&self, name: &'static str, because: &str) -> Result<String, ConfigError> {
@@ -310,10 +297,11 @@ impl Config {
         let vars = Vars { lookup };
         let bind_addr =
             vars.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)), "an address such as 127.0.0.1:8080")?;
-        let public_base_url = parse_base_url(&vars.string("PUBLIC_BASE_URL", "http://localhost:8080"))?;
-        let database_url = vars
-            .secret("DATABASE_URL", "DATABASE_URL_FILE")?
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/user_management".to_owned());
+        let defaults = ServiceConfig::default();
+        let public_base_url = parse_base_url(&vars.string("PUBLIC_BASE_URL", &defaults.public_base_url))?;
+        let database_defaults = PgConfig::default();
+        let database_url =
+            vars.secret("DATABASE_URL", "DATABASE_URL_FILE")?.unwrap_or_else(|| database_defaults.url.clone());
         match Url::parse(&database_url) {
             Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.has_host() => {}
             _ => return Err(invalid("DATABASE_URL", "must be a URL such as postgres://user@host:5432/database")),
@@ -345,7 +333,8 @@ impl Config {
         if jwt_algorithm != "ES256" {
             return Err(invalid("JWT_ALGORITHM", format!("{jwt_algorithm:?} is not supported; use ES256")));
         }
-        let password_min_length = vars.parsed("PASSWORD_MIN_LENGTH", 15_usize, "a whole number")?;
+        let password_min_length =
+            vars.parsed("PASSWORD_MIN_LENGTH", defaults.password_policy.min_length, "a whole number")?;
         if !(8..=128).contains(&password_min_length) {
             return Err(invalid("PASSWORD_MIN_LENGTH", "must be between 8 and 128"));
         }
@@ -391,32 +380,36 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(invalid("LOG_FORMAT", format!("{other:?} is not one of pretty, json"))),
         };
-        let login_backoff_base = vars.duration("LOGIN_BACKOFF_BASE", "1s")?;
-        let login_backoff_max = vars.duration("LOGIN_BACKOFF_MAX", "15m")?;
+        let login_backoff_base = vars.duration("LOGIN_BACKOFF_BASE", defaults.login_backoff.base)?;
+        let login_backoff_max = vars.duration("LOGIN_BACKOFF_MAX", defaults.login_backoff.max)?;
         if login_backoff_max < login_backoff_base {
             return Err(invalid("LOGIN_BACKOFF_MAX", "must not be shorter than LOGIN_BACKOFF_BASE"));
         }
         Ok(Self {
             bind_addr,
-            public_base_url,
-            database_url,
+            service: ServiceConfig {
+                access_token_ttl: vars.duration("ACCESS_TOKEN_TTL", defaults.access_token_ttl)?,
+                refresh_token_ttl: vars.duration("REFRESH_TOKEN_TTL", defaults.refresh_token_ttl)?,
+                refresh_token_idle_ttl: vars.duration("REFRESH_TOKEN_IDLE_TTL", defaults.refresh_token_idle_ttl)?,
+                verify_token_ttl: vars.duration("VERIFY_TOKEN_TTL", defaults.verify_token_ttl)?,
+                reset_token_ttl: vars.duration("RESET_TOKEN_TTL", defaults.reset_token_ttl)?,
+                password_policy: PasswordPolicy { min_length: password_min_length },
+                login_backoff: BackoffPolicy {
+                    after: vars.parsed("LOGIN_BACKOFF_AFTER", defaults.login_backoff.after, "a whole number")?,
+                    base: login_backoff_base,
+                    max: login_backoff_max,
+                },
+                public_base_url,
+            },
+            database: PgConfig { url: database_url, ..database_defaults },
             data_dir,
             storage,
             mail,
             mail_from,
             jwt_algorithm,
             jwt_private_key_file: vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
-            access_token_ttl: vars.duration("ACCESS_TOKEN_TTL", "15m")?,
-            refresh_token_ttl: vars.duration("REFRESH_TOKEN_TTL", "30d")?,
-            refresh_token_idle_ttl: vars.duration("REFRESH_TOKEN_IDLE_TTL", "7d")?,
-            verify_token_ttl: vars.duration("VERIFY_TOKEN_TTL", "24h")?,
-            reset_token_ttl: vars.duration("RESET_TOKEN_TTL", "15m")?,
-            password_min_length,
             picture_max_bytes,
             picture_max_concurrent,
-            login_backoff_after: vars.parsed("LOGIN_BACKOFF_AFTER", 5_u32, "a whole number")?,
-            login_backoff_base,
-            login_backoff_max,
             bootstrap_admin,
             rate_limits,
             rate_limit_per_minute,
@@ -484,12 +477,13 @@ mod tests {
     fn defaults_are_the_embedded_local_setup() {
         let config = config(&[]).unwrap();
         assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.public_base_url, "http://localhost:8080");
+        assert_eq!(config.service.public_base_url, "http://localhost:8080");
         assert_eq!(config.storage, StorageBackend::Fs);
         assert_eq!(config.mail, MailBackend::File);
-        assert_eq!(config.access_token_ttl, Duration::minutes(15));
-        assert_eq!(config.refresh_token_ttl, Duration::days(30));
-        assert_eq!(config.password_min_length, 15);
+        assert_eq!(config.service, ServiceConfig::default());
+        assert_eq!(config.service.access_token_ttl, Duration::minutes(15));
+        assert_eq!(config.service.refresh_token_ttl, Duration::days(30));
+        assert_eq!(config.service.password_policy.min_length, 15);
         assert_eq!(config.picture_max_concurrent, 2 * std::thread::available_parallelism().unwrap().get());
         assert!(config.rate_limits);
         assert_eq!(config.bootstrap_admin, None);
@@ -599,7 +593,7 @@ mod tests {
             ("BOOTSTRAP_ADMIN_PASSWORD_FILE", admin.path()),
         ]);
         let config = config(&pairs).unwrap();
-        assert_eq!(config.database_url, "postgres://app:pw@db:5432/users");
+        assert_eq!(config.database.url, "postgres://app:pw@db:5432/users");
         let StorageBackend::S3(s3) = &config.storage else { panic!("expected S3: {:?}", config.storage) };
         assert_eq!(s3.access_key, "access-key");
         assert_eq!(s3.secret_key, "secret key with a trailing space \n", "only one newline is dropped");

@@ -8,10 +8,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use users_domain::account_service::{MeUpdate, Registration};
-use users_domain::accounts::{ProfileChanges, SessionSummary};
-use users_domain::admin::AdminChanges;
-use users_domain::admin_service::AdminCreate;
+use users_domain::accounts::{MeUpdate, Registration};
+use users_domain::admin::{AdminChanges, AdminCreate};
+use users_domain::ports::ProfileChanges;
+use users_domain::sessions::SessionSummary;
 use users_domain::permissions::Role;
 use users_domain::session::TokenPair;
 use users_domain::{Bio, EmailAddress, Nickname, PersonName, ProfileUrl, ProfileUrlKind, User};
@@ -621,14 +621,12 @@ impl AdminUpdateRequest {
         let email = new_email(&mut errors, self.email);
         errors.finish()?;
         Ok(AdminChanges {
-            expected_role: None,
             profile,
             role,
             is_professional: self.is_professional,
             is_locked: self.is_locked,
             email_verified: self.email_verified,
             email,
-            email_token: None,
         })
     }
 }

@@ -10,13 +10,15 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
-use users_domain::account_service::{RefreshError, RegisterError, ResetPasswordError, SelfServiceError};
-use users_domain::accounts::ConfirmEmailError;
-use users_domain::admin_service::AdminError;
-use users_domain::picture_service::PictureError;
-use users_domain::pictures::ImageError;
-use users_domain::ports::PortError;
-use users_domain::service::{AuthError, LoginError};
+use users_domain::accounts::{
+    ChangePasswordError, DeleteMeError, RegisterError, ResetPasswordError, UpdateMeError, VerifyEmailError,
+};
+use users_domain::admin::{
+    CreateUserError, DeleteUserError, GetUserError, ListUsersError, UpdateUserError,
+};
+use users_domain::pictures::{PictureError, UploadError};
+use users_domain::ports::{ImageError, PortError};
+use users_domain::sessions::{AuthError, LoginError, RefreshError};
 
 use crate::telemetry::current_request_id;
 
@@ -238,6 +240,7 @@ impl From<LoginError> for ApiError {
             LoginError::AccountLocked => Self::account_locked(),
             LoginError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
             LoginError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }
@@ -335,16 +338,18 @@ impl From<RegisterError> for ApiError {
             RegisterError::WeakPassword(error) => Self::invalid_field("password", error),
             RegisterError::NicknameTaken => Self::nickname_taken(),
             RegisterError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }
 
-impl From<ConfirmEmailError> for ApiError {
-    fn from(error: ConfirmEmailError) -> Self {
+impl From<VerifyEmailError> for ApiError {
+    fn from(error: VerifyEmailError) -> Self {
         match error {
-            ConfirmEmailError::InvalidToken => Self::invalid_link(),
-            ConfirmEmailError::EmailTaken => Self::email_taken(),
-            ConfirmEmailError::Port(error) => error.into(),
+            VerifyEmailError::InvalidToken => Self::invalid_link(),
+            VerifyEmailError::EmailTaken => Self::email_taken(),
+            VerifyEmailError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }
@@ -355,7 +360,7 @@ impl From<RefreshError> for ApiError {
             RefreshError::InvalidToken => Self::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "this refresh token is invalid, expired, revoked or already used; log in again",
+                "the refresh token is unknown, expired, revoked or already used",
             ),
             RefreshError::AccountLocked => Self::account_locked(),
             RefreshError::Port(error) => error.into(),
@@ -369,44 +374,126 @@ impl From<ResetPasswordError> for ApiError {
             ResetPasswordError::InvalidToken => Self::invalid_link(),
             ResetPasswordError::WeakPassword(error) => Self::invalid_field("new_password", error),
             ResetPasswordError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }
 
-impl From<SelfServiceError> for ApiError {
-    fn from(error: SelfServiceError) -> Self {
+impl From<ChangePasswordError> for ApiError {
+    fn from(error: ChangePasswordError) -> Self {
         match error {
-            SelfServiceError::InvalidCurrentPassword => Self::invalid_current_password(),
-            SelfServiceError::CurrentPasswordRequired => {
+            ChangePasswordError::InvalidCurrentPassword => Self::invalid_current_password(),
+            ChangePasswordError::WeakPassword(error) => Self::invalid_field("new_password", error),
+            ChangePasswordError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
+            // The caller's own account vanished under them: answer as for a revoked token.
+            ChangePasswordError::NotFound => Self::invalid_token(),
+            ChangePasswordError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<UpdateMeError> for ApiError {
+    fn from(error: UpdateMeError) -> Self {
+        match error {
+            UpdateMeError::CurrentPasswordRequired => {
                 Self::invalid_field("current_password", "is required to change the email address")
             }
-            SelfServiceError::WeakPassword(error) => Self::invalid_field("new_password", error),
-            SelfServiceError::EmailTaken => Self::email_taken(),
-            SelfServiceError::NicknameTaken => Self::nickname_taken(),
-            // The caller's own account vanished under them: answer as for a revoked token.
-            SelfServiceError::NotFound => Self::invalid_token(),
-            SelfServiceError::LastAdmin => Self::last_admin(),
-            SelfServiceError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
-            SelfServiceError::Port(error) => error.into(),
+            UpdateMeError::InvalidCurrentPassword => Self::invalid_current_password(),
+            UpdateMeError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
+            UpdateMeError::EmailTaken => Self::email_taken(),
+            UpdateMeError::NicknameTaken => Self::nickname_taken(),
+            UpdateMeError::NotFound => Self::invalid_token(),
+            UpdateMeError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }
 
-impl From<AdminError> for ApiError {
-    fn from(error: AdminError) -> Self {
+impl From<DeleteMeError> for ApiError {
+    fn from(error: DeleteMeError) -> Self {
         match error {
-            AdminError::Forbidden => {
-                Self::new(StatusCode::FORBIDDEN, "forbidden", "your role does not allow this request")
-            }
-            AdminError::NotFound => Self::not_found(),
-            AdminError::EmailTaken => Self::email_taken(),
-            AdminError::NicknameTaken => Self::nickname_taken(),
-            AdminError::LastAdmin => Self::last_admin(),
-            AdminError::WeakPassword(error) => Self::invalid_field("password", error),
-            AdminError::CursorMismatch => {
+            DeleteMeError::InvalidCurrentPassword => Self::invalid_current_password(),
+            DeleteMeError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
+            DeleteMeError::LastAdmin => Self::last_admin(),
+            DeleteMeError::NotFound => Self::invalid_token(),
+            DeleteMeError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl ApiError {
+    /// 403 `forbidden`: the caller's role does not allow the request.
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "your role does not allow this request")
+    }
+
+    /// 500 for an error variant this edge does not know yet (the domain's error enums may grow).
+    fn unexpected(error: &dyn std::error::Error) -> Self {
+        Self::internal(anyhow::anyhow!("unmapped domain error: {error}"))
+    }
+}
+
+impl From<ListUsersError> for ApiError {
+    fn from(error: ListUsersError) -> Self {
+        match error {
+            ListUsersError::Forbidden => Self::forbidden(),
+            ListUsersError::CursorMismatch => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", "cursor: belongs to another sort order")
             }
-            AdminError::Port(error) => error.into(),
+            ListUsersError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<GetUserError> for ApiError {
+    fn from(error: GetUserError) -> Self {
+        match error {
+            GetUserError::Forbidden => Self::forbidden(),
+            GetUserError::NotFound => Self::not_found(),
+            GetUserError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<CreateUserError> for ApiError {
+    fn from(error: CreateUserError) -> Self {
+        match error {
+            CreateUserError::Forbidden => Self::forbidden(),
+            CreateUserError::EmailTaken => Self::email_taken(),
+            CreateUserError::NicknameTaken => Self::nickname_taken(),
+            CreateUserError::WeakPassword(error) => Self::invalid_field("password", error),
+            CreateUserError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<UpdateUserError> for ApiError {
+    fn from(error: UpdateUserError) -> Self {
+        match error {
+            UpdateUserError::Forbidden => Self::forbidden(),
+            UpdateUserError::NotFound => Self::not_found(),
+            UpdateUserError::EmailTaken => Self::email_taken(),
+            UpdateUserError::NicknameTaken => Self::nickname_taken(),
+            UpdateUserError::LastAdmin => Self::last_admin(),
+            UpdateUserError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<DeleteUserError> for ApiError {
+    fn from(error: DeleteUserError) -> Self {
+        match error {
+            DeleteUserError::Forbidden => Self::forbidden(),
+            DeleteUserError::NotFound => Self::not_found(),
+            DeleteUserError::LastAdmin => Self::last_admin(),
+            DeleteUserError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }
@@ -415,14 +502,25 @@ impl From<PictureError> for ApiError {
     fn from(error: PictureError) -> Self {
         match error {
             PictureError::NotFound => Self::not_found(),
-            PictureError::Image(ImageError::UnsupportedType) => {
+            PictureError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(error: UploadError) -> Self {
+        match error {
+            UploadError::NotFound => Self::not_found(),
+            UploadError::Image(ImageError::UnsupportedType) => {
                 Self::unsupported_media_type("only JPEG, PNG, GIF and WebP images are accepted (judged by content)")
             }
-            PictureError::Image(ImageError::Invalid(detail)) => {
+            UploadError::Image(ImageError::Invalid(detail)) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", detail)
             }
-            PictureError::Image(ImageError::Busy) => Self::unavailable(anyhow::anyhow!("image processing saturated")),
-            PictureError::Port(error) => error.into(),
+            UploadError::Image(ImageError::Busy) => Self::unavailable(anyhow::anyhow!("image processing saturated")),
+            UploadError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
         }
     }
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use users_domain::outbox::{Dispatcher, DispatcherConfig};
+use users_domain::mail::{Dispatcher, DispatcherConfig};
 use users_domain::ports::{Mailer, OutgoingMail, PortError, SystemClock};
-use users_postgres::PgRepository;
 use users_smtp::{FileMailer, SmtpConfig, SmtpMailer, SmtpTlsMode};
 
 use crate::config::{Config, MailBackend, SmtpTls};
@@ -89,10 +88,11 @@ pub struct OutboxWorker {
 impl OutboxWorker {
     /// Starts delivering the outbox in the background. Each round first handles queued account requests
     /// (forgotten password, resend), which queue the mails they call for, then delivers due mail.
-    pub fn start(repo: PgRepository, mailer: AppMailer, requests: AppService) -> Self {
+    pub fn start(mailer: AppMailer, requests: AppService) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
-        let dispatcher = Dispatcher::new(repo, mailer, SystemClock, DispatcherConfig::default());
+        let outbox = requests.ports().db.clone();
+        let dispatcher = Dispatcher::new(outbox, mailer, SystemClock, DispatcherConfig::default());
         let (task_stop, task_wake) = (Arc::clone(&stop), Arc::clone(&wake));
         let task = tokio::spawn(async move {
             while !task_stop.load(Ordering::Relaxed) {

@@ -94,7 +94,7 @@ async fn create_admin(config: Config, raw_email: &str) -> anyhow::Result<()> {
         );
     }
     startup::migrate(&config).await?;
-    let (service, _, _) = startup::build_service(&config).await?;
+    let service = startup::build_service(&config).await?;
     let user = service.create_admin(email, password).await.map_err(anyhow::Error::from)?;
     writeln!(std::io::stdout(), "admin {} is ready (id {})", user.email, user.id).context("writing to stdout")?;
     Ok(())

@@ -10,12 +10,11 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
 use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
-use users_domain::accounts::BackoffPolicy;
-use users_domain::picture_service::PictureService;
-use users_domain::ports::SystemClock;
-use users_domain::{PasswordPolicy, Service, ServiceConfig};
+use users_domain::ports::{Ports, SystemClock};
+use users_domain::sessions::{AuthError, Principal};
+use users_domain::Service;
 use users_images::ImagePipeline;
-use users_postgres::{PgConfig, PgRepository};
+use users_postgres::PgRepository;
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -24,28 +23,91 @@ use crate::error::ApiError;
 use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
 use crate::rate_limit::RateLimiter;
-use crate::routes::{accounts, auth, me, ops, pictures, users};
+use crate::routes::{Authenticate, accounts, auth, me, ops, pictures, users};
 use crate::storage::AppStore;
 use crate::telemetry::observe;
 
+/// The production adapters: Postgres for every storage port, the configured picture store, the image pipeline,
+/// argon2id, ES256 JWTs and the system clock.
+#[derive(Debug, Clone)]
+pub struct AppPorts {
+    /// Postgres, implementing every storage port.
+    pub db: PgRepository,
+    /// Picture objects (S3 or the local disk).
+    pub objects: AppStore,
+    /// Upload processing.
+    pub images: ImagePipeline,
+    /// Password hashing.
+    pub hasher: Argon2Hasher,
+    /// Access tokens.
+    pub tokens: JwtCodec,
+}
+
+impl Ports for AppPorts {
+    type Users = PgRepository;
+    type Sessions = PgRepository;
+    type EmailTokens = PgRepository;
+    type Throttle = PgRepository;
+    type Outbox = PgRepository;
+    type Requests = PgRepository;
+    type Pictures = PgRepository;
+    type Objects = AppStore;
+    type Images = ImagePipeline;
+    type Hasher = Argon2Hasher;
+    type Tokens = JwtCodec;
+    type Clock = SystemClock;
+
+    fn users(&self) -> &PgRepository {
+        &self.db
+    }
+    fn sessions(&self) -> &PgRepository {
+        &self.db
+    }
+    fn email_tokens(&self) -> &PgRepository {
+        &self.db
+    }
+    fn throttle(&self) -> &PgRepository {
+        &self.db
+    }
+    fn outbox(&self) -> &PgRepository {
+        &self.db
+    }
+    fn requests(&self) -> &PgRepository {
+        &self.db
+    }
+    fn pictures(&self) -> &PgRepository {
+        &self.db
+    }
+    fn objects(&self) -> &AppStore {
+        &self.objects
+    }
+    fn images(&self) -> &ImagePipeline {
+        &self.images
+    }
+    fn hasher(&self) -> &Argon2Hasher {
+        &self.hasher
+    }
+    fn tokens(&self) -> &JwtCodec {
+        &self.tokens
+    }
+    fn clock(&self) -> &SystemClock {
+        &SystemClock
+    }
+}
+
 /// The domain service with the production adapters plugged in.
-pub type AppService = Service<PgRepository, Argon2Hasher, JwtCodec, SystemClock>;
+pub type AppService = Service<AppPorts>;
 
-/// The picture service with the production adapters plugged in.
-pub type AppPictures = PictureService<PgRepository, PgRepository, AppStore, ImagePipeline, SystemClock>;
-
-/// What every handler can reach.
-pub struct AppState {
+/// What every handler can reach: the domain service over any adapter set, and the edge's own settings.
+pub struct AppState<P> {
     /// The domain service.
-    pub service: AppService,
+    pub service: Service<P>,
     /// `PUBLIC_BASE_URL`, for links and picture URLs.
     pub public_base_url: String,
     /// The JWKS document served at `/.well-known/jwks.json`.
     pub jwks: serde_json::Value,
     /// Per-client-IP limits on the routes attackers hammer.
     pub rate_limiter: RateLimiter,
-    /// Profile pictures.
-    pub pictures: AppPictures,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
     /// One permit per picture upload being read or processed (`PICTURE_MAX_CONCURRENT`).
@@ -57,44 +119,32 @@ pub struct AppState {
 /// # Errors
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    users_postgres::run_migrations(&config.database_url)
+    users_postgres::run_migrations(&config.database.url)
         .await
-        .with_context(|| format!("running migrations on DATABASE_URL ({})", redact_url(&config.database_url)))
+        .with_context(|| format!("running migrations on DATABASE_URL ({})", redact_url(&config.database.url)))
 }
 
 /// Builds the domain service with the production adapters, creating `DATA_DIR` and the signing key if needed.
 ///
 /// # Errors
-/// When the data directory, the key or the database pool cannot be set up.
-pub async fn build_service(config: &Config) -> anyhow::Result<(AppService, JwtCodec, PgRepository)> {
+/// When the data directory, the key, the database pool or the picture store cannot be set up.
+pub async fn build_service(config: &Config) -> anyhow::Result<AppService> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
-    let repo = PgRepository::connect(&PgConfig { url: config.database_url.clone(), ..PgConfig::default() })
+    let db = PgRepository::connect(&config.database)
         .await
         .context("connecting to DATABASE_URL")?;
     let hasher = Argon2Hasher::new(HasherConfig::default()).context("setting up password hashing")?;
-    let codec = JwtCodec::load_or_generate(&JwtConfig {
+    let tokens = JwtCodec::load_or_generate(&JwtConfig {
         algorithm: config.jwt_algorithm.clone(),
         private_key_file: config.jwt_private_key_file.clone(),
         data_dir: config.data_dir.clone(),
-        issuer: config.public_base_url.clone(),
+        issuer: config.service.public_base_url.clone(),
         audience: "user-management".to_owned(),
     })?;
-    let service_config = ServiceConfig {
-        access_token_ttl: config.access_token_ttl,
-        refresh_token_ttl: config.refresh_token_ttl,
-        refresh_token_idle_ttl: config.refresh_token_idle_ttl,
-        verify_token_ttl: config.verify_token_ttl,
-        reset_token_ttl: config.reset_token_ttl,
-        password_policy: PasswordPolicy { min_length: config.password_min_length },
-        login_backoff: BackoffPolicy {
-            after: config.login_backoff_after,
-            base: config.login_backoff_base,
-            max: config.login_backoff_max,
-        },
-        public_base_url: config.public_base_url.clone(),
-    };
-    Ok((Service::new(repo.clone(), hasher, codec.clone(), SystemClock, service_config), codec, repo))
+    let objects = AppStore::from_config(config).await?;
+    let ports = AppPorts { db, objects, images: ImagePipeline::default(), hasher, tokens };
+    Ok(Service::new(ports, config.service.clone()))
 }
 
 /// A built, bound server, ready to run, with its metrics listener and outbox worker.
@@ -146,10 +196,8 @@ impl Application {
         // Install the metrics recorder before the first request, so that request is counted too.
         let _ = crate::telemetry::metrics_handle();
         migrate(&config).await?;
-        let (service, codec, repo) = build_service(&config).await?;
+        let service = build_service(&config).await?;
         let mailer = AppMailer::from_config(&config)?;
-        let store = AppStore::from_config(&config).await?;
-        let pictures = PictureService::new(repo.clone(), repo.clone(), store, ImagePipeline::default(), SystemClock);
         if let Some(admin) = &config.bootstrap_admin {
             let user = service
                 .ensure_admin(admin.email.clone(), &admin.password)
@@ -158,15 +206,8 @@ impl Application {
             tracing::info!(user_id = %user.id, "bootstrap admin is present");
         }
         let requests = service.clone();
-        let state = web::Data::new(AppState {
-            service,
-            public_base_url: config.public_base_url.clone(),
-            jwks: codec.jwks(),
-            rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
-            pictures,
-            picture_max_bytes: config.picture_max_bytes,
-            picture_uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(config.picture_max_concurrent)),
-        });
+        let jwks = service.ports().tokens.jwks();
+        let state = AppState::new(service, &config, jwks);
         let metrics_listener = config.metrics_bind_addr.map(MetricsListener::bind).transpose()?;
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
@@ -174,10 +215,9 @@ impl Application {
         let openapi = ApiDoc::openapi();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
                 .wrap(from_fn(problem_fallback))
                 .wrap(from_fn(observe))
-                .configure(routes)
+                .configure(|cfg| mount(cfg, &state))
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
                 .service(web::redirect("/docs", "/docs/"))
         })
@@ -186,7 +226,7 @@ impl Application {
         .context("starting the HTTP server")?
         .run();
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
-        let outbox = OutboxWorker::start(repo, mailer, requests);
+        let outbox = OutboxWorker::start(mailer, requests);
         Ok(Self { server, port, metrics, outbox })
     }
 
@@ -230,59 +270,86 @@ impl Application {
     }
 }
 
-/// Registers every route of the service. Each path is a resource, so a known path with the wrong method answers
-/// 405 (with `Allow`) rather than 404.
-fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/login").route(web::post().to(auth::login)))
-        .service(web::resource("/register").route(web::post().to(accounts::register)))
-        .service(web::resource("/verify-email/resend").route(web::post().to(accounts::resend_verification)))
-        .service(web::resource("/verify-email/{user_id}/{token}").route(web::get().to(accounts::verify_email)))
-        .service(web::resource("/token/refresh").route(web::post().to(accounts::refresh)))
-        .service(web::resource("/logout").route(web::post().to(accounts::logout)))
-        .service(web::resource("/logout/all").route(web::post().to(accounts::logout_all)))
-        .service(web::resource("/me/sessions").route(web::get().to(accounts::list_sessions)))
-        .service(web::resource("/me/sessions/{id}").route(web::delete().to(accounts::revoke_session)))
-        .service(web::resource("/me/password").route(web::post().to(accounts::change_password)))
-        .service(web::resource("/password/forgot").route(web::post().to(accounts::forgot_password)))
+impl<P: Ports> Authenticate for AppState<P> {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Principal, AuthError>> + 'a>> {
+        Box::pin(self.service.authenticate(token))
+    }
+}
+
+impl<P: Ports> AppState<P> {
+    /// The state of the routes: the service and the edge settings from `config` (base URL, per-IP limits, upload
+    /// bounds), with `jwks` as the key set to publish.
+    pub fn new(service: Service<P>, config: &Config, jwks: serde_json::Value) -> web::Data<Self> {
+        web::Data::new(Self {
+            service,
+            public_base_url: config.service.public_base_url.clone(),
+            jwks,
+            rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
+            picture_max_bytes: config.picture_max_bytes,
+            picture_uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(config.picture_max_concurrent)),
+        })
+    }
+}
+
+/// Mounts every route of the service, over any adapter set, into an actix-web application or scope: what the
+/// binary serves, and what an application embedding the service calls from its own `App::configure`. Each path is
+/// a resource, so a known path with the wrong method answers 405 (with `Allow`) rather than 404.
+pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<P>>) {
+    let authenticator: std::sync::Arc<dyn Authenticate> = state.clone().into_inner();
+    cfg.app_data(state.clone()).app_data(web::Data::from(authenticator));
+    cfg.service(web::resource("/login").route(web::post().to(auth::login::<P>)))
+        .service(web::resource("/register").route(web::post().to(accounts::register::<P>)))
+        .service(web::resource("/verify-email/resend").route(web::post().to(accounts::resend_verification::<P>)))
+        .service(web::resource("/verify-email/{user_id}/{token}").route(web::get().to(accounts::verify_email::<P>)))
+        .service(web::resource("/token/refresh").route(web::post().to(accounts::refresh::<P>)))
+        .service(web::resource("/logout").route(web::post().to(accounts::logout::<P>)))
+        .service(web::resource("/logout/all").route(web::post().to(accounts::logout_all::<P>)))
+        .service(web::resource("/me/sessions").route(web::get().to(accounts::list_sessions::<P>)))
+        .service(web::resource("/me/sessions/{id}").route(web::delete().to(accounts::revoke_session::<P>)))
+        .service(web::resource("/me/password").route(web::post().to(accounts::change_password::<P>)))
+        .service(web::resource("/password/forgot").route(web::post().to(accounts::forgot_password::<P>)))
         .service(
             web::resource("/password/reset")
-                .route(web::get().to(accounts::reset_page))
-                .route(web::post().to(accounts::reset_password)),
+                .route(web::get().to(accounts::reset_page::<P>))
+                .route(web::post().to(accounts::reset_password::<P>)),
         )
         .service(
-            web::resource("/users").route(web::get().to(users::list_users)).route(web::post().to(users::create_user)),
+            web::resource("/users").route(web::get().to(users::list_users::<P>)).route(web::post().to(users::create_user::<P>)),
         )
         .service(
             web::resource("/users/{id}")
-                .route(web::get().to(users::get_user))
-                .route(web::patch().to(users::update_user))
-                .route(web::put().to(users::update_user))
-                .route(web::delete().to(users::delete_user)),
+                .route(web::get().to(users::get_user::<P>))
+                .route(web::patch().to(users::update_user::<P>))
+                .route(web::put().to(users::update_user::<P>))
+                .route(web::delete().to(users::delete_user::<P>)),
         )
         .service(
             web::resource("/users/{id}/profile-picture")
-                .route(web::post().to(pictures::upload))
-                .route(web::delete().to(pictures::delete)),
+                .route(web::post().to(pictures::upload::<P>))
+                .route(web::delete().to(pictures::delete::<P>)),
         )
-        .service(web::resource("/users/{id}/profile-picture/history").route(web::get().to(pictures::history)))
+        .service(web::resource("/users/{id}/profile-picture/history").route(web::get().to(pictures::history::<P>)))
         .service(
             web::resource("/users/{id}/profile-picture/history/{version_id}")
-                .route(web::get().to(pictures::serve_version)),
+                .route(web::get().to(pictures::serve_version::<P>)),
         )
         .service(
             web::resource("/users/{id}/profile-picture/history/{version_id}/restore")
-                .route(web::post().to(pictures::restore)),
+                .route(web::post().to(pictures::restore::<P>)),
         )
-        .service(web::resource("/profiles/{id}/picture").route(web::get().to(pictures::serve)))
+        .service(web::resource("/profiles/{id}/picture").route(web::get().to(pictures::serve::<P>)))
         .service(
             web::resource("/me")
-                .route(web::get().to(me::get_me))
-                .route(web::patch().to(accounts::update_me))
-                .route(web::delete().to(accounts::delete_me)),
+                .route(web::get().to(me::get_me::<P>))
+                .route(web::patch().to(accounts::update_me::<P>))
+                .route(web::delete().to(accounts::delete_me::<P>)),
         )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-        .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks)));
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz::<P>)))
+        .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks::<P>)));
 }
 
 /// Turns every error response that is not already a problem document (405 from the router, errors raised by

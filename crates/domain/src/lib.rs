@@ -14,6 +14,9 @@
 //!   refresh, authentication), [`accounts`] (registration, verification, passwords, one's own profile),
 //!   [`admin`] (user administration) and [`pictures`].
 
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
 pub mod accounts;
 pub mod admin;
 pub mod config;

@@ -11,9 +11,7 @@ use time::OffsetDateTime;
 
 use crate::config::ServiceConfig;
 use crate::mail::MailTemplates;
-use crate::ports::{
-    EmailTokenPurpose, NewEmailToken, PasswordHasher, PictureStore, PortError, Ports, UserStore,
-};
+use crate::ports::{EmailTokenPurpose, NewEmailToken, PasswordHasher, PictureStore, PortError, Ports, UserStore};
 use crate::session::RefreshToken;
 use crate::throttle::AttemptGate;
 use crate::user::{EmailAddress, Password, PasswordError, User, UserId, clues};

@@ -18,6 +18,7 @@ use crate::dto::{
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, BodyErrors, NotFound, RateLimited, Unavailable};
 use crate::startup::AppState;
+use users_domain::ports::Ports;
 
 /// The longest email or reset token accepted in a link; ours are 43 characters.
 const LINK_TOKEN_MAX: usize = 128;
@@ -36,8 +37,8 @@ fn parse_email(raw: &str) -> Result<EmailAddress, ApiError> {
 }
 
 /// The email of an enumeration-safe request (`{email}`), after the per-IP limit of its route.
-async fn limited_email_request(
-    state: &AppState,
+async fn limited_email_request<P: Ports>(
+    state: &AppState<P>,
     req: &HttpRequest,
     payload: web::Payload,
     route: &'static str,
@@ -62,8 +63,8 @@ async fn limited_email_request(
         Unavailable,
     )
 )]
-pub async fn register(
-    state: web::Data<AppState>,
+pub async fn register<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -88,8 +89,8 @@ pub async fn register(
         Unavailable,
     )
 )]
-pub async fn verify_email(
-    state: web::Data<AppState>,
+pub async fn verify_email<P: Ports>(
+    state: web::Data<AppState<P>>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, token) = path.into_inner();
@@ -115,8 +116,8 @@ pub async fn verify_email(
         Unavailable,
     )
 )]
-pub async fn resend_verification(
-    state: web::Data<AppState>,
+pub async fn resend_verification<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -137,8 +138,8 @@ pub async fn resend_verification(
         Unavailable,
     )
 )]
-pub async fn refresh(
-    state: web::Data<AppState>,
+pub async fn refresh<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -156,8 +157,8 @@ pub async fn refresh(
         Unavailable,
     )
 )]
-pub async fn logout(
-    state: web::Data<AppState>,
+pub async fn logout<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -177,7 +178,7 @@ pub async fn logout(
         Unavailable,
     )
 )]
-pub async fn logout_all(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn logout_all<P: Ports>(state: web::Data<AppState<P>>, caller: Caller) -> Result<HttpResponse, ApiError> {
     state.service.logout_all(&caller.0).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -192,7 +193,7 @@ pub async fn logout_all(state: web::Data<AppState>, caller: Caller) -> Result<Ht
         Unavailable,
     )
 )]
-pub async fn list_sessions(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn list_sessions<P: Ports>(state: web::Data<AppState<P>>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let sessions = state.service.sessions(&caller.0).await?;
     Ok(HttpResponse::Ok().json(SessionsResponse { items: sessions.iter().map(SessionResponse::new).collect() }))
 }
@@ -209,8 +210,8 @@ pub async fn list_sessions(state: web::Data<AppState>, caller: Caller) -> Result
         Unavailable,
     )
 )]
-pub async fn revoke_session(
-    state: web::Data<AppState>,
+pub async fn revoke_session<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -233,8 +234,8 @@ pub async fn revoke_session(
         Unavailable,
     )
 )]
-pub async fn forgot_password(
-    state: web::Data<AppState>,
+pub async fn forgot_password<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -286,12 +287,15 @@ fn page(title: &str, inner: &str) -> String {
         (status = 400, description = "`bad_request`: a query string that does not parse (such as `token` given twice)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn reset_page(query: web::Query<ResetQuery>) -> HttpResponse {
+pub async fn reset_page<P: Ports>(state: web::Data<AppState<P>>, query: web::Query<ResetQuery>) -> HttpResponse {
     let token = query.into_inner().token.unwrap_or_default();
+    // The hint and the browser's own check both come from the configured policy.
+    let min = state.service.config().password_policy.min_length;
+    let max = users_domain::user::PASSWORD_MAX_LENGTH;
     let form = format!(
         "<form method=\"post\" action=\"/password/reset\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
-         <p><label>New password (at least 15 characters)<br><input type=\"password\" name=\"new_password\" \
-         autocomplete=\"new-password\" required minlength=\"8\" maxlength=\"128\"></label></p>\
+         <p><label>New password (at least {min} characters)<br><input type=\"password\" name=\"new_password\" \
+         autocomplete=\"new-password\" required minlength=\"{min}\" maxlength=\"{max}\"></label></p>\
          <p><button type=\"submit\">Set the new password</button></p></form>",
         escape(&token)
     );
@@ -316,8 +320,8 @@ pub async fn reset_page(query: web::Query<ResetQuery>) -> HttpResponse {
         Unavailable,
     )
 )]
-pub async fn reset_password(
-    state: web::Data<AppState>,
+pub async fn reset_password<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -359,8 +363,8 @@ pub async fn reset_password(
         Unavailable,
     )
 )]
-pub async fn change_password(
-    state: web::Data<AppState>,
+pub async fn change_password<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -387,8 +391,8 @@ pub async fn change_password(
         Unavailable,
     )
 )]
-pub async fn update_me(
-    state: web::Data<AppState>,
+pub async fn update_me<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -413,8 +417,8 @@ pub async fn update_me(
         Unavailable,
     )
 )]
-pub async fn delete_me(
-    state: web::Data<AppState>,
+pub async fn delete_me<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -422,6 +426,5 @@ pub async fn delete_me(
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: DeleteMeRequest = parse_json(&req, &body)?;
     state.service.delete_me(&caller.0, &request.current_password).await?;
-    state.pictures.remove_user_objects(caller.0.user.id).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -9,6 +9,7 @@ use crate::dto::{LoginForm, LoginJson, TokenResponse};
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BodyErrors, RateLimited, Unavailable};
 use crate::startup::AppState;
+use users_domain::ports::Ports;
 
 /// Email and password, from whichever body form the client sent.
 struct Credentials {
@@ -66,8 +67,8 @@ pub fn token_response(pair: TokenPair) -> HttpResponse {
         Unavailable,
     )
 )]
-pub async fn login(
-    state: web::Data<AppState>,
+pub async fn login<P: Ports>(
+    state: web::Data<AppState<P>>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {

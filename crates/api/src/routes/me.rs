@@ -7,6 +7,7 @@ use crate::dto::UserResponse;
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, Unavailable};
 use crate::startup::AppState;
+use users_domain::ports::Ports;
 
 /// The caller's profile, read from the current database row.
 #[utoipa::path(
@@ -18,6 +19,6 @@ use crate::startup::AppState;
         Unavailable,
     )
 )]
-pub async fn get_me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn get_me<P: Ports>(state: web::Data<AppState<P>>, caller: Caller) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(UserResponse::new(&caller.0.user, &state.public_base_url)))
 }

@@ -23,11 +23,9 @@ use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut, Data};
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 use futures_util::StreamExt as _;
-use users_domain::admin_service::AdminError;
-use users_domain::service::{ClientInfo, Principal};
+use users_domain::sessions::{AuthError, ClientInfo, Principal};
 
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 /// The largest JSON or form body accepted on the auth and profile routes (see the README's "Security" section).
 pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
@@ -92,6 +90,13 @@ pub fn client_info(req: &HttpRequest) -> ClientInfo {
     }
 }
 
+/// What the [`Caller`] extractor needs of the service, without naming its adapters: the routes are generic over
+/// them, the extractor is not. Registered in the app data as `Data<dyn Authenticate>` by [`crate::startup::mount`].
+pub trait Authenticate: 'static {
+    /// Turns a bearer token into the caller (see `Service::authenticate` in the domain).
+    fn authenticate<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>>;
+}
+
 /// An authenticated caller, extracted from `Authorization: Bearer <token>` and checked against the current rows.
 pub struct Caller(pub Principal);
 
@@ -101,11 +106,11 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let token = bearer_token(req);
-        let state = req.app_data::<Data<AppState>>().cloned();
+        let service = req.app_data::<Data<dyn Authenticate>>().cloned();
         Box::pin(async move {
             let token = token.ok_or_else(ApiError::invalid_token)?;
-            let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
-            let principal = state.service.authenticate(&token).await?;
+            let service = service.ok_or_else(|| ApiError::internal(anyhow::anyhow!("authenticator missing")))?;
+            let principal = service.authenticate(&token).await?;
             Ok(Self(principal))
         })
     }
@@ -127,7 +132,7 @@ impl FromRequest for Staff {
         Box::pin(async move {
             let Caller(principal) = caller.await?;
             if !principal.user.role.administers_users() {
-                return Err(AdminError::Forbidden.into());
+                return Err(ApiError::forbidden());
             }
             Ok(Self(principal))
         })

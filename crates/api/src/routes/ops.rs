@@ -12,6 +12,7 @@ use crate::dto::StatusResponse;
 use crate::error::ApiError;
 use crate::openapi::Unavailable;
 use crate::startup::AppState;
+use users_domain::ports::Ports;
 use crate::telemetry::metrics_handle;
 
 /// How long a readiness probe waits for each dependency.
@@ -33,10 +34,10 @@ pub async fn healthz() -> HttpResponse {
         Unavailable,
     )
 )]
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz<P: Ports>(state: web::Data<AppState<P>>) -> Result<HttpResponse, ApiError> {
     let (database, storage) = tokio::join!(
         tokio::time::timeout(READY_TIMEOUT, state.service.database_ready()),
-        tokio::time::timeout(READY_TIMEOUT, state.pictures.storage_ready()),
+        tokio::time::timeout(READY_TIMEOUT, state.service.storage_ready()),
     );
     for (name, outcome) in [("database", database), ("storage", storage)] {
         match outcome {
@@ -57,6 +58,6 @@ pub async fn metrics() -> HttpResponse {
 
 /// The public keys that verify access tokens (JWKS).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200, content_type = "application/json", body = Object)))]
-pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+pub async fn jwks<P: Ports>(state: web::Data<AppState<P>>) -> HttpResponse {
     HttpResponse::Ok().insert_header(("Cache-Control", "public, max-age=300")).json(&state.jwks)
 }

@@ -13,7 +13,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use time::OffsetDateTime;
 use users_domain::UserId;
-use users_domain::pictures::PictureSize;
+use users_domain::ports::PictureSize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -22,6 +22,7 @@ use crate::dto::UserResponse;
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, ImageBytes, NotFound, PictureUpload, Unavailable};
 use crate::startup::AppState;
+use users_domain::ports::Ports;
 
 /// One archived picture.
 #[derive(Debug, Serialize, ToSchema)]
@@ -125,15 +126,15 @@ async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, Ap
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
-pub async fn upload(
-    state: web::Data<AppState>,
+pub async fn upload<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     path: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // Everything up to the slot is decided from the request head: not a byte of the body is read before.
-    let permit = state.pictures.authorize_upload(&caller.0, parse_user(&path)?).await?;
+    let permit = state.service.authorize_upload(&caller.0, parse_user(&path)?).await?;
     check_upload_head(&req, state.picture_max_bytes)?;
     // Held until the picture is processed and stored, so memory stays bounded however many uploads arrive.
     let _slot = Arc::clone(&state.picture_uploads).try_acquire_owned().map_err(|_| {
@@ -141,7 +142,7 @@ pub async fn upload(
         ApiError::busy()
     })?;
     let bytes = read_file_field(Multipart::new(req.headers(), payload.into_inner()), state.picture_max_bytes).await?;
-    let user = state.pictures.upload(permit, bytes).await?;
+    let user = state.service.upload(permit, bytes).await?;
     Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
 }
 
@@ -201,22 +202,22 @@ fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
         Unavailable,
     )
 )]
-pub async fn serve(
-    state: web::Data<AppState>,
+pub async fn serve<P: Ports>(
+    state: web::Data<AppState<P>>,
     path: web::Path<String>,
     query: web::Query<SizeQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = parse_user(&path)?;
     let size = parse_size(&query)?;
-    let etag = format!("\"{}\"", state.pictures.etag(user_id, size).await?);
+    let etag = format!("\"{}\"", state.service.etag(user_id, size).await?);
     if etag_matches(&req, &etag) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
             .insert_header((header::CACHE_CONTROL, "public, max-age=300, must-revalidate"))
             .finish());
     }
-    let picture = state.pictures.serve(user_id, size).await?;
+    let picture = state.service.serve(user_id, size).await?;
     Ok(HttpResponse::Ok()
         .content_type(picture.content_type.as_str())
         .insert_header((header::ETAG, format!("\"{}\"", picture.sha256)))
@@ -238,12 +239,12 @@ pub async fn serve(
         Unavailable,
     )
 )]
-pub async fn delete(
-    state: web::Data<AppState>,
+pub async fn delete<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state.pictures.delete(&caller.0, parse_user(&path)?).await?;
+    state.service.delete(&caller.0, parse_user(&path)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -259,13 +260,13 @@ pub async fn delete(
         Unavailable,
     )
 )]
-pub async fn history(
-    state: web::Data<AppState>,
+pub async fn history<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = parse_user(&path)?;
-    let pictures = state.pictures.history(&caller.0, user_id).await?;
+    let pictures = state.service.history(&caller.0, user_id).await?;
     let items = pictures
         .iter()
         .filter_map(|picture| {
@@ -297,8 +298,8 @@ pub async fn history(
         Unavailable,
     )
 )]
-pub async fn serve_version(
-    state: web::Data<AppState>,
+pub async fn serve_version<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     path: web::Path<(String, String)>,
     req: HttpRequest,
@@ -315,7 +316,7 @@ pub async fn serve_version(
         )
     })?;
     let size = parse_size(&query)?;
-    let picture = state.pictures.serve_version(&caller.0, parse_user(&user)?, version, size).await?;
+    let picture = state.service.serve_version(&caller.0, parse_user(&user)?, version, size).await?;
     Ok(HttpResponse::Ok()
         .content_type(picture.content_type.as_str())
         .insert_header((header::ETAG, format!("\"{}\"", picture.sha256)))
@@ -337,13 +338,13 @@ pub async fn serve_version(
         Unavailable,
     )
 )]
-pub async fn restore(
-    state: web::Data<AppState>,
+pub async fn restore<P: Ports>(
+    state: web::Data<AppState<P>>,
     caller: Caller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (user, version) = path.into_inner();
     let version = Uuid::parse_str(&version).map_err(|_| ApiError::not_found())?;
-    let user = state.pictures.restore(&caller.0, parse_user(&user)?, version).await?;
+    let user = state.service.restore(&caller.0, parse_user(&user)?, version).await?;
     Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
 }

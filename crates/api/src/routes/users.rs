@@ -12,8 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use users_domain::UserId;
-use users_domain::admin::{UserCursor, UserSort};
-use users_domain::admin_service::{ListUsers, MAX_PAGE};
+use users_domain::ports::{UserCursor, UserSort};
+use users_domain::admin::{ListUsers, MAX_PAGE};
 use users_domain::permissions::Role;
 use uuid::Uuid;
 
@@ -22,6 +22,7 @@ use crate::dto::{AdminCreateRequest, AdminUpdateRequest, PageLinks, UserPageResp
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, BodyErrors, NotFound, Unavailable, ValidationFailed};
 use crate::startup::AppState;
+use users_domain::ports::Ports;
 
 /// The longest search prefix accepted.
 const PREFIX_MAX: usize = 100;
@@ -168,7 +169,7 @@ fn parse_id(raw: &str) -> Result<UserId, ApiError> {
         Unavailable,
     )
 )]
-pub async fn list_users(state: web::Data<AppState>, staff: Staff, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn list_users<P: Ports>(state: web::Data<AppState<P>>, staff: Staff, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let request = parse_list_query(req.query_string())?;
     let page = state.service.list_users(&staff.0, request).await?;
     let next_cursor = page.next.as_ref().map(encode_cursor);
@@ -196,8 +197,8 @@ pub async fn list_users(state: web::Data<AppState>, staff: Staff, req: HttpReque
         Unavailable,
     )
 )]
-pub async fn create_user(
-    state: web::Data<AppState>,
+pub async fn create_user<P: Ports>(
+    state: web::Data<AppState<P>>,
     staff: Staff,
     req: HttpRequest,
     payload: web::Payload,
@@ -222,8 +223,8 @@ pub async fn create_user(
         Unavailable,
     )
 )]
-pub async fn get_user(
-    state: web::Data<AppState>,
+pub async fn get_user<P: Ports>(
+    state: web::Data<AppState<P>>,
     staff: Staff,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -248,8 +249,8 @@ pub async fn get_user(
         Unavailable,
     )
 )]
-pub async fn update_user(
-    state: web::Data<AppState>,
+pub async fn update_user<P: Ports>(
+    state: web::Data<AppState<P>>,
     staff: Staff,
     path: web::Path<String>,
     req: HttpRequest,
@@ -275,14 +276,13 @@ pub async fn update_user(
         Unavailable,
     )
 )]
-pub async fn delete_user(
-    state: web::Data<AppState>,
+pub async fn delete_user<P: Ports>(
+    state: web::Data<AppState<P>>,
     staff: Staff,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     state.service.delete_user(&staff.0, id).await?;
     // The picture rows went with the user (cascade); their objects go once the deletion has committed.
-    state.pictures.remove_user_objects(id).await;
     Ok(HttpResponse::NoContent().finish())
 }

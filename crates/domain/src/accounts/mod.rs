@@ -259,4 +259,3 @@ impl<P: Ports> Service<P> {
 pub(crate) fn corrupt(what: &'static str) -> PortError {
     PortError::Unknown(anyhow::anyhow!("storage holds {what}"))
 }
-

@@ -5,8 +5,8 @@ use crate::ports::{
     UserStore as _, UserUpdate,
 };
 use crate::service::{Service, own_details};
-use crate::sessions::Principal;
 use crate::session::TokenHash;
+use crate::sessions::Principal;
 use crate::throttle::Checked;
 use crate::user::PasswordError;
 

@@ -102,7 +102,8 @@ impl<P: Ports> Service<P> {
         let mut change = UserUpdate::new(user.id, now);
         change.fields.profile = update.profile;
         if let Some(new_email) = new_email {
-            let (secret, token) = self.email_token(user.id, EmailTokenPurpose::EmailChange, Some(new_email.clone()), now);
+            let (secret, token) =
+                self.email_token(user.id, EmailTokenPurpose::EmailChange, Some(new_email.clone()), now);
             change.fields.pending_email = Some(Some(new_email.clone()));
             change.drop_tokens = vec![EmailTokenPurpose::EmailChange];
             change.issue_token = Some(token);
@@ -143,7 +144,11 @@ impl<P: Ports> Service<P> {
     /// Checks the caller's current password on the same per-account backoff as login: a wrong one counts as a
     /// failed login, and while the account is blocked no password is checked at all.
     pub(crate) async fn check_current_password(&self, user: &User, candidate: &str) -> Result<Checked, PortError> {
-        self.check_password_throttled(user.email.canonical(), Password::normalize(candidate), Some(user.password_hash.clone()))
-            .await
+        self.check_password_throttled(
+            user.email.canonical(),
+            Password::normalize(candidate),
+            Some(user.password_hash.clone()),
+        )
+        .await
     }
 }

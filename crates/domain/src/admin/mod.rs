@@ -384,10 +384,8 @@ impl<P: Ports> Service<P> {
 
         let now = self.now();
         let mut update = UserUpdate::new(target.id, now);
-        update.guard = Guard {
-            role: Some(target.role),
-            another_admin: target.role == Role::Admin && (demotes || locks),
-        };
+        update.guard =
+            Guard { role: Some(target.role), another_admin: target.role == Role::Admin && (demotes || locks) };
         let fields = &mut update.fields;
         fields.profile = changes.profile;
         fields.is_locked = changes.is_locked;

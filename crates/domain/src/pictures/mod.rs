@@ -248,8 +248,12 @@ impl<P: Ports> Service<P> {
 
     async fn fetch(&self, picture: &StoredPicture, size: PictureSize) -> Result<ServedPicture, PictureError> {
         let variant = picture.variant(size).ok_or(PictureError::NotFound)?;
-        let object =
-            self.ports.objects().get(StoredPicture::key_under(&picture.prefix, variant)).await?.ok_or(PictureError::NotFound)?;
+        let object = self
+            .ports
+            .objects()
+            .get(StoredPicture::key_under(&picture.prefix, variant))
+            .await?
+            .ok_or(PictureError::NotFound)?;
         Ok(ServedPicture {
             bytes: object.bytes,
             content_type: variant.content_type.clone(),
@@ -295,8 +299,12 @@ impl<P: Ports> Service<P> {
     /// [`PictureError::NotFound`] for an unknown version or invisible user, or a dependency failure.
     pub async fn restore(&self, actor: &Principal, user_id: UserId, version: Uuid) -> Result<User, PictureError> {
         let target = self.picture_target(actor, user_id).await?;
-        let (restored, previous) =
-            self.ports.pictures().restore_picture(target.id, version, self.now()).await?.ok_or(PictureError::NotFound)?;
+        let (restored, previous) = self
+            .ports
+            .pictures()
+            .restore_picture(target.id, version, self.now())
+            .await?
+            .ok_or(PictureError::NotFound)?;
         self.relocate(&restored, StoredPicture::active_prefix(restored.user_id, restored.id)).await;
         if let Some(previous) = previous {
             self.relocate(&previous, StoredPicture::archive_prefix(previous.user_id, previous.id)).await;
@@ -327,4 +335,3 @@ impl<P: Ports> Service<P> {
 fn log_cleanup_failure(what: &str, error: &PortError) {
     tracing::warn!(object = what, error = %format!("{error:#}"), "picture storage clean-up step failed");
 }
-

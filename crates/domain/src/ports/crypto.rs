@@ -84,4 +84,3 @@ impl Clock for SystemClock {
         OffsetDateTime::now_utc()
     }
 }
-

@@ -40,15 +40,15 @@ pub use crypto::{MockClock, MockPasswordHasher, MockTokenCodec};
 #[cfg(any(test, feature = "mock"))]
 pub use email_tokens::MockEmailTokenStore;
 #[cfg(any(test, feature = "mock"))]
+pub use outbox::{MockAccountRequests, MockMailOutbox, MockMailer};
+#[cfg(any(test, feature = "mock"))]
+pub use pictures::{MockImageProcessor, MockPictureRecords, MockPictureStore};
+#[cfg(any(test, feature = "mock"))]
 pub use sessions::MockSessionStore;
 #[cfg(any(test, feature = "mock"))]
 pub use throttle::MockLoginThrottle;
 #[cfg(any(test, feature = "mock"))]
 pub use users::MockUserStore;
-#[cfg(any(test, feature = "mock"))]
-pub use outbox::{MockAccountRequests, MockMailOutbox, MockMailer};
-#[cfg(any(test, feature = "mock"))]
-pub use pictures::{MockImageProcessor, MockPictureRecords, MockPictureStore};
 
 /// A failure of an infrastructure dependency, opaque to the domain except for one distinction: whether the
 /// dependency is unreachable (answered as 503, retry later) or failed in some other way.

@@ -233,29 +233,19 @@ pub trait PictureRecords: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn move_picture(
-        &self,
-        id: uuid::Uuid,
-        prefix: String,
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+    fn move_picture(&self, id: uuid::Uuid, prefix: String) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// The user's active picture.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn active_picture(
-        &self,
-        user_id: UserId,
-    ) -> impl Future<Output = Result<Option<StoredPicture>, PortError>> + Send;
+    fn active_picture(&self, user_id: UserId) -> impl Future<Output = Result<Option<StoredPicture>, PortError>> + Send;
 
     /// The user's archived pictures, newest first.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn archived_pictures(
-        &self,
-        user_id: UserId,
-    ) -> impl Future<Output = Result<Vec<StoredPicture>, PortError>> + Send;
+    fn archived_pictures(&self, user_id: UserId) -> impl Future<Output = Result<Vec<StoredPicture>, PortError>> + Send;
 
     /// Archives the active picture and clears `users.profile_picture_id`, in one transaction; returns it.
     ///
