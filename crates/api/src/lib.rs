@@ -11,5 +11,6 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod storage;
 pub mod telemetry;

@@ -13,7 +13,7 @@ use users_domain::ports::{Mailer, OutgoingMail, PortError, SystemClock};
 use users_smtp::{FileMailer, SmtpConfig, SmtpMailer, SmtpTlsMode};
 
 use crate::config::{Config, MailBackend, SmtpTls};
-use crate::startup::AppService;
+use crate::state::AppService;
 
 /// How often the dispatcher looks for due mail when the last round found none.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);

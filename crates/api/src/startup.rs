@@ -10,8 +10,6 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
 use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
-use users_domain::ports::{Ports, SystemClock};
-use users_domain::sessions::{AuthError, Principal};
 use users_domain::Service;
 use users_images::ImagePipeline;
 use users_postgres::PgRepository;
@@ -22,97 +20,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
-use crate::rate_limit::RateLimiter;
-use crate::routes::{Authenticate, accounts, auth, me, ops, pictures, users};
+use crate::routes::{mount, ops};
+use crate::state::{AppPorts, AppService, AppState};
 use crate::storage::AppStore;
 use crate::telemetry::observe;
-
-/// The production adapters: Postgres for every storage port, the configured picture store, the image pipeline,
-/// argon2id, ES256 JWTs and the system clock.
-#[derive(Debug, Clone)]
-pub struct AppPorts {
-    /// Postgres, implementing every storage port.
-    pub db: PgRepository,
-    /// Picture objects (S3 or the local disk).
-    pub objects: AppStore,
-    /// Upload processing.
-    pub images: ImagePipeline,
-    /// Password hashing.
-    pub hasher: Argon2Hasher,
-    /// Access tokens.
-    pub tokens: JwtCodec,
-}
-
-impl Ports for AppPorts {
-    type Users = PgRepository;
-    type Sessions = PgRepository;
-    type EmailTokens = PgRepository;
-    type Throttle = PgRepository;
-    type Outbox = PgRepository;
-    type Requests = PgRepository;
-    type Pictures = PgRepository;
-    type Objects = AppStore;
-    type Images = ImagePipeline;
-    type Hasher = Argon2Hasher;
-    type Tokens = JwtCodec;
-    type Clock = SystemClock;
-
-    fn users(&self) -> &PgRepository {
-        &self.db
-    }
-    fn sessions(&self) -> &PgRepository {
-        &self.db
-    }
-    fn email_tokens(&self) -> &PgRepository {
-        &self.db
-    }
-    fn throttle(&self) -> &PgRepository {
-        &self.db
-    }
-    fn outbox(&self) -> &PgRepository {
-        &self.db
-    }
-    fn requests(&self) -> &PgRepository {
-        &self.db
-    }
-    fn pictures(&self) -> &PgRepository {
-        &self.db
-    }
-    fn objects(&self) -> &AppStore {
-        &self.objects
-    }
-    fn images(&self) -> &ImagePipeline {
-        &self.images
-    }
-    fn hasher(&self) -> &Argon2Hasher {
-        &self.hasher
-    }
-    fn tokens(&self) -> &JwtCodec {
-        &self.tokens
-    }
-    fn clock(&self) -> &SystemClock {
-        &SystemClock
-    }
-}
-
-/// The domain service with the production adapters plugged in.
-pub type AppService = Service<AppPorts>;
-
-/// What every handler can reach: the domain service over any adapter set, and the edge's own settings.
-pub struct AppState<P> {
-    /// The domain service.
-    pub service: Service<P>,
-    /// `PUBLIC_BASE_URL`, for links and picture URLs.
-    pub public_base_url: String,
-    /// The JWKS document served at `/.well-known/jwks.json`.
-    pub jwks: serde_json::Value,
-    /// Per-client-IP limits on the routes attackers hammer.
-    pub rate_limiter: RateLimiter,
-    /// `PICTURE_MAX_BYTES`.
-    pub picture_max_bytes: u64,
-    /// One permit per picture upload being read or processed (`PICTURE_MAX_CONCURRENT`).
-    pub picture_uploads: std::sync::Arc<tokio::sync::Semaphore>,
-}
 
 /// Runs the embedded migrations against `DATABASE_URL`.
 ///
@@ -268,88 +179,6 @@ impl Application {
         self.outbox.stop().await;
         served
     }
-}
-
-impl<P: Ports> Authenticate for AppState<P> {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Principal, AuthError>> + 'a>> {
-        Box::pin(self.service.authenticate(token))
-    }
-}
-
-impl<P: Ports> AppState<P> {
-    /// The state of the routes: the service and the edge settings from `config` (base URL, per-IP limits, upload
-    /// bounds), with `jwks` as the key set to publish.
-    pub fn new(service: Service<P>, config: &Config, jwks: serde_json::Value) -> web::Data<Self> {
-        web::Data::new(Self {
-            service,
-            public_base_url: config.service.public_base_url.clone(),
-            jwks,
-            rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
-            picture_max_bytes: config.picture_max_bytes,
-            picture_uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(config.picture_max_concurrent)),
-        })
-    }
-}
-
-/// Mounts every route of the service, over any adapter set, into an actix-web application or scope: what the
-/// binary serves, and what an application embedding the service calls from its own `App::configure`. Each path is
-/// a resource, so a known path with the wrong method answers 405 (with `Allow`) rather than 404.
-pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<P>>) {
-    let authenticator: std::sync::Arc<dyn Authenticate> = state.clone().into_inner();
-    cfg.app_data(state.clone()).app_data(web::Data::from(authenticator));
-    cfg.service(web::resource("/login").route(web::post().to(auth::login::<P>)))
-        .service(web::resource("/register").route(web::post().to(accounts::register::<P>)))
-        .service(web::resource("/verify-email/resend").route(web::post().to(accounts::resend_verification::<P>)))
-        .service(web::resource("/verify-email/{user_id}/{token}").route(web::get().to(accounts::verify_email::<P>)))
-        .service(web::resource("/token/refresh").route(web::post().to(accounts::refresh::<P>)))
-        .service(web::resource("/logout").route(web::post().to(accounts::logout::<P>)))
-        .service(web::resource("/logout/all").route(web::post().to(accounts::logout_all::<P>)))
-        .service(web::resource("/me/sessions").route(web::get().to(accounts::list_sessions::<P>)))
-        .service(web::resource("/me/sessions/{id}").route(web::delete().to(accounts::revoke_session::<P>)))
-        .service(web::resource("/me/password").route(web::post().to(accounts::change_password::<P>)))
-        .service(web::resource("/password/forgot").route(web::post().to(accounts::forgot_password::<P>)))
-        .service(
-            web::resource("/password/reset")
-                .route(web::get().to(accounts::reset_page::<P>))
-                .route(web::post().to(accounts::reset_password::<P>)),
-        )
-        .service(
-            web::resource("/users").route(web::get().to(users::list_users::<P>)).route(web::post().to(users::create_user::<P>)),
-        )
-        .service(
-            web::resource("/users/{id}")
-                .route(web::get().to(users::get_user::<P>))
-                .route(web::patch().to(users::update_user::<P>))
-                .route(web::put().to(users::update_user::<P>))
-                .route(web::delete().to(users::delete_user::<P>)),
-        )
-        .service(
-            web::resource("/users/{id}/profile-picture")
-                .route(web::post().to(pictures::upload::<P>))
-                .route(web::delete().to(pictures::delete::<P>)),
-        )
-        .service(web::resource("/users/{id}/profile-picture/history").route(web::get().to(pictures::history::<P>)))
-        .service(
-            web::resource("/users/{id}/profile-picture/history/{version_id}")
-                .route(web::get().to(pictures::serve_version::<P>)),
-        )
-        .service(
-            web::resource("/users/{id}/profile-picture/history/{version_id}/restore")
-                .route(web::post().to(pictures::restore::<P>)),
-        )
-        .service(web::resource("/profiles/{id}/picture").route(web::get().to(pictures::serve::<P>)))
-        .service(
-            web::resource("/me")
-                .route(web::get().to(me::get_me::<P>))
-                .route(web::patch().to(accounts::update_me::<P>))
-                .route(web::delete().to(accounts::delete_me::<P>)),
-        )
-        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz::<P>)))
-        .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks::<P>)));
 }
 
 /// Turns every error response that is not already a problem document (405 from the router, errors raised by

@@ -17,7 +17,7 @@ use crate::dto::{
 };
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, BodyErrors, NotFound, RateLimited, Unavailable};
-use crate::startup::AppState;
+use crate::state::AppState;
 use users_domain::ports::Ports;
 
 /// The longest email or reset token accepted in a link; ours are 43 characters.

@@ -8,7 +8,7 @@ use super::{SMALL_BODY_LIMIT, client_info, media_type, read_body};
 use crate::dto::{LoginForm, LoginJson, TokenResponse};
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BodyErrors, RateLimited, Unavailable};
-use crate::startup::AppState;
+use crate::state::AppState;
 use users_domain::ports::Ports;
 
 /// Email and password, from whichever body form the client sent.

@@ -6,7 +6,7 @@ use super::Caller;
 use crate::dto::UserResponse;
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, Unavailable};
-use crate::startup::AppState;
+use crate::state::AppState;
 use users_domain::ports::Ports;
 
 /// The caller's profile, read from the current database row.

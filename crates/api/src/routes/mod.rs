@@ -23,9 +23,11 @@ use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut, Data};
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 use futures_util::StreamExt as _;
-use users_domain::sessions::{AuthError, ClientInfo, Principal};
+use users_domain::sessions::{ClientInfo, Principal};
 
 use crate::error::ApiError;
+use crate::state::{AppState, Authenticate};
+use users_domain::ports::Ports;
 
 /// The largest JSON or form body accepted on the auth and profile routes (see the README's "Security" section).
 pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
@@ -90,13 +92,6 @@ pub fn client_info(req: &HttpRequest) -> ClientInfo {
     }
 }
 
-/// What the [`Caller`] extractor needs of the service, without naming its adapters: the routes are generic over
-/// them, the extractor is not. Registered in the app data as `Data<dyn Authenticate>` by [`crate::startup::mount`].
-pub trait Authenticate: 'static {
-    /// Turns a bearer token into the caller (see `Service::authenticate` in the domain).
-    fn authenticate<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>>;
-}
-
 /// An authenticated caller, extracted from `Authorization: Bearer <token>` and checked against the current rows.
 pub struct Caller(pub Principal);
 
@@ -145,4 +140,62 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+/// Mounts every route of the service, over any adapter set, into an actix-web application or scope: what the
+/// binary serves, and what an application embedding the service calls from its own `App::configure`. Each path is
+/// a resource, so a known path with the wrong method answers 405 (with `Allow`) rather than 404.
+pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<P>>) {
+    let authenticator: std::sync::Arc<dyn Authenticate> = state.clone().into_inner();
+    cfg.app_data(state.clone()).app_data(web::Data::from(authenticator));
+    cfg.service(web::resource("/login").route(web::post().to(auth::login::<P>)))
+        .service(web::resource("/register").route(web::post().to(accounts::register::<P>)))
+        .service(web::resource("/verify-email/resend").route(web::post().to(accounts::resend_verification::<P>)))
+        .service(web::resource("/verify-email/{user_id}/{token}").route(web::get().to(accounts::verify_email::<P>)))
+        .service(web::resource("/token/refresh").route(web::post().to(accounts::refresh::<P>)))
+        .service(web::resource("/logout").route(web::post().to(accounts::logout::<P>)))
+        .service(web::resource("/logout/all").route(web::post().to(accounts::logout_all::<P>)))
+        .service(web::resource("/me/sessions").route(web::get().to(accounts::list_sessions::<P>)))
+        .service(web::resource("/me/sessions/{id}").route(web::delete().to(accounts::revoke_session::<P>)))
+        .service(web::resource("/me/password").route(web::post().to(accounts::change_password::<P>)))
+        .service(web::resource("/password/forgot").route(web::post().to(accounts::forgot_password::<P>)))
+        .service(
+            web::resource("/password/reset")
+                .route(web::get().to(accounts::reset_page::<P>))
+                .route(web::post().to(accounts::reset_password::<P>)),
+        )
+        .service(
+            web::resource("/users").route(web::get().to(users::list_users::<P>)).route(web::post().to(users::create_user::<P>)),
+        )
+        .service(
+            web::resource("/users/{id}")
+                .route(web::get().to(users::get_user::<P>))
+                .route(web::patch().to(users::update_user::<P>))
+                .route(web::put().to(users::update_user::<P>))
+                .route(web::delete().to(users::delete_user::<P>)),
+        )
+        .service(
+            web::resource("/users/{id}/profile-picture")
+                .route(web::post().to(pictures::upload::<P>))
+                .route(web::delete().to(pictures::delete::<P>)),
+        )
+        .service(web::resource("/users/{id}/profile-picture/history").route(web::get().to(pictures::history::<P>)))
+        .service(
+            web::resource("/users/{id}/profile-picture/history/{version_id}")
+                .route(web::get().to(pictures::serve_version::<P>)),
+        )
+        .service(
+            web::resource("/users/{id}/profile-picture/history/{version_id}/restore")
+                .route(web::post().to(pictures::restore::<P>)),
+        )
+        .service(web::resource("/profiles/{id}/picture").route(web::get().to(pictures::serve::<P>)))
+        .service(
+            web::resource("/me")
+                .route(web::get().to(me::get_me::<P>))
+                .route(web::patch().to(accounts::update_me::<P>))
+                .route(web::delete().to(accounts::delete_me::<P>)),
+        )
+        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz::<P>)))
+        .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks::<P>)));
 }

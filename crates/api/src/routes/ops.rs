@@ -11,7 +11,7 @@ use actix_web::{HttpResponse, web};
 use crate::dto::StatusResponse;
 use crate::error::ApiError;
 use crate::openapi::Unavailable;
-use crate::startup::AppState;
+use crate::state::AppState;
 use users_domain::ports::Ports;
 use crate::telemetry::metrics_handle;
 

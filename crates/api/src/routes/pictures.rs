@@ -21,7 +21,7 @@ use super::{Caller, media_type};
 use crate::dto::UserResponse;
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, ImageBytes, NotFound, PictureUpload, Unavailable};
-use crate::startup::AppState;
+use crate::state::AppState;
 use users_domain::ports::Ports;
 
 /// One archived picture.

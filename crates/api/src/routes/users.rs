@@ -21,7 +21,7 @@ use super::{SMALL_BODY_LIMIT, Staff, parse_json, read_body};
 use crate::dto::{AdminCreateRequest, AdminUpdateRequest, PageLinks, UserPageResponse, UserResponse};
 use crate::error::{ApiError, Problem};
 use crate::openapi::{BearerErrors, BodyErrors, NotFound, Unavailable, ValidationFailed};
-use crate::startup::AppState;
+use crate::state::AppState;
 use users_domain::ports::Ports;
 
 /// The longest search prefix accepted.

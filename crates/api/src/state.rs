@@ -1,0 +1,138 @@
+//! The state the routes share: the domain service over an adapter set, and the edge's own settings; and the
+//! production adapter set itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::web;
+use tokio::sync::Semaphore;
+use users_crypto::{Argon2Hasher, JwtCodec};
+use users_domain::Service;
+use users_domain::ports::{Ports, SystemClock};
+use users_domain::sessions::{AuthError, Principal};
+use users_images::ImagePipeline;
+use users_postgres::PgRepository;
+
+use crate::config::Config;
+use crate::rate_limit::RateLimiter;
+use crate::storage::AppStore;
+
+/// What the `Caller` extractor needs of the service, without naming its adapters: the routes are generic over
+/// them, the extractor is not. [`crate::routes::mount`] registers the state as `Data<dyn Authenticate>`.
+pub trait Authenticate: 'static {
+    /// Turns a bearer token into the caller (the domain's `Service::authenticate`).
+    fn authenticate<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>>;
+}
+
+/// The production adapters: Postgres for every storage port, the configured picture store, the image pipeline,
+/// argon2id, ES256 JWTs and the system clock.
+#[derive(Debug, Clone)]
+pub struct AppPorts {
+    /// Postgres, implementing every storage port.
+    pub db: PgRepository,
+    /// Picture objects (S3 or the local disk).
+    pub objects: AppStore,
+    /// Upload processing.
+    pub images: ImagePipeline,
+    /// Password hashing.
+    pub hasher: Argon2Hasher,
+    /// Access tokens.
+    pub tokens: JwtCodec,
+}
+
+impl Ports for AppPorts {
+    type Users = PgRepository;
+    type Sessions = PgRepository;
+    type EmailTokens = PgRepository;
+    type Throttle = PgRepository;
+    type Outbox = PgRepository;
+    type Requests = PgRepository;
+    type Pictures = PgRepository;
+    type Objects = AppStore;
+    type Images = ImagePipeline;
+    type Hasher = Argon2Hasher;
+    type Tokens = JwtCodec;
+    type Clock = SystemClock;
+
+    fn users(&self) -> &PgRepository {
+        &self.db
+    }
+    fn sessions(&self) -> &PgRepository {
+        &self.db
+    }
+    fn email_tokens(&self) -> &PgRepository {
+        &self.db
+    }
+    fn throttle(&self) -> &PgRepository {
+        &self.db
+    }
+    fn outbox(&self) -> &PgRepository {
+        &self.db
+    }
+    fn requests(&self) -> &PgRepository {
+        &self.db
+    }
+    fn pictures(&self) -> &PgRepository {
+        &self.db
+    }
+    fn objects(&self) -> &AppStore {
+        &self.objects
+    }
+    fn images(&self) -> &ImagePipeline {
+        &self.images
+    }
+    fn hasher(&self) -> &Argon2Hasher {
+        &self.hasher
+    }
+    fn tokens(&self) -> &JwtCodec {
+        &self.tokens
+    }
+    fn clock(&self) -> &SystemClock {
+        &SystemClock
+    }
+}
+
+/// The domain service with the production adapters plugged in.
+pub type AppService = Service<AppPorts>;
+
+/// What every handler can reach: the domain service over any adapter set, and the edge's own settings.
+pub struct AppState<P> {
+    /// The domain service.
+    pub service: Service<P>,
+    /// `PUBLIC_BASE_URL`, for links and picture URLs.
+    pub public_base_url: String,
+    /// The JWKS document served at `/.well-known/jwks.json`.
+    pub jwks: serde_json::Value,
+    /// Per-client-IP limits on the routes attackers hammer.
+    pub rate_limiter: RateLimiter,
+    /// `PICTURE_MAX_BYTES`.
+    pub picture_max_bytes: u64,
+    /// One permit per picture upload being read or processed (`PICTURE_MAX_CONCURRENT`).
+    pub picture_uploads: Arc<Semaphore>,
+}
+
+impl<P: Ports> Authenticate for AppState<P> {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>> {
+        Box::pin(self.service.authenticate(token))
+    }
+}
+
+impl<P: Ports> AppState<P> {
+    /// The state of the routes: the service and the edge settings from `config` (base URL, per-IP limits, upload
+    /// bounds), with `jwks` as the key set to publish.
+    pub fn new(service: Service<P>, config: &Config, jwks: serde_json::Value) -> web::Data<Self> {
+        web::Data::new(Self {
+            service,
+            public_base_url: config.service.public_base_url.clone(),
+            jwks,
+            rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
+            picture_max_bytes: config.picture_max_bytes,
+            picture_uploads: Arc::new(Semaphore::new(config.picture_max_concurrent)),
+        })
+    }
+}
+
