@@ -38,23 +38,9 @@ pub fn ensure_installed() -> Result<PathBuf> {
 
 /// The first `garage` on `PATH`, or in cargo's `bin` directory, that reports version 2.5.0.
 fn find_installed() -> Option<PathBuf> {
-    let path_dirs =
-        std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect::<Vec<_>>()).unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(cargo_bin_dir())
-        .map(|dir| dir.join("garage"))
-        .filter(|candidate| candidate.is_file())
+    process::executables_named("garage")
         .find(|candidate| reports_version(candidate))
         .map(|binary| std::path::absolute(&binary).unwrap_or(binary))
-}
-
-/// `$CARGO_HOME/bin`, or `~/.cargo/bin`.
-fn cargo_bin_dir() -> Option<PathBuf> {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
-        .map(|cargo_home| cargo_home.join("bin"))
 }
 
 /// Whether `binary --version` names [`VERSION`] (a `cargo install` build prints

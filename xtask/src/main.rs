@@ -27,6 +27,8 @@ mod ui;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use bench::Bench;
 use run::Run;
 use schemathesis::Schemathesis;
@@ -116,4 +118,20 @@ fn target_dir() -> PathBuf {
 /// same toolchain.
 fn cargo() -> std::ffi::OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Builds the server with `cargo build -p users-api --bin user-management` (with `--release` when `release`) and
+/// returns where cargo put the binary.
+fn build_server(release: bool) -> anyhow::Result<PathBuf> {
+    let (what, profile) = if release { ("the release server", "release") } else { ("the server binary", "debug") };
+    let release_flag = if release { " --release" } else { "" };
+    ui::step(&format!("Building {what} (cargo build{release_flag} -p users-api --bin user-management)"));
+    let mut build = std::process::Command::new(cargo());
+    build.current_dir(project_root()).arg("build");
+    if release {
+        build.arg("--release");
+    }
+    build.args(["-p", "users-api", "--bin", "user-management"]);
+    process::run(&mut build).with_context(|| format!("could not build {what}"))?;
+    Ok(target_dir().join(profile).join("user-management"))
 }

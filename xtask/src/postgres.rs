@@ -122,7 +122,7 @@ fn install() -> Result<()> {
 }
 
 /// Runs `sql` with `psql` against the database at `url` and returns the rows of its output, one per line.
-fn psql(url: &str, sql: &str) -> Result<Vec<String>> {
+pub fn psql(url: &str, sql: &str) -> Result<Vec<String>> {
     let mut command = Command::new("psql");
     command
         .args(["--no-psqlrc", "--no-password", "--quiet", "--tuples-only", "--no-align"])
@@ -133,27 +133,54 @@ fn psql(url: &str, sql: &str) -> Result<Vec<String>> {
 }
 
 /// `name` as a quoted SQL identifier.
-fn identifier(name: &str) -> String {
+pub fn identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `value` as a quoted SQL string literal.
-fn literal(value: &str) -> String {
+pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Whether the server of `admin_url` has a database called `name`.
+pub fn database_exists(admin_url: &str, name: &str) -> Result<bool> {
+    let rows = psql(admin_url, &format!("SELECT 1 FROM pg_database WHERE datname = {}", literal(name)))?;
+    Ok(!rows.is_empty())
+}
+
+/// Creates the database `name` on the server of `admin_url`.
+pub fn create_database(admin_url: &str, name: &str) -> Result<()> {
+    psql(admin_url, &format!("CREATE DATABASE {}", identifier(name))).map(drop)
+}
+
+/// Drops the database `name` from the server of `admin_url`, if it is there, ending the sessions still using it.
+pub fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    psql(admin_url, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", identifier(name))).map(drop)
 }
 
 /// Creates the database `name` on the server of `admin_url` unless it exists.
 pub fn ensure_database(admin_url: &str, name: &str) -> Result<()> {
-    let exists = psql(admin_url, &format!("SELECT 1 FROM pg_database WHERE datname = {}", literal(name)))
-        .with_context(|| format!("could not look for the database `{name}`"))?;
-    if exists.is_empty() {
-        psql(admin_url, &format!("CREATE DATABASE {}", identifier(name)))
-            .with_context(|| format!("could not create the database `{name}`"))?;
-        ui::info(&format!("created database `{name}`"));
-    } else {
+    let exists =
+        database_exists(admin_url, name).with_context(|| format!("could not look for the database `{name}`"))?;
+    if exists {
         ui::info(&format!("database `{name}` exists"));
+    } else {
+        create_database(admin_url, name).with_context(|| format!("could not create the database `{name}`"))?;
+        ui::info(&format!("created database `{name}`"));
     }
     Ok(())
+}
+
+/// The URL of `database` on the server of `admin_url` (which names another database), keeping its options.
+///
+/// # Errors
+/// When `admin_url` names no database.
+pub fn database_url(admin_url: &str, database: &str) -> Result<String> {
+    let (base, _) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let slash = base.rfind('/').filter(|&at| at > "postgres://".len()).context("the Postgres URL names no database")?;
+    let (server, _) = base.split_at(slash);
+    let query = admin_url.split_once('?').map(|(_, query)| format!("?{query}")).unwrap_or_default();
+    Ok(format!("{server}/{database}{query}"))
 }
 
 /// Drops the databases that earlier test runs left behind when they crashed: names starting with `um_test_` or
@@ -285,6 +312,19 @@ mod tests {
     #[test]
     fn other_schemes_are_rejected() {
         assert!(DatabaseUrl::parse("mysql://localhost/app").is_err());
+    }
+
+    #[test]
+    fn the_database_url_names_the_new_database() -> Result<()> {
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:5432/postgres", "um_test_fuzz_1")?,
+            "postgres://postgres@127.0.0.1:5432/um_test_fuzz_1"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@db:5432/postgres?sslmode=require", "x")?,
+            "postgres://u:p@db:5432/x?sslmode=require"
+        );
+        Ok(())
     }
 
     #[test]

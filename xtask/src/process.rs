@@ -8,9 +8,10 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Write as _;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,31 @@ pub fn run(command: &mut Command) -> Result<()> {
 pub fn output(command: &mut Command) -> Result<String> {
     let output =
         command.stdin(Stdio::null()).output().with_context(|| format!("could not start `{}`", describe(command)))?;
+    check_success(command, &output)?;
+    String::from_utf8(output.stdout)
+        .with_context(|| format!("`{}` printed something that is not UTF-8", describe(command)))
+}
+
+/// Runs `command` with `input` written to its standard input (a password, say), captures its output and fails,
+/// quoting its standard error, unless it exits successfully.
+pub fn run_with_input(command: &mut Command, input: &str) -> Result<()> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", describe(command)))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .with_context(|| format!("could not write to the standard input of `{}`", describe(command)))?;
+    }
+    let output = child.wait_with_output().with_context(|| format!("could not wait for `{}`", describe(command)))?;
+    check_success(command, &output)
+}
+
+/// Fails, quoting the captured standard error, unless `output` of `command` tells of a successful exit.
+fn check_success(command: &Command, output: &Output) -> Result<()> {
     if !output.status.success() {
         bail!(
             "`{}` failed with {}: {}",
@@ -96,8 +122,21 @@ pub fn output(command: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    String::from_utf8(output.stdout)
-        .with_context(|| format!("`{}` printed something that is not UTF-8", describe(command)))
+    Ok(())
+}
+
+/// Every file called `name` in the directories on `PATH`, then in cargo's `bin` directory (`$CARGO_HOME/bin`, or
+/// `~/.cargo/bin`), in that order: the candidates for a tool that is on `PATH` or was installed with
+/// `cargo install`.
+pub fn executables_named(name: &str) -> impl Iterator<Item = PathBuf> {
+    let path_dirs =
+        std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect::<Vec<_>>()).unwrap_or_default();
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .map(|cargo_home| cargo_home.join("bin"));
+    let name = name.to_owned();
+    path_dirs.into_iter().chain(cargo_bin).map(move |dir| dir.join(&name)).filter(|candidate| candidate.is_file())
 }
 
 /// Sends `signal` (`TERM`, `KILL`, ...) to the process group `pgid` with the system's `kill`.

@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use crate::garage::random_hex;
 use crate::http::{free_ports, is_ok, wait_until};
 use crate::process::{self, Service};
-use crate::ui;
+use crate::{postgres, ui};
 
 /// The schemathesis release the document is checked with; pinned so a new release cannot fail a run by itself.
 pub const VERSION: &str = "4.32.5";
@@ -163,8 +163,8 @@ impl Schemathesis {
         let database_admin_url = match std::env::var("UM_TEST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => url,
             _ => {
-                crate::postgres::ensure_local_server()?;
-                crate::postgres::LOCAL_ADMIN_URL.to_owned()
+                postgres::ensure_local_server()?;
+                postgres::LOCAL_ADMIN_URL.to_owned()
             }
         };
         let schemathesis = ensure_installed()?;
@@ -173,13 +173,7 @@ impl Schemathesis {
         let server_bin = match server_bin {
             Some(path) if path.is_file() => path,
             Some(path) => bail!("--server-bin {} is not a file", path.display()),
-            None => {
-                ui::step("Building the server binary (cargo build -p users-api --bin user-management)");
-                let mut build = Command::new(crate::cargo());
-                build.current_dir(crate::project_root()).args(["build", "-p", "users-api", "--bin", "user-management"]);
-                process::run(&mut build).context("could not build the server binary")?;
-                crate::target_dir().join("debug").join("user-management")
-            }
+            None => crate::build_server(false)?,
         };
         let work_dir = std::env::temp_dir().join(format!("um-xtask-fuzz-{}-{}", std::process::id(), random_hex(4)?));
         std::fs::create_dir_all(&work_dir).with_context(|| format!("could not create {}", work_dir.display()))?;
@@ -278,18 +272,16 @@ impl Fuzz<'_> {
         std::fs::create_dir_all(&reports).with_context(|| format!("could not create {}", reports.display()))?;
         let database = format!("um_test_fuzz_{}", random_hex(6)?);
         ui::step(&format!("schemathesis: creating the database `{database}`"));
-        psql(self.database_admin_url, &format!("CREATE DATABASE \"{database}\""))?;
+        postgres::create_database(self.database_admin_url, &database)?;
         let outcome = self.with_database(&database, &reports, services);
-        if let Err(error) =
-            psql(self.database_admin_url, &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
-        {
+        if let Err(error) = postgres::drop_database(self.database_admin_url, &database) {
             ui::warn(&format!("could not drop the database `{database}`: {error:#}"));
         }
         outcome
     }
 
     fn with_database(&self, database: &str, reports: &Path, services: &mut Vec<Service>) -> Result<bool> {
-        let database_url = database_url(self.database_admin_url, database)?;
+        let database_url = postgres::database_url(self.database_admin_url, database)?;
         let [port] = free_ports::<1>()?;
         let authority = format!("127.0.0.1:{port}");
         let data_dir = self.work_dir.join("fuzz-data");
@@ -299,7 +291,7 @@ impl Fuzz<'_> {
         ui::step(&format!("schemathesis: creating the administrator {ADMIN_EMAIL}"));
         let mut create_admin = self.server_command(&database_url, &authority, &data_dir);
         create_admin.args(["create-admin", "--email", ADMIN_EMAIL]);
-        run_with_stdin(&mut create_admin, &password)?;
+        process::run_with_input(&mut create_admin, &password)?;
 
         ui::step(&format!("schemathesis: starting {} on {authority}", self.server_bin.display()));
         let mut serve = self.server_command(&database_url, &authority, &data_dir);
@@ -393,29 +385,6 @@ impl Fuzz<'_> {
     }
 }
 
-/// Runs `command` with `input` on its standard input (the `create-admin` password), failing unless it succeeds.
-fn run_with_stdin(command: &mut Command, input: &str) -> Result<()> {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start `{}`", process::describe(command)))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).context("could not write the password to create-admin")?;
-    }
-    let output = child.wait_with_output().context("could not wait for create-admin")?;
-    if !output.status.success() {
-        bail!(
-            "`{}` failed with {}: {}",
-            process::describe(command),
-            process::describe_status(output.status),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// Runs `command` in the foreground with its output going to `log` as well as being shown on failure.
 fn run_logged(command: &mut Command, log: &Path) -> Result<ExitStatus> {
     if let Some(dir) = log.parent() {
@@ -479,34 +448,6 @@ fn summarise_report(report_dir: &Path) -> String {
     summary
 }
 
-/// The URL of `database` on the server of `admin_url` (which names another database).
-fn database_url(admin_url: &str, database: &str) -> Result<String> {
-    let (base, _) = admin_url.split_once('?').unwrap_or((admin_url, ""));
-    let slash = base.rfind('/').filter(|&at| at > "postgres://".len()).context("the Postgres URL names no database")?;
-    let (server, _) = base.split_at(slash);
-    let query = admin_url.split_once('?').map(|(_, query)| format!("?{query}")).unwrap_or_default();
-    Ok(format!("{server}/{database}{query}"))
-}
-
-/// Runs `sql` with `psql` on the database at `url`.
-fn psql(url: &str, sql: &str) -> Result<()> {
-    let mut command = Command::new("psql");
-    command
-        .args([
-            "--no-psqlrc",
-            "--no-password",
-            "--quiet",
-            "--set",
-            "ON_ERROR_STOP=1",
-            "--dbname",
-            url,
-            "--command",
-            sql,
-        ])
-        .env("PGCONNECT_TIMEOUT", "10");
-    process::output(&mut command).map(drop)
-}
-
 /// Logs the administrator in (`POST /login` as JSON) and returns the access token.
 fn login(authority: &str, password: &str) -> Result<String> {
     let body = serde_json::json!({ "email": ADMIN_EMAIL, "password": password }).to_string();
@@ -535,19 +476,6 @@ fn login(authority: &str, password: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_database_url_names_the_new_database() -> Result<()> {
-        assert_eq!(
-            database_url("postgres://postgres@127.0.0.1:5432/postgres", "um_test_fuzz_1")?,
-            "postgres://postgres@127.0.0.1:5432/um_test_fuzz_1"
-        );
-        assert_eq!(
-            database_url("postgres://u:p@db:5432/postgres?sslmode=require", "x")?,
-            "postgres://u:p@db:5432/x?sslmode=require"
-        );
-        Ok(())
-    }
 
     /// Operations that end the fuzzer's session or account, or delete users, and the two that run with
     /// `delete_user` so it has users to delete.

@@ -139,11 +139,7 @@ impl Test {
             ui::step("Postgres: another test run is active on this machine; leaving existing test databases alone");
         }
 
-        ui::step("Building the server binary (cargo build -p users-api --bin user-management)");
-        let mut build = Command::new(crate::cargo());
-        build.current_dir(crate::project_root()).args(["build", "-p", "users-api", "--bin", "user-management"]);
-        process::run(&mut build).context("could not build the server binary")?;
-        let binary = crate::target_dir().join("debug").join("user-management");
+        let binary = crate::build_server(false)?;
         if !binary.is_file() {
             anyhow::bail!("the build succeeded but {} does not exist", binary.display());
         }

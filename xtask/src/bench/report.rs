@@ -1,0 +1,293 @@
+//! What a run measured and how it is reported: the figures of one load run, the rows of the table, the progress
+//! line of each row, the Markdown table printed on standard output, and the JSON report written under
+//! `target/bench/`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::load::Oha;
+use super::options::Options;
+use super::system::cpu_model;
+
+/// The numbers of one measured load run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Measurement {
+    /// Requests answered per second of the measured duration.
+    pub(super) requests_per_sec: f64,
+    /// Median latency, in milliseconds.
+    pub(super) p50_ms: f64,
+    /// 99th percentile latency, in milliseconds.
+    pub(super) p99_ms: f64,
+    /// 99.9th percentile latency, in milliseconds.
+    pub(super) p999_ms: f64,
+    /// Requests answered with another status than the expected one, plus requests that got no answer.
+    pub(super) errors: u64,
+    /// All requests counted.
+    pub(super) total: u64,
+    /// What the errors were: status codes and transport errors with their counts.
+    pub(super) error_kinds: Vec<(String, u64)>,
+    /// The server's CPU use over the measured window, in percent of one core (as `top` shows it).
+    pub(super) server_cpu_percent: Option<f64>,
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Row {
+    /// The scenario, or a part of one (`storm: login flood`).
+    pub(super) scenario: String,
+    /// Connections (threads for `argon2`).
+    pub(super) connections: Option<u64>,
+    /// The figures, unless the scenario failed or measures something else.
+    pub(super) measurement: Option<Measurement>,
+    /// The server's resident memory right after the scenario, in KiB.
+    pub(super) rss_kib: Option<u64>,
+    /// Why the scenario has no figures, when it failed or is not available.
+    pub(super) failure: Option<String>,
+    /// Anything else worth reading beside the figures.
+    pub(super) note: String,
+}
+
+impl Row {
+    /// A row for `scenario` with nothing filled in yet.
+    pub(super) fn new(scenario: &str) -> Self {
+        Self { scenario: scenario.to_owned(), ..Self::default() }
+    }
+}
+
+/// Percentiles and rate of a set of latencies gathered over `elapsed`.
+pub(super) fn measure_latencies(mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
+    latencies.sort_unstable();
+    let total = latencies.len() as u64;
+    Measurement {
+        requests_per_sec: if elapsed.is_zero() { 0.0 } else { total as f64 / elapsed.as_secs_f64() },
+        p50_ms: percentile_ms(&latencies, 500),
+        p99_ms: percentile_ms(&latencies, 990),
+        p999_ms: percentile_ms(&latencies, 999),
+        errors: 0,
+        total,
+        error_kinds: Vec::new(),
+        server_cpu_percent: None,
+    }
+}
+
+/// The percentile `per_mille` / 10 (nearest rank, in whole numbers so 99.9 is exact) of sorted latencies, in
+/// milliseconds; NaN for none.
+fn percentile_ms(sorted: &[Duration], per_mille: usize) -> f64 {
+    let rank = (per_mille * sorted.len()).div_ceil(1000);
+    sorted.get(rank.saturating_sub(1)).map_or(f64::NAN, |latency| latency.as_secs_f64() * 1000.0)
+}
+
+/// `; errors: 3x HTTP 503` when there were errors, else nothing.
+pub(super) fn error_note(measurement: &Measurement) -> String {
+    if measurement.errors == 0 { String::new() } else { format!("; errors: {}", describe_errors(measurement)) }
+}
+
+/// A short description of what went wrong, for the notes column.
+fn describe_errors(measurement: &Measurement) -> String {
+    measurement.error_kinds.iter().map(|(kind, count)| format!("{count}x {kind}")).collect::<Vec<_>>().join(", ")
+}
+
+/// One line about a finished row, for the progress output.
+pub(super) fn summarise(row: &Row) -> String {
+    match (&row.failure, &row.measurement) {
+        (Some(failure), _) => format!("{}: {failure}", row.scenario),
+        (None, Some(m)) => format!(
+            "{}: {:.0} req/s, p50 {}, p99 {}, p99.9 {}, {} errors{}",
+            row.scenario,
+            m.requests_per_sec,
+            format_ms(m.p50_ms),
+            format_ms(m.p99_ms),
+            format_ms(m.p999_ms),
+            m.errors,
+            if row.note.is_empty() { String::new() } else { format!(" ({})", row.note) }
+        ),
+        (None, None) => format!("{}: {}", row.scenario, row.note),
+    }
+}
+
+/// Fills in the `login` row's ratio to the `argon2` rate, when both ran.
+pub(super) fn compare_login_with_argon2(rows: &mut [Row]) {
+    let argon2 = rows
+        .iter()
+        .find(|row| row.scenario == "argon2")
+        .and_then(|row| row.measurement.as_ref())
+        .map(|m| m.requests_per_sec);
+    let Some(argon2) = argon2.filter(|rate| *rate > 0.0) else {
+        return;
+    };
+    if let Some(row) = rows.iter_mut().find(|row| row.scenario == "login")
+        && let Some(login) = &row.measurement
+    {
+        let ratio = format!("{:.0}% of the argon2 rate", login.requests_per_sec / argon2 * 100.0);
+        row.note = if row.note.is_empty() { ratio } else { format!("{ratio}{}", row.note) };
+    }
+}
+
+/// Milliseconds for the table: two decimals below 10 ms, one below 100 ms, none above.
+pub(super) fn format_ms(ms: f64) -> String {
+    if ms.is_nan() {
+        "-".to_owned()
+    } else if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 100.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// KiB as MiB with one decimal.
+pub(super) fn format_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The table as Markdown, so it can be pasted into the README as it is.
+pub(super) fn render_table(rows: &[Row]) -> String {
+    let header = ["scenario", "conns", "req/s", "p50", "p99", "p99.9", "errors", "server RSS", "server CPU", "notes"];
+    let cells: Vec<[String; 10]> = rows
+        .iter()
+        .map(|row| {
+            let dash = || "-".to_owned();
+            let (rate, p50, p99, p999, errors) = match &row.measurement {
+                Some(m) => (
+                    format!("{:.0}", m.requests_per_sec),
+                    format_ms(m.p50_ms),
+                    format_ms(m.p99_ms),
+                    format_ms(m.p999_ms),
+                    m.errors.to_string(),
+                ),
+                None => (dash(), dash(), dash(), dash(), dash()),
+            };
+            let note = match &row.failure {
+                Some(failure) if row.note.is_empty() => failure.clone(),
+                Some(failure) => format!("{failure}; {}", row.note),
+                None => row.note.clone(),
+            };
+            [
+                row.scenario.clone(),
+                row.connections.map_or_else(dash, |c| c.to_string()),
+                rate,
+                p50,
+                p99,
+                p999,
+                errors,
+                row.rss_kib.map_or_else(dash, format_kib),
+                row.measurement
+                    .as_ref()
+                    .and_then(|m| m.server_cpu_percent)
+                    .map_or_else(dash, |percent| format!("{percent:.0}%")),
+                note.replace('|', "/"),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|column| {
+            cells
+                .iter()
+                .map(|row| row.get(column).map_or(0, |cell| cell.chars().count()))
+                .chain(header.get(column).map(|cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        let padded: Vec<String> = values.iter().zip(&widths).map(|(value, width)| format!("{value:<width$}")).collect();
+        format!("| {} |", padded.join(" | ")).trim_end().to_owned()
+    };
+    let mut table = line(header.to_vec());
+    table.push('\n');
+    table.push_str(&line(widths.iter().map(|_| "").collect()).replace(' ', "-"));
+    for row in &cells {
+        table.push('\n');
+        table.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    table
+}
+
+/// The report written under `target/bench/`: the run's settings, the machine, and every row.
+pub(super) fn report_json(
+    options: &Options,
+    args: &[String],
+    oha: Option<&Oha>,
+    busy_before: Option<f64>,
+    rows: &[Row],
+) -> Result<String> {
+    let finite = |value: f64| if value.is_finite() { json!(value) } else { Value::Null };
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let m = row.measurement.as_ref();
+            json!({
+                "scenario": row.scenario,
+                "connections": row.connections,
+                "requests_per_sec": m.map(|m| finite(m.requests_per_sec)),
+                "p50_ms": m.map(|m| finite(m.p50_ms)),
+                "p99_ms": m.map(|m| finite(m.p99_ms)),
+                "p999_ms": m.map(|m| finite(m.p999_ms)),
+                "errors": m.map(|m| m.errors),
+                "requests": m.map(|m| m.total),
+                "server_cpu_percent": m.and_then(|m| m.server_cpu_percent).map(finite),
+                "server_rss_kib": row.rss_kib,
+                "failure": row.failure,
+                "note": row.note,
+            })
+        })
+        .collect();
+    let report = json!({
+        "timestamp": timestamp(SystemTime::now()),
+        "command": format!("cargo xtask bench {}", args.join(" ")).trim_end(),
+        "users": options.users,
+        "warmup_s": options.warmup.as_secs(),
+        "duration_s": options.duration.as_secs(),
+        "machine": {
+            "cores": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            "cpu": cpu_model(),
+        },
+        "load_generator": oha.map(|oha| oha.version.clone()),
+        "machine_busy_before_percent": busy_before.map(finite),
+        "rows": rows,
+    });
+    serde_json::to_string_pretty(&report).context("could not render the report")
+}
+
+/// `time` in UTC as `20261125T143000Z`, for file names that sort by time.
+pub(super) fn timestamp(time: SystemTime) -> String {
+    let seconds = time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
+    let of_day = seconds % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", of_day / 3600, of_day % 3600 / 60, of_day % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let latencies: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        let measured = measure_latencies(latencies, Duration::from_secs(2));
+        assert!((measured.requests_per_sec - 500.0).abs() < 1e-9);
+        assert!((measured.p50_ms - 500.0).abs() < 1e-9);
+        assert!((measured.p99_ms - 990.0).abs() < 1e-9);
+        assert!((measured.p999_ms - 999.0).abs() < 1e-9);
+        assert!(percentile_ms(&[], 500).is_nan());
+    }
+
+    #[test]
+    fn timestamps_are_utc_and_sortable() {
+        assert_eq!(timestamp(UNIX_EPOCH), "19700101T000000Z");
+        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(1_795_617_000)), "20261125T143000Z");
+    }
+}

@@ -1,0 +1,130 @@
+//! The bench database: `um_bench_<users>` on the local Postgres, migrated, with one administrator and `users`
+//! seeded users who share the administrator's password, reused from run to run when it already holds them.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::postgres::{self, literal, psql};
+use crate::{process, ui};
+
+/// The administrator every run creates (or finds) and the `/users` scenarios call as.
+pub(super) const ADMIN_EMAIL: &str = "bench-admin@example.com";
+
+/// The password of the administrator and of every seeded user (they share the administrator's hash).
+pub(super) const PASSWORD: &str = "violet-kettle-orbit-97-lantern";
+
+/// The domain of the seeded users' emails: `user{n}@bench.example.com`.
+pub(super) const SEED_DOMAIN: &str = "bench.example.com";
+
+/// Makes sure `um_bench_<users>` holds exactly the administrator and `users` seeded users, migrated, and returns its
+/// URL.
+///
+/// A database that already holds the seeded users is reused (seeding a million users and building their indexes
+/// takes a while), with the state earlier runs left (sessions, refresh tokens, login failures) truncated, so every
+/// run starts from the same rows. Anything else, or `--fresh`, is dropped and created anew.
+pub(super) fn prepare_database(binary: &Path, data_dir: &Path, users: u64, fresh: bool) -> Result<String> {
+    let name = format!("um_bench_{users}");
+    let admin_url = postgres::LOCAL_ADMIN_URL;
+    let url = postgres::database_url(admin_url, &name)?;
+    ui::step(&format!("Postgres: preparing the database `{name}`"));
+
+    let exists = postgres::database_exists(admin_url, &name)?;
+    let reusable = exists && !fresh && seeded_users(&url)? == Some(users);
+    if exists && !reusable {
+        ui::info(if fresh { "dropping it (--fresh)" } else { "dropping it: it does not hold the seeded users" });
+        postgres::drop_database(admin_url, &name)?;
+    }
+    if !reusable {
+        postgres::create_database(admin_url, &name)?;
+        ui::info(&format!("created database `{name}`"));
+    }
+
+    ui::info("migrating (user-management migrate)");
+    let mut migrate = Command::new(binary);
+    migrate.arg("migrate").env("DATABASE_URL", &url).env("DATA_DIR", data_dir).env("RUST_LOG", "warn");
+    process::output(&mut migrate).context("could not migrate the bench database")?;
+
+    if reusable {
+        ui::info(&format!("reusing its {users} seeded users; clearing sessions and login failures of earlier runs"));
+        psql(&url, "TRUNCATE sessions, login_attempts CASCADE")?;
+        psql(&url, "VACUUM ANALYZE")?;
+        return Ok(url);
+    }
+
+    ui::info(&format!("creating {ADMIN_EMAIL} (user-management create-admin)"));
+    create_admin(binary, data_dir, &url)?;
+    ui::info(&format!("seeding {users} users with one INSERT ... SELECT"));
+    let started = Instant::now();
+    psql(&url, &seed_sql(users))?;
+    psql(&url, "ANALYZE users")?;
+    ui::info(&format!("seeded and analysed in {:.1} s", started.elapsed().as_secs_f64()));
+    Ok(url)
+}
+
+/// How many seeded users the database at `url` holds, or `None` when it is not a complete bench database (no
+/// tables yet, or no administrator).
+fn seeded_users(url: &str) -> Result<Option<u64>> {
+    let counts = psql(
+        url,
+        &format!(
+            "SELECT (SELECT count(*) FROM users WHERE email LIKE {pattern}) || '|' || \
+                    (SELECT count(*) FROM users WHERE email = {admin}) || '|' || (SELECT count(*) FROM users) \
+             WHERE to_regclass('public.users') IS NOT NULL",
+            pattern = literal(&format!("user%@{SEED_DOMAIN}")),
+            admin = literal(ADMIN_EMAIL),
+        ),
+    );
+    // Before migrations the query fails on the missing table despite the guard (it is planned first).
+    let Ok(counts) = counts else {
+        return Ok(None);
+    };
+    let Some(line) = counts.first() else {
+        return Ok(None);
+    };
+    let parts: Vec<u64> = line.split('|').filter_map(|part| part.parse().ok()).collect();
+    match parts.as_slice() {
+        [seeded, 1, all] if *all == seeded + 1 => Ok(Some(*seeded)),
+        _ => Ok(None),
+    }
+}
+
+/// The one statement that seeds `users` users sharing the administrator's password hash, created over the past
+/// year in order.
+fn seed_sql(users: u64) -> String {
+    format!(
+        "INSERT INTO users (id, email, nickname, role, email_verified, password_hash, created_at, updated_at) \
+         SELECT gen_random_uuid(), 'user' || n || '@{SEED_DOMAIN}', 'user_' || n, 'AUTHENTICATED', true, hash.value, \
+                stamp.at, stamp.at \
+         FROM generate_series(1, {users}) AS n \
+         CROSS JOIN (SELECT password_hash AS value FROM users WHERE email = {admin}) AS hash \
+         CROSS JOIN LATERAL (SELECT now() - make_interval(secs => ({users} - n) * 31536000.0 / {users}) AS at) AS stamp",
+        admin = literal(ADMIN_EMAIL),
+    )
+}
+
+/// Runs `user-management create-admin` with [`PASSWORD`] on standard input.
+fn create_admin(binary: &Path, data_dir: &Path, url: &str) -> Result<()> {
+    let mut command = Command::new(binary);
+    command
+        .args(["create-admin", "--email", ADMIN_EMAIL])
+        .env("DATABASE_URL", url)
+        .env("DATA_DIR", data_dir)
+        .env("RUST_LOG", "warn");
+    process::run_with_input(&mut command, &format!("{PASSWORD}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_statement_copies_the_admin_hash_into_every_row() {
+        let sql = seed_sql(1_000_000);
+        assert!(sql.contains("generate_series(1, 1000000)"));
+        assert!(sql.contains("'bench-admin@example.com'"));
+        assert!(sql.contains("gen_random_uuid()"));
+    }
+}
