@@ -14,10 +14,13 @@ use diesel_async::pooled_connection::PoolableConnection as _;
 use diesel_async::pooled_connection::deadpool::PoolError;
 use users_domain::ports::{InsertUserError, PortError};
 
-/// The unique index behind [`InsertUserError::EmailTaken`]; its name is fixed by the migration.
+/// The unique index behind [`InsertUserError::EmailTaken`] and
+/// [`UpdateError::EmailTaken`](users_domain::ports::UpdateError::EmailTaken); its name is fixed by the migration.
 pub(crate) const EMAIL_UNIQUE_INDEX: &str = "users_email_lower_key";
 
-/// The unique index behind [`InsertUserError::NicknameTaken`]; its name is fixed by the migration.
+/// The unique index behind [`InsertUserError::NicknameTaken`] and
+/// [`UpdateError::NicknameTaken`](users_domain::ports::UpdateError::NicknameTaken); its name is fixed by the
+/// migration.
 pub(crate) const NICKNAME_UNIQUE_INDEX: &str = "users_nickname_lower_key";
 
 /// Translates a failure to check a connection out of the pool.

@@ -1,25 +1,32 @@
 //! The Postgres adapter of user-management.
 //!
-//! It implements the domain's [`UserRepository`](users_domain::ports::UserRepository),
-//! [`MailOutbox`](users_domain::ports::MailOutbox) and [`PictureRepository`](users_domain::pictures::PictureRepository)
-//! ports with diesel's query builder on diesel-async connections from a deadpool pool ([`PgRepository`]), and owns
-//! the embedded migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the
-//! migrations', honours the connection string's `sslmode` and `sslrootcert` with a rustls connector (`tls`). Rows, the schema and driver errors stay inside: the port only ever sees
-//! domain types and [`PortError`](users_domain::ports::PortError)s.
+//! [`PgRepository`], one struct around a deadpool pool of diesel-async connections, implements every storage port
+//! of the domain: [`UserStore`](users_domain::ports::UserStore), [`SessionStore`](users_domain::ports::SessionStore),
+//! [`EmailTokenStore`](users_domain::ports::EmailTokenStore), [`LoginThrottle`](users_domain::ports::LoginThrottle),
+//! [`MailOutbox`](users_domain::ports::MailOutbox), [`AccountRequests`](users_domain::ports::AccountRequests) and
+//! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port. It also owns the embedded
+//! migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the migrations', honours the
+//! connection string's `sslmode` and `sslrootcert` with a rustls connector (`tls`).
+//!
+//! The adapter decides nothing. The domain works out every value of a change (roles, which tokens die, which
+//! sessions end, which mails go out) and the preconditions it decided under; the adapter stores and reads rows,
+//! applies a multi-row change in one transaction under the row locks that make it atomic, and reports which stated
+//! precondition failed. Rows, the schema and driver errors stay inside: the ports only ever see domain types and
+//! [`PortError`](users_domain::ports::PortError)s.
 
-mod accounts;
-mod admin;
-mod backoff;
+mod email_tokens;
 mod errors;
 mod outbox;
 mod pictures;
 mod repository;
 mod requests;
-mod rotation;
 mod rows;
 mod schema;
+mod sessions;
 mod setup;
+mod throttle;
 mod tls;
+mod users;
 
 pub use repository::PgRepository;
 pub use setup::{PgConfig, PgSetupError, run_migrations};

@@ -1,5 +1,6 @@
-//! The mail outbox: mails queued in the transactions that cause them, and the [`MailOutbox`] port the dispatcher
-//! drains them through.
+//! The mail outbox: the domain's [`MailOutbox`] on the `mail_outbox` table. Mails are queued on their own or in
+//! the transaction of the change that causes them ([`insert_mail`]), and the dispatcher drains them through the
+//! port.
 //!
 //! A claim leases its rows by moving `next_attempt_at` past the lease instead of holding a transaction open while
 //! the mail is sent: a dispatcher that crashes mid-send lets its lease run out, and another claims the mail again.
@@ -9,8 +10,7 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use time::{Duration, OffsetDateTime};
-use users_domain::accounts::OutboxMessage;
-use users_domain::ports::{MailOutbox, OutgoingMail, PortError};
+use users_domain::ports::{MailOutbox, OutboxMessage, OutgoingMail, PortError};
 use uuid::Uuid;
 
 use crate::errors::query_error;
@@ -44,7 +44,7 @@ const BURY_UNPARSABLE: &str = "\
     UPDATE mail_outbox SET status = 'dead', last_error = $2 \
     WHERE id = ANY($1) AND status = 'pending'";
 
-/// Queues one mail; used inside the transaction of the change the mail reports.
+/// Queues one mail, pending and due at once; also run inside the transaction of the change the mail reports.
 pub(crate) async fn insert_mail(connection: &mut AsyncPgConnection, mail: &OutgoingMail) -> Result<(), DieselError> {
     diesel::insert_into(mail_outbox::table).values(NewMailRow::from(mail)).execute(connection).await.map(drop)
 }
@@ -56,6 +56,14 @@ fn stored_error(error: &str) -> String {
 }
 
 impl MailOutbox for PgRepository {
+    async fn queue_mail(&self, mail: OutgoingMail) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match insert_mail(&mut connection, &mail).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "queueing a mail")),
+        }
+    }
+
     async fn claim_due_mail(
         &self,
         now: OffsetDateTime,

@@ -1,4 +1,4 @@
-//! Profile picture records: the domain's [`PictureRepository`] on the `pictures` and `picture_variants` tables.
+//! Profile picture records: the domain's [`PictureRecords`] on the `pictures` and `picture_variants` tables.
 //!
 //! Every write that changes which picture is active (a new upload, archiving, restoring) is one transaction that
 //! starts by locking the user's row. Such writes for one user therefore run one after the other, each seeing the
@@ -15,8 +15,7 @@ use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl a
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
-use users_domain::pictures::{PictureRepository, PictureSize, PictureWriteError, StoredPicture};
-use users_domain::ports::PortError;
+use users_domain::ports::{PictureRecords, PictureSize, PictureWriteError, PortError, StoredPicture};
 use users_domain::user::UserId;
 use uuid::Uuid;
 
@@ -36,8 +35,6 @@ enum Which<'a> {
     Active(Uuid),
     /// The user's archived pictures.
     Archived(Uuid),
-    /// Every picture of the user.
-    All(Uuid),
     /// The pictures with these ids.
     Ids(&'a [Uuid]),
 }
@@ -52,7 +49,6 @@ async fn load(connection: &mut AsyncPgConnection, which: Which<'_>) -> Result<Ve
     query = match which {
         Which::Active(user_id) => query.filter(pictures::user_id.eq(user_id)).filter(not(pictures::archived)),
         Which::Archived(user_id) => query.filter(pictures::user_id.eq(user_id)).filter(pictures::archived),
-        Which::All(user_id) => query.filter(pictures::user_id.eq(user_id)),
         Which::Ids(ids) => query.filter(pictures::id.eq_any(ids)),
     };
     let rows = query.load::<(PictureRow, Option<PictureVariantRow>)>(connection).await?;
@@ -161,7 +157,7 @@ fn check_new_picture(picture: &StoredPicture) -> Result<(), PortError> {
     Ok(())
 }
 
-/// Records `picture` as its user's active picture (see [`PictureRepository::insert_active_picture`]).
+/// Records `picture` as its user's active picture (see [`PictureRecords::insert_active_picture`]).
 async fn insert_active(
     connection: &mut AsyncPgConnection,
     picture: &StoredPicture,
@@ -191,7 +187,7 @@ async fn insert_active(
         .await
 }
 
-/// Archives the user's active picture (see [`PictureRepository::archive_active_picture`]).
+/// Archives the user's active picture (see [`PictureRecords::archive_active_picture`]).
 async fn archive(
     connection: &mut AsyncPgConnection,
     user_id: Uuid,
@@ -211,7 +207,7 @@ async fn archive(
         .await
 }
 
-/// Makes an archived picture of the user active again (see [`PictureRepository::restore_picture`]).
+/// Makes an archived picture of the user active again (see [`PictureRecords::restore_picture`]).
 async fn restore(
     connection: &mut AsyncPgConnection,
     user_id: Uuid,
@@ -249,7 +245,7 @@ async fn restore(
         .await
 }
 
-impl PictureRepository for PgRepository {
+impl PictureRecords for PgRepository {
     async fn insert_active_picture(
         &self,
         picture: StoredPicture,
@@ -282,11 +278,6 @@ impl PictureRepository for PgRepository {
     async fn archived_pictures(&self, user_id: UserId) -> Result<Vec<StoredPicture>, PortError> {
         let mut connection = self.connection().await?;
         read(&mut connection, Which::Archived(user_id.as_uuid()), "reading the archived pictures").await
-    }
-
-    async fn all_pictures(&self, user_id: UserId) -> Result<Vec<StoredPicture>, PortError> {
-        let mut connection = self.connection().await?;
-        read(&mut connection, Which::All(user_id.as_uuid()), "reading every picture of a user").await
     }
 
     async fn archive_active_picture(

@@ -1,14 +1,51 @@
-//! The queue of enumeration-prone account requests (forgotten password, resend of the verification link).
+//! The queue of enumeration-prone account requests (forgotten password, resend of the verification link): the
+//! domain's [`AccountRequests`] on the `account_requests` table.
+//!
+//! One waiting request per kind and address (a unique index on the lower-cased address): a repeat is absorbed by
+//! the insert. Claims are leases (`claimed_until`) taken with `FOR UPDATE SKIP LOCKED`, so several workers share
+//! the queue and a crashed worker's claim expires.
 
 use diesel::prelude::{ExpressionMethods as _, QueryDsl as _};
 use diesel::sql_types::{BigInt, Interval, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use time::{Duration, OffsetDateTime};
-use users_domain::accounts::{AccountRequest, AccountRequestKind};
+use users_domain::ports::{AccountRequest, AccountRequestKind, AccountRequests, PortError};
 use users_domain::user::EmailAddress;
 use uuid::Uuid;
 
+use crate::errors::query_error;
+use crate::repository::PgRepository;
 use crate::schema::account_requests;
+
+impl AccountRequests for PgRepository {
+    async fn queue_account_request(
+        &self,
+        kind: AccountRequestKind,
+        email: EmailAddress,
+        now: OffsetDateTime,
+    ) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let queued = queue(&mut connection, kind, &email, now).await;
+        queued.map_err(|error| query_error(error, &mut connection, "queueing an account request"))
+    }
+
+    async fn claim_account_requests(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<AccountRequest>, PortError> {
+        let mut connection = self.connection().await?;
+        let claimed = claim(&mut connection, now, limit, lease).await;
+        claimed.map_err(|error| query_error(error, &mut connection, "claiming account requests"))
+    }
+
+    async fn finish_account_request(&self, id: Uuid) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        let finished = finish(&mut connection, id).await;
+        finished.map_err(|error| query_error(error, &mut connection, "finishing an account request"))
+    }
+}
 
 /// A claimed row.
 #[derive(diesel::QueryableByName)]
@@ -22,7 +59,7 @@ struct ClaimedRow {
 }
 
 /// Inserts a request, unless the same one (kind and address) is already waiting.
-pub(crate) async fn queue(
+async fn queue(
     connection: &mut AsyncPgConnection,
     kind: AccountRequestKind,
     email: &EmailAddress,
@@ -43,7 +80,7 @@ pub(crate) async fn queue(
 
 /// Claims due requests, oldest first, skipping rows another worker holds, leasing them until `now + lease`. A
 /// row the domain refuses (it cannot come from the service) is logged and removed, so it never blocks the queue.
-pub(crate) async fn claim(
+async fn claim(
     connection: &mut AsyncPgConnection,
     now: OffsetDateTime,
     limit: u32,
@@ -78,6 +115,6 @@ pub(crate) async fn claim(
 }
 
 /// Removes a handled request.
-pub(crate) async fn finish(connection: &mut AsyncPgConnection, id: Uuid) -> Result<(), diesel::result::Error> {
+async fn finish(connection: &mut AsyncPgConnection, id: Uuid) -> Result<(), diesel::result::Error> {
     diesel::delete(account_requests::table.filter(account_requests::id.eq(id))).execute(connection).await.map(drop)
 }

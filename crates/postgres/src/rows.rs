@@ -6,10 +6,11 @@
 use anyhow::Context as _;
 use diesel::prelude::{Insertable, Queryable, QueryableByName, Selectable};
 use time::OffsetDateTime;
-use users_domain::accounts::{NewEmailToken, OutboxMessage};
 use users_domain::permissions::Role;
-use users_domain::pictures::{PictureSize, PictureVariant, StoredPicture};
-use users_domain::ports::OutgoingMail;
+use users_domain::ports::{
+    EmailTokenPurpose, EmailTokenRecord, NewEmailToken, OutboxMessage, OutgoingMail, PictureSize, PictureVariant,
+    PortError, StoredPicture,
+};
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{
     Bio, EmailAddress, NewUser, Nickname, PasswordHash, PersonName, ProfileUrl, ProfileUrlKind, User, UserId,
@@ -43,6 +44,13 @@ pub(crate) struct UserRow {
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
     last_login_at: Option<OffsetDateTime>,
+}
+
+impl UserRow {
+    /// The domain's user; a row the domain refuses is corrupt data, not absence.
+    pub(crate) fn into_user(self) -> Result<User, PortError> {
+        User::try_from(self).map_err(PortError::Unknown)
+    }
 }
 
 impl TryFrom<UserRow> for User {
@@ -266,6 +274,35 @@ impl<'a> From<&'a NewEmailToken> for NewEmailTokenRow<'a> {
             new_email: token.new_email.as_ref().map(EmailAddress::as_str),
             expires_at: token.expires_at,
         }
+    }
+}
+
+/// An `email_tokens` row as read back: what the domain needs to judge a token.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = email_tokens)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct EmailTokenRow {
+    user_id: Uuid,
+    purpose: String,
+    new_email: Option<String>,
+    expires_at: OffsetDateTime,
+}
+
+impl TryFrom<EmailTokenRow> for EmailTokenRecord {
+    type Error = anyhow::Error;
+
+    /// Parses the purpose and the address through the domain's parsers; the table's checks keep both valid, so
+    /// only a row written around them fails.
+    fn try_from(row: EmailTokenRow) -> Result<Self, Self::Error> {
+        let user_id = row.user_id;
+        // As for users, the message names the row and the column but never the value.
+        let invalid = |column: &str| {
+            format!("email_tokens row of user {user_id}: column {column} holds a value the domain refuses")
+        };
+        let purpose = EmailTokenPurpose::parse(&row.purpose).with_context(|| invalid("purpose"))?;
+        let new_email =
+            row.new_email.as_deref().map(EmailAddress::parse).transpose().with_context(|| invalid("new_email"))?;
+        Ok(Self { user_id: UserId::from_uuid(user_id), purpose, new_email, expires_at: row.expires_at })
     }
 }
 
@@ -532,6 +569,33 @@ mod tests {
         let id = bad.id;
         let user = User::try_from(bad).unwrap();
         assert_eq!(user.nickname, Nickname::stand_in(UserId::from_uuid(id)));
+    }
+
+    fn token_row(purpose: &str, new_email: Option<&str>) -> EmailTokenRow {
+        EmailTokenRow {
+            user_id: Uuid::now_v7(),
+            purpose: purpose.to_owned(),
+            new_email: new_email.map(str::to_owned),
+            expires_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn an_email_token_row_is_read_through_the_domain_parsers() {
+        let record = EmailTokenRecord::try_from(token_row("email_change", Some("Ada@new.example.com"))).unwrap();
+        assert_eq!(record.purpose, EmailTokenPurpose::EmailChange);
+        assert_eq!(record.new_email.unwrap().as_str(), "Ada@new.example.com");
+        let record = EmailTokenRecord::try_from(token_row("password_reset", None)).unwrap();
+        assert_eq!(record.purpose, EmailTokenPurpose::PasswordReset);
+    }
+
+    #[test]
+    fn an_email_token_row_with_an_unknown_purpose_or_a_bad_address_is_refused_without_echoing_it() {
+        let error = EmailTokenRecord::try_from(token_row("admin", None)).unwrap_err();
+        assert!(!format!("{error:#}").contains("admin"), "{error:#}");
+        let error = EmailTokenRecord::try_from(token_row("email_change", Some("not an address"))).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("new_email") && !message.contains("not an address"), "{message}");
     }
 
     fn variant_row(size: &str, width: i32) -> PictureVariantRow {

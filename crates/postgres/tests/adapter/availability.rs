@@ -2,12 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use users_domain::ports::{PortError, UserRepository as _};
+use users_domain::ports::{InsertUserError, PortError, UserStore as _};
 use users_domain::user::UserId;
 use users_postgres::{PgConfig, PgRepository, PgSetupError};
 use users_testkit::TestDatabase;
 
-use crate::support::{SwitchableProxy, new_user, repository, repository_at};
+use crate::support::{SwitchableProxy, account, new_user, repository, repository_at};
 
 /// How long a test waits for an outage, or its end, to show before it fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -23,8 +23,8 @@ async fn a_server_that_refuses_connections_is_unavailable_at_once() {
     assert!(format!("{:#}", anyhow::Error::new(ping)).contains("refused"), "the cause reaches the log");
     let find = repository.find_user(UserId::generate()).await.unwrap_err();
     assert!(matches!(find, PortError::Unavailable(_)), "{find:?}");
-    let insert = repository.insert_user(new_user("ada@example.com", "ada")).await.unwrap_err();
-    assert!(matches!(insert, users_domain::ports::InsertUserError::Port(PortError::Unavailable(_))), "{insert:?}");
+    let insert = repository.insert_user(account(new_user("ada@example.com", "ada"))).await.unwrap_err();
+    assert!(matches!(insert, InsertUserError::Port(PortError::Unavailable(_))), "{insert:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
 }
 
@@ -54,7 +54,7 @@ async fn the_pool_recovers_when_the_database_comes_back() {
     proxied.set_host(Some("127.0.0.1")).unwrap();
     proxied.set_port(Some(proxy.address().port())).unwrap();
     let repository = repository_at(proxied.to_string()).await;
-    let user = repository.insert_user(new_user("ada@example.com", "ada")).await.unwrap();
+    let user = repository.insert_user(account(new_user("ada@example.com", "ada"))).await.unwrap();
 
     proxy.set_up(false);
     let deadline = Instant::now() + DEADLINE;

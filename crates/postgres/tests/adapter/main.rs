@@ -1,4 +1,10 @@
-//! Adapter tests: [`users_postgres::PgRepository`] and the migrations against a real Postgres.
+//! Adapter tests: [`users_postgres::PgRepository`] and the migrations against a real Postgres, one module per
+//! storage port (and one for the guarded user change, the biggest of them).
+//!
+//! They test what is the adapter's job: storing and reading rows faithfully (leniently where the domain allows),
+//! applying a decided change atomically, checking the stated preconditions under the right locks, mapping driver
+//! errors. The rules that decide a change (promotion, which tokens die, reuse handling) are the domain's and are
+//! tested there.
 //!
 //! Every test gets a database of its own from `users-testkit`, cloned from the migrated template and dropped at
 //! the end, so the tests run in parallel. They need `UM_TEST_DATABASE_URL`, which `cargo xtask test` sets; without
@@ -8,13 +14,15 @@
 // with the failing call's location is exactly the report wanted, so the whole crate may unwrap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod accounts;
-mod admin;
 mod availability;
-mod backoff;
+mod email_tokens;
+mod listing;
 mod migrations;
 mod outbox;
 mod pictures;
-mod repository;
+mod requests;
 mod sessions;
 mod support;
+mod throttle;
+mod user_updates;
+mod users;

@@ -5,11 +5,11 @@ use diesel::sql_types::BigInt;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use diesel_migrations::{FileBasedMigrations, MigrationHarness as _};
-use users_domain::ports::UserRepository as _;
+use users_domain::ports::UserStore as _;
 use users_postgres::{PgSetupError, run_migrations};
 use users_testkit::TestDatabase;
 
-use crate::support::{new_user, repository};
+use crate::support::{account, new_user, repository};
 
 /// The tables the migrations create.
 const TABLES: i64 = 8;
@@ -49,7 +49,7 @@ async fn migrations_are_idempotent() {
     run_migrations(&database.url()).await.unwrap();
     run_migrations(&database.url()).await.unwrap();
     assert_eq!(table_count(&database.url()).await, TABLES);
-    repository(&database).await.insert_user(new_user("ada@example.com", "ada")).await.unwrap();
+    repository(&database).await.insert_user(account(new_user("ada@example.com", "ada"))).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +61,7 @@ async fn migrations_revert_cleanly_and_apply_again_on_an_empty_database() {
     run_migrations(&database.url()).await.unwrap();
     run_migrations(&database.url()).await.unwrap();
     assert_eq!(table_count(&database.url()).await, TABLES);
-    repository(&database).await.insert_user(new_user("ada@example.com", "ada")).await.unwrap();
+    repository(&database).await.insert_user(account(new_user("ada@example.com", "ada"))).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
-//! The mail outbox as the dispatcher drains it: claims, leases, delivery and failure.
+//! `MailOutbox`: queueing, and the outbox as the dispatcher drains it: claims, leases, delivery and failure.
 
 use std::collections::HashSet;
 
 use time::{Duration, OffsetDateTime};
-use users_domain::ports::{MailOutbox as _, UserRepository as _};
+use users_domain::ports::{MailOutbox as _, PortError};
 use users_postgres::PgRepository;
 use users_testkit::TestDatabase;
 use uuid::Uuid;
@@ -29,6 +29,26 @@ async fn status(database: &TestDatabase, id: Uuid) -> String {
 
 async fn attempts(database: &TestDatabase, id: Uuid) -> i64 {
     count(database, &format!("SELECT attempts::bigint AS count FROM mail_outbox WHERE id = '{id}'")).await
+}
+
+#[tokio::test]
+async fn a_queued_mail_is_pending_and_due_at_once() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    repository.queue_mail(mail("ada@example.com", "Hello")).await.unwrap();
+    let due = "SELECT count(*) AS count FROM mail_outbox WHERE status = 'pending' AND next_attempt_at <= now() \
+               AND to_address = 'ada@example.com' AND subject = 'Hello' AND text_body LIKE 'Hello%' \
+               AND html_body = '<p>Hello</p>' AND attempts = 0 AND last_error IS NULL AND sent_at IS NULL";
+    assert_eq!(count(&database, due).await, 1);
+}
+
+#[tokio::test]
+async fn a_mail_with_a_line_break_in_its_subject_is_refused() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let error = repository.queue_mail(mail("ada@example.com", "Hi\r\nBcc: victim@example.com")).await.unwrap_err();
+    assert!(matches!(error, PortError::Unknown(_)), "{error:?}");
+    assert_eq!(count(&database, "SELECT count(*) AS count FROM mail_outbox").await, 0);
 }
 
 #[tokio::test]

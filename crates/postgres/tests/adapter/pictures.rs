@@ -3,18 +3,20 @@
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::{Duration, OffsetDateTime};
-use users_domain::pictures::{PictureRepository as _, PictureSize, PictureVariant, PictureWriteError, StoredPicture};
-use users_domain::ports::{PortError, UserRepository as _};
+use users_domain::ports::{
+    Guard, PictureRecords as _, PictureSize, PictureVariant, PictureWriteError, PortError, StoredPicture,
+    UserStore as _,
+};
 use users_domain::user::{User, UserId};
 use users_postgres::PgRepository;
 use users_testkit::TestDatabase;
 use uuid::Uuid;
 
-use crate::support::{count, new_user, now, repository, repository_with_connections, text};
+use crate::support::{account, count, new_user, now, repository, repository_with_connections, text};
 
 /// Inserts a user.
 async fn insert_user(repository: &PgRepository, nickname: &str) -> User {
-    repository.insert_user(new_user(&format!("{nickname}@example.com"), nickname)).await.unwrap()
+    repository.insert_user(account(new_user(&format!("{nickname}@example.com"), nickname))).await.unwrap()
 }
 
 /// A new active picture of `user_id` uploaded at `created_at`, with all three sizes; `seed` varies the hashes.
@@ -79,7 +81,6 @@ async fn an_inserted_picture_reads_back_as_the_active_one_with_its_sizes() {
     assert_eq!(previous, None);
     assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(new.clone()));
     assert_eq!(repository.archived_pictures(user.id).await.unwrap(), []);
-    assert_eq!(repository.all_pictures(user.id).await.unwrap(), std::slice::from_ref(&new));
     let stored = repository.find_user(user.id).await.unwrap().unwrap();
     assert_eq!(stored.profile_picture_id, Some(new.id));
     assert_eq!(stored.updated_at, at);
@@ -93,7 +94,8 @@ async fn a_user_without_pictures_has_no_active_picture_and_no_history() {
     let user = insert_user(&repository, "ada").await;
     assert_eq!(repository.active_picture(user.id).await.unwrap(), None);
     assert_eq!(repository.archived_pictures(user.id).await.unwrap(), []);
-    assert_eq!(repository.all_pictures(UserId::generate()).await.unwrap(), []);
+    assert_eq!(repository.active_picture(UserId::generate()).await.unwrap(), None);
+    assert_eq!(repository.archived_pictures(UserId::generate()).await.unwrap(), []);
 }
 
 #[tokio::test]
@@ -270,9 +272,9 @@ async fn the_history_lists_archived_pictures_newest_first() {
     let history = repository.archived_pictures(user.id).await.unwrap();
     assert_eq!(ids(&history), [by_minute(3), by_minute(2), by_minute(1), by_minute(0)]);
     assert!(history.iter().all(|picture| picture.archived && picture.variants.len() == 3));
-    let all = repository.all_pictures(user.id).await.unwrap();
-    assert_eq!(ids(&all), [by_minute(4), by_minute(3), by_minute(2), by_minute(1), by_minute(0)]);
-    assert_eq!(all.iter().filter(|picture| !picture.archived).count(), 1);
+    let active = repository.active_picture(user.id).await.unwrap().unwrap();
+    assert_eq!(active.id, pictures[4].id, "the last upload is the active one");
+    assert!(!active.archived);
 }
 
 #[tokio::test]
@@ -280,7 +282,7 @@ async fn a_picture_for_a_deleted_user_is_refused_as_user_gone_and_nothing_is_sto
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
-    assert!(repository.delete_user(user.id).await.unwrap());
+    repository.delete_user(user.id, Guard::default()).await.unwrap();
 
     let error = repository.insert_active_picture(picture(user.id, now(), 1), now()).await.unwrap_err();
     assert!(matches!(error, PictureWriteError::UserGone), "{error:?}");
@@ -340,8 +342,9 @@ async fn deleting_a_user_removes_their_pictures_and_sizes_but_no_one_elses() {
     repository.insert_active_picture(graces.clone(), now()).await.unwrap();
 
     // The user points at its active picture, which points back at the user: the cascade must still go through.
-    assert!(repository.delete_user(ada.id).await.unwrap());
-    assert_eq!(repository.all_pictures(ada.id).await.unwrap(), []);
+    repository.delete_user(ada.id, Guard::default()).await.unwrap();
+    assert_eq!(repository.active_picture(ada.id).await.unwrap(), None);
+    assert_eq!(repository.archived_pictures(ada.id).await.unwrap(), []);
     assert_eq!(rows(&database, "pictures").await, 1);
     assert_eq!(rows(&database, "picture_variants").await, 3);
     assert_eq!(repository.active_picture(grace.id).await.unwrap(), Some(graces));

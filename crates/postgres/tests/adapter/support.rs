@@ -11,11 +11,10 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use users_domain::accounts::{EmailTokenPurpose, NewEmailToken};
 use users_domain::permissions::Role;
-use users_domain::ports::OutgoingMail;
+use users_domain::ports::{EmailTokenPurpose, NewAccount, NewEmailToken, OutgoingMail, UserStore as _, UserUpdate};
 use users_domain::session::{NewSession, RefreshToken, SessionId, TokenHash};
-use users_domain::user::{EmailAddress, NewUser, Nickname, PasswordHash, PersonName, UserId};
+use users_domain::user::{EmailAddress, NewUser, Nickname, PasswordHash, PersonName, User, UserId};
 use users_postgres::{PgConfig, PgRepository};
 use users_testkit::TestDatabase;
 
@@ -50,6 +49,29 @@ pub fn new_user(email: &str, nickname: &str) -> NewUser {
         email_verified: false,
         password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".to_owned()),
     }
+}
+
+/// `user` as a new account without a token or mails.
+pub fn account(user: NewUser) -> NewAccount {
+    NewAccount { user, token: None, mails: Vec::new() }
+}
+
+/// Inserts an unverified ANONYMOUS user with the given email and nickname.
+pub async fn insert(repository: &PgRepository, email: &str, nickname: &str) -> User {
+    repository.insert_user(account(new_user(email, nickname))).await.unwrap()
+}
+
+/// Inserts a user with `role`, verified unless ANONYMOUS.
+pub async fn insert_with_role(repository: &PgRepository, email: &str, nickname: &str, role: Role) -> User {
+    let mut new = new_user(email, nickname);
+    new.role = role;
+    new.email_verified = role != Role::Anonymous;
+    repository.insert_user(account(new)).await.unwrap()
+}
+
+/// Inserts an unlocked ADMIN named `nickname`.
+pub async fn admin(repository: &PgRepository, nickname: &str) -> User {
+    insert_with_role(repository, &format!("{nickname}@example.com"), nickname, Role::Admin).await
 }
 
 /// Postgres keeps microseconds; the domain's clock has nanoseconds.
@@ -93,9 +115,23 @@ pub fn email_token(
         purpose,
         new_email: new_email.map(|email| EmailAddress::parse(email).unwrap()),
         expires_at: to_micros(now + valid_for),
-        drops: Vec::new(),
-        replaces_password: None,
     }
+}
+
+/// Stores a token of `purpose` for `user_id`, valid for a day, through a change that does nothing else, and
+/// returns its hash.
+pub async fn issue(
+    repository: &PgRepository,
+    user_id: UserId,
+    purpose: EmailTokenPurpose,
+    new_email: Option<&str>,
+) -> TokenHash {
+    let token = email_token(user_id, purpose, new_email, now(), time::Duration::days(1));
+    let hash = token.hash.clone();
+    let mut update = UserUpdate::new(user_id, now());
+    update.issue_token = Some(token);
+    repository.update_user(update).await.unwrap();
+    hash
 }
 
 /// A mail to `to` with a subject and both bodies.
@@ -124,6 +160,11 @@ pub async fn count(database: &TestDatabase, query: &str) -> i64 {
     let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
     let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
     row.count
+}
+
+/// How many rows `table` holds.
+pub async fn rows(database: &TestDatabase, table: &str) -> i64 {
+    count(database, &format!("SELECT count(*) AS count FROM {table}")).await
 }
 
 /// The nullable text column `value` of a query's single row.

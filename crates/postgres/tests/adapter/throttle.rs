@@ -1,9 +1,8 @@
-//! The per-account backoff: failures counted atomically, the block the policy gives them, and clearing.
+//! `LoginThrottle`: failures counted atomically per key, the block the domain's policy gives them, and clearing.
 
 use time::Duration;
 use tokio::task::JoinSet;
-use users_domain::accounts::{BackoffPolicy, FailureCount};
-use users_domain::ports::UserRepository as _;
+use users_domain::ports::{BackoffPolicy, FailureCount, LoginThrottle as _};
 use users_testkit::TestDatabase;
 
 use crate::support::{now, repository, repository_with_connections};

@@ -1,14 +1,43 @@
-//! The per-account backoff: consecutive failures counted atomically, and the block the domain's policy gives them.
+//! The login backoff: the domain's [`LoginThrottle`] on the `login_attempts` table. Consecutive failures are
+//! counted atomically per key and blocked as the domain's [`BackoffPolicy`] says for the stored count.
 
 use diesel::prelude::{OptionalExtension as _, QueryDsl as _};
+use diesel::result::Error as DieselError;
 use diesel::sql_types::{Text, Timestamptz};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
-use users_domain::accounts::{BackoffPolicy, FailureCount};
-use users_domain::ports::PortError;
+use users_domain::ports::{BackoffPolicy, FailureCount, LoginThrottle, PortError};
 
-use crate::errors::TxError;
+use crate::errors::{TxError, query_error};
+use crate::repository::PgRepository;
 use crate::schema::login_attempts;
+
+impl LoginThrottle for PgRepository {
+    async fn login_failures(&self, key: String) -> Result<Option<FailureCount>, PortError> {
+        let mut connection = self.connection().await?;
+        let found = failures(&mut connection, &key).await;
+        found.map_err(|error| error.into_port(&mut connection, "reading the login backoff"))
+    }
+
+    async fn record_login_failure(
+        &self,
+        key: String,
+        now: OffsetDateTime,
+        policy: BackoffPolicy,
+    ) -> Result<Option<OffsetDateTime>, PortError> {
+        let mut connection = self.connection().await?;
+        let recorded = record_failure(&mut connection, &key, now, policy).await;
+        recorded.map_err(|error| error.into_port(&mut connection, "counting a failed login"))
+    }
+
+    async fn clear_login_failures(&self, key: String) -> Result<(), PortError> {
+        let mut connection = self.connection().await?;
+        match clear(&mut connection, &key).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "clearing the login backoff")),
+        }
+    }
+}
 
 /// The count a failure upsert returns.
 #[derive(diesel::QueryableByName)]
@@ -24,11 +53,8 @@ struct Blocked {
     blocked_until: Option<OffsetDateTime>,
 }
 
-/// The stored failures of `key`, if any; see the port's `login_failures`.
-pub(crate) async fn failures(
-    connection: &mut AsyncPgConnection,
-    key: &str,
-) -> Result<Option<FailureCount>, TxError<PortError>> {
+/// The stored failures of `key`, if any.
+async fn failures(connection: &mut AsyncPgConnection, key: &str) -> Result<Option<FailureCount>, TxError<PortError>> {
     let row: Option<(i32, Option<OffsetDateTime>)> = login_attempts::table
         .find(key)
         .select((login_attempts::failures, login_attempts::blocked_until))
@@ -38,13 +64,12 @@ pub(crate) async fn failures(
     row.map(|(failures, blocked_until)| Ok(FailureCount { failures: count(failures)?, blocked_until })).transpose()
 }
 
-/// Counts one failure of `key` and applies the block the domain's policy gives for the new count; see the port's
-/// `record_login_failure`.
+/// Counts one failure of `key` and applies the block the domain's policy gives for the new count.
 ///
 /// The count is one upsert, so concurrent failures are each counted once; its row lock holds until commit, and
 /// the block is written in the same transaction from the count the upsert returned. A block already in place is
 /// never shortened.
-pub(crate) async fn record_failure(
+async fn record_failure(
     connection: &mut AsyncPgConnection,
     key: &str,
     now: OffsetDateTime,
@@ -81,6 +106,11 @@ pub(crate) async fn record_failure(
             Ok(until)
         })
         .await
+}
+
+/// Forgets the failures of `key`; also run inside a user change that clears them.
+pub(crate) async fn clear(connection: &mut AsyncPgConnection, key: &str) -> Result<(), DieselError> {
+    diesel::delete(login_attempts::table.find(key)).execute(connection).await.map(drop)
 }
 
 /// A stored count as the domain's type; the column's check keeps it positive.

@@ -1,0 +1,217 @@
+//! Sessions and their refresh-token families: the domain's [`SessionStore`] on the `sessions` and `refresh_tokens`
+//! tables.
+//!
+//! Which refresh wins, when a reuse revokes a family and when a session counts as expired are the domain's rules.
+//! The store reads rows and applies one compare-and-set: a rotation marks the presented token used only while it is
+//! still unused and its session unrevoked, under a row lock on the session that serialises concurrent rotations of
+//! one family, so of two concurrent rotations of one token exactly one succeeds.
+
+use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
+use diesel::result::Error as DieselError;
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use time::OffsetDateTime;
+use users_domain::ports::{PortError, RefreshRecord, SessionEnd, SessionStore};
+use users_domain::session::{NewSession, Session, SessionId, TokenHash};
+use users_domain::user::{User, UserId};
+use uuid::Uuid;
+
+use crate::errors::query_error;
+use crate::repository::PgRepository;
+use crate::rows::{NewRefreshTokenRow, NewSessionRow, SessionRow, UserRow};
+use crate::schema::{refresh_tokens, sessions, users};
+
+impl SessionStore for PgRepository {
+    async fn start_session(&self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
+        let mut connection = self.connection().await?;
+        let session_row = NewSessionRow::new(&session, at);
+        let token_row = NewRefreshTokenRow::first_of(&session, at);
+        let user_id = session.user_id.as_uuid();
+        // The session, its first refresh token and the login time commit together or not at all: a session
+        // without a token could never be refreshed, and a token without a session would dangle.
+        let started = connection
+            .transaction::<_, DieselError, _>(async |connection| {
+                let row = diesel::insert_into(sessions::table)
+                    .values(&session_row)
+                    .returning(SessionRow::as_returning())
+                    .get_result(connection)
+                    .await?;
+                diesel::insert_into(refresh_tokens::table).values(&token_row).execute(connection).await?;
+                diesel::update(users::table.find(user_id)).set(users::last_login_at.eq(at)).execute(connection).await?;
+                Ok(row)
+            })
+            .await;
+        match started {
+            Ok(row) => Ok(row.into()),
+            Err(error) => Err(query_error(error, &mut connection, "starting a session")),
+        }
+    }
+
+    async fn find_session_with_user(&self, id: SessionId) -> Result<Option<(Session, User)>, PortError> {
+        let mut connection = self.connection().await?;
+        let found = sessions::table
+            .inner_join(users::table)
+            .filter(sessions::id.eq(id.as_uuid()))
+            .select((SessionRow::as_select(), UserRow::as_select()))
+            .get_result::<(SessionRow, UserRow)>(&mut connection)
+            .await
+            .optional();
+        match found {
+            Ok(Some((session, user))) => Ok(Some((session.into(), user.into_user()?))),
+            Ok(None) => Ok(None),
+            Err(error) => Err(query_error(error, &mut connection, "finding a session with its user")),
+        }
+    }
+
+    async fn find_refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, PortError> {
+        let mut connection = self.connection().await?;
+        let found = refresh_tokens::table
+            .inner_join(sessions::table.inner_join(users::table))
+            .filter(refresh_tokens::token_hash.eq(hash.as_str()))
+            .select((refresh_tokens::used_at, SessionRow::as_select(), UserRow::as_select()))
+            .get_result::<(Option<OffsetDateTime>, SessionRow, UserRow)>(&mut connection)
+            .await
+            .optional();
+        match found {
+            Ok(Some((used_at, session, user))) => {
+                Ok(Some(RefreshRecord { session: session.into(), user: user.into_user()?, used: used_at.is_some() }))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => Err(query_error(error, &mut connection, "finding a refresh token")),
+        }
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        session: SessionId,
+        presented: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<Session>, PortError> {
+        let mut connection = self.connection().await?;
+        let rotated = rotate(&mut connection, session.as_uuid(), &presented, &next, now).await;
+        match rotated {
+            Ok(row) => Ok(row.map(Session::from)),
+            Err(error) => Err(query_error(error, &mut connection, "rotating a refresh token")),
+        }
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        owner: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        // With an owner, the owner is part of the condition, so someone else's session reads as "no such session".
+        let mut revoke =
+            diesel::update(sessions::table.find(id.as_uuid())).filter(sessions::revoked_at.is_null()).into_boxed();
+        if let Some(owner) = owner {
+            revoke = revoke.filter(sessions::user_id.eq(owner.as_uuid()));
+        }
+        match revoke.set(sessions::revoked_at.eq(now)).execute(&mut connection).await {
+            Ok(revoked) => Ok(revoked > 0),
+            Err(error) => Err(query_error(error, &mut connection, "revoking a session")),
+        }
+    }
+
+    async fn end_sessions(&self, user_id: UserId, end: SessionEnd, now: OffsetDateTime) -> Result<(), PortError> {
+        if end == SessionEnd::Keep {
+            return Ok(());
+        }
+        let mut connection = self.connection().await?;
+        match end_sessions_of(&mut connection, user_id.as_uuid(), end, now).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "ending sessions of a user")),
+        }
+    }
+
+    async fn list_sessions(&self, user_id: UserId, now: OffsetDateTime) -> Result<Vec<Session>, PortError> {
+        let mut connection = self.connection().await?;
+        let listed = sessions::table
+            .filter(sessions::user_id.eq(user_id.as_uuid()))
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(now))
+            .order((sessions::created_at.desc(), sessions::id.desc()))
+            .select(SessionRow::as_select())
+            .load::<SessionRow>(&mut connection)
+            .await;
+        match listed {
+            Ok(rows) => Ok(rows.into_iter().map(Session::from).collect()),
+            Err(error) => Err(query_error(error, &mut connection, "listing sessions")),
+        }
+    }
+}
+
+/// Exchanges `presented` for `next` in session `session_id`, compare-and-set, in one transaction; `None` when the
+/// token is not an unused token of that session or the session is revoked (nothing changed then).
+async fn rotate(
+    connection: &mut AsyncPgConnection,
+    session_id: Uuid,
+    presented: &TokenHash,
+    next: &TokenHash,
+    now: OffsetDateTime,
+) -> Result<Option<SessionRow>, DieselError> {
+    connection
+        .transaction::<_, DieselError, _>(async |connection| {
+            // NO KEY UPDATE is enough to exclude a concurrent rotation or revocation (it conflicts with itself and
+            // with their updates) without blocking the key-share lock that inserting the family's next token takes
+            // on this row. A revocation that committed while this waited makes the row fail the condition when it
+            // is re-checked under the lock.
+            let unrevoked = sessions::table
+                .find(session_id)
+                .filter(sessions::revoked_at.is_null())
+                .select(sessions::id)
+                .for_no_key_update()
+                .get_result::<Uuid>(connection)
+                .await
+                .optional()?;
+            if unrevoked.is_none() {
+                return Ok(None);
+            }
+            // Conditional even under the lock: the token is consumed only if nobody else consumed it, whatever
+            // path they took, so one token can never mint two successors.
+            let consumed = diesel::update(refresh_tokens::table.find(presented.as_str()))
+                .filter(refresh_tokens::session_id.eq(session_id))
+                .filter(refresh_tokens::used_at.is_null())
+                .set(refresh_tokens::used_at.eq(now))
+                .execute(connection)
+                .await?;
+            if consumed == 0 {
+                return Ok(None);
+            }
+            diesel::insert_into(refresh_tokens::table)
+                .values(NewRefreshTokenRow::next_of(next, session_id, now))
+                .execute(connection)
+                .await?;
+            let session = diesel::update(sessions::table.find(session_id))
+                .set(sessions::last_used_at.eq(now))
+                .returning(SessionRow::as_returning())
+                .get_result::<SessionRow>(connection)
+                .await?;
+            Ok(Some(session))
+        })
+        .await
+}
+
+/// Revokes the user's unrevoked sessions that `end` names; sessions already revoked keep their first revocation
+/// time. Also run inside a user change that ends sessions.
+pub(crate) async fn end_sessions_of(
+    connection: &mut AsyncPgConnection,
+    user_id: Uuid,
+    end: SessionEnd,
+    now: OffsetDateTime,
+) -> Result<usize, DieselError> {
+    let keep = match end {
+        SessionEnd::Keep => return Ok(0),
+        SessionEnd::All => None,
+        SessionEnd::AllBut(keep) => Some(keep),
+    };
+    let mut revoke = diesel::update(sessions::table)
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null())
+        .into_boxed();
+    if let Some(keep) = keep {
+        revoke = revoke.filter(sessions::id.ne(keep.as_uuid()));
+    }
+    revoke.set(sessions::revoked_at.eq(now)).execute(connection).await
+}

@@ -1,0 +1,252 @@
+//! The filtered, keyset-paginated listing of users behind `GET /users`
+//! ([`UserStore::list_users`](users_domain::ports::UserStore::list_users)).
+//!
+//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter. It is
+//! built as a raw query on purpose: such a statement is never kept in the prepared-statement cache, so Postgres
+//! plans it with the actual values every time. A cached statement could be switched to a generic plan after a few
+//! runs, and a generic plan cannot use the prefix indexes, since `LIKE $1` has no known prefix to scan for.
+
+use diesel::QueryableByName;
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Text, Timestamptz};
+use diesel_async::RunQueryDsl as _;
+use users_domain::ports::{PortError, UserCursor, UserQuery, UserSort};
+use users_domain::user::User;
+
+use crate::errors::query_error;
+use crate::repository::PgRepository;
+use crate::rows::UserRow;
+
+/// The columns [`UserRow`] reads, in its order; `failed_login_count` is not part of a user.
+const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, profile_picture_id, \
+     linkedin_profile_url, github_profile_url, role, is_professional, professional_status_updated_at, \
+     email_verified, pending_email, is_locked, password_hash, created_at, updated_at, last_login_at";
+
+/// The character that escapes `%`, `_` and itself in a prefix. Every `LIKE` of the listing names it explicitly
+/// (`ESCAPE E'\\'`, an escape-string literal, so it reads as one backslash whatever `standard_conforming_strings`
+/// says) instead of relying on it being the default.
+const LIKE_ESCAPE: char = '\\';
+
+/// One line of an `EXPLAIN` output.
+#[derive(Debug, QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text)]
+    #[diesel(column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// A raw query under construction that numbers its own placeholders, so fragments and binds cannot get out of
+/// step.
+struct Statement {
+    query: BoxedSqlQuery<'static, Pg, SqlQuery>,
+    binds: usize,
+}
+
+impl Statement {
+    fn new(lead: &str) -> Self {
+        Self { query: diesel::sql_query(lead).into_boxed(), binds: 0 }
+    }
+
+    /// Appends fixed SQL text: never a value.
+    fn sql(self, text: &str) -> Self {
+        Self { query: self.query.sql(text), ..self }
+    }
+
+    /// Appends a placeholder and binds `value` to it.
+    fn bind<ST, V>(self, value: V) -> Self
+    where
+        Pg: HasSqlType<ST>,
+        V: ToSql<ST, Pg> + Send + 'static,
+        ST: Send + 'static,
+    {
+        let binds = self.binds + 1;
+        Self { query: self.query.sql(format!("${binds}")).bind::<ST, _>(value), binds }
+    }
+}
+
+/// `prefix` as a `LIKE` pattern body that matches itself literally: the escape character, `%` and `_` are each
+/// preceded by the escape character. The caller appends the `%` that makes it a prefix.
+fn escape_like(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len() + 8);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_') || c == LIKE_ESCAPE {
+            escaped.push(LIKE_ESCAPE);
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The listing of `query` as one statement after `lead` (`SELECT` or `EXPLAIN ... SELECT`).
+///
+/// Every condition is a fixed fragment with bound values: the roles the caller may see (none gives no rows), the
+/// flag filters, the prefix over the four searched columns, and the keyset condition of the sort, whose row
+/// comparison and `ORDER BY` match an index (see migration 000003) so a page is one short index range scan.
+fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError> {
+    let roles: Vec<&'static str> = query.roles.iter().map(|role| role.as_str()).collect();
+    let mut statement = Statement::new(lead)
+        .sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE role = ANY("))
+        .bind::<Array<Text>, _>(roles)
+        .sql(")");
+    for (column, value) in [
+        ("email_verified", query.email_verified),
+        ("is_locked", query.is_locked),
+        ("is_professional", query.is_professional),
+    ] {
+        if let Some(value) = value {
+            statement = statement.sql(&format!(" AND {column} = ")).bind::<Bool, _>(value);
+        }
+    }
+    // An empty prefix matches everyone, which is no filter at all.
+    if let Some(prefix) = query.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
+        let pattern = escape_like(prefix);
+        statement = statement.sql(" AND (");
+        for (index, column) in ["email", "nickname", "first_name", "last_name"].into_iter().enumerate() {
+            let or = if index == 0 { "" } else { " OR " };
+            // lower() on both sides makes the match case-insensitive with one case mapping, the database's; the
+            // pattern is a constant once the value is bound, so the planner turns it into an index range.
+            statement = statement
+                .sql(&format!("{or}lower({column}) LIKE (lower("))
+                .bind::<Text, _>(pattern.clone())
+                .sql(r") || '%') ESCAPE E'\\'");
+        }
+        statement = statement.sql(")");
+    }
+    statement = match (query.sort, &query.after) {
+        (_, None) => statement,
+        (UserSort::CreatedAt, Some(UserCursor::CreatedAt(at, id))) => statement
+            .sql(" AND (created_at, id) > (")
+            .bind::<Timestamptz, _>(*at)
+            .sql(", ")
+            .bind::<diesel::sql_types::Uuid, _>(id.as_uuid())
+            .sql(")"),
+        (UserSort::CreatedAtDesc, Some(UserCursor::CreatedAt(at, id))) => statement
+            .sql(" AND (created_at, id) < (")
+            .bind::<Timestamptz, _>(*at)
+            .sql(", ")
+            .bind::<diesel::sql_types::Uuid, _>(id.as_uuid())
+            .sql(")"),
+        // The cursor's key is lower-cased again in SQL, so it compares exactly like the column side even if the
+        // caller's lower-casing differed from the database's.
+        (UserSort::Email, Some(UserCursor::Email(email, id))) => statement
+            .sql(" AND (lower(email), id) > (lower(")
+            .bind::<Text, _>(email.clone())
+            .sql("), ")
+            .bind::<diesel::sql_types::Uuid, _>(id.as_uuid())
+            .sql(")"),
+        (UserSort::Nickname, Some(UserCursor::Nickname(nickname, id))) => statement
+            .sql(" AND (lower(nickname), id) > (lower(")
+            .bind::<Text, _>(nickname.clone())
+            .sql("), ")
+            .bind::<diesel::sql_types::Uuid, _>(id.as_uuid())
+            .sql(")"),
+        // The service refuses such a cursor before asking; reaching here is a bug, not a request to start over.
+        (sort, Some(_)) => {
+            return Err(PortError::Unknown(anyhow::anyhow!(
+                "a user listing sorted by {} was given a cursor of another order",
+                sort.as_str()
+            )));
+        }
+    };
+    let order = match query.sort {
+        UserSort::CreatedAt => " ORDER BY created_at, id",
+        UserSort::CreatedAtDesc => " ORDER BY created_at DESC, id DESC",
+        UserSort::Email => " ORDER BY lower(email), id",
+        UserSort::Nickname => " ORDER BY lower(nickname), id",
+    };
+    Ok(statement.sql(order).sql(" LIMIT ").bind::<BigInt, _>(i64::from(query.limit)))
+}
+
+impl PgRepository {
+    /// Lists one page of users (see [`users_domain::ports::UserStore::list_users`]).
+    pub(crate) async fn list_users_page(&self, query: &UserQuery) -> Result<Vec<User>, PortError> {
+        let statement = list_statement("", query)?;
+        let mut connection = self.connection().await?;
+        match statement.query.load::<UserRow>(&mut connection).await {
+            // A row the domain refuses is logged and left out, so one corrupt account cannot take the whole list
+            // (and every page containing it) down with it.
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    row.into_user()
+                        .inspect_err(
+                            |error| tracing::error!(error = %format!("{error:#}"), "skipping an unreadable user row"),
+                        )
+                        .ok()
+                })
+                .collect()),
+            Err(error) => Err(query_error(error, &mut connection, "listing users")),
+        }
+    }
+
+    /// The plan Postgres chooses for the listing of `query`, as `EXPLAIN (FORMAT TEXT)` prints it, from the very
+    /// statement [`list_users`](users_domain::ports::UserStore::list_users) runs. For tests that check the
+    /// indexes are used.
+    ///
+    /// # Errors
+    /// [`PortError`] when the statement cannot be built or storage fails.
+    #[doc(hidden)]
+    pub async fn explain_list_users(&self, query: UserQuery) -> Result<String, PortError> {
+        let statement = list_statement("EXPLAIN (FORMAT TEXT) ", &query)?;
+        let mut connection = self.connection().await?;
+        match statement.query.load::<PlanLine>(&mut connection).await {
+            Ok(lines) => Ok(lines.into_iter().map(|line| line.line).collect::<Vec<_>>().join("\n")),
+            Err(error) => Err(query_error(error, &mut connection, "explaining a user listing")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use users_domain::permissions::Role;
+    use users_domain::user::UserId;
+
+    use super::*;
+
+    #[test]
+    fn escaping_makes_wildcards_and_the_escape_character_literal() {
+        assert_eq!(escape_like("ada"), "ada");
+        assert_eq!(escape_like("50%_off"), r"50\%\_off");
+        assert_eq!(escape_like(r"back\slash"), r"back\\slash");
+        assert_eq!(escape_like("o'brien"), "o'brien", "quotes need no escaping: the value is bound");
+    }
+
+    #[test]
+    fn the_listing_binds_every_value_and_orders_by_the_sort_key_and_id() {
+        let query = UserQuery {
+            limit: 20,
+            sort: UserSort::Email,
+            after: Some(UserCursor::Email("x'; DROP TABLE users; --".to_owned(), UserId::generate())),
+            prefix: Some("o'b%".to_owned()),
+            roles: vec![Role::Anonymous, Role::Authenticated],
+            email_verified: Some(true),
+            is_locked: None,
+            is_professional: Some(false),
+        };
+        let statement = list_statement("", &query).unwrap();
+        let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
+        let text = sql.split(" -- binds: ").next().unwrap();
+        assert!(!text.contains("DROP") && !text.contains("o'b"), "{text}");
+        assert!(text.contains("AND (lower(email), id) > (lower($8), $9)"), "{text}");
+        assert!(text.contains(r"OR lower(last_name) LIKE (lower($7) || '%') ESCAPE E'\\')"), "{text}");
+        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $10"), "{text}");
+        assert_eq!(statement.binds, 10);
+    }
+
+    #[test]
+    fn a_cursor_of_another_order_is_refused() {
+        let query = UserQuery {
+            limit: 20,
+            sort: UserSort::Nickname,
+            after: Some(UserCursor::Email("ada@example.com".to_owned(), UserId::generate())),
+            prefix: None,
+            roles: vec![Role::Anonymous],
+            email_verified: None,
+            is_locked: None,
+            is_professional: None,
+        };
+        assert!(matches!(list_statement("", &query), Err(PortError::Unknown(_))));
+    }
+}
