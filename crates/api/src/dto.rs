@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use users_domain::accounts::{MeUpdate, Registration};
 use users_domain::admin::{AdminChanges, AdminCreate};
-use users_domain::ports::ProfileChanges;
-use users_domain::sessions::SessionSummary;
 use users_domain::permissions::Role;
+use users_domain::ports::ProfileChanges;
 use users_domain::session::TokenPair;
+use users_domain::sessions::SessionSummary;
 use users_domain::{Bio, EmailAddress, Nickname, PersonName, ProfileUrl, ProfileUrlKind, User};
 
 use crate::error::{ApiError, FieldErrors};

@@ -13,9 +13,7 @@ use serde::Serialize;
 use users_domain::accounts::{
     ChangePasswordError, DeleteMeError, RegisterError, ResetPasswordError, UpdateMeError, VerifyEmailError,
 };
-use users_domain::admin::{
-    CreateUserError, DeleteUserError, GetUserError, ListUsersError, UpdateUserError,
-};
+use users_domain::admin::{CreateUserError, DeleteUserError, GetUserError, ListUsersError, UpdateUserError};
 use users_domain::pictures::{PictureError, UploadError};
 use users_domain::ports::{ImageError, PortError};
 use users_domain::sessions::{AuthError, LoginError, RefreshError};

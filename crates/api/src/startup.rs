@@ -42,9 +42,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 pub async fn build_service(config: &Config) -> anyhow::Result<AppService> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
-    let db = PgRepository::connect(&config.database)
-        .await
-        .context("connecting to DATABASE_URL")?;
+    let db = PgRepository::connect(&config.database).await.context("connecting to DATABASE_URL")?;
     let hasher = Argon2Hasher::new(HasherConfig::default()).context("setting up password hashing")?;
     let tokens = JwtCodec::load_or_generate(&JwtConfig {
         algorithm: config.jwt_algorithm.clone(),

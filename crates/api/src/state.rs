@@ -113,10 +113,7 @@ pub struct AppState<P> {
 }
 
 impl<P: Ports> Authenticate for AppState<P> {
-    fn authenticate<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>> {
         Box::pin(self.service.authenticate(token))
     }
 }
@@ -135,4 +132,3 @@ impl<P: Ports> AppState<P> {
         })
     }
 }
-

@@ -2,7 +2,7 @@
 //! declared content type.
 
 use image::ImageFormat;
-use users_domain::pictures::ImageError;
+use users_domain::ports::ImageError;
 
 /// The accepted upload formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use users_domain::pictures::{ImageError, ImageProcessor, ProcessedImage};
+use users_domain::ports::{ImageError, ImageProcessor, ProcessedImage};
 
 use crate::format::SourceFormat;
 use crate::process;

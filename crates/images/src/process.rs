@@ -11,7 +11,7 @@ use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::imageops::FilterType;
 use image::metadata::Orientation;
 use image::{ColorType, DynamicImage, ImageDecoder, ImageReader, Limits};
-use users_domain::pictures::{
+use users_domain::ports::{
     EncodedImage, ImageError, MAX_DIMENSION, MAX_PIXELS, MEDIUM_EDGE, MIN_DIMENSION, ORIGINAL_EDGE, ProcessedImage,
     THUMB_EDGE,
 };

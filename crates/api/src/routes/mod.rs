@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::web::{Bytes, BytesMut, Data};
+use actix_web::web::{self, Bytes, BytesMut, Data};
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 use futures_util::StreamExt as _;
 use users_domain::sessions::{ClientInfo, Principal};
@@ -165,7 +165,9 @@ pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<
                 .route(web::post().to(accounts::reset_password::<P>)),
         )
         .service(
-            web::resource("/users").route(web::get().to(users::list_users::<P>)).route(web::post().to(users::create_user::<P>)),
+            web::resource("/users")
+                .route(web::get().to(users::list_users::<P>))
+                .route(web::post().to(users::create_user::<P>)),
         )
         .service(
             web::resource("/users/{id}")

@@ -12,8 +12,8 @@ use crate::dto::StatusResponse;
 use crate::error::ApiError;
 use crate::openapi::Unavailable;
 use crate::state::AppState;
-use users_domain::ports::Ports;
 use crate::telemetry::metrics_handle;
+use users_domain::ports::Ports;
 
 /// How long a readiness probe waits for each dependency.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

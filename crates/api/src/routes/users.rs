@@ -12,9 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use users_domain::UserId;
-use users_domain::ports::{UserCursor, UserSort};
 use users_domain::admin::{ListUsers, MAX_PAGE};
 use users_domain::permissions::Role;
+use users_domain::ports::{UserCursor, UserSort};
 use uuid::Uuid;
 
 use super::{SMALL_BODY_LIMIT, Staff, parse_json, read_body};
@@ -169,7 +169,11 @@ fn parse_id(raw: &str) -> Result<UserId, ApiError> {
         Unavailable,
     )
 )]
-pub async fn list_users<P: Ports>(state: web::Data<AppState<P>>, staff: Staff, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn list_users<P: Ports>(
+    state: web::Data<AppState<P>>,
+    staff: Staff,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let request = parse_list_query(req.query_string())?;
     let page = state.service.list_users(&staff.0, request).await?;
     let next_cursor = page.next.as_ref().map(encode_cursor);

@@ -393,7 +393,9 @@ impl<P: Ports> Service<P> {
         // Verifying an address promotes ANONYMOUS, also when an administrator vouches for it, unless the same
         // request sets a role of its own.
         fields.role = changes.role.or_else(|| {
-            (changes.email_verified == Some(true)).then(|| target.role.once_verified()).filter(|role| *role != target.role)
+            (changes.email_verified == Some(true))
+                .then(|| target.role.once_verified())
+                .filter(|role| *role != target.role)
         });
         // The status time records when the status last changed, so granting it twice keeps the first time.
         fields.professional = changes
