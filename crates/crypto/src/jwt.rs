@@ -123,6 +123,16 @@ impl JwtCodec {
         Self::from_key(&key, config.issuer.clone(), config.audience.clone())
     }
 
+    /// A codec with a fresh P-256 key that lives only in memory: for tests, examples and embedding, where tokens
+    /// need not outlive the process. Every call makes a new key, so tokens of one codec fail on another.
+    ///
+    /// # Errors
+    /// [`KeyError::Crypto`] when the key cannot be generated.
+    pub fn ephemeral(issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        let key = ES256.generate_key_pair().map_err(KeyError::Crypto)?;
+        Self::from_key(&key, issuer.to_owned(), audience.to_owned())
+    }
+
     fn from_key(key: &EcKeyPair, issuer: String, audience: String) -> Result<Self, KeyError> {
         let coordinates = PublicCoordinates::of(key)?;
         let kid = coordinates.thumbprint();

@@ -1,4 +1,5 @@
-//! Test support for user-management: a fresh, migrated Postgres database per test.
+//! Test support for user-management: a fresh, migrated Postgres database per test, and the [`conformance`] suite
+//! every set of storage adapters must pass.
 //!
 //! [`TestDatabase::create`] clones a template database that holds every migration (built once per migration
 //! set, shared by all test processes) into a database of its own, and drops that database again when the value
@@ -11,6 +12,8 @@
 // This crate exists only for tests, where a panic with a clear message is the right way to report a broken
 // environment: the test fails and says why, and no caller could do anything better with an error value.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod conformance;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -1,0 +1,313 @@
+//! The domain's rules, driven through `Service` over the in-memory adapters: the rules that used to live in SQL
+//! (promotion on verification, the last ADMIN, refresh reuse and family revocation, cancelling an email change,
+//! deleting a user with their pictures) are now the domain's, and these tests see them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use time::Duration;
+use users_domain::accounts::{
+    ChangePasswordError, DeleteMeError, EmailConfirmation, MeUpdate, Registration, VerifyEmailError,
+};
+use users_domain::admin::{AdminChanges, AdminCreate, DeleteUserError, UpdateUserError};
+use users_domain::ports::{PictureSize, PortError, Ports};
+use users_domain::session::TokenPair;
+use users_domain::sessions::{ClientInfo, LoginError, Principal, RefreshError};
+use users_domain::{EmailAddress, Role, Service, ServiceConfig, User};
+use users_memory::{MemoryPorts, QueuedMail};
+
+const PASSWORD: &str = "violet-kettle-orbit-97";
+const NEW_PASSWORD: &str = "amber-lantern-quartz-42";
+const PICTURE: &[u8] = include_bytes!("fixtures/32x32.png");
+
+struct World {
+    ports: MemoryPorts,
+    service: Service<MemoryPorts>,
+}
+
+fn world() -> World {
+    world_with(ServiceConfig::default())
+}
+
+fn world_with(config: ServiceConfig) -> World {
+    let ports = MemoryPorts::new().unwrap();
+    World { service: Service::new(ports.clone(), config), ports }
+}
+
+fn email(raw: &str) -> EmailAddress {
+    EmailAddress::parse(raw).unwrap()
+}
+
+fn registration(address: &str) -> Registration {
+    Registration {
+        email: email(address),
+        password: PASSWORD.to_owned(),
+        nickname: None,
+        first_name: None,
+        last_name: None,
+        bio: None,
+        linkedin_profile_url: None,
+        github_profile_url: None,
+    }
+}
+
+/// The last mail queued for `to`.
+fn last_mail_to(world: &World, to: &str) -> QueuedMail {
+    world.ports.store().outbox_mails().into_iter().rev().find(|queued| queued.mail.to.as_str() == to).unwrap()
+}
+
+/// The token at the end of the link in a mail: `/verify-email/{id}/{token}` or `?token={token}`.
+fn token_in(mail: &QueuedMail) -> String {
+    let text = &mail.mail.text;
+    let link = text.split_whitespace().find(|word| word.contains("/verify-email/") || word.contains("token=")).unwrap();
+    link.rsplit(['/', '=']).next().unwrap().to_owned()
+}
+
+impl World {
+    async fn user(&self, address: &str) -> User {
+        use users_domain::ports::UserStore as _;
+        self.ports.users().find_user_by_email(email(address)).await.unwrap().unwrap()
+    }
+
+    /// Registers and verifies `address`; returns the user as stored.
+    async fn verified(&self, address: &str) -> User {
+        self.service.register(registration(address)).await.unwrap();
+        let user = self.user(address).await;
+        self.service.verify_email(user.id, &token_in(&last_mail_to(self, address))).await.unwrap();
+        self.user(address).await
+    }
+
+    async fn login(&self, address: &str, password: &str) -> Result<TokenPair, LoginError> {
+        self.service.login(address, password, ClientInfo::default()).await
+    }
+
+    async fn principal(&self, address: &str) -> Principal {
+        let pair = self.login(address, PASSWORD).await.unwrap();
+        self.service.authenticate(pair.access_token.expose()).await.unwrap()
+    }
+
+    /// An ADMIN made by the bootstrap path.
+    async fn admin(&self, address: &str) -> Principal {
+        self.service.create_admin(email(address), PASSWORD).await.unwrap();
+        self.principal(address).await
+    }
+}
+
+#[tokio::test]
+async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role() {
+    let world = world();
+    world.service.register(registration("ada@example.com")).await.unwrap();
+    let ada = world.user("ada@example.com").await;
+    assert_eq!((ada.role, ada.email_verified), (Role::Anonymous, false));
+    let mail = last_mail_to(&world, "ada@example.com");
+    let confirmed = world.service.verify_email(ada.id, &token_in(&mail)).await.unwrap();
+    let EmailConfirmation::Verified(verified) = confirmed else { panic!("{confirmed:?}") };
+    assert_eq!((verified.role, verified.email_verified), (Role::Authenticated, true));
+    assert!(matches!(world.service.verify_email(ada.id, &token_in(&mail)).await, Err(VerifyEmailError::InvalidToken)));
+
+    // A MANAGER created unverified stays a MANAGER when the address is proven.
+    let admin = world.admin("root@example.com").await;
+    let create =
+        AdminCreate { registration: registration("mia@example.com"), role: Some(Role::Manager), email_verified: false };
+    let mia = world.service.create_user(&admin, create).await.unwrap();
+    let link = token_in(&last_mail_to(&world, "mia@example.com"));
+    world.service.verify_email(mia.id, &link).await.unwrap();
+    let mia = world.user("mia@example.com").await;
+    assert_eq!((mia.role, mia.email_verified), (Role::Manager, true));
+}
+
+#[tokio::test]
+async fn an_administrator_vouching_for_an_address_promotes_anonymous_unless_a_role_is_set() {
+    let world = world();
+    let admin = world.admin("root@example.com").await;
+    world.service.register(registration("ada@example.com")).await.unwrap();
+    world.service.register(registration("bob@example.com")).await.unwrap();
+    let ada = world.user("ada@example.com").await;
+    let bob = world.user("bob@example.com").await;
+    let vouch = AdminChanges { email_verified: Some(true), ..AdminChanges::default() };
+    assert_eq!(world.service.update_user(&admin, ada.id, vouch.clone()).await.unwrap().role, Role::Authenticated);
+    let with_role = AdminChanges { role: Some(Role::Manager), ..vouch };
+    assert_eq!(world.service.update_user(&admin, bob.id, with_role).await.unwrap().role, Role::Manager);
+}
+
+#[tokio::test]
+async fn the_last_unlocked_admin_can_neither_leave_nor_be_demoted_but_a_second_one_can() {
+    let world = world();
+    let first = world.admin("first@example.com").await;
+    let demote = AdminChanges { role: Some(Role::Authenticated), ..AdminChanges::default() };
+    let lock = AdminChanges { is_locked: Some(true), ..AdminChanges::default() };
+    assert!(matches!(
+        world.service.update_user(&first, first.user.id, demote.clone()).await,
+        Err(UpdateUserError::LastAdmin)
+    ));
+    assert!(matches!(
+        world.service.update_user(&first, first.user.id, lock.clone()).await,
+        Err(UpdateUserError::LastAdmin)
+    ));
+    assert!(matches!(world.service.delete_user(&first, first.user.id).await, Err(DeleteUserError::LastAdmin)));
+    assert!(matches!(world.service.delete_me(&first, PASSWORD).await, Err(DeleteMeError::LastAdmin)));
+
+    let second = world.admin("second@example.com").await;
+    // With two, one may demote the other; then the one left is the last again.
+    assert_eq!(
+        world.service.update_user(&first, second.user.id, demote.clone()).await.unwrap().role,
+        Role::Authenticated
+    );
+    assert!(matches!(world.service.delete_me(&first, PASSWORD).await, Err(DeleteMeError::LastAdmin)));
+    let third = world.admin("third@example.com").await;
+    // A locked ADMIN does not count as the one that remains.
+    world.service.update_user(&first, third.user.id, lock).await.unwrap();
+    assert!(matches!(world.service.delete_me(&first, PASSWORD).await, Err(DeleteMeError::LastAdmin)));
+    assert_eq!(world.user("first@example.com").await.role, Role::Admin);
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_ends_its_whole_session() {
+    let world = world();
+    world.verified("ada@example.com").await;
+    let first = world.login("ada@example.com", PASSWORD).await.unwrap();
+    let second = world.service.refresh(first.refresh_token.expose()).await.unwrap();
+    assert!(world.service.authenticate(second.access_token.expose()).await.is_ok());
+    // The first token again: a theft. It fails, and so does everything of its session.
+    assert!(matches!(world.service.refresh(first.refresh_token.expose()).await, Err(RefreshError::InvalidToken)));
+    assert!(matches!(world.service.refresh(second.refresh_token.expose()).await, Err(RefreshError::InvalidToken)));
+    assert!(world.service.authenticate(second.access_token.expose()).await.is_err());
+    // Another session of the same user is untouched.
+    let other = world.login("ada@example.com", PASSWORD).await.unwrap();
+    assert!(world.service.refresh(other.refresh_token.expose()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_lock_refuses_refresh_without_ending_the_session_and_idle_sessions_expire() {
+    let world = world();
+    let admin = world.admin("root@example.com").await;
+    let ada = world.verified("ada@example.com").await;
+    let pair = world.login("ada@example.com", PASSWORD).await.unwrap();
+    let lock = AdminChanges { is_locked: Some(true), ..AdminChanges::default() };
+    world.service.update_user(&admin, ada.id, lock).await.unwrap();
+    assert!(matches!(world.service.refresh(pair.refresh_token.expose()).await, Err(RefreshError::AccountLocked)));
+    let unlock = AdminChanges { is_locked: Some(false), ..AdminChanges::default() };
+    world.service.update_user(&admin, ada.id, unlock).await.unwrap();
+    let pair = world.service.refresh(pair.refresh_token.expose()).await.unwrap();
+
+    world.ports.manual_clock().advance(world.service.config().refresh_token_idle_ttl);
+    assert!(matches!(world.service.refresh(pair.refresh_token.expose()).await, Err(RefreshError::InvalidToken)));
+}
+
+#[tokio::test]
+async fn a_password_change_cancels_a_pending_email_change_and_its_link() {
+    let world = world();
+    world.verified("ada@example.com").await;
+    let ada = world.principal("ada@example.com").await;
+    let update = MeUpdate {
+        email: Some(email("new@example.com")),
+        current_password: Some(PASSWORD.to_owned()),
+        ..MeUpdate::default()
+    };
+    let pending = world.service.update_me(&ada, update).await.unwrap();
+    assert_eq!(pending.pending_email, Some(email("new@example.com")));
+    let link = token_in(&last_mail_to(&world, "new@example.com"));
+
+    world.service.change_password(&ada, PASSWORD, NEW_PASSWORD).await.unwrap();
+    let after = world.user("ada@example.com").await;
+    assert_eq!(after.pending_email, None);
+    assert!(matches!(world.service.verify_email(after.id, &link).await, Err(VerifyEmailError::InvalidToken)));
+    assert_eq!(world.user("ada@example.com").await.email, email("ada@example.com"));
+    // The old password no longer counts as the current one (the caller as stored now, as every request reads it).
+    let ada = Principal { user: world.user("ada@example.com").await, session_id: ada.session_id };
+    assert!(matches!(
+        world.service.change_password(&ada, PASSWORD, NEW_PASSWORD).await,
+        Err(ChangePasswordError::InvalidCurrentPassword)
+    ));
+}
+
+#[tokio::test]
+async fn a_confirmed_email_change_moves_the_login_and_kills_reset_links_to_the_old_address() {
+    let world = world();
+    world.verified("ada@example.com").await;
+    let ada = world.principal("ada@example.com").await;
+    world.service.forgot_password(email("ada@example.com")).await.unwrap();
+    world.service.handle_account_requests(10).await.unwrap();
+    let reset = token_in(&last_mail_to(&world, "ada@example.com"));
+    let update = MeUpdate {
+        email: Some(email("new@example.com")),
+        current_password: Some(PASSWORD.to_owned()),
+        ..MeUpdate::default()
+    };
+    world.service.update_me(&ada, update).await.unwrap();
+    let link = token_in(&last_mail_to(&world, "new@example.com"));
+    let changed = world.service.verify_email(ada.user.id, &link).await.unwrap();
+    assert!(matches!(changed, EmailConfirmation::EmailChanged(ref user) if user.email == email("new@example.com")));
+    assert!(world.service.reset_password(&reset, NEW_PASSWORD).await.is_err());
+    assert!(world.login("new@example.com", PASSWORD).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_reset_link_takes_an_unconfirmed_account_back_from_whoever_registered_it_first() {
+    let world = world();
+    world.service.register(registration("ada@example.com")).await.unwrap();
+    let squatter_link = token_in(&last_mail_to(&world, "ada@example.com"));
+    // The owner registers again: the first password dies and the owner gets a link to choose one.
+    world.service.register(registration("ada@example.com")).await.unwrap();
+    let ada = world.user("ada@example.com").await;
+    assert!(matches!(world.service.verify_email(ada.id, &squatter_link).await, Err(VerifyEmailError::InvalidToken)));
+    assert!(matches!(world.login("ada@example.com", PASSWORD).await, Err(LoginError::InvalidCredentials)));
+    let owner_link = token_in(&last_mail_to(&world, "ada@example.com"));
+    world.service.reset_password(&owner_link, NEW_PASSWORD).await.unwrap();
+    let ada = world.user("ada@example.com").await;
+    assert_eq!((ada.role, ada.email_verified), (Role::Authenticated, true));
+    assert!(world.login("ada@example.com", NEW_PASSWORD).await.is_ok());
+}
+
+#[tokio::test]
+async fn deleting_a_user_deletes_their_pictures_too() {
+    let world = world();
+    let admin = world.admin("root@example.com").await;
+    for address in ["ada@example.com", "bob@example.com"] {
+        world.verified(address).await;
+        let principal = world.principal(address).await;
+        let permit = world.service.authorize_upload(&principal, principal.user.id).await.unwrap();
+        world.service.upload(permit, PICTURE.to_vec()).await.unwrap();
+        let permit = world.service.authorize_upload(&principal, principal.user.id).await.unwrap();
+        world.service.upload(permit, PICTURE.to_vec()).await.unwrap();
+        assert!(world.service.serve(principal.user.id, PictureSize::Thumb).await.is_ok());
+    }
+    let ada = world.principal("ada@example.com").await;
+    let bob = world.user("bob@example.com").await;
+    let objects_of = |id: users_domain::UserId| {
+        let prefix = format!("profile_pictures/{id}/");
+        world.ports.object_store().keys().into_iter().filter(|key| key.starts_with(&prefix)).count()
+    };
+    assert_eq!(objects_of(ada.user.id), 6, "three sizes, active and archived");
+
+    world.service.delete_me(&ada, PASSWORD).await.unwrap();
+    assert_eq!(objects_of(ada.user.id), 0);
+    world.service.delete_user(&admin, bob.id).await.unwrap();
+    assert_eq!(objects_of(bob.id), 0);
+    assert!(world.ports.object_store().keys().is_empty());
+}
+
+#[tokio::test]
+async fn mails_promise_the_lifetimes_that_are_configured() {
+    let config = ServiceConfig { verify_token_ttl: Duration::hours(48), ..ServiceConfig::default() };
+    let world = world_with(config);
+    world.service.register(registration("ada@example.com")).await.unwrap();
+    assert!(last_mail_to(&world, "ada@example.com").mail.text.contains("for 2 days"));
+    // The link really works for that long, and not longer.
+    let ada = world.user("ada@example.com").await;
+    let link = token_in(&last_mail_to(&world, "ada@example.com"));
+    world.ports.manual_clock().advance(Duration::hours(48));
+    assert!(matches!(world.service.verify_email(ada.id, &link).await, Err(VerifyEmailError::InvalidToken)));
+}
+
+#[tokio::test]
+async fn a_storage_outage_is_reported_as_unavailable_and_nothing_is_half_done() {
+    let world = world();
+    world.verified("ada@example.com").await;
+    let mails_before = world.ports.store().outbox_mails().len();
+    world.ports.store().set_unavailable(true);
+    assert!(matches!(world.login("ada@example.com", PASSWORD).await, Err(LoginError::Port(PortError::Unavailable(_)))));
+    assert!(world.service.register(registration("bob@example.com")).await.is_err());
+    world.ports.store().set_unavailable(false);
+    assert_eq!(world.ports.store().outbox_mails().len(), mails_before);
+    assert!(world.login("ada@example.com", PASSWORD).await.is_ok());
+}
