@@ -18,6 +18,8 @@ use url::Url;
 use users_domain::ports::BackoffPolicy;
 use users_domain::{EmailAddress, PasswordPolicy, ServiceConfig};
 use users_postgres::PgConfig;
+use users_s3::S3Config;
+use users_smtp::{SmtpConfig, SmtpTlsMode};
 
 /// A configuration value that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,33 +40,8 @@ fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
 pub enum StorageBackend {
     /// Files under `DATA_DIR/pictures` (the embedded default).
     Fs,
-    /// An S3-compatible server such as MinIO or Garage.
-    S3(S3Settings),
-}
-
-/// The S3 connection settings (`S3_*`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct S3Settings {
-    /// The endpoint URL; path-style addressing is used.
-    pub endpoint: Url,
-    /// The region the server expects in signatures.
-    pub region: String,
-    /// The bucket, created if missing.
-    pub bucket: String,
-    /// The access key id.
-    pub access_key: String,
-    /// The secret key.
-    pub secret_key: String,
-}
-
-impl std::fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint.as_str())
-            .field("region", &self.region)
-            .field("bucket", &self.bucket)
-            .finish_non_exhaustive()
-    }
+    /// An S3-compatible server such as MinIO or Garage (`S3_*`), in the S3 adapter's own settings.
+    S3(S3Config),
 }
 
 /// How mail is delivered.
@@ -72,45 +49,8 @@ impl std::fmt::Debug for S3Settings {
 pub enum MailBackend {
     /// Each mail written as `.eml` under `DATA_DIR/mail` (the embedded default).
     File,
-    /// An SMTP server.
-    Smtp(SmtpSettings),
-}
-
-/// Transport security for SMTP (`SMTP_TLS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmtpTls {
-    /// Plain text (local catchers only).
-    None,
-    /// Upgrade with STARTTLS.
-    StartTls,
-    /// TLS from the first byte.
-    Tls,
-}
-
-/// The SMTP connection settings (`SMTP_*`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SmtpSettings {
-    /// The server's host name.
-    pub host: String,
-    /// The server's port.
-    pub port: u16,
-    /// The user name, when the server wants one.
-    pub username: Option<String>,
-    /// The password, when the server wants one.
-    pub password: Option<String>,
-    /// Transport security.
-    pub tls: SmtpTls,
-}
-
-impl std::fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
+    /// An SMTP server (`SMTP_*`, `MAIL_FROM`), in the SMTP adapter's own settings.
+    Smtp(SmtpConfig),
 }
 
 /// How logs are written (`LOG_FORMAT`).
@@ -312,11 +252,6 @@ impl Config {
             "s3" => StorageBackend::S3(s3_settings(&vars)?),
             other => return Err(invalid("STORAGE_BACKEND", format!("{other:?} is not one of fs, s3"))),
         };
-        let mail = match vars.string("MAIL_BACKEND", "file").as_str() {
-            "file" => MailBackend::File,
-            "smtp" => MailBackend::Smtp(smtp_settings(&vars)?),
-            other => return Err(invalid("MAIL_BACKEND", format!("{other:?} is not one of file, smtp"))),
-        };
         let mail_from = vars.string("MAIL_FROM", "no-reply@localhost");
         // The sender is ours, so a bare host such as `localhost` is fine; what matters is that nothing can break out
         // of the From header.
@@ -329,6 +264,11 @@ impl Config {
                 format!("{mail_from:?} is not a plain address such as no-reply@example.com"),
             ));
         }
+        let mail = match vars.string("MAIL_BACKEND", "file").as_str() {
+            "file" => MailBackend::File,
+            "smtp" => MailBackend::Smtp(smtp_settings(&vars, &mail_from)?),
+            other => return Err(invalid("MAIL_BACKEND", format!("{other:?} is not one of file, smtp"))),
+        };
         let jwt_algorithm = vars.string("JWT_ALGORITHM", "ES256");
         if jwt_algorithm != "ES256" {
             return Err(invalid("JWT_ALGORITHM", format!("{jwt_algorithm:?} is not supported; use ES256")));
@@ -428,39 +368,39 @@ fn parse_base_url(raw: &str) -> Result<String, ConfigError> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-fn s3_settings(vars: &Vars<'_>) -> Result<S3Settings, ConfigError> {
+fn s3_settings(vars: &Vars<'_>) -> Result<S3Config, ConfigError> {
     let because = "when STORAGE_BACKEND=s3";
     let raw_endpoint = vars.required("S3_ENDPOINT", because)?;
     let endpoint = Url::parse(&raw_endpoint)
         .ok()
         .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
         .ok_or_else(|| invalid("S3_ENDPOINT", format!("{raw_endpoint:?} is not an http(s) URL")))?;
-    Ok(S3Settings {
-        endpoint,
-        region: vars.string("S3_REGION", "us-east-1"),
-        bucket: vars.string("S3_BUCKET", "user-profiles"),
+    Ok(S3Config {
+        endpoint: endpoint.as_str().trim_end_matches('/').to_owned(),
+        region: vars.string("S3_REGION", S3Config::DEFAULT_REGION),
+        bucket: vars.string("S3_BUCKET", S3Config::DEFAULT_BUCKET),
         access_key: vars.required_secret("S3_ACCESS_KEY", "S3_ACCESS_KEY_FILE", because)?,
         secret_key: vars.required_secret("S3_SECRET_KEY", "S3_SECRET_KEY_FILE", because)?,
     })
 }
 
-fn smtp_settings(vars: &Vars<'_>) -> Result<SmtpSettings, ConfigError> {
-    let tls = match vars.string("SMTP_TLS", "none").as_str() {
-        "none" => SmtpTls::None,
-        "starttls" => SmtpTls::StartTls,
-        "tls" => SmtpTls::Tls,
-        other => return Err(invalid("SMTP_TLS", format!("{other:?} is not one of none, starttls, tls"))),
+fn smtp_settings(vars: &Vars<'_>, from: &str) -> Result<SmtpConfig, ConfigError> {
+    let tls = match vars.get("SMTP_TLS") {
+        Some(raw) => raw.parse::<SmtpTlsMode>().map_err(|error| invalid("SMTP_TLS", error.to_string()))?,
+        None => SmtpConfig::DEFAULT_TLS,
     };
-    let port = vars.parsed("SMTP_PORT", 1025_u16, "a port number")?;
+    let port = vars.parsed("SMTP_PORT", SmtpConfig::DEFAULT_PORT, "a port number")?;
     if port == 0 {
         return Err(invalid("SMTP_PORT", "must not be 0"));
     }
-    Ok(SmtpSettings {
-        host: vars.string("SMTP_HOST", "127.0.0.1"),
+    Ok(SmtpConfig {
+        host: vars.string("SMTP_HOST", SmtpConfig::DEFAULT_HOST),
         port,
         username: vars.get("SMTP_USERNAME"),
         password: vars.secret("SMTP_PASSWORD", "SMTP_PASSWORD_FILE")?,
         tls,
+        from: from.to_owned(),
+        timeout: SmtpConfig::DEFAULT_TIMEOUT,
     })
 }
 

@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use users_domain::mail::{Dispatcher, DispatcherConfig};
 use users_domain::ports::{Mailer, OutgoingMail, PortError, SystemClock};
-use users_smtp::{FileMailer, SmtpConfig, SmtpMailer, SmtpTlsMode};
+use users_smtp::{FileMailer, SmtpMailer};
 
-use crate::config::{Config, MailBackend, SmtpTls};
+use crate::config::{Config, MailBackend};
 use crate::state::AppService;
 
 /// How often the dispatcher looks for due mail when the last round found none.
@@ -44,21 +44,7 @@ impl AppMailer {
                 Ok(Self::File(mailer))
             }
             MailBackend::Smtp(smtp) => {
-                let tls = match smtp.tls {
-                    SmtpTls::None => SmtpTlsMode::None,
-                    SmtpTls::StartTls => SmtpTlsMode::StartTls,
-                    SmtpTls::Tls => SmtpTlsMode::Tls,
-                };
-                let mailer = SmtpMailer::new(SmtpConfig {
-                    host: smtp.host.clone(),
-                    port: smtp.port,
-                    username: smtp.username.clone(),
-                    password: smtp.password.clone(),
-                    tls,
-                    from: config.mail_from.clone(),
-                    timeout: SmtpConfig::DEFAULT_TIMEOUT,
-                })
-                .context("MAIL_BACKEND=smtp: SMTP_* settings")?;
+                let mailer = SmtpMailer::new(smtp.clone()).context("MAIL_BACKEND=smtp: SMTP_* settings")?;
                 Ok(Self::Smtp(Box::new(mailer)))
             }
         }

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use anyhow::Context as _;
 use users_domain::ports::{PictureStore, PortError, StoredObject};
-use users_s3::{FsPictureStore, S3Config, S3PictureStore};
+use users_s3::{FsPictureStore, S3PictureStore};
 
 use crate::config::{Config, StorageBackend};
 
@@ -32,13 +32,7 @@ impl AppStore {
                 Ok(Self::Fs(store))
             }
             StorageBackend::S3(s3) => {
-                let settings = S3Config {
-                    endpoint: s3.endpoint.as_str().trim_end_matches('/').to_owned(),
-                    region: s3.region.clone(),
-                    bucket: s3.bucket.clone(),
-                    access_key: s3.access_key.clone(),
-                    secret_key: s3.secret_key.clone(),
-                };
+                let settings = s3.clone();
                 let store = match S3PictureStore::connect(settings.clone()).await {
                     Ok(store) => store,
                     Err(users_s3::S3SetupError::Unavailable(error)) => {

@@ -311,3 +311,46 @@ async fn a_storage_outage_is_reported_as_unavailable_and_nothing_is_half_done() 
     assert_eq!(world.ports.store().outbox_mails().len(), mails_before);
     assert!(world.login("ada@example.com", PASSWORD).await.is_ok());
 }
+
+#[tokio::test]
+async fn deleting_oneself_is_decided_on_the_role_as_stored_not_as_authenticated() {
+    let world = world();
+    let first = world.admin("first@example.com").await;
+    world.verified("bob@example.com").await;
+    // Bob's request authenticated while he was AUTHENTICATED...
+    let bob = world.principal("bob@example.com").await;
+    // ...then he is promoted, and the other ADMIN leaves.
+    let promote = AdminChanges { role: Some(Role::Admin), ..AdminChanges::default() };
+    world.service.update_user(&first, bob.user.id, promote).await.unwrap();
+    world.service.delete_me(&first, PASSWORD).await.unwrap();
+    assert!(matches!(world.service.delete_me(&bob, PASSWORD).await, Err(DeleteMeError::LastAdmin)));
+    assert_eq!(world.user("bob@example.com").await.role, Role::Admin);
+}
+
+#[tokio::test]
+async fn values_an_administrator_sends_unchanged_write_nothing() {
+    let world = world();
+    let admin = world.admin("root@example.com").await;
+    let ada = world.verified("ada@example.com").await;
+    world.ports.manual_clock().advance(Duration::minutes(1));
+    let same = AdminChanges {
+        role: Some(ada.role),
+        is_locked: Some(false),
+        is_professional: Some(false),
+        ..AdminChanges::default()
+    };
+    let after = world.service.update_user(&admin, ada.id, same).await.unwrap();
+    assert_eq!(after.updated_at, ada.updated_at, "nothing was written");
+    assert!(world.ports.store().outbox_mails().iter().all(|queued| !queued.mail.subject.contains("locked")));
+}
+
+#[tokio::test]
+async fn a_session_past_its_end_cannot_be_revoked_again_and_answers_not_found() {
+    let world = world();
+    world.verified("ada@example.com").await;
+    let ada = world.principal("ada@example.com").await;
+    world.ports.manual_clock().advance(world.service.config().refresh_token_ttl);
+    let fresh = world.principal("ada@example.com").await;
+    assert!(!world.service.revoke_session(&fresh, ada.session_id).await.unwrap());
+    assert!(world.service.revoke_session(&fresh, fresh.session_id).await.unwrap());
+}

@@ -1,44 +1,67 @@
-//! A clock a test sets and moves by hand.
+//! A clock a test moves by hand.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use time::{Duration, OffsetDateTime};
 use users_domain::ports::Clock;
 
-/// A [`Clock`] that only moves when told; clones share the time.
+/// A [`Clock`] that a test moves by hand; clones share the time.
+///
+/// [`ManualClock::at`] makes a frozen clock, which only moves when told. [`ManualClock::starting_now`] makes one
+/// that follows the system clock, shifted by whatever [`ManualClock::advance`] and [`ManualClock::set`] say, so
+/// an embedding application's tokens and blocks do expire while a test can still jump ahead.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
-    now: Arc<Mutex<OffsetDateTime>>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Always this time.
+    Frozen(OffsetDateTime),
+    /// The system time plus this shift.
+    Following(Duration),
 }
 
 impl ManualClock {
-    /// A clock at `at`, truncated to whole microseconds (what Postgres keeps), so values read back compare equal.
+    /// A frozen clock at `at`, truncated to whole microseconds (what Postgres keeps), so values read back compare
+    /// equal.
     #[must_use]
     pub fn at(at: OffsetDateTime) -> Self {
-        Self { now: Arc::new(Mutex::new(truncate(at))) }
+        Self { state: Arc::new(Mutex::new(State::Frozen(truncate(at)))) }
     }
 
-    /// A clock at the current time.
+    /// A clock that follows the system time.
     #[must_use]
     pub fn starting_now() -> Self {
-        Self::at(OffsetDateTime::now_utc())
+        Self { state: Arc::new(Mutex::new(State::Following(Duration::ZERO))) }
     }
 
-    /// Sets the time.
+    /// Sets the time (a following clock goes on from there).
     pub fn set(&self, at: OffsetDateTime) {
-        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = truncate(at);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = match *state {
+            State::Frozen(_) => State::Frozen(truncate(at)),
+            State::Following(_) => State::Following(at - OffsetDateTime::now_utc()),
+        };
     }
 
     /// Moves the time on by `by`.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
-        *now = truncate(*now + by);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = match *state {
+            State::Frozen(now) => State::Frozen(truncate(now + by)),
+            State::Following(shift) => State::Following(shift + by),
+        };
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
-        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+        match *self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Frozen(now) => now,
+            State::Following(shift) => truncate(OffsetDateTime::now_utc() + shift),
+        }
     }
 }
 

@@ -635,6 +635,9 @@ impl MailOutbox for MemoryStore {
             {
                 queued.state = MailState::Sent;
                 queued.attempts += 1;
+                // Delivered: the links it carried are not kept.
+                queued.mail.text.clear();
+                queued.mail.html.clear();
             }
             Ok(())
         })
@@ -654,7 +657,12 @@ impl MailOutbox for MemoryStore {
                 queued.last_error = Some(error);
                 match retry_at {
                     Some(at) => queued.next_attempt_at = at,
-                    None => queued.state = MailState::Dead,
+                    None => {
+                        // A dead letter keeps what explains it (recipient, subject, error), not its links.
+                        queued.state = MailState::Dead;
+                        queued.mail.text.clear();
+                        queued.mail.html.clear();
+                    }
                 }
             }
             Ok(())

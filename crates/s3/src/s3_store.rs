@@ -42,6 +42,14 @@ pub struct S3Config {
     pub secret_key: String,
 }
 
+impl S3Config {
+    /// The region when none is configured (MinIO's).
+    pub const DEFAULT_REGION: &'static str = "us-east-1";
+
+    /// The bucket when none is configured.
+    pub const DEFAULT_BUCKET: &'static str = "user-profiles";
+}
+
 impl fmt::Debug for S3Config {
     // Written by hand so that logging the configuration never logs the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

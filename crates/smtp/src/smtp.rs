@@ -54,7 +54,7 @@ impl FromStr for SmtpTlsMode {
 }
 
 /// Where and how to deliver mail over SMTP.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SmtpConfig {
     /// The server's host name (checked against its certificate in the TLS modes) or IP address.
     pub host: String,
@@ -77,6 +77,15 @@ impl SmtpConfig {
     /// The timeout to use when none is configured: long enough for a slow relay, short enough that the outbox
     /// worker does not sit on a dead server.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The server when none is configured: a mail catcher on this machine.
+    pub const DEFAULT_HOST: &'static str = "127.0.0.1";
+
+    /// The port when none is configured (a mail catcher's).
+    pub const DEFAULT_PORT: u16 = 1025;
+
+    /// The transport security when none is configured: none, which suits only a local catcher.
+    pub const DEFAULT_TLS: SmtpTlsMode = SmtpTlsMode::None;
 }
 
 impl fmt::Debug for SmtpConfig {

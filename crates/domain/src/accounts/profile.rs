@@ -132,13 +132,23 @@ impl<P: Ports> Service<P> {
             Checked::Wrong => return Err(DeleteMeError::InvalidCurrentPassword),
             Checked::Blocked { retry_after } => return Err(DeleteMeError::RateLimited { retry_after }),
         }
-        let guard = Guard { role: None, another_admin: user.role == Role::Admin };
-        self.delete_user_with_pictures(user.id, guard).await.map_err(|error| match error {
-            UpdateError::LastAdmin => DeleteMeError::LastAdmin,
-            UpdateError::NotFound | UpdateError::RoleChanged => DeleteMeError::NotFound,
-            UpdateError::Port(error) => DeleteMeError::Port(error),
-            other => DeleteMeError::Port(PortError::Unknown(anyhow::Error::new(other))),
-        })
+        // Decided on the row as stored now and guarded on its role: a promotion to ADMIN that commits while the
+        // password is being checked must not let the last unlocked ADMIN disappear.
+        for _ in 0..super::DECIDE_ATTEMPTS {
+            let Some(current) = self.ports.users().find_user(user.id).await? else {
+                return Err(DeleteMeError::NotFound);
+            };
+            let guard = Guard { role: Some(current.role), another_admin: current.role == Role::Admin };
+            return match self.delete_user_with_pictures(user.id, guard).await {
+                Ok(()) => Ok(()),
+                Err(UpdateError::RoleChanged) => continue,
+                Err(UpdateError::LastAdmin) => Err(DeleteMeError::LastAdmin),
+                Err(UpdateError::NotFound) => Err(DeleteMeError::NotFound),
+                Err(UpdateError::Port(error)) => Err(DeleteMeError::Port(error)),
+                Err(other) => Err(DeleteMeError::Port(PortError::Unknown(anyhow::Error::new(other)))),
+            };
+        }
+        Err(PortError::Unknown(anyhow::anyhow!("the user's role kept changing during the deletion")).into())
     }
 
     /// Checks the caller's current password on the same per-account backoff as login: a wrong one counts as a

@@ -339,7 +339,13 @@ impl<P: Ports> Service<P> {
     ) -> Result<Option<UserUpdate>, UpdateUserError> {
         let facts = Some(Target { is_self: target.id == actor.user.id, role: target.role });
         let mut actions = Vec::new();
+        // A value equal to the row as read is no change: writing it anyway would silently undo a change that
+        // commits in between (an administrator's lock undone by a "no-op" request of the locked user, say).
         changes.email = changes.email.filter(|email| email.canonical() != target.email.canonical());
+        changes.role = changes.role.filter(|role| *role != target.role);
+        changes.is_locked = changes.is_locked.filter(|locked| *locked != target.is_locked);
+        changes.is_professional =
+            changes.is_professional.filter(|professional| *professional != target.is_professional);
         // One's own address changes only through `PATCH /me`, which asks for the current password and waits for
         // the new address to confirm: a stolen staff token must not be enough to move an account to another inbox.
         if changes.email.is_some() && target.id == actor.user.id {

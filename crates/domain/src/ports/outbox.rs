@@ -10,8 +10,9 @@ use uuid::Uuid;
 use super::PortError;
 use crate::user::EmailAddress;
 
-/// A rendered mail, ready to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A rendered mail, ready to send. Its `Debug` form leaves the bodies out: they hold live verification and reset
+/// links.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutgoingMail {
     /// The recipient.
     pub to: EmailAddress,
@@ -21,6 +22,17 @@ pub struct OutgoingMail {
     pub text: String,
     /// The HTML body.
     pub html: String,
+}
+
+impl std::fmt::Debug for OutgoingMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingMail")
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("html", &format_args!("<{} bytes>", self.html.len()))
+            .finish()
+    }
 }
 
 /// Mail delivery (SMTP, or files under `DATA_DIR/mail`).

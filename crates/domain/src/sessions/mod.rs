@@ -284,6 +284,16 @@ impl<P: Ports> Service<P> {
     /// # Errors
     /// [`PortError`] when a dependency fails.
     pub async fn revoke_session(&self, principal: &Principal, session_id: SessionId) -> Result<bool, PortError> {
-        self.ports.sessions().revoke_session(session_id, Some(principal.user.id), self.now()).await
+        let now = self.now();
+        let sessions = self.ports.sessions();
+        // A session past its end is over already: there is nothing of the caller's to revoke.
+        let active = sessions
+            .find_session_with_user(session_id)
+            .await?
+            .is_some_and(|(session, _)| session.user_id == principal.user.id && session.is_active(now));
+        if !active {
+            return Ok(false);
+        }
+        sessions.revoke_session(session_id, Some(principal.user.id), now).await
     }
 }
