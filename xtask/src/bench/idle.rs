@@ -5,12 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::report::{Row, format_kib};
+use super::report::Row;
 use super::server::Server;
+use super::system::IDLE_CONNECTIONS;
+use super::system::format_kib;
 use crate::http::HttpConn;
-
-/// How many idle keep-alive connections the `idle` scenario opens (fewer when the open-files limit is lower).
-pub(super) const IDLE_CONNECTIONS: usize = 10_000;
 
 /// `idle`: the server's memory at rest, then with [`IDLE_CONNECTIONS`] keep-alive connections that each sent one
 /// request and then stay idle.

@@ -12,17 +12,9 @@ use serde_json::Value;
 use super::options::Options;
 use super::report::Measurement;
 use super::server::Server;
-use super::system::CpuMeter;
+use super::system::{CpuMeter, Oha};
 use crate::http::HttpConn;
 use crate::{process, ui};
-
-/// The `oha` executable and its version.
-pub(super) struct Oha {
-    /// Its path.
-    pub(super) path: PathBuf,
-    /// What `oha --version` printed.
-    pub(super) version: String,
-}
 
 /// Finds `oha` on `PATH` or in cargo's `bin` directory, installing it with `cargo install --locked oha` if missing.
 pub(super) fn ensure_oha() -> Result<Oha> {

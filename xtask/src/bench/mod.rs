@@ -36,10 +36,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::{postgres, process, ui};
-use load::{Oha, ensure_oha};
+use load::ensure_oha;
 use options::{Options, Scenario};
 use report::{Row, compare_login_with_argon2, render_table, report_json, summarise, timestamp};
 use server::{Server, StartServer, start_server};
+use system::Oha;
 
 /// Above this share of the CPU used by other processes before the run, the run warns that its figures will be low.
 const BUSY_WARNING_PERCENT: f64 = 15.0;

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::load::Oha;
 use super::options::Options;
-use super::system::cpu_model;
+use super::system::Oha;
+use super::system::{cpu_model, format_kib};
 
 /// The numbers of one measured load run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -136,11 +136,6 @@ pub(super) fn format_ms(ms: f64) -> String {
     } else {
         format!("{ms:.0} ms")
     }
-}
-
-/// KiB as MiB with one decimal.
-pub(super) fn format_kib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 /// The table as Markdown, so it can be pasted into the README as it is.

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use super::load::{Oha, get, oha_command, parse_oha, post_json, probe, run_oha};
+use super::load::{get, oha_command, parse_oha, post_json, probe, run_oha};
 use super::options::{Options, Scenario};
 use super::report::{Row, error_note};
 use super::seed::{ADMIN_EMAIL, PASSWORD, SEED_DOMAIN};
 use super::server::{Server, login, user_id};
+use super::system::Oha;
 use crate::process;
 
 /// Connections of the read scenarios (`me`, `user-by-id`, `search`, and the measured half of `storm`).

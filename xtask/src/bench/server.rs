@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::report::format_kib;
 use super::seed::PASSWORD;
+use super::system::format_kib;
 use super::system::rss_kib;
 use crate::http::{self, HttpConn, Response};
 use crate::postgres::{literal, psql};

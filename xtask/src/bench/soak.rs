@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::load::{Oha, get, oha_command, parse_oha, probe};
+use super::load::{get, oha_command, parse_oha, probe};
 use super::options::{Options, Scenario};
-use super::report::{Measurement, Row, error_note, format_kib};
+use super::report::{Measurement, Row, error_note};
 use super::seed::SEED_DOMAIN;
 use super::server::{Server, login};
 use super::system::CpuMeter;
+use super::system::Oha;
+use super::system::format_kib;
 use crate::{process, ui};
 
 /// Connections of `soak` (the load under which unscraped metrics once grew the server by 10 MiB a minute).

@@ -1,13 +1,29 @@
 //! Figures about processes and the machine, read from `/proc`: a process's resident memory and CPU use, how busy
-//! the whole machine is, the CPU's model, and the open-files limit, which the `idle` scenario needs raised.
+//! the whole machine is, the CPU's model, and the open-files limit, which the `idle` scenario needs raised; and the
+//! load tool found on it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::idle::IDLE_CONNECTIONS;
 use crate::{process, ui};
+
+/// How many idle keep-alive connections the `idle` scenario opens (fewer when the open-files limit is lower).
+pub(super) const IDLE_CONNECTIONS: usize = 10_000;
+
+/// The `oha` executable and its version.
+pub(super) struct Oha {
+    /// Its path.
+    pub(super) path: std::path::PathBuf,
+    /// What `oha --version` printed.
+    pub(super) version: String,
+}
+
+/// KiB as MiB with one decimal.
+pub(super) fn format_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
 
 /// The resident set size of process `pid` in KiB, from `/proc/<pid>/status`.
 pub(super) fn rss_kib(pid: u32) -> Result<u64> {

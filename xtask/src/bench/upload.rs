@@ -5,11 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::load::{Body, Load, Oha, probe, run_oha};
+use super::load::{Body, Load, probe, run_oha};
 use super::options::Options;
 use super::report::{Row, error_note};
 use super::seed::SEED_DOMAIN;
 use super::server::{Server, StartServer, login, user_id};
+use super::system::Oha;
 use crate::postgres::{literal, psql};
 use crate::{garage, http, ui};
 
