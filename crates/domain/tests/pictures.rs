@@ -1,0 +1,203 @@
+//! Profile pictures, driven through `Service` over the in-memory adapters (the properties the mock-based unit tests
+//! of `picture_service.rs` used to prove), with the 32x32 PNG fixture.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use time::Duration;
+use users_domain::admin::AdminChanges;
+use users_domain::pictures::{PictureError, UploadError};
+use users_domain::ports::{PictureRecords as _, PictureSize, PortError, Ports as _, StoredPicture};
+use users_domain::sessions::Principal;
+use users_domain::{Role, User, UserId};
+use uuid::Uuid;
+
+use support::{PICTURE, World, world};
+
+impl World {
+    /// Uploads the fixture as `actor` for `target`.
+    async fn upload(&self, actor: &Principal, target: UserId) -> Result<User, UploadError> {
+        let permit = self.service.authorize_upload(actor, target).await.unwrap();
+        self.service.upload(permit, PICTURE.to_vec()).await
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.ports.object_store().keys()
+    }
+
+    async fn active(&self, id: UserId) -> Option<StoredPicture> {
+        self.ports.pictures().active_picture(id).await.unwrap()
+    }
+}
+
+/// A verified, logged-in user.
+async fn member(world: &World, address: &str) -> Principal {
+    world.verified(address).await;
+    world.principal(address).await
+}
+
+#[tokio::test]
+async fn an_unavailable_picture_store_fails_the_upload_and_leaves_the_user_and_objects_as_they_were() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    // First with no picture, then with one that must survive.
+    for had_picture in [false, true] {
+        let before = world.user("ada@example.com").await;
+        let keys = world.keys();
+        let permit = world.service.authorize_upload(&ada, ada.user.id).await.unwrap();
+        world.ports.object_store().set_unavailable(true);
+        let result = world.service.upload(permit, PICTURE.to_vec()).await;
+        world.ports.object_store().set_unavailable(false);
+        assert!(matches!(result, Err(UploadError::Port(PortError::Unavailable(_)))), "{result:?}");
+        assert_eq!(world.user("ada@example.com").await, before);
+        assert_eq!(world.keys(), keys);
+        assert_eq!(world.service.serve(ada.user.id, PictureSize::Thumb).await.is_ok(), had_picture);
+        world.upload(&ada, ada.user.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_fails_half_way_removes_what_was_written() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    let before = world.user("ada@example.com").await;
+    let permit = world.service.authorize_upload(&ada, ada.user.id).await.unwrap();
+    world.faults.fail_put(2);
+    let result = world.service.upload(permit, PICTURE.to_vec()).await;
+    assert!(matches!(result, Err(UploadError::Port(PortError::Unavailable(_)))), "{result:?}");
+    assert!(world.keys().is_empty(), "the first size, written before the failure, is gone: {:?}", world.keys());
+    assert_eq!(world.user("ada@example.com").await, before);
+}
+
+#[tokio::test]
+async fn a_database_failure_after_the_objects_are_written_removes_them() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    let before = world.user("ada@example.com").await;
+    let permit = world.service.authorize_upload(&ada, ada.user.id).await.unwrap();
+    // The three sizes are stored, then the database goes away before the row is written.
+    world.faults.database_off_after_put(3);
+    let result = world.service.upload(permit, PICTURE.to_vec()).await;
+    world.store().set_unavailable(false);
+    assert!(matches!(result, Err(UploadError::Port(PortError::Unavailable(_)))), "{result:?}");
+    assert!(world.keys().is_empty(), "{:?}", world.keys());
+    assert_eq!(world.user("ada@example.com").await, before);
+    assert_eq!(world.active(ada.user.id).await, None);
+}
+
+#[tokio::test]
+async fn another_users_pictures_are_not_found_and_nothing_is_processed() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    let bob = member(&world, "bob@example.com").await;
+    world.upload(&bob, bob.user.id).await.unwrap();
+    world.upload(&bob, bob.user.id).await.unwrap();
+    let archived = world.service.history(&bob, bob.user.id).await.unwrap()[0].id;
+    let (keys, bobs) = (world.keys(), world.user("bob@example.com").await);
+
+    let not_found = |result: Result<(), PictureError>| matches!(result, Err(PictureError::NotFound));
+    // No permit, so no picture of Ada's can even be sent for Bob.
+    assert!(not_found(world.service.authorize_upload(&ada, bob.user.id).await.map(drop)));
+    assert!(not_found(world.service.history(&ada, bob.user.id).await.map(drop)));
+    assert!(not_found(world.service.delete(&ada, bob.user.id).await));
+    assert!(not_found(world.service.restore(&ada, bob.user.id, archived).await.map(drop)));
+    let version = world.service.serve_version(&ada, bob.user.id, archived, PictureSize::Thumb).await;
+    assert!(not_found(version.map(drop)));
+    assert_eq!(world.keys(), keys);
+    assert_eq!(world.user("bob@example.com").await, bobs);
+}
+
+#[tokio::test]
+async fn a_manager_may_upload_for_a_plain_user_but_not_for_an_unknown_id_or_staff() {
+    let world = world();
+    let root = world.admin("root@example.com").await;
+    let mia = world.staff(&root, "mia@example.com", Role::Manager).await;
+    let max = world.staff(&root, "max@example.com", Role::Manager).await;
+    let ada = world.verified("ada@example.com").await;
+
+    let permit = world.service.authorize_upload(&mia, ada.id).await.unwrap();
+    assert_eq!(permit.target(), ada.id);
+    let updated = world.service.upload(permit, PICTURE.to_vec()).await.unwrap();
+    assert!(updated.profile_picture_id.is_some());
+    assert!(world.service.serve(ada.id, PictureSize::Thumb).await.is_ok());
+
+    for id in [UserId::generate(), max.user.id, root.user.id] {
+        let result = world.service.authorize_upload(&mia, id).await;
+        assert!(matches!(result, Err(PictureError::NotFound)), "{result:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_target_promoted_out_of_sight_while_the_picture_arrives_is_not_found_and_nothing_is_stored() {
+    let world = world();
+    let root = world.admin("root@example.com").await;
+    let mia = world.staff(&root, "mia@example.com", Role::Manager).await;
+    let ada = world.verified("ada@example.com").await;
+    let permit = world.service.authorize_upload(&mia, ada.id).await.unwrap();
+    let promote = AdminChanges { role: Some(Role::Manager), ..AdminChanges::default() };
+    world.service.update_user(&root, ada.id, promote).await.unwrap();
+
+    let result = world.service.upload(permit, PICTURE.to_vec()).await;
+    assert!(matches!(result, Err(UploadError::NotFound)), "{result:?}");
+    assert!(world.keys().is_empty());
+    assert_eq!(world.user("ada@example.com").await.profile_picture_id, None);
+}
+
+#[tokio::test]
+async fn a_user_without_a_picture_serves_not_found() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    for id in [ada.user.id, UserId::generate()] {
+        assert!(matches!(world.service.serve(id, PictureSize::Thumb).await, Err(PictureError::NotFound)));
+        assert!(matches!(world.service.etag(id, PictureSize::Thumb).await, Err(PictureError::NotFound)));
+    }
+    // Nor once the picture is deleted (archived).
+    world.upload(&ada, ada.user.id).await.unwrap();
+    assert!(world.service.serve(ada.user.id, PictureSize::Thumb).await.is_ok());
+    world.service.delete(&ada, ada.user.id).await.unwrap();
+    assert!(matches!(world.service.serve(ada.user.id, PictureSize::Thumb).await, Err(PictureError::NotFound)));
+    assert!(matches!(world.service.delete(&ada, ada.user.id).await, Err(PictureError::NotFound)));
+    assert_eq!(world.service.history(&ada, ada.user.id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_history_lists_archived_pictures_newest_first_and_restore_swaps_them_with_the_active_one() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    let id = ada.user.id;
+    let first = world.upload(&ada, id).await.unwrap().profile_picture_id.unwrap();
+    world.clock().advance(Duration::minutes(1));
+    let second = world.upload(&ada, id).await.unwrap().profile_picture_id.unwrap();
+    world.clock().advance(Duration::minutes(1));
+    let third = world.upload(&ada, id).await.unwrap().profile_picture_id.unwrap();
+
+    let history: Vec<Uuid> = world.service.history(&ada, id).await.unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(history, [second, first]);
+
+    let restored = world.service.restore(&ada, id, first).await.unwrap();
+    assert_eq!(restored.profile_picture_id, Some(first));
+    let history = world.service.history(&ada, id).await.unwrap();
+    assert_eq!(history.iter().map(|p| p.id).collect::<Vec<_>>(), [third, second]);
+    assert!(history.iter().all(|picture| picture.archived));
+
+    // The objects moved with the rows: the active one under the active prefix, the others under the archive.
+    let active = world.active(id).await.unwrap();
+    assert_eq!(active.prefix, StoredPicture::active_prefix(id, first));
+    let mut expected: Vec<String> = active.keys();
+    for archived in &history {
+        assert_eq!(archived.prefix, StoredPicture::archive_prefix(id, archived.id));
+        expected.extend(archived.keys());
+    }
+    expected.sort();
+    assert_eq!(world.keys(), expected);
+
+    let served = world.service.serve(id, PictureSize::Thumb).await.unwrap();
+    assert_eq!(served.sha256, active.variant(PictureSize::Thumb).unwrap().sha256);
+    assert!(world.service.serve_version(&ada, id, third, PictureSize::Medium).await.is_ok());
+    // Neither the active picture nor an unknown version can be restored.
+    for version in [first, Uuid::now_v7()] {
+        assert!(matches!(world.service.restore(&ada, id, version).await, Err(PictureError::NotFound)));
+    }
+    assert_eq!(world.user("ada@example.com").await.profile_picture_id, Some(first));
+}
