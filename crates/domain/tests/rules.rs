@@ -29,7 +29,7 @@ fn world() -> World {
 }
 
 fn world_with(config: ServiceConfig) -> World {
-    let ports = MemoryPorts::new().unwrap();
+    let ports = MemoryPorts::with_clock(users_memory::ManualClock::at(time::OffsetDateTime::now_utc())).unwrap();
     World { service: Service::new(ports.clone(), config), ports }
 }
 

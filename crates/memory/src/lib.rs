@@ -51,12 +51,19 @@ pub struct MemoryPorts {
 }
 
 impl MemoryPorts {
-    /// A fresh, empty set whose clock starts at the current time.
+    /// A fresh, empty set whose clock follows the system time (and can still be moved ahead).
     ///
     /// # Errors
     /// When the hasher or the signing key cannot be set up.
     pub fn new() -> anyhow::Result<Self> {
-        let clock = ManualClock::starting_now();
+        Self::with_clock(ManualClock::starting_now())
+    }
+
+    /// A fresh, empty set on `clock` (a frozen one, [`ManualClock::at`], for tests that compare exact times).
+    ///
+    /// # Errors
+    /// When the hasher or the signing key cannot be set up.
+    pub fn with_clock(clock: ManualClock) -> anyhow::Result<Self> {
         Ok(Self {
             store: MemoryStore::new(clock.clone()),
             objects: MemoryObjects::default(),

@@ -719,10 +719,11 @@ impl PictureRecords for MemoryStore {
     async fn insert_active_picture(
         &self,
         picture: StoredPicture,
-        _now: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<Option<StoredPicture>, PictureWriteError> {
         self.change(|state| {
             let user = state.users.get_mut(&picture.user_id.as_uuid()).ok_or(PictureWriteError::UserGone)?;
+            user.updated_at = now;
             let previous_id = user.profile_picture_id.replace(picture.id);
             let previous = previous_id.and_then(|id| state.pictures.get_mut(&id)).map(|previous| {
                 previous.archived = true;
@@ -765,11 +766,12 @@ impl PictureRecords for MemoryStore {
     async fn archive_active_picture(
         &self,
         user_id: UserId,
-        _now: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<Option<StoredPicture>, PortError> {
         self.change(|state| {
             let Some(user) = state.users.get_mut(&user_id.as_uuid()) else { return Ok(None) };
             let Some(id) = user.profile_picture_id.take() else { return Ok(None) };
+            user.updated_at = now;
             Ok(state.pictures.get_mut(&id).map(|picture| {
                 picture.archived = true;
                 picture.clone()
@@ -781,12 +783,13 @@ impl PictureRecords for MemoryStore {
         &self,
         user_id: UserId,
         id: Uuid,
-        _now: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<Option<(StoredPicture, Option<StoredPicture>)>, PortError> {
         self.change(|state| {
             let restorable =
                 state.pictures.get(&id).is_some_and(|picture| picture.user_id == user_id && picture.archived);
             let Some(user) = state.users.get_mut(&user_id.as_uuid()).filter(|_| restorable) else { return Ok(None) };
+            user.updated_at = now;
             let previous_id = user.profile_picture_id.replace(id);
             let previous = previous_id.and_then(|previous| state.pictures.get_mut(&previous)).map(|previous| {
                 previous.archived = true;

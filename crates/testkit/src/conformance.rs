@@ -1,566 +1,1303 @@
-//! The conformance suite of the storage ports: what every adapter set must do, checked through the ports alone.
+//! A conformance suite for storage adapters: the semantics the domain's storage ports document, checked through
+//! the ports alone, so that every adapter set (the Postgres one, the in-memory one) is held to the same contract.
 //!
-//! Each check takes a fresh, empty store implementing every storage port ([`Storage`]) and asserts the semantics the
-//! port traits document: atomic changes, case-insensitive uniqueness, the preconditions of a [`UserUpdate`],
-//! compare-and-set rotation, leases, keyset listing. The same checks run against Postgres and against memory, so a
-//! rule that holds in the domain's tests over memory also holds in production. An adapter crate runs them all with
-//! [`crate::conformance_tests!`].
+//! Each check is a `pub async fn` that takes a fresh, empty store and panics on the first broken promise. The
+//! [`conformance_tests!`](crate::conformance_tests) macro turns the whole list into one `#[tokio::test]` per check,
+//! given an expression that makes a fresh store:
+//!
+//! ```ignore
+//! users_testkit::conformance_tests!(async { (MemoryStore::new(), ()) });
+//! ```
+//!
+//! The expression yields the store and a value kept alive until the check ends (a test database, say).
+//!
+//! The checks only assert what any faithful adapter can return: timestamps they pass in have whole microseconds (a
+//! database keeps no more), times an adapter sets itself (creation, queueing) are compared with each other but
+//! never with a value, mails queued in one change are compared as a set, and sorted listings use values whose order
+//! is the same byte by byte and under common collations. Claims of queued mail are made at least an hour ahead of
+//! the real time, since an adapter may stamp queued mail with its own clock.
+
+use std::collections::BTreeSet;
 
 use time::{Duration, OffsetDateTime};
-use users_domain::permissions::Role;
+use users_domain::Role;
 use users_domain::ports::{
-    AccountRequestKind, AccountRequests, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, Guard, InsertUserError,
-    LoginThrottle, MailOutbox, NewAccount, NewEmailToken, OutgoingMail, PictureRecords, PictureSize, PictureVariant,
-    PictureWriteError, ProfileChanges, SessionEnd, SessionStore, StoredPicture, UpdateError, UserCursor, UserQuery,
-    UserSort, UserStore, UserUpdate,
+    AccountRequestKind, AccountRequests, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, FailureCount, Guard,
+    InsertUserError, LoginThrottle, MailOutbox, NewAccount, NewEmailToken, OutgoingMail, PictureRecords, PictureSize,
+    PictureVariant, PictureWriteError, PortError, ProfileChanges, SessionEnd, SessionStore, StoredPicture, UpdateError,
+    UserCursor, UserFields, UserQuery, UserSort, UserStore, UserUpdate,
 };
-use users_domain::session::{NewSession, RefreshToken, SessionId, TokenHash};
-use users_domain::user::{EmailAddress, NewUser, Nickname, PasswordHash, PersonName, User, UserId};
+use users_domain::session::{NewSession, RefreshToken, Session, SessionId, TokenHash};
+use users_domain::user::{
+    Bio, EmailAddress, NewUser, Nickname, PasswordHash, PersonName, ProfileUrl, ProfileUrlKind, User, UserId,
+};
 use uuid::Uuid;
 
-/// Every storage port at once: what one adapter set's store implements.
+/// Every storage port at once: what an adapter set must implement to run the suite.
 pub trait Storage:
     UserStore + SessionStore + EmailTokenStore + LoginThrottle + MailOutbox + AccountRequests + PictureRecords
 {
 }
 
-impl<S> Storage for S where
-    S: UserStore + SessionStore + EmailTokenStore + LoginThrottle + MailOutbox + AccountRequests + PictureRecords
+impl<T> Storage for T where
+    T: UserStore + SessionStore + EmailTokenStore + LoginThrottle + MailOutbox + AccountRequests + PictureRecords
 {
 }
 
-/// Defines one `#[tokio::test]` per conformance check, each on a fresh store made by `$make`, an expression that
-/// evaluates to a future of `(store, guard)`; `guard` is kept alive for the test (a test database, say).
+/// Generates one `#[tokio::test]` per conformance check. `$fresh` is an expression (evaluated anew for each
+/// test) that makes a future of `(store, keep)`: a fresh, empty store, and a value that must live as long as the
+/// check (`()` when there is none). The calling crate needs `tokio` with the `macros` and `rt` features.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
-            users_are_found_by_id_and_by_email_and_unique_case_insensitively,
-            a_failed_insert_stores_neither_token_nor_mail,
-            an_update_applies_every_part_of_the_change,
-            a_failed_update_changes_nothing,
-            the_guard_checks_the_role_and_that_another_unlocked_admin_remains,
-            a_token_is_consumed_once_and_never_after_it_expired,
-            deleting_a_user_takes_what_hangs_off_them_and_checks_the_guard,
-            sessions_are_started_found_revoked_and_listed,
-            rotation_is_compare_and_set,
-            the_throttle_counts_blocks_without_shortening_and_clears,
-            the_outbox_claims_with_leases_and_records_outcomes,
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@checks $fresh;
+            users_are_inserted_and_found,
+            duplicate_emails_and_nicknames_are_refused_case_insensitively,
+            a_new_account_is_stored_with_its_token_and_mails_or_not_at_all,
+            another_unlocked_admin_counts_neither_the_user_nor_locked_admins,
+            a_change_writes_the_columns_it_names_and_updated_at,
+            a_change_applies_every_part_in_order,
+            a_failed_change_stores_nothing,
+            the_role_guard_holds_a_change_to_the_role_it_was_decided_for,
+            the_admin_guard_needs_another_unlocked_admin,
+            email_tokens_are_consumed_once,
+            concurrent_uses_of_one_email_token_let_exactly_one_apply,
+            an_issued_token_replaces_the_previous_one_and_survives_a_drop_of_its_purpose,
+            changes_end_the_sessions_they_name,
+            deleting_a_user_takes_what_hangs_off_them,
+            deleting_a_user_checks_its_guard,
+            sessions_are_started_and_found_with_their_user,
+            refresh_tokens_rotate_by_compare_and_set,
+            concurrent_rotations_of_one_token_let_exactly_one_win,
+            sessions_are_revoked_once_and_only_by_their_owner,
+            sessions_are_listed_newest_first_while_active,
+            email_tokens_are_found_while_unused,
+            login_failures_are_counted_and_blocked_by_the_policy,
+            a_login_block_is_never_shortened,
+            login_failures_are_cleared_per_key,
+            mail_is_claimed_oldest_first_under_leases,
+            mail_is_marked_sent_retried_and_dead,
             account_requests_are_deduplicated_claimed_and_finished,
-            pictures_move_between_active_and_archive,
-            listing_orders_pages_and_filters_like_the_query_says,
+            a_new_picture_becomes_active_and_archives_the_previous_one,
+            a_picture_of_a_missing_user_is_refused,
+            pictures_are_moved_archived_and_restored,
+            users_are_listed_in_every_order_and_page,
+            users_are_listed_with_every_filter,
+            the_listing_prefix_is_literal_and_case_insensitive,
         );
     };
-    (@each $make:expr; $($check:ident),+ $(,)?) => {$(
-        #[tokio::test]
-        async fn $check() {
-            let (store, _guard) = $make.await;
-            $crate::conformance::$check(&store).await;
-        }
-    )+};
+    (@checks $fresh:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (store, _keep) = $fresh.await;
+                $crate::conformance::$check(store).await;
+            }
+        )*
+    };
 }
 
-/// A time in whole microseconds (what Postgres keeps), so values read back compare equal.
-fn now() -> OffsetDateTime {
-    let at = OffsetDateTime::now_utc();
-    at.replace_nanosecond(at.nanosecond() / 1000 * 1000).unwrap_or(at)
+// ---------------------------------------------------------------------------------------------------------------
+// Values
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `at` cut to whole microseconds.
+#[must_use]
+pub fn micros(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap()
+}
+
+/// The current time in whole microseconds.
+#[must_use]
+pub fn now() -> OffsetDateTime {
+    micros(OffsetDateTime::now_utc())
 }
 
 fn email(raw: &str) -> EmailAddress {
     EmailAddress::parse(raw).unwrap()
 }
 
-fn new_user(address: &str, nickname: &str, role: Role) -> NewUser {
+fn nickname(raw: &str) -> Nickname {
+    Nickname::parse(raw).unwrap()
+}
+
+fn name(raw: &str) -> Option<PersonName> {
+    PersonName::parse(raw).unwrap()
+}
+
+fn hash(raw: &str) -> PasswordHash {
+    PasswordHash::new(format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${raw}"))
+}
+
+/// A new unverified ANONYMOUS user with this email and nickname.
+#[must_use]
+pub fn new_user(address: &str, nick: &str) -> NewUser {
     NewUser {
         id: UserId::generate(),
         email: email(address),
-        nickname: Nickname::parse(nickname).unwrap(),
-        first_name: PersonName::parse("Ada").unwrap(),
+        nickname: nickname(nick),
+        first_name: None,
         last_name: None,
         bio: None,
         linkedin_profile_url: None,
         github_profile_url: None,
-        role,
-        email_verified: true,
-        password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".to_owned()),
+        role: Role::Anonymous,
+        email_verified: false,
+        password_hash: hash("aGFzaGhhc2g"),
     }
 }
 
+fn account(user: NewUser) -> NewAccount {
+    NewAccount { user, token: None, mails: Vec::new() }
+}
+
+async fn insert<S: Storage>(store: &S, address: &str, nick: &str) -> User {
+    store.insert_user(account(new_user(address, nick))).await.unwrap()
+}
+
+async fn insert_with_role<S: Storage>(store: &S, address: &str, nick: &str, role: Role) -> User {
+    let mut user = new_user(address, nick);
+    user.role = role;
+    user.email_verified = role != Role::Anonymous;
+    store.insert_user(account(user)).await.unwrap()
+}
+
+async fn set_locked<S: Storage>(store: &S, user: &User, locked: bool) -> User {
+    let mut update = UserUpdate::new(user.id, now());
+    update.fields.is_locked = Some(locked);
+    store.update_user(update).await.unwrap()
+}
+
+/// A mail whose subject names it.
 fn mail(to: &str, subject: &str) -> OutgoingMail {
-    OutgoingMail { to: email(to), subject: subject.to_owned(), text: "text".to_owned(), html: "<p>html</p>".to_owned() }
+    OutgoingMail {
+        to: email(to),
+        subject: subject.to_owned(),
+        text: format!("{subject}\n\nplain text"),
+        html: format!("<p>{subject}</p>"),
+    }
 }
 
-fn email_token(user: UserId, purpose: EmailTokenPurpose, expires_at: OffsetDateTime) -> (String, NewEmailToken) {
-    let secret = RefreshToken::generate();
-    let new_email = (purpose == EmailTokenPurpose::EmailChange).then(|| email("next@example.com"));
-    let token = NewEmailToken { hash: secret.hash(), user_id: user, purpose, new_email, expires_at };
-    (secret.expose().to_owned(), token)
+fn token(user_id: UserId, purpose: EmailTokenPurpose, expires_at: OffsetDateTime) -> NewEmailToken {
+    let new_email = (purpose == EmailTokenPurpose::EmailChange).then(|| email("new-address@example.com"));
+    NewEmailToken { hash: RefreshToken::generate().hash(), user_id, purpose, new_email, expires_at }
 }
 
-async fn insert<S: Storage>(store: &S, address: &str, nickname: &str, role: Role) -> User {
-    let account = NewAccount { user: new_user(address, nickname, role), token: None, mails: Vec::new() };
-    store.insert_user(account).await.unwrap()
+/// Stores `token` through a change that does nothing else.
+async fn issue<S: Storage>(store: &S, token: &NewEmailToken) {
+    let mut update = UserUpdate::new(token.user_id, now());
+    update.issue_token = Some(token.clone());
+    store.update_user(update).await.unwrap();
 }
 
-/// Every pending mail's subject, in queue order (claimed far in the future, so every lease has ended).
-async fn queued_subjects<S: Storage>(store: &S) -> Vec<String> {
-    let later = now() + Duration::days(365);
-    let claimed = store.claim_due_mail(later, 1000, Duration::seconds(1)).await.unwrap();
+/// A change of `user` that consumes `hash`.
+fn consuming(user: UserId, hash: &TokenHash, at: OffsetDateTime) -> UserUpdate {
+    let mut update = UserUpdate::new(user, at);
+    update.consume_token = Some(hash.clone());
+    update
+}
+
+async fn token_exists<S: Storage>(store: &S, hash: &TokenHash) -> bool {
+    store.find_email_token(hash.clone()).await.unwrap().is_some()
+}
+
+/// A new session of `user_id` created at `at`, ending 30 days later, with its first refresh token's hash.
+fn new_session(user_id: UserId, at: OffsetDateTime) -> (NewSession, TokenHash) {
+    let refresh = RefreshToken::generate().hash();
+    let session = NewSession {
+        id: SessionId::generate(),
+        user_id,
+        expires_at: at + Duration::days(30),
+        refresh_token_hash: refresh.clone(),
+        user_agent: Some("curl/8.5".to_owned()),
+        ip: Some("203.0.113.7".to_owned()),
+    };
+    (session, refresh)
+}
+
+async fn start<S: Storage>(store: &S, user_id: UserId, at: OffsetDateTime) -> (Session, TokenHash) {
+    let (session, refresh) = new_session(user_id, at);
+    (store.start_session(session, at).await.unwrap(), refresh)
+}
+
+async fn session<S: Storage>(store: &S, id: SessionId) -> Session {
+    store.find_session_with_user(id).await.unwrap().unwrap().0
+}
+
+/// The subjects of every mail pending now, claimed far enough ahead that anything queued counts as due, with a
+/// lease of zero so a later look sees them again.
+async fn pending_subjects<S: Storage>(store: &S) -> BTreeSet<String> {
+    let ahead = now() + Duration::days(365);
+    let claimed = store.claim_due_mail(ahead, 10_000, Duration::ZERO).await.unwrap();
     claimed.into_iter().map(|message| message.mail.subject).collect()
 }
 
-async fn start_session<S: Storage>(store: &S, user: &User, at: OffsetDateTime) -> (SessionId, TokenHash) {
-    let refresh = RefreshToken::generate();
-    let session = NewSession {
-        id: SessionId::generate(),
-        user_id: user.id,
-        expires_at: at + Duration::days(30),
-        refresh_token_hash: refresh.hash(),
-        user_agent: Some("conformance".to_owned()),
-        ip: Some("192.0.2.1".to_owned()),
-    };
-    let stored = store.start_session(session, at).await.unwrap();
-    (stored.id, refresh.hash())
+fn subjects(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|name| (*name).to_owned()).collect()
 }
 
-/// Insert, the lookups, and uniqueness of email and nickname whatever their case.
-pub async fn users_are_found_by_id_and_by_email_and_unique_case_insensitively<S: Storage>(store: &S) {
-    let ada = insert(store, "Ada@Example.com", "ada", Role::Authenticated).await;
-    assert_eq!(store.find_user(ada.id).await.unwrap().as_ref(), Some(&ada));
-    assert_eq!(store.find_user_by_email(email("ADA@example.com")).await.unwrap().map(|user| user.id), Some(ada.id));
-    assert!(store.find_user(UserId::generate()).await.unwrap().is_none());
-    assert!(store.nickname_exists(Nickname::parse("ADA").unwrap()).await.unwrap());
-    assert!(!store.nickname_exists(Nickname::parse("grace").unwrap()).await.unwrap());
-    let same_email =
-        NewAccount { user: new_user("ada@EXAMPLE.com", "other", Role::Anonymous), token: None, mails: vec![] };
-    assert!(matches!(store.insert_user(same_email).await, Err(InsertUserError::EmailTaken)));
-    let same_nickname =
-        NewAccount { user: new_user("b@example.com", "AdA", Role::Anonymous), token: None, mails: vec![] };
-    assert!(matches!(store.insert_user(same_nickname).await, Err(InsertUserError::NicknameTaken)));
-    assert!(store.ping().await.is_ok());
-}
-
-/// An insert that fails leaves neither its token nor its mails behind.
-pub async fn a_failed_insert_stores_neither_token_nor_mail<S: Storage>(store: &S) {
-    insert(store, "ada@example.com", "ada", Role::Authenticated).await;
-    let user = new_user("ada@example.com", "someone", Role::Anonymous);
-    let (secret, token) = email_token(user.id, EmailTokenPurpose::Verify, now() + Duration::hours(1));
-    let account = NewAccount { user, token: Some(token), mails: vec![mail("ada@example.com", "verify")] };
-    assert!(matches!(store.insert_user(account).await, Err(InsertUserError::EmailTaken)));
-    assert!(store.find_email_token(TokenHash::of(&secret)).await.unwrap().is_none());
-    assert!(queued_subjects(store).await.is_empty());
-
-    let user = new_user("grace@example.com", "grace", Role::Anonymous);
-    let (secret, token) = email_token(user.id, EmailTokenPurpose::Verify, now() + Duration::hours(1));
-    let account = NewAccount { user, token: Some(token), mails: vec![mail("grace@example.com", "verify")] };
-    let grace = store.insert_user(account).await.unwrap();
-    let found = store.find_email_token(TokenHash::of(&secret)).await.unwrap().unwrap();
-    assert_eq!((found.user_id, found.purpose), (grace.id, EmailTokenPurpose::Verify));
-    assert_eq!(queued_subjects(store).await, ["verify"]);
-}
-
-/// A full change: token consumed, columns written, tokens dropped, token issued, sessions ended, backoff cleared,
-/// mails queued.
-pub async fn an_update_applies_every_part_of_the_change<S: Storage>(store: &S) {
-    let at = now();
-    let ada = insert(store, "ada@example.com", "ada", Role::Anonymous).await;
-    let (verify, verify_token) = email_token(ada.id, EmailTokenPurpose::Verify, at + Duration::hours(1));
-    let (reset, reset_token) = email_token(ada.id, EmailTokenPurpose::PasswordReset, at + Duration::hours(1));
-    let mut issue = UserUpdate::new(ada.id, at);
-    issue.issue_token = Some(verify_token);
-    store.update_user(issue).await.unwrap();
-    let mut issue = UserUpdate::new(ada.id, at);
-    issue.issue_token = Some(reset_token);
-    store.update_user(issue).await.unwrap();
-    let (kept, _) = start_session(store, &ada, at).await;
-    let (ended, _) = start_session(store, &ada, at).await;
-    store.record_login_failure("ada@example.com".to_owned(), at, BackoffPolicy::default()).await.unwrap();
-
-    let (change, change_token) = email_token(ada.id, EmailTokenPurpose::EmailChange, at + Duration::hours(1));
-    let mut update = UserUpdate::new(ada.id, at + Duration::seconds(5));
-    update.guard.role = Some(Role::Anonymous);
-    update.consume_token = Some(TokenHash::of(&verify));
-    update.fields.email_verified = Some(true);
-    update.fields.role = Some(Role::Authenticated);
-    update.fields.pending_email = Some(Some(email("next@example.com")));
-    update.fields.professional = Some((true, at));
-    update.fields.profile = ProfileChanges {
-        bio: Some(None),
-        nickname: Some(Nickname::parse("ada2").unwrap()),
-        ..ProfileChanges::default()
-    };
-    update.drop_tokens = vec![EmailTokenPurpose::PasswordReset];
-    update.issue_token = Some(change_token);
-    update.end_sessions = SessionEnd::AllBut(kept);
-    update.clear_failures = Some("ada@example.com".to_owned());
-    update.mails = vec![mail("ada@example.com", "one"), mail("next@example.com", "two")];
-    let updated = store.update_user(update).await.unwrap();
-
-    assert!(updated.email_verified && updated.is_professional);
-    assert_eq!(updated.role, Role::Authenticated);
-    assert_eq!(updated.nickname.as_str(), "ada2");
-    assert_eq!(updated.pending_email, Some(email("next@example.com")));
-    assert_eq!(updated.professional_status_updated_at, Some(at));
-    assert_eq!(store.find_user(ada.id).await.unwrap().as_ref(), Some(&updated));
-    assert!(store.find_email_token(TokenHash::of(&verify)).await.unwrap().is_none(), "consumed");
-    assert!(store.find_email_token(TokenHash::of(&reset)).await.unwrap().is_none(), "dropped");
-    let issued = store.find_email_token(TokenHash::of(&change)).await.unwrap().unwrap();
-    assert_eq!(issued.new_email, Some(email("next@example.com")));
-    let (kept_session, _) = store.find_session_with_user(kept).await.unwrap().unwrap();
-    let (ended_session, _) = store.find_session_with_user(ended).await.unwrap().unwrap();
-    assert!(kept_session.revoked_at.is_none());
-    assert!(ended_session.revoked_at.is_some());
-    assert!(store.login_failures("ada@example.com".to_owned()).await.unwrap().is_none());
-    assert_eq!(queued_subjects(store).await, ["one", "two"]);
-
-    // A change that sets nothing leaves the row as it was.
-    let unchanged = store.update_user(UserUpdate::new(ada.id, at + Duration::hours(1))).await.unwrap();
-    assert_eq!(unchanged, updated);
-}
-
-/// A change that fails at any step leaves the user, the tokens, the sessions and the outbox as they were.
-pub async fn a_failed_update_changes_nothing<S: Storage>(store: &S) {
-    let at = now();
-    let ada = insert(store, "ada@example.com", "ada", Role::Authenticated).await;
-    insert(store, "grace@example.com", "grace", Role::Authenticated).await;
-    let (verify, verify_token) = email_token(ada.id, EmailTokenPurpose::Verify, at + Duration::hours(1));
-    let mut issue = UserUpdate::new(ada.id, at);
-    issue.issue_token = Some(verify_token);
-    store.update_user(issue).await.unwrap();
-    let (session, _) = start_session(store, &ada, at).await;
-    let stored = store.find_user(ada.id).await.unwrap().unwrap();
-
-    for (field, expected) in [("nickname", "nickname"), ("email", "email")] {
-        let mut update = UserUpdate::new(ada.id, at);
-        update.consume_token = Some(TokenHash::of(&verify));
-        update.fields.is_locked = Some(true);
-        if field == "nickname" {
-            update.fields.profile.nickname = Some(Nickname::parse("GRACE").unwrap());
-        } else {
-            update.fields.email = Some(email("Grace@example.com"));
-        }
-        update.drop_tokens = EmailTokenPurpose::ALL.to_vec();
-        update.end_sessions = SessionEnd::All;
-        update.mails = vec![mail("ada@example.com", "never")];
-        let error = store.update_user(update).await.unwrap_err();
-        let matched = match expected {
-            "nickname" => matches!(error, UpdateError::NicknameTaken),
-            _ => matches!(error, UpdateError::EmailTaken),
-        };
-        assert!(matched, "{field}: {error:?}");
-    }
-    assert_eq!(store.find_user(ada.id).await.unwrap(), Some(stored));
-    assert!(store.find_email_token(TokenHash::of(&verify)).await.unwrap().is_some());
-    assert!(store.find_session_with_user(session).await.unwrap().unwrap().0.revoked_at.is_none());
-    assert!(queued_subjects(store).await.is_empty());
-
-    let missing = store.update_user(UserUpdate::new(UserId::generate(), at)).await;
-    assert!(matches!(missing, Err(UpdateError::NotFound)));
-}
-
-/// `Guard::role` and `Guard::another_admin`.
-pub async fn the_guard_checks_the_role_and_that_another_unlocked_admin_remains<S: Storage>(store: &S) {
-    let at = now();
-    let first = insert(store, "first@example.com", "first", Role::Admin).await;
-    let second = insert(store, "second@example.com", "second", Role::Admin).await;
-    let mut stale = UserUpdate::new(first.id, at);
-    stale.guard.role = Some(Role::Manager);
-    stale.fields.is_locked = Some(true);
-    assert!(matches!(store.update_user(stale).await, Err(UpdateError::RoleChanged)));
-
-    let mut lock_second = UserUpdate::new(second.id, at);
-    lock_second.guard = Guard { role: Some(Role::Admin), another_admin: true };
-    lock_second.fields.is_locked = Some(true);
-    assert!(store.update_user(lock_second).await.unwrap().is_locked);
-    assert!(!store.another_unlocked_admin(first.id).await.unwrap(), "a locked ADMIN does not count");
-    assert!(store.another_unlocked_admin(second.id).await.unwrap());
-
-    let mut demote_first = UserUpdate::new(first.id, at);
-    demote_first.guard = Guard { role: Some(Role::Admin), another_admin: true };
-    demote_first.fields.role = Some(Role::Authenticated);
-    assert!(matches!(store.update_user(demote_first.clone()).await, Err(UpdateError::LastAdmin)));
-    assert_eq!(store.find_user(first.id).await.unwrap().unwrap().role, Role::Admin);
-    // Without the guard the store applies what it is told: the rule is the domain's to ask for.
-    demote_first.guard.another_admin = false;
-    assert_eq!(store.update_user(demote_first).await.unwrap().role, Role::Authenticated);
-}
-
-/// A token works once, only for its user, and not once expired.
-pub async fn a_token_is_consumed_once_and_never_after_it_expired<S: Storage>(store: &S) {
-    let at = now();
-    let ada = insert(store, "ada@example.com", "ada", Role::Anonymous).await;
-    let grace = insert(store, "grace@example.com", "grace", Role::Anonymous).await;
-    let (secret, new_token) = email_token(ada.id, EmailTokenPurpose::Verify, at + Duration::minutes(10));
-    let mut issue = UserUpdate::new(ada.id, at);
-    issue.issue_token = Some(new_token);
-    store.update_user(issue).await.unwrap();
-
-    let mut expired = UserUpdate::new(ada.id, at + Duration::minutes(10));
-    expired.consume_token = Some(TokenHash::of(&secret));
-    assert!(matches!(store.update_user(expired).await, Err(UpdateError::TokenUnusable)));
-    let mut foreign = UserUpdate::new(grace.id, at);
-    foreign.consume_token = Some(TokenHash::of(&secret));
-    assert!(matches!(store.update_user(foreign).await, Err(UpdateError::TokenUnusable)));
-
-    let mut consume = UserUpdate::new(ada.id, at);
-    consume.consume_token = Some(TokenHash::of(&secret));
-    consume.fields.email_verified = Some(true);
-    store.update_user(consume.clone()).await.unwrap();
-    assert!(matches!(store.update_user(consume).await, Err(UpdateError::TokenUnusable)));
-
-    // A new token of the same purpose replaces the older one (newest wins).
-    let (first, first_token) = email_token(ada.id, EmailTokenPurpose::PasswordReset, at + Duration::hours(1));
-    let (second, second_token) = email_token(ada.id, EmailTokenPurpose::PasswordReset, at + Duration::hours(1));
-    for new_token in [first_token, second_token] {
-        let mut issue = UserUpdate::new(ada.id, at);
-        issue.issue_token = Some(new_token);
-        store.update_user(issue).await.unwrap();
-    }
-    assert!(store.find_email_token(TokenHash::of(&first)).await.unwrap().is_none());
-    assert!(store.find_email_token(TokenHash::of(&second)).await.unwrap().is_some());
-}
-
-/// Deleting a user removes their sessions, tokens and picture records, under the same guard as a change.
-pub async fn deleting_a_user_takes_what_hangs_off_them_and_checks_the_guard<S: Storage>(store: &S) {
-    let at = now();
-    let admin = insert(store, "admin@example.com", "admin", Role::Admin).await;
-    let ada = insert(store, "ada@example.com", "ada", Role::Authenticated).await;
-    let (secret, new_token) = email_token(ada.id, EmailTokenPurpose::PasswordReset, at + Duration::hours(1));
-    let mut issue = UserUpdate::new(ada.id, at);
-    issue.issue_token = Some(new_token);
-    store.update_user(issue).await.unwrap();
-    let (session, refresh) = start_session(store, &ada, at).await;
-    store.insert_active_picture(picture(ada.id, at), at).await.unwrap();
-
-    let stale = Guard { role: Some(Role::Manager), another_admin: false };
-    assert!(matches!(store.delete_user(ada.id, stale).await, Err(UpdateError::RoleChanged)));
-    let last = Guard { role: Some(Role::Admin), another_admin: true };
-    assert!(matches!(store.delete_user(admin.id, last).await, Err(UpdateError::LastAdmin)));
-    store.delete_user(ada.id, Guard { role: Some(Role::Authenticated), another_admin: false }).await.unwrap();
-    assert!(store.find_user(ada.id).await.unwrap().is_none());
-    assert!(store.find_session_with_user(session).await.unwrap().is_none());
-    assert!(store.find_refresh_token(refresh).await.unwrap().is_none());
-    assert!(store.find_email_token(TokenHash::of(&secret)).await.unwrap().is_none());
-    assert!(store.active_picture(ada.id).await.unwrap().is_none());
-    assert!(matches!(store.delete_user(ada.id, Guard::default()).await, Err(UpdateError::NotFound)));
-}
-
-/// Start, lookups, revocation by owner, ending sessions, and the list of active ones.
-pub async fn sessions_are_started_found_revoked_and_listed<S: Storage>(store: &S) {
-    let at = now();
-    let ada = insert(store, "ada@example.com", "ada", Role::Authenticated).await;
-    let grace = insert(store, "grace@example.com", "grace", Role::Authenticated).await;
-    let (first, refresh) = start_session(store, &ada, at).await;
-    let (second, _) = start_session(store, &ada, at + Duration::seconds(1)).await;
-    let (third, _) = start_session(store, &ada, at + Duration::seconds(2)).await;
-    let (session, user) = store.find_session_with_user(first).await.unwrap().unwrap();
-    assert_eq!((session.user_id, session.created_at, session.last_used_at), (ada.id, at, at));
-    assert_eq!(user.last_login_at.map(|_| ()), Some(()));
-    let record = store.find_refresh_token(refresh).await.unwrap().unwrap();
-    assert_eq!((record.session.id, record.user.id, record.used), (first, ada.id, false));
-
-    assert!(!store.revoke_session(first, Some(grace.id), at).await.unwrap(), "not grace's session");
-    assert!(store.revoke_session(first, Some(ada.id), at).await.unwrap());
-    assert!(!store.revoke_session(first, None, at + Duration::seconds(9)).await.unwrap(), "already revoked");
-    assert_eq!(store.find_session_with_user(first).await.unwrap().unwrap().0.revoked_at, Some(at));
-    let listed: Vec<SessionId> =
-        store.list_sessions(ada.id, at).await.unwrap().into_iter().map(|session| session.id).collect();
-    assert_eq!(listed, [third, second], "unrevoked, newest first");
-    assert!(store.list_sessions(ada.id, at + Duration::days(31)).await.unwrap().is_empty(), "past their end");
-    store.end_sessions(ada.id, SessionEnd::AllBut(third), at).await.unwrap();
-    let listed: Vec<SessionId> =
-        store.list_sessions(ada.id, at).await.unwrap().into_iter().map(|session| session.id).collect();
-    assert_eq!(listed, [third]);
-    store.end_sessions(ada.id, SessionEnd::All, at).await.unwrap();
-    assert!(store.list_sessions(ada.id, at).await.unwrap().is_empty());
-}
-
-/// Of two exchanges of one token only the first succeeds; a revoked session exchanges nothing.
-pub async fn rotation_is_compare_and_set<S: Storage>(store: &S) {
-    let at = now();
-    let ada = insert(store, "ada@example.com", "ada", Role::Authenticated).await;
-    let (session, first) = start_session(store, &ada, at).await;
-    let second = RefreshToken::generate().hash();
-    let later = at + Duration::minutes(5);
-    let rotated = store.rotate_refresh_token(session, first.clone(), second.clone(), later).await.unwrap();
-    assert_eq!(rotated.map(|session| session.last_used_at), Some(later));
-    let third = RefreshToken::generate().hash();
-    assert!(store.rotate_refresh_token(session, first.clone(), third.clone(), later).await.unwrap().is_none());
-    assert!(store.find_refresh_token(third.clone()).await.unwrap().is_none(), "no successor for a used token");
-    assert!(store.find_refresh_token(first).await.unwrap().unwrap().used);
-    assert!(!store.find_refresh_token(second.clone()).await.unwrap().unwrap().used);
-    assert!(store.revoke_session(session, None, later).await.unwrap());
-    assert!(store.rotate_refresh_token(session, second, third, later).await.unwrap().is_none());
-}
-
-/// Failures count up, block per the policy, never shorten a block, and clear.
-pub async fn the_throttle_counts_blocks_without_shortening_and_clears<S: Storage>(store: &S) {
-    let at = now();
-    let policy = BackoffPolicy { after: 2, base: Duration::seconds(10), max: Duration::minutes(1) };
-    let key = "ada@example.com".to_owned();
-    assert!(store.login_failures(key.clone()).await.unwrap().is_none());
-    assert_eq!(store.record_login_failure(key.clone(), at, policy).await.unwrap(), None);
-    assert_eq!(store.record_login_failure(key.clone(), at, policy).await.unwrap(), Some(at + Duration::seconds(10)));
-    assert_eq!(store.record_login_failure(key.clone(), at, policy).await.unwrap(), Some(at + Duration::seconds(20)));
-    // A failure recorded with an earlier clock does not shorten the block already in place.
-    let earlier = at - Duration::minutes(5);
-    assert_eq!(
-        store.record_login_failure(key.clone(), earlier, policy).await.unwrap(),
-        Some(at + Duration::seconds(20))
-    );
-    let count = store.login_failures(key.clone()).await.unwrap().unwrap();
-    assert_eq!((count.failures, count.blocked_until), (4, Some(at + Duration::seconds(20))));
-    store.clear_login_failures(key.clone()).await.unwrap();
-    assert!(store.login_failures(key).await.unwrap().is_none());
-}
-
-/// Claims lease mails; a leased mail is not claimed again until its lease ends; sent mails leave the queue,
-/// failed ones come back at their retry time, dead ones never.
-pub async fn the_outbox_claims_with_leases_and_records_outcomes<S: Storage>(store: &S) {
-    for subject in ["one", "two", "three"] {
-        store.queue_mail(mail("ada@example.com", subject)).await.unwrap();
-    }
-    let at = now() + Duration::seconds(1);
-    let lease = Duration::minutes(2);
-    let first = store.claim_due_mail(at, 2, lease).await.unwrap();
-    assert_eq!(first.iter().map(|message| message.mail.subject.as_str()).collect::<Vec<_>>(), ["one", "two"]);
-    assert!(first.iter().all(|message| message.attempts == 0));
-    let second = store.claim_due_mail(at, 10, lease).await.unwrap();
-    assert_eq!(second.iter().map(|message| message.mail.subject.as_str()).collect::<Vec<_>>(), ["three"]);
-    assert!(store.claim_due_mail(at, 10, lease).await.unwrap().is_empty(), "everything is leased");
-
-    store.mark_mail_sent(first[0].id, at).await.unwrap();
-    store.mark_mail_failed(first[1].id, Some(at + Duration::minutes(1)), "refused".to_owned()).await.unwrap();
-    store.mark_mail_failed(second[0].id, None, "refused for good".to_owned()).await.unwrap();
-    let retried = store.claim_due_mail(at + Duration::minutes(1), 10, lease).await.unwrap();
-    assert_eq!(retried.len(), 1);
-    assert_eq!((retried[0].id, retried[0].attempts), (first[1].id, 1));
-    assert!(store.claim_due_mail(at + Duration::days(1), 10, lease).await.unwrap().len() == 1, "only the retried one");
-}
-
-/// A request for an address already queued for the same kind is absorbed; claims lease; finished ones are gone.
-pub async fn account_requests_are_deduplicated_claimed_and_finished<S: Storage>(store: &S) {
-    let at = now();
-    let lease = Duration::minutes(2);
-    store.queue_account_request(AccountRequestKind::PasswordReset, email("ada@example.com"), at).await.unwrap();
-    store.queue_account_request(AccountRequestKind::PasswordReset, email("ADA@example.com"), at).await.unwrap();
-    store.queue_account_request(AccountRequestKind::Verification, email("ada@example.com"), at).await.unwrap();
-    let claimed = store.claim_account_requests(at, 10, lease).await.unwrap();
-    let kinds: Vec<AccountRequestKind> = claimed.iter().map(|request| request.kind).collect();
-    assert_eq!(kinds, [AccountRequestKind::PasswordReset, AccountRequestKind::Verification]);
-    assert!(store.claim_account_requests(at, 10, lease).await.unwrap().is_empty(), "leased");
-    store.finish_account_request(claimed[0].id).await.unwrap();
-    let again = store.claim_account_requests(at + lease, 10, lease).await.unwrap();
-    assert_eq!(again.iter().map(|request| request.id).collect::<Vec<_>>(), [claimed[1].id]);
-}
-
-fn picture(user: UserId, at: OffsetDateTime) -> StoredPicture {
+/// A complete picture of `user_id` created at `created_at`, under its active prefix.
+fn picture(user_id: UserId, created_at: OffsetDateTime) -> StoredPicture {
     let id = Uuid::now_v7();
+    let variants = PictureSize::ALL
+        .iter()
+        .map(|size| PictureVariant {
+            size: *size,
+            content_type: if *size == PictureSize::Thumb { "image/png" } else { "image/jpeg" }.to_owned(),
+            width: size.max_edge(),
+            height: size.max_edge() / 2,
+            bytes: u64::from(size.max_edge()) * 10,
+            sha256: format!("{:064x}", size.max_edge()),
+        })
+        .collect();
     StoredPicture {
         id,
-        user_id: user,
-        created_at: at,
+        user_id,
+        created_at,
         archived: false,
-        prefix: StoredPicture::active_prefix(user, id),
-        variants: PictureSize::ALL
-            .into_iter()
-            .map(|size| PictureVariant {
-                size,
-                content_type: "image/jpeg".to_owned(),
-                width: size.max_edge(),
-                height: size.max_edge(),
-                bytes: 100,
-                sha256: "0".repeat(64),
-            })
-            .collect(),
+        prefix: StoredPicture::active_prefix(user_id, id),
+        variants,
     }
 }
 
-/// A new picture archives the active one; archive, restore and move work on the records.
-pub async fn pictures_move_between_active_and_archive<S: Storage>(store: &S) {
-    let at = now();
-    let ada = insert(store, "ada@example.com", "ada", Role::Authenticated).await;
-    let first = picture(ada.id, at);
-    let second = picture(ada.id, at + Duration::seconds(1));
-    assert!(store.insert_active_picture(first.clone(), at).await.unwrap().is_none());
-    let previous = store.insert_active_picture(second.clone(), at).await.unwrap().unwrap();
-    assert_eq!(previous.id, first.id);
-    assert_eq!(store.active_picture(ada.id).await.unwrap().map(|picture| picture.id), Some(second.id));
-    assert_eq!(store.find_user(ada.id).await.unwrap().unwrap().profile_picture_id, Some(second.id));
-    store.move_picture(first.id, "elsewhere/first".to_owned()).await.unwrap();
-    let archived = store.archived_pictures(ada.id).await.unwrap();
-    assert_eq!(archived.iter().map(|picture| picture.id).collect::<Vec<_>>(), [first.id]);
-    assert_eq!(archived[0].prefix, "elsewhere/first");
-
-    let (restored, displaced) = store.restore_picture(ada.id, first.id, at).await.unwrap().unwrap();
-    assert_eq!((restored.id, displaced.map(|picture| picture.id)), (first.id, Some(second.id)));
-    assert_eq!(store.active_picture(ada.id).await.unwrap().map(|picture| picture.id), Some(first.id));
-    assert!(store.restore_picture(ada.id, Uuid::now_v7(), at).await.unwrap().is_none());
-    let archived = store.archive_active_picture(ada.id, at).await.unwrap().unwrap();
-    assert_eq!(archived.id, first.id);
-    assert!(store.active_picture(ada.id).await.unwrap().is_none());
-    assert!(store.find_user(ada.id).await.unwrap().unwrap().profile_picture_id.is_none());
-    assert_eq!(store.archived_pictures(ada.id).await.unwrap().len(), 2);
-    assert!(matches!(
-        store.insert_active_picture(picture(UserId::generate(), at), at).await,
-        Err(PictureWriteError::UserGone)
-    ));
+/// `picture` with its variants in one order and its archive flag as given, for comparisons that do not depend on
+/// the order an adapter returns the variants in.
+fn normalised(mut picture: StoredPicture) -> StoredPicture {
+    picture.variants.sort_by_key(|variant| variant.size.as_str());
+    picture
 }
 
-/// Keyset pages in each order, with role, flag and literal prefix filters.
-pub async fn listing_orders_pages_and_filters_like_the_query_says<S: Storage>(store: &S) {
-    let mut users = Vec::new();
-    for (address, nickname, role) in [
-        ("carol@example.com", "zed", Role::Authenticated),
-        ("Alice@example.com", "yan", Role::Authenticated),
-        ("bob@example.com", "Xia", Role::Manager),
-        ("a_b@example.com", "wes", Role::Authenticated),
-        ("a%b@example.com", "vic", Role::Anonymous),
-    ] {
-        users.push(insert(store, address, nickname, role).await);
-    }
-    let query = |sort, after, prefix: Option<&str>, roles: Vec<Role>| UserQuery {
-        limit: 2,
+fn archived(picture: &StoredPicture) -> StoredPicture {
+    normalised(StoredPicture { archived: true, ..picture.clone() })
+}
+
+fn ids(users: &[User]) -> Vec<UserId> {
+    users.iter().map(|user| user.id).collect()
+}
+
+fn query(sort: UserSort, limit: u32) -> UserQuery {
+    UserQuery {
+        limit,
         sort,
-        after,
-        prefix: prefix.map(str::to_owned),
-        roles,
+        after: None,
+        prefix: None,
+        roles: Role::ALL.to_vec(),
         email_verified: None,
         is_locked: None,
         is_professional: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Users
+// ---------------------------------------------------------------------------------------------------------------
+
+/// An inserted user reads back as given, with the defaults a new user gets; lookups by email and nickname ignore
+/// case.
+pub async fn users_are_inserted_and_found<S: Storage>(store: S) {
+    let mut new = new_user("Ada.Lovelace@Example.com", "Ada_L");
+    new.first_name = name("Ada");
+    new.last_name = name("Lovelace");
+    new.bio = Bio::parse("Analyst.\nPoet of science.").unwrap();
+    new.linkedin_profile_url = ProfileUrl::parse("https://www.linkedin.com/in/ada", ProfileUrlKind::LinkedIn).unwrap();
+    new.github_profile_url = ProfileUrl::parse("https://github.com/ada", ProfileUrlKind::GitHub).unwrap();
+    new.role = Role::Authenticated;
+    new.email_verified = true;
+    let user = store.insert_user(account(new.clone())).await.unwrap();
+    assert_eq!(user.id, new.id);
+    assert_eq!(user.email.as_str(), "Ada.Lovelace@example.com");
+    assert_eq!(user.nickname, new.nickname);
+    assert_eq!((&user.first_name, &user.last_name, &user.bio), (&new.first_name, &new.last_name, &new.bio));
+    assert_eq!(
+        (&user.linkedin_profile_url, &user.github_profile_url),
+        (&new.linkedin_profile_url, &new.github_profile_url)
+    );
+    assert_eq!((user.role, user.email_verified), (Role::Authenticated, true));
+    assert_eq!(user.password_hash, new.password_hash);
+    assert_eq!(user.profile_picture_id, None);
+    assert!(!user.is_professional && user.professional_status_updated_at.is_none());
+    assert!(!user.is_locked && user.pending_email.is_none() && user.last_login_at.is_none());
+    assert_eq!(user.created_at, user.updated_at);
+
+    assert_eq!(store.find_user(user.id).await.unwrap(), Some(user.clone()));
+    assert_eq!(store.find_user_by_email(email("ada.lovelace@example.com")).await.unwrap(), Some(user.clone()));
+    assert_eq!(store.find_user_by_email(email("ADA.LOVELACE@EXAMPLE.COM")).await.unwrap(), Some(user.clone()));
+    assert_eq!(store.find_user_by_email(email("ada@example.com")).await.unwrap(), None);
+    assert_eq!(store.find_user(UserId::generate()).await.unwrap(), None);
+    assert!(store.nickname_exists(nickname("ada_l")).await.unwrap());
+    assert!(store.nickname_exists(nickname("ADA_L")).await.unwrap());
+    assert!(!store.nickname_exists(nickname("ada_m")).await.unwrap());
+    store.ping().await.unwrap();
+}
+
+/// An email or nickname another user has, in any case, is refused, and nothing of the refused user is stored.
+pub async fn duplicate_emails_and_nicknames_are_refused_case_insensitively<S: Storage>(store: S) {
+    let grace = insert(&store, "grace@example.com", "grace").await;
+    let taken_email = store.insert_user(account(new_user("GRACE@Example.com", "hopper"))).await;
+    assert!(matches!(taken_email, Err(InsertUserError::EmailTaken)), "{taken_email:?}");
+    let taken_nickname = store.insert_user(account(new_user("hopper@example.com", "GRACE"))).await;
+    assert!(matches!(taken_nickname, Err(InsertUserError::NicknameTaken)), "{taken_nickname:?}");
+    assert!(!store.nickname_exists(nickname("hopper")).await.unwrap());
+    assert_eq!(store.find_user_by_email(email("hopper@example.com")).await.unwrap(), None);
+    assert_eq!(store.list_users(query(UserSort::CreatedAt, 10)).await.unwrap(), [grace]);
+}
+
+/// A new account's token and mails are stored with it; when the insert fails, neither is.
+pub async fn a_new_account_is_stored_with_its_token_and_mails_or_not_at_all<S: Storage>(store: S) {
+    let expires = now() + Duration::hours(24);
+    let user = new_user("ada@example.com", "ada");
+    let verify = token(user.id, EmailTokenPurpose::Verify, expires);
+    let created = NewAccount {
+        user: user.clone(),
+        token: Some(verify.clone()),
+        mails: vec![mail("ada@example.com", "welcome"), mail("ada@example.com", "verify")],
     };
-    let all = Role::ALL.to_vec();
-    let emails = |page: &[User]| page.iter().map(|user| user.email.canonical()).collect::<Vec<_>>();
+    store.insert_user(created).await.unwrap();
+    let record = store.find_email_token(verify.hash.clone()).await.unwrap().unwrap();
+    assert_eq!((record.user_id, record.purpose, record.expires_at), (user.id, EmailTokenPurpose::Verify, expires));
+    assert_eq!(pending_subjects(&store).await, subjects(&["welcome", "verify"]));
 
-    let first = store.list_users(query(UserSort::Email, None, None, all.clone())).await.unwrap();
-    assert_eq!(emails(&first), ["a%b@example.com", "a_b@example.com"]);
-    let after = first.last().map(|user| UserCursor::after(user, UserSort::Email));
-    let second = store.list_users(query(UserSort::Email, after, None, all.clone())).await.unwrap();
-    assert_eq!(emails(&second), ["alice@example.com", "bob@example.com"]);
+    let clash = new_user("ADA@example.com", "other");
+    let clash_token = token(clash.id, EmailTokenPurpose::Verify, expires);
+    let refused =
+        NewAccount { user: clash, token: Some(clash_token.clone()), mails: vec![mail("ada@example.com", "x")] };
+    assert!(matches!(store.insert_user(refused).await, Err(InsertUserError::EmailTaken)));
+    assert!(!token_exists(&store, &clash_token.hash).await, "a refused account's token is not stored");
+    assert_eq!(pending_subjects(&store).await, subjects(&["welcome", "verify"]), "nor are its mails");
 
-    let by_nickname = store.list_users(query(UserSort::Nickname, None, None, all.clone())).await.unwrap();
-    assert_eq!(by_nickname.iter().map(|user| user.nickname.as_str()).collect::<Vec<_>>(), ["vic", "wes"]);
-    let oldest = store.list_users(query(UserSort::CreatedAt, None, None, all.clone())).await.unwrap();
-    assert_eq!(oldest.iter().map(|user| user.id).collect::<Vec<_>>(), [users[0].id, users[1].id]);
-    let newest = store.list_users(query(UserSort::CreatedAtDesc, None, None, all.clone())).await.unwrap();
-    assert_eq!(newest.iter().map(|user| user.id).collect::<Vec<_>>(), [users[4].id, users[3].id]);
-    let after = newest.last().map(|user| UserCursor::after(user, UserSort::CreatedAtDesc));
-    let older = store.list_users(query(UserSort::CreatedAtDesc, after, None, all.clone())).await.unwrap();
-    assert_eq!(older.iter().map(|user| user.id).collect::<Vec<_>>(), [users[2].id, users[1].id]);
+    // A token bound to another user is refused as a bug, and takes the account with it.
+    let stray = new_user("stray@example.com", "stray");
+    let foreign =
+        NewAccount { token: Some(token(user.id, EmailTokenPurpose::PasswordReset, expires)), ..account(stray) };
+    assert!(matches!(store.insert_user(foreign).await, Err(InsertUserError::Port(PortError::Unknown(_)))));
+    assert_eq!(store.find_user_by_email(email("stray@example.com")).await.unwrap(), None);
+}
 
-    // Wildcards in a prefix are literal; the prefix matches email, nickname or names, in any case.
-    let literal = store.list_users(query(UserSort::Email, None, Some("A_"), all.clone())).await.unwrap();
-    assert_eq!(emails(&literal), ["a_b@example.com"]);
-    let percent = store.list_users(query(UserSort::Email, None, Some("a%"), all.clone())).await.unwrap();
-    assert_eq!(emails(&percent), ["a%b@example.com"]);
-    let nickname = store.list_users(query(UserSort::Email, None, Some("xI"), all.clone())).await.unwrap();
-    assert_eq!(emails(&nickname), ["bob@example.com"]);
-    let managers = store.list_users(query(UserSort::Email, None, None, vec![Role::Manager])).await.unwrap();
-    assert_eq!(emails(&managers), ["bob@example.com"]);
-    let mut anonymous_only = query(UserSort::Email, None, None, all);
-    anonymous_only.email_verified = Some(true);
-    anonymous_only.is_locked = Some(false);
-    anonymous_only.is_professional = Some(false);
-    anonymous_only.limit = 10;
-    assert_eq!(store.list_users(anonymous_only).await.unwrap().len(), 5);
+/// `another_unlocked_admin` answers whether an unlocked ADMIN other than the one named exists.
+pub async fn another_unlocked_admin_counts_neither_the_user_nor_locked_admins<S: Storage>(store: S) {
+    let first = insert_with_role(&store, "first@example.com", "first", Role::Admin).await;
+    assert!(!store.another_unlocked_admin(first.id).await.unwrap(), "alone");
+    let locked = insert_with_role(&store, "locked@example.com", "locked", Role::Admin).await;
+    set_locked(&store, &locked, true).await;
+    insert_with_role(&store, "manager@example.com", "manager", Role::Manager).await;
+    assert!(!store.another_unlocked_admin(first.id).await.unwrap(), "a locked ADMIN and a MANAGER do not count");
+    assert!(store.another_unlocked_admin(locked.id).await.unwrap(), "the first one counts for the locked one");
+    let second = insert_with_role(&store, "second@example.com", "second", Role::Admin).await;
+    assert!(store.another_unlocked_admin(first.id).await.unwrap());
+    assert!(store.another_unlocked_admin(second.id).await.unwrap());
+}
+
+/// A change writes exactly the columns it names (clearing those set to `Some(None)`) and sets `updated_at` to its
+/// time; a change without columns leaves the row, `updated_at` included, as it was.
+pub async fn a_change_writes_the_columns_it_names_and_updated_at<S: Storage>(store: S) {
+    let mut new = new_user("ada@example.com", "ada");
+    new.first_name = name("Ada");
+    new.bio = Bio::parse("Analyst").unwrap();
+    let before = store.insert_user(account(new)).await.unwrap();
+    let at = now() + Duration::minutes(1);
+    let github = ProfileUrl::parse("https://github.com/lovelace", ProfileUrlKind::GitHub).unwrap();
+    let linkedin = ProfileUrl::parse("https://linkedin.com/in/lovelace", ProfileUrlKind::LinkedIn).unwrap();
+    let mut update = UserUpdate::new(before.id, at);
+    update.fields = UserFields {
+        profile: ProfileChanges {
+            nickname: Some(nickname("Countess")),
+            first_name: Some(None),
+            last_name: Some(name("Lovelace")),
+            bio: Some(None),
+            linkedin_profile_url: Some(linkedin.clone()),
+            github_profile_url: Some(github.clone()),
+        },
+        email: Some(email("countess@example.com")),
+        pending_email: Some(Some(email("pending@example.com"))),
+        email_verified: Some(true),
+        role: Some(Role::Manager),
+        is_locked: Some(true),
+        professional: Some((true, at - Duration::seconds(5))),
+        password_hash: Some(hash("bmV3aGFzaA")),
+    };
+    let after = store.update_user(update).await.unwrap();
+    let expected = User {
+        nickname: nickname("Countess"),
+        first_name: None,
+        last_name: name("Lovelace"),
+        bio: None,
+        linkedin_profile_url: linkedin,
+        github_profile_url: github,
+        email: email("countess@example.com"),
+        pending_email: Some(email("pending@example.com")),
+        email_verified: true,
+        role: Role::Manager,
+        is_locked: true,
+        is_professional: true,
+        professional_status_updated_at: Some(at - Duration::seconds(5)),
+        password_hash: hash("bmV3aGFzaA"),
+        updated_at: at,
+        ..before.clone()
+    };
+    assert_eq!(after, expected);
+    assert_eq!(store.find_user(before.id).await.unwrap(), Some(expected.clone()));
+
+    // Nothing to write: the row is returned as it is, `updated_at` included.
+    let unchanged = store.update_user(UserUpdate::new(before.id, at + Duration::minutes(1))).await.unwrap();
+    assert_eq!(unchanged, expected);
+    // One's own address in another case is no conflict.
+    let mut recase = UserUpdate::new(before.id, at + Duration::minutes(2));
+    recase.fields.email = Some(email("COUNTESS@example.com"));
+    recase.fields.profile.nickname = Some(nickname("COUNTESS"));
+    let recased = store.update_user(recase).await.unwrap();
+    assert_eq!((recased.email.as_str(), recased.nickname.as_str()), ("COUNTESS@example.com", "COUNTESS"));
+    assert_eq!(recased.updated_at, at + Duration::minutes(2));
+}
+
+/// Every part of a change is applied: the token consumed, columns written, tokens dropped, a token issued,
+/// sessions ended, the backoff cleared and mails queued.
+pub async fn a_change_applies_every_part_in_order<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    let (kept, _) = start(&store, user.id, t0).await;
+    let (ended, _) = start(&store, user.id, t0).await;
+    let verify = token(user.id, EmailTokenPurpose::Verify, t0 + Duration::hours(1));
+    let reset = token(user.id, EmailTokenPurpose::PasswordReset, t0 + Duration::hours(1));
+    issue(&store, &verify).await;
+    issue(&store, &reset).await;
+    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default()).await.unwrap();
+
+    let at = t0 + Duration::minutes(1);
+    let change = token(user.id, EmailTokenPurpose::EmailChange, at + Duration::hours(1));
+    let mut update = consuming(user.id, &verify.hash, at);
+    update.fields.email_verified = Some(true);
+    update.drop_tokens = vec![EmailTokenPurpose::PasswordReset];
+    update.issue_token = Some(change.clone());
+    update.end_sessions = SessionEnd::AllBut(kept.id);
+    update.clear_failures = Some("ada@example.com".to_owned());
+    update.mails = vec![mail("ada@example.com", "first"), mail("ada@example.com", "second")];
+    let after = store.update_user(update).await.unwrap();
+
+    assert!(after.email_verified);
+    assert!(!token_exists(&store, &verify.hash).await, "consumed");
+    assert!(!token_exists(&store, &reset.hash).await, "dropped");
+    let issued = store.find_email_token(change.hash.clone()).await.unwrap().unwrap();
+    assert_eq!((issued.purpose, issued.new_email), (EmailTokenPurpose::EmailChange, change.new_email));
+    assert_eq!(session(&store, kept.id).await.revoked_at, None);
+    assert_eq!(session(&store, ended.id).await.revoked_at, Some(at));
+    assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap(), None);
+    assert_eq!(pending_subjects(&store).await, subjects(&["first", "second"]));
+}
+
+/// A change that fails, on its guard, its token or a taken nickname or email, stores none of its parts.
+pub async fn a_failed_change_stores_nothing<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    insert(&store, "victor@example.com", "victor").await;
+    let t0 = now();
+    let (live, _) = start(&store, user.id, t0).await;
+    let reset = token(user.id, EmailTokenPurpose::PasswordReset, t0 + Duration::hours(1));
+    issue(&store, &reset).await;
+    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default()).await.unwrap();
+    let before = store.find_user(user.id).await.unwrap().unwrap();
+    let failures = store.login_failures("ada@example.com".to_owned()).await.unwrap();
+
+    let at = t0 + Duration::minutes(1);
+    let fresh = token(user.id, EmailTokenPurpose::Verify, at + Duration::hours(1));
+    let full = |consume: &TokenHash| {
+        let mut update = consuming(user.id, consume, at);
+        update.fields.profile.first_name = Some(name("Changed"));
+        update.fields.email_verified = Some(true);
+        update.drop_tokens = EmailTokenPurpose::ALL.to_vec();
+        update.issue_token = Some(fresh.clone());
+        update.end_sessions = SessionEnd::All;
+        update.clear_failures = Some("ada@example.com".to_owned());
+        update.mails = vec![mail("ada@example.com", "never")];
+        update
+    };
+    let mut nickname_taken = full(&reset.hash);
+    nickname_taken.fields.profile.nickname = Some(nickname("VICTOR"));
+    let mut email_taken = full(&reset.hash);
+    email_taken.fields.email = Some(email("Victor@example.com"));
+    let mut role_changed = full(&reset.hash);
+    role_changed.guard.role = Some(Role::Authenticated);
+    let mut last_admin = full(&reset.hash);
+    last_admin.guard.another_admin = true;
+    let unknown_token = full(&RefreshToken::generate().hash());
+    for (update, what) in [
+        (nickname_taken, "a taken nickname"),
+        (email_taken, "a taken email"),
+        (role_changed, "a changed role"),
+        (last_admin, "no other admin"),
+        (unknown_token, "an unknown token"),
+    ] {
+        let outcome = store.update_user(update).await;
+        let expected = match what {
+            "a taken nickname" => matches!(outcome, Err(UpdateError::NicknameTaken)),
+            "a taken email" => matches!(outcome, Err(UpdateError::EmailTaken)),
+            "a changed role" => matches!(outcome, Err(UpdateError::RoleChanged)),
+            "no other admin" => matches!(outcome, Err(UpdateError::LastAdmin)),
+            _ => matches!(outcome, Err(UpdateError::TokenUnusable)),
+        };
+        assert!(expected, "{what}: {outcome:?}");
+        assert_eq!(store.find_user(user.id).await.unwrap(), Some(before.clone()), "{what}: the row is unchanged");
+        assert!(token_exists(&store, &reset.hash).await, "{what}: the token is neither consumed nor dropped");
+        assert!(!token_exists(&store, &fresh.hash).await, "{what}: no token is issued");
+        assert_eq!(session(&store, live.id).await.revoked_at, None, "{what}: no session ends");
+        assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap(), failures, "{what}");
+        assert!(pending_subjects(&store).await.is_empty(), "{what}: no mail is queued");
+    }
+    let missing = store.update_user(UserUpdate::new(UserId::generate(), at)).await;
+    assert!(matches!(missing, Err(UpdateError::NotFound)), "{missing:?}");
+}
+
+/// `Guard::role` refuses a change when the row holds another role, and lets it through when it holds that one.
+pub async fn the_role_guard_holds_a_change_to_the_role_it_was_decided_for<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let mut wrong = UserUpdate::new(user.id, now());
+    wrong.guard.role = Some(Role::Manager);
+    wrong.fields.role = Some(Role::Authenticated);
+    assert!(matches!(store.update_user(wrong).await, Err(UpdateError::RoleChanged)));
+    assert_eq!(store.find_user(user.id).await.unwrap().unwrap().role, Role::Anonymous);
+    let mut right = UserUpdate::new(user.id, now());
+    right.guard.role = Some(Role::Anonymous);
+    right.fields.role = Some(Role::Authenticated);
+    assert_eq!(store.update_user(right).await.unwrap().role, Role::Authenticated);
+}
+
+/// `Guard::another_admin` refuses a change unless an unlocked ADMIN other than the target exists; a locked ADMIN
+/// does not count.
+pub async fn the_admin_guard_needs_another_unlocked_admin<S: Storage>(store: S) {
+    let first = insert_with_role(&store, "first@example.com", "first", Role::Admin).await;
+    let demote = |user: &User| {
+        let mut update = UserUpdate::new(user.id, now());
+        update.guard = Guard { role: Some(Role::Admin), another_admin: true };
+        update.fields.role = Some(Role::Manager);
+        update
+    };
+    assert!(matches!(store.update_user(demote(&first)).await, Err(UpdateError::LastAdmin)));
+    let locked = insert_with_role(&store, "locked@example.com", "locked", Role::Admin).await;
+    set_locked(&store, &locked, true).await;
+    assert!(matches!(store.update_user(demote(&first)).await, Err(UpdateError::LastAdmin)), "a locked one");
+    assert_eq!(store.find_user(first.id).await.unwrap().unwrap().role, Role::Admin);
+
+    let second = insert_with_role(&store, "second@example.com", "second", Role::Admin).await;
+    assert_eq!(store.update_user(demote(&first)).await.unwrap().role, Role::Manager);
+    assert!(matches!(store.update_user(demote(&second)).await, Err(UpdateError::LastAdmin)), "now the last one");
+    // The guard only asks whether another exists: a MANAGER's change passes while one does.
+    let manager = store.find_user(first.id).await.unwrap().unwrap();
+    let mut update = UserUpdate::new(manager.id, now());
+    update.guard.another_admin = true;
+    update.fields.is_locked = Some(true);
+    assert!(store.update_user(update).await.unwrap().is_locked);
+}
+
+/// A token is consumed only by its own user, unused and before it expires, and only once.
+pub async fn email_tokens_are_consumed_once<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let at = now();
+    let valid = token(user.id, EmailTokenPurpose::Verify, at + Duration::hours(1));
+    let expiring = token(user.id, EmailTokenPurpose::PasswordReset, at + Duration::minutes(1));
+    let theirs = token(other.id, EmailTokenPurpose::Verify, at + Duration::hours(1));
+    issue(&store, &valid).await;
+    issue(&store, &expiring).await;
+    issue(&store, &theirs).await;
+
+    store.update_user(consuming(user.id, &valid.hash, at)).await.unwrap();
+    let again = store.update_user(consuming(user.id, &valid.hash, at)).await;
+    assert!(matches!(again, Err(UpdateError::TokenUnusable)), "used: {again:?}");
+    // `expires_at` must be after the change's time: at it, the token is expired.
+    let expired = store.update_user(consuming(user.id, &expiring.hash, at + Duration::minutes(1))).await;
+    assert!(matches!(expired, Err(UpdateError::TokenUnusable)), "expired: {expired:?}");
+    assert!(token_exists(&store, &expiring.hash).await, "a refused use leaves the token unused");
+    let foreign = store.update_user(consuming(user.id, &theirs.hash, at)).await;
+    assert!(matches!(foreign, Err(UpdateError::TokenUnusable)), "another user's: {foreign:?}");
+    assert!(token_exists(&store, &theirs.hash).await);
+    store.update_user(consuming(user.id, &expiring.hash, at + Duration::seconds(59))).await.unwrap();
+}
+
+/// Of two concurrent changes consuming one token, exactly one applies.
+pub async fn concurrent_uses_of_one_email_token_let_exactly_one_apply<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let at = now();
+    let reset = token(user.id, EmailTokenPurpose::PasswordReset, at + Duration::hours(1));
+    issue(&store, &reset).await;
+    let mut first = consuming(user.id, &reset.hash, at);
+    first.mails = vec![mail("ada@example.com", "first")];
+    let mut second = consuming(user.id, &reset.hash, at);
+    second.mails = vec![mail("ada@example.com", "second")];
+    let (a, b) = tokio::join!(store.update_user(first), store.update_user(second));
+    let applied = [&a, &b].iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(applied, 1, "{a:?} / {b:?}");
+    assert!([&a, &b].iter().any(|outcome| matches!(outcome, Err(UpdateError::TokenUnusable))));
+    assert_eq!(pending_subjects(&store).await.len(), 1, "only the winner's mail is queued");
+}
+
+/// Issuing a token replaces the user's token of that purpose; drops come before the issue, so a change that drops
+/// a purpose and issues a token of it keeps the new one; drops leave other purposes alone.
+pub async fn an_issued_token_replaces_the_previous_one_and_survives_a_drop_of_its_purpose<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let expires = now() + Duration::hours(1);
+    let first = token(user.id, EmailTokenPurpose::Verify, expires);
+    let second = token(user.id, EmailTokenPurpose::Verify, expires);
+    let reset = token(user.id, EmailTokenPurpose::PasswordReset, expires);
+    let theirs = token(other.id, EmailTokenPurpose::Verify, expires);
+    issue(&store, &first).await;
+    issue(&store, &reset).await;
+    issue(&store, &theirs).await;
+    issue(&store, &second).await;
+    assert!(!token_exists(&store, &first.hash).await, "replaced");
+    assert!(token_exists(&store, &second.hash).await);
+
+    let third = token(user.id, EmailTokenPurpose::Verify, expires);
+    let mut update = UserUpdate::new(user.id, now());
+    update.drop_tokens = vec![EmailTokenPurpose::Verify];
+    update.issue_token = Some(third.clone());
+    store.update_user(update).await.unwrap();
+    assert!(!token_exists(&store, &second.hash).await, "dropped");
+    assert!(token_exists(&store, &third.hash).await, "issued after the drop");
+    assert!(token_exists(&store, &reset.hash).await, "another purpose is untouched");
+    assert!(token_exists(&store, &theirs.hash).await, "another user's token is untouched");
+
+    let mut drop_change = UserUpdate::new(user.id, now());
+    drop_change.drop_tokens = vec![EmailTokenPurpose::EmailChange];
+    store.update_user(drop_change).await.unwrap();
+    assert!(token_exists(&store, &third.hash).await && token_exists(&store, &reset.hash).await);
+
+    // A used token is replaced by the next one of its purpose too.
+    store.update_user(consuming(user.id, &third.hash, now())).await.unwrap();
+    let fourth = token(user.id, EmailTokenPurpose::Verify, expires);
+    issue(&store, &fourth).await;
+    assert!(token_exists(&store, &fourth.hash).await);
+}
+
+/// `SessionEnd` through a change or `end_sessions`: `Keep` ends none, `AllBut` all but one, `All` every one, of
+/// that user only, and a session already revoked keeps its first revocation time.
+pub async fn changes_end_the_sessions_they_name<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let t0 = now();
+    let (one, _) = start(&store, user.id, t0).await;
+    let (two, _) = start(&store, user.id, t0).await;
+    let (three, _) = start(&store, user.id, t0).await;
+    let (theirs, _) = start(&store, other.id, t0).await;
+
+    store.end_sessions(user.id, SessionEnd::Keep, t0 + Duration::seconds(1)).await.unwrap();
+    let mut keep = UserUpdate::new(user.id, t0 + Duration::seconds(1));
+    keep.end_sessions = SessionEnd::Keep;
+    store.update_user(keep).await.unwrap();
+    for id in [one.id, two.id, three.id] {
+        assert_eq!(session(&store, id).await.revoked_at, None);
+    }
+
+    let t1 = t0 + Duration::seconds(2);
+    store.end_sessions(user.id, SessionEnd::AllBut(one.id), t1).await.unwrap();
+    assert_eq!(session(&store, one.id).await.revoked_at, None);
+    assert_eq!(session(&store, two.id).await.revoked_at, Some(t1));
+    assert_eq!(session(&store, three.id).await.revoked_at, Some(t1));
+
+    let t2 = t0 + Duration::seconds(3);
+    let mut all = UserUpdate::new(user.id, t2);
+    all.end_sessions = SessionEnd::All;
+    store.update_user(all).await.unwrap();
+    assert_eq!(session(&store, one.id).await.revoked_at, Some(t2));
+    assert_eq!(session(&store, two.id).await.revoked_at, Some(t1), "the first revocation time stays");
+    assert_eq!(session(&store, theirs.id).await.revoked_at, None, "another user's session is untouched");
+
+    let t3 = t0 + Duration::seconds(4);
+    store.end_sessions(other.id, SessionEnd::All, t3).await.unwrap();
+    assert_eq!(session(&store, theirs.id).await.revoked_at, Some(t3));
+}
+
+/// Deleting a user deletes their sessions, refresh tokens, email tokens and picture records, frees their email and
+/// nickname, and leaves queued mail, login failures and other users alone.
+pub async fn deleting_a_user_takes_what_hangs_off_them<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let t0 = now();
+    let (gone, refresh) = start(&store, user.id, t0).await;
+    let (kept, kept_refresh) = start(&store, other.id, t0).await;
+    let verify = token(user.id, EmailTokenPurpose::Verify, t0 + Duration::hours(1));
+    let theirs = token(other.id, EmailTokenPurpose::Verify, t0 + Duration::hours(1));
+    issue(&store, &verify).await;
+    issue(&store, &theirs).await;
+    let old = picture(user.id, t0);
+    store.insert_active_picture(old, t0).await.unwrap();
+    store.insert_active_picture(picture(user.id, t0 + Duration::seconds(1)), t0).await.unwrap();
+    let their_picture = picture(other.id, t0);
+    store.insert_active_picture(their_picture.clone(), t0).await.unwrap();
+    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default()).await.unwrap();
+    let mut farewell = UserUpdate::new(user.id, t0);
+    farewell.mails = vec![mail("ada@example.com", "farewell")];
+    store.update_user(farewell).await.unwrap();
+
+    store.delete_user(user.id, Guard::default()).await.unwrap();
+    assert_eq!(store.find_user(user.id).await.unwrap(), None);
+    assert_eq!(store.find_session_with_user(gone.id).await.unwrap(), None);
+    assert_eq!(store.find_refresh_token(refresh).await.unwrap(), None);
+    assert!(!token_exists(&store, &verify.hash).await);
+    assert_eq!(store.active_picture(user.id).await.unwrap(), None);
+    assert!(store.archived_pictures(user.id).await.unwrap().is_empty());
+    assert_eq!(pending_subjects(&store).await, subjects(&["farewell"]), "queued mail stays");
+    assert!(store.login_failures("ada@example.com".to_owned()).await.unwrap().is_some(), "failures stay");
+
+    assert!(store.find_session_with_user(kept.id).await.unwrap().is_some());
+    assert!(store.find_refresh_token(kept_refresh).await.unwrap().is_some());
+    assert!(token_exists(&store, &theirs.hash).await);
+    assert_eq!(store.active_picture(other.id).await.unwrap().map(normalised), Some(normalised(their_picture)));
+
+    insert(&store, "ADA@example.com", "ADA").await;
+    let again = store.delete_user(user.id, Guard::default()).await;
+    assert!(matches!(again, Err(UpdateError::NotFound)), "{again:?}");
+}
+
+/// A deletion checks its guard like a change: the user exists, has the expected role, and (when asked) leaves an
+/// unlocked ADMIN behind; a refused deletion deletes nothing.
+pub async fn deleting_a_user_checks_its_guard<S: Storage>(store: S) {
+    let missing = store.delete_user(UserId::generate(), Guard::default()).await;
+    assert!(matches!(missing, Err(UpdateError::NotFound)), "{missing:?}");
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let wrong_role = store.delete_user(user.id, Guard { role: Some(Role::Manager), another_admin: false }).await;
+    assert!(matches!(wrong_role, Err(UpdateError::RoleChanged)), "{wrong_role:?}");
+    assert!(store.find_user(user.id).await.unwrap().is_some());
+
+    let admin = insert_with_role(&store, "admin@example.com", "admin", Role::Admin).await;
+    let guard = Guard { role: Some(Role::Admin), another_admin: true };
+    assert!(matches!(store.delete_user(admin.id, guard).await, Err(UpdateError::LastAdmin)));
+    let locked = insert_with_role(&store, "locked@example.com", "locked", Role::Admin).await;
+    set_locked(&store, &locked, true).await;
+    assert!(matches!(store.delete_user(admin.id, guard).await, Err(UpdateError::LastAdmin)), "a locked one");
+    assert!(store.find_user(admin.id).await.unwrap().is_some());
+    insert_with_role(&store, "second@example.com", "second", Role::Admin).await;
+    store.delete_user(admin.id, guard).await.unwrap();
+    assert_eq!(store.find_user(admin.id).await.unwrap(), None);
+    store.delete_user(user.id, Guard { role: Some(Role::Anonymous), another_admin: false }).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A session is stored as started, with its first refresh token, and records the login on the user.
+pub async fn sessions_are_started_and_found_with_their_user<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let at = now();
+    let (new, refresh) = new_session(user.id, at);
+    let started = store.start_session(new.clone(), at).await.unwrap();
+    assert_eq!(
+        started,
+        Session {
+            id: new.id,
+            user_id: user.id,
+            created_at: at,
+            last_used_at: at,
+            expires_at: new.expires_at,
+            revoked_at: None,
+            user_agent: new.user_agent.clone(),
+            ip: new.ip.clone(),
+        }
+    );
+    let (found, owner) = store.find_session_with_user(new.id).await.unwrap().unwrap();
+    assert_eq!(found, started);
+    assert_eq!(owner.last_login_at, Some(at), "the login is recorded on the user");
+    assert_eq!(owner, store.find_user(user.id).await.unwrap().unwrap());
+    let record = store.find_refresh_token(refresh).await.unwrap().unwrap();
+    assert_eq!((record.session, record.user, record.used), (started, owner, false));
+    assert_eq!(store.find_session_with_user(SessionId::generate()).await.unwrap(), None);
+    assert_eq!(store.find_refresh_token(RefreshToken::generate().hash()).await.unwrap(), None);
+}
+
+/// A rotation exchanges an unused token of an unrevoked session for a new one and records the use; anything else
+/// (a used token, another session's token, a revoked session) changes nothing and answers `None`.
+pub async fn refresh_tokens_rotate_by_compare_and_set<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    let (started, first) = start(&store, user.id, t0).await;
+    let (other, _) = start(&store, user.id, t0).await;
+    let second = RefreshToken::generate().hash();
+    let t1 = t0 + Duration::minutes(1);
+    let rotated = store.rotate_refresh_token(started.id, first.clone(), second.clone(), t1).await.unwrap();
+    assert_eq!(rotated, Some(Session { last_used_at: t1, ..started.clone() }));
+    assert!(store.find_refresh_token(first.clone()).await.unwrap().unwrap().used);
+    let current = store.find_refresh_token(second.clone()).await.unwrap().unwrap();
+    assert_eq!((current.used, current.session.id), (false, started.id));
+
+    let stray = RefreshToken::generate().hash();
+    let t2 = t0 + Duration::minutes(2);
+    assert_eq!(store.rotate_refresh_token(started.id, first.clone(), stray.clone(), t2).await.unwrap(), None, "used");
+    assert_eq!(store.rotate_refresh_token(other.id, second.clone(), stray.clone(), t2).await.unwrap(), None, "not its");
+    assert_eq!(store.find_refresh_token(stray.clone()).await.unwrap(), None, "no successor was stored");
+    assert_eq!(session(&store, started.id).await.last_used_at, t1, "the last use is unchanged");
+    assert!(!store.find_refresh_token(second.clone()).await.unwrap().unwrap().used);
+
+    assert!(store.revoke_session(started.id, None, t2).await.unwrap());
+    assert_eq!(store.rotate_refresh_token(started.id, second.clone(), stray.clone(), t2).await.unwrap(), None);
+    assert!(!store.find_refresh_token(second).await.unwrap().unwrap().used, "a revoked session's token stays");
+    assert_eq!(store.find_refresh_token(stray).await.unwrap(), None);
+}
+
+/// Of two concurrent rotations of one token, exactly one succeeds and only its successor is stored.
+pub async fn concurrent_rotations_of_one_token_let_exactly_one_win<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let at = now();
+    let (started, first) = start(&store, user.id, at).await;
+    let (a, b) = (RefreshToken::generate().hash(), RefreshToken::generate().hash());
+    let later = at + Duration::seconds(1);
+    let (won_a, won_b) = tokio::join!(
+        store.rotate_refresh_token(started.id, first.clone(), a.clone(), later),
+        store.rotate_refresh_token(started.id, first.clone(), b.clone(), later),
+    );
+    let (won_a, won_b) = (won_a.unwrap(), won_b.unwrap());
+    assert!(won_a.is_some() != won_b.is_some(), "exactly one wins: {won_a:?} / {won_b:?}");
+    let (winner, loser) = if won_a.is_some() { (a, b) } else { (b, a) };
+    assert!(!store.find_refresh_token(winner).await.unwrap().unwrap().used);
+    assert_eq!(store.find_refresh_token(loser).await.unwrap(), None);
+}
+
+/// A session is revoked once (keeping its first revocation time), and with an owner only if it is theirs.
+pub async fn sessions_are_revoked_once_and_only_by_their_owner<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let t0 = now();
+    let (mine, _) = start(&store, user.id, t0).await;
+    let t1 = t0 + Duration::minutes(1);
+    assert!(!store.revoke_session(mine.id, Some(other.id), t1).await.unwrap(), "not theirs");
+    assert_eq!(session(&store, mine.id).await.revoked_at, None);
+    assert!(store.revoke_session(mine.id, Some(user.id), t1).await.unwrap());
+    assert!(!store.revoke_session(mine.id, None, t1 + Duration::minutes(1)).await.unwrap(), "already revoked");
+    assert_eq!(session(&store, mine.id).await.revoked_at, Some(t1));
+    assert!(!store.revoke_session(SessionId::generate(), None, t1).await.unwrap());
+
+    // Without an owner any session; an expired one that was never revoked is revoked too.
+    let (mut expiring, _) = new_session(user.id, t0);
+    expiring.expires_at = t0 + Duration::seconds(1);
+    let expiring = store.start_session(expiring, t0).await.unwrap();
+    assert!(store.revoke_session(expiring.id, None, t1).await.unwrap());
+    assert_eq!(session(&store, expiring.id).await.revoked_at, Some(t1));
+}
+
+/// The list holds the user's unrevoked sessions that end after the given time, newest first.
+pub async fn sessions_are_listed_newest_first_while_active<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let t0 = now();
+    let (oldest, _) = start(&store, user.id, t0 - Duration::hours(3)).await;
+    let (middle, _) = start(&store, user.id, t0 - Duration::hours(2)).await;
+    let (newest, _) = start(&store, user.id, t0 - Duration::hours(1)).await;
+    let (revoked, _) = start(&store, user.id, t0 - Duration::minutes(30)).await;
+    store.revoke_session(revoked.id, None, t0).await.unwrap();
+    let (mut ending, _) = new_session(user.id, t0 - Duration::minutes(20));
+    ending.expires_at = t0 + Duration::minutes(5);
+    let ending = store.start_session(ending, t0 - Duration::minutes(20)).await.unwrap();
+    start(&store, other.id, t0).await;
+
+    let listed = store.list_sessions(user.id, t0).await.unwrap();
+    assert_eq!(listed, [ending.clone(), newest.clone(), middle.clone(), oldest.clone()]);
+    let later = store.list_sessions(user.id, t0 + Duration::minutes(5)).await.unwrap();
+    assert_eq!(later, [newest, middle, oldest], "a session is gone from the list at its end");
+    assert!(store.list_sessions(UserId::generate(), t0).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Email tokens
+// ---------------------------------------------------------------------------------------------------------------
+
+/// An unused token is found as stored, expired or not; a used, replaced, dropped or unknown one is not.
+pub async fn email_tokens_are_found_while_unused<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let at = now();
+    let expired = token(user.id, EmailTokenPurpose::Verify, at - Duration::hours(1));
+    let change = token(user.id, EmailTokenPurpose::EmailChange, at + Duration::hours(1));
+    issue(&store, &expired).await;
+    issue(&store, &change).await;
+    let found = store.find_email_token(expired.hash.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (found.user_id, found.purpose, found.new_email, found.expires_at),
+        (user.id, EmailTokenPurpose::Verify, None, expired.expires_at),
+        "an expired token is still found"
+    );
+    let found = store.find_email_token(change.hash.clone()).await.unwrap().unwrap();
+    assert_eq!((found.purpose, found.new_email), (EmailTokenPurpose::EmailChange, change.new_email.clone()));
+
+    store.update_user(consuming(user.id, &change.hash, at)).await.unwrap();
+    assert_eq!(store.find_email_token(change.hash).await.unwrap(), None, "used");
+    let replacing = token(user.id, EmailTokenPurpose::Verify, at + Duration::hours(1));
+    issue(&store, &replacing).await;
+    assert_eq!(store.find_email_token(expired.hash).await.unwrap(), None, "replaced");
+    let mut drop_verify = UserUpdate::new(user.id, at);
+    drop_verify.drop_tokens = vec![EmailTokenPurpose::Verify];
+    store.update_user(drop_verify).await.unwrap();
+    assert_eq!(store.find_email_token(replacing.hash).await.unwrap(), None, "dropped");
+    assert_eq!(store.find_email_token(RefreshToken::generate().hash()).await.unwrap(), None, "unknown");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Login throttle
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Failures are counted per key; past the policy's threshold each one blocks until `now + block_for(count)`.
+pub async fn login_failures_are_counted_and_blocked_by_the_policy<S: Storage>(store: S) {
+    let policy = BackoffPolicy { after: 3, base: Duration::seconds(10), max: Duration::seconds(40) };
+    let key = "ada@example.com".to_owned();
+    let t0 = now();
+    assert_eq!(store.login_failures(key.clone()).await.unwrap(), None);
+    assert_eq!(store.record_login_failure(key.clone(), t0, policy).await.unwrap(), None);
+    assert_eq!(store.record_login_failure(key.clone(), t0, policy).await.unwrap(), None);
+    assert_eq!(
+        store.login_failures(key.clone()).await.unwrap(),
+        Some(FailureCount { failures: 2, blocked_until: None })
+    );
+    for (count, offset, block) in [(3, 0, 10), (4, 1, 20), (5, 2, 40), (6, 3, 40)] {
+        let at = t0 + Duration::seconds(offset);
+        let until = store.record_login_failure(key.clone(), at, policy).await.unwrap();
+        assert_eq!(until, Some(at + Duration::seconds(block)), "failure {count}");
+        assert_eq!(
+            store.login_failures(key.clone()).await.unwrap(),
+            Some(FailureCount { failures: count, blocked_until: until })
+        );
+    }
+    assert_eq!(store.login_failures("bob@example.com".to_owned()).await.unwrap(), None, "keys are separate");
+}
+
+/// A failure never shortens a block already in place: the later end stays and is returned.
+pub async fn a_login_block_is_never_shortened<S: Storage>(store: S) {
+    let long = BackoffPolicy { after: 1, base: Duration::hours(1), max: Duration::hours(1) };
+    let short = BackoffPolicy { after: 1, base: Duration::seconds(1), max: Duration::seconds(1) };
+    let key = "ada@example.com".to_owned();
+    let t0 = now();
+    assert_eq!(store.record_login_failure(key.clone(), t0, long).await.unwrap(), Some(t0 + Duration::hours(1)));
+    let later = t0 + Duration::minutes(1);
+    assert_eq!(store.record_login_failure(key.clone(), later, short).await.unwrap(), Some(t0 + Duration::hours(1)));
+    assert_eq!(
+        store.login_failures(key).await.unwrap(),
+        Some(FailureCount { failures: 2, blocked_until: Some(t0 + Duration::hours(1)) })
+    );
+}
+
+/// Clearing forgets a key's failures and block, and no other key's.
+pub async fn login_failures_are_cleared_per_key<S: Storage>(store: S) {
+    let policy = BackoffPolicy { after: 1, base: Duration::minutes(1), max: Duration::minutes(1) };
+    let t0 = now();
+    for key in ["ada@example.com", "unparsed:abc"] {
+        store.record_login_failure(key.to_owned(), t0, policy).await.unwrap();
+    }
+    store.clear_login_failures("ada@example.com".to_owned()).await.unwrap();
+    assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap(), None);
+    assert!(store.login_failures("unparsed:abc".to_owned()).await.unwrap().is_some());
+    store.clear_login_failures("nobody@example.com".to_owned()).await.unwrap();
+    // Counting starts over after a clear.
+    assert_eq!(
+        store.record_login_failure("ada@example.com".to_owned(), t0, policy).await.unwrap(),
+        Some(t0 + Duration::minutes(1))
+    );
+    assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap().unwrap().failures, 1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Outboxes
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Due mail is claimed oldest first up to the limit and leased: not claimed again until the lease ends.
+pub async fn mail_is_claimed_oldest_first_under_leases<S: Storage>(store: S) {
+    store.queue_mail(mail("ada@example.com", "first")).await.unwrap();
+    store.queue_mail(mail("bob@example.com", "second")).await.unwrap();
+    store.queue_mail(mail("eve@example.com", "third")).await.unwrap();
+    let t0 = now() + Duration::hours(1);
+    let lease = Duration::minutes(2);
+    let claimed = store.claim_due_mail(t0, 2, lease).await.unwrap();
+    let names: Vec<&str> = claimed.iter().map(|message| message.mail.subject.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(claimed[0].mail, mail("ada@example.com", "first"));
+    assert!(claimed.iter().all(|message| message.attempts == 0));
+    let rest = store.claim_due_mail(t0, 10, lease).await.unwrap();
+    assert_eq!(rest.iter().map(|message| message.mail.subject.as_str()).collect::<Vec<_>>(), ["third"]);
+    assert!(store.claim_due_mail(t0 + Duration::minutes(1), 10, lease).await.unwrap().is_empty(), "all leased");
+    let expired = store.claim_due_mail(t0 + lease, 10, lease).await.unwrap();
+    assert_eq!(expired.len(), 3, "every lease ended");
+    assert_eq!(
+        expired.iter().map(|message| message.id).collect::<Vec<_>>(),
+        [claimed[0].id, claimed[1].id, rest[0].id]
+    );
+}
+
+/// A delivered mail is never claimed again; a failed one comes back at its retry time with the attempt counted,
+/// or never when given up on; late reports do not revive a mail sent or dead.
+pub async fn mail_is_marked_sent_retried_and_dead<S: Storage>(store: S) {
+    store.queue_mail(mail("ada@example.com", "sent")).await.unwrap();
+    store.queue_mail(mail("bob@example.com", "flaky")).await.unwrap();
+    let t0 = now() + Duration::hours(1);
+    let lease = Duration::minutes(2);
+    let claimed = store.claim_due_mail(t0, 10, lease).await.unwrap();
+    let (sent, flaky) = (claimed[0].id, claimed[1].id);
+    store.mark_mail_sent(sent, t0).await.unwrap();
+    store.mark_mail_failed(flaky, Some(t0 + Duration::minutes(10)), "421 try later".to_owned()).await.unwrap();
+    assert!(store.claim_due_mail(t0 + Duration::minutes(5), 10, lease).await.unwrap().is_empty());
+    let retried = store.claim_due_mail(t0 + Duration::minutes(10), 10, lease).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].id, retried[0].attempts), (flaky, 1));
+
+    store.mark_mail_failed(flaky, None, "550 no such user".to_owned()).await.unwrap();
+    store.mark_mail_failed(sent, Some(t0), "late report".to_owned()).await.unwrap();
+    assert!(store.claim_due_mail(t0 + Duration::days(30), 10, lease).await.unwrap().is_empty(), "sent and dead");
+    store.mark_mail_sent(Uuid::now_v7(), t0).await.unwrap();
+    store.mark_mail_failed(Uuid::now_v7(), None, "unknown".to_owned()).await.unwrap();
+}
+
+/// A request of one kind for one address (in any case) waits once; claims are oldest first, leased, and a
+/// finished request is gone, after which the same request can be queued again.
+pub async fn account_requests_are_deduplicated_claimed_and_finished<S: Storage>(store: S) {
+    let t0 = now();
+    let at = |seconds: i64| t0 + Duration::seconds(seconds);
+    let reset = AccountRequestKind::PasswordReset;
+    let verification = AccountRequestKind::Verification;
+    store.queue_account_request(reset, email("Ada@Example.com"), at(0)).await.unwrap();
+    store.queue_account_request(reset, email("ada@example.com"), at(1)).await.unwrap();
+    store.queue_account_request(verification, email("ada@example.com"), at(2)).await.unwrap();
+    store.queue_account_request(reset, email("bob@example.com"), at(3)).await.unwrap();
+
+    let lease = Duration::minutes(2);
+    let first = store.claim_account_requests(at(10), 1, lease).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].kind, first[0].email.as_str()), (reset, "Ada@example.com"));
+    // The oldest are chosen; the order they come back in is not part of the contract.
+    let rest = store.claim_account_requests(at(10), 10, lease).await.unwrap();
+    let rest_view: BTreeSet<_> = rest.iter().map(|request| (request.kind.as_str(), request.email.as_str())).collect();
+    assert_eq!(rest_view, BTreeSet::from([("verification", "ada@example.com"), ("password_reset", "bob@example.com")]));
+    assert!(store.claim_account_requests(at(20), 10, lease).await.unwrap().is_empty(), "all leased");
+
+    // A claimed request still waits, so it absorbs a repeat.
+    store.queue_account_request(reset, email("ADA@example.com"), at(30)).await.unwrap();
+    store.finish_account_request(first[0].id).await.unwrap();
+    let after_lease = store.claim_account_requests(at(10) + lease, 10, lease).await.unwrap();
+    let after_lease: BTreeSet<Uuid> = after_lease.iter().map(|request| request.id).collect();
+    assert_eq!(after_lease, rest.iter().map(|request| request.id).collect(), "the finished one is gone");
+
+    store.queue_account_request(reset, email("ada@example.com"), at(200)).await.unwrap();
+    let again = store.claim_account_requests(at(200), 10, lease).await.unwrap();
+    assert_eq!(again.len(), 1, "a finished request can be queued again");
+    assert_ne!(again[0].id, first[0].id);
+    for request in rest.iter().chain(&again) {
+        store.finish_account_request(request.id).await.unwrap();
+    }
+    store.finish_account_request(Uuid::now_v7()).await.unwrap();
+    assert!(store.claim_account_requests(at(10_000), 10, lease).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pictures
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A new picture becomes the user's active one and is what the user points to; the previous one is archived and
+/// returned; the archive lists newest first.
+pub async fn a_new_picture_becomes_active_and_archives_the_previous_one<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let t0 = now();
+    let first = picture(user.id, t0);
+    let changed = t0 + Duration::seconds(30);
+    assert_eq!(store.insert_active_picture(first.clone(), changed).await.unwrap(), None);
+    let pointed = store.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!((pointed.profile_picture_id, pointed.updated_at), (Some(first.id), changed));
+    assert_eq!(store.active_picture(user.id).await.unwrap().map(normalised), Some(normalised(first.clone())));
+
+    let second = picture(user.id, t0 + Duration::seconds(1));
+    let previous = store.insert_active_picture(second.clone(), changed).await.unwrap();
+    assert_eq!(previous.map(normalised), Some(archived(&first)));
+    let third = picture(user.id, t0 + Duration::seconds(2));
+    let previous = store.insert_active_picture(third.clone(), changed).await.unwrap();
+    assert_eq!(previous.map(normalised), Some(archived(&second)));
+    assert_eq!(store.active_picture(user.id).await.unwrap().map(normalised), Some(normalised(third.clone())));
+    let history: Vec<_> = store.archived_pictures(user.id).await.unwrap().into_iter().map(normalised).collect();
+    assert_eq!(history, [archived(&second), archived(&first)]);
+    assert_eq!(store.find_user(user.id).await.unwrap().unwrap().profile_picture_id, Some(third.id));
+
+    assert_eq!(store.active_picture(other.id).await.unwrap(), None, "another user has none");
+    assert!(store.archived_pictures(other.id).await.unwrap().is_empty());
+}
+
+/// Recording a picture of a user who does not exist is refused and stores nothing.
+pub async fn a_picture_of_a_missing_user_is_refused<S: Storage>(store: S) {
+    let ghost = UserId::generate();
+    let outcome = store.insert_active_picture(picture(ghost, now()), now()).await;
+    assert!(matches!(outcome, Err(PictureWriteError::UserGone)), "{outcome:?}");
+    assert_eq!(store.active_picture(ghost).await.unwrap(), None);
+}
+
+/// A move re-points a picture's prefix; archiving the active picture clears the user's pointer; restoring makes an
+/// archived picture of that user active again, archiving the active one.
+pub async fn pictures_are_moved_archived_and_restored<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let other = insert(&store, "bob@example.com", "bob").await;
+    let t0 = now();
+    let first = picture(user.id, t0);
+    let second = picture(user.id, t0 + Duration::seconds(1));
+    let theirs = picture(other.id, t0);
+    store.insert_active_picture(first.clone(), t0).await.unwrap();
+    store.insert_active_picture(second.clone(), t0).await.unwrap();
+    store.insert_active_picture(theirs.clone(), t0).await.unwrap();
+    store.insert_active_picture(picture(other.id, t0 + Duration::seconds(1)), t0).await.unwrap();
+
+    let archive = StoredPicture::archive_prefix(user.id, first.id);
+    store.move_picture(first.id, archive.clone()).await.unwrap();
+    let first = StoredPicture { prefix: archive, ..first };
+    assert_eq!(
+        store.archived_pictures(user.id).await.unwrap().into_iter().map(normalised).collect::<Vec<_>>(),
+        [archived(&first)]
+    );
+    store.move_picture(Uuid::now_v7(), "profile_pictures/nobody".to_owned()).await.unwrap();
+
+    let t1 = t0 + Duration::minutes(1);
+    let (restored, previous) = store.restore_picture(user.id, first.id, t1).await.unwrap().unwrap();
+    assert_eq!(normalised(restored), normalised(first.clone()));
+    assert_eq!(previous.map(normalised), Some(archived(&second)));
+    let pointed = store.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!((pointed.profile_picture_id, pointed.updated_at), (Some(first.id), t1));
+    assert_eq!(store.restore_picture(user.id, first.id, t1).await.unwrap(), None, "the active one");
+    assert_eq!(store.restore_picture(user.id, theirs.id, t1).await.unwrap(), None, "another user's");
+    assert_eq!(store.restore_picture(user.id, Uuid::now_v7(), t1).await.unwrap(), None, "an unknown one");
+    assert_eq!(store.active_picture(user.id).await.unwrap().map(|picture| picture.id), Some(first.id));
+
+    let t2 = t0 + Duration::minutes(2);
+    let taken_down = store.archive_active_picture(user.id, t2).await.unwrap();
+    assert_eq!(taken_down.map(normalised), Some(archived(&first)));
+    let pointed = store.find_user(user.id).await.unwrap().unwrap();
+    assert_eq!((pointed.profile_picture_id, pointed.updated_at), (None, t2));
+    assert_eq!(store.active_picture(user.id).await.unwrap(), None);
+    assert_eq!(store.archive_active_picture(user.id, t2).await.unwrap(), None, "nothing left to archive");
+    let history: Vec<_> = store.archived_pictures(user.id).await.unwrap().into_iter().map(normalised).collect();
+    assert_eq!(history, [archived(&second), archived(&first)]);
+
+    let (restored, previous) = store.restore_picture(user.id, second.id, t2).await.unwrap().unwrap();
+    assert_eq!((restored.id, restored.archived, previous), (second.id, false, None));
+    assert_eq!(store.archive_active_picture(UserId::generate(), t2).await.unwrap(), None);
+    assert_eq!(store.restore_picture(UserId::generate(), second.id, t2).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Listing
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Every sort order lists by its key, then the id, and paging with cursors walks the same list without overlap.
+pub async fn users_are_listed_in_every_order_and_page<S: Storage>(store: S) {
+    let mut users = Vec::new();
+    for (address, nick) in [
+        ("delta@example.com", "alpha"),
+        ("Charlie@example.com", "bravo"),
+        ("alpha@example.com", "delta"),
+        ("echo@example.com", "Echo"),
+        ("bravo@example.com", "Charlie"),
+    ] {
+        users.push(insert(&store, address, nick).await);
+    }
+    let by = |order: &[&str]| -> Vec<UserId> {
+        order.iter().map(|nick| users.iter().find(|user| user.nickname.as_str() == *nick).unwrap().id).collect()
+    };
+    let mut by_creation = users.clone();
+    by_creation.sort_by_key(|user| (user.created_at, user.id));
+    let oldest_first = ids(&by_creation);
+    let newest_first: Vec<UserId> = oldest_first.iter().rev().copied().collect();
+    for (sort, expected) in [
+        (UserSort::CreatedAt, oldest_first),
+        (UserSort::CreatedAtDesc, newest_first),
+        (UserSort::Email, by(&["delta", "Charlie", "bravo", "alpha", "Echo"])),
+        (UserSort::Nickname, by(&["alpha", "bravo", "Charlie", "delta", "Echo"])),
+    ] {
+        let all = store.list_users(query(sort, 100)).await.unwrap();
+        assert_eq!(ids(&all), expected, "{sort:?}");
+        let mut paged = Vec::new();
+        let mut page_query = query(sort, 2);
+        loop {
+            let page = store.list_users(page_query.clone()).await.unwrap();
+            assert!(page.len() <= 2);
+            paged.extend(ids(&page));
+            let Some(last) = page.last() else { break };
+            page_query.after = Some(UserCursor::after(last, sort));
+        }
+        assert_eq!(paged, expected, "{sort:?} in pages of two");
+    }
+    assert!(store.list_users(query(UserSort::Email, 0)).await.unwrap().is_empty(), "a limit of zero");
+    // A cursor's text key is compared lower-cased, whatever case it comes in.
+    let mut upper = query(UserSort::Email, 100);
+    upper.after = Some(UserCursor::Email("BRAVO@EXAMPLE.COM".to_owned(), by(&["Charlie"])[0]));
+    assert_eq!(ids(&store.list_users(upper).await.unwrap()), by(&["bravo", "alpha", "Echo"]));
+}
+
+/// The listing keeps only the roles asked for (none: nobody) and honours each flag filter.
+pub async fn users_are_listed_with_every_filter<S: Storage>(store: S) {
+    let anonymous = insert(&store, "anon@example.com", "anon").await;
+    let authenticated = insert_with_role(&store, "auth@example.com", "auth", Role::Authenticated).await;
+    let manager = insert_with_role(&store, "manager@example.com", "manager", Role::Manager).await;
+    let manager = set_locked(&store, &manager, true).await;
+    let admin = insert_with_role(&store, "admin@example.com", "admin", Role::Admin).await;
+    let mut professional = UserUpdate::new(admin.id, now());
+    professional.fields.professional = Some((true, now()));
+    let admin = store.update_user(professional).await.unwrap();
+
+    let list = |edit: &dyn Fn(&mut UserQuery)| {
+        let mut listing = query(UserSort::Email, 100);
+        edit(&mut listing);
+        let store = &store;
+        async move { ids(&store.list_users(listing).await.unwrap()) }
+    };
+    assert_eq!(list(&|_| {}).await, ids(&[admin.clone(), anonymous.clone(), authenticated.clone(), manager.clone()]));
+    assert!(list(&|listing| listing.roles = Vec::new()).await.is_empty());
+    assert_eq!(
+        list(&|listing| listing.roles = vec![Role::Manager, Role::Admin]).await,
+        ids(&[admin.clone(), manager.clone()])
+    );
+    assert_eq!(list(&|listing| listing.email_verified = Some(false)).await, vec![anonymous.id]);
+    assert_eq!(
+        list(&|listing| listing.email_verified = Some(true)).await,
+        ids(&[admin.clone(), authenticated.clone(), manager.clone()])
+    );
+    assert_eq!(list(&|listing| listing.is_locked = Some(true)).await, vec![manager.id]);
+    assert_eq!(list(&|listing| listing.is_professional = Some(true)).await, vec![admin.id]);
+    assert_eq!(
+        list(&|listing| {
+            listing.is_professional = Some(false);
+            listing.is_locked = Some(false);
+            listing.roles = vec![Role::Anonymous, Role::Manager, Role::Admin];
+        })
+        .await,
+        vec![anonymous.id]
+    );
+}
+
+/// The prefix matches the start of the email, nickname, first or last name, ignoring case, and takes `%`, `_`
+/// and `\` literally.
+pub async fn the_listing_prefix_is_literal_and_case_insensitive<S: Storage>(store: S) {
+    let with_names = |address: &str, nick: &str, first: &str, last: &str| {
+        let mut user = new_user(address, nick);
+        user.first_name = name(first);
+        user.last_name = name(last);
+        user
+    };
+    let mut users = Vec::new();
+    for user in [
+        with_names("percent@example.com", "pct_user", "50%off", "Smith"),
+        with_names("fifty@example.com", "pctxuser", "50xoff", "Jones"),
+        with_names("under@example.com", "under", "Mary", "a_b"),
+        with_names("cross@example.com", "cross", "Maria", "axb"),
+        with_names("slash@example.com", "slash", "\\dir", "Doe"),
+    ] {
+        users.push(store.insert_user(account(user)).await.unwrap());
+    }
+    let matching = |prefix: &str| {
+        let mut listing = query(UserSort::Email, 100);
+        listing.prefix = Some(prefix.to_owned());
+        let store = &store;
+        async move {
+            let found = store.list_users(listing).await.unwrap();
+            found.iter().map(|user| user.nickname.as_str().to_owned()).collect::<BTreeSet<_>>()
+        }
+    };
+    let named = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect::<BTreeSet<_>>();
+    assert_eq!(matching("50%").await, named(&["pct_user"]), "% is literal");
+    assert_eq!(matching("%").await, named(&[]), "% alone matches nothing");
+    assert_eq!(matching("pct_").await, named(&["pct_user"]), "_ is literal");
+    assert_eq!(matching("A_").await, named(&["under"]), "_ is literal, and case is ignored");
+    assert_eq!(matching("\\").await, named(&["slash"]), "\\ is literal");
+    assert_eq!(matching("PERC").await, named(&["pct_user"]), "the email");
+    assert_eq!(matching("Fif").await, named(&["pctxuser"]));
+    assert_eq!(matching("PCT").await, named(&["pct_user", "pctxuser"]), "the nickname");
+    assert_eq!(matching("mar").await, named(&["under", "cross"]), "the first name");
+    assert_eq!(matching("jON").await, named(&["pctxuser"]), "the last name");
+    assert_eq!(matching("ith").await, named(&[]), "a prefix, not a substring");
+    assert_eq!(matching("").await.len(), users.len(), "an empty prefix is no filter");
 }

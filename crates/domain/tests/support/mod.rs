@@ -219,7 +219,7 @@ pub fn world() -> World {
 }
 
 pub fn world_with(config: ServiceConfig) -> World {
-    let memory = MemoryPorts::new().unwrap();
+    let memory = MemoryPorts::with_clock(users_memory::ManualClock::at(time::OffsetDateTime::now_utc())).unwrap();
     let hasher = HasherCalls::default();
     let faults = ObjectFaults::default();
     let ports = TestPorts {
