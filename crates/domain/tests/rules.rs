@@ -4,93 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod support;
+
+use support::{NEW_PASSWORD, PASSWORD, PICTURE, email, registration, token_in, world, world_with};
 use time::Duration;
-use users_domain::accounts::{
-    ChangePasswordError, DeleteMeError, EmailConfirmation, MeUpdate, Registration, VerifyEmailError,
-};
+use users_domain::accounts::{ChangePasswordError, DeleteMeError, EmailConfirmation, MeUpdate, VerifyEmailError};
 use users_domain::admin::{AdminChanges, AdminCreate, DeleteUserError, UpdateUserError};
-use users_domain::ports::{PictureSize, PortError, Ports};
-use users_domain::session::TokenPair;
-use users_domain::sessions::{ClientInfo, LoginError, Principal, RefreshError};
-use users_domain::{EmailAddress, Role, Service, ServiceConfig, User};
-use users_memory::{MemoryPorts, QueuedMail};
-
-const PASSWORD: &str = "violet-kettle-orbit-97";
-const NEW_PASSWORD: &str = "amber-lantern-quartz-42";
-const PICTURE: &[u8] = include_bytes!("fixtures/32x32.png");
-
-struct World {
-    ports: MemoryPorts,
-    service: Service<MemoryPorts>,
-}
-
-fn world() -> World {
-    world_with(ServiceConfig::default())
-}
-
-fn world_with(config: ServiceConfig) -> World {
-    let ports = MemoryPorts::with_clock(users_memory::ManualClock::at(time::OffsetDateTime::now_utc())).unwrap();
-    World { service: Service::new(ports.clone(), config), ports }
-}
-
-fn email(raw: &str) -> EmailAddress {
-    EmailAddress::parse(raw).unwrap()
-}
-
-fn registration(address: &str) -> Registration {
-    Registration {
-        email: email(address),
-        password: PASSWORD.to_owned(),
-        nickname: None,
-        first_name: None,
-        last_name: None,
-        bio: None,
-        linkedin_profile_url: None,
-        github_profile_url: None,
-    }
-}
-
-/// The last mail queued for `to`.
-fn last_mail_to(world: &World, to: &str) -> QueuedMail {
-    world.ports.store().outbox_mails().into_iter().rev().find(|queued| queued.mail.to.as_str() == to).unwrap()
-}
-
-/// The token at the end of the link in a mail: `/verify-email/{id}/{token}` or `?token={token}`.
-fn token_in(mail: &QueuedMail) -> String {
-    let text = &mail.mail.text;
-    let link = text.split_whitespace().find(|word| word.contains("/verify-email/") || word.contains("token=")).unwrap();
-    link.rsplit(['/', '=']).next().unwrap().to_owned()
-}
-
-impl World {
-    async fn user(&self, address: &str) -> User {
-        use users_domain::ports::UserStore as _;
-        self.ports.users().find_user_by_email(email(address)).await.unwrap().unwrap()
-    }
-
-    /// Registers and verifies `address`; returns the user as stored.
-    async fn verified(&self, address: &str) -> User {
-        self.service.register(registration(address)).await.unwrap();
-        let user = self.user(address).await;
-        self.service.verify_email(user.id, &token_in(&last_mail_to(self, address))).await.unwrap();
-        self.user(address).await
-    }
-
-    async fn login(&self, address: &str, password: &str) -> Result<TokenPair, LoginError> {
-        self.service.login(address, password, ClientInfo::default()).await
-    }
-
-    async fn principal(&self, address: &str) -> Principal {
-        let pair = self.login(address, PASSWORD).await.unwrap();
-        self.service.authenticate(pair.access_token.expose()).await.unwrap()
-    }
-
-    /// An ADMIN made by the bootstrap path.
-    async fn admin(&self, address: &str) -> Principal {
-        self.service.create_admin(email(address), PASSWORD).await.unwrap();
-        self.principal(address).await
-    }
-}
+use users_domain::ports::{PictureSize, PortError};
+use users_domain::sessions::{LoginError, Principal, RefreshError};
+use users_domain::{Role, ServiceConfig};
 
 #[tokio::test]
 async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role() {
@@ -98,7 +20,7 @@ async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role()
     world.service.register(registration("ada@example.com")).await.unwrap();
     let ada = world.user("ada@example.com").await;
     assert_eq!((ada.role, ada.email_verified), (Role::Anonymous, false));
-    let mail = last_mail_to(&world, "ada@example.com");
+    let mail = world.last_mail_to("ada@example.com");
     let confirmed = world.service.verify_email(ada.id, &token_in(&mail)).await.unwrap();
     let EmailConfirmation::Verified(verified) = confirmed else { panic!("{confirmed:?}") };
     assert_eq!((verified.role, verified.email_verified), (Role::Authenticated, true));
@@ -109,7 +31,7 @@ async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role()
     let create =
         AdminCreate { registration: registration("mia@example.com"), role: Some(Role::Manager), email_verified: false };
     let mia = world.service.create_user(&admin, create).await.unwrap();
-    let link = token_in(&last_mail_to(&world, "mia@example.com"));
+    let link = token_in(&world.last_mail_to("mia@example.com"));
     world.service.verify_email(mia.id, &link).await.unwrap();
     let mia = world.user("mia@example.com").await;
     assert_eq!((mia.role, mia.email_verified), (Role::Manager, true));
@@ -205,7 +127,7 @@ async fn a_password_change_cancels_a_pending_email_change_and_its_link() {
     };
     let pending = world.service.update_me(&ada, update).await.unwrap();
     assert_eq!(pending.pending_email, Some(email("new@example.com")));
-    let link = token_in(&last_mail_to(&world, "new@example.com"));
+    let link = token_in(&world.last_mail_to("new@example.com"));
 
     world.service.change_password(&ada, PASSWORD, NEW_PASSWORD).await.unwrap();
     let after = world.user("ada@example.com").await;
@@ -227,14 +149,14 @@ async fn a_confirmed_email_change_moves_the_login_and_kills_reset_links_to_the_o
     let ada = world.principal("ada@example.com").await;
     world.service.forgot_password(email("ada@example.com")).await.unwrap();
     world.service.handle_account_requests(10).await.unwrap();
-    let reset = token_in(&last_mail_to(&world, "ada@example.com"));
+    let reset = token_in(&world.last_mail_to("ada@example.com"));
     let update = MeUpdate {
         email: Some(email("new@example.com")),
         current_password: Some(PASSWORD.to_owned()),
         ..MeUpdate::default()
     };
     world.service.update_me(&ada, update).await.unwrap();
-    let link = token_in(&last_mail_to(&world, "new@example.com"));
+    let link = token_in(&world.last_mail_to("new@example.com"));
     let changed = world.service.verify_email(ada.user.id, &link).await.unwrap();
     assert!(matches!(changed, EmailConfirmation::EmailChanged(ref user) if user.email == email("new@example.com")));
     assert!(world.service.reset_password(&reset, NEW_PASSWORD).await.is_err());
@@ -245,13 +167,13 @@ async fn a_confirmed_email_change_moves_the_login_and_kills_reset_links_to_the_o
 async fn a_reset_link_takes_an_unconfirmed_account_back_from_whoever_registered_it_first() {
     let world = world();
     world.service.register(registration("ada@example.com")).await.unwrap();
-    let squatter_link = token_in(&last_mail_to(&world, "ada@example.com"));
+    let squatter_link = token_in(&world.last_mail_to("ada@example.com"));
     // The owner registers again: the first password dies and the owner gets a link to choose one.
     world.service.register(registration("ada@example.com")).await.unwrap();
     let ada = world.user("ada@example.com").await;
     assert!(matches!(world.service.verify_email(ada.id, &squatter_link).await, Err(VerifyEmailError::InvalidToken)));
     assert!(matches!(world.login("ada@example.com", PASSWORD).await, Err(LoginError::InvalidCredentials)));
-    let owner_link = token_in(&last_mail_to(&world, "ada@example.com"));
+    let owner_link = token_in(&world.last_mail_to("ada@example.com"));
     world.service.reset_password(&owner_link, NEW_PASSWORD).await.unwrap();
     let ada = world.user("ada@example.com").await;
     assert_eq!((ada.role, ada.email_verified), (Role::Authenticated, true));
@@ -291,10 +213,10 @@ async fn mails_promise_the_lifetimes_that_are_configured() {
     let config = ServiceConfig { verify_token_ttl: Duration::hours(48), ..ServiceConfig::default() };
     let world = world_with(config);
     world.service.register(registration("ada@example.com")).await.unwrap();
-    assert!(last_mail_to(&world, "ada@example.com").mail.text.contains("for 2 days"));
+    assert!(world.last_mail_to("ada@example.com").mail.text.contains("for 2 days"));
     // The link really works for that long, and not longer.
     let ada = world.user("ada@example.com").await;
-    let link = token_in(&last_mail_to(&world, "ada@example.com"));
+    let link = token_in(&world.last_mail_to("ada@example.com"));
     world.ports.manual_clock().advance(Duration::hours(48));
     assert!(matches!(world.service.verify_email(ada.id, &link).await, Err(VerifyEmailError::InvalidToken)));
 }
