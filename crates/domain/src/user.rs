@@ -596,6 +596,8 @@ pub struct User {
     pub pending_email: Option<EmailAddress>,
     /// Locked by an administrator.
     pub is_locked: bool,
+    /// Whether a second factor (TOTP) is on: a login then needs a code after the password.
+    pub mfa_enabled: bool,
     /// The argon2id hash of the password.
     pub password_hash: PasswordHash,
     /// Creation time.

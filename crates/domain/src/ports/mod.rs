@@ -1,7 +1,7 @@
 //! Ports: the traits through which the domain reaches storage and the other outside services.
 //!
 //! Each port is shaped around one kind of storage (users, sessions, email tokens, the login throttle, the outboxes,
-//! picture records and objects) or one capability (hashing, signing, the clock, image processing). Ports store and
+//! second factors, picture records and objects) or one capability (hashing, signing, the clock, image processing). Ports store and
 //! fetch; they never decide. Where a use case writes several rows at once, the domain works out the whole change
 //! first ([`UserUpdate`], [`NewAccount`]) and the adapter applies it atomically, checking only the preconditions the
 //! domain stated ([`Guard`]) and reporting which one failed.
@@ -14,6 +14,7 @@ mod crypto;
 mod email_tokens;
 mod outbox;
 mod pictures;
+mod second_factor;
 mod sessions;
 mod throttle;
 mod users;
@@ -27,6 +28,10 @@ pub use pictures::{
     EncodedImage, ImageError, ImageProcessor, MAX_DIMENSION, MAX_PIXELS, MEDIUM_EDGE, MIN_DIMENSION, ORIGINAL_EDGE,
     PictureRecords, PictureSize, PictureStore, PictureVariant, PictureWriteError, ProcessedImage, StoredObject,
     StoredPicture, THUMB_EDGE,
+};
+pub use second_factor::{
+    MfaChallenge, NewMfaChallenge, NewTotpSecret, OneTimePasswords, SealedSecret, SecondFactorAction,
+    SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore, TotpRecord,
 };
 pub use sessions::{RefreshRecord, SessionEnd, SessionStore};
 pub use throttle::{BackoffPolicy, FailureCount, LoginThrottle};
@@ -43,6 +48,8 @@ pub use email_tokens::MockEmailTokenStore;
 pub use outbox::{MockAccountRequests, MockMailOutbox, MockMailer};
 #[cfg(any(test, feature = "mock"))]
 pub use pictures::{MockImageProcessor, MockPictureRecords, MockPictureStore};
+#[cfg(any(test, feature = "mock"))]
+pub use second_factor::{MockOneTimePasswords, MockSecondFactorStore};
 #[cfg(any(test, feature = "mock"))]
 pub use sessions::MockSessionStore;
 #[cfg(any(test, feature = "mock"))]
@@ -80,6 +87,8 @@ pub trait Ports: Send + Sync + 'static {
     type Outbox: MailOutbox;
     /// Queued enumeration-prone requests (forgotten password, resend).
     type Requests: AccountRequests;
+    /// Second factors and logins waiting for their second step.
+    type SecondFactors: SecondFactorStore;
     /// Picture records.
     type Pictures: PictureRecords;
     /// Picture objects.
@@ -90,6 +99,8 @@ pub trait Ports: Send + Sync + 'static {
     type Hasher: PasswordHasher;
     /// Access-token signing.
     type Tokens: TokenCodec;
+    /// One-time passwords of the second factor.
+    type Otp: OneTimePasswords;
     /// The time.
     type Clock: Clock;
 
@@ -105,6 +116,8 @@ pub trait Ports: Send + Sync + 'static {
     fn outbox(&self) -> &Self::Outbox;
     /// The request queue.
     fn requests(&self) -> &Self::Requests;
+    /// The second-factor store.
+    fn second_factors(&self) -> &Self::SecondFactors;
     /// The picture records.
     fn pictures(&self) -> &Self::Pictures;
     /// The picture objects.
@@ -115,6 +128,8 @@ pub trait Ports: Send + Sync + 'static {
     fn hasher(&self) -> &Self::Hasher;
     /// The token codec.
     fn tokens(&self) -> &Self::Tokens;
+    /// The one-time-password algorithm.
+    fn otp(&self) -> &Self::Otp;
     /// The clock.
     fn clock(&self) -> &Self::Clock;
 }
