@@ -101,6 +101,9 @@ pub struct Config {
     pub jwt_algorithm: String,
     /// `JWT_PRIVATE_KEY_FILE`.
     pub jwt_private_key_file: Option<PathBuf>,
+    /// `DATA_ENCRYPTION_KEY_FILE`: 32 random bytes in base64; when set, TOTP secrets are stored encrypted with it.
+    /// Checked at start-up (it must read and decode).
+    pub data_encryption_key_file: Option<PathBuf>,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
     /// `PICTURE_MAX_CONCURRENT`: picture uploads read and processed at once; more are refused with 503.
@@ -325,6 +328,11 @@ impl Config {
         if login_backoff_max < login_backoff_base {
             return Err(invalid("LOGIN_BACKOFF_MAX", "must not be shorter than LOGIN_BACKOFF_BASE"));
         }
+        let data_encryption_key_file = vars.get("DATA_ENCRYPTION_KEY_FILE").map(PathBuf::from);
+        if let Some(path) = &data_encryption_key_file {
+            users_crypto::DataKey::from_file(path)
+                .map_err(|error| invalid("DATA_ENCRYPTION_KEY_FILE", error.to_string()))?;
+        }
         Ok(Self {
             bind_addr,
             service: ServiceConfig {
@@ -340,6 +348,7 @@ impl Config {
                     max: login_backoff_max,
                 },
                 public_base_url,
+                ..defaults
             },
             database: PgConfig { url: database_url, ..database_defaults },
             data_dir,
@@ -348,6 +357,7 @@ impl Config {
             mail_from,
             jwt_algorithm,
             jwt_private_key_file: vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
+            data_encryption_key_file,
             picture_max_bytes,
             picture_max_concurrent,
             bootstrap_admin,

@@ -116,6 +116,8 @@ pub struct UserResponse {
     pub pending_email: Option<String>,
     /// Locked by an administrator.
     pub is_locked: bool,
+    /// Whether a second factor (TOTP) is on.
+    pub mfa_enabled: bool,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -151,6 +153,7 @@ impl UserResponse {
             email_verified: user.email_verified,
             pending_email: user.pending_email.as_ref().map(|e| e.as_str().to_owned()),
             is_locked: user.is_locked,
+            mfa_enabled: user.mfa_enabled,
             created_at: user.created_at,
             updated_at: user.updated_at,
             last_login_at: user.last_login_at,
@@ -288,6 +291,62 @@ pub struct DeleteMeRequest {
     /// The password in use now.
     #[schema(format = Password)]
     pub current_password: String,
+}
+
+/// `POST /me/mfa/totp/setup`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpSetupRequest {
+    /// The password in use now.
+    #[schema(format = Password)]
+    pub current_password: String,
+}
+
+/// A new, unconfirmed TOTP secret: shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpSetupResponse {
+    /// The secret in base32, for typing into an authenticator app.
+    #[schema(example = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")]
+    pub secret: String,
+    /// The `otpauth://totp/...` URI (issuer and email named), for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// `POST /me/mfa/totp/confirm`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpConfirmRequest {
+    /// The current six-digit code of the new secret.
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+/// `POST /me/mfa/recovery-codes` and `DELETE /me/mfa`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaCodeRequest {
+    /// The password in use now.
+    #[schema(format = Password)]
+    pub current_password: String,
+    /// A current TOTP code, or an unused recovery code.
+    pub code: String,
+}
+
+/// `POST /login/mfa`: the second step of a login.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaLoginRequest {
+    /// The `mfa_token` of the `mfa_required` answer to the password.
+    pub mfa_token: String,
+    /// A current TOTP code, or an unused recovery code.
+    pub code: String,
+}
+
+/// Single-use recovery codes: shown only in this answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryCodesResponse {
+    /// Ten codes, each of the form `abcd-efgh-ijkl-mnop`, each working once in place of a TOTP code.
+    pub recovery_codes: Vec<String>,
 }
 
 /// A plain confirmation.

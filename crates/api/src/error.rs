@@ -16,6 +16,7 @@ use users_domain::accounts::{
 use users_domain::admin::{CreateUserError, DeleteUserError, GetUserError, ListUsersError, UpdateUserError};
 use users_domain::pictures::{PictureError, UploadError};
 use users_domain::ports::{ImageError, PortError};
+use users_domain::second_factor::{MfaError, MfaLoginError, ResetMfaError};
 use users_domain::sessions::{AuthError, LoginError, RefreshError};
 
 use crate::telemetry::current_request_id;
@@ -60,6 +61,12 @@ pub struct Problem {
     /// The request id to quote when reporting a server error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// For `mfa_required`: the token to send with a code to `POST /login/mfa` (single use, bound to the user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
+    /// For `mfa_required`: seconds until `mfa_token` expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<i64>,
 }
 
 /// An error answered to the client.
@@ -70,6 +77,7 @@ pub struct ApiError {
     errors: Vec<FieldError>,
     retry_after: Option<u64>,
     bearer_challenge: bool,
+    mfa: Option<users_domain::sessions::MfaToken>,
     source: Option<anyhow::Error>,
 }
 
@@ -83,6 +91,7 @@ impl ApiError {
             errors: Vec::new(),
             retry_after: None,
             bearer_challenge: false,
+            mfa: None,
             source: None,
         }
     }
@@ -166,6 +175,8 @@ impl ApiError {
             code: self.code,
             errors: self.errors.clone(),
             correlation_id: if server_error { current_request_id() } else { None },
+            mfa_token: self.mfa.as_ref().map(|mfa| mfa.token.clone()),
+            expires_in: self.mfa.as_ref().map(|mfa| mfa.expires_in),
         }
     }
 }
@@ -237,6 +248,15 @@ impl From<LoginError> for ApiError {
             ),
             LoginError::AccountLocked => Self::account_locked(),
             LoginError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
+            LoginError::SecondFactorRequired(token) => {
+                let mut error = Self::new(
+                    StatusCode::UNAUTHORIZED,
+                    "mfa_required",
+                    "the password is right; send a code from the authenticator app with mfa_token to /login/mfa",
+                );
+                error.mfa = Some(token);
+                error
+            }
             LoginError::Port(error) => error.into(),
             other => Self::unexpected(&other),
         }
@@ -518,6 +538,65 @@ impl From<UploadError> for ApiError {
             }
             UploadError::Image(ImageError::Busy) => Self::unavailable(anyhow::anyhow!("image processing saturated")),
             UploadError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl ApiError {
+    /// 409 `mfa_already_enabled`.
+    pub fn mfa_already_enabled() -> Self {
+        Self::new(StatusCode::CONFLICT, "mfa_already_enabled", "the second factor is already on; turn it off first")
+    }
+
+    /// 409 `mfa_not_enabled`.
+    pub fn mfa_not_enabled() -> Self {
+        Self::new(StatusCode::CONFLICT, "mfa_not_enabled", "the second factor is not on")
+    }
+}
+
+impl From<MfaError> for ApiError {
+    fn from(error: MfaError) -> Self {
+        match error {
+            MfaError::InvalidCurrentPassword => Self::invalid_current_password(),
+            MfaError::InvalidCode => {
+                Self::new(StatusCode::FORBIDDEN, "invalid_mfa_code", "the code is wrong or was already used")
+            }
+            MfaError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
+            MfaError::AlreadyEnabled => Self::mfa_already_enabled(),
+            MfaError::NotEnabled => Self::mfa_not_enabled(),
+            MfaError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<MfaLoginError> for ApiError {
+    fn from(error: MfaLoginError) -> Self {
+        match error {
+            MfaLoginError::InvalidToken => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the mfa_token is invalid, expired, used, or out of attempts; log in again",
+            ),
+            MfaLoginError::InvalidCode => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_mfa_code", "the code is wrong or was already used")
+            }
+            MfaLoginError::RateLimited { retry_after } => Self::rate_limited(retry_after.unsigned_abs()),
+            MfaLoginError::AccountLocked => Self::account_locked(),
+            MfaLoginError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
+impl From<ResetMfaError> for ApiError {
+    fn from(error: ResetMfaError) -> Self {
+        match error {
+            ResetMfaError::Forbidden => Self::forbidden(),
+            ResetMfaError::NotFound => Self::not_found(),
+            ResetMfaError::NotEnabled => Self::mfa_not_enabled(),
+            ResetMfaError::Port(error) => error.into(),
             other => Self::unexpected(&other),
         }
     }

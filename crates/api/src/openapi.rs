@@ -20,11 +20,12 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::dto::{
     AdminCreateRequest, AdminUpdateRequest, ChangePasswordRequest, DeleteMeRequest, EmailRequest, LoginForm, LoginJson,
-    MessageResponse, PageLinks, RefreshRequest, RegisterRequest, ResetPasswordRequest, SessionResponse,
-    SessionsResponse, StatusResponse, TokenResponse, UpdateMeRequest, UserPageResponse, UserResponse,
+    MessageResponse, MfaCodeRequest, MfaLoginRequest, PageLinks, RecoveryCodesResponse, RefreshRequest,
+    RegisterRequest, ResetPasswordRequest, SessionResponse, SessionsResponse, StatusResponse, TokenResponse,
+    TotpConfirmRequest, TotpSetupRequest, TotpSetupResponse, UpdateMeRequest, UserPageResponse, UserResponse,
 };
 use crate::error::{FieldError, Problem};
-use crate::routes::{accounts, auth, me, ops, pictures, users};
+use crate::routes::{accounts, auth, me, mfa, ops, pictures, users};
 
 /// The service's OpenAPI description.
 #[derive(OpenApi)]
@@ -82,6 +83,12 @@ backoff like a known one."
         pictures::history,
         pictures::serve_version,
         pictures::restore,
+        mfa::setup,
+        mfa::confirm,
+        mfa::recovery_codes,
+        mfa::disable,
+        mfa::login_mfa,
+        mfa::reset,
         ops::healthz,
         ops::readyz,
         ops::jwks
@@ -109,7 +116,13 @@ backoff like a known one."
         UserPageResponse,
         PageLinks,
         pictures::PictureVersion,
-        pictures::PictureHistory
+        pictures::PictureHistory,
+        TotpSetupRequest,
+        TotpSetupResponse,
+        TotpConfirmRequest,
+        MfaCodeRequest,
+        MfaLoginRequest,
+        RecoveryCodesResponse
     )),
     modifiers(&SecuritySchemes, &PutSynonym),
     tags(
@@ -117,6 +130,7 @@ backoff like a known one."
         (name = "profile", description = "The caller's own profile"),
         (name = "users", description = "User administration for MANAGER and ADMIN"),
         (name = "pictures", description = "Profile pictures"),
+        (name = "second factor", description = "TOTP (RFC 6238) with recovery codes"),
         (name = "operations", description = "Health, readiness, metrics and keys"),
     )
 )]

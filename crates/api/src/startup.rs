@@ -9,7 +9,7 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
-use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, JwtConfig};
+use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec};
 use users_domain::Service;
 use users_images::ImagePipeline;
 use users_postgres::PgRepository;
@@ -52,7 +52,9 @@ pub async fn build_service(config: &Config) -> anyhow::Result<AppService> {
         audience: "user-management".to_owned(),
     })?;
     let objects = AppStore::from_config(config).await?;
-    let ports = AppPorts { db, objects, images: ImagePipeline::default(), hasher, tokens };
+    let data_key = config.data_encryption_key_file.as_deref().map(DataKey::from_file).transpose()?;
+    let otp = TotpCodec::new(Sealer::new(data_key));
+    let ports = AppPorts { db, objects, images: ImagePipeline::default(), hasher, tokens, otp };
     Ok(Service::new(ports, config.service.clone()))
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 use tokio::sync::Semaphore;
-use users_crypto::{Argon2Hasher, JwtCodec};
+use users_crypto::{Argon2Hasher, JwtCodec, TotpCodec};
 use users_domain::Service;
 use users_domain::ports::{Ports, SystemClock};
 use users_domain::sessions::{AuthError, Principal};
@@ -39,6 +39,8 @@ pub struct AppPorts {
     pub hasher: Argon2Hasher,
     /// Access tokens.
     pub tokens: JwtCodec,
+    /// One-time passwords of the second factor, sealing secrets with the data key when one is configured.
+    pub otp: TotpCodec,
 }
 
 impl Ports for AppPorts {
@@ -48,11 +50,13 @@ impl Ports for AppPorts {
     type Throttle = PgRepository;
     type Outbox = PgRepository;
     type Requests = PgRepository;
+    type SecondFactors = PgRepository;
     type Pictures = PgRepository;
     type Objects = AppStore;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
     type Tokens = JwtCodec;
+    type Otp = TotpCodec;
     type Clock = SystemClock;
 
     fn users(&self) -> &PgRepository {
@@ -73,6 +77,9 @@ impl Ports for AppPorts {
     fn requests(&self) -> &PgRepository {
         &self.db
     }
+    fn second_factors(&self) -> &PgRepository {
+        &self.db
+    }
     fn pictures(&self) -> &PgRepository {
         &self.db
     }
@@ -87,6 +94,9 @@ impl Ports for AppPorts {
     }
     fn tokens(&self) -> &JwtCodec {
         &self.tokens
+    }
+    fn otp(&self) -> &TotpCodec {
+        &self.otp
     }
     fn clock(&self) -> &SystemClock {
         &SystemClock

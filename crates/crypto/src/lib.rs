@@ -1,10 +1,15 @@
-//! The crypto adapters of user-management: password hashing and access tokens.
+//! The crypto adapters of user-management: password hashing, access tokens, one-time passwords and the sealing of
+//! stored secrets.
 //!
 //! [`Argon2Hasher`] implements the domain's [`PasswordHasher`](users_domain::ports::PasswordHasher) port with
 //! argon2id (m=19456 KiB, t=2, p=1), running every hash and verify on tokio's blocking pool behind a semaphore so
 //! that a login storm queues and then sheds load instead of starving the runtime. [`JwtCodec`] implements the
 //! [`TokenCodec`](users_domain::ports::TokenCodec) port with ES256 JWTs signed by one P-256 key, either configured
 //! (`JWT_PRIVATE_KEY_FILE`) or generated once under `DATA_DIR`, and publishes that key as a JWK set.
+//!
+//! [`TotpCodec`] implements [`OneTimePasswords`](users_domain::ports::OneTimePasswords) (RFC 6238), sealing
+//! secrets with a [`Sealer`]: encrypted with ChaCha20-Poly1305 under a [`DataKey`] (`DATA_ENCRYPTION_KEY_FILE`)
+//! when one is configured.
 //!
 //! Only `main` names these types; everything else sees the ports. Wiring looks like this:
 //!
@@ -31,10 +36,14 @@
 //! The hasher needs a tokio runtime with the time driver enabled (actix-web's runtime and `#[tokio::main]` have
 //! it): the queue timeout is a tokio timer.
 
+mod data_key;
 mod jwt;
 mod keys;
 mod password;
+mod totp;
 
+pub use data_key::{DataKey, DataKeyError, Sealer};
 pub use jwt::{ACCESS_TOKEN_TYPE, JwtCodec, JwtConfig, MAX_TOKEN_LENGTH};
 pub use keys::{GENERATED_KEY_FILE, KeyError};
 pub use password::{Argon2Hasher, HasherConfig, HasherError, ITERATIONS, MEMORY_KIB, PARALLELISM};
+pub use totp::{DIGITS, SECRET_BYTES, STEP_SECONDS, TotpCodec};

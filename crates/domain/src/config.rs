@@ -25,6 +25,10 @@ pub struct ServiceConfig {
     pub login_backoff: BackoffPolicy,
     /// `PUBLIC_BASE_URL`, the start of every link in mails.
     pub public_base_url: String,
+    /// The issuer an authenticator app shows beside a TOTP account.
+    pub totp_issuer: String,
+    /// How long a login waits for its second step.
+    pub mfa_token_ttl: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -38,6 +42,8 @@ impl Default for ServiceConfig {
             password_policy: PasswordPolicy::default(),
             login_backoff: BackoffPolicy::default(),
             public_base_url: "http://localhost:8080".to_owned(),
+            totp_issuer: "user-management".to_owned(),
+            mfa_token_ttl: Duration::minutes(5),
         }
     }
 }

@@ -12,7 +12,8 @@
 //! - [`service`]: the [`Service`] itself;
 //! - the features, each a set of [`Service`] methods with their own inputs and errors: [`sessions`] (login,
 //!   refresh, authentication), [`accounts`] (registration, verification, passwords, one's own profile),
-//!   [`admin`] (user administration) and [`pictures`].
+//!   [`admin`] (user administration), [`second_factor`] (TOTP and recovery codes, the second step of a login) and
+//!   [`pictures`].
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -24,6 +25,7 @@ pub mod mail;
 pub mod permissions;
 pub mod pictures;
 pub mod ports;
+pub mod second_factor;
 pub mod service;
 pub mod session;
 pub mod sessions;

@@ -103,6 +103,8 @@ pub enum Action {
     DeleteUser,
     /// Upload, delete, list or restore a user's profile pictures.
     ManagePicture,
+    /// Turn a user's second factor off (`DELETE /users/{id}/mfa`).
+    ResetSecondFactor,
 }
 
 impl Action {
@@ -118,6 +120,7 @@ impl Action {
             Self::SetProfessional,
             Self::DeleteUser,
             Self::ManagePicture,
+            Self::ResetSecondFactor,
         ];
         for role in Role::ALL {
             actions.push(Self::CreateUser { role });
@@ -224,6 +227,7 @@ mod tests {
         ANONYMOUS     professional     F F F F F
         ANONYMOUS     delete           F F F F F
         ANONYMOUS     picture          Y N N N N
+        ANONYMOUS     mfa              F F F F F
         AUTHENTICATED list             F
         AUTHENTICATED create:*         F
         AUTHENTICATED read             F F F F F
@@ -234,6 +238,7 @@ mod tests {
         AUTHENTICATED professional     F F F F F
         AUTHENTICATED delete           F F F F F
         AUTHENTICATED picture          Y N N N N
+        AUTHENTICATED mfa              F F F F F
         MANAGER       list             Y
         MANAGER       create:ANONYMOUS Y
         MANAGER       create:AUTHENTICATED Y
@@ -250,6 +255,7 @@ mod tests {
         MANAGER       professional     F Y Y N N
         MANAGER       delete           F Y Y N N
         MANAGER       picture          Y Y Y N N
+        MANAGER       mfa              F Y Y N N
         ADMIN         list             Y
         ADMIN         create:*         Y
         ADMIN         read             Y Y Y Y Y
@@ -260,6 +266,7 @@ mod tests {
         ADMIN         professional     F Y Y Y Y
         ADMIN         delete           Y Y Y Y Y
         ADMIN         picture          Y Y Y Y Y
+        ADMIN         mfa              F Y Y Y Y
     ";
 
     fn action_key(action: Action) -> (String, Option<Role>) {
@@ -274,6 +281,7 @@ mod tests {
             Action::SetProfessional => ("professional".into(), None),
             Action::DeleteUser => ("delete".into(), None),
             Action::ManagePicture => ("picture".into(), None),
+            Action::ResetSecondFactor => ("mfa".into(), None),
         }
     }
 

@@ -61,7 +61,7 @@ pub fn token_response(pair: TokenPair) -> HttpResponse {
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         BodyErrors,
-        (status = 401, description = "`invalid_credentials`: wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_credentials`: wrong email or password; or `mfa_required`: the password is right and the account has a second factor, so no session started yet: the problem carries `mfa_token` (single use, 5 minutes) and `expires_in`, to send with a code to `POST /login/mfa`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`email_not_verified` or `account_locked`", body = Problem, content_type = "application/problem+json"),
         RateLimited,
         Unavailable,

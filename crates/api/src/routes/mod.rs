@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod me;
+pub mod mfa;
 pub mod ops;
 pub mod pictures;
 pub mod users;
@@ -149,6 +150,12 @@ pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<
     let authenticator: std::sync::Arc<dyn Authenticate> = state.clone().into_inner();
     cfg.app_data(state.clone()).app_data(web::Data::from(authenticator));
     cfg.service(web::resource("/login").route(web::post().to(auth::login::<P>)))
+        .service(web::resource("/login/mfa").route(web::post().to(mfa::login_mfa::<P>)))
+        .service(web::resource("/me/mfa/totp/setup").route(web::post().to(mfa::setup::<P>)))
+        .service(web::resource("/me/mfa/totp/confirm").route(web::post().to(mfa::confirm::<P>)))
+        .service(web::resource("/me/mfa/recovery-codes").route(web::post().to(mfa::recovery_codes::<P>)))
+        .service(web::resource("/me/mfa").route(web::delete().to(mfa::disable::<P>)))
+        .service(web::resource("/users/{id}/mfa").route(web::delete().to(mfa::reset::<P>)))
         .service(web::resource("/register").route(web::post().to(accounts::register::<P>)))
         .service(web::resource("/verify-email/resend").route(web::post().to(accounts::resend_verification::<P>)))
         .service(web::resource("/verify-email/{user_id}/{token}").route(web::get().to(accounts::verify_email::<P>)))

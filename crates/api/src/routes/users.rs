@@ -146,7 +146,7 @@ fn current_cursor(query: &str) -> Option<String> {
         .find_map(|(name, value)| (name == "cursor").then_some(value))
 }
 
-fn parse_id(raw: &str) -> Result<UserId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<UserId, ApiError> {
     Uuid::parse_str(raw).map(UserId::from_uuid).map_err(|_| ApiError::not_found())
 }
 

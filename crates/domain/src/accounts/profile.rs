@@ -158,6 +158,7 @@ impl<P: Ports> Service<P> {
             user.email.canonical(),
             Password::normalize(candidate),
             Some(user.password_hash.clone()),
+            true,
         )
         .await
     }

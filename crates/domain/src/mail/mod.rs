@@ -22,7 +22,7 @@ use crate::user::{EmailAddress, Nickname, UserId};
 
 /// What one mail says. Any text may hold placeholders, replaced when the mail is rendered: `{nickname}` (the
 /// recipient's nickname, where the mail knows it), `{lifetime}` (how long the mail's link works), `{new_email}`
-/// (the address an email change goes to).
+/// (the address an email change goes to), `{count}` (how many recovery codes are left).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailText {
     /// The subject line; line breaks are removed.
@@ -69,6 +69,14 @@ pub struct MailTexts {
     pub professional_upgrade: MailText,
     /// Tells a user an administrator locked their account (no link).
     pub account_locked: MailText,
+    /// Confirms that a second factor was turned on (no link).
+    pub mfa_enabled: MailText,
+    /// Tells a user their second factor was turned off (no link).
+    pub mfa_disabled: MailText,
+    /// Tells a user one of their recovery codes was used to log in; `{count}` is how many are left (no link).
+    pub recovery_code_used: MailText,
+    /// Tells a user an administrator turned their second factor off (no link).
+    pub mfa_reset_by_admin: MailText,
     /// The line that ends every mail.
     pub signature: String,
 }
@@ -161,6 +169,42 @@ impl Default for MailTexts {
                 ],
                 "",
             ),
+            mfa_enabled: MailText::new(
+                "Two-step login is on",
+                "Hello,",
+                &[
+                    "Logging in to your account now needs a code from your authenticator app after your password. Keep your recovery codes somewhere safe: each lets you in once if you lose the app.",
+                    "If you did not do this, reset your password at once and contact an administrator.",
+                ],
+                "",
+            ),
+            mfa_disabled: MailText::new(
+                "Two-step login is off",
+                "Hello,",
+                &[
+                    "The second factor of your account was turned off: logging in needs only your password now.",
+                    "If you did not do this, reset your password at once and contact an administrator.",
+                ],
+                "",
+            ),
+            recovery_code_used: MailText::new(
+                "A recovery code was used to log in",
+                "Hello,",
+                &[
+                    "Someone logged in to your account with one of your recovery codes. You have {count} left; you can make new ones from your account.",
+                    "If it was not you, reset your password at once and contact an administrator.",
+                ],
+                "",
+            ),
+            mfa_reset_by_admin: MailText::new(
+                "An administrator turned off your two-step login",
+                "Hello,",
+                &[
+                    "An administrator turned off the second factor of your account: logging in needs only your password until you set it up again.",
+                    "If you did not ask for this, contact an administrator.",
+                ],
+                "",
+            ),
             signature: "user-management".to_owned(),
         }
     }
@@ -250,14 +294,18 @@ struct Values<'a> {
     nickname: Option<&'a str>,
     lifetime: Option<&'a str>,
     new_email: Option<&'a str>,
+    count: Option<&'a str>,
 }
 
 impl Values<'_> {
     fn fill(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for (name, value) in
-            [("{nickname}", self.nickname), ("{lifetime}", self.lifetime), ("{new_email}", self.new_email)]
-        {
+        for (name, value) in [
+            ("{nickname}", self.nickname),
+            ("{lifetime}", self.lifetime),
+            ("{new_email}", self.new_email),
+            ("{count}", self.count),
+        ] {
             if let Some(value) = value {
                 out = out.replace(name, value);
             }
@@ -407,6 +455,32 @@ impl MailTemplates {
     #[must_use]
     pub fn account_locked(&self, to: &EmailAddress) -> OutgoingMail {
         self.render(to, &self.texts.account_locked, &Values::default(), None)
+    }
+
+    /// Confirms that a second factor was turned on.
+    #[must_use]
+    pub fn mfa_enabled(&self, to: &EmailAddress) -> OutgoingMail {
+        self.render(to, &self.texts.mfa_enabled, &Values::default(), None)
+    }
+
+    /// Tells a user their second factor was turned off.
+    #[must_use]
+    pub fn mfa_disabled(&self, to: &EmailAddress) -> OutgoingMail {
+        self.render(to, &self.texts.mfa_disabled, &Values::default(), None)
+    }
+
+    /// Tells a user one of their recovery codes was used, and how many are left.
+    #[must_use]
+    pub fn recovery_code_used(&self, to: &EmailAddress, left: u32) -> OutgoingMail {
+        let count = left.to_string();
+        let values = Values { count: Some(&count), ..Values::default() };
+        self.render(to, &self.texts.recovery_code_used, &values, None)
+    }
+
+    /// Tells a user an administrator turned their second factor off.
+    #[must_use]
+    pub fn mfa_reset_by_admin(&self, to: &EmailAddress) -> OutgoingMail {
+        self.render(to, &self.texts.mfa_reset_by_admin, &Values::default(), None)
     }
 }
 

@@ -57,12 +57,7 @@ pub trait OneTimePasswords: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`PortError`] when the sealed secret cannot be opened (a wrong or missing data key, a corrupt value).
-    fn matching_step(
-        &self,
-        secret: &SealedSecret,
-        code: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<i64>, PortError>;
+    fn matching_step(&self, secret: &SealedSecret, code: &str, now: OffsetDateTime) -> Result<Option<i64>, PortError>;
 }
 
 /// A user's TOTP secret as stored.

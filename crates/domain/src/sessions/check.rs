@@ -1,27 +1,61 @@
-//! The throttled password check shared by login and every route that asks for the current password.
+//! The throttled checks of secrets (passwords and second-factor codes) shared by login and every route that asks
+//! for one: all of them count on the same per-account backoff.
+
+use std::future::Future;
 
 use crate::ports::{Clock as _, LoginThrottle as _, PasswordHasher as _, PortError, Ports};
 use crate::service::Service;
 use crate::throttle::{Checked, Turn, blocked_for};
 use crate::user::PasswordHash;
 
+/// The outcome of a throttled check that yields a value when it passes.
+#[derive(Debug)]
+pub(crate) enum Throttled<T> {
+    /// The secret was right.
+    Passed(T),
+    /// The secret was wrong; the failure is counted.
+    Wrong,
+    /// The key is blocked; nothing was checked.
+    Blocked {
+        /// How long until the block ends.
+        retry_after: time::Duration,
+    },
+}
+
 impl<P: Ports> Service<P> {
     /// Checks `candidate` (NFKC) against `hash` (`None`: no such account, checked against a dummy) on the
     /// per-account backoff of `key`: refused while the key is blocked, a wrong password counted as a failure, a
-    /// right one clearing the count.
+    /// right one clearing the count unless `clear` is false (a login that still needs its second factor).
     pub(crate) async fn check_password_throttled(
         &self,
         key: String,
         candidate: String,
         hash: Option<PasswordHash>,
+        clear: bool,
     ) -> Result<Checked, PortError> {
+        let check = async { Ok(self.ports.hasher().verify(candidate, hash).await?.then_some(())) };
+        Ok(match self.check_throttled(key, clear, check).await? {
+            Throttled::Passed(()) => Checked::Matches,
+            Throttled::Wrong => Checked::Wrong,
+            Throttled::Blocked { retry_after } => Checked::Blocked { retry_after },
+        })
+    }
+
+    /// Runs `check` on the per-account backoff of `key` (see [`crate::throttle`]): not at all while the key is
+    /// blocked; `None` from it counts a failure; `Some` passes, clearing the count when `clear` is set.
+    pub(crate) async fn check_throttled<T>(
+        &self,
+        key: String,
+        clear: bool,
+        check: impl Future<Output = Result<Option<T>, PortError>>,
+    ) -> Result<Throttled<T>, PortError> {
         let throttle = self.ports.throttle();
         let mut interest = self.attempts.join(&key);
         let count = loop {
             interest.look();
             let count = throttle.login_failures(key.clone()).await?;
             if let Some(retry_after) = blocked_for(count.as_ref(), self.ports.clock().now()) {
-                return Ok(Checked::Blocked { retry_after });
+                return Ok(Throttled::Blocked { retry_after });
             }
             match interest.try_start(count.map_or(0, |count| count.failures)) {
                 Turn::Start => break count,
@@ -30,15 +64,15 @@ impl<P: Ports> Service<P> {
                 Turn::ReadAgain => {}
             }
         };
-        if self.ports.hasher().verify(candidate, hash).await? {
-            if count.is_some() {
+        if let Some(value) = check.await? {
+            if clear && count.is_some() {
                 throttle.clear_login_failures(key).await?;
             }
-            Ok(Checked::Matches)
+            Ok(Throttled::Passed(value))
         } else {
             throttle.record_login_failure(key, self.ports.clock().now(), self.config.login_backoff).await?;
             interest.failed();
-            Ok(Checked::Wrong)
+            Ok(Throttled::Wrong)
         }
     }
 }

@@ -7,6 +7,8 @@
 
 mod check;
 
+pub(crate) use check::Throttled;
+
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -62,9 +64,29 @@ pub enum LoginError {
         /// How long until the next attempt is accepted.
         retry_after: Duration,
     },
+    /// The password is right and the account has a second factor: no session yet. The login continues with
+    /// [`Service::login_second_step`] and this token.
+    #[error("second factor required")]
+    SecondFactorRequired(MfaToken),
     /// A dependency failed.
     #[error(transparent)]
     Port(#[from] PortError),
+}
+
+/// The token of a login waiting for its second step: single use, bound to the user, short-lived. Its `Debug` form
+/// hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MfaToken {
+    /// The secret handed to the client.
+    pub token: String,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+impl std::fmt::Debug for MfaToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaToken").field("expires_in", &self.expires_in).finish_non_exhaustive()
+    }
 }
 
 /// Why an access token did not authenticate a request.
@@ -125,7 +147,11 @@ impl<P: Ports> Service<P> {
         };
         let candidate = Password::normalize(password);
         let hash = user.as_ref().map(|user| user.password_hash.clone());
-        let user = match self.check_password_throttled(key, candidate, hash).await? {
+        // With a second factor on, a right password alone is not a success: the failures (of passwords and codes)
+        // are forgotten only when the code is right too, so alternating logins cannot reset the count of guessed
+        // codes.
+        let clear = !user.as_ref().is_some_and(|user| user.mfa_enabled);
+        let user = match self.check_password_throttled(key, candidate, hash, clear).await? {
             Checked::Blocked { retry_after } => return Err(LoginError::RateLimited { retry_after }),
             Checked::Wrong => return Err(LoginError::InvalidCredentials),
             Checked::Matches => user.ok_or(LoginError::InvalidCredentials)?,
@@ -136,31 +162,45 @@ impl<P: Ports> Service<P> {
         if !user.email_verified {
             return Err(LoginError::EmailNotVerified);
         }
+        if user.mfa_enabled {
+            return Err(self.second_factor_required(&user).await?);
+        }
         Ok(self.start_session(&user, client, self.now()).await?)
     }
 
     /// Starts a session for a user whose credentials were just checked, and issues its first tokens.
-    async fn start_session(
+    pub(crate) async fn start_session(
         &self,
         user: &User,
         client: ClientInfo,
         now: OffsetDateTime,
     ) -> Result<TokenPair, PortError> {
         let refresh_token = RefreshToken::generate();
-        let session = NewSession {
+        let session = self.new_session(user, client, &refresh_token, now);
+        let session = self.ports.sessions().start_session(session, now).await?;
+        self.token_pair(user.id, session.id, refresh_token, now)
+    }
+
+    /// A new session of `user` at `now` whose first refresh token is `refresh_token`.
+    pub(crate) fn new_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+        refresh_token: &RefreshToken,
+        now: OffsetDateTime,
+    ) -> NewSession {
+        NewSession {
             id: SessionId::generate(),
             user_id: user.id,
             expires_at: now + self.config.refresh_token_ttl,
             refresh_token_hash: refresh_token.hash(),
             user_agent: client.user_agent.map(|ua| ua.chars().take(USER_AGENT_MAX).collect()),
             ip: client.ip,
-        };
-        let session = self.ports.sessions().start_session(session, now).await?;
-        self.token_pair(user.id, session.id, refresh_token, now)
+        }
     }
 
     /// Signs an access token for a session and pairs it with the session's current refresh token.
-    fn token_pair(
+    pub(crate) fn token_pair(
         &self,
         user_id: UserId,
         session_id: SessionId,

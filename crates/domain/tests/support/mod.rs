@@ -161,11 +161,13 @@ impl Ports for TestPorts {
     type Throttle = <MemoryPorts as Ports>::Throttle;
     type Outbox = <MemoryPorts as Ports>::Outbox;
     type Requests = <MemoryPorts as Ports>::Requests;
+    type SecondFactors = <MemoryPorts as Ports>::SecondFactors;
     type Pictures = <MemoryPorts as Ports>::Pictures;
     type Objects = FaultyObjects;
     type Images = <MemoryPorts as Ports>::Images;
     type Hasher = CountingHasher;
     type Tokens = <MemoryPorts as Ports>::Tokens;
+    type Otp = <MemoryPorts as Ports>::Otp;
     type Clock = <MemoryPorts as Ports>::Clock;
 
     fn users(&self) -> &Self::Users {
@@ -186,6 +188,9 @@ impl Ports for TestPorts {
     fn requests(&self) -> &Self::Requests {
         self.memory.requests()
     }
+    fn second_factors(&self) -> &Self::SecondFactors {
+        self.memory.second_factors()
+    }
     fn pictures(&self) -> &Self::Pictures {
         self.memory.pictures()
     }
@@ -200,6 +205,9 @@ impl Ports for TestPorts {
     }
     fn tokens(&self) -> &Self::Tokens {
         self.memory.tokens()
+    }
+    fn otp(&self) -> &Self::Otp {
+        self.memory.otp()
     }
     fn clock(&self) -> &Self::Clock {
         self.memory.clock()
