@@ -3,22 +3,25 @@
 //! It builds the release binary, makes sure of a seeded database `um_bench_<users>` on the local Postgres, starts the
 //! server on a free port with the per-IP limits off, and runs each scenario against it: `oha` for the scenarios that
 //! repeat one request, a small built-in HTTP/1.1 loop for those `oha` cannot express (a refresh token is single use,
-//! so every request needs the token the previous answer returned; idle connections only have to be held open), and
-//! argon2 in-process for the raw hash rate the `login` figure is compared with. `upload` starts its own Garage and a
-//! second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `soak`, run only when named,
-//! keeps `GET /me` going for minutes with nobody scraping the metrics and samples the server's memory, to show that
-//! nothing accumulates per request. The table goes to standard output and, as JSON, to
+//! so every request needs the token the previous answer returned; a login with a second factor is two requests, the
+//! second carrying the first's `mfa_token` and a TOTP code good once; idle connections only have to be held open),
+//! and argon2 in-process for the raw hash rate the `login` and `login-mfa` figures are compared with. `login-mfa`
+//! turns TOTP on for a range of seeded users in the database while it runs, and off again after it. `upload` starts
+//! its own Garage and a second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `soak`,
+//! run only when named, keeps `GET /me` going for minutes with nobody scraping the metrics and samples the server's
+//! memory, to show that nothing accumulates per request. The table goes to standard output and, as JSON, to
 //! `target/bench/<timestamp>.json`, so runs can be compared. The server is stopped whatever happens.
 //!
 //! This module holds the command and the order of the run; the parts live in its submodules: [`options`] (the
 //! command line and the scenarios), [`seed`] (the seeded database), [`server`] (the server under test and signing in
 //! to it), [`load`] (driving `oha`), [`system`] (memory and CPU figures from `/proc`), one module per family of
-//! scenarios ([`requests`], [`refresh`], [`upload`], [`soak`], [`idle`], [`hashing`]), and [`report`] (the rows, the
-//! table and the JSON report).
+//! scenarios ([`requests`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`], [`upload`], [`soak`], [`idle`],
+//! [`hashing`]), and [`report`] (the rows, the table and the JSON report).
 
 mod hashing;
 mod idle;
 mod load;
+mod mfa;
 mod options;
 mod refresh;
 mod report;
@@ -27,6 +30,7 @@ mod seed;
 mod server;
 mod soak;
 mod system;
+mod totp;
 mod upload;
 
 use std::io::Write as _;
@@ -141,6 +145,7 @@ fn run_scenarios(
         let outcome = match scenario {
             Scenario::Idle => idle::idle(current, open_files).map(|row| vec![row]),
             Scenario::Argon2 => hashing::argon2_rate().map(|row| vec![row]),
+            Scenario::LoginMfa => mfa::login_mfa(current, options).map(|row| vec![row]),
             Scenario::Refresh => refresh::refresh(current, options).map(|row| vec![row]),
             Scenario::Upload => match oha {
                 Some(oha) => upload::upload(start, oha, options).map(|row| vec![row]),

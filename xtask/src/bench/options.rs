@@ -22,6 +22,9 @@ pub(super) enum Scenario {
     Search,
     /// `POST /login` with the right password.
     Login,
+    /// A full login with a second factor: `POST /login` (answered `mfa_required`), then `POST /login/mfa` with a
+    /// TOTP code.
+    LoginMfa,
     /// The raw argon2id hash rate, in-process.
     Argon2,
     /// `POST /token/refresh`, each request with the token the previous answer returned.
@@ -36,12 +39,13 @@ pub(super) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in running order.
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::Idle,
         Self::Me,
         Self::UserById,
         Self::Search,
         Self::Login,
+        Self::LoginMfa,
         Self::Argon2,
         Self::Refresh,
         Self::Storm,
@@ -62,6 +66,7 @@ impl Scenario {
             Self::UserById => "user-by-id",
             Self::Search => "search",
             Self::Login => "login",
+            Self::LoginMfa => "login-mfa",
             Self::Argon2 => "argon2",
             Self::Refresh => "refresh",
             Self::Storm => "storm",
@@ -207,6 +212,15 @@ mod tests {
         assert_eq!(options.scenarios, vec![Scenario::Me, Scenario::Search]);
         assert_eq!(options.users, 1_000_000);
         assert_eq!(options.duration, Duration::from_secs(5));
+        Ok(())
+    }
+
+    #[test]
+    fn login_mfa_runs_by_default_between_login_and_argon2() -> Result<()> {
+        let options = Options::parse(&args(&["argon2", "login-mfa", "login"]))?;
+        assert_eq!(options.scenarios, vec![Scenario::Login, Scenario::LoginMfa, Scenario::Argon2]);
+        assert!(Options::parse(&[])?.scenarios.contains(&Scenario::LoginMfa));
+        assert!(!Scenario::LoginMfa.uses_oha());
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::http::HttpConn;
 use crate::process;
 
 /// Connections of `refresh`: each holds one session whose token it rotates.
-const REFRESH_CONNECTIONS: u32 = 32;
+pub(super) const REFRESH_CONNECTIONS: u32 = 32;
 
 /// `refresh`: every connection logs in once, then rotates its session's refresh token as fast as the server
 /// answers, each request presenting the token the previous answer returned (a used token would revoke the session).

@@ -19,8 +19,8 @@ use crate::process;
 const READ_CONNECTIONS: u32 = 64;
 
 /// Connections of `login`: the server hashes on one slot per core and queues the rest for at most 5 s, so a deeper
-/// queue would only add latency (and eventually 503s) without adding throughput.
-const LOGIN_CONNECTIONS: u32 = 16;
+/// queue would only add latency (and eventually 503s) without adding throughput. `login-mfa` uses as many.
+pub(super) const LOGIN_CONNECTIONS: u32 = 16;
 
 /// Connections of the wrong-password flood in `storm`.
 const STORM_FLOOD_CONNECTIONS: u32 = 200;
@@ -50,7 +50,12 @@ pub(super) fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, optio
             let body = json!({"email": seeded_email(1), "password": PASSWORD}).to_string();
             (post_json(server.url("/login"), body, LOGIN_CONNECTIONS, 200), String::new())
         }
-        Scenario::Idle | Scenario::Argon2 | Scenario::Refresh | Scenario::Upload | Scenario::Soak => {
+        Scenario::Idle
+        | Scenario::LoginMfa
+        | Scenario::Argon2
+        | Scenario::Refresh
+        | Scenario::Upload
+        | Scenario::Soak => {
             bail!("`{}` is not an oha scenario", scenario.name())
         }
     };

@@ -23,8 +23,8 @@ pub(super) const SEED_DOMAIN: &str = "bench.example.com";
 /// URL.
 ///
 /// A database that already holds the seeded users is reused (seeding a million users and building their indexes
-/// takes a while), with the state earlier runs left (sessions, refresh tokens, login failures) truncated, so every
-/// run starts from the same rows. Anything else, or `--fresh`, is dropped and created anew.
+/// takes a while), with the state earlier runs left (sessions, refresh tokens, login failures, second factors)
+/// cleared, so every run starts from the same rows. Anything else, or `--fresh`, is dropped and created anew.
 pub(super) fn prepare_database(binary: &Path, data_dir: &Path, users: u64, fresh: bool) -> Result<String> {
     let name = format!("um_bench_{users}");
     let admin_url = postgres::LOCAL_ADMIN_URL;
@@ -48,8 +48,12 @@ pub(super) fn prepare_database(binary: &Path, data_dir: &Path, users: u64, fresh
     process::output(&mut migrate).context("could not migrate the bench database")?;
 
     if reusable {
-        ui::info(&format!("reusing its {users} seeded users; clearing sessions and login failures of earlier runs"));
+        ui::info(&format!(
+            "reusing its {users} seeded users; clearing sessions, login failures and second factors of earlier runs"
+        ));
         psql(&url, "TRUNCATE sessions, login_attempts CASCADE")?;
+        // `login-mfa` turns TOTP off again when it ends; a run that ended before it could must not leave it on.
+        super::mfa::reset(&url)?;
         psql(&url, "VACUUM ANALYZE")?;
         return Ok(url);
     }
