@@ -420,6 +420,144 @@ fn describe(response: &Response, problem: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    /// A stand-in for the server's two login steps, with its rules for codes: the code of the current step or one
+    /// either side, and only for a step later than the last one the user logged in with.
+    #[derive(Default)]
+    struct FakeServer {
+        /// The user of every `mfa_token` handed out and not used yet.
+        tokens: Mutex<HashMap<String, String>>,
+        /// Every accepted login: the user and the step of its code, in order.
+        accepted: Mutex<Vec<(String, u64)>>,
+        /// The `mfa_token`s handed out so far.
+        issued: AtomicUsize,
+    }
+
+    impl FakeServer {
+        /// Starts it on a free port, one thread per connection.
+        fn start() -> Result<(SocketAddr, Arc<Self>)> {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let server = Arc::new(Self::default());
+            let shared = Arc::clone(&server);
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let server = Arc::clone(&shared);
+                    std::thread::spawn(move || server.serve(stream));
+                }
+            });
+            Ok((addr, server))
+        }
+
+        /// Answers the requests of one keep-alive connection until it closes.
+        fn serve(&self, stream: TcpStream) -> Option<()> {
+            let mut reader = BufReader::new(stream.try_clone().ok()?);
+            let mut writer = stream;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).ok()? == 0 {
+                    return Some(());
+                }
+                let path = line.split_whitespace().nth(1)?.to_owned();
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).ok()?;
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().ok()?;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).ok()?;
+                let request: Value = serde_json::from_slice(&body).ok()?;
+                let (status, answer) = self.answer(&path, &request);
+                let answer = answer.to_string();
+                write!(writer, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{answer}", answer.len()).ok()?;
+            }
+        }
+
+        /// The status and body answering `request` at `path`.
+        fn answer(&self, path: &str, request: &Value) -> (u16, Value) {
+            let mut tokens = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match path {
+                "/login" if request["password"] == PASSWORD => {
+                    let token = format!("token-{}", self.issued.fetch_add(1, Ordering::Relaxed));
+                    tokens.insert(token.clone(), request["email"].as_str().unwrap_or_default().to_owned());
+                    (401, json!({"code": "mfa_required", "mfa_token": token, "expires_in": 300}))
+                }
+                "/login/mfa" => {
+                    let Some(email) = request["mfa_token"].as_str().and_then(|token| tokens.remove(token)) else {
+                        return (401, json!({"code": "invalid_token"}));
+                    };
+                    drop(tokens);
+                    let current = totp::step_at(SystemTime::now());
+                    let code = request["code"].as_str().unwrap_or_default();
+                    let mut accepted = self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let last = accepted.iter().rev().find(|(user, _)| *user == email).map(|(_, step)| *step);
+                    let matched = [current - 1, current, current + 1]
+                        .into_iter()
+                        .find(|step| totp::code(SECRET, *step, totp::DIGITS).ok().as_deref() == Some(code));
+                    match matched {
+                        Some(step) if last.is_none_or(|last| step > last) => {
+                            accepted.push((email, step));
+                            (
+                                200,
+                                json!({"access_token": "a", "token_type": "Bearer", "expires_in": 900, "refresh_token": "r"}),
+                            )
+                        }
+                        _ => (401, json!({"code": "invalid_mfa_code"})),
+                    }
+                }
+                _ => (401, json!({"code": "invalid_credentials"})),
+            }
+        }
+
+        /// How many logins were accepted so far.
+        fn accepted_count(&self) -> usize {
+            self.accepted.lock().map_or(0, |accepted| accepted.len())
+        }
+    }
+
+    #[test]
+    fn sixteen_connections_never_present_a_step_twice_and_wait_when_every_step_is_used() -> Result<()> {
+        let (addr, server) = FakeServer::start()?;
+        let range = UserRange { first: FIRST_USER, last: FIRST_USER + MIN_USERS + 7, needed: MIN_USERS + 8 };
+        let pool = Pool::new(&range);
+        let options = Options::parse(&["login-mfa", "--warmup", "0", "--duration", "1"].map(str::to_owned))?;
+        let connections = usize::try_from(LOGIN_CONNECTIONS)?;
+        let barrier = Barrier::new(connections + 1);
+        let results: Vec<Result<LoopResult>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (0..connections).map(|_| scope.spawn(|| login_loop(addr, &pool, &barrier, &options))).collect();
+            barrier.wait();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked"))))
+                .collect()
+        });
+        let mut logins = 0;
+        let mut waited = Duration::ZERO;
+        for result in results {
+            let result = result?;
+            assert_eq!(result.errors, Vec::<String>::new());
+            logins += result.latencies.len();
+            waited += result.waited;
+        }
+        // The fake answers in microseconds: every user gives its two steps at once, then the connections wait.
+        assert_eq!(logins, server.accepted_count());
+        assert!(logins >= 2 * range.len() as usize, "{logins} logins");
+        assert!(waited > Duration::ZERO);
+        Ok(())
+    }
 
     #[test]
     fn a_user_logs_in_with_the_current_step_then_the_next_then_waits() {
