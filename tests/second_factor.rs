@@ -145,7 +145,8 @@ impl World {
     /// Sets up and confirms TOTP for a logged-in user, with the code of step `step - 1`; returns the raw secret,
     /// the base32 secret and the recovery codes.
     async fn enroll(&self, email: &str, token: &str, step: u64) -> (Vec<u8>, String, Vec<String>) {
-        let wrong = self.post("/me/mfa/totp/setup", Some(token), &json!({"current_password": "nope-nope-nope-42"})).await;
+        let wrong =
+            self.post("/me/mfa/totp/setup", Some(token), &json!({"current_password": "nope-nope-nope-42"})).await;
         assert_problem(wrong, 403, "invalid_current_password", "setup with a wrong password").await;
         let setup = self.post("/me/mfa/totp/setup", Some(token), &json!({"current_password": STRONG_PASSWORD})).await;
         assert_eq!(setup.status(), 200);
@@ -163,7 +164,8 @@ impl World {
 
         let wrong = self.post("/me/mfa/totp/confirm", Some(token), &json!({"code": "000000"})).await;
         assert_problem(wrong, 403, "invalid_mfa_code", "confirm with a wrong code").await;
-        let confirm = self.post("/me/mfa/totp/confirm", Some(token), &json!({"code": totp(&secret, step - 1, 6)})).await;
+        let confirm =
+            self.post("/me/mfa/totp/confirm", Some(token), &json!({"code": totp(&secret, step - 1, 6)})).await;
         assert_eq!(confirm.status(), 200);
         let codes: Vec<String> = json_body(confirm).await["recovery_codes"]
             .as_array()
@@ -285,7 +287,8 @@ async fn codes_count_on_the_same_backoff_as_passwords() {
     assert!(retry_after.is_some());
     let blocked = login_json(&world.app.client, &world.app.address, &email, STRONG_PASSWORD).await;
     assert_problem(blocked, 429, "rate_limited", "the right password while blocked").await;
-    let blocked = world.delete("/me/mfa", &token, Some(&json!({"current_password": STRONG_PASSWORD, "code": "1"}))).await;
+    let blocked =
+        world.delete("/me/mfa", &token, Some(&json!({"current_password": STRONG_PASSWORD, "code": "1"}))).await;
     assert_problem(blocked, 429, "rate_limited", "turning it off while blocked").await;
 }
 
@@ -310,7 +313,10 @@ async fn an_administrator_resets_a_users_second_factor_and_the_user_is_told() {
     let reset = world.delete(&format!("/users/{id}/mfa"), &admin, None).await;
     assert_eq!(reset.status(), 204);
     world.maildev.wait_for_subject(&email, "An administrator turned off your two-step login").await;
-    let user = json_body(world.app.client.get(world.app.url(&format!("/users/{id}"))).bearer_auth(&admin).send().await.unwrap()).await;
+    let user = json_body(
+        world.app.client.get(world.app.url(&format!("/users/{id}"))).bearer_auth(&admin).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(user["mfa_enabled"], false);
     world.token(&email).await;
     let again = world.delete(&format!("/users/{id}/mfa"), &admin, None).await;
