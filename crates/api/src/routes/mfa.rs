@@ -4,7 +4,6 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use users_domain::ports::Ports;
 use users_domain::second_factor::RecoveryCode;
-use uuid::Uuid;
 
 use super::auth::token_response;
 use super::users::parse_id;
