@@ -77,7 +77,8 @@ pub struct ApiError {
     errors: Vec<FieldError>,
     retry_after: Option<u64>,
     bearer_challenge: bool,
-    mfa: Option<users_domain::sessions::MfaToken>,
+    /// The pending second step of an `mfa_required` answer (boxed: it is rare, and keeps every `Result` small).
+    mfa: Option<Box<users_domain::sessions::MfaToken>>,
     source: Option<anyhow::Error>,
 }
 
@@ -254,7 +255,7 @@ impl From<LoginError> for ApiError {
                     "mfa_required",
                     "the password is right; send a code from the authenticator app with mfa_token to /login/mfa",
                 );
-                error.mfa = Some(token);
+                error.mfa = Some(Box::new(token));
                 error
             }
             LoginError::Port(error) => error.into(),

@@ -342,8 +342,8 @@ mod tests {
                 }
             }
         }
-        // 4 actors x ((7 target actions + 4 requested roles) x 5 targets + 1 list + 4 requested roles to create).
-        assert_eq!(checked, 4 * ((7 + 4) * 5 + 1 + 4));
+        // 4 actors x ((8 target actions + 4 requested roles) x 5 targets + 1 list + 4 requested roles to create).
+        assert_eq!(checked, 4 * ((8 + 4) * 5 + 1 + 4));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! In-memory adapters of every port of user-management.
 //!
 //! [`MemoryStore`] implements every storage port (users, sessions, email tokens, the login throttle, the mail
-//! outbox, the request queue and picture records) over one mutex-guarded state; [`MemoryObjects`] keeps picture
-//! objects in a map; [`ManualClock`] is a clock a test moves by hand. [`MemoryPorts`] bundles them with the real
-//! CPU-only adapters (argon2id hashing, ES256 tokens with a key that lives in memory, the image pipeline) into a
-//! complete [`Ports`] set, so the whole domain runs with no server:
+//! outbox, the request queue, second factors and picture records) over one mutex-guarded state; [`MemoryObjects`]
+//! keeps picture objects in a map; [`ManualClock`] is a clock a test moves by hand. [`MemoryPorts`] bundles them
+//! with the real CPU-only adapters (argon2id hashing, ES256 tokens with a key that lives in memory, TOTP with
+//! secrets stored unencrypted, the image pipeline) into a complete [`Ports`] set, so the whole domain runs with no
+//! server:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -34,12 +35,12 @@ mod store;
 pub use clock::ManualClock;
 pub use objects::MemoryObjects;
 pub use store::{MailState, MemoryStore, QueuedMail};
-use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec};
+use users_crypto::{Argon2Hasher, HasherConfig, JwtCodec, TotpCodec};
 use users_domain::ports::Ports;
 use users_images::ImagePipeline;
 
-/// A complete adapter set with no server: the memory stores and clock, with the real hasher, token codec and
-/// image pipeline.
+/// A complete adapter set with no server: the memory stores and clock, with the real hasher, token codec, TOTP codec
+/// (without a data key) and image pipeline.
 #[derive(Debug, Clone)]
 pub struct MemoryPorts {
     store: MemoryStore,
@@ -47,6 +48,7 @@ pub struct MemoryPorts {
     clock: ManualClock,
     hasher: Argon2Hasher,
     tokens: JwtCodec,
+    otp: TotpCodec,
     images: ImagePipeline,
 }
 
@@ -70,6 +72,7 @@ impl MemoryPorts {
             clock,
             hasher: Argon2Hasher::new(HasherConfig::default())?,
             tokens: JwtCodec::ephemeral("http://localhost:8080", "user-management")?,
+            otp: TotpCodec::default(),
             images: ImagePipeline::default(),
         })
     }
@@ -106,11 +109,13 @@ impl Ports for MemoryPorts {
     type Throttle = MemoryStore;
     type Outbox = MemoryStore;
     type Requests = MemoryStore;
+    type SecondFactors = MemoryStore;
     type Pictures = MemoryStore;
     type Objects = MemoryObjects;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
     type Tokens = JwtCodec;
+    type Otp = TotpCodec;
     type Clock = ManualClock;
 
     fn users(&self) -> &MemoryStore {
@@ -131,6 +136,9 @@ impl Ports for MemoryPorts {
     fn requests(&self) -> &MemoryStore {
         &self.store
     }
+    fn second_factors(&self) -> &MemoryStore {
+        &self.store
+    }
     fn pictures(&self) -> &MemoryStore {
         &self.store
     }
@@ -145,6 +153,9 @@ impl Ports for MemoryPorts {
     }
     fn tokens(&self) -> &JwtCodec {
         &self.tokens
+    }
+    fn otp(&self) -> &TotpCodec {
+        &self.otp
     }
     fn clock(&self) -> &ManualClock {
         &self.clock

@@ -2,6 +2,8 @@
 //!
 //! A change runs on a copy of the state, which replaces the state only when the change succeeds: what a database
 //! transaction gives the Postgres adapter. Uniqueness of emails and nicknames is case-insensitive, as there.
+//! Changes are serialised by the mutex, so a compare-and-set (a token, a time step, a recovery code, a try on a
+//! pending login step) is one check and one write that nothing can come between.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +13,11 @@ use time::{Duration, OffsetDateTime};
 use users_domain::permissions::Role;
 use users_domain::ports::{
     AccountRequest, AccountRequestKind, AccountRequests, BackoffPolicy, Clock, EmailTokenPurpose, EmailTokenRecord,
-    EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, NewAccount, NewEmailToken,
-    OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError, PortError, RefreshRecord, SessionEnd, SessionStore,
-    StoredPicture, UpdateError, UserCursor, UserQuery, UserSort, UserStore, UserUpdate,
+    EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount,
+    NewEmailToken, NewMfaChallenge, OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError, PortError,
+    RefreshRecord, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore,
+    SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserQuery, UserSort, UserStore,
+    UserUpdate,
 };
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{EmailAddress, Nickname, User, UserId};
@@ -81,6 +85,10 @@ struct State {
     outbox: Vec<QueuedMail>,
     requests: Vec<RequestRow>,
     pictures: BTreeMap<Uuid, StoredPicture>,
+    totp: HashMap<UserId, TotpRecord>,
+    /// Each user's recovery codes, by hash, with whether the code was used.
+    recovery_codes: HashMap<UserId, HashMap<TokenHash, bool>>,
+    mfa_challenges: HashMap<TokenHash, MfaChallenge>,
 }
 
 /// Every storage port in memory; clones share the state.
@@ -189,6 +197,85 @@ impl State {
         Ok(user)
     }
 
+    /// Stores a session started at `at` with its first refresh token, and records the login on its user.
+    fn start_session(&mut self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
+        let user = self
+            .users
+            .get_mut(&session.user_id.as_uuid())
+            .ok_or_else(|| unknown(format!("a session for user {}, who does not exist", session.user_id)))?;
+        user.last_login_at = Some(at);
+        let stored = Session {
+            id: session.id,
+            user_id: session.user_id,
+            created_at: at,
+            last_used_at: at,
+            expires_at: session.expires_at,
+            revoked_at: None,
+            user_agent: session.user_agent,
+            ip: session.ip,
+        };
+        self.sessions.insert(stored.id, stored.clone());
+        self.refresh_tokens.insert(session.refresh_token_hash, RefreshRow { session: session.id, used: false });
+        Ok(stored)
+    }
+
+    /// Sets the user's `mfa_enabled`, and `updated_at` when the flag changes.
+    fn set_mfa_enabled(&mut self, user_id: UserId, enabled: bool, now: OffsetDateTime) {
+        if let Some(user) = self.users.get_mut(&user_id.as_uuid())
+            && user.mfa_enabled != enabled
+        {
+            user.mfa_enabled = enabled;
+            user.updated_at = now;
+        }
+    }
+
+    /// Consumes a proof of `user_id`, compare-and-set; `false` when it is not accepted.
+    fn consume_proof(&mut self, user_id: UserId, proof: &SecondFactorProof) -> bool {
+        match proof {
+            SecondFactorProof::Step(step) => {
+                let Some(record) = self.totp.get_mut(&user_id) else { return false };
+                if record.last_used_step.is_some_and(|last| last >= *step) {
+                    return false;
+                }
+                record.last_used_step = Some(*step);
+                true
+            }
+            SecondFactorProof::RecoveryCode(hash) => {
+                let Some(used) = self.recovery_codes.get_mut(&user_id).and_then(|codes| codes.get_mut(hash)) else {
+                    return false;
+                };
+                !std::mem::replace(used, true)
+            }
+        }
+    }
+
+    /// Applies a second-factor action whose requirement holds.
+    fn apply_action(&mut self, user_id: UserId, action: SecondFactorAction, now: OffsetDateTime) {
+        let codes = |hashes: Vec<TokenHash>| hashes.into_iter().map(|hash| (hash, false)).collect();
+        match action {
+            SecondFactorAction::Keep => {}
+            SecondFactorAction::Stage { secret } => {
+                self.totp.insert(user_id, TotpRecord { secret, enabled: false, last_used_step: None });
+            }
+            SecondFactorAction::Enable { recovery_codes, .. } => {
+                if let Some(record) = self.totp.get_mut(&user_id) {
+                    record.enabled = true;
+                }
+                self.recovery_codes.insert(user_id, codes(recovery_codes));
+                self.set_mfa_enabled(user_id, true, now);
+            }
+            SecondFactorAction::ReplaceRecoveryCodes(recovery_codes) => {
+                self.recovery_codes.insert(user_id, codes(recovery_codes));
+            }
+            SecondFactorAction::Disable => {
+                self.totp.remove(&user_id);
+                self.recovery_codes.remove(&user_id);
+                self.mfa_challenges.retain(|_, challenge| challenge.user_id != user_id);
+                self.set_mfa_enabled(user_id, false, now);
+            }
+        }
+    }
+
     fn end_sessions(&mut self, user_id: UserId, end: SessionEnd, now: OffsetDateTime) {
         let keep = match end {
             SessionEnd::Keep => return,
@@ -234,6 +321,7 @@ impl UserStore for MemoryStore {
                 created_at: now,
                 updated_at: now,
                 last_login_at: None,
+                mfa_enabled: false,
             };
             if let Some(token) = account.token {
                 if token.user_id != user.id {
@@ -378,6 +466,9 @@ impl UserStore for MemoryStore {
             state.refresh_tokens.retain(|_, row| !gone.contains(&row.session));
             state.email_tokens.retain(|(user_id, _), _| *user_id != id);
             state.pictures.retain(|_, picture| picture.user_id != id);
+            state.totp.remove(&id);
+            state.recovery_codes.remove(&id);
+            state.mfa_challenges.retain(|_, challenge| challenge.user_id != id);
             Ok(())
         })
     }
@@ -451,26 +542,7 @@ fn list(state: &State, query: &UserQuery) -> Result<Vec<User>, PortError> {
 
 impl SessionStore for MemoryStore {
     async fn start_session(&self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
-        self.change(|state| {
-            let user = state
-                .users
-                .get_mut(&session.user_id.as_uuid())
-                .ok_or_else(|| unknown(format!("a session for user {}, who does not exist", session.user_id)))?;
-            user.last_login_at = Some(at);
-            let stored = Session {
-                id: session.id,
-                user_id: session.user_id,
-                created_at: at,
-                last_used_at: at,
-                expires_at: session.expires_at,
-                revoked_at: None,
-                user_agent: session.user_agent,
-                ip: session.ip,
-            };
-            state.sessions.insert(stored.id, stored.clone());
-            state.refresh_tokens.insert(session.refresh_token_hash, RefreshRow { session: session.id, used: false });
-            Ok(stored)
-        })
+        self.change(|state| state.start_session(session, at))
     }
 
     async fn find_session_with_user(&self, id: SessionId) -> Result<Option<(Session, User)>, PortError> {
@@ -549,6 +621,118 @@ impl SessionStore for MemoryStore {
                 .collect();
             sessions.sort_by_key(|session| std::cmp::Reverse((session.created_at, session.id.as_uuid())));
             sessions
+        })
+    }
+}
+
+/// Whether `action` may be applied to the user's secret as it stands (`None`: no secret), with `proof`: staging
+/// needs the second factor off, enabling an unconfirmed secret equal to the one checked, replacing the codes and
+/// disabling the second factor on; a proof needs it on, except a time step that confirms the unconfirmed secret.
+fn requirement_holds(
+    action: &SecondFactorAction,
+    proof: Option<&SecondFactorProof>,
+    current: Option<&TotpRecord>,
+) -> bool {
+    let enabled = current.is_some_and(|record| record.enabled);
+    let action_holds = match action {
+        SecondFactorAction::Keep => true,
+        SecondFactorAction::Stage { .. } => !enabled,
+        SecondFactorAction::Enable { secret, .. } => {
+            current.is_some_and(|record| !record.enabled && record.secret == *secret)
+        }
+        SecondFactorAction::ReplaceRecoveryCodes(_) | SecondFactorAction::Disable => enabled,
+    };
+    let proof_holds = match (proof, action) {
+        (None, _) | (Some(SecondFactorProof::Step(_)), SecondFactorAction::Enable { .. }) => true,
+        (Some(_), _) => enabled,
+    };
+    action_holds && proof_holds
+}
+
+impl SecondFactorStore for MemoryStore {
+    async fn find_totp(&self, user_id: UserId) -> Result<Option<TotpRecord>, PortError> {
+        self.read(|state| state.totp.get(&user_id).cloned())
+    }
+
+    async fn recovery_codes_left(&self, user_id: UserId) -> Result<u32, PortError> {
+        self.read(|state| {
+            let left =
+                state.recovery_codes.get(&user_id).map_or(0, |codes| codes.values().filter(|used| !**used).count());
+            u32::try_from(left).unwrap_or(u32::MAX)
+        })
+    }
+
+    async fn apply_second_factor(&self, change: SecondFactorChange) -> Result<Option<Session>, SecondFactorError> {
+        self.change(|state| {
+            let user_id = change.user_id;
+            let now = change.now;
+            if change.start_session.as_ref().is_some_and(|session| session.user_id != user_id) {
+                return Err(
+                    unknown(format!("a second-factor change of user {user_id} starting another's session")).into()
+                );
+            }
+            if !state.users.contains_key(&user_id.as_uuid())
+                || !requirement_holds(&change.action, change.proof.as_ref(), state.totp.get(&user_id))
+            {
+                return Err(SecondFactorError::StateChanged);
+            }
+            if let Some(hash) = &change.consume_challenge {
+                let usable = state
+                    .mfa_challenges
+                    .get(hash)
+                    .is_some_and(|challenge| challenge.user_id == user_id && challenge.expires_at > now);
+                if !usable {
+                    return Err(SecondFactorError::ChallengeUnusable);
+                }
+                state.mfa_challenges.remove(hash);
+            }
+            if let Some(proof) = &change.proof
+                && !state.consume_proof(user_id, proof)
+            {
+                return Err(SecondFactorError::ProofRejected);
+            }
+            state.apply_action(user_id, change.action, now);
+            let session = change.start_session.map(|session| state.start_session(session, now)).transpose()?;
+            if let Some(key) = change.clear_failures {
+                state.failures.remove(&key);
+            }
+            for mail in change.mails {
+                state.queue(mail, now);
+            }
+            Ok(session)
+        })
+    }
+
+    async fn create_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), PortError> {
+        self.change(|state| {
+            if !state.users.contains_key(&challenge.user_id.as_uuid()) {
+                return Err(unknown(format!("a login step for user {}, who does not exist", challenge.user_id)));
+            }
+            if state.mfa_challenges.contains_key(&challenge.token_hash) {
+                return Err(unknown("a login step with the hash of another".to_owned()));
+            }
+            let stored = MfaChallenge { user_id: challenge.user_id, expires_at: challenge.expires_at, attempts: 0 };
+            state.mfa_challenges.insert(challenge.token_hash, stored);
+            Ok(())
+        })
+    }
+
+    async fn take_mfa_attempt(
+        &self,
+        token_hash: TokenHash,
+        now: OffsetDateTime,
+        max_attempts: u32,
+    ) -> Result<Option<MfaChallenge>, PortError> {
+        self.change(|state| {
+            let Some(challenge) = state
+                .mfa_challenges
+                .get_mut(&token_hash)
+                .filter(|challenge| challenge.expires_at > now && challenge.attempts < max_attempts)
+            else {
+                return Ok(None);
+            };
+            challenge.attempts += 1;
+            Ok(Some(challenge.clone()))
         })
     }
 }

@@ -3,7 +3,8 @@
 //! [`PgRepository`], one struct around a deadpool pool of diesel-async connections, implements every storage port
 //! of the domain: [`UserStore`](users_domain::ports::UserStore), [`SessionStore`](users_domain::ports::SessionStore),
 //! [`EmailTokenStore`](users_domain::ports::EmailTokenStore), [`LoginThrottle`](users_domain::ports::LoginThrottle),
-//! [`MailOutbox`](users_domain::ports::MailOutbox), [`AccountRequests`](users_domain::ports::AccountRequests) and
+//! [`MailOutbox`](users_domain::ports::MailOutbox), [`AccountRequests`](users_domain::ports::AccountRequests),
+//! [`SecondFactorStore`](users_domain::ports::SecondFactorStore) and
 //! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port. It also owns the embedded
 //! migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the migrations', honours the
 //! connection string's `sslmode` and `sslrootcert` with a rustls connector (`tls`).
@@ -22,6 +23,7 @@ mod repository;
 mod requests;
 mod rows;
 mod schema;
+mod second_factor;
 mod sessions;
 mod setup;
 mod throttle;

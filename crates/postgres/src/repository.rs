@@ -3,7 +3,7 @@
 //! Every port method checks out one connection under the acquire timeout, runs its queries with bound parameters
 //! and translates errors at the boundary (see [`crate::errors`]), so callers see only domain types. The port
 //! implementations live in the module of their port (`users`, `sessions`, `email_tokens`, `throttle`, `outbox`,
-//! `requests`, `pictures`).
+//! `requests`, `second_factor`, `pictures`).
 
 use std::fmt;
 use std::sync::Arc;

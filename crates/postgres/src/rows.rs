@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use users_domain::permissions::Role;
 use users_domain::ports::{
     EmailTokenPurpose, EmailTokenRecord, NewEmailToken, OutboxMessage, OutgoingMail, PictureSize, PictureVariant,
-    PortError, StoredPicture,
+    PortError, SealedSecret, StoredPicture, TotpRecord,
 };
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{
@@ -17,7 +17,9 @@ use users_domain::user::{
 };
 use uuid::Uuid;
 
-use crate::schema::{email_tokens, mail_outbox, picture_variants, pictures, refresh_tokens, sessions, users};
+use crate::schema::{
+    email_tokens, mail_outbox, picture_variants, pictures, refresh_tokens, sessions, totp_secrets, users,
+};
 
 /// A `users` row as read back; `failed_login_count` is left out because the domain's [`User`] has no such field.
 /// Read by name too, for the listing's raw query.
@@ -44,6 +46,7 @@ pub(crate) struct UserRow {
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
     last_login_at: Option<OffsetDateTime>,
+    mfa_enabled: bool,
 }
 
 impl UserRow {
@@ -113,6 +116,7 @@ impl TryFrom<UserRow> for User {
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_login_at: row.last_login_at,
+            mfa_enabled: row.mfa_enabled,
         })
     }
 }
@@ -370,6 +374,22 @@ impl TryFrom<ClaimedMailRow> for OutboxMessage {
     }
 }
 
+/// A `totp_secrets` row as read back: what the domain's [`TotpRecord`] holds, the sealed secret as stored.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = totp_secrets)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct TotpRow {
+    pub(crate) secret: Vec<u8>,
+    pub(crate) enabled: bool,
+    pub(crate) last_used_step: Option<i64>,
+}
+
+impl From<TotpRow> for TotpRecord {
+    fn from(row: TotpRow) -> Self {
+        Self { secret: SealedSecret(row.secret), enabled: row.enabled, last_used_step: row.last_used_step }
+    }
+}
+
 /// A `pictures` row as read back.
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = pictures)]
@@ -526,6 +546,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             last_login_at: None,
+            mfa_enabled: true,
         }
     }
 
@@ -537,6 +558,7 @@ mod tests {
         assert_eq!(user.first_name.unwrap().as_str(), "Ada");
         assert_eq!(user.bio, None, "a blank stored bio reads as no bio");
         assert_eq!(user.github_profile_url.unwrap().as_str(), "https://github.com/ada");
+        assert!(user.mfa_enabled);
     }
 
     #[test]

@@ -25,6 +25,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         last_login_at -> Nullable<Timestamptz>,
+        mfa_enabled -> Bool,
     }
 }
 
@@ -109,10 +110,43 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    totp_secrets (user_id) {
+        user_id -> Uuid,
+        secret -> Bytea,
+        enabled -> Bool,
+        last_used_step -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        enabled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    recovery_codes (user_id, code_hash) {
+        user_id -> Uuid,
+        code_hash -> Text,
+        created_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    mfa_challenges (token_hash) {
+        token_hash -> Text,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        attempts -> Int4,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(picture_variants -> pictures (picture_id));
+diesel::joinable!(totp_secrets -> users (user_id));
+diesel::joinable!(recovery_codes -> users (user_id));
+diesel::joinable!(mfa_challenges -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -122,7 +156,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     login_attempts,
     mail_outbox,
     pictures,
-    picture_variants
+    picture_variants,
+    totp_secrets,
+    recovery_codes,
+    mfa_challenges
 );
 
 diesel::table! {

@@ -23,22 +23,10 @@ use crate::schema::{refresh_tokens, sessions, users};
 impl SessionStore for PgRepository {
     async fn start_session(&self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
         let mut connection = self.connection().await?;
-        let session_row = NewSessionRow::new(&session, at);
-        let token_row = NewRefreshTokenRow::first_of(&session, at);
-        let user_id = session.user_id.as_uuid();
         // The session, its first refresh token and the login time commit together or not at all: a session
         // without a token could never be refreshed, and a token without a session would dangle.
         let started = connection
-            .transaction::<_, DieselError, _>(async |connection| {
-                let row = diesel::insert_into(sessions::table)
-                    .values(&session_row)
-                    .returning(SessionRow::as_returning())
-                    .get_result(connection)
-                    .await?;
-                diesel::insert_into(refresh_tokens::table).values(&token_row).execute(connection).await?;
-                diesel::update(users::table.find(user_id)).set(users::last_login_at.eq(at)).execute(connection).await?;
-                Ok(row)
-            })
+            .transaction::<_, DieselError, _>(async |connection| insert_session(connection, &session, at).await)
             .await;
         match started {
             Ok(row) => Ok(row.into()),
@@ -140,6 +128,30 @@ impl SessionStore for PgRepository {
             Err(error) => Err(query_error(error, &mut connection, "listing sessions")),
         }
     }
+}
+
+/// Stores a session started at `at` with its first refresh token, and records the login time on its user; run
+/// inside a transaction (of [`SessionStore::start_session`], or of a second-factor change that starts a session),
+/// so that the three commit together.
+pub(crate) async fn insert_session(
+    connection: &mut AsyncPgConnection,
+    session: &NewSession,
+    at: OffsetDateTime,
+) -> Result<SessionRow, DieselError> {
+    let row = diesel::insert_into(sessions::table)
+        .values(NewSessionRow::new(session, at))
+        .returning(SessionRow::as_returning())
+        .get_result(connection)
+        .await?;
+    diesel::insert_into(refresh_tokens::table)
+        .values(NewRefreshTokenRow::first_of(session, at))
+        .execute(connection)
+        .await?;
+    diesel::update(users::table.find(session.user_id.as_uuid()))
+        .set(users::last_login_at.eq(at))
+        .execute(connection)
+        .await?;
+    Ok(row)
 }
 
 /// Exchanges `presented` for `next` in session `session_id`, compare-and-set, in one transaction; `None` when the

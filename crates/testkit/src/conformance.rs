@@ -23,9 +23,11 @@ use time::{Duration, OffsetDateTime};
 use users_domain::Role;
 use users_domain::ports::{
     AccountRequestKind, AccountRequests, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, FailureCount, Guard,
-    InsertUserError, LoginThrottle, MailOutbox, NewAccount, NewEmailToken, OutgoingMail, PictureRecords, PictureSize,
-    PictureVariant, PictureWriteError, PortError, ProfileChanges, SessionEnd, SessionStore, StoredPicture, UpdateError,
-    UserCursor, UserFields, UserQuery, UserSort, UserStore, UserUpdate,
+    InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount, NewEmailToken, NewMfaChallenge, OutgoingMail,
+    PictureRecords, PictureSize, PictureVariant, PictureWriteError, PortError, ProfileChanges, SealedSecret,
+    SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore, SessionEnd,
+    SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserFields, UserQuery, UserSort, UserStore,
+    UserUpdate,
 };
 use users_domain::session::{NewSession, RefreshToken, Session, SessionId, TokenHash};
 use users_domain::user::{
@@ -35,12 +37,26 @@ use uuid::Uuid;
 
 /// Every storage port at once: what an adapter set must implement to run the suite.
 pub trait Storage:
-    UserStore + SessionStore + EmailTokenStore + LoginThrottle + MailOutbox + AccountRequests + PictureRecords
+    UserStore
+    + SessionStore
+    + EmailTokenStore
+    + LoginThrottle
+    + MailOutbox
+    + AccountRequests
+    + SecondFactorStore
+    + PictureRecords
 {
 }
 
 impl<T> Storage for T where
-    T: UserStore + SessionStore + EmailTokenStore + LoginThrottle + MailOutbox + AccountRequests + PictureRecords
+    T: UserStore
+        + SessionStore
+        + EmailTokenStore
+        + LoginThrottle
+        + MailOutbox
+        + AccountRequests
+        + SecondFactorStore
+        + PictureRecords
 {
 }
 
@@ -84,6 +100,19 @@ macro_rules! conformance_tests {
             users_are_listed_in_every_order_and_page,
             users_are_listed_with_every_filter,
             the_listing_prefix_is_literal_and_case_insensitive,
+            a_staged_secret_is_replaced_until_the_second_factor_is_on,
+            enabling_needs_the_secret_that_was_checked_and_stores_the_recovery_codes,
+            a_time_step_is_accepted_once_and_only_after_the_last_one,
+            a_recovery_code_is_accepted_once,
+            replaced_recovery_codes_stop_working,
+            disabling_clears_the_second_factor_and_the_pending_login_steps,
+            login_step_tries_are_counted_up_to_the_limit_while_unexpired,
+            a_login_step_is_consumed_once_and_only_by_its_own_user,
+            a_failed_second_factor_change_stores_nothing,
+            a_second_factor_change_starts_its_session_and_clears_the_backoff,
+            concurrent_changes_with_one_time_step_let_exactly_one_apply,
+            concurrent_tries_on_the_last_attempt_let_exactly_one_through,
+            deleting_a_user_takes_their_second_factor,
         );
     };
     (@checks $fresh:expr; $($check:ident),* $(,)?) => {
@@ -317,6 +346,7 @@ pub async fn users_are_inserted_and_found<S: Storage>(store: S) {
     assert_eq!(user.profile_picture_id, None);
     assert!(!user.is_professional && user.professional_status_updated_at.is_none());
     assert!(!user.is_locked && user.pending_email.is_none() && user.last_login_at.is_none());
+    assert!(!user.mfa_enabled, "a new user has no second factor");
     assert_eq!(user.created_at, user.updated_at);
 
     assert_eq!(store.find_user(user.id).await.unwrap(), Some(user.clone()));
@@ -1300,4 +1330,487 @@ pub async fn the_listing_prefix_is_literal_and_case_insensitive<S: Storage>(stor
     assert_eq!(matching("jON").await, named(&["pctxuser"]), "the last name");
     assert_eq!(matching("ith").await, named(&[]), "a prefix, not a substring");
     assert_eq!(matching("").await.len(), users.len(), "an empty prefix is no filter");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Second factors
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A sealed secret: 40 bytes of `byte`, as opaque to the store as a real one.
+fn sealed(byte: u8) -> SealedSecret {
+    SealedSecret(vec![byte; 40])
+}
+
+/// The hashes of recovery codes named `names`.
+fn recovery_codes(names: &[&str]) -> Vec<TokenHash> {
+    names.iter().map(|name| TokenHash::of(name)).collect()
+}
+
+/// A change of `user_id` at `at` that stages `secret`.
+fn staging(user_id: UserId, secret: SealedSecret, at: OffsetDateTime) -> SecondFactorChange {
+    let mut change = SecondFactorChange::new(user_id, at);
+    change.action = SecondFactorAction::Stage { secret };
+    change
+}
+
+/// A change of `user_id` at `at` that enables `secret` with a code of time step `step` and these recovery codes.
+fn enabling(
+    user_id: UserId,
+    secret: SealedSecret,
+    step: i64,
+    codes: &[&str],
+    at: OffsetDateTime,
+) -> SecondFactorChange {
+    let mut change = SecondFactorChange::new(user_id, at);
+    change.proof = Some(SecondFactorProof::Step(step));
+    change.action = SecondFactorAction::Enable { secret, recovery_codes: recovery_codes(codes) };
+    change
+}
+
+/// A change of `user_id` at `at` that only consumes `proof`.
+fn proving(user_id: UserId, proof: SecondFactorProof, at: OffsetDateTime) -> SecondFactorChange {
+    let mut change = SecondFactorChange::new(user_id, at);
+    change.proof = Some(proof);
+    change
+}
+
+/// A recovery code named `name` as a proof.
+fn recovery(name: &str) -> SecondFactorProof {
+    SecondFactorProof::RecoveryCode(TokenHash::of(name))
+}
+
+/// Stages secret `byte` for `user_id` and enables it with a code of step `step` and these recovery codes.
+async fn turn_on<S: Storage>(store: &S, user_id: UserId, byte: u8, step: i64, codes: &[&str]) {
+    let at = now();
+    assert_eq!(store.apply_second_factor(staging(user_id, sealed(byte), at)).await.unwrap(), None);
+    assert_eq!(store.apply_second_factor(enabling(user_id, sealed(byte), step, codes, at)).await.unwrap(), None);
+}
+
+/// Stores a pending login step of `user_id` expiring at `expires_at`, and returns its hash.
+async fn pending_step<S: Storage>(store: &S, user_id: UserId, expires_at: OffsetDateTime) -> TokenHash {
+    let token_hash = RefreshToken::generate().hash();
+    let challenge = NewMfaChallenge { token_hash: token_hash.clone(), user_id, expires_at };
+    store.create_mfa_challenge(challenge).await.unwrap();
+    token_hash
+}
+
+async fn totp<S: Storage>(store: &S, user_id: UserId) -> Option<TotpRecord> {
+    store.find_totp(user_id).await.unwrap()
+}
+
+async fn user<S: Storage>(store: &S, user_id: UserId) -> User {
+    store.find_user(user_id).await.unwrap().unwrap()
+}
+
+/// Staging stores an unconfirmed secret, replacing an unconfirmed one; once the second factor is on, staging is
+/// refused and changes nothing; a user who does not exist is refused too.
+pub async fn a_staged_secret_is_replaced_until_the_second_factor_is_on<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let at = now();
+    assert_eq!(totp(&store, ada.id).await, None);
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 0);
+
+    assert_eq!(store.apply_second_factor(staging(ada.id, sealed(1), at)).await.unwrap(), None);
+    let staged = TotpRecord { secret: sealed(1), enabled: false, last_used_step: None };
+    assert_eq!(totp(&store, ada.id).await, Some(staged));
+    store.apply_second_factor(staging(ada.id, sealed(2), at)).await.unwrap();
+    let restaged = TotpRecord { secret: sealed(2), enabled: false, last_used_step: None };
+    assert_eq!(totp(&store, ada.id).await, Some(restaged), "the unconfirmed secret is replaced");
+    assert!(!user(&store, ada.id).await.mfa_enabled, "staging does not turn the second factor on");
+    assert_eq!(user(&store, ada.id).await, ada, "nor changes the user");
+
+    store.apply_second_factor(enabling(ada.id, sealed(2), 100, &["one"], at)).await.unwrap();
+    let mut refused = staging(ada.id, sealed(3), at);
+    refused.mails = vec![mail("ada@example.com", "never")];
+    let outcome = store.apply_second_factor(refused).await;
+    assert!(matches!(outcome, Err(SecondFactorError::StateChanged)), "{outcome:?}");
+    let enabled = TotpRecord { secret: sealed(2), enabled: true, last_used_step: Some(100) };
+    assert_eq!(totp(&store, ada.id).await, Some(enabled), "the enabled secret stays");
+    assert!(pending_subjects(&store).await.is_empty(), "no mail of a refused change");
+
+    let ghost = store.apply_second_factor(staging(UserId::generate(), sealed(1), at)).await;
+    assert!(matches!(ghost, Err(SecondFactorError::StateChanged)), "{ghost:?}");
+}
+
+/// Enabling needs an unconfirmed secret equal to the one the code was checked against; it turns the second factor
+/// on (the secret, the user's `mfa_enabled` and `updated_at`), consumes the code's step and stores the recovery
+/// codes, of that user only.
+pub async fn enabling_needs_the_secret_that_was_checked_and_stores_the_recovery_codes<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    let at = now() + Duration::minutes(1);
+    let nothing_staged = store.apply_second_factor(enabling(ada.id, sealed(1), 10, &["one"], at)).await;
+    assert!(matches!(nothing_staged, Err(SecondFactorError::StateChanged)), "{nothing_staged:?}");
+    assert_eq!(totp(&store, ada.id).await, None);
+
+    store.apply_second_factor(staging(ada.id, sealed(1), at)).await.unwrap();
+    let other_secret = store.apply_second_factor(enabling(ada.id, sealed(2), 10, &["one"], at)).await;
+    assert!(matches!(other_secret, Err(SecondFactorError::StateChanged)), "{other_secret:?}");
+    let unconfirmed = TotpRecord { secret: sealed(1), enabled: false, last_used_step: None };
+    assert_eq!(totp(&store, ada.id).await, Some(unconfirmed.clone()));
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 0);
+    // Only a time step confirms; a proof of a login needs the second factor on.
+    let early_login = store.apply_second_factor(proving(ada.id, SecondFactorProof::Step(10), at)).await;
+    assert!(matches!(early_login, Err(SecondFactorError::StateChanged)), "{early_login:?}");
+    assert_eq!(totp(&store, ada.id).await, Some(unconfirmed));
+    assert_eq!(user(&store, ada.id).await, ada);
+
+    let mut enable = enabling(ada.id, sealed(1), 10, &["one", "two", "three"], at);
+    enable.mails = vec![mail("ada@example.com", "enabled")];
+    assert_eq!(store.apply_second_factor(enable).await.unwrap(), None);
+    let enabled = TotpRecord { secret: sealed(1), enabled: true, last_used_step: Some(10) };
+    assert_eq!(totp(&store, ada.id).await, Some(enabled));
+    assert_eq!(user(&store, ada.id).await, User { mfa_enabled: true, updated_at: at, ..ada.clone() });
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 3);
+    assert_eq!(pending_subjects(&store).await, subjects(&["enabled"]));
+
+    let twice = store.apply_second_factor(enabling(ada.id, sealed(1), 11, &["four"], at)).await;
+    assert!(matches!(twice, Err(SecondFactorError::StateChanged)), "{twice:?}");
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 3);
+    assert_eq!(totp(&store, bob.id).await, None, "another user is untouched");
+    assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 0);
+    assert_eq!(user(&store, bob.id).await, bob);
+}
+
+/// A time step is accepted only when it is later than the last one accepted, which it then becomes: a replayed
+/// or older step is rejected and changes nothing.
+pub async fn a_time_step_is_accepted_once_and_only_after_the_last_one<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    turn_on(&store, ada.id, 1, 10, &["one"]).await;
+    let at = now();
+    let step = |step: i64| {
+        let mut change = proving(ada.id, SecondFactorProof::Step(step), at);
+        change.mails = vec![mail("ada@example.com", &format!("step {step}"))];
+        change
+    };
+    for (replayed, what) in [(10, "the step that confirmed"), (9, "an older step")] {
+        let outcome = store.apply_second_factor(step(replayed)).await;
+        assert!(matches!(outcome, Err(SecondFactorError::ProofRejected)), "{what}: {outcome:?}");
+        assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(10), "{what}");
+    }
+    assert_eq!(store.apply_second_factor(step(11)).await.unwrap(), None);
+    assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(11));
+    let again = store.apply_second_factor(step(11)).await;
+    assert!(matches!(again, Err(SecondFactorError::ProofRejected)), "{again:?}");
+    store.apply_second_factor(step(13)).await.unwrap();
+    let skipped = store.apply_second_factor(step(12)).await;
+    assert!(matches!(skipped, Err(SecondFactorError::ProofRejected)), "{skipped:?}");
+    assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(13));
+    assert_eq!(pending_subjects(&store).await, subjects(&["step 11", "step 13"]), "only accepted changes mail");
+}
+
+/// A recovery code is accepted once, and only from its own user's unused codes.
+pub async fn a_recovery_code_is_accepted_once<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["ada-one", "ada-two"]).await;
+    turn_on(&store, bob.id, 2, 10, &["bob-one"]).await;
+    let at = now();
+    assert_eq!(store.apply_second_factor(proving(ada.id, recovery("ada-one"), at)).await.unwrap(), None);
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 1);
+    for (code, what) in [("ada-one", "a used code"), ("bob-one", "another user's code"), ("nobody", "an unknown one")] {
+        let outcome = store.apply_second_factor(proving(ada.id, recovery(code), at)).await;
+        assert!(matches!(outcome, Err(SecondFactorError::ProofRejected)), "{what}: {outcome:?}");
+    }
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 1);
+    assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 1, "another user's code stays unused");
+    assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(10), "a code leaves the step alone");
+    store.apply_second_factor(proving(ada.id, recovery("ada-two"), at)).await.unwrap();
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 0);
+    store.apply_second_factor(proving(bob.id, recovery("bob-one"), at)).await.unwrap();
+}
+
+/// Replacing the recovery codes (which needs the second factor on) makes every old code, used or not, fail, and
+/// the new ones work once.
+pub async fn replaced_recovery_codes_stop_working<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["old-one", "old-two", "old-three"]).await;
+    let at = now();
+    store.apply_second_factor(proving(ada.id, recovery("old-one"), at)).await.unwrap();
+
+    let mut replace = proving(ada.id, recovery("old-two"), at);
+    replace.action = SecondFactorAction::ReplaceRecoveryCodes(recovery_codes(&["new-one", "new-two"]));
+    assert_eq!(store.apply_second_factor(replace).await.unwrap(), None);
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 2);
+    for old in ["old-one", "old-two", "old-three"] {
+        let outcome = store.apply_second_factor(proving(ada.id, recovery(old), at)).await;
+        assert!(matches!(outcome, Err(SecondFactorError::ProofRejected)), "{old}: {outcome:?}");
+    }
+    store.apply_second_factor(proving(ada.id, recovery("new-one"), at)).await.unwrap();
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 1);
+    let reused = store.apply_second_factor(proving(ada.id, recovery("new-one"), at)).await;
+    assert!(matches!(reused, Err(SecondFactorError::ProofRejected)), "{reused:?}");
+    assert!(user(&store, ada.id).await.mfa_enabled);
+
+    let mut off = SecondFactorChange::new(bob.id, at);
+    off.action = SecondFactorAction::ReplaceRecoveryCodes(recovery_codes(&["bob-one"]));
+    let outcome = store.apply_second_factor(off).await;
+    assert!(matches!(outcome, Err(SecondFactorError::StateChanged)), "second factor off: {outcome:?}");
+    assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 0);
+}
+
+/// Disabling (which needs the second factor on) deletes the secret, the recovery codes and the user's pending
+/// login steps, and turns `mfa_enabled` off with `updated_at`; other users keep theirs; a new secret can be staged.
+pub async fn disabling_clears_the_second_factor_and_the_pending_login_steps<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["one", "two"]).await;
+    turn_on(&store, bob.id, 2, 10, &["bob-one"]).await;
+    let t0 = now();
+    let expires = t0 + Duration::minutes(5);
+    let mine = pending_step(&store, ada.id, expires).await;
+    let theirs = pending_step(&store, bob.id, expires).await;
+
+    let at = t0 + Duration::minutes(1);
+    let mut disable = proving(ada.id, recovery("one"), at);
+    disable.action = SecondFactorAction::Disable;
+    disable.mails = vec![mail("ada@example.com", "disabled")];
+    assert_eq!(store.apply_second_factor(disable).await.unwrap(), None);
+    assert_eq!(totp(&store, ada.id).await, None);
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 0);
+    let after = user(&store, ada.id).await;
+    assert_eq!((after.mfa_enabled, after.updated_at), (false, at));
+    assert_eq!(store.take_mfa_attempt(mine, t0, 5).await.unwrap(), None, "the pending login step is gone");
+    assert_eq!(pending_subjects(&store).await, subjects(&["disabled"]));
+
+    assert!(store.take_mfa_attempt(theirs, t0, 5).await.unwrap().is_some(), "another user's step stays");
+    assert!(totp(&store, bob.id).await.is_some_and(|record| record.enabled));
+    assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 1);
+    assert!(user(&store, bob.id).await.mfa_enabled);
+
+    let mut again = SecondFactorChange::new(ada.id, at);
+    again.action = SecondFactorAction::Disable;
+    let outcome = store.apply_second_factor(again).await;
+    assert!(matches!(outcome, Err(SecondFactorError::StateChanged)), "already off: {outcome:?}");
+    let code = store.apply_second_factor(proving(ada.id, recovery("two"), at)).await;
+    assert!(matches!(code, Err(SecondFactorError::StateChanged)), "no proof without a second factor: {code:?}");
+    store.apply_second_factor(staging(ada.id, sealed(3), at)).await.unwrap();
+    assert_eq!(
+        totp(&store, ada.id).await,
+        Some(TotpRecord { secret: sealed(3), enabled: false, last_used_step: None })
+    );
+}
+
+/// Each try on a pending login step is counted and returned with the step, while the step expires after `now` and
+/// fewer than the limit were tried; otherwise `None`, and nothing changes.
+pub async fn login_step_tries_are_counted_up_to_the_limit_while_unexpired<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    let expires = t0 + Duration::minutes(5);
+    let hash = pending_step(&store, ada.id, expires).await;
+    for attempts in 1..=3 {
+        let taken = store.take_mfa_attempt(hash.clone(), t0, 3).await.unwrap();
+        assert_eq!(taken, Some(MfaChallenge { user_id: ada.id, expires_at: expires, attempts }));
+    }
+    assert_eq!(store.take_mfa_attempt(hash.clone(), t0, 3).await.unwrap(), None, "used up");
+    assert_eq!(store.take_mfa_attempt(hash.clone(), t0, 3).await.unwrap(), None, "and not counted further");
+    let higher = store.take_mfa_attempt(hash.clone(), t0, 4).await.unwrap();
+    assert_eq!(higher.map(|challenge| challenge.attempts), Some(4), "the limit is the caller's");
+
+    let fresh = pending_step(&store, ada.id, expires).await;
+    assert_eq!(store.take_mfa_attempt(fresh.clone(), expires, 5).await.unwrap(), None, "expired at its end");
+    let before_end = store.take_mfa_attempt(fresh, expires - Duration::seconds(1), 5).await.unwrap();
+    assert_eq!(before_end.map(|challenge| challenge.attempts), Some(1), "an expired try counted nothing");
+    let unknown = RefreshToken::generate().hash();
+    assert_eq!(store.take_mfa_attempt(unknown, t0, 5).await.unwrap(), None);
+}
+
+/// A change consumes a pending login step only when it is the user's and expires after the change's time, and
+/// only once.
+pub async fn a_login_step_is_consumed_once_and_only_by_its_own_user<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["ada-one", "ada-two"]).await;
+    turn_on(&store, bob.id, 2, 10, &["bob-one"]).await;
+    let t0 = now();
+    let expires = t0 + Duration::minutes(5);
+    let hash = pending_step(&store, ada.id, expires).await;
+    let login = |user_id: UserId, proof: SecondFactorProof, at: OffsetDateTime| {
+        let mut change = proving(user_id, proof, at);
+        change.consume_challenge = Some(hash.clone());
+        change
+    };
+
+    let foreign = store.apply_second_factor(login(bob.id, recovery("bob-one"), t0)).await;
+    assert!(matches!(foreign, Err(SecondFactorError::ChallengeUnusable)), "another user's: {foreign:?}");
+    assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 1, "the proof is not consumed");
+    let expired = store.apply_second_factor(login(ada.id, recovery("ada-one"), expires)).await;
+    assert!(matches!(expired, Err(SecondFactorError::ChallengeUnusable)), "expired: {expired:?}");
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 2);
+
+    store.apply_second_factor(login(ada.id, recovery("ada-one"), expires - Duration::seconds(1))).await.unwrap();
+    assert_eq!(store.take_mfa_attempt(hash.clone(), t0, 5).await.unwrap(), None, "consumed");
+    let again = store.apply_second_factor(login(ada.id, recovery("ada-two"), t0)).await;
+    assert!(matches!(again, Err(SecondFactorError::ChallengeUnusable)), "second consumption: {again:?}");
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 1);
+    let unknown = {
+        let mut change = proving(ada.id, recovery("ada-two"), t0);
+        change.consume_challenge = Some(RefreshToken::generate().hash());
+        store.apply_second_factor(change).await
+    };
+    assert!(matches!(unknown, Err(SecondFactorError::ChallengeUnusable)), "unknown: {unknown:?}");
+}
+
+/// A change that fails (its requirement, its login step or its proof) stores none of its parts: the login step is
+/// still pending, the proof unused, the action not applied, no session started, the backoff kept, no mail queued.
+pub async fn a_failed_second_factor_change_stores_nothing<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["one"]).await;
+    let t0 = now();
+    let key = "ada@example.com".to_owned();
+    store.record_login_failure(key.clone(), t0, BackoffPolicy::default()).await.unwrap();
+    let failures = store.login_failures(key.clone()).await.unwrap();
+    let expires = t0 + Duration::minutes(5);
+    let hash = pending_step(&store, ada.id, expires).await;
+    let theirs = pending_step(&store, bob.id, expires).await;
+    let before = user(&store, ada.id).await;
+    let record = totp(&store, ada.id).await;
+
+    let at = t0 + Duration::seconds(1);
+    let (session, _) = new_session(ada.id, at);
+    let full = |challenge: &TokenHash, proof: SecondFactorProof, action: SecondFactorAction| {
+        let mut change = proving(ada.id, proof, at);
+        change.consume_challenge = Some(challenge.clone());
+        change.action = action;
+        change.start_session = Some(session.clone());
+        change.clear_failures = Some(key.clone());
+        change.mails = vec![mail("ada@example.com", "never")];
+        change
+    };
+    let replace = SecondFactorAction::ReplaceRecoveryCodes(recovery_codes(&["new"]));
+    let stage = SecondFactorAction::Stage { secret: sealed(9) };
+    let cases = [
+        (full(&hash, SecondFactorProof::Step(10), SecondFactorAction::Keep), "a replayed step"),
+        (full(&hash, SecondFactorProof::Step(9), replace.clone()), "an older step"),
+        (full(&hash, recovery("unknown"), SecondFactorAction::Disable), "an unknown recovery code"),
+        (full(&theirs, SecondFactorProof::Step(11), replace), "another user's login step"),
+        (full(&hash, recovery("one"), stage), "staging with the second factor on"),
+    ];
+    for (change, what) in cases {
+        let outcome = store.apply_second_factor(change).await;
+        let expected = match what {
+            "another user's login step" => matches!(outcome, Err(SecondFactorError::ChallengeUnusable)),
+            "staging with the second factor on" => matches!(outcome, Err(SecondFactorError::StateChanged)),
+            _ => matches!(outcome, Err(SecondFactorError::ProofRejected)),
+        };
+        assert!(expected, "{what}: {outcome:?}");
+        assert_eq!(user(&store, ada.id).await, before, "{what}: the user is unchanged, no login recorded");
+        assert_eq!(totp(&store, ada.id).await, record, "{what}: the secret and its last step are unchanged");
+        assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 1, "{what}: the codes are unchanged");
+        assert_eq!(store.find_session_with_user(session.id).await.unwrap(), None, "{what}: no session");
+        assert_eq!(store.login_failures(key.clone()).await.unwrap(), failures, "{what}: the backoff stays");
+        assert!(pending_subjects(&store).await.is_empty(), "{what}: no mail is queued");
+    }
+    let pending = store.take_mfa_attempt(hash, t0, 5).await.unwrap();
+    assert_eq!(pending.map(|challenge| challenge.attempts), Some(1), "the login step is still pending, untried");
+    assert!(store.take_mfa_attempt(theirs, t0, 5).await.unwrap().is_some());
+    store.apply_second_factor(proving(ada.id, recovery("one"), at)).await.unwrap();
+}
+
+/// A change that starts a session stores it with its first refresh token, records the login on the user, clears
+/// the backoff and returns the session; a session of another user is refused as a bug, storing nothing.
+pub async fn a_second_factor_change_starts_its_session_and_clears_the_backoff<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["one"]).await;
+    let t0 = now();
+    let key = "ada@example.com".to_owned();
+    store.record_login_failure(key.clone(), t0, BackoffPolicy::default()).await.unwrap();
+    let hash = pending_step(&store, ada.id, t0 + Duration::minutes(5)).await;
+
+    let at = t0 + Duration::seconds(1);
+    let (stray, _) = new_session(bob.id, at);
+    let mut foreign = proving(ada.id, SecondFactorProof::Step(11), at);
+    foreign.start_session = Some(stray.clone());
+    let outcome = store.apply_second_factor(foreign).await;
+    assert!(matches!(outcome, Err(SecondFactorError::Port(PortError::Unknown(_)))), "{outcome:?}");
+    assert_eq!(store.find_session_with_user(stray.id).await.unwrap(), None);
+    assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(10), "the step is not consumed");
+
+    let (new, refresh) = new_session(ada.id, at);
+    let mut login = proving(ada.id, SecondFactorProof::Step(11), at);
+    login.consume_challenge = Some(hash.clone());
+    login.start_session = Some(new.clone());
+    login.clear_failures = Some(key.clone());
+    login.mails = vec![mail("ada@example.com", "signed in")];
+    let started = store.apply_second_factor(login).await.unwrap().unwrap();
+    assert_eq!(
+        started,
+        Session {
+            id: new.id,
+            user_id: ada.id,
+            created_at: at,
+            last_used_at: at,
+            expires_at: new.expires_at,
+            revoked_at: None,
+            user_agent: new.user_agent.clone(),
+            ip: new.ip.clone(),
+        }
+    );
+    let (found, owner) = store.find_session_with_user(new.id).await.unwrap().unwrap();
+    assert_eq!(found, started);
+    assert_eq!(owner.last_login_at, Some(at), "the login is recorded on the user");
+    assert!(owner.mfa_enabled);
+    let token = store.find_refresh_token(refresh).await.unwrap().unwrap();
+    assert_eq!((token.session.id, token.used), (new.id, false));
+    assert_eq!(store.login_failures(key).await.unwrap(), None, "the backoff is cleared");
+    assert_eq!(store.take_mfa_attempt(hash, t0, 5).await.unwrap(), None, "the login step is consumed");
+    assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(11));
+    assert_eq!(pending_subjects(&store).await, subjects(&["signed in"]));
+}
+
+/// Of two concurrent changes proving with one time step, exactly one applies; the other is rejected and stores
+/// nothing.
+pub async fn concurrent_changes_with_one_time_step_let_exactly_one_apply<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    turn_on(&store, ada.id, 1, 10, &["one"]).await;
+    let at = now();
+    let mut first = proving(ada.id, SecondFactorProof::Step(11), at);
+    first.mails = vec![mail("ada@example.com", "first")];
+    let mut second = proving(ada.id, SecondFactorProof::Step(11), at);
+    second.mails = vec![mail("ada@example.com", "second")];
+    let (a, b) = tokio::join!(store.apply_second_factor(first), store.apply_second_factor(second));
+    assert_eq!([&a, &b].iter().filter(|outcome| outcome.is_ok()).count(), 1, "{a:?} / {b:?}");
+    assert!([&a, &b].iter().any(|outcome| matches!(outcome, Err(SecondFactorError::ProofRejected))));
+    assert_eq!(pending_subjects(&store).await.len(), 1, "only the winner's mail is queued");
+    assert_eq!(totp(&store, ada.id).await.unwrap().last_used_step, Some(11));
+}
+
+/// Of two concurrent tries on a pending login step with one attempt left, exactly one is let through.
+pub async fn concurrent_tries_on_the_last_attempt_let_exactly_one_through<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    let hash = pending_step(&store, ada.id, t0 + Duration::minutes(5)).await;
+    for _ in 0..2 {
+        store.take_mfa_attempt(hash.clone(), t0, 3).await.unwrap().unwrap();
+    }
+    let (a, b) = tokio::join!(store.take_mfa_attempt(hash.clone(), t0, 3), store.take_mfa_attempt(hash.clone(), t0, 3));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.is_some() != b.is_some(), "exactly one try passes: {a:?} / {b:?}");
+    assert_eq!(a.or(b).map(|challenge| challenge.attempts), Some(3));
+    assert_eq!(store.take_mfa_attempt(hash, t0, 3).await.unwrap(), None);
+}
+
+/// Deleting a user deletes their secret, recovery codes and pending login steps, and no one else's.
+pub async fn deleting_a_user_takes_their_second_factor<S: Storage>(store: S) {
+    let ada = insert(&store, "ada@example.com", "ada").await;
+    let bob = insert(&store, "bob@example.com", "bob").await;
+    turn_on(&store, ada.id, 1, 10, &["one", "two"]).await;
+    turn_on(&store, bob.id, 2, 10, &["bob-one"]).await;
+    let t0 = now();
+    let mine = pending_step(&store, ada.id, t0 + Duration::minutes(5)).await;
+    let theirs = pending_step(&store, bob.id, t0 + Duration::minutes(5)).await;
+
+    store.delete_user(ada.id, Guard::default()).await.unwrap();
+    assert_eq!(totp(&store, ada.id).await, None);
+    assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 0);
+    assert_eq!(store.take_mfa_attempt(mine, t0, 5).await.unwrap(), None);
+    let gone = store.apply_second_factor(proving(ada.id, recovery("two"), t0)).await;
+    assert!(matches!(gone, Err(SecondFactorError::StateChanged)), "a deleted user: {gone:?}");
+
+    assert!(totp(&store, bob.id).await.is_some());
+    assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 1);
+    assert!(store.take_mfa_attempt(theirs, t0, 5).await.unwrap().is_some());
 }

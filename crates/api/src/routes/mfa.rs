@@ -4,7 +4,6 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use users_domain::ports::Ports;
 use users_domain::second_factor::RecoveryCode;
-use uuid::Uuid;
 
 use super::auth::token_response;
 use super::users::parse_id;
@@ -153,7 +152,7 @@ pub async fn login_mfa<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("login", req.peer_addr().map(|addr| addr.ip()))?;
+    state.rate_limiter.check("login-mfa", req.peer_addr().map(|addr| addr.ip()))?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: MfaLoginRequest = parse_json(&req, &body)?;
     let pair = state.service.login_second_step(&request.mfa_token, &request.code, client_info(&req)).await?;

@@ -319,7 +319,9 @@ impl<P: Ports> Service<P> {
             };
             let recovery = matches!(proven, Proven::Recovery(_));
             let (mut change, refresh) = build(proven.into());
-            if recovery {
+            // A recovery code used to log in is news to the owner; one used to replace the codes or turn the
+            // second factor off comes with that change's own notice.
+            if recovery && change.action == SecondFactorAction::Keep {
                 // The count after this use: read before the change commits, so it may be one too high under a
                 // concurrent use of another code, which only makes the mail more cautious.
                 let left = store.recovery_codes_left(user.id).await?.saturating_sub(1);

@@ -22,7 +22,7 @@ use crate::rows::UserRow;
 /// The columns [`UserRow`] reads, in its order; `failed_login_count` is not part of a user.
 const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, profile_picture_id, \
      linkedin_profile_url, github_profile_url, role, is_professional, professional_status_updated_at, \
-     email_verified, pending_email, is_locked, password_hash, created_at, updated_at, last_login_at";
+     email_verified, pending_email, is_locked, password_hash, created_at, updated_at, last_login_at, mfa_enabled";
 
 /// The character that escapes `%`, `_` and itself in a prefix. Every `LIKE` of the listing names it explicitly
 /// (`ESCAPE E'\\'`, an escape-string literal, so it reads as one backslash whatever `standard_conforming_strings`

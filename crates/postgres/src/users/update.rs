@@ -229,8 +229,9 @@ pub(super) async fn update_user(
 
 /// Deletes user `id` after checking `guard` on the locked row (see
 /// [`UserStore::delete_user`](users_domain::ports::UserStore::delete_user)). Sessions, their refresh tokens, the
-/// email tokens and the picture records go with the row through `ON DELETE CASCADE`; queued mail stays, since it is
-/// addressed to a mailbox, not to an account, and may be the deletion notice itself.
+/// email tokens, the picture records and the second factor (secret, recovery codes, pending login steps) go with
+/// the row through `ON DELETE CASCADE`; queued mail stays, since it is addressed to a mailbox, not to an account,
+/// and may be the deletion notice itself.
 pub(super) async fn delete_user(
     connection: &mut AsyncPgConnection,
     id: UserId,

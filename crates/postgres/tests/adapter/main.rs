@@ -21,6 +21,7 @@ mod migrations;
 mod outbox;
 mod pictures;
 mod requests;
+mod second_factor;
 mod sessions;
 mod support;
 mod throttle;
