@@ -297,9 +297,10 @@ fn measure(server: &Server, options: &Options, range: &UserRange) -> Result<Row>
     if !waited.is_zero() {
         // The rate then says how many steps the users had, not how fast the server logs in.
         row.failure = Some(format!(
-            "ran out of TOTP steps: the connections waited {:.1} s in all for a new step; user{}-user{} are too few \
-             for this rate, seed more with --users {}",
+            "ran out of TOTP steps: the connections waited {:.1} s in all ({:.1} s each on average) for a new step; \
+             user{}-user{} are too few for this rate, seed more with --users {}",
             waited.as_secs_f64(),
+            waited.as_secs_f64() / f64::from(connections),
             range.first,
             range.last,
             FIRST_USER + range.needed - 1,
