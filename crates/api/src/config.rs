@@ -104,6 +104,11 @@ pub struct Config {
     /// `DATA_ENCRYPTION_KEY_FILE`: 32 random bytes in base64; when set, TOTP secrets are stored encrypted with it.
     /// Checked at start-up (it must read and decode).
     pub data_encryption_key_file: Option<PathBuf>,
+    /// `TRUSTED_PROXIES`: when the TCP peer is inside one of these networks, the client address is taken from
+    /// `X-Forwarded-For` (the right-most entry outside them); otherwise forwarding headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `CORS_ALLOWED_ORIGINS`: the exact origins a browser app may call the API from; empty, no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
     /// `PICTURE_MAX_CONCURRENT`: picture uploads read and processed at once; more are refused with 503.
@@ -241,7 +246,11 @@ impl Config {
         let bind_addr =
             vars.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)), "an address such as 127.0.0.1:8080")?;
         let defaults = ServiceConfig::default();
-        let public_base_url = parse_base_url(&vars.string("PUBLIC_BASE_URL", &defaults.public_base_url))?;
+        let public_base_url =
+            parse_base_url("PUBLIC_BASE_URL", &vars.string("PUBLIC_BASE_URL", &defaults.public_base_url))?;
+        let app_base_url = vars.get("APP_BASE_URL").map(|raw| parse_base_url("APP_BASE_URL", &raw)).transpose()?;
+        let trusted_proxies = parse_trusted_proxies(&vars.string("TRUSTED_PROXIES", ""))?;
+        let cors_allowed_origins = parse_origins(&vars.string("CORS_ALLOWED_ORIGINS", ""))?;
         let database_defaults = PgConfig::default();
         let database_url =
             vars.secret("DATABASE_URL", "DATABASE_URL_FILE")?.unwrap_or_else(|| database_defaults.url.clone());
@@ -348,6 +357,7 @@ impl Config {
                     max: login_backoff_max,
                 },
                 public_base_url,
+                app_base_url,
                 ..defaults
             },
             database: PgConfig { url: database_url, ..database_defaults },
@@ -358,6 +368,8 @@ impl Config {
             jwt_algorithm,
             jwt_private_key_file: vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
             data_encryption_key_file,
+            trusted_proxies,
+            cors_allowed_origins,
             picture_max_bytes,
             picture_max_concurrent,
             bootstrap_admin,
@@ -369,13 +381,49 @@ impl Config {
     }
 }
 
-fn parse_base_url(raw: &str) -> Result<String, ConfigError> {
-    let url = Url::parse(raw).map_err(|_| invalid("PUBLIC_BASE_URL", format!("{raw:?} is not an absolute URL")))?;
+fn parse_base_url(variable: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let url = Url::parse(raw).map_err(|_| invalid(variable, format!("{raw:?} is not an absolute URL")))?;
     if !matches!(url.scheme(), "http" | "https") || !url.has_host() || url.query().is_some() || url.fragment().is_some()
     {
-        return Err(invalid("PUBLIC_BASE_URL", "must be an http(s) URL without query or fragment"));
+        return Err(invalid(variable, "must be an http(s) URL without query or fragment"));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `TRUSTED_PROXIES`: a comma list of CIDRs (`10.0.0.0/8`, `fd00::/8`); a bare address is a single host.
+fn parse_trusted_proxies(raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| invalid("TRUSTED_PROXIES", format!("{entry:?} is not a CIDR such as 10.0.0.0/8")))
+        })
+        .collect()
+}
+
+/// `CORS_ALLOWED_ORIGINS`: a comma list of exact origins, each `scheme://host[:port]` with no path, as a browser
+/// sends it in `Origin` (lower-case, default ports left out).
+fn parse_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let refuse = |why: &str| invalid("CORS_ALLOWED_ORIGINS", format!("{entry:?} {why}"));
+            let url = Url::parse(entry).map_err(|_| refuse("is not an origin such as https://app.example.com"))?;
+            if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+                return Err(refuse("must be an http(s) origin"));
+            }
+            let origin = url.origin().ascii_serialization();
+            if origin != entry {
+                return Err(refuse(&format!("must be written exactly as browsers send it: {origin}")));
+            }
+            Ok(origin)
+        })
+        .collect()
 }
 
 fn s3_settings(vars: &Vars<'_>) -> Result<S3Config, ConfigError> {
@@ -437,6 +485,34 @@ mod tests {
         assert_eq!(config.picture_max_concurrent, 2 * std::thread::available_parallelism().unwrap().get());
         assert!(config.rate_limits);
         assert_eq!(config.bootstrap_admin, None);
+    }
+
+    #[test]
+    fn proxies_origins_and_the_app_base_url_are_checked_at_start_up() {
+        let config = config(&[
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7 ,fd00::/8"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example.com,http://localhost:3000"),
+            ("APP_BASE_URL", "https://app.example.com/"),
+        ])
+        .unwrap();
+        assert_eq!(config.trusted_proxies.len(), 3);
+        assert!(config.trusted_proxies[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(config.cors_allowed_origins, ["https://app.example.com", "http://localhost:3000"]);
+        assert_eq!(config.service.mail_base_url(), "https://app.example.com");
+        assert_eq!(self::config(&[]).unwrap().service.mail_base_url(), "http://localhost:8080");
+        for (variable, bad) in [
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("TRUSTED_PROXIES", "proxy.example.com"),
+            ("CORS_ALLOWED_ORIGINS", "*"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example.com/"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example.com/path"),
+            ("CORS_ALLOWED_ORIGINS", "HTTPS://APP.example.com"),
+            ("APP_BASE_URL", "ftp://app.example.com"),
+            ("APP_BASE_URL", "https://app.example.com/?x=1"),
+        ] {
+            let error = self::config(&[(variable, bad)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{variable}={bad}");
+        }
     }
 
     #[test]

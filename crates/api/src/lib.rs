@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dto;
+pub mod edge;
 pub mod error;
 pub mod mailer;
 pub mod openapi;

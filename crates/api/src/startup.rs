@@ -119,6 +119,7 @@ impl Application {
         let requests = service.clone();
         let jwks = service.ports().tokens.jwks();
         let state = AppState::new(service, &config, jwks);
+        let cors_policy = web::Data::new(crate::edge::CorsPolicy::new(config.cors_allowed_origins.clone()));
         let metrics_listener = config.metrics_bind_addr.map(MetricsListener::bind).transpose()?;
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
@@ -126,7 +127,9 @@ impl Application {
         let openapi = ApiDoc::openapi();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(cors_policy.clone())
                 .wrap(from_fn(problem_fallback))
+                .wrap(from_fn(crate::edge::cors))
                 .wrap(from_fn(observe))
                 .configure(|cfg| mount(cfg, &state))
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))

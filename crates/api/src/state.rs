@@ -116,6 +116,8 @@ pub struct AppState<P> {
     pub jwks: serde_json::Value,
     /// Per-client-IP limits on the routes attackers hammer.
     pub rate_limiter: RateLimiter,
+    /// Who the client is, behind the trusted proxies (`TRUSTED_PROXIES`).
+    pub clients: crate::edge::ClientAddresses,
     /// `PICTURE_MAX_BYTES`.
     pub picture_max_bytes: u64,
     /// One permit per picture upload being read or processed (`PICTURE_MAX_CONCURRENT`).
@@ -137,6 +139,7 @@ impl<P: Ports> AppState<P> {
             public_base_url: config.service.public_base_url.clone(),
             jwks,
             rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
+            clients: crate::edge::ClientAddresses::new(config.trusted_proxies.clone()),
             picture_max_bytes: config.picture_max_bytes,
             picture_uploads: Arc::new(Semaphore::new(config.picture_max_concurrent)),
         })

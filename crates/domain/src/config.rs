@@ -23,8 +23,11 @@ pub struct ServiceConfig {
     pub password_policy: PasswordPolicy,
     /// Backoff after repeated login failures for one email.
     pub login_backoff: BackoffPolicy,
-    /// `PUBLIC_BASE_URL`, the start of every link in mails.
+    /// `PUBLIC_BASE_URL`, where the service is reached (picture URLs, the issuer of tokens).
     pub public_base_url: String,
+    /// `APP_BASE_URL`, the start of every link in mails (the same paths), so a frontend on another origin can serve
+    /// them; `None` uses `public_base_url`.
+    pub app_base_url: Option<String>,
     /// The issuer an authenticator app shows beside a TOTP account.
     pub totp_issuer: String,
     /// How long a login waits for its second step.
@@ -42,8 +45,17 @@ impl Default for ServiceConfig {
             password_policy: PasswordPolicy::default(),
             login_backoff: BackoffPolicy::default(),
             public_base_url: "http://localhost:8080".to_owned(),
+            app_base_url: None,
             totp_issuer: "user-management".to_owned(),
             mfa_token_ttl: Duration::minutes(5),
         }
+    }
+}
+
+impl ServiceConfig {
+    /// The base of the links in mails: `app_base_url`, else `public_base_url`.
+    #[must_use]
+    pub fn mail_base_url(&self) -> &str {
+        self.app_base_url.as_deref().unwrap_or(&self.public_base_url)
     }
 }

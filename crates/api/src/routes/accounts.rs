@@ -28,10 +28,6 @@ fn accepted(message: &'static str) -> HttpResponse {
     HttpResponse::Accepted().json(MessageResponse { message })
 }
 
-fn peer_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    req.peer_addr().map(|addr| addr.ip())
-}
-
 fn parse_email(raw: &str) -> Result<EmailAddress, ApiError> {
     EmailAddress::parse(raw).map_err(|error| ApiError::invalid_field("email", error))
 }
@@ -43,7 +39,7 @@ async fn limited_email_request<P: Ports>(
     payload: web::Payload,
     route: &'static str,
 ) -> Result<EmailAddress, ApiError> {
-    state.rate_limiter.check(route, peer_ip(req))?;
+    state.rate_limiter.check(route, state.clients.of(req))?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     parse_email(&parse_json::<EmailRequest>(req, &body)?.email)
 }
@@ -68,7 +64,7 @@ pub async fn register<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("register", peer_ip(&req))?;
+    state.rate_limiter.check("register", state.clients.of(&req))?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let registration = parse_json::<RegisterRequest>(&req, &body)?.try_into_domain()?;
     state.service.register(registration).await?;

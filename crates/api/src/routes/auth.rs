@@ -72,9 +72,10 @@ pub async fn login<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("login", req.peer_addr().map(|addr| addr.ip()))?;
+    state.rate_limiter.check("login", state.clients.of(&req))?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let credentials = Credentials::from_body(&req, &body)?;
-    let pair = state.service.login(&credentials.email, &credentials.password, client_info(&req)).await?;
+    let pair =
+        state.service.login(&credentials.email, &credentials.password, client_info(&req, &state.clients)).await?;
     Ok(token_response(pair))
 }

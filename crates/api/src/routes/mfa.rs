@@ -152,10 +152,11 @@ pub async fn login_mfa<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("login-mfa", req.peer_addr().map(|addr| addr.ip()))?;
+    state.rate_limiter.check("login-mfa", state.clients.of(&req))?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: MfaLoginRequest = parse_json(&req, &body)?;
-    let pair = state.service.login_second_step(&request.mfa_token, &request.code, client_info(&req)).await?;
+    let pair =
+        state.service.login_second_step(&request.mfa_token, &request.code, client_info(&req, &state.clients)).await?;
     Ok(token_response(pair))
 }
 

@@ -84,12 +84,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(req: &HttpRequest, body: &[u8]
     serde_json::from_slice(body).map_err(|error| ApiError::malformed_body(format!("invalid JSON body: {error}")))
 }
 
-/// Who is calling, as recorded on a new session. The peer address is used, never `X-Forwarded-For`, which any
-/// client can forge.
-pub fn client_info(req: &HttpRequest) -> ClientInfo {
+/// Who is calling, as recorded on a new session: the `User-Agent`, and the client address as `clients` sees it
+/// (the TCP peer, or the forwarded address behind a trusted proxy).
+pub fn client_info(req: &HttpRequest, clients: &crate::edge::ClientAddresses) -> ClientInfo {
     ClientInfo {
         user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
-        ip: req.peer_addr().map(|addr| addr.ip().to_string()),
+        ip: clients.of(req).map(|ip| ip.to_string()),
     }
 }
 

@@ -319,7 +319,7 @@ impl MailTemplates {
     #[must_use]
     pub fn new(config: &ServiceConfig) -> Self {
         Self {
-            base_url: config.public_base_url.trim_end_matches('/').to_owned(),
+            base_url: config.mail_base_url().trim_end_matches('/').to_owned(),
             verify_lifetime: lifetime_in_words(config.verify_token_ttl),
             reset_lifetime: lifetime_in_words(config.reset_token_ttl),
             texts: MailTexts::default(),
@@ -508,6 +508,18 @@ mod tests {
         assert!(mail.html.contains(&format!("href=\"{link}\"")));
         let reset = templates().password_reset(&ada(), "abc");
         assert!(reset.text.contains("https://users.example.com/password/reset?token=abc"));
+    }
+
+    #[test]
+    fn an_app_base_url_takes_over_the_links() {
+        let templates = MailTemplates::new(&ServiceConfig {
+            public_base_url: "https://api.example.com".to_owned(),
+            app_base_url: Some("https://app.example.com/account/".to_owned()),
+            ..ServiceConfig::default()
+        });
+        let reset = templates.password_reset(&ada(), "abc");
+        assert!(reset.text.contains("https://app.example.com/account/password/reset?token=abc"), "{}", reset.text);
+        assert!(!reset.text.contains("api.example.com"));
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! What the service believes about what stands in front of it, through HTTP against the app: the client address
+//! behind trusted proxies (and only behind them), CORS for browser apps on other origins, and mail links on
+//! `APP_BASE_URL`.
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers: failing loudly is the point")]
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use users_e2e::{STRONG_PASSWORD, TestApp, json_body, str_of, unique_email};
+
+const APP_ORIGIN: &str = "https://app.example.com";
+
+async fn register(app: &TestApp, forwarded_for: Option<&str>) -> u16 {
+    let mut request = app
+        .client
+        .post(app.url("/register"))
+        .json(&json!({"email": unique_email("edge"), "password": STRONG_PASSWORD}));
+    if let Some(value) = forwarded_for {
+        request = request.header("x-forwarded-for", value);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_do_not_dodge_the_per_ip_limit() {
+    let app = TestApp::spawn_with(&[("RATE_LIMITS", "on"), ("RATE_LIMIT_PER_MINUTE", "2")]).await;
+    assert_eq!(register(&app, Some("198.51.100.1")).await, 202);
+    assert_eq!(register(&app, Some("198.51.100.2")).await, 202);
+    assert_eq!(register(&app, Some("198.51.100.3")).await, 429, "a forged X-Forwarded-For changes nothing");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_told_apart_by_their_forwarded_address() {
+    let app = TestApp::spawn_with(&[
+        ("RATE_LIMITS", "on"),
+        ("RATE_LIMIT_PER_MINUTE", "2"),
+        ("TRUSTED_PROXIES", "127.0.0.0/8, ::1/128"),
+    ])
+    .await;
+    assert_eq!(register(&app, Some("198.51.100.1")).await, 202);
+    assert_eq!(register(&app, Some("198.51.100.1")).await, 202);
+    assert_eq!(register(&app, Some("198.51.100.1")).await, 429, "the first client used up its limit");
+    // A second client behind the same proxy has a bucket of its own, whatever it forged to the left.
+    assert_eq!(register(&app, Some("198.51.100.1, 198.51.100.2")).await, 202);
+    // The proxy's own address (no header) is a client like any other.
+    assert_eq!(register(&app, None).await, 202);
+}
+
+#[tokio::test]
+async fn a_session_records_the_forwarded_address_only_from_a_trusted_proxy() {
+    for (trusted, expected) in [("127.0.0.0/8", "203.0.113.77"), ("10.0.0.0/8", "127.0.0.1")] {
+        let app = TestApp::spawn_with(&[
+            ("TRUSTED_PROXIES", trusted),
+            ("BOOTSTRAP_ADMIN_EMAIL", "edge-root@example.com"),
+            ("BOOTSTRAP_ADMIN_PASSWORD", STRONG_PASSWORD),
+        ])
+        .await;
+        let login = app
+            .client
+            .post(app.url("/login"))
+            .header("x-forwarded-for", "1.2.3.4, 203.0.113.77")
+            .json(&json!({"email": "edge-root@example.com", "password": STRONG_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200);
+        let token = str_of(&json_body(login).await, "access_token").to_owned();
+        let sessions =
+            json_body(app.client.get(app.url("/me/sessions")).bearer_auth(&token).send().await.unwrap()).await;
+        assert_eq!(sessions["items"][0]["ip"], expected, "with TRUSTED_PROXIES={trusted}");
+    }
+}
+
+#[tokio::test]
+async fn cors_answers_allowed_origins_only() {
+    let app = TestApp::spawn_with(&[("CORS_ALLOWED_ORIGINS", APP_ORIGIN)]).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/login"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight(APP_ORIGIN).await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], APP_ORIGIN);
+    assert!(allowed.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(allowed.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    assert!(allowed.headers().get("access-control-allow-credentials").is_none(), "no credentials");
+
+    let denied = preflight("https://evil.example.com").await.unwrap();
+    assert!(denied.headers().get("access-control-allow-origin").is_none());
+    assert_ne!(denied.status(), 204);
+
+    // Actual requests from the allowed origin can be read, errors included; others get no CORS headers.
+    let me = app.client.get(app.url("/me")).header("origin", APP_ORIGIN).send().await.unwrap();
+    assert_eq!(me.status(), 401);
+    assert_eq!(me.headers()["access-control-allow-origin"], APP_ORIGIN);
+    assert!(me.headers()["vary"].to_str().unwrap().contains("Origin"));
+    let other = app.client.get(app.url("/healthz")).header("origin", "https://evil.example.com").send().await.unwrap();
+    assert_eq!(other.status(), 200, "a request from another origin is still served");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn without_allowed_origins_there_are_no_cors_headers() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/login"))
+        .header("origin", APP_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn mailed_links_start_with_app_base_url() {
+    let app = TestApp::spawn_with(&[("APP_BASE_URL", "https://app.example.com/account")]).await;
+    assert_eq!(register(&app, None).await, 202);
+    let mail_dir = app.data_dir.path().join("mail");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mail = loop {
+        let found = std::fs::read_dir(&mail_dir)
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(Result::ok)
+            .and_then(|entry| std::fs::read_to_string(entry.path()).ok());
+        if let Some(mail) = found {
+            // Undo quoted-printable soft line breaks, which may split a long link.
+            break mail.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
+        }
+        assert!(Instant::now() < deadline, "no mail written under {}", mail_dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(mail.contains("https://app.example.com/account/verify-email/"), "{mail}");
+    assert!(!mail.contains("http://app.test/verify-email/"), "PUBLIC_BASE_URL is not used for links");
+}
