@@ -140,12 +140,9 @@ pub async fn cors<B: MessageBody + 'static>(
             .finish();
         return Ok(req.into_response(response).map_into_boxed_body());
     }
-    // An error of a handler travels as `Err` until actix renders it: render it here, so a browser can read it too.
-    let request = req.request().clone();
-    let mut response = match next.call(req).await {
-        Ok(response) => response.map_into_boxed_body(),
-        Err(error) => ServiceResponse::from_err(error, request),
-    };
+    // Handlers' and extractors' errors arrive rendered (problems), so they get the headers too. (The request cannot
+    // be kept aside to render an `Err` here: routing needs it unshared.)
+    let mut response = next.call(req).await?.map_into_boxed_body();
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));

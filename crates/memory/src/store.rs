@@ -287,6 +287,8 @@ impl State {
                 session.revoked_at = Some(now);
             }
         }
+        // Logins waiting for their second step would start sessions after the fact: they end too.
+        self.mfa_challenges.retain(|_, challenge| challenge.user_id != user_id);
     }
 }
 

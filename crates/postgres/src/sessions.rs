@@ -225,5 +225,10 @@ pub(crate) async fn end_sessions_of(
     if let Some(keep) = keep {
         revoke = revoke.filter(sessions::id.ne(keep.as_uuid()));
     }
-    revoke.set(sessions::revoked_at.eq(now)).execute(connection).await
+    let revoked = revoke.set(sessions::revoked_at.eq(now)).execute(connection).await?;
+    // Logins waiting for their second step would start sessions after the fact: they end too.
+    diesel::delete(crate::schema::mfa_challenges::table.filter(crate::schema::mfa_challenges::user_id.eq(user_id)))
+        .execute(connection)
+        .await?;
+    Ok(revoked)
 }

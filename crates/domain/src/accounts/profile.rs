@@ -158,7 +158,9 @@ impl<P: Ports> Service<P> {
             user.email.canonical(),
             Password::normalize(candidate),
             Some(user.password_hash.clone()),
-            true,
+            // With a second factor on, a right password alone is no success: only a right code clears the count,
+            // so password checks cannot wipe out the failures of guessed codes.
+            !user.mfa_enabled,
         )
         .await
     }

@@ -21,7 +21,8 @@ pub struct RefreshRecord {
     pub used: bool,
 }
 
-/// Which of a user's sessions a change ends.
+/// Which of a user's sessions a change ends. Ending any also drops the user's logins waiting for their second step
+/// (they would start sessions after the fact).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SessionEnd {
     /// None.

@@ -177,7 +177,9 @@ impl<P: Ports> Service<P> {
                 CodeInput::Recovery(_) | CodeInput::Malformed => Ok(None),
             }
         };
-        let step = match self.check_throttled(user.email.canonical(), true, check).await? {
+        // The count is cleared by the change that consumes the code, not by the check: a code that turns out to be
+        // replayed or checked against a replaced setup must clear nothing.
+        let step = match self.check_throttled(user.email.canonical(), false, check).await? {
             Throttled::Passed(step) => step,
             Throttled::Wrong => return Err(MfaError::InvalidCode),
             Throttled::Blocked { retry_after } => return Err(MfaError::RateLimited { retry_after }),
@@ -190,6 +192,7 @@ impl<P: Ports> Service<P> {
             recovery_codes: codes.iter().map(RecoveryCode::hash).collect(),
         };
         change.mails = vec![self.mails.mfa_enabled(&user.email)];
+        change.clear_failures = Some(user.email.canonical());
         match self.ports.second_factors().apply_second_factor(change).await {
             Ok(_) => Ok(codes),
             Err(SecondFactorError::ProofRejected) => Err(MfaError::InvalidCode),
@@ -319,6 +322,9 @@ impl<P: Ports> Service<P> {
             };
             let recovery = matches!(proven, Proven::Recovery(_));
             let (mut change, refresh) = build(proven.into());
+            // Only a change that consumes the code clears the count, in its own transaction: an outcome that
+            // verified nothing (an expired login step, a factor turned off meanwhile) leaves the count as it is.
+            change.clear_failures = Some(user.email.canonical());
             // A recovery code used to log in is news to the owner; one used to replace the codes or turn the
             // second factor off comes with that change's own notice.
             if recovery && change.action == SecondFactorAction::Keep {
@@ -334,7 +340,7 @@ impl<P: Ports> Service<P> {
                 Err(other) => Ok(Some(Err(other))),
             }
         };
-        self.check_throttled(user.email.canonical(), true, check).await
+        self.check_throttled(user.email.canonical(), false, check).await
     }
 
     /// The answer to a right password of an account with a second factor: a new pending login step.
@@ -381,7 +387,6 @@ impl<P: Ports> Service<P> {
             change.consume_challenge = Some(token_hash.clone());
             change.proof = Some(proof);
             change.start_session = Some(session);
-            change.clear_failures = Some(user.email.canonical());
             (change, Some(refresh))
         };
         match self.check_code_session(&user, code, build).await? {
