@@ -140,3 +140,20 @@ async fn mailed_links_start_with_app_base_url() {
     assert!(mail.contains("https://app.example.com/account/verify-email/"), "{mail}");
     assert!(!mail.contains("http://app.test/verify-email/"), "PUBLIC_BASE_URL is not used for links");
 }
+
+#[tokio::test]
+async fn a_person_posting_the_reset_form_with_a_dead_link_gets_a_page_not_json() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/password/reset"))
+        .form(&[("token", "not-a-live-token"), ("new_password", STRONG_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("Password not changed"), "{body}");
+}

@@ -7,11 +7,12 @@
 //! nothing). An entry that does not parse as an address stops the walk: the last trusted hop is used instead, so a
 //! forged header can never pick an address. From any other peer, forwarding headers are ignored.
 //!
-//! **CORS.** Written here rather than taken from a crate: the policy is three lines (exact origins, no
-//! credentials, the two request headers the API reads), and the crates at hand refuse requests from origins not on
-//! the list with an error, which would break same-origin requests from `/docs` (browsers send `Origin` on those too).
-//! Here a request from an origin not on the list is served as if CORS did not exist: it gets no CORS headers, so a
-//! browser keeps the answer from the page, and a preflight from it falls through to the route (405, no headers).
+//! **CORS.** Written here rather than taken from `actix-cors`: the policy is a few lines (exact origins, no
+//! credentials, the two request headers the API reads, the response headers a script may read), and this way the
+//! exposed headers go to listed origins only and a refused preflight needs no error path of its own. A request from
+//! an origin not on the list is served as if CORS did not exist: it gets no CORS headers, so a browser keeps the
+//! answer from the page (same-origin requests from `/docs` are unaffected), and a preflight from it falls through to
+//! the route (405, no CORS headers).
 
 use std::net::IpAddr;
 

@@ -194,11 +194,12 @@ async fn problem_fallback(
     // request cannot be cloned up front to re-render them, because routing needs it unshared.
     let response = next.call(req).await?.map_into_boxed_body();
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // Problems are rendered already, and so are the HTML pages handlers answer to people (the reset form's errors).
+    let is_rendered = response.headers().get(CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value.starts_with(b"application/problem+json") || value.starts_with(b"text/html")
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_rendered {
         return Ok(response);
     }
     let error = match status {
