@@ -11,6 +11,7 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod garage;
@@ -159,9 +160,31 @@ pub fn binary() -> PathBuf {
     path
 }
 
-/// A port that was free a moment ago.
+/// A port for a child process to listen on, free when checked and chosen below the kernel's ephemeral range.
+///
+/// A port the kernel handed out for `:0` can be handed out again as soon as it is released: to an in-process
+/// [`TestApp`] binding port 0 or to an outgoing connection of another test running in parallel, before the child
+/// binds it. Ports below the ephemeral range are never given out that way, and a counter shared by the tests of
+/// this process keeps any two of them apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > FIRST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - FIRST;
+    // Different test binaries start at different places, in case two ever run at once.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let candidate = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(candidate).expect("below the ephemeral range, so below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {ephemeral_low}");
 }
 
 /// The real binary serving on a free port against a fresh database; killed when dropped.
@@ -218,7 +241,7 @@ impl BinaryApp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the user-management binary should start");
-        let app = Self {
+        let mut app = Self {
             address: format!("http://127.0.0.1:{port}"),
             env,
             client: client(),
@@ -231,9 +254,13 @@ impl BinaryApp {
         app
     }
 
-    async fn wait_until_healthy(&self) {
+    async fn wait_until_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
+            }
             if let Ok(response) = self.client.get(format!("{}/healthz", self.address)).send().await
                 && response.status().is_success()
             {
