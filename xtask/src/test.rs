@@ -148,11 +148,15 @@ impl Test {
         let mut test = Command::new(crate::cargo());
         test.current_dir(crate::project_root()).arg("test");
         // `--workspace` would override a package selection among the extra arguments.
-        let cargo_options = self.cargo_args.iter().take_while(|arg| *arg != "--");
-        if !cargo_options.into_iter().any(|arg| selects_packages(arg)) {
+        let cargo_options: Vec<&String> = self.cargo_args.iter().take_while(|arg| *arg != "--").collect();
+        if !cargo_options.iter().any(|arg| selects_packages(arg)) {
             test.arg("--workspace");
         }
-        test.arg("--all-targets").args(&self.cargo_args);
+        // `--all-targets` would run every target beside a chosen one (`--test accounts_flow`).
+        if !cargo_options.iter().any(|arg| selects_targets(arg)) {
+            test.arg("--all-targets");
+        }
+        test.args(&self.cargo_args);
         let variables = [
             ("UM_TEST_DATABASE_URL", prepared.database_url.clone()),
             ("UM_TEST_S3_ENDPOINT", endpoint),
@@ -241,6 +245,13 @@ impl RunLock {
 /// Whether a `cargo test` argument chooses packages itself.
 fn selects_packages(arg: &str) -> bool {
     arg == "-p" || arg.starts_with("--package") || (arg.starts_with("-p") && arg.len() > 2)
+}
+
+/// Whether a cargo argument picks test targets (`--test NAME`, `--lib`, ...).
+fn selects_targets(arg: &str) -> bool {
+    ["--test", "--lib", "--bin", "--bins", "--example", "--examples", "--bench", "--benches", "--doc", "--tests"]
+        .iter()
+        .any(|flag| arg == *flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
 }
 
 /// A directory under the system's temporary directory, removed again on drop.
