@@ -2,64 +2,18 @@
 //! the two-step login, replayed and wrong codes, the `mfa_token`'s five attempts, recovery codes, the backoff that
 //! codes share with passwords, turning it off, and the administrator's reset.
 //!
-//! The codes are computed here by a small RFC 6238 implementation of the test's own (HMAC-SHA-1 from the `hmac`
-//! and `sha1` crates), checked first against the RFC's test vectors, so the binary is held to the RFC rather than
-//! to the library it uses.
+//! The codes are computed by a small RFC 6238 implementation of the tests' own (`support/totp.rs`: HMAC-SHA-1 from
+//! the `hmac` and `sha1` crates), checked first against the RFC's test vectors, so the binary is held to the RFC
+//! rather than to the library it uses.
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers: failing loudly is the point")]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
 use users_e2e::maildev::MailDev;
+use users_e2e::totp::{base32_decode, step_with_time_left, totp};
 use users_e2e::{BinaryApp, STRONG_PASSWORD, assert_problem, json_body, login_json, str_of, unique_email};
 
 const ADMIN: &str = "mfa-root@example.com";
-
-/// RFC 6238 (RFC 4226 truncation) with HMAC-SHA-1: the code of `secret` for a time step.
-fn totp(secret: &[u8], step: u64, digits: u32) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret).unwrap();
-    mac.update(&step.to_be_bytes());
-    let digest = mac.finalize().into_bytes();
-    let offset = usize::from(digest[19] & 0x0f);
-    let value = u32::from_be_bytes([digest[offset] & 0x7f, digest[offset + 1], digest[offset + 2], digest[offset + 3]]);
-    format!("{:0width$}", value % 10_u32.pow(digits), width = digits as usize)
-}
-
-/// Decodes RFC 4648 base32 without padding.
-fn base32_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut bits = 0_u32;
-    let mut count = 0;
-    let mut out = Vec::new();
-    for byte in text.bytes() {
-        let value = ALPHABET.iter().position(|c| *c == byte).unwrap_or_else(|| panic!("not base32: {text}"));
-        bits = (bits << 5) | u32::try_from(value).unwrap();
-        count += 5;
-        if count >= 8 {
-            count -= 8;
-            out.push(u8::try_from((bits >> count) & 0xff).unwrap());
-        }
-    }
-    out
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Waits, if needed, until at least `needed` seconds are left in the current 30-second step, and returns the step:
-/// the codes of that step and its neighbours then stay valid while the test uses them.
-async fn step_with_time_left(needed: u64) -> u64 {
-    loop {
-        let now = unix_now();
-        if 30 - now % 30 >= needed {
-            return now / 30;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[test]
 fn the_test_implementation_gives_the_rfc_6238_vectors() {

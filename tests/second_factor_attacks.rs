@@ -7,50 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers: failing loudly is the point")]
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
+use users_e2e::totp::{base32_decode, step_with_time_left, totp};
 use users_e2e::{BinaryApp, STRONG_PASSWORD, assert_problem, json_body, login_json, run_cli, str_of, unique_email};
 
 const ADMIN: &str = "mfa-attack-root@example.com";
-
-/// RFC 6238 with HMAC-SHA-1, six digits (as in `second_factor.rs`, which checks it against the RFC's vectors).
-fn totp(secret: &[u8], step: u64) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret).unwrap();
-    mac.update(&step.to_be_bytes());
-    let digest = mac.finalize().into_bytes();
-    let offset = usize::from(digest[19] & 0x0f);
-    let value = u32::from_be_bytes([digest[offset] & 0x7f, digest[offset + 1], digest[offset + 2], digest[offset + 3]]);
-    format!("{:06}", value % 1_000_000)
-}
-
-/// Decodes RFC 4648 base32 without padding.
-fn base32_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut bits, mut count, mut out) = (0_u32, 0, Vec::new());
-    for byte in text.bytes() {
-        let value = ALPHABET.iter().position(|c| *c == byte).unwrap_or_else(|| panic!("not base32: {text}"));
-        bits = (bits << 5) | u32::try_from(value).unwrap();
-        count += 5;
-        if count >= 8 {
-            count -= 8;
-            out.push(u8::try_from((bits >> count) & 0xff).unwrap());
-        }
-    }
-    out
-}
-
-/// The current step, once at least 15 seconds of it are left.
-async fn step_with_time_left() -> u64 {
-    loop {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        if 30 - now % 30 >= 15 {
-            return now / 30;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
 
 struct World {
     app: BinaryApp,
@@ -97,8 +59,8 @@ impl World {
         let setup = self.send(reqwest::Method::POST, "/me/mfa/totp/setup", Some(&token), &setup).await;
         assert_eq!(setup.status(), 200);
         let secret = base32_decode(str_of(&json_body(setup).await, "secret"));
-        let step = step_with_time_left().await;
-        let confirm = json!({"code": totp(&secret, step)});
+        let step = step_with_time_left(15).await;
+        let confirm = json!({"code": totp(&secret, step, 6)});
         let confirm = self.send(reqwest::Method::POST, "/me/mfa/totp/confirm", Some(&token), &confirm).await;
         assert_eq!(confirm.status(), 200);
         (id, token, secret, step)
@@ -153,7 +115,7 @@ async fn mfa_enabled_cannot_be_set_through_the_profile_or_administration_routes(
     let refresh = json!({"refresh_token": mfa_token});
     let refused = world.send(reqwest::Method::POST, "/token/refresh", None, &refresh).await;
     assert_eq!(refused.status(), 401);
-    let second = json!({"mfa_token": mfa_token, "code": totp(&secret, step + 1)});
+    let second = json!({"mfa_token": mfa_token, "code": totp(&secret, step + 1, 6)});
     assert_eq!(world.send(reqwest::Method::POST, "/login/mfa", None, &second).await.status(), 200);
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub mod garage;
 pub mod maildev;
 pub mod raw;
+pub mod totp;
 
 use serde_json::{Value, json};
 use users_api::config::Config;

@@ -6,75 +6,15 @@
 
 mod support;
 
-use time::{Duration, OffsetDateTime};
-use users_crypto::TotpCodec;
+use time::Duration;
 use users_domain::Role;
 use users_domain::admin::AdminChanges;
 use users_domain::ports::{Clock as _, Ports as _, SecondFactorStore as _};
-use users_domain::second_factor::{MfaError, MfaLoginError, RecoveryCode, ResetMfaError};
-use users_domain::sessions::{ClientInfo, LoginError, MfaToken, Principal};
+use users_domain::second_factor::{MfaError, MfaLoginError, ResetMfaError};
+use users_domain::sessions::{ClientInfo, LoginError};
 
-use support::{PASSWORD, World, world, world_with_backoff};
-
-/// A verified user with TOTP on: their principal, base32 secret and recovery codes.
-struct Enrolled {
-    principal: Principal,
-    secret: String,
-    codes: Vec<RecoveryCode>,
-}
-
-/// Moves the clock to the start of a fresh 30-second step, so a test's codes never straddle two steps by accident.
-fn fresh_step(world: &World) -> OffsetDateTime {
-    let now = world.clock().now();
-    let next = OffsetDateTime::from_unix_timestamp((now.unix_timestamp() / 30 + 1) * 30).unwrap();
-    world.clock().set(next);
-    next
-}
-
-fn code(secret: &str, at: OffsetDateTime) -> String {
-    TotpCodec::code_at(secret, at).unwrap()
-}
-
-async fn enrolled(world: &World, address: &str) -> Enrolled {
-    world.verified(address).await;
-    let principal = world.principal(address).await;
-    let setup = world.service.setup_totp(&principal, PASSWORD).await.unwrap();
-    assert!(setup.otpauth_uri.starts_with("otpauth://totp/"));
-    let now = fresh_step(world);
-    let codes = world.service.confirm_totp(&principal, &code(&setup.secret, now)).await.unwrap();
-    // Two steps on: the confirming code's step is used, and the step before "now" is still free.
-    world.clock().advance(Duration::seconds(60));
-    let principal = world.service.authenticate(&principal_token(world, &principal)).await.unwrap();
-    Enrolled { principal, secret: setup.secret, codes }
-}
-
-/// A fresh access token of the principal's session, so the principal reads back the stored `mfa_enabled`.
-fn principal_token(world: &World, principal: &Principal) -> String {
-    use users_domain::ports::TokenCodec as _;
-    let now = world.clock().now();
-    let claims = users_domain::AccessClaims {
-        user_id: principal.user.id,
-        session_id: principal.session_id,
-        issued_at: now,
-        expires_at: now + Duration::minutes(5),
-        token_id: uuid::Uuid::new_v4(),
-    };
-    world.ports.tokens().issue(&claims).unwrap().expose().to_owned()
-}
-
-trait MfaWorld {
-    async fn mfa_token(&self, address: &str) -> MfaToken;
-}
-
-impl MfaWorld for World {
-    /// The `mfa_token` of a right password.
-    async fn mfa_token(&self, address: &str) -> MfaToken {
-        match self.login(address, PASSWORD).await {
-            Err(LoginError::SecondFactorRequired(token)) => token,
-            other => panic!("expected mfa_required, got {other:?}"),
-        }
-    }
-}
+use support::mfa::{code, enrolled, fresh_step, mfa_token};
+use support::{PASSWORD, world, world_with_backoff};
 
 #[tokio::test]
 async fn setup_needs_the_password_and_does_nothing_until_confirmed() {
@@ -115,7 +55,7 @@ async fn a_right_password_then_a_code_logs_in_and_the_token_is_single_use() {
     let world = world();
     let ada = enrolled(&world, "ada@example.com").await;
     let sessions_before = world.service.sessions(&ada.principal).await.unwrap().len();
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     assert_eq!(token.expires_in, 300);
     assert_eq!(
         world.service.sessions(&ada.principal).await.unwrap().len(),
@@ -151,18 +91,18 @@ async fn a_code_is_accepted_once_and_one_step_of_skew_either_way() {
     let ada = enrolled(&world, "ada@example.com").await;
     let now = world.clock().now();
     // The previous step's code is accepted...
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let previous = code(&ada.secret, now - Duration::seconds(30));
     world.service.login_second_step(&token.token, &previous, ClientInfo::default()).await.unwrap();
     // ...but not twice, and nothing earlier than a step already used.
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let replay = world.service.login_second_step(&token.token, &previous, ClientInfo::default()).await;
     assert!(matches!(replay, Err(MfaLoginError::InvalidCode)), "{replay:?}");
     // The next step's code (a phone clock a little ahead) is accepted with the same token.
     let next = code(&ada.secret, now + Duration::seconds(30));
     world.service.login_second_step(&token.token, &next, ClientInfo::default()).await.unwrap();
     // Once the step after `now` was used, the current step's code is a replay too.
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let current = world.service.login_second_step(&token.token, &code(&ada.secret, now), ClientInfo::default()).await;
     assert!(matches!(current, Err(MfaLoginError::InvalidCode)));
     // Two steps away is outside the window.
@@ -175,7 +115,7 @@ async fn a_code_is_accepted_once_and_one_step_of_skew_either_way() {
 async fn the_token_dies_after_five_wrong_codes_and_after_five_minutes() {
     let world = world_with_backoff(100, Duration::seconds(1));
     let ada = enrolled(&world, "ada@example.com").await;
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     for _ in 0..5 {
         let wrong = world.service.login_second_step(&token.token, "000000", ClientInfo::default()).await;
         assert!(matches!(wrong, Err(MfaLoginError::InvalidCode)), "{wrong:?}");
@@ -184,7 +124,7 @@ async fn the_token_dies_after_five_wrong_codes_and_after_five_minutes() {
     let dead = world.service.login_second_step(&token.token, &right, ClientInfo::default()).await;
     assert!(matches!(dead, Err(MfaLoginError::InvalidToken)), "a sixth try, even right, finds the token dead");
 
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     world.clock().advance(Duration::minutes(5));
     let right = code(&ada.secret, world.clock().now());
     let late = world.service.login_second_step(&token.token, &right, ClientInfo::default()).await;
@@ -198,11 +138,11 @@ async fn codes_count_on_the_password_backoff_and_a_right_password_does_not_clear
     let world = world_with_backoff(3, Duration::minutes(1));
     enrolled(&world, "ada@example.com").await;
     // Two wrong codes on one token, one on another: three failures, the threshold.
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     for _ in 0..2 {
         world.service.login_second_step(&token.token, "000000", ClientInfo::default()).await.unwrap_err();
     }
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     assert_eq!(world.failures("ada@example.com").await.unwrap().failures, 2, "the right password cleared nothing");
     world.service.login_second_step(&token.token, "000000", ClientInfo::default()).await.unwrap_err();
     // Blocked now: both the password and the code step answer 429.
@@ -216,7 +156,7 @@ async fn codes_count_on_the_password_backoff_and_a_right_password_does_not_clear
 async fn a_right_code_clears_the_failures() {
     let world = world_with_backoff(5, Duration::minutes(1));
     let ada = enrolled(&world, "ada@example.com").await;
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     world.service.login_second_step(&token.token, "000000", ClientInfo::default()).await.unwrap_err();
     assert_eq!(world.failures("ada@example.com").await.unwrap().failures, 1);
     let right = code(&ada.secret, world.clock().now());
@@ -229,13 +169,13 @@ async fn a_recovery_code_works_once_and_mails_the_owner() {
     let world = world();
     let ada = enrolled(&world, "ada@example.com").await;
     let recovery = ada.codes[3].display();
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     world.service.login_second_step(&token.token, &recovery.to_uppercase(), ClientInfo::default()).await.unwrap();
     let mail = world.last_mail_to("ada@example.com");
     assert_eq!(mail.mail.subject, "A recovery code was used to log in");
     assert!(mail.mail.text.contains("You have 9 left"), "{}", mail.mail.text);
     assert!(!mail.mail.text.contains(&recovery), "the mail never shows the code");
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let again = world.service.login_second_step(&token.token, &recovery, ClientInfo::default()).await;
     assert!(matches!(again, Err(MfaLoginError::InvalidCode)), "{again:?}");
     assert_eq!(world.ports.second_factors().recovery_codes_left(ada.principal.user.id).await.unwrap(), 9);
@@ -252,7 +192,7 @@ async fn new_recovery_codes_replace_the_old_ones() {
     let fresh =
         world.service.regenerate_recovery_codes(&ada.principal, PASSWORD, &code(&ada.secret, now)).await.unwrap();
     assert_eq!(fresh.len(), 10);
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let old = world.service.login_second_step(&token.token, &ada.codes[0].display(), ClientInfo::default()).await;
     assert!(matches!(old, Err(MfaLoginError::InvalidCode)));
     world.service.login_second_step(&token.token, &fresh[0].display(), ClientInfo::default()).await.unwrap();
@@ -262,7 +202,7 @@ async fn new_recovery_codes_replace_the_old_ones() {
 async fn turning_it_off_needs_password_and_code_and_mails_the_owner() {
     let world = world();
     let ada = enrolled(&world, "ada@example.com").await;
-    let pending = world.mfa_token("ada@example.com").await;
+    let pending = mfa_token(&world, "ada@example.com").await;
     let now = world.clock().now();
     let no_code = world.service.disable_totp(&ada.principal, PASSWORD, "000000").await;
     assert!(matches!(no_code, Err(MfaError::InvalidCode)));
@@ -311,7 +251,7 @@ async fn a_locked_account_cannot_finish_its_login() {
     let world = world();
     let root = world.admin("root@example.com").await;
     let ada = enrolled(&world, "ada@example.com").await;
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let lock = AdminChanges { is_locked: Some(true), ..AdminChanges::default() };
     world.service.update_user(&root, ada.principal.user.id, lock).await.unwrap();
     let right = code(&ada.secret, world.clock().now());
@@ -327,7 +267,7 @@ async fn two_logins_racing_with_one_code_give_exactly_one_session() {
     let right = code(&ada.secret, world.clock().now());
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let token = world.mfa_token("ada@example.com").await;
+        let token = mfa_token(&world, "ada@example.com").await;
         let (world, right) = (world.clone(), right.clone());
         tasks.push(tokio::spawn(async move {
             world.service.login_second_step(&token.token, &right, ClientInfo::default()).await
@@ -348,7 +288,7 @@ async fn two_logins_racing_with_one_code_give_exactly_one_session() {
 async fn secrets_and_codes_never_show_in_debug_output() {
     let world = world();
     let ada = enrolled(&world, "ada@example.com").await;
-    let token = world.mfa_token("ada@example.com").await;
+    let token = mfa_token(&world, "ada@example.com").await;
     let error = LoginError::SecondFactorRequired(token.clone());
     assert!(!format!("{error:?}").contains(&token.token));
     assert!(!format!("{:?}", ada.codes).contains(&ada.codes[0].display()));

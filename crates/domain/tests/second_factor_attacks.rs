@@ -13,72 +13,15 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::task::Poll;
 
-use time::{Duration, OffsetDateTime};
-use users_crypto::TotpCodec;
+use time::Duration;
 use users_domain::Role;
 use users_domain::admin::AdminChanges;
-use users_domain::ports::{Clock as _, Ports as _, SecondFactorStore as _, TokenCodec as _};
-use users_domain::second_factor::{MfaError, MfaLoginError, RecoveryCode, ResetMfaError};
-use users_domain::sessions::{ClientInfo, LoginError, MfaToken, Principal, RefreshError};
+use users_domain::ports::{Clock as _, Ports as _, SecondFactorStore as _};
+use users_domain::second_factor::{MfaError, MfaLoginError, ResetMfaError};
+use users_domain::sessions::{ClientInfo, LoginError, RefreshError};
 
+use support::mfa::{code, enrolled, fresh_step, mfa_token, principal_token, second_step};
 use support::{PASSWORD, World, world, world_with_backoff};
-
-/// A verified user with TOTP on: their principal, base32 secret and recovery codes.
-struct Enrolled {
-    principal: Principal,
-    secret: String,
-    codes: Vec<RecoveryCode>,
-}
-
-/// Moves the clock to the start of a fresh 30-second step.
-fn fresh_step(world: &World) -> OffsetDateTime {
-    let now = world.clock().now();
-    let next = OffsetDateTime::from_unix_timestamp((now.unix_timestamp() / 30 + 1) * 30).unwrap();
-    world.clock().set(next);
-    next
-}
-
-fn code(secret: &str, at: OffsetDateTime) -> String {
-    TotpCodec::code_at(secret, at).unwrap()
-}
-
-/// A fresh access token of the principal's session, so the principal reads back the stored user.
-fn refreshed(world: &World, principal: &Principal) -> String {
-    let now = world.clock().now();
-    let claims = users_domain::AccessClaims {
-        user_id: principal.user.id,
-        session_id: principal.session_id,
-        issued_at: now,
-        expires_at: now + Duration::minutes(5),
-        token_id: uuid::Uuid::new_v4(),
-    };
-    world.ports.tokens().issue(&claims).unwrap().expose().to_owned()
-}
-
-async fn enrolled(world: &World, address: &str) -> Enrolled {
-    world.verified(address).await;
-    let principal = world.principal(address).await;
-    let setup = world.service.setup_totp(&principal, PASSWORD).await.unwrap();
-    let now = fresh_step(world);
-    let codes = world.service.confirm_totp(&principal, &code(&setup.secret, now)).await.unwrap();
-    // Two steps on: the confirming code's step is used, and the step before "now" is still free.
-    world.clock().advance(Duration::seconds(60));
-    let principal = world.service.authenticate(&refreshed(world, &principal)).await.unwrap();
-    assert!(principal.user.mfa_enabled);
-    Enrolled { principal, secret: setup.secret, codes }
-}
-
-/// The `mfa_token` of a right password.
-async fn mfa_token(world: &World, address: &str) -> MfaToken {
-    match world.login(address, PASSWORD).await {
-        Err(LoginError::SecondFactorRequired(token)) => token,
-        other => panic!("expected mfa_required, got {other:?}"),
-    }
-}
-
-async fn second_step(world: &World, token: &MfaToken, code: &str) -> Result<(), MfaLoginError> {
-    world.service.login_second_step(&token.token, code, ClientInfo::default()).await.map(drop)
-}
 
 async fn failures(world: &World, address: &str) -> u32 {
     world.failures(address).await.map_or(0, |count| count.failures)
@@ -265,7 +208,7 @@ async fn a_code_spent_on_regenerating_or_turning_off_is_not_accepted_again_at_lo
     assert!(matches!(older, Err(MfaLoginError::InvalidCode)), "{older:?}");
     // A recovery code spent on turning it off is gone with the rest.
     world.service.disable_totp(&ada.principal, PASSWORD, &fresh[0].display()).await.unwrap();
-    let principal = world.service.authenticate(&refreshed(&world, &ada.principal)).await.unwrap();
+    let principal = world.service.authenticate(&principal_token(&world, &ada.principal)).await.unwrap();
     assert!(!principal.user.mfa_enabled);
     assert!(matches!(
         world.service.regenerate_recovery_codes(&principal, PASSWORD, &fresh[1].display()).await,
@@ -365,7 +308,7 @@ async fn an_mfa_token_is_no_refresh_token_and_logout_with_it_ends_nothing() {
     let as_refresh = world.service.refresh(&token.token).await;
     assert!(matches!(as_refresh, Err(RefreshError::InvalidToken)), "{as_refresh:?}");
     world.service.logout(&token.token).await.unwrap();
-    assert!(world.service.authenticate(&refreshed(&world, &ada.principal)).await.is_ok());
+    assert!(world.service.authenticate(&principal_token(&world, &ada.principal)).await.is_ok());
     // The token was neither used up nor harmed: it still finishes the login.
     second_step(&world, &token, &code(&ada.secret, world.clock().now())).await.unwrap();
 }

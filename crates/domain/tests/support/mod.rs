@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod mfa;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
