@@ -111,6 +111,7 @@ impl Ports for MemoryPorts {
     type Requests = MemoryStore;
     type SecondFactors = MemoryStore;
     type Pictures = MemoryStore;
+    type RequestCounts = MemoryStore;
     type Objects = MemoryObjects;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
@@ -140,6 +141,9 @@ impl Ports for MemoryPorts {
         &self.store
     }
     fn pictures(&self) -> &MemoryStore {
+        &self.store
+    }
+    fn request_counts(&self) -> &MemoryStore {
         &self.store
     }
     fn objects(&self) -> &MemoryObjects {
