@@ -6,8 +6,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use serde_json::{Value, json};
 use users_e2e::{BinaryApp, free_port, json_body, run_cli, run_until_exit, unique_email};
+use users_postgres::HOUSEKEEPING_LOCK;
+use users_testkit::TestDatabase;
 
 const LIMIT: usize = 4;
 
@@ -48,32 +51,39 @@ async fn the_per_ip_limit_holds_for_two_instances_together_not_for_each() {
     assert_eq!(registered.status(), 202);
 }
 
+/// A database of its own with a few old rows, and the environment `user-management purge` needs for it. No server
+/// runs on it, so only the command's round can delete anything.
+async fn database_with_old_rows() -> (TestDatabase, HashMap<String, String>) {
+    let db = TestDatabase::create().await;
+    db.execute(
+        "INSERT INTO rate_limit_windows (route, client, window_start, hits) \
+         SELECT 'login', '10.1.0.' || i, now() - interval '8 days', 2 FROM generate_series(1, 3) i",
+    )
+    .await;
+    db.execute(
+        "INSERT INTO mail_outbox (id, to_address, subject, text_body, html_body, status, created_at, sent_at) \
+         SELECT gen_random_uuid(), 'old@example.com', 'old', '', '', 'sent', now() - interval '9 days', \
+                now() - interval '9 days' FROM generate_series(1, 2)",
+    )
+    .await;
+    db.execute(
+        "INSERT INTO mail_outbox (id, to_address, subject, text_body, html_body, status, created_at) \
+         VALUES (gen_random_uuid(), 'waiting@example.com', 'waiting', 't', 'h', 'pending', now() - interval '9 days')",
+    )
+    .await;
+    let env = HashMap::from([
+        ("DATABASE_URL".to_owned(), db.url()),
+        ("RETENTION".to_owned(), "7d".to_owned()),
+        ("LOG_FORMAT".to_owned(), "json".to_owned()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+    ]);
+    (db, env)
+}
+
 #[tokio::test]
 async fn purge_deletes_old_rows_and_prints_what_it_deleted_per_kind() {
-    // The server's own rounds keep ten years, so only the command's round below can delete these rows.
-    let app = BinaryApp::start_with(&[("RETENTION".to_owned(), "3650d".to_owned())], |_| {}).await;
-    app.db
-        .execute(
-            "INSERT INTO rate_limit_windows (route, client, window_start, hits) \
-             SELECT 'login', '10.1.0.' || i, now() - interval '8 days', 2 FROM generate_series(1, 3) i",
-        )
-        .await;
-    app.db
-        .execute(
-            "INSERT INTO mail_outbox (id, to_address, subject, text_body, html_body, status, created_at, sent_at) \
-             SELECT gen_random_uuid(), 'old@example.com', 'old', '', '', 'sent', now() - interval '9 days', \
-                    now() - interval '9 days' FROM generate_series(1, 2)",
-        )
-        .await;
-    app.db
-        .execute(
-            "INSERT INTO mail_outbox (id, to_address, subject, text_body, html_body, status, created_at) \
-             VALUES (gen_random_uuid(), 'waiting@example.com', 'waiting', 't', 'h', 'pending', now() - interval '9 days')",
-        )
-        .await;
+    let (db, env) = database_with_old_rows().await;
 
-    let mut env = app.env.clone();
-    env.insert("RETENTION".to_owned(), "7d".to_owned());
     let output = run_cli(&["purge"], &env, "");
 
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -81,8 +91,25 @@ async fn purge_deletes_old_rows_and_prints_what_it_deleted_per_kind() {
     for line in ["rate_limit_windows: 3", "outbox_mails: 2", "sessions: 0", "refresh_tokens: 0", "deleted 5 rows"] {
         assert!(stdout.lines().any(|printed| printed.starts_with(line)), "no {line:?} in:\n{stdout}");
     }
-    assert_eq!(app.db.count("SELECT count(*) AS n FROM rate_limit_windows").await, 0);
-    assert_eq!(app.db.count("SELECT count(*) AS n FROM mail_outbox").await, 1, "pending mail is never deleted");
+    assert_eq!(db.count("SELECT count(*) AS n FROM rate_limit_windows").await, 0);
+    assert_eq!(db.count("SELECT count(*) AS n FROM mail_outbox").await, 1, "pending mail is never deleted");
+}
+
+#[tokio::test]
+async fn purge_says_so_and_deletes_nothing_while_another_instance_holds_the_lock() {
+    let (db, env) = database_with_old_rows().await;
+    // Another instance in the middle of a round. (Imported here: its `execute` would shadow the database's.)
+    use diesel_async::RunQueryDsl as _;
+    let mut other = AsyncPgConnection::establish(&db.url()).await.unwrap();
+    diesel::sql_query(format!("SELECT pg_advisory_lock({HOUSEKEEPING_LOCK})")).execute(&mut other).await.unwrap();
+
+    let output = run_cli(&["purge"], &env, "");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("skipped: another instance is running housekeeping"), "{stdout}");
+    assert_eq!(db.count("SELECT count(*) AS n FROM rate_limit_windows").await, 3, "nothing was deleted");
+    assert_eq!(db.count("SELECT count(*) AS n FROM mail_outbox").await, 3);
 }
 
 #[tokio::test]
