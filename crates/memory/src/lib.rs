@@ -1,7 +1,8 @@
 //! In-memory adapters of every port of user-management.
 //!
 //! [`MemoryStore`] implements every storage port (users, sessions, email tokens, the login throttle, the mail
-//! outbox, the request queue, second factors and picture records) over one mutex-guarded state; [`MemoryObjects`]
+//! outbox, the request queue, second factors, picture records and the per-address request counts of the rate
+//! limits, which a single process embedding the service can keep in memory) over mutex-guarded state; [`MemoryObjects`]
 //! keeps picture objects in a map; [`ManualClock`] is a clock a test moves by hand. [`MemoryPorts`] bundles them
 //! with the real CPU-only adapters (argon2id hashing, ES256 tokens with a key that lives in memory, TOTP with
 //! secrets stored unencrypted, the image pipeline) into a complete [`Ports`] set, so the whole domain runs with no
