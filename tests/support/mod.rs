@@ -256,25 +256,73 @@ impl BinaryApp {
     }
 
     async fn wait_until_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
-            }
-            if let Ok(response) = self.client.get(format!("{}/healthz", self.address)).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_healthy(&mut self.child, &self.client, &self.address).await;
+    }
+
+    /// A second `user-management serve` on this app's database and data directory (so the same signing key),
+    /// on a port of its own, with `extra` settings on top of this app's: another instance of one deployment.
+    pub async fn start_beside(&self, extra: &[(&str, &str)]) -> BesideApp {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
+        env.insert("METRICS_BIND_ADDR".to_owned(), format!("127.0.0.1:{}", free_port()));
+        let port = free_port();
+        env.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"));
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the user-management binary should start");
+        let address = format!("http://127.0.0.1:{port}");
+        wait_until_healthy(&mut child, &self.client, &address).await;
+        BesideApp { address, child }
     }
 
     /// The URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+}
+
+/// Waits until the child at `address` answers `/healthz`, failing at once if it exits first.
+async fn wait_until_healthy(child: &mut Child, client: &reqwest::Client, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
+        }
+        if let Ok(response) = client.get(format!("{address}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Another instance beside a [`BinaryApp`] (see [`BinaryApp::start_beside`]); killed when dropped.
+pub struct BesideApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    child: Child,
+}
+
+impl BesideApp {
+    /// The URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+}
+
+impl Drop for BesideApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -119,12 +119,19 @@ pub struct Config {
     pub rate_limits: bool,
     /// `RATE_LIMIT_PER_MINUTE`.
     pub rate_limit_per_minute: u32,
+    /// `RETENTION`: how long housekeeping keeps a row after it stopped mattering (at least an hour).
+    pub retention: Duration,
+    /// `PURGE_INTERVAL`: how often `serve` runs housekeeping.
+    pub purge_interval: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
     /// `METRICS_BIND_ADDR`: where `GET /metrics` is served, on a listener of its own; `None` (the variable set
     /// empty) serves no metrics.
     pub metrics_bind_addr: Option<SocketAddr>,
 }
+
+/// The shortest `RETENTION` accepted.
+const MIN_RETENTION: Duration = Duration::hours(1);
 
 /// Parses the configuration's duration forms: a positive whole number followed by `s`, `m`, `h` or `d`.
 ///
@@ -327,6 +334,12 @@ impl Config {
         if rate_limit_per_minute == 0 {
             return Err(invalid("RATE_LIMIT_PER_MINUTE", "must be greater than 0 (use RATE_LIMITS=off to disable)"));
         }
+        let retention = vars.duration("RETENTION", Duration::days(7))?;
+        // Shorter, and a rate-limit window could be deleted while it still counts.
+        if retention < MIN_RETENTION {
+            return Err(invalid("RETENTION", "must be at least 1h"));
+        }
+        let purge_interval = vars.duration("PURGE_INTERVAL", Duration::hours(1))?;
         let log_format = match vars.string("LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -375,6 +388,8 @@ impl Config {
             bootstrap_admin,
             rate_limits,
             rate_limit_per_minute,
+            retention,
+            purge_interval,
             log_format,
             metrics_bind_addr: vars.optional_addr("METRICS_BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
         })
@@ -484,6 +499,8 @@ mod tests {
         assert_eq!(config.service.password_policy.min_length, 15);
         assert_eq!(config.picture_max_concurrent, 2 * std::thread::available_parallelism().unwrap().get());
         assert!(config.rate_limits);
+        assert_eq!(config.retention, Duration::days(7));
+        assert_eq!(config.purge_interval, Duration::hours(1));
         assert_eq!(config.bootstrap_admin, None);
     }
 
@@ -539,6 +556,9 @@ mod tests {
             ("PICTURE_MAX_BYTES", "lots"),
             ("PICTURE_MAX_CONCURRENT", "0"),
             ("RATE_LIMITS", "maybe"),
+            ("RETENTION", "a week"),
+            ("RETENTION", "30m"),
+            ("PURGE_INTERVAL", "0h"),
             ("LOG_FORMAT", "xml"),
             ("JWT_ALGORITHM", "HS256"),
             ("MAIL_FROM", "not an address"),

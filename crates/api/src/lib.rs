@@ -7,6 +7,7 @@ pub mod config;
 pub mod dto;
 pub mod edge;
 pub mod error;
+pub mod housekeeping;
 pub mod mailer;
 pub mod openapi;
 pub mod rate_limit;

@@ -1,4 +1,4 @@
-//! The `user-management` binary: `serve` (the default), `migrate` and `create-admin`. Only wiring lives here.
+//! The `user-management` binary: `serve` (the default), `migrate`, `create-admin` and `purge`. Only wiring lives here.
 
 use std::io::{BufRead as _, Write as _};
 use std::process::ExitCode;
@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use users_api::config::Config;
 use users_api::startup::{self, Application};
-use users_api::telemetry;
+use users_api::{housekeeping, telemetry};
 use users_domain::EmailAddress;
+use users_postgres::{PgRepository, PurgeOutcome};
 
 /// A user-management service: registration, login, roles, profiles and pictures.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Run one housekeeping round (delete what RETENTION lets go) and print what was deleted, per kind.
+    Purge,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Migrate => startup::migrate(&config).await,
             Command::CreateAdmin { email } => create_admin(config, &email).await,
+            Command::Purge => purge(config).await,
         }
     });
     match result {
@@ -81,6 +85,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => tracing::info!("metrics listener disabled (METRICS_BIND_ADDR is empty)"),
     }
     app.run_until_stopped().await.context("serving HTTP")
+}
+
+async fn purge(config: Config) -> anyhow::Result<()> {
+    startup::migrate(&config).await?;
+    let db = PgRepository::connect(&config.database).await.context("connecting to DATABASE_URL")?;
+    let outcome = housekeeping::run_once(&db, config.retention).await.context("running housekeeping")?;
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        PurgeOutcome::Done(purged) => {
+            for (kind, count) in purged.kinds() {
+                writeln!(out, "{kind}: {count}").context("writing to stdout")?;
+            }
+            writeln!(out, "deleted {} rows older than RETENTION", purged.total()).context("writing to stdout")?;
+        }
+        PurgeOutcome::Skipped => {
+            writeln!(out, "skipped: another instance is running housekeeping (it holds the lock); nothing deleted")
+                .context("writing to stdout")?;
+        }
+    }
+    Ok(())
 }
 
 async fn create_admin(config: Config, raw_email: &str) -> anyhow::Result<()> {

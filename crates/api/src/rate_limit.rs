@@ -1,85 +1,139 @@
-//! Per-client-IP rate limits on the routes attackers hammer: login, register, forgot-password and resend.
+//! Per-client-IP rate limits on the routes attackers hammer: login (both steps), register, forgot-password and
+//! resend.
 //!
-//! A fixed one-minute window per (route, address), kept in memory: each instance limits on its own, which is what
-//! a per-IP limit needs (the per-email login backoff, which must hold across instances, lives in Postgres).
-//! `RATE_LIMITS=off` turns it off for load tests.
+//! A fixed one-minute window per (route, client address), counted in Postgres through the
+//! [`RequestCounter`] port, so the limit holds for every instance on one database together: two instances do not
+//! allow twice the limit. Counting is one upsert, one round trip per limited request. When the count cannot be
+//! taken because the database is unreachable, the request is answered 503: the routes limited here need the
+//! database anyway. `RATE_LIMITS=off` turns it off for load tests.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+
+use time::{Duration, OffsetDateTime};
+use users_domain::ports::RequestCounter;
 
 use crate::error::ApiError;
 
-const WINDOW: Duration = Duration::from_secs(60);
+/// The length of a window.
+pub const WINDOW: Duration = Duration::minutes(1);
 
-/// Entries kept before expired windows are swept, so the map cannot grow without bound under a spray of addresses.
-const SWEEP_AT: usize = 10_000;
-
-/// Requests counted per (route, client address): when the current window started, and how many it saw.
-type Windows = HashMap<(&'static str, IpAddr), (Instant, u32)>;
-
-/// The limiter shared by all workers.
-#[derive(Debug)]
+/// The limiter's settings, shared by all workers; the counts live behind the port.
+#[derive(Debug, Clone, Copy)]
 pub struct RateLimiter {
     per_minute: Option<u32>,
-    windows: Mutex<Windows>,
 }
 
 impl RateLimiter {
     /// A limiter allowing `per_minute` requests per route and address, or none at all when `enabled` is false.
-    pub fn new(enabled: bool, per_minute: u32) -> Self {
-        Self { per_minute: enabled.then_some(per_minute), windows: Mutex::new(HashMap::new()) }
+    #[must_use]
+    pub const fn new(enabled: bool, per_minute: u32) -> Self {
+        Self { per_minute: if enabled { Some(per_minute) } else { None } }
     }
 
-    /// Counts a request to `route` from `ip`.
+    /// Counts a request to `route` from `ip` at `now` in `counter`. Nothing is counted when limits are off or the
+    /// request has no client address.
     ///
     /// # Errors
-    /// 429 `rate_limited` with `Retry-After` once the address used up its minute.
-    pub fn check(&self, route: &'static str, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    /// 429 `rate_limited` with `Retry-After` (the rest of the window) once the address used up its minute; 503
+    /// when the count cannot be taken because the database is unreachable (500 for any other failure).
+    pub async fn check(
+        &self,
+        counter: &impl RequestCounter,
+        now: OffsetDateTime,
+        route: &'static str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), ApiError> {
         let (Some(limit), Some(ip)) = (self.per_minute, ip) else { return Ok(()) };
-        let now = Instant::now();
-        // A poisoned lock only means another worker panicked mid-update; the counts are still usable.
-        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if windows.len() >= SWEEP_AT {
-            windows.retain(|_, (started, _)| now.duration_since(*started) < WINDOW);
+        let counted = counter.count_request(route, ip, now, WINDOW).await?;
+        if counted.hits <= limit {
+            return Ok(());
         }
-        let (started, count) = windows.entry((route, ip)).or_insert((now, 0));
-        if now.duration_since(*started) >= WINDOW {
-            *started = now;
-            *count = 0;
-        }
-        if *count >= limit {
-            return Err(ApiError::rate_limited(WINDOW.saturating_sub(now.duration_since(*started))));
-        }
-        *count += 1;
-        Ok(())
+        // Another instance's clock may run a little ahead and have started the window "later"; the wait
+        // advertised never exceeds a window.
+        let left = (counted.ends_at - now).clamp(Duration::ZERO, WINDOW);
+        Err(ApiError::rate_limited(left.unsigned_abs()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use actix_web::ResponseError as _;
+    use users_domain::ports::{PortError, WindowCount};
+
     use super::*;
 
-    #[test]
-    fn each_route_and_address_gets_its_own_budget() {
+    /// Per (route, address): when the window started and how many it saw.
+    type Windows = HashMap<(&'static str, IpAddr), (OffsetDateTime, u32)>;
+
+    /// Counts in memory, for the limiter's own logic; the shared counts are the Postgres adapter's, tested there.
+    #[derive(Default)]
+    struct Counts {
+        windows: Mutex<Windows>,
+        down: bool,
+    }
+
+    impl RequestCounter for Counts {
+        async fn count_request(
+            &self,
+            route: &'static str,
+            client: IpAddr,
+            now: OffsetDateTime,
+            window: Duration,
+        ) -> Result<WindowCount, PortError> {
+            if self.down {
+                return Err(PortError::Unavailable(anyhow::anyhow!("switched off")));
+            }
+            let mut windows = self.windows.lock().unwrap();
+            let (started, hits) = windows.entry((route, client)).or_insert((now, 0));
+            if now - *started >= window {
+                *started = now;
+                *hits = 0;
+            }
+            *hits += 1;
+            Ok(WindowCount { hits: *hits, ends_at: *started + window })
+        }
+    }
+
+    fn at(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + Duration::seconds(1_800_000_000 + seconds)
+    }
+
+    #[tokio::test]
+    async fn each_route_and_address_gets_its_own_budget_and_the_refusal_says_how_long_to_wait() {
+        let counts = Counts::default();
         let limiter = RateLimiter::new(true, 2);
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         let b = Some(IpAddr::from([10, 0, 0, 2]));
-        assert!(limiter.check("login", a).is_ok());
-        assert!(limiter.check("login", a).is_ok());
-        let refused = limiter.check("login", a).unwrap_err();
+        assert!(limiter.check(&counts, at(0), "login", a).await.is_ok());
+        assert!(limiter.check(&counts, at(10), "login", a).await.is_ok());
+        let refused = limiter.check(&counts, at(15), "login", a).await.unwrap_err();
         assert_eq!(refused.code(), "rate_limited");
-        assert!(limiter.check("register", a).is_ok());
-        assert!(limiter.check("login", b).is_ok());
+        let response = refused.error_response();
+        assert_eq!(response.status().as_u16(), 429);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "45");
+        assert!(limiter.check(&counts, at(15), "register", a).await.is_ok());
+        assert!(limiter.check(&counts, at(15), "login", b).await.is_ok());
+        assert!(limiter.check(&counts, at(60), "login", a).await.is_ok(), "a new window starts after a minute");
     }
 
-    #[test]
-    fn off_means_off() {
+    #[tokio::test]
+    async fn off_means_off_and_nothing_is_counted() {
+        let counts = Counts { down: true, ..Counts::default() };
         let limiter = RateLimiter::new(false, 1);
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         for _ in 0..100 {
-            assert!(limiter.check("login", a).is_ok());
+            assert!(limiter.check(&counts, at(0), "login", a).await.is_ok());
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_answers_503() {
+        let counts = Counts { down: true, ..Counts::default() };
+        let limiter = RateLimiter::new(true, 5);
+        let refused = limiter.check(&counts, at(0), "login", Some(IpAddr::from([10, 0, 0, 1]))).await.unwrap_err();
+        assert_eq!(refused.status_code().as_u16(), 503);
     }
 }

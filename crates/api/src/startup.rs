@@ -18,6 +18,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::housekeeping::HousekeepingWorker;
 use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
 use crate::routes::{mount, ops};
@@ -58,12 +59,13 @@ pub async fn build_service(config: &Config) -> anyhow::Result<AppService> {
     Ok(Service::new(ports, config.service.clone()))
 }
 
-/// A built, bound server, ready to run, with its metrics listener and outbox worker.
+/// A built, bound server, ready to run, with its metrics listener, outbox worker and housekeeping loop.
 pub struct Application {
     server: Server,
     port: u16,
     metrics: Option<MetricsListener>,
     outbox: OutboxWorker,
+    housekeeping: HousekeepingWorker,
 }
 
 /// The second HTTP server, serving only `GET /metrics` on `METRICS_BIND_ADDR`, so that metrics never reach the
@@ -117,6 +119,7 @@ impl Application {
             tracing::info!(user_id = %user.id, "bootstrap admin is present");
         }
         let requests = service.clone();
+        let db = service.ports().db.clone();
         let jwks = service.ports().tokens.jwks();
         let state = AppState::new(service, &config, jwks);
         let cors_policy = web::Data::new(crate::edge::CorsPolicy::new(config.cors_allowed_origins.clone()));
@@ -141,7 +144,8 @@ impl Application {
         .run();
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
         let outbox = OutboxWorker::start(mailer, requests);
-        Ok(Self { server, port, metrics, outbox })
+        let housekeeping = HousekeepingWorker::start(db, config.retention, config.purge_interval);
+        Ok(Self { server, port, metrics, outbox, housekeeping })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -177,6 +181,7 @@ impl Application {
             }
         };
         let (served, ()) = tokio::join!(public, metrics);
+        self.housekeeping.stop();
         // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
         // outbox for the next start.
         self.outbox.stop().await;

@@ -5,16 +5,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::{HttpRequest, web};
 use tokio::sync::Semaphore;
 use users_crypto::{Argon2Hasher, JwtCodec, TotpCodec};
 use users_domain::Service;
-use users_domain::ports::{Ports, SystemClock};
+use users_domain::ports::{Clock as _, Ports, SystemClock};
 use users_domain::sessions::{AuthError, Principal};
 use users_images::ImagePipeline;
 use users_postgres::PgRepository;
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
 use crate::storage::AppStore;
 
@@ -52,6 +53,7 @@ impl Ports for AppPorts {
     type Requests = PgRepository;
     type SecondFactors = PgRepository;
     type Pictures = PgRepository;
+    type RequestCounts = PgRepository;
     type Objects = AppStore;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
@@ -81,6 +83,9 @@ impl Ports for AppPorts {
         &self.db
     }
     fn pictures(&self) -> &PgRepository {
+        &self.db
+    }
+    fn request_counts(&self) -> &PgRepository {
         &self.db
     }
     fn objects(&self) -> &AppStore {
@@ -131,6 +136,15 @@ impl<P: Ports> Authenticate for AppState<P> {
 }
 
 impl<P: Ports> AppState<P> {
+    /// Counts a request to `route` against its client address's per-IP limit (see [`RateLimiter::check`]).
+    ///
+    /// # Errors
+    /// 429 `rate_limited` past the limit, 503 when the count cannot be taken.
+    pub async fn limit(&self, route: &'static str, req: &HttpRequest) -> Result<(), ApiError> {
+        let ports = self.service.ports();
+        self.rate_limiter.check(ports.request_counts(), ports.clock().now(), route, self.clients.of(req)).await
+    }
+
     /// The state of the routes: the service and the edge settings from `config` (base URL, per-IP limits, upload
     /// bounds), with `jwks` as the key set to publish.
     pub fn new(service: Service<P>, config: &Config, jwks: serde_json::Value) -> web::Data<Self> {

@@ -1,7 +1,8 @@
 //! In-memory adapters of every port of user-management.
 //!
 //! [`MemoryStore`] implements every storage port (users, sessions, email tokens, the login throttle, the mail
-//! outbox, the request queue, second factors and picture records) over one mutex-guarded state; [`MemoryObjects`]
+//! outbox, the request queue, second factors, picture records and the per-address request counts of the rate
+//! limits, which a single process embedding the service can keep in memory) over mutex-guarded state; [`MemoryObjects`]
 //! keeps picture objects in a map; [`ManualClock`] is a clock a test moves by hand. [`MemoryPorts`] bundles them
 //! with the real CPU-only adapters (argon2id hashing, ES256 tokens with a key that lives in memory, TOTP with
 //! secrets stored unencrypted, the image pipeline) into a complete [`Ports`] set, so the whole domain runs with no
@@ -111,6 +112,7 @@ impl Ports for MemoryPorts {
     type Requests = MemoryStore;
     type SecondFactors = MemoryStore;
     type Pictures = MemoryStore;
+    type RequestCounts = MemoryStore;
     type Objects = MemoryObjects;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
@@ -140,6 +142,9 @@ impl Ports for MemoryPorts {
         &self.store
     }
     fn pictures(&self) -> &MemoryStore {
+        &self.store
+    }
+    fn request_counts(&self) -> &MemoryStore {
         &self.store
     }
     fn objects(&self) -> &MemoryObjects {

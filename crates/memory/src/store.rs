@@ -6,6 +6,7 @@
 //! pending login step) is one check and one write that nothing can come between.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -15,9 +16,9 @@ use users_domain::ports::{
     AccountRequest, AccountRequestKind, AccountRequests, BackoffPolicy, Clock, EmailTokenPurpose, EmailTokenRecord,
     EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount,
     NewEmailToken, NewMfaChallenge, OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError, PortError,
-    RefreshRecord, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore,
-    SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserQuery, UserSort, UserStore,
-    UserUpdate,
+    RefreshRecord, RequestCounter, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof,
+    SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserQuery,
+    UserSort, UserStore, UserUpdate, WindowCount,
 };
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{EmailAddress, Nickname, User, UserId};
@@ -95,9 +96,14 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
+    /// The rate-limit windows, apart from the state: counting a request must not copy every user.
+    windows: Arc<Mutex<Windows>>,
     clock: ManualClock,
     unavailable: Arc<AtomicBool>,
 }
+
+/// Requests counted per (route, client address): when the current window started, and how many it saw.
+type Windows = HashMap<(&'static str, IpAddr), (OffsetDateTime, u32)>;
 
 fn unknown(message: String) -> PortError {
     PortError::Unknown(anyhow::Error::msg(message))
@@ -107,7 +113,12 @@ impl MemoryStore {
     /// An empty store that stamps new rows with `clock`.
     #[must_use]
     pub fn new(clock: ManualClock) -> Self {
-        Self { state: Arc::new(Mutex::new(State::default())), clock, unavailable: Arc::new(AtomicBool::new(false)) }
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            windows: Arc::new(Mutex::new(HashMap::new())),
+            clock,
+            unavailable: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Makes every call fail with [`PortError::Unavailable`] (`true`) or work again (`false`).
@@ -781,6 +792,26 @@ impl LoginThrottle for MemoryStore {
             state.failures.remove(&key);
             Ok(())
         })
+    }
+}
+
+impl RequestCounter for MemoryStore {
+    async fn count_request(
+        &self,
+        route: &'static str,
+        client: IpAddr,
+        now: OffsetDateTime,
+        window: Duration,
+    ) -> Result<WindowCount, PortError> {
+        self.check()?;
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let (started, hits) = windows.entry((route, client)).or_insert((now, 0));
+        if now - *started >= window {
+            *started = now;
+            *hits = 0;
+        }
+        *hits = hits.saturating_add(1);
+        Ok(WindowCount { hits: *hits, ends_at: *started + window })
     }
 }
 

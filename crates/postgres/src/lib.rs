@@ -5,8 +5,10 @@
 //! [`EmailTokenStore`](users_domain::ports::EmailTokenStore), [`LoginThrottle`](users_domain::ports::LoginThrottle),
 //! [`MailOutbox`](users_domain::ports::MailOutbox), [`AccountRequests`](users_domain::ports::AccountRequests),
 //! [`SecondFactorStore`](users_domain::ports::SecondFactorStore) and
-//! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port. It also owns the embedded
-//! migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the migrations', honours the
+//! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port, and the edge's
+//! [`RequestCounter`](users_domain::ports::RequestCounter) (per-address rate limits shared by every instance).
+//! [`PgRepository::purge`] is housekeeping: deleting what nothing needs any more, one instance at a time. It also
+//! owns the embedded migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the migrations', honours the
 //! connection string's `sslmode` and `sslrootcert` with a rustls connector (`tls`).
 //!
 //! The adapter decides nothing. The domain works out every value of a change (roles, which tokens die, which
@@ -17,8 +19,10 @@
 
 mod email_tokens;
 mod errors;
+mod housekeeping;
 mod outbox;
 mod pictures;
+mod rate_limits;
 mod repository;
 mod requests;
 mod rows;
@@ -30,5 +34,6 @@ mod throttle;
 mod tls;
 mod users;
 
+pub use housekeeping::{DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged};
 pub use repository::PgRepository;
 pub use setup::{PgConfig, PgSetupError, run_migrations};

@@ -140,6 +140,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    rate_limit_windows (route, client) {
+        route -> Text,
+        client -> Text,
+        window_start -> Timestamptz,
+        hits -> Int4,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(email_tokens -> users (user_id));
@@ -159,7 +168,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     picture_variants,
     totp_secrets,
     recovery_codes,
-    mfa_challenges
+    mfa_challenges,
+    rate_limit_windows
 );
 
 diesel::table! {

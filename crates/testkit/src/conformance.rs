@@ -24,10 +24,10 @@ use users_domain::Role;
 use users_domain::ports::{
     AccountRequestKind, AccountRequests, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, FailureCount, Guard,
     InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount, NewEmailToken, NewMfaChallenge, OutgoingMail,
-    PictureRecords, PictureSize, PictureVariant, PictureWriteError, PortError, ProfileChanges, SealedSecret,
-    SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore, SessionEnd,
-    SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserFields, UserQuery, UserSort, UserStore,
-    UserUpdate,
+    PictureRecords, PictureSize, PictureVariant, PictureWriteError, PortError, ProfileChanges, RequestCounter,
+    SealedSecret, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore,
+    SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserFields, UserQuery, UserSort,
+    UserStore, UserUpdate,
 };
 use users_domain::session::{NewSession, RefreshToken, Session, SessionId, TokenHash};
 use users_domain::user::{
@@ -45,6 +45,7 @@ pub trait Storage:
     + AccountRequests
     + SecondFactorStore
     + PictureRecords
+    + RequestCounter
 {
 }
 
@@ -57,6 +58,7 @@ impl<T> Storage for T where
         + AccountRequests
         + SecondFactorStore
         + PictureRecords
+        + RequestCounter
 {
 }
 
@@ -91,6 +93,7 @@ macro_rules! conformance_tests {
             login_failures_are_counted_and_blocked_by_the_policy,
             a_login_block_is_never_shortened,
             login_failures_are_cleared_per_key,
+            requests_are_counted_per_route_and_address_in_fixed_windows,
             mail_is_claimed_oldest_first_under_leases,
             mail_is_marked_sent_retried_and_dead,
             account_requests_are_deduplicated_claimed_and_finished,
@@ -1017,6 +1020,24 @@ pub async fn login_failures_are_cleared_per_key<S: Storage>(store: S) {
         Some(t0 + Duration::minutes(1))
     );
     assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap().unwrap().failures, 1);
+}
+
+/// Requests are counted per route and address into a window that starts with the first of them and ends after
+/// the window's length; the first request after that starts a new one.
+pub async fn requests_are_counted_per_route_and_address_in_fixed_windows<S: Storage>(store: S) {
+    let window = Duration::minutes(1);
+    let ada = std::net::IpAddr::from([203, 0, 113, 1]);
+    let bob: std::net::IpAddr = "2001:db8::2".parse().unwrap();
+    let t0 = now();
+    for (step, expected) in [(0, 1), (10, 2), (59, 3)] {
+        let counted = store.count_request("login", ada, t0 + Duration::seconds(step), window).await.unwrap();
+        assert_eq!((counted.hits, counted.ends_at), (expected, t0 + window), "after {step} s");
+    }
+    assert_eq!(store.count_request("register", ada, t0, window).await.unwrap().hits, 1, "routes count apart");
+    assert_eq!(store.count_request("login", bob, t0, window).await.unwrap().hits, 1, "addresses count apart");
+    let later = t0 + window;
+    let fresh = store.count_request("login", ada, later, window).await.unwrap();
+    assert_eq!((fresh.hits, fresh.ends_at), (1, later + window), "a new window once the old one ended");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

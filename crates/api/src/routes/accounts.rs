@@ -39,7 +39,7 @@ async fn limited_email_request<P: Ports>(
     payload: web::Payload,
     route: &'static str,
 ) -> Result<EmailAddress, ApiError> {
-    state.rate_limiter.check(route, state.clients.of(req))?;
+    state.limit(route, req).await?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     parse_email(&parse_json::<EmailRequest>(req, &body)?.email)
 }
@@ -64,7 +64,7 @@ pub async fn register<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("register", state.clients.of(&req))?;
+    state.limit("register", &req).await?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let registration = parse_json::<RegisterRequest>(&req, &body)?.try_into_domain()?;
     state.service.register(registration).await?;

@@ -72,7 +72,7 @@ pub async fn login<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("login", state.clients.of(&req))?;
+    state.limit("login", &req).await?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let credentials = Credentials::from_body(&req, &body)?;
     let pair =

@@ -152,7 +152,7 @@ pub async fn login_mfa<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    state.rate_limiter.check("login-mfa", state.clients.of(&req))?;
+    state.limit("login-mfa", &req).await?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: MfaLoginRequest = parse_json(&req, &body)?;
     let pair =

@@ -14,6 +14,7 @@ mod crypto;
 mod email_tokens;
 mod outbox;
 mod pictures;
+mod rate_limits;
 mod second_factor;
 mod sessions;
 mod throttle;
@@ -29,6 +30,7 @@ pub use pictures::{
     PictureRecords, PictureSize, PictureStore, PictureVariant, PictureWriteError, ProcessedImage, StoredObject,
     StoredPicture, THUMB_EDGE,
 };
+pub use rate_limits::{RequestCounter, WindowCount};
 pub use second_factor::{
     MfaChallenge, NewMfaChallenge, NewTotpSecret, OneTimePasswords, SealedSecret, SecondFactorAction,
     SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore, TotpRecord,
@@ -48,6 +50,8 @@ pub use email_tokens::MockEmailTokenStore;
 pub use outbox::{MockAccountRequests, MockMailOutbox, MockMailer};
 #[cfg(any(test, feature = "mock"))]
 pub use pictures::{MockImageProcessor, MockPictureRecords, MockPictureStore};
+#[cfg(any(test, feature = "mock"))]
+pub use rate_limits::MockRequestCounter;
 #[cfg(any(test, feature = "mock"))]
 pub use second_factor::{MockOneTimePasswords, MockSecondFactorStore};
 #[cfg(any(test, feature = "mock"))]
@@ -91,6 +95,8 @@ pub trait Ports: Send + Sync + 'static {
     type SecondFactors: SecondFactorStore;
     /// Picture records.
     type Pictures: PictureRecords;
+    /// Per-client-address request counts of the edge's rate limits.
+    type RequestCounts: RequestCounter;
     /// Picture objects.
     type Objects: PictureStore;
     /// Upload processing.
@@ -120,6 +126,8 @@ pub trait Ports: Send + Sync + 'static {
     fn second_factors(&self) -> &Self::SecondFactors;
     /// The picture records.
     fn pictures(&self) -> &Self::Pictures;
+    /// The request counts.
+    fn request_counts(&self) -> &Self::RequestCounts;
     /// The picture objects.
     fn objects(&self) -> &Self::Objects;
     /// The image processor.

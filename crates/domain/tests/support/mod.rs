@@ -165,6 +165,7 @@ impl Ports for TestPorts {
     type Requests = <MemoryPorts as Ports>::Requests;
     type SecondFactors = <MemoryPorts as Ports>::SecondFactors;
     type Pictures = <MemoryPorts as Ports>::Pictures;
+    type RequestCounts = <MemoryPorts as Ports>::RequestCounts;
     type Objects = FaultyObjects;
     type Images = <MemoryPorts as Ports>::Images;
     type Hasher = CountingHasher;
@@ -195,6 +196,9 @@ impl Ports for TestPorts {
     }
     fn pictures(&self) -> &Self::Pictures {
         self.memory.pictures()
+    }
+    fn request_counts(&self) -> &Self::RequestCounts {
+        self.memory.request_counts()
     }
     fn objects(&self) -> &Self::Objects {
         &self.objects

@@ -16,10 +16,12 @@
 
 mod availability;
 mod email_tokens;
+mod housekeeping;
 mod listing;
 mod migrations;
 mod outbox;
 mod pictures;
+mod rate_limits;
 mod requests;
 mod second_factor;
 mod sessions;
