@@ -232,15 +232,7 @@ impl BinaryApp {
         env.insert("PUBLIC_BASE_URL".to_owned(), format!("http://127.0.0.1:{port}"));
         let metrics_address = format!("http://{}", env["METRICS_BIND_ADDR"]);
         before_start(&env);
-        let child = Command::new(binary())
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the user-management binary should start");
+        let child = spawn_serve(&env);
         let mut app = Self {
             address: format!("http://127.0.0.1:{port}"),
             env,
@@ -255,20 +247,24 @@ impl BinaryApp {
     }
 
     async fn wait_until_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
-            }
-            if let Ok(response) = self.client.get(format!("{}/healthz", self.address)).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_healthy(&mut self.child, &self.client, &self.address).await;
+    }
+
+    /// A second instance of the binary on this one's database and settings, as a second node behind a load
+    /// balancer: its own port, metrics port and data directory, and the same `PUBLIC_BASE_URL` (the issuer its
+    /// tokens name). Started and healthy when this returns; killed when dropped.
+    pub async fn start_peer(&self) -> PeerApp {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut env = self.env.clone();
+        env.insert("DATA_DIR".to_owned(), data_dir.path().display().to_string());
+        env.insert("METRICS_BIND_ADDR".to_owned(), format!("127.0.0.1:{}", free_port()));
+        let port = free_port();
+        env.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"));
+        let child = spawn_serve(&env);
+        let mut peer =
+            PeerApp { address: format!("http://127.0.0.1:{port}"), env, client: client(), child, _data_dir: data_dir };
+        wait_until_healthy(&mut peer.child, &peer.client, &peer.address).await;
+        peer
     }
 
     /// The URL of a path.
@@ -278,6 +274,64 @@ impl BinaryApp {
 }
 
 impl Drop for BinaryApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `user-management serve` with `env`; its standard error reaches the test output.
+fn spawn_serve(env: &HashMap<String, String>) -> Child {
+    Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the user-management binary should start")
+}
+
+/// Waits until the child at `address` answers `/healthz`, failing at once if it exits first.
+async fn wait_until_healthy(child: &mut Child, client: &reqwest::Client, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
+        }
+        if let Ok(response) = client.get(format!("{address}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A second instance of the binary serving a [`BinaryApp`]'s database ([`BinaryApp::start_peer`]); killed when
+/// dropped.
+pub struct PeerApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// The environment it runs with.
+    pub env: HashMap<String, String>,
+    /// A plain HTTP client.
+    pub client: reqwest::Client,
+    child: Child,
+    _data_dir: tempfile::TempDir,
+}
+
+impl PeerApp {
+    /// The URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+}
+
+impl Drop for PeerApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

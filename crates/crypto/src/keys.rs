@@ -73,6 +73,27 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
+    /// A private key stored in the database does not open: encrypted under another data key, or with none
+    /// configured.
+    #[error("signing key {kid} stored in the database cannot be opened (check DATA_ENCRYPTION_KEY_FILE): {source}")]
+    StoredKeySealed {
+        /// The key id of the row.
+        kid: String,
+        /// Why it does not open.
+        #[source]
+        source: crate::DataKeyError,
+    },
+    /// A private key stored in the database opened but is not the key its row names.
+    #[error("signing key {kid} stored in the database is unusable: {reason}")]
+    StoredKeyInvalid {
+        /// The key id of the row.
+        kid: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key ring was asked for without any key.
+    #[error("there is no signing key")]
+    NoSigningKey,
     /// OpenSSL failed to generate or use the key.
     #[error("ES256 key operation failed")]
     Crypto(#[source] JoseError),
@@ -108,7 +129,7 @@ pub(crate) fn load_or_generate(private_key_file: Option<&Path>, data_dir: &Path)
 }
 
 /// Reads and parses the generated key; `Ok(None)` when it does not exist yet.
-fn read_generated(path: &Path) -> Result<Option<EcKeyPair>, KeyError> {
+pub(crate) fn read_generated(path: &Path) -> Result<Option<EcKeyPair>, KeyError> {
     match fs::read(path) {
         Ok(pem) => parse_p256_pkcs8(&pem)
             .map(Some)

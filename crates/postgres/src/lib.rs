@@ -5,9 +5,11 @@
 //! [`EmailTokenStore`](users_domain::ports::EmailTokenStore), [`LoginThrottle`](users_domain::ports::LoginThrottle),
 //! [`MailOutbox`](users_domain::ports::MailOutbox), [`AccountRequests`](users_domain::ports::AccountRequests),
 //! [`SecondFactorStore`](users_domain::ports::SecondFactorStore) and
-//! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port. It also owns the embedded
-//! migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the migrations', honours the
-//! connection string's `sslmode` and `sslrootcert` with a rustls connector (`tls`).
+//! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port. Outside the domain's ports, it keeps
+//! the signing keys of access tokens ([`StoredSigningKey`]), so that every instance on one database signs and
+//! verifies with the same keys. It also owns the embedded migrations of `migrations/` ([`run_migrations`]). Every
+//! connection, the pool's and the migrations', honours the connection string's `sslmode` and `sslrootcert` with a
+//! rustls connector (`tls`).
 //!
 //! The adapter decides nothing. The domain works out every value of a change (roles, which tokens die, which
 //! sessions end, which mails go out) and the preconditions it decided under; the adapter stores and reads rows,
@@ -26,9 +28,11 @@ mod schema;
 mod second_factor;
 mod sessions;
 mod setup;
+mod signing_keys;
 mod throttle;
 mod tls;
 mod users;
 
 pub use repository::PgRepository;
 pub use setup::{PgConfig, PgSetupError, run_migrations};
+pub use signing_keys::StoredSigningKey;

@@ -23,6 +23,7 @@ mod pictures;
 mod requests;
 mod second_factor;
 mod sessions;
+mod signing_keys;
 mod support;
 mod throttle;
 mod user_updates;

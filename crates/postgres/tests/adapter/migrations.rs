@@ -12,7 +12,7 @@ use users_testkit::TestDatabase;
 use crate::support::{account, new_user, repository};
 
 /// The tables the migrations create.
-const TABLES: i64 = 11;
+const TABLES: i64 = 12;
 
 async fn table_count(url: &str) -> i64 {
     #[derive(QueryableByName)]
@@ -24,7 +24,7 @@ async fn table_count(url: &str) -> i64 {
     let query = "SELECT count(*) AS count FROM information_schema.tables \
                  WHERE table_schema = 'public' AND table_name IN \
                  ('users', 'sessions', 'refresh_tokens', 'email_tokens', 'login_attempts', 'mail_outbox', \
-                  'pictures', 'picture_variants', 'totp_secrets', 'recovery_codes', 'mfa_challenges')";
+                  'pictures', 'picture_variants', 'totp_secrets', 'recovery_codes', 'mfa_challenges', 'signing_keys')";
     let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
     row.count
 }
