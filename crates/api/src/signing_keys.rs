@@ -223,3 +223,74 @@ async fn reload(keys: &SharedKeys, codec: &JwtCodec) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use users_postgres::PgConfig;
+    use users_testkit::TestDatabase;
+
+    use super::*;
+
+    async fn shared_keys(database: &TestDatabase, data_dir: &std::path::Path) -> SharedKeys {
+        let config = PgConfig { url: database.url(), ..PgConfig::default() };
+        let db = PgRepository::connect(&config).await.unwrap();
+        SharedKeys::new(db, Sealer::new(None), time::Duration::minutes(15), data_dir.to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_keeps_the_last_good_ring_and_the_next_good_one_replaces_it() {
+        let database = TestDatabase::create().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let keys = shared_keys(&database, data_dir.path()).await;
+        keys.ensure_first().await.unwrap();
+        let codec = JwtCodec::with_ring(keys.load(None).await.unwrap(), "issuer".to_owned(), "audience".to_owned());
+        let first = codec.ring();
+        let first_kid = codec.key_id();
+
+        // A row that cannot be opened (sealed with a data key this instance does not have), newer than the first.
+        database
+            .execute(
+                "INSERT INTO signing_keys (kid, algorithm, private_key, created_at, activates_at) \
+                 VALUES ('unopenable', 'ES256', '\\x01000102030405060708090a0b0c0d0e0f', now(), now())",
+            )
+            .await;
+        reload(&keys, &codec).await;
+        assert!(Arc::ptr_eq(&codec.ring(), &first), "the last good ring stays");
+        assert_eq!(codec.key_id(), first_kid);
+
+        database.execute("DELETE FROM signing_keys WHERE kid = 'unopenable'").await;
+        let rotated = keys.rotate().await.unwrap();
+        reload(&keys, &codec).await;
+        let ring = codec.ring();
+        assert!(!Arc::ptr_eq(&ring, &first), "a good reload replaces the ring");
+        assert!(ring.get(&first_kid).is_some_and(|key| Arc::ptr_eq(&key, &first.get(&first_kid).unwrap())), "reused");
+        assert_eq!(codec.key_id(), first_kid, "the new key waits for its activation");
+        let kids: Vec<String> = codec.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|jwk| jwk["kid"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kids, [first_kid.clone(), rotated.kid.clone()], "but is published at once");
+        assert_eq!(ring.signing_key(rotated.activates_at).kid(), rotated.kid);
+    }
+
+    #[tokio::test]
+    async fn the_first_key_is_the_one_an_earlier_version_left_under_data_dir() {
+        let database = TestDatabase::create().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let earlier = SigningKey::generate().unwrap();
+        let pem = earlier.seal(&Sealer::new(None));
+        // Sealed without a key, a value is a format byte followed by the secret: here the PEM.
+        std::fs::write(data_dir.path().join("jwt-es256.pem"), &pem[1..]).unwrap();
+        let keys = shared_keys(&database, data_dir.path()).await;
+        keys.ensure_first().await.unwrap();
+        keys.ensure_first().await.unwrap();
+        let listed = keys.list().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].status.kid, earlier.kid());
+        assert_eq!(listed[0].status.state, users_crypto::KeyState::Current);
+    }
+}

@@ -82,10 +82,10 @@ impl VerifiedTokens {
     }
 
     fn get(&self, token: &str, ring: &KeyRing, now: OffsetDateTime) -> Option<AccessClaims> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&Self::key(token))
+        let remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&Self::key(token)).cloned();
+        remembered
             .filter(|(claims, kid)| claims.expires_at > now && ring.verifying_key(kid, now).is_some())
-            .map(|(claims, _)| claims.clone())
+            .map(|(claims, _)| claims)
     }
 
     fn insert(&self, token: &str, claims: &AccessClaims, kid: &str, now: OffsetDateTime) {

@@ -262,18 +262,35 @@ impl KeyRing {
         self.keys.iter().find(|ring_key| ring_key.key.kid == kid).map(|ring_key| Arc::clone(&ring_key.key))
     }
 
-    /// The keys and their states at `now`; [`KeyRing::new`] sorted the keys as [`schedule`] orders them.
+    /// The index of the key that signs at `now`, as [`schedule`] decides: the newest activated key, the earliest
+    /// when none has activated. [`KeyRing::new`] sorted the keys as `schedule` orders them.
+    fn current(&self, now: OffsetDateTime) -> usize {
+        self.keys.iter().rposition(|ring_key| ring_key.activates_at <= now).unwrap_or(0)
+    }
+
+    /// The keys and their states at `now`, as [`schedule`] works them out, without allocating (this runs on every
+    /// request).
     fn with_states(&self, now: OffsetDateTime) -> impl Iterator<Item = (&SigningKey, KeyState)> {
-        self.keys.iter().zip(self.schedule(now)).map(|(ring_key, status)| (ring_key.key.as_ref(), status.state))
+        let current = self.current(now);
+        self.keys.iter().enumerate().map(move |(index, ring_key)| {
+            let state = match index.cmp(&current) {
+                std::cmp::Ordering::Equal => KeyState::Current,
+                std::cmp::Ordering::Greater => KeyState::Pending,
+                // Before the current key, a successor exists and has activated.
+                std::cmp::Ordering::Less => match self.keys.get(index + 1) {
+                    Some(successor) if successor.activates_at + self.grace <= now => KeyState::Retired,
+                    _ => KeyState::Verifying,
+                },
+            };
+            (ring_key.key.as_ref(), state)
+        })
     }
 
     /// The key that signs at `now`.
     #[must_use]
     pub fn signing_key(&self, now: OffsetDateTime) -> &SigningKey {
-        // As `schedule` decides: the newest activated key, the earliest when none has activated. `new` refuses an
-        // empty ring, so the index is always valid.
-        let index = self.keys.iter().rposition(|ring_key| ring_key.activates_at <= now).unwrap_or(0);
-        &self.keys[index].key
+        // `new` refuses an empty ring, so the index is always valid.
+        &self.keys[self.current(now)].key
     }
 
     /// The keys that verify at `now`: every key not retired.
@@ -316,12 +333,31 @@ mod tests {
         let grace = Duration::seconds(60);
         let states =
             |now| schedule(&keys, grace, now).into_iter().map(|status| status.state).collect::<Vec<KeyState>>();
-        assert_eq!(states(at(50)), [KeyState::Current, KeyState::Pending]);
-        assert_eq!(states(at(100)), [KeyState::Verifying, KeyState::Current]);
-        assert_eq!(states(at(159)), [KeyState::Verifying, KeyState::Current]);
-        assert_eq!(states(at(160)), [KeyState::Retired, KeyState::Current]);
-        // Before any activation time, the earliest key signs.
-        assert_eq!(states(at(-10)), [KeyState::Current, KeyState::Pending]);
+        let expectations = [
+            (at(50), [KeyState::Current, KeyState::Pending]),
+            (at(100), [KeyState::Verifying, KeyState::Current]),
+            (at(159), [KeyState::Verifying, KeyState::Current]),
+            (at(160), [KeyState::Retired, KeyState::Current]),
+            // Before any activation time, the earliest key signs.
+            (at(-10), [KeyState::Current, KeyState::Pending]),
+        ];
+        // The ring works the states out on its own (without allocating); it must agree with the schedule.
+        let (a, b) = (Arc::new(SigningKey::generate().unwrap()), Arc::new(SigningKey::generate().unwrap()));
+        let ring = KeyRing::new(
+            vec![
+                RingKey { key: Arc::clone(&b), activates_at: at(100) },
+                RingKey { key: Arc::clone(&a), activates_at: at(0) },
+            ],
+            grace,
+        )
+        .unwrap();
+        for (now, expected) in expectations {
+            assert_eq!(states(now), expected, "schedule at {now}");
+            let ring_states: Vec<KeyState> = ring.with_states(now).map(|(_, state)| state).collect();
+            assert_eq!(ring_states, expected, "ring at {now}");
+            let signing = if expected[0] == KeyState::Current { a.kid() } else { b.kid() };
+            assert_eq!(ring.signing_key(now).kid(), signing);
+        }
 
         let listed = schedule(&keys, grace, at(120));
         assert_eq!(listed[0].kid, "a");
