@@ -1,7 +1,8 @@
 //! Signing keys kept in the database, through the real binary: two instances on one database accept each other's
 //! tokens, `keys rotate` moves both to a new key without a restart while earlier tokens keep working, `keys list`
 //! shows the states, a key an earlier version left under `DATA_DIR` is imported, and with `JWT_PRIVATE_KEY_FILE`
-//! the file's key is used and `keys rotate` refuses.
+//! the file's key is used and `keys rotate` refuses; with `DATA_ENCRYPTION_KEY_FILE` the stored keys are encrypted
+//! and another data key stops start-up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
 
@@ -13,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use josekit::jwk::KeyPair as _;
 use josekit::jws::ES256;
 use serde_json::Value;
-use users_e2e::{BinaryApp, STRONG_PASSWORD, json_body, login_json, run_cli};
+use users_e2e::{BinaryApp, STRONG_PASSWORD, free_port, json_body, login_json, run_cli, run_until_exit};
 
 const ADMIN: &str = "keys-admin@example.com";
 
@@ -164,4 +165,34 @@ async fn with_jwt_private_key_file_the_files_key_signs_and_keys_rotate_refuses()
     assert_eq!(app.db.count("SELECT count(*) AS n FROM signing_keys").await, 0, "nothing is stored");
     let listing = keys("list", &app.env);
     assert!(listing.contains("JWT_PRIVATE_KEY_FILE") && listing.contains("current"), "{listing}");
+}
+
+/// Writes a data key file (32 bytes of `byte`, base64) into `dir` and returns its path.
+fn data_key_file(dir: &std::path::Path, byte: u8) -> String {
+    let path = dir.join(format!("data-key-{byte}"));
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn with_a_data_key_the_stored_keys_are_encrypted_and_another_data_key_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [("DATA_ENCRYPTION_KEY_FILE".to_owned(), data_key_file(dir.path(), 1))];
+    let app = BinaryApp::start_with(&extra, create_admin).await;
+    let token = access_token(&app.client, &app.address).await;
+    assert_eq!(me_status(&app.client, &app.address, &token).await, 200);
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM signing_keys").await, 1);
+    let readable = "SELECT count(*) AS n FROM signing_keys WHERE position('PRIVATE KEY'::bytea IN private_key) > 0";
+    assert_eq!(app.db.count(readable).await, 0, "the private key is not stored readable");
+    assert_eq!(listed_state(&keys("list", &app.env), &kid_of(&token)), "current", "listing needs no data key");
+
+    let mut other = app.env.clone();
+    other.insert("DATA_ENCRYPTION_KEY_FILE".to_owned(), data_key_file(dir.path(), 2));
+    other.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{}", free_port()));
+    other.insert("METRICS_BIND_ADDR".to_owned(), format!("127.0.0.1:{}", free_port()));
+    let output = run_until_exit(&["serve"], &other, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "serve must not start with another data key");
+    assert!(stderr.contains("DATA_ENCRYPTION_KEY_FILE") && stderr.contains(&kid_of(&token)), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
 }
