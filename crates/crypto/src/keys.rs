@@ -1,9 +1,11 @@
-//! The ES256 signing key: loading it, generating and persisting it, and naming it (`kid`).
+//! A single ES256 signing key in a file: loading it, generating and persisting it, and naming it (`kid`).
 //!
-//! A deployment signs with exactly one P-256 key. It comes from `JWT_PRIVATE_KEY_FILE` when that is set; otherwise
-//! from `DATA_DIR/jwt-es256.pem`, generated on first start. Generation writes a temporary file with mode 0600 and
-//! then publishes it under the final name in one atomic step, so a crash never leaves half a key and two instances
-//! starting together on one data directory end up with the same key.
+//! [`JwtCodec::load_or_generate`](crate::JwtCodec::load_or_generate) signs with one P-256 key: `JWT_PRIVATE_KEY_FILE`
+//! when that is set, otherwise `DATA_DIR/jwt-es256.pem`, generated on first use. (The service itself keeps its keys
+//! in the database unless the file is set, and reads `DATA_DIR/jwt-es256.pem` only to import the key earlier
+//! versions generated there.) Generation writes a temporary file with mode 0600 and then publishes it under the
+//! final name in one atomic step, so a crash never leaves half a key and two processes generating together on one
+//! data directory end up with the same key.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
