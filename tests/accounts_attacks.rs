@@ -2,7 +2,7 @@
 //! checks the answer, and checks that nothing changed: rows, sessions, tokens and queued mail.
 //!
 //! Forged access tokens are assembled by hand with josekit, some of them signed with the deployment's real key
-//! (read from `DATA_DIR/jwt-es256.pem`) so that only the claim checks stand between them and acceptance.
+//! (read from the `signing_keys` table) so that only the claim checks stand between them and acceptance.
 
 #![allow(
     clippy::unwrap_used,
@@ -100,13 +100,15 @@ fn with(value: &Value, name: &str, new: Option<Value>) -> Value {
     value
 }
 
-/// The deployment's own signing key.
-fn real_key_pem(app: &TestApp) -> Vec<u8> {
-    std::fs::read(app.data_dir.path().join("jwt-es256.pem")).expect("the app generated its key under DATA_DIR")
+/// The deployment's own signing key, as the app stored it in the database: sealed without a data key, which is a
+/// format byte followed by the PEM.
+async fn real_key_pem(app: &TestApp) -> Vec<u8> {
+    let query = "SELECT convert_from(substring(private_key FROM 2), 'UTF8') AS value FROM signing_keys";
+    app.db.text(query).await.into_bytes()
 }
 
-fn real_signer(app: &TestApp) -> josekit::jws::alg::ecdsa::EcdsaJwsSigner {
-    ES256.signer_from_pem(real_key_pem(app)).unwrap()
+async fn real_signer(app: &TestApp) -> josekit::jws::alg::ecdsa::EcdsaJwsSigner {
+    ES256.signer_from_pem(real_key_pem(app).await).unwrap()
 }
 
 async fn user_count(app: &TestApp) -> i64 {
@@ -171,7 +173,7 @@ async fn a_hand_built_token_with_the_real_key_and_right_claims_is_accepted_so_th
     assert_eq!(payload["iss"], PUBLIC_BASE_URL);
     let now = unix_now();
     let rebuilt = with(&with(&payload, "iat", Some(json!(now))), "exp", Some(json!(now + 600)));
-    let forged = signed_by(&real_signer(&app), &header, &rebuilt);
+    let forged = signed_by(&real_signer(&app).await, &header, &rebuilt);
     assert_eq!(get_me(&app, &forged).await.status(), 200, "the forging machinery itself must be right");
 }
 
@@ -198,7 +200,7 @@ async fn unsigned_key_confused_tampered_and_foreign_tokens_are_refused_with_401(
     // HS256 keyed with the public key, in every form an attacker can get it.
     let jwks = json_body(app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap()).await;
     let jwk = &jwks["keys"][0];
-    let real = ES256.key_pair_from_pem(real_key_pem(&app)).unwrap();
+    let real = ES256.key_pair_from_pem(real_key_pem(&app).await).unwrap();
     for (what, secret) in [
         ("public PEM", real.to_pem_public_key()),
         ("public DER", real.to_der_public_key()),
@@ -255,7 +257,7 @@ async fn tokens_signed_with_the_real_key_but_wrong_claims_are_refused_with_401()
     let header = decode_part(access, 0);
     let now = unix_now();
     let payload = with(&with(&decode_part(access, 1), "iat", Some(json!(now))), "exp", Some(json!(now + 600)));
-    let signer = real_signer(&app);
+    let signer = real_signer(&app).await;
     let revoked_sid = decode_part(str_of(&revoked, "access_token"), 1)["sid"].clone();
     let others_sid = decode_part(str_of(&other, "access_token"), 1)["sid"].clone();
     let unknown_sid = json!("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
@@ -320,7 +322,7 @@ async fn garbage_and_oversized_tokens_are_refused_with_401_never_500() {
     // A correctly signed token of about 100 KiB: only the size check stands in its way. (Headers are kept under
     // actix's 128 KiB request-head buffer, past which the HTTP codec itself may answer 431; see below.)
     let padded = with(&decode_part(access, 1), "pad", Some(json!("x".repeat(75 * 1024))));
-    let big_signed = signed_by(&real_signer(&app), &header, &padded);
+    let big_signed = signed_by(&real_signer(&app).await, &header, &padded);
     assert!((100 * 1024..120 * 1024).contains(&big_signed.len()), "{}", big_signed.len());
 
     for (what, token) in [

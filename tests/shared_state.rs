@@ -19,7 +19,7 @@ async fn the_per_ip_limit_holds_for_two_instances_together_not_for_each() {
     let settings =
         [("RATE_LIMITS".to_owned(), "on".to_owned()), ("RATE_LIMIT_PER_MINUTE".to_owned(), LIMIT.to_string())];
     let first = BinaryApp::start_with(&settings, |_| {}).await;
-    let second = first.start_beside(&[]).await;
+    let second = first.start_peer(&[]).await;
     let urls = [first.url("/password/forgot"), second.url("/password/forgot")];
     let forgot = |url: &str| first.client.post(url).json(&json!({ "email": unique_email("shared") })).send();
 

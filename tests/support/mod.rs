@@ -233,15 +233,7 @@ impl BinaryApp {
         env.insert("PUBLIC_BASE_URL".to_owned(), format!("http://127.0.0.1:{port}"));
         let metrics_address = format!("http://{}", env["METRICS_BIND_ADDR"]);
         before_start(&env);
-        let child = Command::new(binary())
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the user-management binary should start");
+        let child = spawn_serve(&env);
         let mut app = Self {
             address: format!("http://127.0.0.1:{port}"),
             env,
@@ -259,32 +251,49 @@ impl BinaryApp {
         wait_until_healthy(&mut self.child, &self.client, &self.address).await;
     }
 
-    /// A second `user-management serve` on this app's database and data directory (so the same signing key),
-    /// on a port of its own, with `extra` settings on top of this app's: another instance of one deployment.
-    pub async fn start_beside(&self, extra: &[(&str, &str)]) -> BesideApp {
+    /// A second instance of the binary on this one's database and settings, as a second node behind a load
+    /// balancer: its own port, metrics port and data directory, and the same `PUBLIC_BASE_URL` (the issuer its
+    /// tokens name), with `extra` settings on top of this app's. Started and healthy when this returns; killed when
+    /// dropped.
+    pub async fn start_peer(&self, extra: &[(&str, &str)]) -> PeerApp {
+        let data_dir = tempfile::tempdir().unwrap();
         let mut env = self.env.clone();
         env.extend(extra.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
+        env.insert("DATA_DIR".to_owned(), data_dir.path().display().to_string());
         env.insert("METRICS_BIND_ADDR".to_owned(), format!("127.0.0.1:{}", free_port()));
         let port = free_port();
         env.insert("BIND_ADDR".to_owned(), format!("127.0.0.1:{port}"));
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the user-management binary should start");
-        let address = format!("http://127.0.0.1:{port}");
-        wait_until_healthy(&mut child, &self.client, &address).await;
-        BesideApp { address, child }
+        let child = spawn_serve(&env);
+        let mut peer =
+            PeerApp { address: format!("http://127.0.0.1:{port}"), env, client: client(), child, _data_dir: data_dir };
+        wait_until_healthy(&mut peer.child, &peer.client, &peer.address).await;
+        peer
     }
 
     /// The URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
+}
+
+impl Drop for BinaryApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `user-management serve` with `env`; its standard error reaches the test output.
+fn spawn_serve(env: &HashMap<String, String>) -> Child {
+    Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the user-management binary should start")
 }
 
 /// Waits until the child at `address` answers `/healthz`, failing at once if it exits first.
@@ -305,28 +314,27 @@ async fn wait_until_healthy(child: &mut Child, client: &reqwest::Client, address
     }
 }
 
-/// Another instance beside a [`BinaryApp`] (see [`BinaryApp::start_beside`]); killed when dropped.
-pub struct BesideApp {
+/// A second instance of the binary serving a [`BinaryApp`]'s database ([`BinaryApp::start_peer`]); killed when
+/// dropped.
+pub struct PeerApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// The environment it runs with.
+    pub env: HashMap<String, String>,
+    /// A plain HTTP client.
+    pub client: reqwest::Client,
     child: Child,
+    _data_dir: tempfile::TempDir,
 }
 
-impl BesideApp {
+impl PeerApp {
     /// The URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 }
 
-impl Drop for BesideApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BinaryApp {
+impl Drop for PeerApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

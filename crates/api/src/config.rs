@@ -99,9 +99,10 @@ pub struct Config {
     pub mail_from: String,
     /// `JWT_ALGORITHM`.
     pub jwt_algorithm: String,
-    /// `JWT_PRIVATE_KEY_FILE`.
+    /// `JWT_PRIVATE_KEY_FILE`: the one signing key; without it the keys are kept in the database.
     pub jwt_private_key_file: Option<PathBuf>,
-    /// `DATA_ENCRYPTION_KEY_FILE`: 32 random bytes in base64; when set, TOTP secrets are stored encrypted with it.
+    /// `DATA_ENCRYPTION_KEY_FILE`: 32 random bytes in base64; when set, TOTP secrets and the signing keys kept in the
+    /// database are stored encrypted with it.
     /// Checked at start-up (it must read and decode).
     pub data_encryption_key_file: Option<PathBuf>,
     /// `TRUSTED_PROXIES`: when the TCP peer is inside one of these networks, the client address is taken from

@@ -12,6 +12,7 @@ pub mod mailer;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
+pub mod signing_keys;
 pub mod startup;
 pub mod state;
 pub mod storage;

@@ -1,4 +1,5 @@
-//! The `user-management` binary: `serve` (the default), `migrate`, `create-admin` and `purge`. Only wiring lives here.
+//! The `user-management` binary: `serve` (the default), `migrate`, `create-admin`, `keys` and `purge`. Only wiring
+//! lives here.
 
 use std::io::{BufRead as _, Write as _};
 use std::process::ExitCode;
@@ -33,6 +34,20 @@ enum Command {
     },
     /// Run one housekeeping round (delete what RETENTION lets go) and print what was deleted, per kind.
     Purge,
+    /// Manage the signing keys of access tokens kept in the database (not with JWT_PRIVATE_KEY_FILE).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Store a new signing key; every instance signs with it within 30 s, without a restart. Earlier keys keep
+    /// verifying for ACCESS_TOKEN_TTL after they stop signing.
+    Rotate,
+    /// Print every stored key: kid, state (pending, current, verifying, retired) and dates.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +80,8 @@ fn main() -> ExitCode {
             Command::Migrate => startup::migrate(&config).await,
             Command::CreateAdmin { email } => create_admin(config, &email).await,
             Command::Purge => purge(config).await,
+            Command::Keys { command: KeysCommand::Rotate } => rotate_keys(&config).await,
+            Command::Keys { command: KeysCommand::List } => list_keys(&config).await,
         }
     });
     match result {
@@ -122,4 +139,55 @@ async fn create_admin(config: Config, raw_email: &str) -> anyhow::Result<()> {
     let user = service.create_admin(email, password).await.map_err(anyhow::Error::from)?;
     writeln!(std::io::stdout(), "admin {} is ready (id {})", user.email, user.id).context("writing to stdout")?;
     Ok(())
+}
+
+async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
+    let keys = startup::stored_keys(config).await.context("keys rotate")?;
+    let rotated = keys.rotate().await?;
+    let activates_at = rfc3339(rotated.activates_at)?;
+    writeln!(
+        std::io::stdout(),
+        "new signing key {} signs from {activates_at}; earlier keys keep verifying until ACCESS_TOKEN_TTL after that",
+        rotated.kid
+    )
+    .context("writing to stdout")?;
+    Ok(())
+}
+
+async fn list_keys(config: &Config) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some(kid) = startup::file_key_id(config).context("keys list")? {
+        writeln!(out, "{kid:<43}  {:<9}  from JWT_PRIVATE_KEY_FILE (no keys are kept in the database)", "current")
+            .context("writing to stdout")?;
+        return Ok(());
+    }
+    let keys = startup::stored_keys(config).await.context("keys list")?;
+    writeln!(
+        out,
+        "{:<43}  {:<9}  {:<20}  {:<20}  {:<20}  RETIRES",
+        "KID", "STATE", "CREATED", "ACTIVATES", "STOPPED_SIGNING"
+    )
+    .context("writing to stdout")?;
+    for key in keys.list().await? {
+        let status = &key.status;
+        let optional = |at: Option<time::OffsetDateTime>| at.map_or_else(|| Ok("-".to_owned()), rfc3339);
+        writeln!(
+            out,
+            "{:<43}  {:<9}  {:<20}  {:<20}  {:<20}  {}",
+            status.kid,
+            status.state,
+            rfc3339(key.created_at)?,
+            rfc3339(status.activates_at)?,
+            optional(status.stopped_signing_at)?,
+            optional(status.retires_at)?,
+        )
+        .context("writing to stdout")?;
+    }
+    Ok(())
+}
+
+/// A date as RFC 3339 in UTC, to the second.
+fn rfc3339(at: time::OffsetDateTime) -> anyhow::Result<String> {
+    let at = at.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).context("truncating a date")?;
+    at.format(&time::format_description::well_known::Rfc3339).context("formatting a date")
 }

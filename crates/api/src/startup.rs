@@ -9,7 +9,7 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
-use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec};
+use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec, check_algorithm};
 use users_domain::Service;
 use users_images::ImagePipeline;
 use users_postgres::PgRepository;
@@ -22,7 +22,8 @@ use crate::housekeeping::HousekeepingWorker;
 use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
 use crate::routes::{mount, ops};
-use crate::state::{AppPorts, AppService, AppState};
+use crate::signing_keys::{KeyReloader, SharedKeys};
+use crate::state::{AppPorts, AppService, AppState, Jwks};
 use crate::storage::AppStore;
 use crate::telemetry::observe;
 
@@ -41,22 +42,96 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// # Errors
 /// When the data directory, the key, the database pool or the picture store cannot be set up.
 pub async fn build_service(config: &Config) -> anyhow::Result<AppService> {
+    build_service_and_keys(config).await.map(|(service, _)| service)
+}
+
+/// As [`build_service`], and the signing keys in the database to reload, unless `JWT_PRIVATE_KEY_FILE` is set.
+async fn build_service_and_keys(config: &Config) -> anyhow::Result<(AppService, Option<SharedKeys>)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
     let db = PgRepository::connect(&config.database).await.context("connecting to DATABASE_URL")?;
     let hasher = Argon2Hasher::new(HasherConfig::default()).context("setting up password hashing")?;
-    let tokens = JwtCodec::load_or_generate(&JwtConfig {
+    let sealer = sealer(config)?;
+    let (tokens, shared_keys) = signing_keys(config, &db, &sealer).await?;
+    let objects = AppStore::from_config(config).await?;
+    let otp = TotpCodec::new(sealer);
+    let ports = AppPorts { db, objects, images: ImagePipeline::default(), hasher, tokens, otp };
+    Ok((Service::new(ports, config.service.clone()), shared_keys))
+}
+
+/// The sealer of stored secrets, with the data key of `DATA_ENCRYPTION_KEY_FILE` when it is set.
+fn sealer(config: &Config) -> anyhow::Result<Sealer> {
+    let data_key = config.data_encryption_key_file.as_deref().map(DataKey::from_file).transpose()?;
+    Ok(Sealer::new(data_key))
+}
+
+/// The token codec: the one key of `JWT_PRIVATE_KEY_FILE`, or the keys in the database (the first one created if
+/// there is none yet), with those keys to reload.
+async fn signing_keys(
+    config: &Config,
+    db: &PgRepository,
+    sealer: &Sealer,
+) -> anyhow::Result<(JwtCodec, Option<SharedKeys>)> {
+    let issuer = config.service.public_base_url.clone();
+    let audience = "user-management".to_owned();
+    if config.jwt_private_key_file.is_some() {
+        let codec = JwtCodec::load_or_generate(&JwtConfig {
+            algorithm: config.jwt_algorithm.clone(),
+            private_key_file: config.jwt_private_key_file.clone(),
+            data_dir: config.data_dir.clone(),
+            issuer,
+            audience,
+        })?;
+        return Ok((codec, None));
+    }
+    check_algorithm(&config.jwt_algorithm)?;
+    let keys = shared_keys(config, db.clone(), sealer.clone());
+    keys.ensure_first().await?;
+    let ring = keys.load(None).await.context("loading the signing keys from the database")?;
+    Ok((JwtCodec::with_ring(ring, issuer, audience), Some(keys)))
+}
+
+/// The signing keys stored in the database (`keys rotate`, `keys list`, and the reloading in `serve`).
+#[must_use]
+pub fn shared_keys(config: &Config, db: PgRepository, sealer: Sealer) -> SharedKeys {
+    SharedKeys::new(db, sealer, config.service.access_token_ttl, config.data_dir.clone())
+}
+
+/// The key id of the key in `JWT_PRIVATE_KEY_FILE`, when that is set (for `keys list`).
+///
+/// # Errors
+/// When the file cannot be read or holds no P-256 key.
+pub fn file_key_id(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(file) = &config.jwt_private_key_file else {
+        return Ok(None);
+    };
+    let codec = JwtCodec::load_or_generate(&JwtConfig {
         algorithm: config.jwt_algorithm.clone(),
-        private_key_file: config.jwt_private_key_file.clone(),
+        private_key_file: Some(file.clone()),
         data_dir: config.data_dir.clone(),
         issuer: config.service.public_base_url.clone(),
         audience: "user-management".to_owned(),
     })?;
-    let objects = AppStore::from_config(config).await?;
-    let data_key = config.data_encryption_key_file.as_deref().map(DataKey::from_file).transpose()?;
-    let otp = TotpCodec::new(Sealer::new(data_key));
-    let ports = AppPorts { db, objects, images: ImagePipeline::default(), hasher, tokens, otp };
-    Ok(Service::new(ports, config.service.clone()))
+    Ok(Some(codec.key_id()))
+}
+
+/// The signing keys stored in the database, for the `keys` subcommands: refused when `JWT_PRIVATE_KEY_FILE` is
+/// set, since the key then comes from that file.
+///
+/// # Errors
+/// When `JWT_PRIVATE_KEY_FILE` is set, or the database, the migrations or the data key fail.
+pub async fn stored_keys(config: &Config) -> anyhow::Result<SharedKeys> {
+    if let Some(file) = &config.jwt_private_key_file {
+        anyhow::bail!(
+            "JWT_PRIVATE_KEY_FILE is set ({}): the signing key comes from that file, not from the database; to change \
+             it, replace the file and restart every instance",
+            file.display()
+        );
+    }
+    check_algorithm(&config.jwt_algorithm)?;
+    migrate(config).await?;
+    let db = PgRepository::connect(&config.database).await.context("connecting to DATABASE_URL")?;
+    Ok(shared_keys(config, db, sealer(config)?))
 }
 
 /// A built, bound server, ready to run, with its metrics listener, outbox worker and housekeeping loop.
@@ -66,6 +141,7 @@ pub struct Application {
     metrics: Option<MetricsListener>,
     outbox: OutboxWorker,
     housekeeping: HousekeepingWorker,
+    key_reloader: Option<KeyReloader>,
 }
 
 /// The second HTTP server, serving only `GET /metrics` on `METRICS_BIND_ADDR`, so that metrics never reach the
@@ -109,7 +185,7 @@ impl Application {
         // Install the metrics recorder before the first request, so that request is counted too.
         let _ = crate::telemetry::metrics_handle();
         migrate(&config).await?;
-        let service = build_service(&config).await?;
+        let (service, shared_keys) = build_service_and_keys(&config).await?;
         let mailer = AppMailer::from_config(&config)?;
         if let Some(admin) = &config.bootstrap_admin {
             let user = service
@@ -120,8 +196,8 @@ impl Application {
         }
         let requests = service.clone();
         let db = service.ports().db.clone();
-        let jwks = service.ports().tokens.jwks();
-        let state = AppState::new(service, &config, jwks);
+        let tokens = service.ports().tokens.clone();
+        let state = AppState::new(service, &config, Jwks::Live(tokens.clone()));
         let cors_policy = web::Data::new(crate::edge::CorsPolicy::new(config.cors_allowed_origins.clone()));
         let metrics_listener = config.metrics_bind_addr.map(MetricsListener::bind).transpose()?;
         let listener = TcpListener::bind(config.bind_addr)
@@ -145,7 +221,8 @@ impl Application {
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
         let outbox = OutboxWorker::start(mailer, requests);
         let housekeeping = HousekeepingWorker::start(db, config.retention, config.purge_interval);
-        Ok(Self { server, port, metrics, outbox, housekeeping })
+        let key_reloader = shared_keys.map(|keys| KeyReloader::start(keys, tokens));
+        Ok(Self { server, port, metrics, outbox, housekeeping, key_reloader })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -185,6 +262,9 @@ impl Application {
         // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
         // outbox for the next start.
         self.outbox.stop().await;
+        if let Some(reloader) = self.key_reloader {
+            reloader.stop().await;
+        }
         served
     }
 }

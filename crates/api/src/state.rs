@@ -111,6 +111,39 @@ impl Ports for AppPorts {
 /// The domain service with the production adapters plugged in.
 pub type AppService = Service<AppPorts>;
 
+/// Where `/.well-known/jwks.json` gets its document: a fixed one, or the codec's key ring at each request, because
+/// keys rotate and retire while the server runs.
+#[derive(Debug, Clone)]
+pub enum Jwks {
+    /// The same document every time.
+    Fixed(serde_json::Value),
+    /// The keys of this codec that verify at the time of the request.
+    Live(JwtCodec),
+}
+
+impl Jwks {
+    /// The document to serve now.
+    #[must_use]
+    pub fn document(&self) -> serde_json::Value {
+        match self {
+            Self::Fixed(document) => document.clone(),
+            Self::Live(codec) => codec.jwks(),
+        }
+    }
+}
+
+impl From<serde_json::Value> for Jwks {
+    fn from(document: serde_json::Value) -> Self {
+        Self::Fixed(document)
+    }
+}
+
+impl From<JwtCodec> for Jwks {
+    fn from(codec: JwtCodec) -> Self {
+        Self::Live(codec)
+    }
+}
+
 /// What every handler can reach: the domain service over any adapter set, and the edge's own settings.
 pub struct AppState<P> {
     /// The domain service.
@@ -118,7 +151,7 @@ pub struct AppState<P> {
     /// `PUBLIC_BASE_URL`, for links and picture URLs.
     pub public_base_url: String,
     /// The JWKS document served at `/.well-known/jwks.json`.
-    pub jwks: serde_json::Value,
+    pub jwks: Jwks,
     /// Per-client-IP limits on the routes attackers hammer.
     pub rate_limiter: RateLimiter,
     /// Who the client is, behind the trusted proxies (`TRUSTED_PROXIES`).
@@ -146,12 +179,12 @@ impl<P: Ports> AppState<P> {
     }
 
     /// The state of the routes: the service and the edge settings from `config` (base URL, per-IP limits, upload
-    /// bounds), with `jwks` as the key set to publish.
-    pub fn new(service: Service<P>, config: &Config, jwks: serde_json::Value) -> web::Data<Self> {
+    /// bounds), with `jwks` as the key set to publish (a fixed document or one read from the rotating key ring).
+    pub fn new(service: Service<P>, config: &Config, jwks: impl Into<Jwks>) -> web::Data<Self> {
         web::Data::new(Self {
             service,
             public_base_url: config.service.public_base_url.clone(),
-            jwks,
+            jwks: jwks.into(),
             rate_limiter: RateLimiter::new(config.rate_limits, config.rate_limit_per_minute),
             clients: crate::edge::ClientAddresses::new(config.trusted_proxies.clone()),
             picture_max_bytes: config.picture_max_bytes,

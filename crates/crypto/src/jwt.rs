@@ -1,16 +1,19 @@
-//! Access tokens as ES256 JWTs (RFC 9068 style `at+jwt`), signed and checked with josekit.
+//! Access tokens as ES256 JWTs (RFC 9068 style `at+jwt`), signed and checked with josekit against a [`KeyRing`].
 //!
 //! Verification follows RFC 8725: the size is bounded before any parsing, the signature is checked by a verifier
-//! pinned to ES256 and to this deployment's key (so `alg: none`, HMAC with the public key, other algorithms and
-//! foreign keys all fail), key-carrying headers (`jwk`, `jku`, `x5u`) are never consulted, and only then are the
-//! claims read, each required one checked by hand: josekit's own validator accepts a token without `exp`.
+//! pinned to ES256 and to one of this deployment's keys that still verifies (so `alg: none`, HMAC with the public
+//! key, other algorithms, foreign and retired keys all fail), key-carrying headers (`jwk`, `jku`, `x5u`) are never
+//! consulted, and only then are the claims read, each required one checked by hand: josekit's own validator accepts
+//! a token without `exp`.
+//!
+//! The ring is swapped whole ([`JwtCodec::replace_ring`]) when the keys change; a request reads it once, under a
+//! lock held only long enough to clone an `Arc`, and never waits for storage.
 
+use std::cell::Cell;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use josekit::jwk::alg::ec::EcKeyPair;
-use josekit::jws::alg::ecdsa::{EcdsaJwsSigner, EcdsaJwsVerifier};
-use josekit::jws::{ES256, JwsHeader};
+use josekit::jws::{JwsHeader, JwsVerifier};
 use josekit::jwt::{self, JwtPayload};
 use josekit::{JoseError, Value};
 use time::OffsetDateTime;
@@ -19,7 +22,8 @@ use users_domain::session::{AccessClaims, AccessToken, SessionId};
 use users_domain::user::UserId;
 use uuid::Uuid;
 
-use crate::keys::{self, KeyError, PublicCoordinates};
+use crate::key_ring::{ALGORITHM, KeyRing, SigningKey};
+use crate::keys::{self, KeyError};
 
 /// The `typ` header of access tokens (RFC 9068), which keeps other JWTs signed by the same key (ID tokens, say)
 /// from being accepted as access tokens.
@@ -28,10 +32,7 @@ pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 /// The longest token accepted, in bytes; ours are about 500. Anything longer is refused before it is parsed.
 pub const MAX_TOKEN_LENGTH: usize = 8 * 1024;
 
-/// The only algorithm this codec signs and accepts.
-const ALGORITHM: &str = "ES256";
-
-/// Where the signing key comes from and what the tokens say about their origin.
+/// Where a single signing key comes from and what the tokens say about their origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtConfig {
     /// `JWT_ALGORITHM`; only `ES256` is accepted.
@@ -47,30 +48,29 @@ pub struct JwtConfig {
     pub audience: String,
 }
 
-/// The ES256 [`TokenCodec`]: cheap to clone, all clones share one key.
+/// The ES256 [`TokenCodec`]: cheap to clone, all clones share one key ring.
 #[derive(Clone)]
 pub struct JwtCodec {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    signer: EcdsaJwsSigner,
-    verifier: EcdsaJwsVerifier,
-    kid: String,
+    ring: RwLock<Arc<KeyRing>>,
     issuer: String,
     audience: String,
-    jwks: Value,
     verified: VerifiedTokens,
 }
 
-/// Tokens that passed every check, by the SHA-256 of their exact text, with their claims.
+/// Tokens that passed every check, by the SHA-256 of their exact text, with their claims and the key that signed
+/// them.
 ///
 /// The signature check is the most expensive step of an authenticated request, and a client presents the same
-/// token for its whole lifetime, so a verified token is remembered until it expires. Only the time-dependent check
-/// (`exp`) is repeated on a hit; revocation never depended on the token, it is read from the session row on every
-/// request. Only valid tokens enter, so callers cannot fill it with garbage; its size is bounded all the same.
+/// token for its whole lifetime, so a verified token is remembered until it expires. Only the time-dependent checks
+/// (`exp`, and that its key still verifies) are repeated on a hit; revocation never depended on the token, it is
+/// read from the session row on every request. Only valid tokens enter, so callers cannot fill it with garbage; its
+/// size is bounded all the same.
 #[derive(Default)]
-struct VerifiedTokens(std::sync::Mutex<std::collections::HashMap<[u8; 32], AccessClaims>>);
+struct VerifiedTokens(std::sync::Mutex<std::collections::HashMap<[u8; 32], (AccessClaims, String)>>);
 
 /// How many verified tokens are remembered at most.
 const VERIFIED_TOKENS_MAX: usize = 10_000;
@@ -81,27 +81,29 @@ impl VerifiedTokens {
         sha2::Sha256::digest(token.as_bytes()).into()
     }
 
-    fn get(&self, token: &str, now: OffsetDateTime) -> Option<AccessClaims> {
-        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&Self::key(token)).filter(|claims| claims.expires_at > now).cloned()
+    fn get(&self, token: &str, ring: &KeyRing, now: OffsetDateTime) -> Option<AccessClaims> {
+        let remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&Self::key(token)).cloned();
+        remembered
+            .filter(|(claims, kid)| claims.expires_at > now && ring.verifying_key(kid, now).is_some())
+            .map(|(claims, _)| claims)
     }
 
-    fn insert(&self, token: &str, claims: &AccessClaims, now: OffsetDateTime) {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn insert(&self, token: &str, claims: &AccessClaims, kid: &str, now: OffsetDateTime) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= VERIFIED_TOKENS_MAX {
-            map.retain(|_, cached| cached.expires_at > now);
+            map.retain(|_, (cached, _)| cached.expires_at > now);
             if map.len() >= VERIFIED_TOKENS_MAX {
                 map.clear();
             }
         }
-        map.insert(Self::key(token), claims.clone());
+        map.insert(Self::key(token), (claims.clone(), kid.to_owned()));
     }
 }
 
 impl std::fmt::Debug for JwtCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtCodec")
-            .field("kid", &self.inner.kid)
+            .field("kid", &self.key_id())
             .field("issuer", &self.inner.issuer)
             .field("audience", &self.inner.audience)
             .finish_non_exhaustive()
@@ -110,17 +112,16 @@ impl std::fmt::Debug for JwtCodec {
 
 impl JwtCodec {
     /// Loads the configured key, or the generated one under `data_dir`, generating and saving it (mode 0600) if
-    /// there is none yet. Blocking file I/O: call it at start-up.
+    /// there is none yet: a ring of that one key. Blocking file I/O: call it at start-up.
     ///
     /// # Errors
     /// [`KeyError`] naming `JWT_ALGORITHM`, `JWT_PRIVATE_KEY_FILE` or `DATA_DIR` when the algorithm is not ES256,
     /// the key file is missing or not a P-256 PKCS#8 key, or the data directory cannot hold the generated key.
     pub fn load_or_generate(config: &JwtConfig) -> Result<Self, KeyError> {
-        if config.algorithm != ALGORITHM {
-            return Err(KeyError::UnsupportedAlgorithm { found: config.algorithm.clone() });
-        }
+        check_algorithm(&config.algorithm)?;
         let key = keys::load_or_generate(config.private_key_file.as_deref(), &config.data_dir)?;
-        Self::from_key(&key, config.issuer.clone(), config.audience.clone())
+        let ring = KeyRing::single(SigningKey::from_pair(key)?);
+        Ok(Self::with_ring(ring, config.issuer.clone(), config.audience.clone()))
     }
 
     /// A codec with a fresh P-256 key that lives only in memory: for tests, examples and embedding, where tokens
@@ -129,57 +130,53 @@ impl JwtCodec {
     /// # Errors
     /// [`KeyError::Crypto`] when the key cannot be generated.
     pub fn ephemeral(issuer: &str, audience: &str) -> Result<Self, KeyError> {
-        let key = ES256.generate_key_pair().map_err(KeyError::Crypto)?;
-        Self::from_key(&key, issuer.to_owned(), audience.to_owned())
+        Ok(Self::with_ring(KeyRing::single(SigningKey::generate()?), issuer.to_owned(), audience.to_owned()))
     }
 
-    fn from_key(key: &EcKeyPair, issuer: String, audience: String) -> Result<Self, KeyError> {
-        let coordinates = PublicCoordinates::of(key)?;
-        let kid = coordinates.thumbprint();
-        let signer = ES256.signer_from_der(key.to_der_private_key()).map_err(KeyError::Crypto)?;
-        // No key id on the verifier: josekit would then demand a `kid` header, while ours is optional (and checked
-        // by hand below).
-        let verifier = ES256.verifier_from_der(key.to_der_public_key()).map_err(KeyError::Crypto)?;
-        let jwks = serde_json::json!({
-            "keys": [{
-                "kty": "EC",
-                "crv": "P-256",
-                "x": coordinates.x,
-                "y": coordinates.y,
-                "kid": kid,
-                "use": "sig",
-                "alg": ALGORITHM,
-            }]
-        });
-        Ok(Self {
+    /// A codec signing and verifying with `ring` (the keys stored in the database, say).
+    #[must_use]
+    pub fn with_ring(ring: KeyRing, issuer: String, audience: String) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                signer,
-                verifier,
-                kid,
+                ring: RwLock::new(Arc::new(ring)),
                 issuer,
                 audience,
-                jwks,
                 verified: VerifiedTokens::default(),
             }),
-        })
+        }
     }
 
-    /// The key id (`kid`): the RFC 7638 thumbprint of the public key.
+    /// Replaces the key ring of this codec and all its clones; requests in flight finish with the ring they read.
+    pub fn replace_ring(&self, ring: KeyRing) {
+        *self.inner.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+    }
+
+    /// The key ring in use.
     #[must_use]
-    pub fn key_id(&self) -> &str {
-        &self.inner.kid
+    pub fn ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.inner.ring.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The public key as a JWK set, `{"keys":[{kty, crv, x, y, kid, use, alg}]}`, for a `jwks.json` endpoint.
+    /// The key id (`kid`) of the key signing now: the RFC 7638 thumbprint of its public key.
+    #[must_use]
+    pub fn key_id(&self) -> String {
+        self.ring().signing_key(OffsetDateTime::now_utc()).kid().to_owned()
+    }
+
+    /// The public keys that verify now as a JWK set, `{"keys":[{kty, crv, x, y, kid, use, alg}, ...]}`, for a
+    /// `jwks.json` endpoint.
     #[must_use]
     pub fn jwks(&self) -> Value {
-        self.inner.jwks.clone()
+        self.ring().jwks(OffsetDateTime::now_utc())
     }
 
+    /// Signs with the key current at the token's issue time.
     fn sign(&self, claims: &AccessClaims) -> Result<String, JoseError> {
+        let ring = self.ring();
+        let key = ring.signing_key(claims.issued_at);
         let mut header = JwsHeader::new();
         header.set_token_type(ACCESS_TOKEN_TYPE);
-        header.set_key_id(&self.inner.kid);
+        header.set_key_id(key.kid());
         let mut payload = JwtPayload::new();
         payload.set_issuer(&self.inner.issuer);
         payload.set_audience(vec![self.inner.audience.clone()]);
@@ -190,17 +187,41 @@ impl JwtCodec {
         payload.set_claim("iat", Some(Value::from(claims.issued_at.unix_timestamp())))?;
         payload.set_claim("exp", Some(Value::from(claims.expires_at.unix_timestamp())))?;
         payload.set_jwt_id(claims.token_id.to_string());
-        jwt::encode_with_signer(&payload, &header, &self.inner.signer)
+        jwt::encode_with_signer(&payload, &header, key.signer())
     }
 
-    /// Everything after the signature: the header's type and key id, then each claim. `None` means invalid.
+    /// Checks the signature with the key the `kid` header names, or, for a token without one, with each key that
+    /// verifies (there are at most a few). Returns the payload, the header and the key id that verified it.
+    fn decode(ring: &KeyRing, token: &str, now: OffsetDateTime) -> Option<(JwtPayload, JwsHeader, String)> {
+        let without_kid = Cell::new(false);
+        let selected = jwt::decode_with_verifier_selector(token, |header| {
+            Ok(match header.key_id() {
+                Some(kid) => ring.verifying_key(kid, now).map(|key| key.verifier() as &dyn JwsVerifier),
+                None => {
+                    without_kid.set(true);
+                    None
+                }
+            })
+        });
+        if let Ok((payload, header)) = selected {
+            let kid = header.key_id()?.to_owned();
+            return Some((payload, header, kid));
+        }
+        if !without_kid.get() {
+            return None;
+        }
+        ring.verifying_keys(now).find_map(|key| {
+            jwt::decode_with_verifier(token, key.verifier())
+                .ok()
+                .map(|(payload, header)| (payload, header, key.kid().to_owned()))
+        })
+    }
+
+    /// Everything after the signature: the header's type, then each claim. `None` means invalid.
     fn claims(&self, header: &JwsHeader, payload: &JwtPayload, now: OffsetDateTime) -> Option<AccessClaims> {
         // Media types compare case-insensitively, and RFC 7515 lets `typ` drop the `application/` prefix.
         let typ = header.token_type()?.to_ascii_lowercase();
         if typ != ACCESS_TOKEN_TYPE && typ.strip_prefix("application/") != Some(ACCESS_TOKEN_TYPE) {
-            return None;
-        }
-        if header.key_id().is_some_and(|kid| kid != self.inner.kid) {
             return None;
         }
         let expires_at = numeric_date(payload, "exp")?;
@@ -228,6 +249,14 @@ impl JwtCodec {
     }
 }
 
+/// Refuses every `JWT_ALGORITHM` but ES256.
+///
+/// # Errors
+/// [`KeyError::UnsupportedAlgorithm`] naming `JWT_ALGORITHM`.
+pub fn check_algorithm(algorithm: &str) -> Result<(), KeyError> {
+    if algorithm == ALGORITHM { Ok(()) } else { Err(KeyError::UnsupportedAlgorithm { found: algorithm.to_owned() }) }
+}
+
 /// Reads a NumericDate claim as whole seconds. josekit's getters are not used: they accept fractions and panic on
 /// values too large for a `Duration`, and a token must never be able to panic the server.
 fn numeric_date(payload: &JwtPayload, name: &str) -> Option<OffsetDateTime> {
@@ -249,15 +278,16 @@ impl TokenCodec for JwtCodec {
         if token.len() > MAX_TOKEN_LENGTH {
             return Err(InvalidToken);
         }
-        // josekit requires `alg` to equal the verifier's (ES256), checks the signature with our public key, and
-        // refuses any `crit` header, before it decodes the payload. Nothing here logs: the reasons a token fails
-        // are the attacker's business, not the log's.
-        if let Some(claims) = self.inner.verified.get(token, now) {
+        let ring = self.ring();
+        if let Some(claims) = self.inner.verified.get(token, &ring, now) {
             return Ok(claims);
         }
-        let (payload, header) = jwt::decode_with_verifier(token, &self.inner.verifier).map_err(|_| InvalidToken)?;
+        // josekit requires `alg` to equal the verifier's (ES256), checks the signature with the chosen public key,
+        // and refuses any `crit` header, before it decodes the payload. Nothing here logs: the reasons a token
+        // fails are the attacker's business, not the log's.
+        let (payload, header, kid) = Self::decode(&ring, token, now).ok_or(InvalidToken)?;
         let claims = self.claims(&header, &payload, now).ok_or(InvalidToken)?;
-        self.inner.verified.insert(token, &claims, now);
+        self.inner.verified.insert(token, &claims, &kid, now);
         Ok(claims)
     }
 }
@@ -270,11 +300,14 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use josekit::jwk::KeyPair as _;
-    use josekit::jws::JwsSigner;
+    use josekit::jws::alg::ecdsa::EcdsaJwsSigner;
+    use josekit::jws::{ES256, JwsSigner};
     use serde_json::json;
     use time::Duration;
 
     use super::*;
+    use crate::key_ring::RingKey;
+    use crate::keys::PublicCoordinates;
 
     const ISSUER: &str = "https://users.example.test";
     const AUDIENCE: &str = "user-management";
@@ -318,6 +351,11 @@ mod tests {
         let dir = TempDir::new();
         let codec = JwtCodec::load_or_generate(&config(dir.path())).unwrap();
         (codec, dir)
+    }
+
+    /// The signer of the key `codec` signs with now.
+    fn signer_of(codec: &JwtCodec) -> EcdsaJwsSigner {
+        codec.ring().signing_key(now()).signer().clone()
     }
 
     fn claims() -> AccessClaims {
@@ -442,7 +480,7 @@ mod tests {
     fn hand_built_tokens_with_the_right_key_and_claims_verify() {
         // The baseline for the attack tests below: each of them changes one thing about a token like these.
         let (codec, _dir) = codec();
-        let signer = &codec.inner.signer;
+        let signer = &signer_of(&codec);
         let header = header(&codec);
         let payload = payload();
         for (what, header, payload) in [
@@ -490,7 +528,7 @@ mod tests {
         let token = ours.issue(&claims()).unwrap();
         assert_eq!(theirs.verify(token.expose(), now()), Err(InvalidToken));
         // Even when the foreign signer claims our kid, the signature gives it away.
-        let forged = signed_by(&theirs.inner.signer, &header(&ours), &payload());
+        let forged = signed_by(&signer_of(&theirs), &header(&ours), &payload());
         assert_invalid(&ours, &forged, "a token signed by another key under our kid");
     }
 
@@ -652,7 +690,7 @@ mod tests {
     fn signed_tokens_with_bad_claims_are_refused() {
         // Signed with our own key, so only the claim checks stand between these and acceptance.
         let (codec, _dir) = codec();
-        let signer = &codec.inner.signer;
+        let signer = &signer_of(&codec);
         let payload = payload();
         let now = now().unix_timestamp();
         for (what, payload) in [
@@ -689,7 +727,7 @@ mod tests {
     #[test]
     fn signed_tokens_with_bad_headers_are_refused() {
         let (codec, _dir) = codec();
-        let signer = &codec.inner.signer;
+        let signer = &signer_of(&codec);
         let header = header(&codec);
         for (what, header) in [
             ("typ JWT", with(&header, "typ", Some(json!("JWT")))),
@@ -750,7 +788,7 @@ mod tests {
     #[test]
     fn oversized_tokens_are_refused_before_parsing() {
         let (codec, _dir) = codec();
-        let signer = &codec.inner.signer;
+        let signer = &signer_of(&codec);
         // A padding claim makes otherwise valid, correctly signed tokens of a chosen size.
         let padded =
             |bytes: usize| signed_by(signer, &header(&codec), &with(&payload(), "pad", Some(json!("x".repeat(bytes)))));
@@ -761,5 +799,121 @@ mod tests {
         assert!(oversized.len() > 100 * 1024);
         assert_invalid(&codec, &oversized, "a 100 KiB token");
         assert_invalid(&codec, &"a".repeat(100 * 1024), "100 KiB of garbage");
+    }
+    /// How long a key keeps verifying after it stopped signing, in the rotation tests.
+    const GRACE: Duration = Duration::minutes(15);
+
+    /// A codec over three keys: `old` activated an hour ago and stopped signing five minutes ago (so it retires in
+    /// ten minutes), `current` signing since then, and `next`, pending for another 15 seconds.
+    fn rotated() -> (JwtCodec, [Arc<SigningKey>; 3]) {
+        let keys = [(), (), ()].map(|()| Arc::new(SigningKey::generate().unwrap()));
+        let activations = [now() - Duration::hours(1), now() - Duration::minutes(5), now() + Duration::seconds(15)];
+        let ring_keys =
+            keys.iter().zip(activations).map(|(key, activates_at)| RingKey { key: Arc::clone(key), activates_at });
+        let ring = KeyRing::new(ring_keys.collect(), GRACE).unwrap();
+        (JwtCodec::with_ring(ring, ISSUER.to_owned(), AUDIENCE.to_owned()), keys)
+    }
+
+    /// A valid token signed by `key` under its kid (or none), expiring in two hours: longer than any grace, so only
+    /// the key's state decides.
+    fn long_lived_token(key: &SigningKey, with_kid: bool) -> String {
+        let kid = if with_kid { Some(json!(key.kid())) } else { None };
+        let header = with(&json!({ "alg": "ES256", "typ": "at+jwt" }), "kid", kid);
+        let payload = with(&payload(), "exp", Some(json!((now() + Duration::hours(2)).unix_timestamp())));
+        signed_by(key.signer(), &header, &payload)
+    }
+
+    fn kids(jwks: &Value) -> Vec<String> {
+        jwks["keys"].as_array().unwrap().iter().map(|jwk| jwk["kid"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn tokens_are_signed_with_the_key_current_at_their_issue_time() {
+        let (codec, [old, current, next]) = rotated();
+        let kid_of = |issued_at: OffsetDateTime| {
+            let claims = AccessClaims { issued_at, expires_at: issued_at + Duration::minutes(15), ..claims() };
+            let token = codec.issue(&claims).unwrap();
+            assert_eq!(codec.verify(token.expose(), issued_at), Ok(claims), "our own token verifies");
+            decode_part(token.expose(), 0)["kid"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(kid_of(now() - Duration::minutes(30)), old.kid());
+        assert_eq!(kid_of(now()), current.kid());
+        assert_eq!(kid_of(now() + Duration::seconds(14)), current.kid(), "a pending key does not sign yet");
+        assert_eq!(kid_of(now() + Duration::seconds(15)), next.kid());
+    }
+
+    #[test]
+    fn a_token_of_an_earlier_key_verifies_until_its_retirement_and_not_after() {
+        let (codec, [old, _, _]) = rotated();
+        let retirement = now() + Duration::minutes(10);
+        for with_kid in [true, false] {
+            let token = long_lived_token(&old, with_kid);
+            assert!(codec.verify(&token, now()).is_ok(), "kid {with_kid}: verifies while the key is verifying");
+            assert!(codec.verify(&token, retirement - Duration::seconds(1)).is_ok(), "kid {with_kid}: remembered");
+            // The remembered answer does not outlive the key.
+            assert_eq!(codec.verify(&token, retirement), Err(InvalidToken), "kid {with_kid}: retired");
+            // Nor does a fresh check.
+            let fresh = long_lived_token(&old, with_kid);
+            assert_eq!(codec.verify(&fresh, retirement + Duration::seconds(1)), Err(InvalidToken));
+        }
+    }
+
+    #[test]
+    fn a_pending_key_already_verifies() {
+        // Another instance may have reached the activation time a moment before this one.
+        let (codec, [_, _, next]) = rotated();
+        assert!(codec.verify(&long_lived_token(&next, true), now()).is_ok());
+    }
+
+    #[test]
+    fn the_jwks_lists_exactly_the_keys_that_are_not_retired() {
+        let (codec, [old, current, next]) = rotated();
+        let ring = codec.ring();
+        assert_eq!(kids(&ring.jwks(now())), [old.kid(), current.kid(), next.kid()]);
+        assert_eq!(kids(&ring.jwks(now() + Duration::minutes(10))), [current.kid(), next.kid()]);
+        // Once `next` has signed for the grace period, `current` retires too.
+        let later = now() + Duration::seconds(15) + GRACE;
+        assert_eq!(kids(&ring.jwks(later)), [next.kid()]);
+        for jwk in ring.jwks(now())["keys"].as_array().unwrap() {
+            assert!(jwk.get("d").is_none(), "no private part is published: {jwk}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_retired_kid_is_refused() {
+        let (codec, [old, current, _]) = rotated();
+        let stranger = SigningKey::generate().unwrap();
+        assert_invalid(&codec, &long_lived_token(&stranger, true), "a key the ring does not hold");
+        assert_invalid(&codec, &long_lived_token(&stranger, false), "a foreign key without kid");
+        let header = json!({ "alg": "ES256", "typ": "at+jwt", "kid": "no-such-key" });
+        assert_invalid(&codec, &signed_by(current.signer(), &header, &payload()), "our key under an unknown kid");
+        // The current key's signature under the old key's kid: the kid picks the verifier, which refuses it.
+        let header = json!({ "alg": "ES256", "typ": "at+jwt", "kid": old.kid() });
+        assert_invalid(&codec, &signed_by(current.signer(), &header, &payload()), "a signature under another kid");
+        let retired = long_lived_token(&old, true);
+        assert_eq!(codec.verify(&retired, now() + Duration::minutes(11)), Err(InvalidToken));
+    }
+
+    #[test]
+    fn a_replaced_ring_takes_over_in_every_clone_and_keeps_the_keys_it_still_holds() {
+        let first = Arc::new(SigningKey::generate().unwrap());
+        let ring = |keys: Vec<RingKey>| KeyRing::new(keys, GRACE).unwrap();
+        let codec = JwtCodec::with_ring(
+            ring(vec![RingKey { key: Arc::clone(&first), activates_at: now() - Duration::hours(1) }]),
+            ISSUER.to_owned(),
+            AUDIENCE.to_owned(),
+        );
+        let clone = codec.clone();
+        let before = codec.issue(&claims()).unwrap();
+        let second = Arc::new(SigningKey::generate().unwrap());
+        codec.replace_ring(ring(vec![
+            RingKey { key: Arc::clone(&first), activates_at: now() - Duration::hours(1) },
+            RingKey { key: Arc::clone(&second), activates_at: now() - Duration::seconds(1) },
+        ]));
+        let after = clone.issue(&claims()).unwrap();
+        assert_eq!(decode_part(after.expose(), 0)["kid"], second.kid());
+        assert!(clone.verify(before.expose(), now()).is_ok(), "the earlier key still verifies");
+        assert!(codec.verify(after.expose(), now()).is_ok());
+        assert!(KeyRing::new(Vec::new(), GRACE).is_err(), "a ring needs a key");
     }
 }

@@ -1,9 +1,11 @@
-//! The ES256 signing key: loading it, generating and persisting it, and naming it (`kid`).
+//! A single ES256 signing key in a file: loading it, generating and persisting it, and naming it (`kid`).
 //!
-//! A deployment signs with exactly one P-256 key. It comes from `JWT_PRIVATE_KEY_FILE` when that is set; otherwise
-//! from `DATA_DIR/jwt-es256.pem`, generated on first start. Generation writes a temporary file with mode 0600 and
-//! then publishes it under the final name in one atomic step, so a crash never leaves half a key and two instances
-//! starting together on one data directory end up with the same key.
+//! [`JwtCodec::load_or_generate`](crate::JwtCodec::load_or_generate) signs with one P-256 key: `JWT_PRIVATE_KEY_FILE`
+//! when that is set, otherwise `DATA_DIR/jwt-es256.pem`, generated on first use. (The service itself keeps its keys
+//! in the database unless the file is set, and reads `DATA_DIR/jwt-es256.pem` only to import the key earlier
+//! versions generated there.) Generation writes a temporary file with mode 0600 and then publishes it under the
+//! final name in one atomic step, so a crash never leaves half a key and two processes generating together on one
+//! data directory end up with the same key.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -73,6 +75,27 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
+    /// A private key stored in the database does not open: encrypted under another data key, or with none
+    /// configured.
+    #[error("signing key {kid} stored in the database cannot be opened (check DATA_ENCRYPTION_KEY_FILE): {source}")]
+    StoredKeySealed {
+        /// The key id of the row.
+        kid: String,
+        /// Why it does not open.
+        #[source]
+        source: crate::DataKeyError,
+    },
+    /// A private key stored in the database opened but is not the key its row names.
+    #[error("signing key {kid} stored in the database is unusable: {reason}")]
+    StoredKeyInvalid {
+        /// The key id of the row.
+        kid: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key ring was asked for without any key.
+    #[error("there is no signing key")]
+    NoSigningKey,
     /// OpenSSL failed to generate or use the key.
     #[error("ES256 key operation failed")]
     Crypto(#[source] JoseError),
@@ -108,7 +131,7 @@ pub(crate) fn load_or_generate(private_key_file: Option<&Path>, data_dir: &Path)
 }
 
 /// Reads and parses the generated key; `Ok(None)` when it does not exist yet.
-fn read_generated(path: &Path) -> Result<Option<EcKeyPair>, KeyError> {
+pub(crate) fn read_generated(path: &Path) -> Result<Option<EcKeyPair>, KeyError> {
     match fs::read(path) {
         Ok(pem) => parse_p256_pkcs8(&pem)
             .map(Some)

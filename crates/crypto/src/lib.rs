@@ -4,8 +4,10 @@
 //! [`Argon2Hasher`] implements the domain's [`PasswordHasher`](users_domain::ports::PasswordHasher) port with
 //! argon2id (m=19456 KiB, t=2, p=1), running every hash and verify on tokio's blocking pool behind a semaphore so
 //! that a login storm queues and then sheds load instead of starving the runtime. [`JwtCodec`] implements the
-//! [`TokenCodec`](users_domain::ports::TokenCodec) port with ES256 JWTs signed by one P-256 key, either configured
-//! (`JWT_PRIVATE_KEY_FILE`) or generated once under `DATA_DIR`, and publishes that key as a JWK set.
+//! [`TokenCodec`](users_domain::ports::TokenCodec) port with ES256 JWTs signed and checked against a [`KeyRing`]: one
+//! P-256 key configured (`JWT_PRIVATE_KEY_FILE`), or several stored elsewhere (the service keeps them in the
+//! database) with activation times, so keys rotate without a restart. It publishes the keys that still verify as a
+//! JWK set. The ring can be replaced while the codec is in use; [`SigningKey`] seals a private key for storage.
 //!
 //! [`TotpCodec`] implements [`OneTimePasswords`](users_domain::ports::OneTimePasswords) (RFC 6238), sealing
 //! secrets with a [`Sealer`]: encrypted with ChaCha20-Poly1305 under a [`DataKey`] (`DATA_ENCRYPTION_KEY_FILE`)
@@ -38,12 +40,14 @@
 
 mod data_key;
 mod jwt;
+mod key_ring;
 mod keys;
 mod password;
 mod totp;
 
 pub use data_key::{DataKey, DataKeyError, Sealer};
-pub use jwt::{ACCESS_TOKEN_TYPE, JwtCodec, JwtConfig, MAX_TOKEN_LENGTH};
+pub use jwt::{ACCESS_TOKEN_TYPE, JwtCodec, JwtConfig, MAX_TOKEN_LENGTH, check_algorithm};
+pub use key_ring::{KeyRing, KeyState, KeyStatus, RingKey, SIGNING_KEY_PURPOSE, SigningKey, schedule};
 pub use keys::{GENERATED_KEY_FILE, KeyError};
 pub use password::{Argon2Hasher, HasherConfig, HasherError, ITERATIONS, MEMORY_KIB, PARALLELISM};
 pub use totp::{DIGITS, SECRET_BYTES, STEP_SECONDS, TotpCodec};

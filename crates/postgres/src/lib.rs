@@ -7,9 +7,11 @@
 //! [`SecondFactorStore`](users_domain::ports::SecondFactorStore) and
 //! [`PictureRecords`](users_domain::ports::PictureRecords), one module per port, and the edge's
 //! [`RequestCounter`](users_domain::ports::RequestCounter) (per-address rate limits shared by every instance).
-//! [`PgRepository::purge`] is housekeeping: deleting what nothing needs any more, one instance at a time. It also
-//! owns the embedded migrations of `migrations/` ([`run_migrations`]). Every connection, the pool's and the migrations', honours the
-//! connection string's `sslmode` and `sslrootcert` with a rustls connector (`tls`).
+//! [`PgRepository::purge`] is housekeeping: deleting what nothing needs any more, one instance at a time. Outside
+//! the domain's ports, it keeps the signing keys of access tokens ([`StoredSigningKey`]), so that every instance on
+//! one database signs and verifies with the same keys. It also owns the embedded migrations of `migrations/`
+//! ([`run_migrations`]). Every connection, the pool's and the migrations', honours the connection string's `sslmode`
+//! and `sslrootcert` with a rustls connector (`tls`).
 //!
 //! The adapter decides nothing. The domain works out every value of a change (roles, which tokens die, which
 //! sessions end, which mails go out) and the preconditions it decided under; the adapter stores and reads rows,
@@ -30,6 +32,7 @@ mod schema;
 mod second_factor;
 mod sessions;
 mod setup;
+mod signing_keys;
 mod throttle;
 mod tls;
 mod users;
@@ -37,3 +40,4 @@ mod users;
 pub use housekeeping::{DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged};
 pub use repository::PgRepository;
 pub use setup::{PgConfig, PgSetupError, run_migrations};
+pub use signing_keys::StoredSigningKey;

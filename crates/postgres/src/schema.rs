@@ -181,3 +181,13 @@ diesel::table! {
         claimed_until -> Timestamptz,
     }
 }
+
+diesel::table! {
+    signing_keys (kid) {
+        kid -> Text,
+        algorithm -> Text,
+        private_key -> Bytea,
+        created_at -> Timestamptz,
+        activates_at -> Timestamptz,
+    }
+}

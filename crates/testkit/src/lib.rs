@@ -128,6 +128,23 @@ impl TestDatabase {
             .unwrap_or_else(|error| panic!("test query failed: {sql}: {error}"));
         rows.into_iter().next().map(|row| row.n).unwrap_or_else(|| panic!("test query returned no row: {sql}"))
     }
+
+    /// Runs a query whose first row has a `text` column named `value` (`SELECT kid AS value ...`) and returns it.
+    ///
+    /// # Panics
+    /// When the query fails or returns no row.
+    pub async fn text(&self, sql: &str) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Text {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let mut connection = connect(&self.url).await;
+        let rows: Vec<Text> = diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("test query failed: {sql}: {error}"));
+        rows.into_iter().next().map(|row| row.value).unwrap_or_else(|| panic!("test query returned no row: {sql}"))
+    }
 }
 
 impl TestDatabase {

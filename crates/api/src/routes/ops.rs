@@ -59,5 +59,5 @@ pub async fn metrics() -> HttpResponse {
 /// The public keys that verify access tokens (JWKS).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations", responses((status = 200, content_type = "application/json", body = Object)))]
 pub async fn jwks<P: Ports>(state: web::Data<AppState<P>>) -> HttpResponse {
-    HttpResponse::Ok().insert_header(("Cache-Control", "public, max-age=300")).json(&state.jwks)
+    HttpResponse::Ok().insert_header(("Cache-Control", "public, max-age=300")).json(state.jwks.document())
 }

@@ -25,6 +25,7 @@ mod rate_limits;
 mod requests;
 mod second_factor;
 mod sessions;
+mod signing_keys;
 mod support;
 mod throttle;
 mod user_updates;

@@ -12,7 +12,7 @@ use users_testkit::TestDatabase;
 use crate::support::{account, new_user, repository};
 
 /// The tables the migrations create.
-const TABLES: i64 = 12;
+const TABLES: i64 = 13;
 
 async fn table_count(url: &str) -> i64 {
     #[derive(QueryableByName)]
@@ -25,7 +25,7 @@ async fn table_count(url: &str) -> i64 {
                  WHERE table_schema = 'public' AND table_name IN \
                  ('users', 'sessions', 'refresh_tokens', 'email_tokens', 'login_attempts', 'mail_outbox', \
                   'pictures', 'picture_variants', 'totp_secrets', 'recovery_codes', 'mfa_challenges', \
-                  'rate_limit_windows')";
+                  'rate_limit_windows', 'signing_keys')";
     let row: Count = diesel::sql_query(query).get_result(&mut connection).await.unwrap();
     row.count
 }
