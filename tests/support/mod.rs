@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub mod garage;
 pub mod maildev;
 pub mod raw;
+pub mod topology;
 
 use serde_json::{Value, json};
 use users_api::config::Config;
@@ -232,15 +233,7 @@ impl BinaryApp {
         env.insert("PUBLIC_BASE_URL".to_owned(), format!("http://127.0.0.1:{port}"));
         let metrics_address = format!("http://{}", env["METRICS_BIND_ADDR"]);
         before_start(&env);
-        let child = Command::new(binary())
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the user-management binary should start");
+        let child = spawn_serve(&env);
         let mut app = Self {
             address: format!("http://127.0.0.1:{port}"),
             env,
@@ -255,20 +248,7 @@ impl BinaryApp {
     }
 
     async fn wait_until_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
-            }
-            if let Ok(response) = self.client.get(format!("{}/healthz", self.address)).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_healthy(&mut self.child, &self.client, &self.address).await;
     }
 
     /// The URL of a path.
@@ -281,6 +261,37 @@ impl Drop for BinaryApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts `user-management serve` with exactly `env` (and `PATH`); its standard error goes to the test's.
+fn spawn_serve(env: &HashMap<String, String>) -> Child {
+    Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the user-management binary should start")
+}
+
+/// Waits until the server `child` answers `/healthz` at `address`, failing at once if it exits first.
+async fn wait_until_healthy(child: &mut Child, client: &reqwest::Client, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // A child that exited (a port taken, a bad setting) must not let another server's answer pass for its own.
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("user-management serve exited with {status} before answering /healthz (its stderr is above)");
+        }
+        if let Ok(response) = client.get(format!("{address}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "user-management did not answer /healthz within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

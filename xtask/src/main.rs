@@ -17,6 +17,7 @@ mod bench;
 mod garage;
 mod http;
 mod maildev;
+mod nginx;
 mod postgres;
 mod process;
 mod run;

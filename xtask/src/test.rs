@@ -27,6 +27,8 @@ struct Prepared {
     garage_bin: PathBuf,
     /// The `maildev` executable.
     maildev_bin: PathBuf,
+    /// The `nginx` executable, for the tests that put a reverse proxy in front of several instances.
+    nginx_bin: PathBuf,
     /// The `schemathesis` executable, when the run fuzzes the server.
     schemathesis_bin: Option<PathBuf>,
 }
@@ -170,6 +172,7 @@ impl Test {
             ("UM_TEST_GARAGE_BIN", prepared.garage_bin.display().to_string()),
             ("UM_TEST_GARAGE_CONFIG", garage_config.display().to_string()),
             ("UM_TEST_MAILDEV_BIN", prepared.maildev_bin.display().to_string()),
+            ("UM_TEST_NGINX_BIN", prepared.nginx_bin.display().to_string()),
             ("USER_MANAGEMENT_BIN", binary.display().to_string()),
         ];
         ui::step(&format!("Running `{}` with", process::describe(&test)));
@@ -212,8 +215,9 @@ fn prepare(fuzz: bool) -> Result<Prepared> {
     };
     let garage_bin = garage::ensure_installed()?;
     let maildev_bin = maildev::ensure_installed()?;
+    let nginx_bin = crate::nginx::ensure_installed()?;
     let schemathesis_bin = if fuzz { Some(crate::schemathesis::ensure_installed()?) } else { None };
-    Ok(Prepared { database_url, garage_bin, maildev_bin, schemathesis_bin })
+    Ok(Prepared { database_url, garage_bin, maildev_bin, nginx_bin, schemathesis_bin })
 }
 
 /// A shared lock on `$TMPDIR/user-management-xtask-test.lock`, held until the run ends, so concurrent runs of

@@ -140,7 +140,7 @@ impl Application {
         .context("starting the HTTP server")?
         .run();
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
-        let outbox = OutboxWorker::start(mailer, requests);
+        let outbox = OutboxWorker::start(mailer, requests, config.mail_lease);
         Ok(Self { server, port, metrics, outbox })
     }
 
