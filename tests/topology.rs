@@ -106,8 +106,10 @@ async fn assert_one_mail_each(topology: &Topology, maildev: &MailDev, tag: &str,
     for email in emails {
         maildev.wait_for(email, 1).await;
     }
-    let sent = topology.db.count_eventually("SELECT count(*) AS n FROM mail_outbox WHERE status = 'sent'", 30).await;
-    assert_eq!(sent, i64::try_from(emails.len()).unwrap(), "every queued mail is marked sent");
+    let queued = i64::try_from(emails.len()).unwrap();
+    let sent =
+        topology.db.count_eventually("SELECT count(*) AS n FROM mail_outbox WHERE status = 'sent'", queued).await;
+    assert_eq!(sent, queued, "every queued mail is marked sent");
     let unsent = topology.db.count("SELECT count(*) AS n FROM mail_outbox WHERE status <> 'sent'").await;
     assert_eq!(unsent, 0, "no mail is left pending or dead");
     let mut received = recipients_tagged(maildev, tag).await;

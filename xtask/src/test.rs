@@ -11,9 +11,10 @@ use crate::maildev::{self, MailDev};
 use crate::process::{self, Service};
 use crate::{http, postgres, ui};
 
-/// Starts Postgres, Garage and MailDev, builds the server binary, runs `cargo test --workspace --all-targets` with
-/// the `UM_TEST_*` variables pointing at the services, runs the schemathesis step when the whole suite was asked
-/// for and passed, and stops the services again.
+/// Starts Postgres, Garage and MailDev, installs nginx when it is missing (the topology tests start their own),
+/// builds the server binary, runs `cargo test --workspace --all-targets` with the `UM_TEST_*` variables pointing at
+/// the services, runs the schemathesis step when the whole suite was asked for and passed, and stops the services
+/// again.
 pub struct Test {
     /// Extra arguments for `cargo test`, such as `-p users-domain` or `-- --nocapture`.
     cargo_args: Vec<String>,
