@@ -161,3 +161,196 @@ impl Drop for PrivateGarage {
         self.stop();
     }
 }
+
+/// One node of a [`GarageCluster`].
+struct ClusterNode {
+    config: PathBuf,
+    s3_port: u16,
+    admin_port: u16,
+    child: Option<Child>,
+}
+
+/// Three Garage nodes of the test's own, one zone each, storing every object on all three (replication factor 3,
+/// zone redundancy at its maximum) with quorum reads and writes, so that any one node may be down while reads
+/// and writes go on. A node can be stopped and started again; all are stopped on drop.
+pub struct GarageCluster {
+    /// The bucket and key; the endpoint is the first node's.
+    pub settings: S3Settings,
+    binary: PathBuf,
+    nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl GarageCluster {
+    /// Starts the three nodes, connects them, applies a layout, creates the key and the bucket, and waits until
+    /// every node answers S3.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let rpc_secret = uuid::Uuid::new_v4().simple().to_string().repeat(2);
+        let admin_token = uuid::Uuid::new_v4().simple().to_string();
+        let nodes: Vec<ClusterNode> = (0..3)
+            .map(|index| {
+                let node_dir = dir.path().join(format!("node{index}"));
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let (s3_port, rpc_port, admin_port) = (crate::free_port(), crate::free_port(), crate::free_port());
+                let config = node_dir.join("garage.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
+                         replication_factor = 3\nconsistency_mode = \"consistent\"\n\
+                         rpc_bind_addr = \"127.0.0.1:{rpc_port}\"\nrpc_public_addr = \"127.0.0.1:{rpc_port}\"\n\
+                         rpc_secret = \"{rpc_secret}\"\n[s3_api]\ns3_region = \"garage\"\n\
+                         api_bind_addr = \"127.0.0.1:{s3_port}\"\nroot_domain = \".s3.garage.localhost\"\n\
+                         [admin]\napi_bind_addr = \"127.0.0.1:{admin_port}\"\nadmin_token = \"{admin_token}\"\n",
+                        meta = node_dir.join("meta").display(),
+                        data = node_dir.join("data").display(),
+                    ),
+                )
+                .unwrap();
+                ClusterNode { config, s3_port, admin_port, child: None }
+            })
+            .collect();
+        let settings = S3Settings {
+            endpoint: format!("http://127.0.0.1:{}", nodes[0].s3_port),
+            region: "garage".to_owned(),
+            bucket: "cluster-pictures".to_owned(),
+            access_key: format!("GK{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
+            secret_key: uuid::Uuid::new_v4().simple().to_string().repeat(2),
+        };
+        let mut this = Self { settings, binary: PathBuf::from(env("UM_TEST_GARAGE_BIN")), nodes, _dir: dir };
+        for index in 0..3 {
+            this.spawn(index);
+        }
+        this.wait_until_listening().await;
+        this.form_cluster().await;
+        this
+    }
+
+    /// The S3 ports of the three nodes.
+    pub fn s3_ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|node| node.s3_port).collect()
+    }
+
+    /// The same bucket and key, through node `index`'s own S3 endpoint.
+    pub fn node_settings(&self, index: usize) -> S3Settings {
+        S3Settings { endpoint: format!("http://127.0.0.1:{}", self.nodes[index].s3_port), ..self.settings.clone() }
+    }
+
+    /// Runs the `garage` CLI against node 0 and returns its standard output, failing the test when it fails.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.binary).arg("-c").arg(&self.nodes[0].config).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "garage {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// `<node id>@<rpc address>` of node `index`, asked of that node's own configuration.
+    fn node_id(&self, index: usize) -> String {
+        let output = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.nodes[index].config)
+            .args(["node", "id", "-q"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "garage node id: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Connects the nodes, gives each its own zone and a capacity, asks for the maximum zone redundancy (a copy in
+    /// each zone), applies the layout, and creates the key and the bucket.
+    async fn form_cluster(&self) {
+        let ids: Vec<String> = (0..3).map(|index| self.node_id(index)).collect();
+        for id in &ids[1..] {
+            self.cli(&["node", "connect", id]);
+        }
+        for (index, id) in ids.iter().enumerate() {
+            let short = id.split('@').next().unwrap();
+            self.cli(&["layout", "assign", "-z", &format!("dc{index}"), "-c", "100M", short]);
+        }
+        self.cli(&["layout", "config", "-r", "max"]);
+        self.cli(&["layout", "apply", "--version", "1"]);
+        self.wait_until_healthy().await;
+        self.cli(&["key", "import", "--yes", "-n", "pictures", &self.settings.access_key, &self.settings.secret_key]);
+        self.cli(&["bucket", "create", &self.settings.bucket]);
+        self.cli(&["bucket", "allow", "--read", "--write", &self.settings.bucket, "--key", &self.settings.access_key]);
+    }
+
+    /// Waits until every node's admin API accepts connections: by then it has made its node key and can be
+    /// named and connected to (its health waits for a layout, which needs all three).
+    async fn wait_until_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            while TcpStream::connect(("127.0.0.1", node.admin_port)).is_err() {
+                assert!(Instant::now() < deadline, "a Garage node did not open its admin API within 30 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Waits until the admin `/health` of every running node answers 200 (quorum available) and its S3 port
+    /// accepts connections.
+    async fn wait_until_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut all = true;
+            for node in self.nodes.iter().filter(|node| node.child.is_some()) {
+                let health = format!("http://127.0.0.1:{}/health", node.admin_port);
+                let up = reqwest::get(&health).await.is_ok_and(|r| r.status().is_success());
+                all &= up && TcpStream::connect(("127.0.0.1", node.s3_port)).is_ok();
+            }
+            if all {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Garage cluster did not become healthy within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.nodes[index].config)
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Garage should start (UM_TEST_GARAGE_BIN)");
+        self.nodes[index].child = Some(child);
+    }
+
+    /// Stops node `index` (SIGKILL: a node that fails, not one that is shut down) and waits until its S3 port
+    /// refuses connections.
+    pub fn stop(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.nodes[index].s3_port)).is_ok() {
+            assert!(Instant::now() < deadline, "Garage node {index} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `index` again with its data and waits until the cluster is healthy again.
+    pub async fn resume(&mut self, index: usize) {
+        self.spawn(index);
+        self.wait_until_healthy().await;
+    }
+}
+
+impl Drop for GarageCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

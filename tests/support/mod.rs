@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub mod garage;
 pub mod maildev;
 pub mod raw;
+pub mod topology;
 pub mod totp;
 
 use serde_json::{Value, json};
@@ -283,7 +284,7 @@ impl Drop for BinaryApp {
     }
 }
 
-/// Starts `user-management serve` with `env`; its standard error reaches the test output.
+/// Starts `user-management serve` with exactly `env` (and `PATH`); its standard error goes to the test's.
 fn spawn_serve(env: &HashMap<String, String>) -> Child {
     Command::new(binary())
         .arg("serve")
@@ -296,7 +297,7 @@ fn spawn_serve(env: &HashMap<String, String>) -> Child {
         .expect("the user-management binary should start")
 }
 
-/// Waits until the child at `address` answers `/healthz`, failing at once if it exits first.
+/// Waits until the server `child` answers `/healthz` at `address`, failing at once if it exits first.
 async fn wait_until_healthy(child: &mut Child, client: &reqwest::Client, address: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

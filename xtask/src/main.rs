@@ -17,6 +17,7 @@ mod bench;
 mod garage;
 mod http;
 mod maildev;
+mod nginx;
 mod postgres;
 mod process;
 mod run;
@@ -41,7 +42,8 @@ Usage: cargo xtask <COMMAND> [ARGS]
 Commands:
   run           Ensure Postgres and the `user_management` database, then run the server
                 (`cargo run --release -p users-api -- serve`) and print the docs URL
-  test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports and run
+  test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports (and install nginx
+                for the tests that start their own) and run
                 `cargo test --workspace --all-targets [ARGS]` against them; without ARGS, then
                 fuzz the debug server from its OpenAPI document with schemathesis
   schemathesis [--max-examples N] [--server-bin PATH]
@@ -52,10 +54,11 @@ Commands:
         [--soak-minutes M]
                 Build the release server, seed `um_bench_<N>` (default 1000 users), start the
                 server and load it; scenarios: idle me user-by-id search login login-mfa
-                argon2 refresh storm upload (default: all of these) and soak (only when named:
+                argon2 refresh storm proxy upload (default: all of these) and soak (only when named:
                 GET /me for M minutes, default 10, with the server's memory sampled); login-mfa
                 is POST /login then POST /login/mfa with a TOTP code, as seeded users from
-                user101 on whose TOTP it turns on for the run; defaults 3 s warm-up + 10 s
+                user101 on whose TOTP it turns on for the run; proxy is me and login through
+                nginx in front of two instances; defaults 3 s warm-up + 10 s
                 measured; prints a table and writes it as JSON to
                 target/bench/<timestamp>.json. `--fresh` reseeds the database; `--server-bin`
                 measures a binary built elsewhere

@@ -11,9 +11,10 @@ use crate::maildev::{self, MailDev};
 use crate::process::{self, Service};
 use crate::{http, postgres, ui};
 
-/// Starts Postgres, Garage and MailDev, builds the server binary, runs `cargo test --workspace --all-targets` with
-/// the `UM_TEST_*` variables pointing at the services, runs the schemathesis step when the whole suite was asked
-/// for and passed, and stops the services again.
+/// Starts Postgres, Garage and MailDev, installs nginx when it is missing (the topology tests start their own),
+/// builds the server binary, runs `cargo test --workspace --all-targets` with the `UM_TEST_*` variables pointing at
+/// the services, runs the schemathesis step when the whole suite was asked for and passed, and stops the services
+/// again.
 pub struct Test {
     /// Extra arguments for `cargo test`, such as `-p users-domain` or `-- --nocapture`.
     cargo_args: Vec<String>,
@@ -27,6 +28,8 @@ struct Prepared {
     garage_bin: PathBuf,
     /// The `maildev` executable.
     maildev_bin: PathBuf,
+    /// The `nginx` executable, for the tests that put a reverse proxy in front of several instances.
+    nginx_bin: PathBuf,
     /// The `schemathesis` executable, when the run fuzzes the server.
     schemathesis_bin: Option<PathBuf>,
 }
@@ -170,6 +173,7 @@ impl Test {
             ("UM_TEST_GARAGE_BIN", prepared.garage_bin.display().to_string()),
             ("UM_TEST_GARAGE_CONFIG", garage_config.display().to_string()),
             ("UM_TEST_MAILDEV_BIN", prepared.maildev_bin.display().to_string()),
+            ("UM_TEST_NGINX_BIN", prepared.nginx_bin.display().to_string()),
             ("USER_MANAGEMENT_BIN", binary.display().to_string()),
         ];
         ui::step(&format!("Running `{}` with", process::describe(&test)));
@@ -212,8 +216,9 @@ fn prepare(fuzz: bool) -> Result<Prepared> {
     };
     let garage_bin = garage::ensure_installed()?;
     let maildev_bin = maildev::ensure_installed()?;
+    let nginx_bin = crate::nginx::ensure_installed()?;
     let schemathesis_bin = if fuzz { Some(crate::schemathesis::ensure_installed()?) } else { None };
-    Ok(Prepared { database_url, garage_bin, maildev_bin, schemathesis_bin })
+    Ok(Prepared { database_url, garage_bin, maildev_bin, nginx_bin, schemathesis_bin })
 }
 
 /// A shared lock on `$TMPDIR/user-management-xtask-test.lock`, held until the run ends, so concurrent runs of

@@ -15,6 +15,7 @@ use std::str::FromStr;
 
 use time::Duration;
 use url::Url;
+use users_domain::mail::DispatcherConfig;
 use users_domain::ports::BackoffPolicy;
 use users_domain::{EmailAddress, PasswordPolicy, ServiceConfig};
 use users_postgres::PgConfig;
@@ -97,6 +98,9 @@ pub struct Config {
     pub mail: MailBackend,
     /// `MAIL_FROM`.
     pub mail_from: String,
+    /// `MAIL_LEASE`: how long an instance's outbox dispatcher holds the mails it claimed before another instance
+    /// may take them over (the wait before a mail claimed by an instance that died goes out from another).
+    pub mail_lease: Duration,
     /// `JWT_ALGORITHM`.
     pub jwt_algorithm: String,
     /// `JWT_PRIVATE_KEY_FILE`: the one signing key; without it the keys are kept in the database.
@@ -351,6 +355,7 @@ impl Config {
         if login_backoff_max < login_backoff_base {
             return Err(invalid("LOGIN_BACKOFF_MAX", "must not be shorter than LOGIN_BACKOFF_BASE"));
         }
+        let mail_lease = vars.duration("MAIL_LEASE", DispatcherConfig::default().lease)?;
         let data_encryption_key_file = vars.get("DATA_ENCRYPTION_KEY_FILE").map(PathBuf::from);
         if let Some(path) = &data_encryption_key_file {
             users_crypto::DataKey::from_file(path)
@@ -379,6 +384,7 @@ impl Config {
             storage,
             mail,
             mail_from,
+            mail_lease,
             jwt_algorithm,
             jwt_private_key_file: vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from),
             data_encryption_key_file,
@@ -503,6 +509,8 @@ mod tests {
         assert_eq!(config.retention, Duration::days(7));
         assert_eq!(config.purge_interval, Duration::hours(1));
         assert_eq!(config.bootstrap_admin, None);
+        assert_eq!(config.mail_lease, Duration::minutes(2));
+        assert_eq!(self::config(&[("MAIL_LEASE", "5s")]).unwrap().mail_lease, Duration::seconds(5));
     }
 
     #[test]
@@ -563,6 +571,7 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("JWT_ALGORITHM", "HS256"),
             ("MAIL_FROM", "not an address"),
+            ("MAIL_LEASE", "0s"),
         ];
         for (variable, value) in cases {
             let error = config(&[(variable, value)]).unwrap_err();

@@ -74,11 +74,12 @@ pub struct OutboxWorker {
 impl OutboxWorker {
     /// Starts delivering the outbox in the background. Each round first handles queued account requests
     /// (forgotten password, resend), which queue the mails they call for, then delivers due mail.
-    pub fn start(mailer: AppMailer, requests: AppService) -> Self {
+    pub fn start(mailer: AppMailer, requests: AppService, lease: time::Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
         let outbox = requests.ports().db.clone();
-        let dispatcher = Dispatcher::new(outbox, mailer, SystemClock, DispatcherConfig::default());
+        let dispatcher =
+            Dispatcher::new(outbox, mailer, SystemClock, DispatcherConfig { lease, ..DispatcherConfig::default() });
         let (task_stop, task_wake) = (Arc::clone(&stop), Arc::clone(&wake));
         let task = tokio::spawn(async move {
             while !task_stop.load(Ordering::Relaxed) {

@@ -7,7 +7,9 @@
 //! second carrying the first's `mfa_token` and a TOTP code good once; idle connections only have to be held open),
 //! and argon2 in-process for the raw hash rate the `login` and `login-mfa` figures are compared with. `login-mfa`
 //! turns TOTP on for a range of seeded users in the database while it runs, and off again after it. `upload` starts
-//! its own Garage and a second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `soak`,
+//! its own Garage and a second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `proxy`
+//! starts a second instance on the same database and data directory and an nginx in front of both, and runs `me`
+//! and `login` through it. `soak`,
 //! run only when named, keeps `GET /me` going for minutes with nobody scraping the metrics and samples the server's
 //! memory, to show that nothing accumulates per request. The table goes to standard output and, as JSON, to
 //! `target/bench/<timestamp>.json`, so runs can be compared. The server is stopped whatever happens.
@@ -15,7 +17,7 @@
 //! This module holds the command and the order of the run; the parts live in its submodules: [`options`] (the
 //! command line and the scenarios), [`seed`] (the seeded database), [`server`] (the server under test and signing in
 //! to it), [`load`] (driving `oha`), [`system`] (memory and CPU figures from `/proc`), one module per family of
-//! scenarios ([`requests`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`], [`upload`], [`soak`], [`idle`],
+//! scenarios ([`requests`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`], [`proxy`], [`upload`], [`soak`], [`idle`],
 //! [`hashing`]), and [`report`] (the rows, the table and the JSON report).
 
 mod hashing;
@@ -23,6 +25,7 @@ mod idle;
 mod load;
 mod mfa;
 mod options;
+mod proxy;
 mod refresh;
 mod report;
 mod requests;
@@ -149,6 +152,10 @@ fn run_scenarios(
             Scenario::Refresh => refresh::refresh(current, options).map(|row| vec![row]),
             Scenario::Upload => match oha {
                 Some(oha) => upload::upload(start, oha, options).map(|row| vec![row]),
+                None => Err(anyhow::anyhow!("oha is not available")),
+            },
+            Scenario::Proxy => match oha {
+                Some(oha) => proxy::proxy(current, oha, options),
                 None => Err(anyhow::anyhow!("oha is not available")),
             },
             Scenario::Soak => match oha {

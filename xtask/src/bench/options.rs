@@ -31,6 +31,8 @@ pub(super) enum Scenario {
     Refresh,
     /// `GET /me` while 200 connections send wrong passwords.
     Storm,
+    /// `GET /me` and `POST /login` through nginx in front of two instances on the one database.
+    Proxy,
     /// `POST /users/{id}/profile-picture` of a ~1 MB JPEG, with the server storing in a Garage the run starts.
     Upload,
     /// `GET /me` for `--soak-minutes` with nobody scraping `/metrics`, the server's memory sampled throughout.
@@ -39,7 +41,7 @@ pub(super) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in running order.
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::Idle,
         Self::Me,
         Self::UserById,
@@ -49,6 +51,7 @@ impl Scenario {
         Self::Argon2,
         Self::Refresh,
         Self::Storm,
+        Self::Proxy,
         Self::Upload,
         Self::Soak,
     ];
@@ -70,6 +73,7 @@ impl Scenario {
             Self::Argon2 => "argon2",
             Self::Refresh => "refresh",
             Self::Storm => "storm",
+            Self::Proxy => "proxy",
             Self::Upload => "upload",
             Self::Soak => "soak",
         }
@@ -82,7 +86,17 @@ impl Scenario {
 
     /// Whether the scenario runs `oha`.
     pub(super) fn uses_oha(self) -> bool {
-        matches!(self, Self::Me | Self::UserById | Self::Search | Self::Login | Self::Storm | Self::Upload | Self::Soak)
+        matches!(
+            self,
+            Self::Me
+                | Self::UserById
+                | Self::Search
+                | Self::Login
+                | Self::Storm
+                | Self::Proxy
+                | Self::Upload
+                | Self::Soak
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use super::system::Oha;
 use crate::process;
 
 /// Connections of the read scenarios (`me`, `user-by-id`, `search`, and the measured half of `storm`).
-const READ_CONNECTIONS: u32 = 64;
+pub(super) const READ_CONNECTIONS: u32 = 64;
 
 /// Connections of `login`: the server hashes on one slot per core and queues the rest for at most 5 s, so a deeper
 /// queue would only add latency (and eventually 503s) without adding throughput. `login-mfa` uses as many.
@@ -55,6 +55,7 @@ pub(super) fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, optio
         | Scenario::Argon2
         | Scenario::Refresh
         | Scenario::Upload
+        | Scenario::Proxy
         | Scenario::Soak => {
             bail!("`{}` is not an oha scenario", scenario.name())
         }

@@ -2,7 +2,7 @@
 //! and signing in to it as a seeded user.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,6 +33,10 @@ pub(super) struct Server {
     pub(super) addr: SocketAddr,
     /// The database it uses.
     pub(super) database_url: String,
+    /// The binary it runs, to start another instance of it.
+    pub(super) binary: PathBuf,
+    /// Its data directory (and its generated signing key, which another instance on it shares).
+    pub(super) data_dir: PathBuf,
 }
 
 impl Server {
@@ -98,7 +102,14 @@ pub(super) fn start_server(
         .parse::<u32>()
         .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
     let _ = std::fs::remove_file(&pid_file);
-    let server = Server { service, pid, addr, database_url: database_url.to_owned() };
+    let server = Server {
+        service,
+        pid,
+        addr,
+        database_url: database_url.to_owned(),
+        binary: binary.to_path_buf(),
+        data_dir: data_dir.to_path_buf(),
+    };
     ui::info(&format!("up (pid {pid}), {} resident", format_kib(server.rss_kib()?)));
     Ok(server)
 }
