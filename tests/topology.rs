@@ -1,7 +1,8 @@
 //! The service as it is deployed: several instances of the real binary on one Postgres database behind a real
 //! nginx, one MailDev, and pictures on a three-node Garage cluster. A session moves freely between instances, a
 //! refresh token is spent once whichever instances race for it, every queued mail goes out exactly once even when
-//! an instance dies holding some, only the proxy's forwarding headers are believed, and a storage node may fail
+//! an instance dies holding some, only the proxy's forwarding headers are believed, the per-IP limit counts for the
+//! instances together, the signing key changes under traffic without a failed request, and a storage node may fail
 //! without losing an upload.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used, reason = "test helpers: failing loudly is the point")]
@@ -239,6 +240,129 @@ async fn forwarding_headers_count_only_when_the_proxy_sets_them() {
     // Through the proxy, the address nginx appended is used; what the client forged to its left is not, and
     // neither is the proxy's own address (127.0.0.1, the peer the instance sees).
     assert_eq!(session_address(&proxied, &topology.proxy.address).await, "127.0.0.2");
+}
+
+/// Asks for a password reset of an unknown address (cheap, no hash) from `client` through the proxy.
+async fn forgot(topology: &Topology, client: &reqwest::Client) -> reqwest::Response {
+    let body = json!({"email": unique_email("nobody")});
+    client.post(topology.url("/password/forgot")).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_per_ip_limit_holds_for_all_instances_together_and_tells_clients_apart_by_forwarded_address() {
+    const LIMIT: usize = 6;
+    let limit = LIMIT.to_string();
+    let settings = pairs(&[("RATE_LIMITS", "on"), ("RATE_LIMIT_PER_MINUTE", &limit)]);
+    let topology = Topology::start(3, &settings, |_, _| {}, |_| {}).await;
+    let first = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let second = client_from(Ipv4Addr::new(127, 0, 0, 3));
+
+    // The first client's whole minute, spread by the proxy over the three instances.
+    let mut answered_by = HashSet::new();
+    for n in 0..LIMIT {
+        let response = forgot(&topology, &first).await;
+        assert_eq!(response.status(), 202, "request {n} of {LIMIT} is within the limit");
+        answered_by.insert(topology.answered_by(&response));
+    }
+    assert_eq!(answered_by.len(), 3, "the proxy spread the requests over every instance");
+    // One more is refused whichever instance gets it: with per-process counting each would still allow LIMIT.
+    for instance in 0..3 {
+        let refused = forgot(&topology, &first).await;
+        assert_eq!(refused.status(), 429, "request beyond the limit, try {instance}");
+        assert!(refused.headers().contains_key("retry-after"), "a 429 says when to come back");
+    }
+    // Another client behind the same proxy (one TCP peer for the instances) has its own budget.
+    for n in 0..LIMIT {
+        assert_eq!(forgot(&topology, &second).await.status(), 202, "the second client's request {n}");
+    }
+    assert_eq!(forgot(&topology, &second).await.status(), 429);
+}
+
+/// The `kid` in the header of a JWT.
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    str_of(&header, "kid").to_owned()
+}
+
+#[tokio::test]
+async fn rotating_the_signing_key_during_traffic_breaks_no_request() {
+    let topology = Arc::new(Topology::start(3, &[], |_, _| {}, create_admin).await);
+    let login = login_json(&topology.client, &topology.proxy.address, ADMIN, STRONG_PASSWORD).await;
+    assert_eq!(login.status(), 200);
+    let before = json_body(login).await;
+    let old_token = str_of(&before, "access_token").to_owned();
+    let old_kid = kid_of(&old_token);
+
+    // Traffic through the proxy while the key changes: reads with the old token, and refreshes that mint new ones,
+    // each new token used at once (on whichever instance the proxy picks next).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (topology, stop, old_token) = (topology.clone(), stop.clone(), old_token.clone());
+        let mut refresh_token = str_of(&before, "refresh_token").to_owned();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut requests = 0_usize;
+            while !stop.load(Ordering::Relaxed) {
+                let me = topology.client.get(topology.url("/me")).bearer_auth(&old_token).send().await.unwrap();
+                if me.status() != 200 {
+                    failures.push(format!("/me with the old token: {}", me.status()));
+                }
+                let refreshed = refresh(&topology.client, topology.url("/token/refresh"), &refresh_token).await;
+                if refreshed.status() != 200 {
+                    failures.push(format!("refresh: {}", refreshed.status()));
+                    break;
+                }
+                let pair = json_body(refreshed).await;
+                refresh_token = str_of(&pair, "refresh_token").to_owned();
+                let fresh = str_of(&pair, "access_token");
+                let me = topology.client.get(topology.url("/me")).bearer_auth(fresh).send().await.unwrap();
+                if me.status() != 200 {
+                    failures.push(format!("/me with a token of kid {}: {}", kid_of(fresh), me.status()));
+                }
+                requests += 3;
+            }
+            (requests, failures)
+        })
+    };
+
+    let output = run_cli(&["keys", "rotate"], &topology.instances[0].env, "");
+    assert!(output.status.success(), "keys rotate failed: {}", String::from_utf8_lossy(&output.stderr));
+
+    // Every instance moves to the new key (activation after 15 s, reloads every 10 s): wait until logins on each
+    // instance, asked directly, are signed with a kid other than the old one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut new_kids = HashSet::new();
+    for instance in &topology.instances {
+        loop {
+            let login = login_json(&topology.client, &instance.address, ADMIN, STRONG_PASSWORD).await;
+            assert_eq!(login.status(), 200);
+            let kid = kid_of(str_of(&json_body(login).await, "access_token"));
+            if kid != old_kid {
+                new_kids.insert(kid);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} still signs with the old key after 60 s", instance.upstream);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert_eq!(new_kids.len(), 1, "every instance signs with the same new key: {new_kids:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let (requests, failures) = traffic.await.unwrap();
+    assert!(failures.is_empty(), "requests failed during the rotation: {failures:?}");
+    assert!(requests > 30, "the traffic ran through the rotation ({requests} requests)");
+    // The token signed before the rotation still verifies on every instance, and JWKS publishes both keys.
+    for instance in &topology.instances {
+        let me = topology.client.get(instance.url("/me")).bearer_auth(&old_token).send().await.unwrap();
+        assert_eq!(me.status(), 200, "the old token on {}", instance.upstream);
+        let jwks = json_body(topology.client.get(instance.url("/.well-known/jwks.json")).send().await.unwrap()).await;
+        let kids: HashSet<&str> =
+            jwks["keys"].as_array().unwrap().iter().filter_map(|key| key["kid"].as_str()).collect();
+        assert!(kids.contains(old_kid.as_str()) && new_kids.iter().all(|kid| kids.contains(kid.as_str())), "{kids:?}");
+    }
 }
 
 fn picture(seed: u8) -> Vec<u8> {
