@@ -53,12 +53,14 @@ Commands:
   bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
         [--soak-minutes M]
                 Build the release server, seed `um_bench_<N>` (default 1000 users), start the
-                server and load it; scenarios: idle me user-by-id search login login-mfa
-                argon2 refresh storm proxy upload (default: all of these) and soak (only when named:
-                GET /me for M minutes, default 10, with the server's memory sampled); login-mfa
-                is POST /login then POST /login/mfa with a TOTP code, as seeded users from
-                user101 on whose TOTP it turns on for the run; proxy is me and login through
-                nginx in front of two instances; defaults 3 s warm-up + 10 s
+                server and load it; scenarios: idle me baseline user-by-id search login
+                login-mfa register argon2 refresh storm proxy upload (default: all of these) and
+                soak (only when named: GET /me for M minutes, default 10, with the server's
+                memory sampled); baseline is GET /me on bench-baseline, the same session read
+                with nothing around it, the ceiling of me; register signs up a new address per
+                request; login-mfa is POST /login then POST /login/mfa with a TOTP code, as
+                seeded users from user101 on whose TOTP it turns on for the run; proxy is me and
+                login through nginx in front of two instances; defaults 3 s warm-up + 10 s
                 measured; prints a table and writes it as JSON to
                 target/bench/<timestamp>.json. `--fresh` reseeds the database; `--server-bin`
                 measures a binary built elsewhere

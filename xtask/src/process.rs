@@ -229,6 +229,11 @@ impl Service {
         Ok(Self { name, child: Some(child), log: log.to_path_buf() })
     }
 
+    /// The process id, while it has not been stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The service's name.
     pub fn name(&self) -> &'static str {
         self.name

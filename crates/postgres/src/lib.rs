@@ -13,6 +13,9 @@
 //! ([`run_migrations`]). Every connection, the pool's and the migrations', honours the connection string's `sslmode`
 //! and `sslrootcert` with a rustls connector (`tls`).
 //!
+//! [`connection_pool`] hands out the pool itself, built as [`PgRepository`] builds it, for the bench's ceiling
+//! (`xtask/baseline`), which must read over the very same connections; the service never uses it.
+//!
 //! The adapter decides nothing. The domain works out every value of a change (roles, which tokens die, which
 //! sessions end, which mails go out) and the preconditions it decided under; the adapter stores and reads rows,
 //! applies a multi-row change in one transaction under the row locks that make it atomic, and reports which stated
@@ -38,6 +41,6 @@ mod tls;
 mod users;
 
 pub use housekeeping::{DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged};
-pub use repository::PgRepository;
+pub use repository::{ConnectionPool, PgRepository, connection_pool};
 pub use setup::{PgConfig, PgSetupError, run_migrations};
 pub use signing_keys::StoredSigningKey;

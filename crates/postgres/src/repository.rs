@@ -50,33 +50,7 @@ impl PgRepository {
     /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
     /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
     pub async fn connect(config: &PgConfig) -> Result<Self, PgSetupError> {
-        // Parsed once: `sslmode`, the roots of `sslrootcert` and the driver's settings serve every connection.
-        let connector = Arc::new(Connector::from_url(&config.url)?);
-        if config.max_connections == 0 {
-            return Err(PgSetupError::InvalidConfig("max_connections must be at least 1"));
-        }
-        if config.acquire_timeout.is_zero() {
-            return Err(PgSetupError::InvalidConfig("acquire_timeout must be longer than zero"));
-        }
-        // The manager's default recycling method is `Verified` (a `SELECT 1` at checkout, after a local check
-        // that the socket is open and no transaction was left dangling): one local round trip per request buys
-        // never handing out a connection that a Postgres restart killed.
-        let mut manager_config = ManagerConfig::default();
-        manager_config.custom_setup = Box::new(move |_url| {
-            let connector = Arc::clone(&connector);
-            Box::pin(async move { connector.connect().await })
-        });
-        let manager =
-            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(config.url.clone(), manager_config);
-        let pool = Pool::builder(manager)
-            .max_size(config.max_connections)
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(config.acquire_timeout))
-            .create_timeout(Some(config.acquire_timeout))
-            .recycle_timeout(Some(config.acquire_timeout))
-            .build()
-            .map_err(|error| PgSetupError::Pool(Box::new(error)))?;
-        Ok(Self { pool, acquire_timeout: config.acquire_timeout })
+        Ok(Self { pool: connection_pool(config)?, acquire_timeout: config.acquire_timeout })
     }
 
     /// Checks a connection out of the pool within the acquire timeout.
@@ -90,4 +64,47 @@ impl PgRepository {
             Err(_elapsed) => Err(acquire_timed_out(self.acquire_timeout)),
         }
     }
+}
+
+/// The pool of diesel-async connections [`PgRepository`] runs on.
+pub type ConnectionPool = Pool<AsyncPgConnection>;
+
+/// Builds the pool exactly as [`PgRepository::connect`] does: at most `max_connections` connections honouring the
+/// URL's `sslmode`, opened lazily, each idle one verified with a round trip before reuse, and every step of a
+/// checkout bounded by `acquire_timeout`.
+///
+/// The service goes through [`PgRepository`]; this is for tools that must read with the very same connections,
+/// such as the ceiling `cargo xtask bench baseline` measures `GET /me` against. A caller bounds its whole checkout
+/// by `acquire_timeout` itself, as [`PgRepository`] does.
+///
+/// # Errors
+/// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
+/// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
+pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError> {
+    // Parsed once: `sslmode`, the roots of `sslrootcert` and the driver's settings serve every connection.
+    let connector = Arc::new(Connector::from_url(&config.url)?);
+    if config.max_connections == 0 {
+        return Err(PgSetupError::InvalidConfig("max_connections must be at least 1"));
+    }
+    if config.acquire_timeout.is_zero() {
+        return Err(PgSetupError::InvalidConfig("acquire_timeout must be longer than zero"));
+    }
+    // The manager's default recycling method is `Verified` (a `SELECT 1` at checkout, after a local check that
+    // the socket is open and no transaction was left dangling): one local round trip per request buys never
+    // handing out a connection that a Postgres restart killed.
+    let mut manager_config = ManagerConfig::default();
+    manager_config.custom_setup = Box::new(move |_url| {
+        let connector = Arc::clone(&connector);
+        Box::pin(async move { connector.connect().await })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(config.url.clone(), manager_config);
+    Pool::builder(manager)
+        .max_size(config.max_connections)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(config.acquire_timeout))
+        .create_timeout(Some(config.acquire_timeout))
+        .recycle_timeout(Some(config.acquire_timeout))
+        .build()
+        .map_err(|error| PgSetupError::Pool(Box::new(error)))
 }

@@ -5,7 +5,10 @@
 //! repeat one request, a small built-in HTTP/1.1 loop for those `oha` cannot express (a refresh token is single use,
 //! so every request needs the token the previous answer returned; a login with a second factor is two requests, the
 //! second carrying the first's `mfa_token` and a TOTP code good once; idle connections only have to be held open),
-//! and argon2 in-process for the raw hash rate the `login` and `login-mfa` figures are compared with. `login-mfa`
+//! and argon2 in-process for the raw hash rate the `login`, `login-mfa` and `register` figures are compared with.
+//! `baseline` builds and starts `bench-baseline` (the `xtask/baseline` crate), a server with the service's HTTP
+//! stack, runtime and pool that does nothing but the database read of `GET /me`, as the ceiling the `me` figure is
+//! compared with. `register` signs up a new address on every request and deletes those accounts after. `login-mfa`
 //! turns TOTP on for a range of seeded users in the database while it runs, and off again after it. `upload` starts
 //! its own Garage and a second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `proxy`
 //! starts a second instance on the same database and data directory and an nginx in front of both, and runs `me`
@@ -17,9 +20,10 @@
 //! This module holds the command and the order of the run; the parts live in its submodules: [`options`] (the
 //! command line and the scenarios), [`seed`] (the seeded database), [`server`] (the server under test and signing in
 //! to it), [`load`] (driving `oha`), [`system`] (memory and CPU figures from `/proc`), one module per family of
-//! scenarios ([`requests`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`], [`proxy`], [`upload`], [`soak`], [`idle`],
+//! scenarios ([`requests`], [`baseline`], [`register`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`], [`proxy`], [`upload`], [`soak`], [`idle`],
 //! [`hashing`]), and [`report`] (the rows, the table and the JSON report).
 
+mod baseline;
 mod hashing;
 mod idle;
 mod load;
@@ -27,6 +31,7 @@ mod mfa;
 mod options;
 mod proxy;
 mod refresh;
+mod register;
 mod report;
 mod requests;
 mod seed;
@@ -45,7 +50,7 @@ use anyhow::{Context, Result, bail};
 use crate::{postgres, process, ui};
 use load::ensure_oha;
 use options::{Options, Scenario};
-use report::{Row, compare_login_with_argon2, render_table, report_json, summarise, timestamp};
+use report::{Row, compare_with_ceilings, render_table, report_json, summarise, timestamp};
 use server::{Server, StartServer, start_server};
 use system::Oha;
 
@@ -90,6 +95,9 @@ impl Bench {
         if !binary.is_file() {
             bail!("{} does not exist", binary.display());
         }
+        // Built up front like the server: a build is set-up, and would load the machine during a scenario.
+        let baseline_bin =
+            if options.scenarios.contains(&Scenario::Baseline) { Some(baseline::build()?) } else { None };
 
         postgres::ensure_local_server()?;
         let data_dir = bench_dir.join("data");
@@ -105,13 +113,14 @@ impl Bench {
                 "other processes kept {busy:.0}% of the CPU busy just before the run; the figures will be lower"
             ));
         }
-        let rows = run_scenarios(&options, &mut server, &start, oha.as_ref(), open_files);
+        let tools = Tools { oha: oha.as_ref(), baseline: baseline_bin.as_deref(), bench_dir: &bench_dir, open_files };
+        let rows = run_scenarios(&options, &mut server, &start, &tools);
         ui::step("Stopping the server");
         if let Err(error) = server.service.stop() {
             ui::warn(&format!("{error:#}"));
         }
         let mut rows = rows?;
-        compare_login_with_argon2(&mut rows);
+        compare_with_ceilings(&mut rows);
 
         let table = render_table(&rows);
         writeln!(std::io::stdout().lock(), "\n{table}").context("could not write the table to standard output")?;
@@ -123,6 +132,19 @@ impl Bench {
     }
 }
 
+/// What the scenarios need besides the server: the load generator, the `bench-baseline` binary (when `baseline`
+/// runs), where logs go, and the open-files limit.
+struct Tools<'a> {
+    /// `oha`, when a scenario uses it.
+    oha: Option<&'a Oha>,
+    /// `bench-baseline`, when `baseline` runs.
+    baseline: Option<&'a std::path::Path>,
+    /// `target/bench`.
+    bench_dir: &'a std::path::Path,
+    /// The raised limit of open files, for `idle`.
+    open_files: u64,
+}
+
 /// Runs the chosen scenarios one after the other. A scenario that fails becomes a row saying why; a server that died
 /// ends the run with a row for each scenario left, and an interrupt ends it at once.
 ///
@@ -132,9 +154,9 @@ fn run_scenarios(
     options: &Options,
     server: &mut Server,
     start: &StartServer<'_>,
-    oha: Option<&Oha>,
-    open_files: u64,
+    tools: &Tools<'_>,
 ) -> Result<Vec<Row>> {
+    let (oha, open_files) = (tools.oha, tools.open_files);
     let mut rows = Vec::new();
     for (index, &scenario) in options.scenarios.iter().enumerate() {
         if index > 0 && options.scenarios.get(index - 1) == Some(&Scenario::Idle) {
@@ -150,6 +172,13 @@ fn run_scenarios(
             Scenario::Argon2 => hashing::argon2_rate().map(|row| vec![row]),
             Scenario::LoginMfa => mfa::login_mfa(current, options).map(|row| vec![row]),
             Scenario::Refresh => refresh::refresh(current, options).map(|row| vec![row]),
+            Scenario::Register => register::register(current, options).map(|row| vec![row]),
+            Scenario::Baseline => match (oha, tools.baseline) {
+                (Some(oha), Some(binary)) => {
+                    baseline::baseline(current, binary, tools.bench_dir, oha, options).map(|row| vec![row])
+                }
+                _ => Err(anyhow::anyhow!("oha or bench-baseline is not available")),
+            },
             Scenario::Upload => match oha {
                 Some(oha) => upload::upload(start, oha, options).map(|row| vec![row]),
                 None => Err(anyhow::anyhow!("oha is not available")),

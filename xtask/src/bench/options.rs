@@ -16,6 +16,8 @@ pub(super) enum Scenario {
     Idle,
     /// `GET /me` with a valid token.
     Me,
+    /// `GET /me` on `bench-baseline`: the same read with nothing around it, the ceiling of `me`.
+    Baseline,
     /// Admin `GET /users/{id}`.
     UserById,
     /// Admin `GET /users?q=user12&limit=20`.
@@ -25,6 +27,8 @@ pub(super) enum Scenario {
     /// A full login with a second factor: `POST /login` (answered `mfa_required`), then `POST /login/mfa` with a
     /// TOTP code.
     LoginMfa,
+    /// `POST /register` with a new address every time.
+    Register,
     /// The raw argon2id hash rate, in-process.
     Argon2,
     /// `POST /token/refresh`, each request with the token the previous answer returned.
@@ -41,13 +45,15 @@ pub(super) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in running order.
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 14] = [
         Self::Idle,
         Self::Me,
+        Self::Baseline,
         Self::UserById,
         Self::Search,
         Self::Login,
         Self::LoginMfa,
+        Self::Register,
         Self::Argon2,
         Self::Refresh,
         Self::Storm,
@@ -66,10 +72,12 @@ impl Scenario {
         match self {
             Self::Idle => "idle",
             Self::Me => "me",
+            Self::Baseline => "baseline",
             Self::UserById => "user-by-id",
             Self::Search => "search",
             Self::Login => "login",
             Self::LoginMfa => "login-mfa",
+            Self::Register => "register",
             Self::Argon2 => "argon2",
             Self::Refresh => "refresh",
             Self::Storm => "storm",
@@ -89,6 +97,7 @@ impl Scenario {
         matches!(
             self,
             Self::Me
+                | Self::Baseline
                 | Self::UserById
                 | Self::Search
                 | Self::Login
@@ -235,6 +244,20 @@ mod tests {
         assert_eq!(options.scenarios, vec![Scenario::Login, Scenario::LoginMfa, Scenario::Argon2]);
         assert!(Options::parse(&[])?.scenarios.contains(&Scenario::LoginMfa));
         assert!(!Scenario::LoginMfa.uses_oha());
+        Ok(())
+    }
+
+    #[test]
+    fn baseline_follows_me_and_register_runs_before_argon2() -> Result<()> {
+        let options = Options::parse(&args(&["argon2", "register", "login", "baseline", "me"]))?;
+        assert_eq!(
+            options.scenarios,
+            vec![Scenario::Me, Scenario::Baseline, Scenario::Login, Scenario::Register, Scenario::Argon2]
+        );
+        let defaults = Options::parse(&[])?.scenarios;
+        assert!(defaults.contains(&Scenario::Baseline) && defaults.contains(&Scenario::Register));
+        assert!(Scenario::Baseline.uses_oha());
+        assert!(!Scenario::Register.uses_oha());
         Ok(())
     }
 

@@ -47,8 +47,11 @@ pub(super) struct Row {
     pub(super) failure: Option<String>,
     /// Anything else worth reading beside the figures.
     pub(super) note: String,
-    /// For `login` and `login-mfa`: the rate in percent of the `argon2` rate of the same run, when both ran.
+    /// For `login`, `login-mfa` and `register`: the rate in percent of the `argon2` rate of the same run, when
+    /// both ran.
     pub(super) argon2_percent: Option<f64>,
+    /// For `me`: the rate in percent of the `baseline` rate of the same run, when both ran.
+    pub(super) baseline_percent: Option<f64>,
 }
 
 impl Row {
@@ -110,27 +113,73 @@ pub(super) fn summarise(row: &Row) -> String {
 }
 
 /// The rows whose rate is compared with the `argon2` rate: each of their requests costs the server one hash.
-const HASHING_ROWS: [&str; 2] = ["login", "login-mfa"];
+const HASHING_ROWS: [&str; 3] = ["login", "login-mfa", "register"];
 
-/// Fills in the ratio of the `login` and `login-mfa` rates to the `argon2` rate, when they ran and `argon2` did:
-/// in [`Row::argon2_percent`] and at the head of the note. A row that failed gets none (`login-mfa` may have
-/// figures yet have run out of TOTP steps, its rate then being no measure of the server).
-pub(super) fn compare_login_with_argon2(rows: &mut [Row]) {
-    let argon2 = rows
+/// The rows whose rate is compared with the `baseline` rate: the same read with the service's work around it.
+const BASELINE_ROWS: [&str; 1] = ["me"];
+
+/// Which ceiling a row is compared with.
+#[derive(Clone, Copy)]
+enum Ceiling {
+    /// The in-process argon2id hash rate.
+    Argon2,
+    /// The rate of `bench-baseline`.
+    Baseline,
+}
+
+impl Ceiling {
+    /// The row holding the ceiling's rate.
+    const fn scenario(self) -> &'static str {
+        match self {
+            Self::Argon2 => "argon2",
+            Self::Baseline => "baseline",
+        }
+    }
+
+    /// The rows compared with it.
+    const fn rows(self) -> &'static [&'static str] {
+        match self {
+            Self::Argon2 => &HASHING_ROWS,
+            Self::Baseline => &BASELINE_ROWS,
+        }
+    }
+
+    /// Where a compared row keeps the ratio.
+    fn field(self, row: &mut Row) -> &mut Option<f64> {
+        match self {
+            Self::Argon2 => &mut row.argon2_percent,
+            Self::Baseline => &mut row.baseline_percent,
+        }
+    }
+}
+
+/// Fills in the ratio of the `login`, `login-mfa` and `register` rates to the `argon2` rate, and of the `me` rate
+/// to the `baseline` rate, when both rows of a pair ran: in [`Row::argon2_percent`] or [`Row::baseline_percent`]
+/// and at the head of the note. A row that failed gets none (`login-mfa` may have figures yet have run out of TOTP
+/// steps, its rate then being no measure of the server), nor does any row when its ceiling failed.
+pub(super) fn compare_with_ceilings(rows: &mut [Row]) {
+    for ceiling in [Ceiling::Argon2, Ceiling::Baseline] {
+        compare_with(rows, ceiling);
+    }
+}
+
+/// [`compare_with_ceilings`] for one ceiling.
+fn compare_with(rows: &mut [Row], ceiling: Ceiling) {
+    let rate = rows
         .iter()
-        .find(|row| row.scenario == "argon2")
+        .find(|row| row.scenario == ceiling.scenario() && row.failure.is_none())
         .and_then(|row| row.measurement.as_ref())
         .map(|m| m.requests_per_sec);
-    let Some(argon2) = argon2.filter(|rate| *rate > 0.0) else {
+    let Some(rate) = rate.filter(|rate| *rate > 0.0) else {
         return;
     };
-    for row in rows.iter_mut().filter(|row| HASHING_ROWS.contains(&row.scenario.as_str()) && row.failure.is_none()) {
-        let Some(login) = &row.measurement else {
+    for row in rows.iter_mut().filter(|row| ceiling.rows().contains(&row.scenario.as_str()) && row.failure.is_none()) {
+        let Some(measured) = &row.measurement else {
             continue;
         };
-        let percent = login.requests_per_sec / argon2 * 100.0;
-        row.argon2_percent = Some(percent);
-        let ratio = format!("{percent:.0}% of the argon2 rate");
+        let percent = measured.requests_per_sec / rate * 100.0;
+        *ceiling.field(row) = Some(percent);
+        let ratio = format!("{percent:.0}% of the {} rate", ceiling.scenario());
         row.note = if row.note.is_empty() {
             ratio
         } else if row.note.starts_with("; ") {
@@ -244,6 +293,7 @@ pub(super) fn report_json(
                 "failure": row.failure,
                 "note": row.note,
                 "argon2_percent": row.argon2_percent.map(finite),
+                "baseline_percent": row.baseline_percent.map(finite),
             })
         })
         .collect();
@@ -305,6 +355,32 @@ mod tests {
     }
 
     #[test]
+    fn me_is_compared_with_baseline_and_register_with_argon2() {
+        let mut rows = vec![
+            rated("me", 6000.0, ""),
+            rated("baseline", 8000.0, "bench-baseline"),
+            rated("register", 80.0, "built-in loop"),
+            rated("argon2", 160.0, "in-process"),
+        ];
+        compare_with_ceilings(&mut rows);
+        let notes: Vec<&str> = rows.iter().map(|row| row.note.as_str()).collect();
+        assert_eq!(
+            notes,
+            vec!["75% of the baseline rate", "bench-baseline", "50% of the argon2 rate; built-in loop", "in-process"]
+        );
+        assert_eq!(rows.first().and_then(|row| row.baseline_percent), Some(75.0));
+        assert_eq!(rows.first().and_then(|row| row.argon2_percent), None);
+        assert_eq!(rows.get(2).and_then(|row| row.argon2_percent), Some(50.0));
+
+        let mut failed_ceiling = rated("baseline", 8000.0, "");
+        failed_ceiling.failure = Some("failed: bench-baseline exited".to_owned());
+        let mut rows = vec![rated("me", 6000.0, ""), failed_ceiling];
+        compare_with_ceilings(&mut rows);
+        assert_eq!(rows.first().and_then(|row| row.baseline_percent), None);
+        assert_eq!(rows.first().map(|row| row.note.as_str()), Some(""));
+    }
+
+    #[test]
     fn both_login_rows_are_compared_with_the_argon2_rate() {
         let mut short = rated("login-mfa", 40.0, "built-in loop");
         short.failure = Some("ran out of TOTP steps".to_owned());
@@ -314,7 +390,7 @@ mod tests {
             rated("login-mfa", 104.0, "built-in loop"),
             rated("argon2", 160.0, "in-process"),
         ];
-        compare_login_with_argon2(&mut rows);
+        compare_with_ceilings(&mut rows);
         let notes: Vec<&str> = rows.iter().map(|row| row.note.as_str()).collect();
         assert_eq!(
             notes,
@@ -331,10 +407,10 @@ mod tests {
         );
 
         let mut failed = vec![short, rated("argon2", 160.0, "")];
-        compare_login_with_argon2(&mut failed);
+        compare_with_ceilings(&mut failed);
         assert_eq!(failed.first().and_then(|row| row.argon2_percent), None);
         let mut alone = vec![rated("login", 120.0, "")];
-        compare_login_with_argon2(&mut alone);
+        compare_with_ceilings(&mut alone);
         assert_eq!(alone.first().map(|row| row.note.as_str()), Some(""));
     }
 

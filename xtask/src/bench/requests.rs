@@ -51,6 +51,8 @@ pub(super) fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, optio
             (post_json(server.url("/login"), body, LOGIN_CONNECTIONS, 200), String::new())
         }
         Scenario::Idle
+        | Scenario::Baseline
+        | Scenario::Register
         | Scenario::LoginMfa
         | Scenario::Argon2
         | Scenario::Refresh

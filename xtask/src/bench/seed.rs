@@ -52,6 +52,8 @@ pub(super) fn prepare_database(binary: &Path, data_dir: &Path, users: u64, fresh
             "reusing its {users} seeded users; clearing sessions, login failures and second factors of earlier runs"
         ));
         psql(&url, "TRUNCATE sessions, login_attempts CASCADE")?;
+        // `register` deletes its accounts when it ends; a run that ended before it could must not leave them.
+        super::register::delete_registered(&url)?;
         // `login-mfa` turns TOTP off again when it ends; a run that ended before it could must not leave it on.
         super::mfa::reset(&url)?;
         psql(&url, "VACUUM ANALYZE")?;
@@ -69,16 +71,19 @@ pub(super) fn prepare_database(binary: &Path, data_dir: &Path, users: u64, fresh
 }
 
 /// How many seeded users the database at `url` holds, or `None` when it is not a complete bench database (no
-/// tables yet, or no administrator).
+/// tables yet, or no administrator). Accounts a cut-short `register` left are not counted: reusing the database
+/// deletes them.
 fn seeded_users(url: &str) -> Result<Option<u64>> {
     let counts = psql(
         url,
         &format!(
             "SELECT (SELECT count(*) FROM users WHERE email LIKE {pattern}) || '|' || \
-                    (SELECT count(*) FROM users WHERE email = {admin}) || '|' || (SELECT count(*) FROM users) \
+                    (SELECT count(*) FROM users WHERE email = {admin}) || '|' || \
+                    (SELECT count(*) FROM users WHERE email NOT LIKE {registered}) \
              WHERE to_regclass('public.users') IS NOT NULL",
             pattern = literal(&format!("user%@{SEED_DOMAIN}")),
             admin = literal(ADMIN_EMAIL),
+            registered = literal(&format!("%@{}", super::register::REGISTER_DOMAIN)),
         ),
     );
     // Before migrations the query fails on the missing table despite the guard (it is planned first).
