@@ -20,8 +20,8 @@
 //! This module holds the command and the order of the run; the parts live in its submodules: [`options`] (the
 //! command line and the scenarios), [`seed`] (the seeded database), [`server`] (the server under test and signing in
 //! to it), [`load`] (driving `oha`), [`system`] (memory and CPU figures from `/proc`), one module per family of
-//! scenarios ([`requests`], [`baseline`], [`register`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`], [`proxy`], [`upload`], [`soak`], [`idle`],
-//! [`hashing`]), and [`report`] (the rows, the table and the JSON report).
+//! scenarios ([`requests`], [`baseline`], [`register`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`],
+//! [`proxy`], [`upload`], [`soak`], [`idle`], [`hashing`]), and [`report`] (the rows, the table and the JSON report).
 
 mod baseline;
 mod hashing;
