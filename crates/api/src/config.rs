@@ -162,6 +162,24 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Ok(Duration::seconds(seconds))
 }
 
+/// The longest `REFRESH_REUSE_GRACE`: a retry follows a lost answer within seconds, and every second of grace is
+/// a second in which a stolen, already exchanged token still works once.
+const REUSE_GRACE_MAX: Duration = Duration::minutes(5);
+
+/// `REFRESH_REUSE_GRACE`: a duration like the others, or `0s` (the default) for none, at most [`REUSE_GRACE_MAX`].
+fn reuse_grace(vars: &Vars<'_>, default: Duration) -> Result<Duration, ConfigError> {
+    const NAME: &str = "REFRESH_REUSE_GRACE";
+    let Some(raw) = vars.get(NAME) else { return Ok(default) };
+    let grace = match raw.trim() {
+        "0" | "0s" => Duration::ZERO,
+        other => parse_duration(other).map_err(|message| invalid(NAME, message))?,
+    };
+    if grace > REUSE_GRACE_MAX {
+        return Err(invalid(NAME, "must be at most 5m"));
+    }
+    Ok(grace)
+}
+
 /// Reads variables from a lookup function, so tests can configure without touching the process environment.
 struct Vars<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -367,6 +385,7 @@ impl Config {
                 access_token_ttl: vars.duration("ACCESS_TOKEN_TTL", defaults.access_token_ttl)?,
                 refresh_token_ttl: vars.duration("REFRESH_TOKEN_TTL", defaults.refresh_token_ttl)?,
                 refresh_token_idle_ttl: vars.duration("REFRESH_TOKEN_IDLE_TTL", defaults.refresh_token_idle_ttl)?,
+                refresh_reuse_grace: reuse_grace(&vars, defaults.refresh_reuse_grace)?,
                 verify_token_ttl: vars.duration("VERIFY_TOKEN_TTL", defaults.verify_token_ttl)?,
                 reset_token_ttl: vars.duration("RESET_TOKEN_TTL", defaults.reset_token_ttl)?,
                 password_policy: PasswordPolicy { min_length: password_min_length },
@@ -553,6 +572,15 @@ mod tests {
     }
 
     #[test]
+    fn the_reuse_grace_is_off_by_default_and_takes_zero_or_a_duration() {
+        assert_eq!(config(&[]).unwrap().service.refresh_reuse_grace, Duration::ZERO);
+        assert_eq!(config(&[("REFRESH_REUSE_GRACE", "0s")]).unwrap().service.refresh_reuse_grace, Duration::ZERO);
+        let grace = config(&[("REFRESH_REUSE_GRACE", "30s")]).unwrap().service.refresh_reuse_grace;
+        assert_eq!(grace, Duration::seconds(30));
+        assert_eq!(config(&[("REFRESH_REUSE_GRACE", "5m")]).unwrap().service.refresh_reuse_grace, Duration::minutes(5));
+    }
+
+    #[test]
     fn each_bad_value_names_its_variable() {
         let cases = [
             ("BIND_ADDR", "x"),
@@ -561,6 +589,9 @@ mod tests {
             ("STORAGE_BACKEND", "tape"),
             ("MAIL_BACKEND", "pigeon"),
             ("ACCESS_TOKEN_TTL", "forever"),
+            ("REFRESH_REUSE_GRACE", "soon"),
+            ("REFRESH_REUSE_GRACE", "-5s"),
+            ("REFRESH_REUSE_GRACE", "6m"),
             ("PASSWORD_MIN_LENGTH", "4"),
             ("PICTURE_MAX_BYTES", "lots"),
             ("PICTURE_MAX_CONCURRENT", "0"),

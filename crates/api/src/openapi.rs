@@ -51,6 +51,9 @@ account was never confirmed mails its owner a link to choose the password instea
 account someone else created first is taken back by the mailbox owner (account pre-hijacking).\n\
 - `POST /password/reset` also accepts the form of the reset page (`application/x-www-form-urlencoded`) and then \
 answers a short HTML page instead of 204, since a browser form cannot send JSON.\n\
+- `GET /verify-email/{user_id}/{token}` answers its 200 and 400 as a short HTML page when the `Accept` header \
+prefers `text/html` to `application/json` (a person clicking the link in a browser); without `Accept`, with `*/*` or \
+with `application/json` it answers JSON.\n\
 - Archived pictures are not public: their `url` in the history points to an authenticated route.\n\
 - An unknown or malformed email at `/login` costs a full (dummy) password check and counts toward the per-email \
 backoff like a known one."

@@ -15,6 +15,10 @@ pub struct ServiceConfig {
     pub refresh_token_ttl: Duration,
     /// A session unused for this long can no longer be refreshed.
     pub refresh_token_idle_ttl: Duration,
+    /// How long after its exchange a refresh token may be presented again to get a fresh pair for its session
+    /// (a retry whose answer was lost), while the token it was exchanged for is unused; zero makes every reuse
+    /// revoke the family.
+    pub refresh_reuse_grace: Duration,
     /// Lifetime of verification links (registration and email change).
     pub verify_token_ttl: Duration,
     /// Lifetime of password reset links.
@@ -40,6 +44,7 @@ impl Default for ServiceConfig {
             access_token_ttl: Duration::minutes(15),
             refresh_token_ttl: Duration::days(30),
             refresh_token_idle_ttl: Duration::days(7),
+            refresh_reuse_grace: Duration::ZERO,
             verify_token_ttl: Duration::hours(24),
             reset_token_ttl: Duration::minutes(15),
             password_policy: PasswordPolicy::default(),

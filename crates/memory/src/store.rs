@@ -16,9 +16,9 @@ use users_domain::ports::{
     AccountRequest, AccountRequestKind, AccountRequests, BackoffPolicy, Clock, EmailTokenPurpose, EmailTokenRecord,
     EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount,
     NewEmailToken, NewMfaChallenge, OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError, PortError,
-    RefreshRecord, RequestCounter, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof,
-    SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserQuery,
-    UserSort, UserStore, UserUpdate, WindowCount,
+    RefreshRecord, RequestCounter, Rotation, SecondFactorAction, SecondFactorChange, SecondFactorError,
+    SecondFactorProof, SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor,
+    UserQuery, UserSort, UserStore, UserUpdate, WindowCount,
 };
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{EmailAddress, Nickname, User, UserId};
@@ -65,7 +65,16 @@ struct EmailTokenRow {
 #[derive(Debug, Clone)]
 struct RefreshRow {
     session: SessionId,
-    used: bool,
+    /// When the token was spent: exchanged, or discarded by a retry.
+    used_at: Option<OffsetDateTime>,
+    /// The token it was last exchanged for.
+    successor: Option<TokenHash>,
+}
+
+impl RefreshRow {
+    fn unused(session: SessionId) -> Self {
+        Self { session, used_at: None, successor: None }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -226,7 +235,7 @@ impl State {
             ip: session.ip,
         };
         self.sessions.insert(stored.id, stored.clone());
-        self.refresh_tokens.insert(session.refresh_token_hash, RefreshRow { session: session.id, used: false });
+        self.refresh_tokens.insert(session.refresh_token_hash, RefreshRow::unused(session.id));
         Ok(stored)
     }
 
@@ -571,7 +580,15 @@ impl SessionStore for MemoryStore {
             let row = state.refresh_tokens.get(&hash)?;
             let session = state.sessions.get(&row.session)?;
             let user = state.users.get(&session.user_id.as_uuid())?;
-            Some(RefreshRecord { session: session.clone(), user: user.clone(), used: row.used })
+            let rotation = match (row.used_at, &row.successor) {
+                (Some(at), Some(successor)) => Some(Rotation {
+                    at,
+                    successor: successor.clone(),
+                    successor_used: state.refresh_tokens.get(successor).is_some_and(|next| next.used_at.is_some()),
+                }),
+                _ => None,
+            };
+            Some(RefreshRecord { session: session.clone(), user: user.clone(), used: row.used_at.is_some(), rotation })
         })
     }
 
@@ -583,19 +600,54 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<Option<Session>, PortError> {
         self.change(|state| {
-            let usable = state.refresh_tokens.get(&presented).is_some_and(|row| row.session == session && !row.used)
-                && state.sessions.get(&session).is_some_and(|stored| stored.revoked_at.is_none());
+            let usable =
+                state.refresh_tokens.get(&presented).is_some_and(|row| row.session == session && row.used_at.is_none())
+                    && state.sessions.get(&session).is_some_and(|stored| stored.revoked_at.is_none());
             if !usable {
                 return Ok(None);
             }
             if let Some(row) = state.refresh_tokens.get_mut(&presented) {
-                row.used = true;
+                row.used_at = Some(now);
+                row.successor = Some(next.clone());
             }
-            state.refresh_tokens.insert(next, RefreshRow { session, used: false });
+            state.refresh_tokens.insert(next, RefreshRow::unused(session));
             let stored =
                 state.sessions.get_mut(&session).ok_or_else(|| unknown(format!("session {session} vanished")))?;
             stored.last_used_at = now;
             Ok(Some(stored.clone()))
+        })
+    }
+
+    async fn replace_refresh_successor(
+        &self,
+        session: SessionId,
+        presented: TokenHash,
+        successor: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<Session>, PortError> {
+        self.change(|state| {
+            let Some(stored) = state.sessions.get(&session).filter(|stored| stored.revoked_at.is_none()).cloned()
+            else {
+                return Ok(None);
+            };
+            let retried = state.refresh_tokens.get(&presented).is_some_and(|row| {
+                row.session == session && row.used_at.is_some() && row.successor.as_ref() == Some(&successor)
+            });
+            let replaceable =
+                state.refresh_tokens.get(&successor).is_some_and(|row| row.session == session && row.used_at.is_none());
+            if !(retried && replaceable) {
+                return Ok(None);
+            }
+            // Spent with no successor: presenting the discarded token later is a reuse.
+            if let Some(row) = state.refresh_tokens.get_mut(&successor) {
+                row.used_at = Some(now);
+            }
+            if let Some(row) = state.refresh_tokens.get_mut(&presented) {
+                row.successor = Some(next.clone());
+            }
+            state.refresh_tokens.insert(next, RefreshRow::unused(session));
+            Ok(Some(stored))
         })
     }
 

@@ -48,6 +48,7 @@ diesel::table! {
         session_id -> Uuid,
         created_at -> Timestamptz,
         used_at -> Nullable<Timestamptz>,
+        successor_hash -> Nullable<Text>,
     }
 }
 

@@ -4,13 +4,14 @@
 //! Which refresh wins, when a reuse revokes a family and when a session counts as expired are the domain's rules.
 //! The store reads rows and applies one compare-and-set: a rotation marks the presented token used only while it is
 //! still unused and its session unrevoked, under a row lock on the session that serialises concurrent rotations of
-//! one family, so of two concurrent rotations of one token exactly one succeeds.
+//! one family, so of two concurrent rotations of one token exactly one succeeds. A retry within the reuse grace
+//! replaces a spent token's unused successor under the same lock and the same kind of condition.
 
 use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
-use users_domain::ports::{PortError, RefreshRecord, SessionEnd, SessionStore};
+use users_domain::ports::{PortError, RefreshRecord, Rotation, SessionEnd, SessionStore};
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{User, UserId};
 use uuid::Uuid;
@@ -52,16 +53,23 @@ impl SessionStore for PgRepository {
 
     async fn find_refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, PortError> {
         let mut connection = self.connection().await?;
-        let found = refresh_tokens::table
-            .inner_join(sessions::table.inner_join(users::table))
-            .filter(refresh_tokens::token_hash.eq(hash.as_str()))
-            .select((refresh_tokens::used_at, SessionRow::as_select(), UserRow::as_select()))
-            .get_result::<(Option<OffsetDateTime>, SessionRow, UserRow)>(&mut connection)
-            .await
-            .optional();
+        let found = find_refresh(&mut connection, &hash).await;
         match found {
-            Ok(Some((used_at, session, user))) => {
-                Ok(Some(RefreshRecord { session: session.into(), user: user.into_user()?, used: used_at.is_some() }))
+            Ok(Some(((used_at, successor), session, user, successor_used_at))) => {
+                let rotation = match (used_at, successor) {
+                    (Some(at), Some(successor)) => Some(Rotation {
+                        at,
+                        successor: TokenHash::from_stored(successor),
+                        successor_used: successor_used_at.is_some(),
+                    }),
+                    _ => None,
+                };
+                Ok(Some(RefreshRecord {
+                    session: session.into(),
+                    user: user.into_user()?,
+                    used: used_at.is_some(),
+                    rotation,
+                }))
             }
             Ok(None) => Ok(None),
             Err(error) => Err(query_error(error, &mut connection, "finding a refresh token")),
@@ -80,6 +88,24 @@ impl SessionStore for PgRepository {
         match rotated {
             Ok(row) => Ok(row.map(Session::from)),
             Err(error) => Err(query_error(error, &mut connection, "rotating a refresh token")),
+        }
+    }
+
+    async fn replace_refresh_successor(
+        &self,
+        session: SessionId,
+        presented: TokenHash,
+        successor: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<Session>, PortError> {
+        let mut connection = self.connection().await?;
+        let tokens = (&presented, &successor, &next);
+        let replaced = replace_successor(&mut connection, session.as_uuid(), tokens, now).await;
+        match replaced {
+            Ok(row) => Ok(row.map(Session::from)),
+            Err(DieselError::RollbackTransaction) => Ok(None),
+            Err(error) => Err(query_error(error, &mut connection, "replacing the successor of a refresh token")),
         }
     }
 
@@ -185,7 +211,7 @@ async fn rotate(
             let consumed = diesel::update(refresh_tokens::table.find(presented.as_str()))
                 .filter(refresh_tokens::session_id.eq(session_id))
                 .filter(refresh_tokens::used_at.is_null())
-                .set(refresh_tokens::used_at.eq(now))
+                .set((refresh_tokens::used_at.eq(now), refresh_tokens::successor_hash.eq(next.as_str())))
                 .execute(connection)
                 .await?;
             if consumed == 0 {
@@ -199,6 +225,91 @@ async fn rotate(
                 .set(sessions::last_used_at.eq(now))
                 .returning(SessionRow::as_returning())
                 .get_result::<SessionRow>(connection)
+                .await?;
+            Ok(Some(session))
+        })
+        .await
+}
+
+/// A refresh token's use and successor, its session and user, and when its successor was used: the successor is
+/// looked up in a second query, only for a spent token (rare: a retry or a reuse).
+async fn find_refresh(
+    connection: &mut AsyncPgConnection,
+    hash: &TokenHash,
+) -> Result<Option<(RefreshState, SessionRow, UserRow, Option<OffsetDateTime>)>, DieselError> {
+    let found = refresh_tokens::table
+        .inner_join(sessions::table.inner_join(users::table))
+        .filter(refresh_tokens::token_hash.eq(hash.as_str()))
+        .select((
+            (refresh_tokens::used_at, refresh_tokens::successor_hash),
+            SessionRow::as_select(),
+            UserRow::as_select(),
+        ))
+        .get_result::<(RefreshState, SessionRow, UserRow)>(connection)
+        .await
+        .optional()?;
+    let Some((state, session, user)) = found else { return Ok(None) };
+    let successor_used_at = match &state.1 {
+        Some(successor) => refresh_tokens::table
+            .find(successor)
+            .select(refresh_tokens::used_at)
+            .get_result::<Option<OffsetDateTime>>(connection)
+            .await
+            .optional()?
+            .flatten(),
+        None => None,
+    };
+    Ok(Some((state, session, user, successor_used_at)))
+}
+
+/// A refresh token's `used_at` and `successor_hash`.
+type RefreshState = (Option<OffsetDateTime>, Option<String>);
+
+/// Replaces the unused successor `successor` of the spent token `presented` with `next`, compare-and-set, in one
+/// transaction; `None` when the session is revoked, and a rolled-back transaction when either token fails its
+/// condition (nothing changed either way).
+async fn replace_successor(
+    connection: &mut AsyncPgConnection,
+    session_id: Uuid,
+    (presented, successor, next): (&TokenHash, &TokenHash, &TokenHash),
+    now: OffsetDateTime,
+) -> Result<Option<SessionRow>, DieselError> {
+    connection
+        .transaction::<_, DieselError, _>(async |connection| {
+            // The same row lock as a rotation: replacements, rotations and revocations of one family take turns.
+            let unrevoked = sessions::table
+                .find(session_id)
+                .filter(sessions::revoked_at.is_null())
+                .select(SessionRow::as_select())
+                .for_no_key_update()
+                .get_result::<SessionRow>(connection)
+                .await
+                .optional()?;
+            let Some(session) = unrevoked else { return Ok(None) };
+            // The successor is discarded only while it is the family's unused current token; it is spent with no
+            // successor, so presenting it later is a reuse.
+            let discarded = diesel::update(refresh_tokens::table.find(successor.as_str()))
+                .filter(refresh_tokens::session_id.eq(session_id))
+                .filter(refresh_tokens::used_at.is_null())
+                .set(refresh_tokens::used_at.eq(now))
+                .execute(connection)
+                .await?;
+            if discarded == 0 {
+                return Err(DieselError::RollbackTransaction);
+            }
+            let retried = diesel::update(refresh_tokens::table.find(presented.as_str()))
+                .filter(refresh_tokens::session_id.eq(session_id))
+                .filter(refresh_tokens::used_at.is_not_null())
+                .filter(refresh_tokens::successor_hash.eq(successor.as_str()))
+                .set(refresh_tokens::successor_hash.eq(next.as_str()))
+                .execute(connection)
+                .await?;
+            if retried == 0 {
+                return Err(DieselError::RollbackTransaction);
+            }
+            diesel::insert_into(refresh_tokens::table)
+                .values(NewRefreshTokenRow::next_of(next, session_id, now))
+                .execute(connection)
                 .await?;
             Ok(Some(session))
         })

@@ -25,9 +25,9 @@ use users_domain::ports::{
     AccountRequestKind, AccountRequests, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, FailureCount, Guard,
     InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount, NewEmailToken, NewMfaChallenge, OutgoingMail,
     PictureRecords, PictureSize, PictureVariant, PictureWriteError, PortError, ProfileChanges, RequestCounter,
-    SealedSecret, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore,
-    SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserFields, UserQuery, UserSort,
-    UserStore, UserUpdate,
+    Rotation, SealedSecret, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof,
+    SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserFields,
+    UserQuery, UserSort, UserStore, UserUpdate,
 };
 use users_domain::session::{NewSession, RefreshToken, Session, SessionId, TokenHash};
 use users_domain::user::{
@@ -87,6 +87,8 @@ macro_rules! conformance_tests {
             sessions_are_started_and_found_with_their_user,
             refresh_tokens_rotate_by_compare_and_set,
             concurrent_rotations_of_one_token_let_exactly_one_win,
+            a_retry_replaces_the_unused_successor_by_compare_and_set,
+            concurrent_replacements_of_one_successor_let_exactly_one_win,
             sessions_are_revoked_once_and_only_by_their_owner,
             sessions_are_listed_newest_first_while_active,
             email_tokens_are_found_while_unused,
@@ -881,6 +883,89 @@ pub async fn concurrent_rotations_of_one_token_let_exactly_one_win<S: Storage>(s
     let (winner, loser) = if won_a.is_some() { (a, b) } else { (b, a) };
     assert!(!store.find_refresh_token(winner).await.unwrap().unwrap().used);
     assert_eq!(store.find_refresh_token(loser).await.unwrap(), None);
+}
+
+/// A rotation records its time and successor; a retry replaces an unused successor of a spent token with a new
+/// current token, discarding the successor and leaving the session as it was; anything else (a stale or used
+/// successor, an unused presented token, another session, a revoked session) changes nothing and answers `None`.
+pub async fn a_retry_replaces_the_unused_successor_by_compare_and_set<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    let (started, first) = start(&store, user.id, t0).await;
+    let (other, other_first) = start(&store, user.id, t0).await;
+    let second = RefreshToken::generate().hash();
+    let t1 = t0 + Duration::minutes(1);
+    let rotated = store.rotate_refresh_token(started.id, first.clone(), second.clone(), t1).await.unwrap().unwrap();
+    let rotation = store.find_refresh_token(first.clone()).await.unwrap().unwrap().rotation;
+    assert_eq!(rotation, Some(Rotation { at: t1, successor: second.clone(), successor_used: false }));
+    assert_eq!(store.find_refresh_token(second.clone()).await.unwrap().unwrap().rotation, None, "not exchanged");
+
+    let third = RefreshToken::generate().hash();
+    let t2 = t1 + Duration::seconds(5);
+    let replaced = store.replace_refresh_successor(started.id, first.clone(), second.clone(), third.clone(), t2).await;
+    assert_eq!(replaced.unwrap(), Some(rotated.clone()), "the session is unchanged, its last use too");
+    assert_eq!(session(&store, started.id).await, rotated);
+    let discarded = store.find_refresh_token(second.clone()).await.unwrap().unwrap();
+    assert_eq!((discarded.used, discarded.rotation), (true, None), "the successor is spent, with no successor");
+    let current = store.find_refresh_token(third.clone()).await.unwrap().unwrap();
+    assert_eq!((current.used, current.session.id), (false, started.id));
+    let rotation = store.find_refresh_token(first.clone()).await.unwrap().unwrap().rotation;
+    assert_eq!(rotation, Some(Rotation { at: t1, successor: third.clone(), successor_used: false }));
+
+    let stray = RefreshToken::generate().hash();
+    let refused = [
+        (started.id, first.clone(), second.clone(), "a stale successor"),
+        (started.id, second.clone(), third.clone(), "not the successor of the presented token"),
+        (started.id, third.clone(), stray.clone(), "an unused presented token"),
+        (other.id, first.clone(), third.clone(), "another session"),
+        (other.id, other_first.clone(), third.clone(), "not exchanged"),
+    ];
+    for (in_session, presented, successor, why) in refused {
+        let outcome = store.replace_refresh_successor(in_session, presented, successor, stray.clone(), t2).await;
+        assert_eq!(outcome.unwrap(), None, "{why}");
+    }
+    assert_eq!(store.find_refresh_token(stray.clone()).await.unwrap(), None, "no token was stored");
+    assert!(!store.find_refresh_token(third.clone()).await.unwrap().unwrap().used, "the current token stays");
+
+    // Once the successor is used, its parent's retry is refused.
+    let fourth = RefreshToken::generate().hash();
+    store.rotate_refresh_token(started.id, third.clone(), fourth.clone(), t2).await.unwrap().unwrap();
+    let rotation = store.find_refresh_token(first.clone()).await.unwrap().unwrap().rotation.unwrap();
+    assert!(rotation.successor_used);
+    let outcome = store.replace_refresh_successor(started.id, first.clone(), third, stray.clone(), t2).await;
+    assert_eq!(outcome.unwrap(), None, "a used successor");
+
+    // A revoked session's tokens are never replaced.
+    let fifth = RefreshToken::generate().hash();
+    store.rotate_refresh_token(started.id, fourth.clone(), fifth.clone(), t2).await.unwrap().unwrap();
+    assert!(store.revoke_session(started.id, None, t2).await.unwrap());
+    let outcome = store.replace_refresh_successor(started.id, fourth, fifth.clone(), stray.clone(), t2).await;
+    assert_eq!(outcome.unwrap(), None, "a revoked session");
+    assert!(!store.find_refresh_token(fifth).await.unwrap().unwrap().used);
+    assert_eq!(store.find_refresh_token(stray).await.unwrap(), None);
+}
+
+/// Of two concurrent retries replacing one successor, exactly one succeeds and only its token is stored.
+pub async fn concurrent_replacements_of_one_successor_let_exactly_one_win<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let at = now();
+    let (started, first) = start(&store, user.id, at).await;
+    let second = RefreshToken::generate().hash();
+    store.rotate_refresh_token(started.id, first.clone(), second.clone(), at).await.unwrap().unwrap();
+    let (a, b) = (RefreshToken::generate().hash(), RefreshToken::generate().hash());
+    let later = at + Duration::seconds(1);
+    let (won_a, won_b) = tokio::join!(
+        store.replace_refresh_successor(started.id, first.clone(), second.clone(), a.clone(), later),
+        store.replace_refresh_successor(started.id, first.clone(), second.clone(), b.clone(), later),
+    );
+    let (won_a, won_b) = (won_a.unwrap(), won_b.unwrap());
+    assert!(won_a.is_some() != won_b.is_some(), "exactly one wins: {won_a:?} / {won_b:?}");
+    let (winner, loser) = if won_a.is_some() { (a, b) } else { (b, a) };
+    assert!(!store.find_refresh_token(winner.clone()).await.unwrap().unwrap().used);
+    assert_eq!(store.find_refresh_token(loser).await.unwrap(), None);
+    assert!(store.find_refresh_token(second).await.unwrap().unwrap().used, "the replaced successor is spent");
+    let rotation = store.find_refresh_token(first).await.unwrap().unwrap().rotation.unwrap();
+    assert_eq!(rotation.successor, winner);
 }
 
 /// A session is revoked once (keeping its first revocation time), and with an owner only if it is theirs.

@@ -72,6 +72,9 @@ pub async fn register<P: Ports>(
 }
 
 /// Follow the link of a verification mail (registration or email change).
+///
+/// A browser (an `Accept` header that prefers `text/html` to `application/json`) gets the 200 and 400 answers as a
+/// short HTML page for the person who clicked the link; everything else gets JSON.
 #[utoipa::path(
     get, path = "/verify-email/{user_id}/{token}", tag = "accounts",
     params(
@@ -79,26 +82,82 @@ pub async fn register<P: Ports>(
         ("token" = String, Path, max_length = 128, description = "The token from the mail"),
     ),
     responses(
-        (status = 200, description = "Verified", body = MessageResponse),
-        (status = 400, description = "`invalid_or_expired_token`: an unknown, expired or used token, or a `user_id` that is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Verified. A browser gets an HTML page",
+            content((MessageResponse = "application/json"), (String = "text/html"))),
+        (status = 400, description = "`invalid_or_expired_token`: an unknown, expired or used token, or a `user_id` that is not a UUID. A browser gets an HTML page",
+            content((Problem = "application/problem+json"), (String = "text/html"))),
         (status = 409, description = "`email_taken`: the new address was taken meanwhile", body = Problem, content_type = "application/problem+json"),
         Unavailable,
     )
 )]
 pub async fn verify_email<P: Ports>(
     state: web::Data<AppState<P>>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, token) = path.into_inner();
-    let user_id = Uuid::parse_str(&user_id).map_err(|_| ApiError::invalid_link())?;
+    let confirmed = confirm_email(&state, &user_id, &token).await;
+    if !super::negotiate::prefers_html(&req) {
+        let message = confirmation_message(&confirmed?);
+        return Ok(vary_accept(HttpResponse::Ok().json(MessageResponse { message })));
+    }
+    let sign_in = sign_in_hint(state.service.config().app_base_url.as_deref());
+    let page = match confirmed {
+        Ok(confirmation) => {
+            let body = format!("<p>{}</p>{sign_in}", escape(confirmation_message(&confirmation)));
+            html_page(StatusCode::OK, page("Your email address is confirmed", &body))
+        }
+        Err(error) if actix_web::ResponseError::status_code(&error) == StatusCode::BAD_REQUEST => {
+            let body = format!(
+                "<p>This link is invalid or has expired: it may have been used already, or a newer mail replaced \
+                 it.</p><p>To get a new link, ask the app you signed up with to send the verification mail again \
+                 (for a new email address, change it once more in your profile).</p>{sign_in}"
+            );
+            html_page(StatusCode::BAD_REQUEST, page("This link is invalid or has expired", &body))
+        }
+        // 409 and 503 stay problems: the contract lists an HTML page for 200 and 400 only.
+        Err(error) => return Err(error),
+    };
+    Ok(vary_accept(page))
+}
+
+/// Checks a verification link's parts and confirms the address.
+async fn confirm_email<P: Ports>(
+    state: &AppState<P>,
+    user_id: &str,
+    token: &str,
+) -> Result<EmailConfirmation, ApiError> {
+    let user_id = Uuid::parse_str(user_id).map_err(|_| ApiError::invalid_link())?;
     if token.len() > LINK_TOKEN_MAX {
         return Err(ApiError::invalid_link());
     }
-    let message = match state.service.verify_email(UserId::from_uuid(user_id), &token).await? {
+    Ok(state.service.verify_email(UserId::from_uuid(user_id), token).await?)
+}
+
+/// What a confirmed link says, in JSON and on the page alike.
+const fn confirmation_message(confirmation: &EmailConfirmation) -> &'static str {
+    match confirmation {
         EmailConfirmation::Verified(_) => "Your email address is verified; you can log in now.",
         EmailConfirmation::EmailChanged(_) => "Your new email address is confirmed and is now your login.",
-    };
-    Ok(HttpResponse::Ok().json(MessageResponse { message }))
+    }
+}
+
+/// Where to sign in: the frontend of `APP_BASE_URL` when there is one (this service's own base URL has no page to
+/// sign in on).
+fn sign_in_hint(app_base_url: Option<&str>) -> String {
+    match app_base_url {
+        Some(url) => {
+            format!("<p>Sign in with your email address and password at <a href=\"{0}\">{0}</a>.</p>", escape(url))
+        }
+        None => "<p>Sign in with your email address and password in the app.</p>".to_owned(),
+    }
+}
+
+/// Adds `Vary: Accept` to an answer of a route that negotiates, so no cache hands the page to an API client or
+/// the JSON to a browser.
+fn vary_accept(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 /// Ask for a fresh verification link. Always 202.

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod auth;
 pub mod me;
 pub mod mfa;
+mod negotiate;
 pub mod ops;
 pub mod pictures;
 pub mod users;

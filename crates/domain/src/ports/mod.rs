@@ -35,7 +35,7 @@ pub use second_factor::{
     MfaChallenge, NewMfaChallenge, NewTotpSecret, OneTimePasswords, SealedSecret, SecondFactorAction,
     SecondFactorChange, SecondFactorError, SecondFactorProof, SecondFactorStore, TotpRecord,
 };
-pub use sessions::{RefreshRecord, SessionEnd, SessionStore};
+pub use sessions::{RefreshRecord, Rotation, SessionEnd, SessionStore};
 pub use throttle::{BackoffPolicy, FailureCount, LoginThrottle};
 pub use users::{
     Guard, InsertUserError, NewAccount, ProfileChanges, UpdateError, UserCursor, UserFields, UserQuery, UserSort,

@@ -17,8 +17,21 @@ pub struct RefreshRecord {
     pub session: Session,
     /// The session's user, as stored now.
     pub user: User,
-    /// Whether the token was already exchanged for a successor.
+    /// Whether the token is spent: exchanged for a successor, or discarded when a retry replaced it.
     pub used: bool,
+    /// The token's last exchange, when it was exchanged (a discarded token has none).
+    pub rotation: Option<Rotation>,
+}
+
+/// The last exchange of a refresh token: when it happened and what became of the token it was exchanged for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// When the token was exchanged.
+    pub at: OffsetDateTime,
+    /// The hash of the token it was (last) exchanged for.
+    pub successor: TokenHash,
+    /// Whether that successor is spent too.
+    pub successor_used: bool,
 }
 
 /// Which of a user's sessions a change ends. Ending any also drops the user's logins waiting for their second step
@@ -68,8 +81,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<RefreshRecord>, PortError>> + Send;
 
     /// Exchanges `presented` for `next`, compare-and-set: only when `presented` is still unused and its session
-    /// `session` is not revoked, it is marked used, `next` becomes the family's current token and the session's
-    /// last use becomes `now`, atomically. Of two concurrent exchanges of one token exactly one succeeds.
+    /// `session` is not revoked, it is marked used at `now` with `next` as its successor, `next` becomes the
+    /// family's current token and the session's last use becomes `now`, atomically. Of two concurrent exchanges of one token exactly one succeeds.
     /// `Ok(None)` when the condition did not hold (nothing changed).
     ///
     /// # Errors
@@ -78,6 +91,25 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         session: SessionId,
         presented: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Session>, PortError>> + Send;
+
+    /// Replaces the successor of an exchanged token with `next` (a retry of an exchange whose answer was lost),
+    /// compare-and-set: only when session `session` is not revoked, `presented` is a spent token of it whose
+    /// successor is `successor`, and `successor` is still unused (the family's current token), `successor` is
+    /// discarded (spent, with no successor of its own), `next` becomes the family's current token and
+    /// `presented`'s successor, issued at `now`, atomically. The session itself is unchanged: its last use stays
+    /// that of the exchange being retried. Of two concurrent replacements of one successor exactly one succeeds. `Ok(None)`
+    /// when the condition did not hold (nothing changed).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn replace_refresh_successor(
+        &self,
+        session: SessionId,
+        presented: TokenHash,
+        successor: TokenHash,
         next: TokenHash,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Option<Session>, PortError>> + Send;

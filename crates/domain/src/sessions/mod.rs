@@ -3,7 +3,9 @@
 //!
 //! A login checks the password before anything about the account is revealed, on the per-account backoff. A
 //! refresh token is single use: presenting one that was already exchanged is taken as theft and ends its whole
-//! session (the token family), and of two concurrent exchanges of one token exactly one wins.
+//! session (the token family), and of two concurrent exchanges of one token exactly one wins. The one exception,
+//! off by default, is a retry within `refresh_reuse_grace` of the exchange while its successor is unused: the
+//! client whose answer got lost gets a fresh pair for the same session instead of being logged out.
 
 mod check;
 
@@ -12,7 +14,7 @@ pub(crate) use check::Throttled;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::ports::{PortError, Ports, SessionEnd, SessionStore as _, TokenCodec as _, UserStore as _};
+use crate::ports::{PortError, Ports, RefreshRecord, SessionEnd, SessionStore as _, TokenCodec as _, UserStore as _};
 use crate::service::Service;
 use crate::session::{AccessClaims, NewSession, RefreshToken, Session, SessionId, TokenHash, TokenPair};
 use crate::throttle::Checked;
@@ -115,6 +117,16 @@ pub enum RefreshError {
     /// A dependency failed.
     #[error(transparent)]
     Port(#[from] PortError),
+}
+
+/// What a presented refresh token gets, as judged on its record.
+enum Exchange {
+    /// An unused token: exchange it for a successor.
+    Rotate,
+    /// A retry within the grace: replace the token's unused successor (this one) with a fresh token.
+    Retry(TokenHash),
+    /// A reuse: the family is revoked.
+    Reuse,
 }
 
 /// The backoff key of an email that does not parse: a hash of its trimmed, lower-cased form, so any input (however
@@ -240,39 +252,87 @@ impl<P: Ports> Service<P> {
     /// Exchanges a refresh token for a new pair, rotating it.
     ///
     /// The rules, in order: a locked user is refused and nothing changes (an unlock restores the session); a token
-    /// already exchanged is a reuse, which revokes its session; a revoked session, one past its absolute end, or
-    /// one unused for `refresh_token_idle_ttl` is refused; otherwise the token is exchanged, and losing that
-    /// exchange to a concurrent one counts as a reuse too.
+    /// already exchanged is a reuse, which revokes its session, except a retry within `refresh_reuse_grace` (see
+    /// [`Self::judge`]); a revoked session, one past its absolute end, or one unused for `refresh_token_idle_ttl`
+    /// is refused; otherwise the token is exchanged. Losing that exchange to a concurrent one counts as a reuse
+    /// too; with a grace the token is judged once more on the rows as they are now, as if it had come a moment
+    /// later, so concurrent retries end like the same retries one after the other.
     ///
     /// # Errors
     /// [`RefreshError`] as described on its variants.
     pub async fn refresh(&self, presented: &str) -> Result<TokenPair, RefreshError> {
         let now = self.now();
-        let sessions = self.ports.sessions();
         let presented = TokenHash::of(presented);
-        let Some(record) = sessions.find_refresh_token(presented.clone()).await? else {
+        let Some(record) = self.ports.sessions().find_refresh_token(presented.clone()).await? else {
             return Err(RefreshError::InvalidToken);
         };
+        if let Some(pair) = self.exchange(&record, &presented, now).await? {
+            return Ok(pair);
+        }
+        if self.config.refresh_reuse_grace.is_positive() {
+            let again = self.ports.sessions().find_refresh_token(presented.clone()).await?;
+            if let Some(record) = again
+                && let Some(pair) = self.exchange(&record, &presented, now).await?
+            {
+                return Ok(pair);
+            }
+        }
+        // Someone exchanged the same token a moment ago (or revoked the session): a reuse all the same.
+        self.ports.sessions().revoke_session(record.session.id, None, now).await?;
+        Err(RefreshError::InvalidToken)
+    }
+
+    /// Applies the judgement of `record` at `now`: the new pair, or `Ok(None)` when its compare-and-set lost to a
+    /// concurrent change (nothing changed then).
+    async fn exchange(
+        &self,
+        record: &RefreshRecord,
+        presented: &TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenPair>, RefreshError> {
+        let sessions = self.ports.sessions();
+        let session_id = record.session.id;
+        let next = RefreshToken::generate();
+        let exchanged = match self.judge(record, now)? {
+            Exchange::Rotate => sessions.rotate_refresh_token(session_id, presented.clone(), next.hash(), now).await?,
+            Exchange::Retry(successor) => {
+                sessions.replace_refresh_successor(session_id, presented.clone(), successor, next.hash(), now).await?
+            }
+            Exchange::Reuse => {
+                sessions.revoke_session(session_id, None, now).await?;
+                return Err(RefreshError::InvalidToken);
+            }
+        };
+        Ok(match exchanged {
+            Some(session) => Some(self.token_pair(record.user.id, session.id, next, now)?),
+            None => None,
+        })
+    }
+
+    /// What presenting the token of `record` at `now` does.
+    ///
+    /// A spent token is a reuse, unless it is a retry: presented within `refresh_reuse_grace` of its exchange,
+    /// while the token it was exchanged for is unused (once that one is used, its holder is alive and this
+    /// presenter is someone else) and the session may still be refreshed. A retry gets a fresh pair for the same
+    /// session, and the successor it replaces stops working.
+    fn judge(&self, record: &RefreshRecord, now: OffsetDateTime) -> Result<Exchange, RefreshError> {
         if record.user.is_locked {
             return Err(RefreshError::AccountLocked);
         }
-        let session_id = record.session.id;
         if record.used {
-            sessions.revoke_session(session_id, None, now).await?;
-            return Err(RefreshError::InvalidToken);
+            let retry = record.rotation.as_ref().filter(|rotation| {
+                !rotation.successor_used
+                    && rotation.at.checked_add(self.config.refresh_reuse_grace).is_some_and(|end| now < end)
+            });
+            return Ok(match retry {
+                Some(rotation) if self.refreshable(&record.session, now) => Exchange::Retry(rotation.successor.clone()),
+                _ => Exchange::Reuse,
+            });
         }
         if !self.refreshable(&record.session, now) {
             return Err(RefreshError::InvalidToken);
         }
-        let next = RefreshToken::generate();
-        match sessions.rotate_refresh_token(session_id, presented, next.hash(), now).await? {
-            Some(session) => Ok(self.token_pair(record.user.id, session.id, next, now)?),
-            None => {
-                // Someone exchanged the same token a moment ago (or revoked the session): a reuse all the same.
-                sessions.revoke_session(session_id, None, now).await?;
-                Err(RefreshError::InvalidToken)
-            }
-        }
+        Ok(Exchange::Rotate)
     }
 
     /// Whether a session may still be refreshed at `now`: not revoked, before its absolute end, and used within
