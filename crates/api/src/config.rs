@@ -138,6 +138,14 @@ pub struct Config {
 /// The shortest `RETENTION` accepted.
 const MIN_RETENTION: Duration = Duration::hours(1);
 
+/// The longest `RETENTION` accepted: ten years. A longer one would put the cutoff before anything Postgres can
+/// store, and every housekeeping round would fail.
+const MAX_RETENTION: Duration = Duration::days(3650);
+
+/// The longest `MAIL_LEASE` accepted. A longer one only delays the mail of a dead instance, and one past the
+/// calendar would make every claim fail, so that no mail went out at all.
+const MAX_MAIL_LEASE: Duration = Duration::days(1);
+
 /// Parses the configuration's duration forms: a positive whole number followed by `s`, `m`, `h` or `d`.
 ///
 /// # Errors
@@ -362,6 +370,9 @@ impl Config {
         if retention < MIN_RETENTION {
             return Err(invalid("RETENTION", "must be at least 1h"));
         }
+        if retention > MAX_RETENTION {
+            return Err(invalid("RETENTION", "must be at most 3650d"));
+        }
         let purge_interval = vars.duration("PURGE_INTERVAL", Duration::hours(1))?;
         let log_format = match vars.string("LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
@@ -374,6 +385,9 @@ impl Config {
             return Err(invalid("LOGIN_BACKOFF_MAX", "must not be shorter than LOGIN_BACKOFF_BASE"));
         }
         let mail_lease = vars.duration("MAIL_LEASE", DispatcherConfig::default().lease)?;
+        if mail_lease > MAX_MAIL_LEASE {
+            return Err(invalid("MAIL_LEASE", "must be at most 1d"));
+        }
         let data_encryption_key_file = vars.get("DATA_ENCRYPTION_KEY_FILE").map(PathBuf::from);
         if let Some(path) = &data_encryption_key_file {
             users_crypto::DataKey::from_file(path)
@@ -745,5 +759,17 @@ mod tests {
             "BOOTSTRAP_ADMIN_PASSWORD"
         );
         assert_eq!(config(&[("BOOTSTRAP_ADMIN_PASSWORD", "x")]).unwrap_err().variable, "BOOTSTRAP_ADMIN_EMAIL");
+    }
+
+    #[test]
+    fn retention_and_mail_lease_past_what_the_database_can_hold_stop_start_up() {
+        // Both parse as durations; both would make every housekeeping round or every mail claim fail for ever.
+        for (variable, value) in [("RETENTION", "3651d"), ("RETENTION", "3000000d"), ("MAIL_LEASE", "25h")] {
+            let error = config(&[(variable, value)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{value}");
+            assert!(error.to_string().contains("must be at most"), "{error}");
+        }
+        assert_eq!(config(&[("RETENTION", "3650d")]).unwrap().retention, Duration::days(3650));
+        assert_eq!(config(&[("MAIL_LEASE", "24h")]).unwrap().mail_lease, Duration::days(1));
     }
 }

@@ -6,8 +6,12 @@
 //! allow twice the limit. Counting is one upsert, one round trip per limited request. When the count cannot be
 //! taken because the database is unreachable, the request is answered 503: the routes limited here need the
 //! database anyway. `RATE_LIMITS=off` turns it off for load tests.
+//!
+//! An IPv6 client is counted by its /64 network, not its full address: a /64 is what one subscriber is usually
+//! given and what one host can pick any address from, so counting single IPv6 addresses would hand every attacker
+//! 2^64 budgets. An IPv4 address mapped into IPv6 counts as the IPv4 address it is.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use time::{Duration, OffsetDateTime};
 use users_domain::ports::RequestCounter;
@@ -16,6 +20,24 @@ use crate::error::ApiError;
 
 /// The length of a window.
 pub const WINDOW: Duration = Duration::minutes(1);
+
+/// The prefix length an IPv6 client is counted by.
+const IPV6_CLIENT_PREFIX: u32 = 64;
+
+/// What a client address is counted as (see the module docs): an IPv4 address as it is, an IPv6 one as its /64.
+#[must_use]
+pub fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(
+            || {
+                let mask = u128::MAX << (128 - IPV6_CLIENT_PREFIX);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            },
+            IpAddr::V4,
+        ),
+    }
+}
 
 /// The limiter's settings, shared by all workers; the counts live behind the port.
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +52,8 @@ impl RateLimiter {
         Self { per_minute: if enabled { Some(per_minute) } else { None } }
     }
 
-    /// Counts a request to `route` from `ip` at `now` in `counter`. Nothing is counted when limits are off or the
-    /// request has no client address.
+    /// Counts a request to `route` from `ip` (as [`counted_as`] groups it) at `now` in `counter`. Nothing is
+    /// counted when limits are off or the request has no client address.
     ///
     /// # Errors
     /// 429 `rate_limited` with `Retry-After` (the rest of the window) once the address used up its minute; 503
@@ -44,7 +66,7 @@ impl RateLimiter {
         ip: Option<IpAddr>,
     ) -> Result<(), ApiError> {
         let (Some(limit), Some(ip)) = (self.per_minute, ip) else { return Ok(()) };
-        let counted = counter.count_request(route, ip, now, WINDOW).await?;
+        let counted = counter.count_request(route, counted_as(ip), now, WINDOW).await?;
         if counted.hits <= limit {
             return Ok(());
         }
@@ -117,6 +139,28 @@ mod tests {
         assert!(limiter.check(&counts, at(15), "register", a).await.is_ok());
         assert!(limiter.check(&counts, at(15), "login", b).await.is_ok());
         assert!(limiter.check(&counts, at(60), "login", a).await.is_ok(), "a new window starts after a minute");
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_client_cannot_escape_the_limit_by_moving_within_its_slash_64() {
+        let counts = Counts::default();
+        let limiter = RateLimiter::new(true, 2);
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        // One host of 2001:db8:1:2::/64 picks a fresh address, in any textual form, for every request.
+        assert!(limiter.check(&counts, at(0), "login", ip("2001:db8:1:2::1")).await.is_ok());
+        assert!(limiter.check(&counts, at(1), "login", ip("2001:0db8:0001:0002:ffff:0:0:9")).await.is_ok());
+        let refused = limiter.check(&counts, at(2), "login", ip("2001:db8:1:2:dead:beef:1:1")).await.unwrap_err();
+        assert_eq!(refused.code(), "rate_limited");
+        // Another /64 has its own budget.
+        assert!(limiter.check(&counts, at(2), "login", ip("2001:db8:1:3::1")).await.is_ok());
+        // An IPv4 address counts the same whether it comes plain or mapped into IPv6.
+        assert!(limiter.check(&counts, at(0), "login", ip("192.0.2.7")).await.is_ok());
+        assert!(limiter.check(&counts, at(1), "login", ip("::ffff:192.0.2.7")).await.is_ok());
+        assert!(limiter.check(&counts, at(2), "login", ip("::ffff:c000:207")).await.is_err());
+        assert!(limiter.check(&counts, at(2), "login", ip("192.0.2.8")).await.is_ok(), "IPv4 is not grouped");
+        let stored: Vec<IpAddr> = counts.windows.lock().unwrap().keys().map(|(_, ip)| *ip).collect();
+        assert!(stored.contains(&"2001:db8:1:2::".parse().unwrap()), "{stored:?}");
+        assert_eq!(stored.len(), 4, "{stored:?}");
     }
 
     #[tokio::test]

@@ -122,12 +122,19 @@ impl SharedKeys {
     }
 
     /// Stores a new key that starts signing [`ACTIVATION_DELAY`] from now, after making sure a first key exists
-    /// (so a `DATA_DIR` key is imported before it is superseded).
+    /// (so a `DATA_DIR` key is imported before it is superseded) and that the stored keys open with this sealer.
     ///
     /// # Errors
-    /// When the database cannot be reached or the key cannot be generated.
+    /// When the database cannot be reached, the key cannot be generated, or the stored keys do not open here.
     pub async fn rotate(&self) -> anyhow::Result<RotatedKey> {
         self.ensure_first().await?;
+        // Run with another data key than the instances' (or none), `keys rotate` would store a key they cannot
+        // open: every instance's reload would fail from then on, keeping the old key for good, and no new instance
+        // could start. The stored keys opening here is the sign that this is the instances' data key.
+        self.load(None).await.context(
+            "the stored signing keys do not open with this DATA_ENCRYPTION_KEY_FILE; rotate with the one the \
+             instances use",
+        )?;
         let key = SigningKey::generate()?;
         let now = OffsetDateTime::now_utc();
         let activates_at = now + ACTIVATION_DELAY;
@@ -275,6 +282,33 @@ mod tests {
             .collect();
         assert_eq!(kids, [first_kid.clone(), rotated.kid.clone()], "but is published at once");
         assert_eq!(ring.signing_key(rotated.activates_at).kid(), rotated.kid);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_under_another_data_key_or_none_is_refused_and_stores_nothing() {
+        let database = TestDatabase::create().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = PgConfig { url: database.url(), ..PgConfig::default() };
+        let db = PgRepository::connect(&config).await.unwrap();
+        let data_key = |byte: u8| {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+            Some(users_crypto::DataKey::from_base64(&text).unwrap())
+        };
+        let with = |key| {
+            SharedKeys::new(db.clone(), Sealer::new(key), time::Duration::minutes(15), data_dir.path().to_owned())
+        };
+        let instances = with(data_key(1));
+        instances.ensure_first().await.unwrap();
+
+        for (name, operator) in [("another data key", with(data_key(2))), ("no data key", with(None))] {
+            let error = format!("{:#}", operator.rotate().await.unwrap_err());
+            assert!(error.contains("DATA_ENCRYPTION_KEY_FILE"), "{name}: {error}");
+            assert_eq!(instances.list().await.unwrap().len(), 1, "{name}: nothing was stored");
+        }
+        let rotated = instances.rotate().await.unwrap();
+        let ring = instances.load(None).await.unwrap();
+        assert!(ring.get(&rotated.kid).is_some(), "with the instances' data key the rotation goes through");
     }
 
     #[tokio::test]

@@ -4,6 +4,11 @@
 //! Mails are queued in the same transaction as the change that causes them, so the request that caused a mail
 //! never waits for SMTP and never fails because of it. Several dispatchers (one per instance) can run at once:
 //! claims skip rows another dispatcher holds, and a claim is a lease that expires if its holder dies.
+//!
+//! A lease also runs out under a holder that is alive but slow (a sluggish SMTP server, a paused process), and then
+//! another dispatcher claims the same mails. So a round starts a mail only while at least half the lease is left:
+//! the mails it has not reached stay with the lease and go to whoever claims them next, and a mail started in time
+//! has half a lease to be delivered before anyone else may take it.
 
 use time::Duration;
 
@@ -71,17 +76,19 @@ impl<O: MailOutbox, M: Mailer, C: Clock> Dispatcher<O, M, C> {
         Self { outbox, mailer, clock, config }
     }
 
-    /// Claims one batch of due mails and tries each once. `stop` is asked before each mail, so a shutdown waits
-    /// for at most the mail in flight; mails claimed but not tried are taken up again when their lease expires.
+    /// Claims one batch of due mails and tries each once, while at least half the lease is left (see the module
+    /// docs). `stop` is asked before each mail, so a shutdown waits for at most the mail in flight; mails claimed
+    /// but not tried are taken up again when their lease expires.
     ///
     /// # Errors
     /// [`PortError`] when the outbox cannot be read or updated.
     pub async fn run_round(&self, stop: impl Fn() -> bool) -> Result<RoundReport, PortError> {
         let now = self.clock.now();
         let claimed = self.outbox.claim_due_mail(now, self.config.batch, self.config.lease).await?;
+        let last_start = now + self.config.lease / 2;
         let mut report = RoundReport::default();
         for message in claimed {
-            if stop() {
+            if stop() || self.clock.now() > last_start {
                 break;
             }
             match self.mailer.send(message.mail).await {
@@ -111,6 +118,7 @@ impl<O: MailOutbox, M: Mailer, C: Clock> Dispatcher<O, M, C> {
 #[cfg(test)]
 mod tests {
     use std::future::ready;
+    use std::sync::atomic::Ordering;
 
     use uuid::Uuid;
 
@@ -198,6 +206,26 @@ mod tests {
             .returning(|_| Box::pin(ready(Err(PortError::Unavailable(anyhow::anyhow!("smtp down"))))));
         let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
         assert_eq!(dispatcher.run_round(|| false).await.unwrap(), RoundReport { sent: 0, retried: 1, dead: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_slow_round_stops_before_its_lease_could_run_out_under_a_mail() {
+        // Each mail takes 40 s of a 2-minute lease: the third would start 80 s in, with 40 s left, when another
+        // dispatcher may soon claim it too. It is left to the next claim instead of being sent twice.
+        let config = DispatcherConfig::default();
+        let mut outbox = outbox_with(vec![message(0), message(0), message(0)]);
+        outbox.expect_mark_mail_sent().times(2).returning(|_, _| Box::pin(ready(Ok(()))));
+        let elapsed = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let mut clock = MockClock::new();
+        let clock_elapsed = std::sync::Arc::clone(&elapsed);
+        clock.expect_now().returning(move || NOW + Duration::seconds(clock_elapsed.load(Ordering::SeqCst)));
+        let mut mailer = MockMailer::new();
+        mailer.expect_send().times(2).returning(move |_| {
+            elapsed.fetch_add(40, Ordering::SeqCst);
+            Box::pin(ready(Ok(())))
+        });
+        let dispatcher = Dispatcher::new(outbox, mailer, clock, config);
+        assert_eq!(dispatcher.run_round(|| false).await.unwrap(), RoundReport { sent: 2, retried: 0, dead: 0 });
     }
 
     #[tokio::test]

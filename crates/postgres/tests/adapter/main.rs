@@ -14,6 +14,7 @@
 // with the failing call's location is exactly the report wanted, so the whole crate may unwrap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod attacks_shared_state;
 mod availability;
 mod email_tokens;
 mod housekeeping;
