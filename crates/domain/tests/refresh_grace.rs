@@ -9,7 +9,7 @@ mod support;
 use support::{PASSWORD, World, world_with};
 use time::Duration;
 use users_domain::ServiceConfig;
-use users_domain::ports::SessionStore as _;
+use users_domain::ports::{Clock as _, SessionStore as _};
 use users_domain::session::{TokenHash, TokenPair};
 use users_domain::sessions::RefreshError;
 
@@ -122,6 +122,20 @@ async fn without_a_grace_every_reuse_revokes_the_family_at_once() {
     assert!(invalid(world.service.refresh(first.refresh_token.expose()).await));
     assert!(session_revoked(&world, &child).await);
     assert!(invalid(world.service.refresh(child.refresh_token.expose()).await));
+}
+
+/// Two requests with one token race: the one that read the clock first can reach the store second, and then
+/// finds the token exchanged "after" its own time. Without a grace that is a reuse all the same (CI caught the
+/// loser of such a race getting a second pair).
+#[tokio::test]
+async fn without_a_grace_a_reuse_whose_clock_reads_before_the_exchange_still_revokes_the_family() {
+    let world = world_with_grace(Duration::ZERO);
+    let first = logged_in(&world).await;
+    let child = world.service.refresh(first.refresh_token.expose()).await.unwrap();
+    let exchanged_at = world.clock().now();
+    world.clock().set(exchanged_at - Duration::milliseconds(5));
+    assert!(invalid(world.service.refresh(first.refresh_token.expose()).await));
+    assert!(session_revoked(&world, &child).await);
 }
 
 #[tokio::test]

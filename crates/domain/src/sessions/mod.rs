@@ -320,9 +320,13 @@ impl<P: Ports> Service<P> {
             return Err(RefreshError::AccountLocked);
         }
         if record.used {
+            // Without a grace there is no retry, whatever the clocks say: of two requests racing with one token, the
+            // one that read the clock first may reach the store second, and `now` is then before the exchange.
+            let grace = self.config.refresh_reuse_grace;
             let retry = record.rotation.as_ref().filter(|rotation| {
-                !rotation.successor_used
-                    && rotation.at.checked_add(self.config.refresh_reuse_grace).is_some_and(|end| now < end)
+                grace.is_positive()
+                    && !rotation.successor_used
+                    && rotation.at.checked_add(grace).is_some_and(|end| now < end)
             });
             return Ok(match retry {
                 Some(rotation) if self.refreshable(&record.session, now) => Exchange::Retry(rotation.successor.clone()),
