@@ -29,13 +29,13 @@ const MAX_ALLOC: u64 = MAX_PIXELS * 4 + 32 * 1024 * 1024;
 
 /// Decodes `bytes` (already detected as `format`) and re-encodes every size.
 pub(crate) fn process(format: SourceFormat, bytes: &[u8]) -> Result<ProcessedImage, ImageError> {
-    let (decoded, orientation) = decode(format, bytes)?;
+    let (decoded, orientation, source) = decode(format, bytes)?;
     let output = format.output();
     let decoded = normalise(decoded, output);
 
     // The bounding boxes are square, so fitting before orienting gives the same size as the other way round, and
     // rotating the fitted image is far cheaper than rotating a full-size decode.
-    let mut original = fit(decoded, ORIGINAL_EDGE);
+    let mut original = fit_source(decoded, source, ORIGINAL_EDGE);
     original.apply_orientation(orientation);
     // Each size is scaled from the previous one: at these ratios the difference from scaling the upload itself is
     // negligible, and the filter runs over at most 1024 px instead of up to 5000.
@@ -50,8 +50,9 @@ pub(crate) fn process(format: SourceFormat, bytes: &[u8]) -> Result<ProcessedIma
 }
 
 /// Decodes with `format`'s decoder under [`limits`], refusing bad dimensions from the header before any pixel is
-/// decoded, and returns the image with the orientation its metadata asks for.
-fn decode(format: SourceFormat, bytes: &[u8]) -> Result<(DynamicImage, Orientation), ImageError> {
+/// decoded, and returns the image with the orientation its metadata asks for and the upload's own dimensions (a large
+/// JPEG is decoded at a reduced scale, see [`decode_jpeg_scaled`]).
+fn decode(format: SourceFormat, bytes: &[u8]) -> Result<(DynamicImage, Orientation, (u32, u32)), ImageError> {
     // The JPEG decoder is lenient about missing data, so completeness is checked on the structure first.
     if format == SourceFormat::Jpeg && !jpeg::reaches_end_of_image(bytes) {
         return Err(format.undecodable());
@@ -68,8 +69,65 @@ fn decode(format: SourceFormat, bytes: &[u8]) -> Result<(DynamicImage, Orientati
     }
     // Unreadable orientation metadata is not worth refusing an otherwise good picture for.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    // Every check above has passed on the header, so the scaled decode only ever sees files the full one would take.
+    if format == SourceFormat::Jpeg
+        && let Some(image) = decode_jpeg_scaled(bytes, width, height)
+    {
+        return Ok((image, orientation, (width, height)));
+    }
     let image = DynamicImage::from_decoder(decoder).map_err(|err| refusal(format, &err))?;
-    Ok((image, orientation))
+    Ok((image, orientation, (width, height)))
+}
+
+/// The DCT scale denominator (1, 2, 4 or 8) for a JPEG of `width` x `height`: the largest that still leaves the
+/// longer edge at least [`ORIGINAL_EDGE`], so the stored original loses nothing to the reduced decode.
+fn jpeg_scale(width: u32, height: u32) -> u32 {
+    let longer = width.max(height);
+    // The decoder rounds a scaled edge up, as `div_ceil` does.
+    [8, 4, 2].into_iter().find(|&denominator| longer.div_ceil(denominator) >= ORIGINAL_EDGE).unwrap_or(1)
+}
+
+/// Decodes a JPEG of (already checked) `width` x `height` at [`jpeg_scale`], which skips most of the inverse DCT and
+/// colour conversion of a large photo. `None` when no reduction applies or anything is unusual (CMYK or 16-bit
+/// pixels, a decoder error, an unexpected size): the caller then decodes at full size as before, so this path never
+/// refuses a file the full decode would take, and the full decode keeps the last word on refusals.
+fn decode_jpeg_scaled(bytes: &[u8], width: u32, height: u32) -> Option<DynamicImage> {
+    let denominator = jpeg_scale(width, height);
+    if denominator == 1 {
+        return None;
+    }
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(usize::try_from(MAX_ALLOC).ok()?);
+    decoder
+        .read_info()
+        .inspect_err(|err| tracing::debug!(error = %err, "scaled JPEG decode unavailable, decoding at full size"))
+        .ok()?;
+    // Another header reading than the `image` crate's would be a reason to trust neither with a shortcut.
+    let header = decoder.info()?;
+    if (u32::from(header.width), u32::from(header.height)) != (width, height) {
+        return None;
+    }
+    let requested = (width.div_ceil(denominator), height.div_ceil(denominator));
+    let scaled = decoder.scale(u16::try_from(requested.0).ok()?, u16::try_from(requested.1).ok()?).ok()?;
+    let scaled = (u32::from(scaled.0), u32::from(scaled.1));
+    if scaled != requested {
+        return None;
+    }
+    let pixels = decoder
+        .decode()
+        .inspect_err(|err| tracing::debug!(error = %err, "scaled JPEG decode failed, decoding at full size"))
+        .ok()?;
+    match header.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            image::RgbImage::from_raw(scaled.0, scaled.1, pixels).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(scaled.0, scaled.1, pixels).map(DynamicImage::ImageLuma8)
+        }
+        // CMYK needs the Adobe inversion rules the full decoder already applies; 16-bit is lossless JPEG, rare in
+        // photos. Neither is worth a second conversion path.
+        jpeg_decoder::PixelFormat::CMYK32 | jpeg_decoder::PixelFormat::L16 => None,
+    }
 }
 
 /// The decoding limits: no edge over [`MAX_DIMENSION`], no allocation over [`MAX_ALLOC`].
@@ -119,6 +177,29 @@ fn normalise(image: DynamicImage, output: OutputFormat) -> DynamicImage {
             _ => DynamicImage::ImageRgb8(image.into_rgb8()),
         },
     }
+}
+
+/// Fits `image`, decoded from an upload of `source` dimensions, within `edge` x `edge`. A reduced-scale decode has
+/// rounded its edges up, so it is resized to exactly the size the full-size upload would have been fitted to: the
+/// output does not depend on which decoding path was taken.
+fn fit_source(image: DynamicImage, source: (u32, u32), edge: u32) -> DynamicImage {
+    if (image.width(), image.height()) == source {
+        return fit(image, edge);
+    }
+    let (width, height) = fitted_size(source, edge);
+    image.resize_exact(width, height, FilterType::CatmullRom)
+}
+
+/// The size `image`'s `resize` gives `source` within `edge` x `edge`: the aspect ratio kept, each edge rounded to
+/// the nearest pixel and at least one.
+fn fitted_size((width, height): (u32, u32), edge: u32) -> (u32, u32) {
+    let ratio = (f64::from(edge) / f64::from(width)).min(f64::from(edge) / f64::from(height));
+    let scale = |side: u32| {
+        // At most `edge` (a u32) after rounding, so the cast cannot truncate.
+        let scaled = (f64::from(side) * ratio).round() as u32;
+        scaled.max(1)
+    };
+    (scale(width), scale(height))
 }
 
 /// Scales `image` down to fit within `edge` x `edge`, keeping the aspect ratio; an image that fits is kept as is,
@@ -398,6 +479,83 @@ mod tests {
         assert_eq!(limits.max_image_width, Some(MAX_DIMENSION));
         assert_eq!(limits.max_image_height, Some(MAX_DIMENSION));
         assert!(limits.max_alloc >= Some(MAX_PIXELS * 4));
+    }
+
+    #[test]
+    fn the_jpeg_scale_is_the_smallest_decode_that_keeps_the_original_edge() {
+        assert_eq!(jpeg_scale(4000, 3000), 2, "1/4 would give 1000 px");
+        assert_eq!(jpeg_scale(3000, 4096), 4);
+        assert_eq!(jpeg_scale(8192, 100), 8);
+        assert_eq!(jpeg_scale(3000, 2000), 2);
+        assert_eq!(jpeg_scale(2047, 2000), 2, "the decoder rounds 1023.5 up to 1024");
+        assert_eq!(jpeg_scale(2046, 1000), 1, "1/2 would give 1023 px");
+        assert_eq!(jpeg_scale(1024, 1024), 1);
+        assert_eq!(jpeg_scale(40, 30), 1);
+    }
+
+    #[test]
+    fn a_large_jpeg_takes_the_scaled_decode() {
+        let bytes = to_bytes(&DynamicImage::ImageRgb8(gradient(3000, 2000)), ImageFormat::Jpeg);
+        let scaled = decode_jpeg_scaled(&bytes, 3000, 2000).unwrap();
+        assert_eq!((scaled.width(), scaled.height()), (1500, 1000));
+        assert_eq!(scaled.color(), ColorType::Rgb8);
+        // An image already within the original edge has nothing to gain.
+        let small = to_bytes(&DynamicImage::ImageRgb8(gradient(1000, 600)), ImageFormat::Jpeg);
+        assert!(decode_jpeg_scaled(&small, 1000, 600).is_none());
+    }
+
+    #[test]
+    fn a_large_jpeg_comes_out_at_the_sizes_of_a_full_decode() {
+        // Odd edges, so the scaled decode rounds up and the exact resize has to put the sizes right.
+        for (width, height) in [(3000, 2000), (4999, 3001), (2049, 2047)] {
+            let picture = DynamicImage::ImageRgb8(gradient(width, height));
+            let expected = fit(picture.clone(), ORIGINAL_EDGE);
+            let processed = run(&to_bytes(&picture, ImageFormat::Jpeg)).unwrap();
+            let original = (expected.width(), expected.height());
+            assert_eq!(sizes(&processed)[0], original, "{width}x{height}");
+            assert_eq!(fitted_size((width, height), ORIGINAL_EDGE), original, "{width}x{height}");
+        }
+        let processed = run(&to_bytes(&DynamicImage::ImageRgb8(gradient(3000, 2000)), ImageFormat::Jpeg)).unwrap();
+        assert_eq!(sizes(&processed), [(1024, 683), (256, 171), (64, 43)]);
+        for size in [&processed.original, &processed.medium, &processed.thumb] {
+            reopen(size);
+        }
+    }
+
+    #[test]
+    fn a_large_jpeg_with_exif_orientation_comes_out_oriented() {
+        // Left half red, right half blue: turned a quarter clockwise, red is on top.
+        let picture = RgbImage::from_fn(3000, 2000, |x, _| if x < 1500 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+        let upload = jpeg_with_app1(&to_bytes(&DynamicImage::ImageRgb8(picture), ImageFormat::Jpeg), 6);
+        assert!(decode_jpeg_scaled(&upload, 3000, 2000).is_some());
+
+        let processed = run(&upload).unwrap();
+        assert_eq!(sizes(&processed), [(683, 1024), (171, 256), (43, 64)]);
+        let oriented = reopen(&processed.original).into_rgb8();
+        let [top_red, _, top_blue] = oriented.get_pixel(340, 100).0;
+        let [bottom_red, _, bottom_blue] = oriented.get_pixel(340, 900).0;
+        assert!(top_red > 200 && top_blue < 60, "top is {:?}", oriented.get_pixel(340, 100));
+        assert!(bottom_blue > 200 && bottom_red < 60, "bottom is {:?}", oriented.get_pixel(340, 900));
+    }
+
+    #[test]
+    fn a_large_grey_jpeg_is_decoded_scaled_and_stored_as_rgb() {
+        let picture = image::GrayImage::from_fn(2400, 1800, |x, y| image::Luma([((x + y) % 256) as u8]));
+        let bytes = to_bytes(&DynamicImage::ImageLuma8(picture), ImageFormat::Jpeg);
+        assert_eq!(decode_jpeg_scaled(&bytes, 2400, 1800).map(|image| image.color()), Some(ColorType::L8));
+
+        let processed = run(&bytes).unwrap();
+        assert_eq!(sizes(&processed), [(1024, 768), (256, 192), (64, 48)]);
+        assert_eq!(reopen(&processed.original).color(), ColorType::Rgb8);
+    }
+
+    #[test]
+    fn a_jpeg_the_scaled_decoder_cannot_read_falls_back_to_the_full_decode() {
+        let picture = DynamicImage::ImageRgb8(gradient(3000, 2000));
+        let bytes = to_bytes(&picture, ImageFormat::Jpeg);
+        // Dimensions other than the header's make the scaled path stand aside rather than guess.
+        assert!(decode_jpeg_scaled(&bytes, 3000, 2001).is_none());
+        assert!(decode_jpeg_scaled(b"\xFF\xD8 not a jpeg", 3000, 2000).is_none());
     }
 
     #[test]
