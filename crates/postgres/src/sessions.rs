@@ -249,14 +249,18 @@ async fn find_refresh(
         .await
         .optional()?;
     let Some((state, session, user)) = found else { return Ok(None) };
+    // Read apart from the first query, so a change may fall between the two: a retry that replaced this successor
+    // meanwhile left it spent *without* a successor of its own. Only a successor exchanged by its holder (spent and
+    // pointing at the next token) counts as used; a discarded one reads as unused, and the retry built on this stale
+    // view then loses its compare-and-set and is judged again on a fresh read, instead of passing for a reuse.
     let successor_used_at = match &state.1 {
         Some(successor) => refresh_tokens::table
             .find(successor)
-            .select(refresh_tokens::used_at)
-            .get_result::<Option<OffsetDateTime>>(connection)
+            .select((refresh_tokens::used_at, refresh_tokens::successor_hash))
+            .get_result::<(Option<OffsetDateTime>, Option<String>)>(connection)
             .await
             .optional()?
-            .flatten(),
+            .and_then(|(used_at, next)| used_at.filter(|_| next.is_some())),
         None => None,
     };
     Ok(Some((state, session, user, successor_used_at)))
