@@ -24,6 +24,9 @@ use crate::storage::AppStore;
 pub trait Authenticate: 'static {
     /// Turns a bearer token into the caller (the domain's `Service::authenticate`).
     fn authenticate<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>>;
+
+    /// Where the request comes from, as the caller's events record it.
+    fn client(&self, req: &actix_web::HttpRequest) -> users_domain::sessions::ClientInfo;
 }
 
 /// The production adapters: Postgres for every storage port, the configured picture store, the image pipeline,
@@ -54,6 +57,7 @@ impl Ports for AppPorts {
     type SecondFactors = PgRepository;
     type Pictures = PgRepository;
     type RequestCounts = PgRepository;
+    type Audit = PgRepository;
     type Objects = AppStore;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
@@ -86,6 +90,10 @@ impl Ports for AppPorts {
         &self.db
     }
     fn request_counts(&self) -> &PgRepository {
+        &self.db
+    }
+
+    fn audit(&self) -> &PgRepository {
         &self.db
     }
     fn objects(&self) -> &AppStore {
@@ -165,6 +173,10 @@ pub struct AppState<P> {
 impl<P: Ports> Authenticate for AppState<P> {
     fn authenticate<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + 'a>> {
         Box::pin(self.service.authenticate(token))
+    }
+
+    fn client(&self, req: &actix_web::HttpRequest) -> users_domain::sessions::ClientInfo {
+        crate::routes::client_info(req, &self.clients)
     }
 }
 

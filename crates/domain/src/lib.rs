@@ -6,20 +6,21 @@
 //! bundle of adapters ([`ports::Ports`]). Nothing here performs I/O; the adapters in the other crates do.
 //!
 //! The modules are layered, each using only those above it:
-//! - the model: [`user`], [`permissions`], [`session`];
+//! - the model: [`user`], [`permissions`], [`session`], [`audit`] (the events of the trail);
 //! - [`ports`]: what crosses the boundary, and the traits adapters implement;
 //! - [`mail`] (templates and the outbox dispatcher), [`config`], and the in-process attempt gate;
 //! - [`service`]: the [`Service`] itself;
 //! - the features, each a set of [`Service`] methods with their own inputs and errors: [`sessions`] (login,
 //!   refresh, authentication), [`accounts`] (registration, verification, passwords, one's own profile),
-//!   [`admin`] (user administration), [`second_factor`] (TOTP and recovery codes, the second step of a login) and
-//!   [`pictures`].
+//!   [`admin`] (user administration), [`second_factor`] (TOTP and recovery codes, the second step of a login),
+//!   [`pictures`] and [`trail`] (reading the audit trail).
 
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod accounts;
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod mail;
 pub mod permissions;
@@ -30,6 +31,7 @@ pub mod service;
 pub mod session;
 pub mod sessions;
 mod throttle;
+pub mod trail;
 pub mod user;
 
 pub use config::ServiceConfig;

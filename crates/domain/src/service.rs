@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use crate::audit::{AuditEvent, ClientInfo, EventType};
 use crate::config::ServiceConfig;
 use crate::mail::MailTemplates;
 use crate::ports::{EmailTokenPurpose, NewEmailToken, PasswordHasher, PictureStore, PortError, Ports, UserStore};
 use crate::session::RefreshToken;
+use crate::sessions::Principal;
 use crate::throttle::AttemptGate;
 use crate::user::{EmailAddress, Password, PasswordError, User, UserId, clues};
 
@@ -92,6 +94,16 @@ impl<P: Ports> Service<P> {
     /// Now, by the service's clock.
     pub(crate) fn now(&self) -> OffsetDateTime {
         crate::ports::Clock::now(self.ports.clock())
+    }
+
+    /// An event of `kind` happening now, from `client`, naming nobody yet.
+    pub(crate) fn event(&self, kind: EventType, client: &ClientInfo) -> AuditEvent {
+        AuditEvent::new(kind, self.now(), client)
+    }
+
+    /// An event of `kind` happening now, done by the caller to `subject`.
+    pub(crate) fn event_by(&self, kind: EventType, actor: &Principal, subject: UserId) -> AuditEvent {
+        self.event(kind, &actor.client).actor(actor.user.id, Some(actor.session_id)).subject(subject)
     }
 
     /// Checks a new password against the whole policy, with `context` (the user's own details) as clues: the

@@ -113,6 +113,7 @@ impl Ports for MemoryPorts {
     type SecondFactors = MemoryStore;
     type Pictures = MemoryStore;
     type RequestCounts = MemoryStore;
+    type Audit = MemoryStore;
     type Objects = MemoryObjects;
     type Images = ImagePipeline;
     type Hasher = Argon2Hasher;
@@ -145,6 +146,9 @@ impl Ports for MemoryPorts {
         &self.store
     }
     fn request_counts(&self) -> &MemoryStore {
+        &self.store
+    }
+    fn audit(&self) -> &MemoryStore {
         &self.store
     }
     fn objects(&self) -> &MemoryObjects {

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use time::{Duration, OffsetDateTime};
+use users_domain::audit::{AuditEvent, EventQuery};
 use users_domain::permissions::Role;
 use users_domain::ports::{
+    AuditTrail,
     AccountRequest, AccountRequestKind, AccountRequests, BackoffPolicy, Clock, EmailTokenPurpose, EmailTokenRecord,
     EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount,
     NewEmailToken, NewMfaChallenge, OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError, PortError,
@@ -107,6 +109,9 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     /// The rate-limit windows, apart from the state: counting a request must not copy every user.
     windows: Arc<Mutex<Windows>>,
+    /// The audit trail, apart from the state for the same reason; a change's events are appended only when the
+    /// change is kept.
+    events: Arc<Mutex<Vec<AuditEvent>>>,
     clock: ManualClock,
     unavailable: Arc<AtomicBool>,
 }
@@ -125,6 +130,7 @@ impl MemoryStore {
         Self {
             state: Arc::new(Mutex::new(State::default())),
             windows: Arc::new(Mutex::new(HashMap::new())),
+            events: Arc::new(Mutex::new(Vec::new())),
             clock,
             unavailable: Arc::new(AtomicBool::new(false)),
         }
@@ -139,6 +145,31 @@ impl MemoryStore {
     #[must_use]
     pub fn outbox_mails(&self) -> Vec<QueuedMail> {
         self.lock().outbox.clone()
+    }
+
+    /// Every event of the trail, in the order written.
+    #[must_use]
+    pub fn audit_events(&self) -> Vec<AuditEvent> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Appends the events of a change that was kept.
+    fn append(&self, events: Vec<AuditEvent>) {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).extend(events);
+    }
+
+    /// [`Self::change`], appending `events` when the change is kept and `written` says it wrote something.
+    fn change_recorded<T, E: From<PortError>>(
+        &self,
+        events: Vec<AuditEvent>,
+        written: impl FnOnce(&T) -> bool,
+        change: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let value = self.change(change)?;
+        if written(&value) {
+            self.append(events);
+        }
+        Ok(value)
     }
 
     /// The number of sessions stored, revoked ones included.
@@ -315,7 +346,7 @@ impl State {
 impl UserStore for MemoryStore {
     async fn insert_user(&self, account: NewAccount) -> Result<User, InsertUserError> {
         let now = self.clock.now();
-        self.change(|state| {
+        self.change_recorded(account.events, |_| true, |state| {
             let new = account.user;
             if state.email_taken(&new.email, None) {
                 return Err(InsertUserError::EmailTaken);
@@ -384,8 +415,9 @@ impl UserStore for MemoryStore {
         self.read(|state| list(state, &query))?
     }
 
-    async fn update_user(&self, update: UserUpdate) -> Result<User, UpdateError> {
-        self.change(|state| {
+    async fn update_user(&self, mut update: UserUpdate) -> Result<User, UpdateError> {
+        let events = std::mem::take(&mut update.events);
+        self.change_recorded(events, |_| true, |state| {
             let now = update.now;
             state.check_guard(update.id, update.guard)?;
             if let Some(hash) = &update.consume_token {
@@ -478,8 +510,8 @@ impl UserStore for MemoryStore {
         })
     }
 
-    async fn delete_user(&self, id: UserId, guard: Guard) -> Result<(), UpdateError> {
-        self.change(|state| {
+    async fn delete_user(&self, id: UserId, guard: Guard, events: Vec<AuditEvent>) -> Result<(), UpdateError> {
+        self.change_recorded(events, |_| true, |state| {
             state.check_guard(id, guard)?;
             state.users.remove(&id.as_uuid());
             let gone: Vec<SessionId> =
@@ -563,8 +595,13 @@ fn list(state: &State, query: &UserQuery) -> Result<Vec<User>, PortError> {
 }
 
 impl SessionStore for MemoryStore {
-    async fn start_session(&self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
-        self.change(|state| state.start_session(session, at))
+    async fn start_session(
+        &self,
+        session: NewSession,
+        at: OffsetDateTime,
+        events: Vec<AuditEvent>,
+    ) -> Result<Session, PortError> {
+        self.change_recorded(events, |_| true, |state| state.start_session(session, at))
     }
 
     async fn find_session_with_user(&self, id: SessionId) -> Result<Option<(Session, User)>, PortError> {
@@ -656,8 +693,9 @@ impl SessionStore for MemoryStore {
         id: SessionId,
         owner: Option<UserId>,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<bool, PortError> {
-        self.change(|state| {
+        self.change_recorded(events, |revoked| *revoked, |state| {
             let Some(session) = state.sessions.get_mut(&id) else { return Ok(false) };
             if owner.is_some_and(|owner| owner != session.user_id) || session.revoked_at.is_some() {
                 return Ok(false);
@@ -667,8 +705,14 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    async fn end_sessions(&self, user_id: UserId, end: SessionEnd, now: OffsetDateTime) -> Result<(), PortError> {
-        self.change(|state| {
+    async fn end_sessions(
+        &self,
+        user_id: UserId,
+        end: SessionEnd,
+        now: OffsetDateTime,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), PortError> {
+        self.change_recorded(events, |()| true, |state| {
             state.end_sessions(user_id, end, now);
             Ok(())
         })
@@ -727,8 +771,12 @@ impl SecondFactorStore for MemoryStore {
         })
     }
 
-    async fn apply_second_factor(&self, change: SecondFactorChange) -> Result<Option<Session>, SecondFactorError> {
-        self.change(|state| {
+    async fn apply_second_factor(
+        &self,
+        mut change: SecondFactorChange,
+    ) -> Result<Option<Session>, SecondFactorError> {
+        let events = std::mem::take(&mut change.events);
+        self.change_recorded(events, |_| true, |state| {
             let user_id = change.user_id;
             let now = change.now;
             if change.start_session.as_ref().is_some_and(|session| session.user_id != user_id) {
@@ -827,8 +875,9 @@ impl LoginThrottle for MemoryStore {
         key: String,
         now: OffsetDateTime,
         policy: BackoffPolicy,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<OffsetDateTime>, PortError> {
-        self.change(|state| {
+        self.change_recorded(events, |_| true, |state| {
             let count = state.failures.entry(key).or_insert(FailureCount { failures: 0, blocked_until: None });
             count.failures = count.failures.saturating_add(1);
             if let Some(block) = policy.block_for(count.failures) {
@@ -989,8 +1038,9 @@ impl PictureRecords for MemoryStore {
         &self,
         picture: StoredPicture,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<StoredPicture>, PictureWriteError> {
-        self.change(|state| {
+        self.change_recorded(events, |_| true, |state| {
             let user = state.users.get_mut(&picture.user_id.as_uuid()).ok_or(PictureWriteError::UserGone)?;
             user.updated_at = now;
             let previous_id = user.profile_picture_id.replace(picture.id);
@@ -1036,8 +1086,9 @@ impl PictureRecords for MemoryStore {
         &self,
         user_id: UserId,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<StoredPicture>, PortError> {
-        self.change(|state| {
+        self.change_recorded(events, Option::is_some, |state| {
             let Some(user) = state.users.get_mut(&user_id.as_uuid()) else { return Ok(None) };
             let Some(id) = user.profile_picture_id.take() else { return Ok(None) };
             user.updated_at = now;
@@ -1053,8 +1104,9 @@ impl PictureRecords for MemoryStore {
         user_id: UserId,
         id: Uuid,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<(StoredPicture, Option<StoredPicture>)>, PortError> {
-        self.change(|state| {
+        self.change_recorded(events, Option::is_some, |state| {
             let restorable =
                 state.pictures.get(&id).is_some_and(|picture| picture.user_id == user_id && picture.archived);
             let Some(user) = state.users.get_mut(&user_id.as_uuid()).filter(|_| restorable) else { return Ok(None) };
@@ -1070,5 +1122,31 @@ impl PictureRecords for MemoryStore {
             });
             Ok(restored.map(|restored| (restored, previous)))
         })
+    }
+}
+
+impl AuditTrail for MemoryStore {
+    async fn record_events(&self, events: Vec<AuditEvent>) -> Result<(), PortError> {
+        self.check()?;
+        self.append(events);
+        Ok(())
+    }
+
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<AuditEvent>, PortError> {
+        self.check()?;
+        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut matching: Vec<AuditEvent> = events
+            .iter()
+            .filter(|event| query.after.is_none_or(|after| (event.at, event.id) < after))
+            .filter(|event| query.kinds.is_empty() || query.kinds.contains(&event.kind))
+            .filter(|event| query.actor_id.is_none_or(|actor| event.actor_id == Some(actor)))
+            .filter(|event| query.subject_id.is_none_or(|subject| event.subject_id == Some(subject)))
+            .filter(|event| query.since.is_none_or(|since| event.at >= since))
+            .filter(|event| query.until.is_none_or(|until| event.at < until))
+            .cloned()
+            .collect();
+        matching.sort_by_key(|event| std::cmp::Reverse((event.at, event.id)));
+        matching.truncate(query.limit as usize);
+        Ok(matching)
     }
 }

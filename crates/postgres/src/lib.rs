@@ -22,6 +22,7 @@
 //! precondition failed. Rows, the schema and driver errors stay inside: the ports only ever see domain types and
 //! [`PortError`](users_domain::ports::PortError)s.
 
+mod audit;
 mod email_tokens;
 mod errors;
 mod housekeeping;

@@ -15,10 +15,12 @@ use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl a
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
+use users_domain::audit::AuditEvent;
 use users_domain::ports::{PictureRecords, PictureSize, PictureWriteError, PortError, StoredPicture};
 use users_domain::user::UserId;
 use uuid::Uuid;
 
+use crate::audit::insert_events;
 use crate::errors::{TxError, query_error};
 use crate::repository::PgRepository;
 use crate::rows::{NewPictureRow, NewPictureVariantRow, PictureRow, PictureVariantRow, PictureWithVariants};
@@ -162,6 +164,7 @@ async fn insert_active(
     connection: &mut AsyncPgConnection,
     picture: &StoredPicture,
     now: OffsetDateTime,
+    events: &[AuditEvent],
 ) -> Result<Option<StoredPicture>, TxError<PictureWriteError>> {
     let user_id = picture.user_id.as_uuid();
     let picture_row = NewPictureRow::from(picture);
@@ -180,6 +183,7 @@ async fn insert_active(
             diesel::insert_into(pictures::table).values(&picture_row).execute(connection).await?;
             diesel::insert_into(picture_variants::table).values(&variant_rows).execute(connection).await?;
             point_user_at(connection, user_id, Some(picture.id), now).await?;
+            insert_events(connection, events).await?;
             let Some(previous) = previous else { return Ok(None) };
             let mut loaded = load_ids(connection, &[previous]).await?;
             take(&mut loaded, previous).map(Some)
@@ -192,6 +196,7 @@ async fn archive(
     connection: &mut AsyncPgConnection,
     user_id: Uuid,
     now: OffsetDateTime,
+    events: &[AuditEvent],
 ) -> Result<Option<StoredPicture>, TxError<PortError>> {
     connection
         .transaction::<_, TxError<PortError>, _>(async |connection| {
@@ -201,6 +206,7 @@ async fn archive(
             }
             let Some(archived) = archive_active(connection, user_id).await? else { return Ok(None) };
             point_user_at(connection, user_id, None, now).await?;
+            insert_events(connection, events).await?;
             let mut loaded = load_ids(connection, &[archived]).await?;
             take(&mut loaded, archived).map(Some)
         })
@@ -213,6 +219,7 @@ async fn restore(
     user_id: Uuid,
     id: Uuid,
     now: OffsetDateTime,
+    events: &[AuditEvent],
 ) -> Result<Option<(StoredPicture, Option<StoredPicture>)>, TxError<PortError>> {
     connection
         .transaction::<_, TxError<PortError>, _>(async |connection| {
@@ -236,6 +243,7 @@ async fn restore(
             let previous = archive_active(connection, user_id).await?;
             diesel::update(pictures::table.find(id)).set(pictures::archived.eq(false)).execute(connection).await?;
             point_user_at(connection, user_id, Some(id), now).await?;
+            insert_events(connection, events).await?;
             let ids: Vec<Uuid> = std::iter::once(id).chain(previous).collect();
             let mut loaded = load_ids(connection, &ids).await?;
             let restored = take(&mut loaded, id)?;
@@ -250,10 +258,11 @@ impl PictureRecords for PgRepository {
         &self,
         picture: StoredPicture,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<StoredPicture>, PictureWriteError> {
         check_new_picture(&picture)?;
         let mut connection = self.connection().await?;
-        let inserted = insert_active(&mut connection, &picture, now).await;
+        let inserted = insert_active(&mut connection, &picture, now, &events).await;
         inserted.map_err(|error| error.into_port(&mut connection, "recording a new active picture"))
     }
 
@@ -284,9 +293,10 @@ impl PictureRecords for PgRepository {
         &self,
         user_id: UserId,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<StoredPicture>, PortError> {
         let mut connection = self.connection().await?;
-        let archived = archive(&mut connection, user_id.as_uuid(), now).await;
+        let archived = archive(&mut connection, user_id.as_uuid(), now, &events).await;
         archived.map_err(|error| error.into_port(&mut connection, "archiving the active picture"))
     }
 
@@ -295,9 +305,10 @@ impl PictureRecords for PgRepository {
         user_id: UserId,
         id: Uuid,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<(StoredPicture, Option<StoredPicture>)>, PortError> {
         let mut connection = self.connection().await?;
-        let restored = restore(&mut connection, user_id.as_uuid(), id, now).await;
+        let restored = restore(&mut connection, user_id.as_uuid(), id, now, &events).await;
         restored.map_err(|error| error.into_port(&mut connection, "restoring an archived picture"))
     }
 }

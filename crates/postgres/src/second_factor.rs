@@ -28,6 +28,7 @@ use users_domain::user::UserId;
 use uuid::Uuid;
 
 use crate::errors::{TxError, query_error};
+use crate::audit::insert_events;
 use crate::outbox::insert_mail;
 use crate::repository::PgRepository;
 use crate::rows::{SessionRow, TotpRow};
@@ -165,6 +166,7 @@ async fn apply(
             for mail in &change.mails {
                 insert_mail(connection, mail).await?;
             }
+            insert_events(connection, &change.events).await?;
             Ok(session)
         })
         .await

@@ -11,23 +11,34 @@ use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl a
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
+use users_domain::audit::AuditEvent;
 use users_domain::ports::{PortError, RefreshRecord, Rotation, SessionEnd, SessionStore};
 use users_domain::session::{NewSession, Session, SessionId, TokenHash};
 use users_domain::user::{User, UserId};
 use uuid::Uuid;
 
+use crate::audit::insert_events;
 use crate::errors::query_error;
 use crate::repository::PgRepository;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, SessionRow, UserRow};
 use crate::schema::{refresh_tokens, sessions, users};
 
 impl SessionStore for PgRepository {
-    async fn start_session(&self, session: NewSession, at: OffsetDateTime) -> Result<Session, PortError> {
+    async fn start_session(
+        &self,
+        session: NewSession,
+        at: OffsetDateTime,
+        events: Vec<AuditEvent>,
+    ) -> Result<Session, PortError> {
         let mut connection = self.connection().await?;
-        // The session, its first refresh token and the login time commit together or not at all: a session
-        // without a token could never be refreshed, and a token without a session would dangle.
+        // The session, its first refresh token, the login time and the events commit together or not at all: a
+        // session without a token could never be refreshed, and a token without a session would dangle.
         let started = connection
-            .transaction::<_, DieselError, _>(async |connection| insert_session(connection, &session, at).await)
+            .transaction::<_, DieselError, _>(async |connection| {
+                let row = insert_session(connection, &session, at).await?;
+                insert_events(connection, &events).await?;
+                Ok(row)
+            })
             .await;
         match started {
             Ok(row) => Ok(row.into()),
@@ -114,29 +125,48 @@ impl SessionStore for PgRepository {
         id: SessionId,
         owner: Option<UserId>,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> Result<bool, PortError> {
         let mut connection = self.connection().await?;
-        // With an owner, the owner is part of the condition, so someone else's session reads as "no such session".
-        let mut revoke =
-            diesel::update(sessions::table.find(id.as_uuid())).filter(sessions::revoked_at.is_null()).into_boxed();
-        if let Some(owner) = owner {
-            revoke = revoke.filter(sessions::user_id.eq(owner.as_uuid()));
-        }
-        match revoke.set(sessions::revoked_at.eq(now)).execute(&mut connection).await {
-            Ok(revoked) => Ok(revoked > 0),
-            Err(error) => Err(query_error(error, &mut connection, "revoking a session")),
-        }
+        let revoked = connection
+            .transaction::<_, DieselError, _>(async |connection| {
+                // With an owner, the owner is part of the condition, so someone else's session reads as "no such
+                // session".
+                let mut revoke = diesel::update(sessions::table.find(id.as_uuid()))
+                    .filter(sessions::revoked_at.is_null())
+                    .into_boxed();
+                if let Some(owner) = owner {
+                    revoke = revoke.filter(sessions::user_id.eq(owner.as_uuid()));
+                }
+                let revoked = revoke.set(sessions::revoked_at.eq(now)).execute(connection).await? > 0;
+                // Only the request that revoked the session records it: a second revocation changed nothing.
+                if revoked {
+                    insert_events(connection, &events).await?;
+                }
+                Ok(revoked)
+            })
+            .await;
+        revoked.map_err(|error| query_error(error, &mut connection, "revoking a session"))
     }
 
-    async fn end_sessions(&self, user_id: UserId, end: SessionEnd, now: OffsetDateTime) -> Result<(), PortError> {
-        if end == SessionEnd::Keep {
+    async fn end_sessions(
+        &self,
+        user_id: UserId,
+        end: SessionEnd,
+        now: OffsetDateTime,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), PortError> {
+        if end == SessionEnd::Keep && events.is_empty() {
             return Ok(());
         }
         let mut connection = self.connection().await?;
-        match end_sessions_of(&mut connection, user_id.as_uuid(), end, now).await {
-            Ok(_) => Ok(()),
-            Err(error) => Err(query_error(error, &mut connection, "ending sessions of a user")),
-        }
+        let ended = connection
+            .transaction::<_, DieselError, _>(async |connection| {
+                end_sessions_of(connection, user_id.as_uuid(), end, now).await?;
+                insert_events(connection, &events).await
+            })
+            .await;
+        ended.map_err(|error| query_error(error, &mut connection, "ending sessions of a user"))
     }
 
     async fn list_sessions(&self, user_id: UserId, now: OffsetDateTime) -> Result<Vec<Session>, PortError> {

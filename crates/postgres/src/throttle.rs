@@ -6,8 +6,10 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::{Text, Timestamptz};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
+use users_domain::audit::AuditEvent;
 use users_domain::ports::{BackoffPolicy, FailureCount, LoginThrottle, PortError};
 
+use crate::audit::insert_events;
 use crate::errors::{TxError, query_error};
 use crate::repository::PgRepository;
 use crate::schema::login_attempts;
@@ -24,9 +26,10 @@ impl LoginThrottle for PgRepository {
         key: String,
         now: OffsetDateTime,
         policy: BackoffPolicy,
+        events: Vec<AuditEvent>,
     ) -> Result<Option<OffsetDateTime>, PortError> {
         let mut connection = self.connection().await?;
-        let recorded = record_failure(&mut connection, &key, now, policy).await;
+        let recorded = record_failure(&mut connection, &key, now, policy, &events).await;
         recorded.map_err(|error| error.into_port(&mut connection, "counting a failed login"))
     }
 
@@ -68,12 +71,13 @@ async fn failures(connection: &mut AsyncPgConnection, key: &str) -> Result<Optio
 ///
 /// The count is one upsert, so concurrent failures are each counted once; its row lock holds until commit, and
 /// the block is written in the same transaction from the count the upsert returned. A block already in place is
-/// never shortened.
+/// never shortened. The failure's events are written in the same transaction.
 async fn record_failure(
     connection: &mut AsyncPgConnection,
     key: &str,
     now: OffsetDateTime,
     policy: BackoffPolicy,
+    events: &[AuditEvent],
 ) -> Result<Option<OffsetDateTime>, TxError<PortError>> {
     connection
         .transaction::<_, TxError<PortError>, _>(async |connection| {
@@ -89,6 +93,7 @@ async fn record_failure(
             .get_result(connection)
             .await?;
             let failures = count(counted.failures)?;
+            insert_events(connection, events).await?;
             let Some(block) = policy.block_for(failures) else { return Ok(None) };
             let until = now.checked_add(block).ok_or_else(|| {
                 TxError::Abort(PortError::Unknown(anyhow::anyhow!("a login block of {block} runs past the calendar")))

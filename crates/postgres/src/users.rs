@@ -10,12 +10,14 @@ mod update;
 use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use users_domain::audit::AuditEvent;
 use users_domain::permissions::Role;
 use users_domain::ports::{
     Guard, InsertUserError, NewAccount, PortError, UpdateError, UserQuery, UserStore, UserUpdate,
 };
 use users_domain::user::{EmailAddress, Nickname, User, UserId};
 
+use crate::audit::insert_events;
 use crate::email_tokens;
 use crate::errors::{insert_user_error, query_error};
 use crate::outbox::insert_mail;
@@ -109,9 +111,9 @@ impl UserStore for PgRepository {
         updated.map_err(|error| error.into_port(&mut connection, "updating a user"))
     }
 
-    async fn delete_user(&self, id: UserId, guard: Guard) -> Result<(), UpdateError> {
+    async fn delete_user(&self, id: UserId, guard: Guard, events: Vec<AuditEvent>) -> Result<(), UpdateError> {
         let mut connection = self.connection().await?;
-        let deleted = update::delete_user(&mut connection, id, guard).await;
+        let deleted = update::delete_user(&mut connection, id, guard, &events).await;
         deleted.map_err(|error| error.into_port(&mut connection, "deleting a user"))
     }
 
@@ -124,7 +126,7 @@ impl UserStore for PgRepository {
     }
 }
 
-/// Inserts the user, their email token and their mails in one transaction. A unique violation surfaces as the
+/// Inserts the user, their email token, their mails and events in one transaction. A unique violation surfaces as the
 /// statement's error, which the caller recognises by index name; the transaction has rolled back by then.
 async fn insert_account(connection: &mut AsyncPgConnection, account: &NewAccount) -> Result<UserRow, DieselError> {
     let user_row = NewUserRow::from(&account.user);
@@ -142,6 +144,7 @@ async fn insert_account(connection: &mut AsyncPgConnection, account: &NewAccount
             for mail in &account.mails {
                 insert_mail(connection, mail).await?;
             }
+            insert_events(connection, &account.events).await?;
             Ok(inserted)
         })
         .await

@@ -10,7 +10,7 @@ use users_domain::{EmailAddress, UserId};
 use uuid::Uuid;
 
 use super::auth::token_response;
-use super::{Caller, SMALL_BODY_LIMIT, media_type, parse_json, read_body};
+use super::{Caller, SMALL_BODY_LIMIT, client_info, media_type, parse_json, read_body};
 use crate::dto::{
     ChangePasswordRequest, DeleteMeRequest, EmailRequest, MessageResponse, RefreshRequest, RegisterRequest,
     ResetPasswordRequest, SessionResponse, SessionsResponse, TokenResponse, UpdateMeRequest, UserResponse,
@@ -67,7 +67,7 @@ pub async fn register<P: Ports>(
     state.limit("register", &req).await?;
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let registration = parse_json::<RegisterRequest>(&req, &body)?.try_into_domain()?;
-    state.service.register(registration).await?;
+    state.service.register(registration, client_info(&req, &state.clients)).await?;
     Ok(accepted("If this address can be registered, a verification link is on its way."))
 }
 
@@ -96,7 +96,7 @@ pub async fn verify_email<P: Ports>(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, token) = path.into_inner();
-    let confirmed = confirm_email(&state, &user_id, &token).await;
+    let confirmed = confirm_email(&state, &req, &user_id, &token).await;
     if !super::negotiate::prefers_html(&req) {
         let message = confirmation_message(&confirmed?);
         return Ok(vary_accept(HttpResponse::Ok().json(MessageResponse { message })));
@@ -124,6 +124,7 @@ pub async fn verify_email<P: Ports>(
 /// Checks a verification link's parts and confirms the address.
 async fn confirm_email<P: Ports>(
     state: &AppState<P>,
+    req: &HttpRequest,
     user_id: &str,
     token: &str,
 ) -> Result<EmailConfirmation, ApiError> {
@@ -131,7 +132,7 @@ async fn confirm_email<P: Ports>(
     if token.len() > LINK_TOKEN_MAX {
         return Err(ApiError::invalid_link());
     }
-    Ok(state.service.verify_email(UserId::from_uuid(user_id), token).await?)
+    Ok(state.service.verify_email(UserId::from_uuid(user_id), token, client_info(req, &state.clients)).await?)
 }
 
 /// What a confirmed link says, in JSON and on the page alike.
@@ -200,7 +201,7 @@ pub async fn refresh<P: Ports>(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: RefreshRequest = parse_json(&req, &body)?;
-    Ok(token_response(state.service.refresh(&request.refresh_token).await?))
+    Ok(token_response(state.service.refresh(&request.refresh_token, client_info(&req, &state.clients)).await?))
 }
 
 /// End the session of a refresh token.
@@ -219,7 +220,7 @@ pub async fn logout<P: Ports>(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, SMALL_BODY_LIMIT).await?;
     let request: RefreshRequest = parse_json(&req, &body)?;
-    state.service.logout(&request.refresh_token).await?;
+    state.service.logout(&request.refresh_token, client_info(&req, &state.clients)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -384,7 +385,7 @@ pub async fn reset_password<P: Ports>(
     if media_type(&req) == "application/x-www-form-urlencoded" {
         let request: ResetPasswordRequest = serde_urlencoded::from_bytes(&body)
             .map_err(|error| ApiError::malformed_body(format!("invalid form body: {error}")))?;
-        return Ok(match state.service.reset_password(&request.token, &request.new_password).await {
+        return Ok(match state.service.reset_password(&request.token, &request.new_password, client_info(&req, &state.clients)).await {
             Ok(()) => {
                 html_page(StatusCode::OK, page("Password changed", "<p>You can log in with your new password.</p>"))
             }
@@ -400,7 +401,7 @@ pub async fn reset_password<P: Ports>(
         });
     }
     let request: ResetPasswordRequest = parse_json(&req, &body)?;
-    state.service.reset_password(&request.token, &request.new_password).await?;
+    state.service.reset_password(&request.token, &request.new_password, client_info(&req, &state.clients)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

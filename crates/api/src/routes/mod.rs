@@ -104,10 +104,12 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let token = bearer_token(req);
         let service = req.app_data::<Data<dyn Authenticate>>().cloned();
+        let client = service.as_ref().map(|service| service.client(req));
         Box::pin(async move {
             let token = token.ok_or_else(ApiError::invalid_token)?;
             let service = service.ok_or_else(|| ApiError::internal(anyhow::anyhow!("authenticator missing")))?;
-            let principal = service.authenticate(&token).await?;
+            let mut principal = service.authenticate(&token).await?;
+            principal.client = client.unwrap_or_default();
             Ok(Self(principal))
         })
     }

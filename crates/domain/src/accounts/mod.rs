@@ -11,7 +11,9 @@ mod requests;
 
 pub use password::{ChangePasswordError, ResetPasswordError};
 pub use profile::{DeleteMeError, MeUpdate, UpdateMeError};
+pub(crate) use profile::changed_profile_fields;
 
+use crate::audit::{AuditEvent, ClientInfo, EventType};
 use crate::permissions::Role;
 use crate::ports::{
     EmailTokenPurpose, EmailTokenStore as _, InsertUserError, MailOutbox as _, NewAccount, PasswordHasher as _,
@@ -97,7 +99,7 @@ impl<P: Ports> Service<P> {
     ///
     /// # Errors
     /// [`RegisterError`] as described on its variants.
-    pub async fn register(&self, registration: Registration) -> Result<(), RegisterError> {
+    pub async fn register(&self, registration: Registration, client: ClientInfo) -> Result<(), RegisterError> {
         let password_hash = self.hash_new_password(&registration).await?;
         let users = self.ports.users();
         // A taken nickname is reported before the email is looked at, whatever the email: nicknames are public,
@@ -108,15 +110,16 @@ impl<P: Ports> Service<P> {
             return Err(RegisterError::NicknameTaken);
         }
         if let Some(existing) = users.find_user_by_email(registration.email.clone()).await? {
-            return Ok(self.answer_existing_address(&existing).await?);
+            return Ok(self.answer_existing_address(&existing, &client).await?);
         }
-        match self.create_account(&registration, password_hash, Role::Anonymous, false).await {
+        let event = self.event(EventType::UserRegistered, &client);
+        match self.create_account(&registration, password_hash, Role::Anonymous, false, event).await {
             Ok(_) => Ok(()),
             // Taken between the check above and the insert: rare, and still independent of the email.
             Err(InsertUserError::NicknameTaken) => Err(RegisterError::NicknameTaken),
             // Registered concurrently by someone else: answer as for any existing address.
             Err(InsertUserError::EmailTaken) => match users.find_user_by_email(registration.email.clone()).await? {
-                Some(existing) => Ok(self.answer_existing_address(&existing).await?),
+                Some(existing) => Ok(self.answer_existing_address(&existing, &client).await?),
                 None => Ok(()),
             },
             Err(InsertUserError::Port(error)) => Err(error.into()),
@@ -127,7 +130,10 @@ impl<P: Ports> Service<P> {
     /// account never confirmed may have been created by someone else before the owner (account pre-hijacking), so
     /// its owner gets a link to set the password instead, which confirms the address and replaces the other
     /// password. The caller's answer is the same either way.
-    async fn answer_existing_address(&self, existing: &User) -> Result<(), PortError> {
+    ///
+    /// The trail records the second registration of an unconfirmed address as `password.reset_requested` (the
+    /// other password died and a link went out); nothing is recorded for a confirmed one (no change happens).
+    async fn answer_existing_address(&self, existing: &User, client: &ClientInfo) -> Result<(), PortError> {
         if existing.email_verified {
             let mail = self.mails.already_registered(&existing.email);
             return self.ports.outbox().queue_mail(mail).await;
@@ -142,6 +148,11 @@ impl<P: Ports> Service<P> {
         update.drop_tokens = EmailTokenPurpose::ALL.to_vec();
         update.mails = vec![self.mails.finish_registration(&existing.email, secret.expose())];
         update.issue_token = Some(token);
+        update.events.push(
+            self.event(EventType::PasswordResetRequested, client)
+                .subject(existing.id)
+                .detail("reason", "registered_again"),
+        );
         match self.ports.users().update_user(update).await {
             // Deleted meanwhile: nothing to answer, and the caller's answer is the same anyway.
             Ok(_) | Err(UpdateError::NotFound) => Ok(()),
@@ -163,13 +174,15 @@ impl<P: Ports> Service<P> {
 
     /// Stores a new account. A generated nickname that collides is generated again; a chosen one that is taken is
     /// [`InsertUserError::NicknameTaken`]. An unverified account gets its verification token and mail in the same
-    /// transaction.
+    /// transaction, and `event` (the registration or creation, naming the new user as its subject, and as its actor
+    /// when it names none) too.
     pub(crate) async fn create_account(
         &self,
         registration: &Registration,
         password_hash: PasswordHash,
         role: Role,
         email_verified: bool,
+        event: AuditEvent,
     ) -> Result<User, InsertUserError> {
         let generated = registration.nickname.is_none();
         for _ in 0..NICKNAME_ATTEMPTS {
@@ -187,7 +200,11 @@ impl<P: Ports> Service<P> {
                 email_verified,
                 password_hash: password_hash.clone(),
             };
-            let mut account = NewAccount { user, token: None, mails: Vec::new() };
+            let mut event = event.clone().subject(user.id).detail("role", role.as_str());
+            if event.actor_id.is_none() {
+                event.actor_id = Some(user.id);
+            }
+            let mut account = NewAccount { user, token: None, mails: Vec::new(), events: vec![event] };
             if !email_verified {
                 let (secret, token) = self.email_token(account.user.id, EmailTokenPurpose::Verify, None, self.now());
                 account.mails.push(self.mails.verify_email(
@@ -213,7 +230,12 @@ impl<P: Ports> Service<P> {
     ///
     /// # Errors
     /// [`VerifyEmailError`] as described on its variants.
-    pub async fn verify_email(&self, user_id: UserId, token: &str) -> Result<EmailConfirmation, VerifyEmailError> {
+    pub async fn verify_email(
+        &self,
+        user_id: UserId,
+        token: &str,
+        client: ClientInfo,
+    ) -> Result<EmailConfirmation, VerifyEmailError> {
         let hash = TokenHash::of(token);
         let now = self.now();
         let record = self.ports.email_tokens().find_email_token(hash.clone()).await?;
@@ -236,11 +258,19 @@ impl<P: Ports> Service<P> {
             update.consume_token = Some(hash.clone());
             update.fields.email_verified = Some(true);
             update.fields.role = Some(user.role.once_verified()).filter(|role| *role != user.role);
-            if let Some(new_email) = &new_email {
+            let event = if let Some(new_email) = &new_email {
                 update.fields.email = Some(new_email.clone());
                 update.fields.pending_email = Some(None);
                 update.drop_tokens = vec![EmailTokenPurpose::PasswordReset];
+                self.event(EventType::UserEmailChanged, &client)
+            } else {
+                self.event(EventType::UserEmailVerified, &client)
+            };
+            let mut event = event.by_subject(user_id, None);
+            if let Some(role) = update.fields.role {
+                event = event.change("role", user.role.as_str(), role.as_str());
             }
+            update.events.push(event);
             return match self.ports.users().update_user(update).await {
                 Ok(user) if new_email.is_some() => Ok(EmailConfirmation::EmailChanged(user)),
                 Ok(user) => Ok(EmailConfirmation::Verified(user)),

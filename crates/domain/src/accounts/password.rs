@@ -1,5 +1,6 @@
 //! Passwords: resetting a forgotten one with a mailed link, and changing one's own.
 
+use crate::audit::{ClientInfo, EventType};
 use crate::ports::{
     EmailTokenPurpose, EmailTokenStore as _, PasswordHasher as _, PortError, Ports, SessionEnd, UpdateError,
     UserStore as _, UserUpdate,
@@ -58,7 +59,12 @@ impl<P: Ports> Service<P> {
     ///
     /// # Errors
     /// [`ResetPasswordError`] as described on its variants.
-    pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<(), ResetPasswordError> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new_password: &str,
+        client: ClientInfo,
+    ) -> Result<(), ResetPasswordError> {
         let hash = TokenHash::of(token);
         let now = self.now();
         let record = self.ports.email_tokens().find_email_token(hash.clone()).await?;
@@ -93,6 +99,11 @@ impl<P: Ports> Service<P> {
             update.end_sessions = SessionEnd::All;
             update.clear_failures = Some(user.email.canonical());
             update.mails = vec![self.mails.password_changed(&user.email)];
+            let mut event = self.event(EventType::PasswordReset, &client).by_subject(user.id, None);
+            if let Some(role) = update.fields.role {
+                event = event.change("role", user.role.as_str(), role.as_str());
+            }
+            update.events = vec![event];
             return match users.update_user(update).await {
                 Ok(_) => Ok(()),
                 Err(UpdateError::RoleChanged) => continue,
@@ -116,7 +127,7 @@ impl<P: Ports> Service<P> {
         new_password: &str,
     ) -> Result<(), ChangePasswordError> {
         let user = &principal.user;
-        match self.check_current_password(user, current_password).await? {
+        match self.check_current_password(principal, current_password).await? {
             Checked::Matches => {}
             Checked::Wrong => return Err(ChangePasswordError::InvalidCurrentPassword),
             Checked::Blocked { retry_after } => return Err(ChangePasswordError::RateLimited { retry_after }),
@@ -129,6 +140,7 @@ impl<P: Ports> Service<P> {
         update.drop_tokens = vec![EmailTokenPurpose::EmailChange, EmailTokenPurpose::PasswordReset];
         update.end_sessions = SessionEnd::AllBut(principal.session_id);
         update.mails = vec![self.mails.password_changed(&user.email)];
+        update.events = vec![self.event_by(EventType::PasswordChanged, principal, user.id)];
         match self.ports.users().update_user(update).await {
             Ok(_) => Ok(()),
             Err(UpdateError::NotFound) => Err(ChangePasswordError::NotFound),

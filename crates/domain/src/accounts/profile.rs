@@ -1,5 +1,6 @@
 //! One's own account: changing the profile (and the email address, confirmed by mail) and deleting the account.
 
+use crate::audit::EventType;
 use crate::permissions::Role;
 use crate::ports::{
     EmailTokenPurpose, Guard, PortError, Ports, ProfileChanges, UpdateError, UserStore as _, UserUpdate,
@@ -86,7 +87,7 @@ impl<P: Ports> Service<P> {
         let new_email = update.email.filter(|email| email.canonical() != user.email.canonical());
         if let Some(new_email) = &new_email {
             let current = update.current_password.as_deref().ok_or(UpdateMeError::CurrentPasswordRequired)?;
-            match self.check_current_password(user, current).await? {
+            match self.check_current_password(principal, current).await? {
                 Checked::Matches => {}
                 Checked::Wrong => return Err(UpdateMeError::InvalidCurrentPassword),
                 Checked::Blocked { retry_after } => return Err(UpdateMeError::RateLimited { retry_after }),
@@ -100,6 +101,13 @@ impl<P: Ports> Service<P> {
         }
         let now = self.now();
         let mut change = UserUpdate::new(user.id, now);
+        let mut fields = changed_profile_fields(&update.profile);
+        if new_email.is_some() {
+            fields.push("pending_email");
+        }
+        if !fields.is_empty() {
+            change.events.push(self.event_by(EventType::UserUpdated, principal, user.id).detail("fields", fields));
+        }
         change.fields.profile = update.profile;
         if let Some(new_email) = new_email {
             let (secret, token) =
@@ -127,7 +135,7 @@ impl<P: Ports> Service<P> {
     /// [`DeleteMeError`] as described on its variants.
     pub async fn delete_me(&self, principal: &Principal, current_password: &str) -> Result<(), DeleteMeError> {
         let user = &principal.user;
-        match self.check_current_password(user, current_password).await? {
+        match self.check_current_password(principal, current_password).await? {
             Checked::Matches => {}
             Checked::Wrong => return Err(DeleteMeError::InvalidCurrentPassword),
             Checked::Blocked { retry_after } => return Err(DeleteMeError::RateLimited { retry_after }),
@@ -139,7 +147,8 @@ impl<P: Ports> Service<P> {
                 return Err(DeleteMeError::NotFound);
             };
             let guard = Guard { role: Some(current.role), another_admin: current.role == Role::Admin };
-            return match self.delete_user_with_pictures(user.id, guard).await {
+            let event = self.event_by(EventType::UserDeleted, principal, user.id);
+            return match self.delete_user_with_pictures(user.id, guard, vec![event]).await {
                 Ok(()) => Ok(()),
                 Err(UpdateError::RoleChanged) => continue,
                 Err(UpdateError::LastAdmin) => Err(DeleteMeError::LastAdmin),
@@ -153,7 +162,13 @@ impl<P: Ports> Service<P> {
 
     /// Checks the caller's current password on the same per-account backoff as login: a wrong one counts as a
     /// failed login, and while the account is blocked no password is checked at all.
-    pub(crate) async fn check_current_password(&self, user: &User, candidate: &str) -> Result<Checked, PortError> {
+    pub(crate) async fn check_current_password(
+        &self,
+        principal: &Principal,
+        candidate: &str,
+    ) -> Result<Checked, PortError> {
+        let user = &principal.user;
+        let failed = self.event_by(EventType::LoginFailed, principal, user.id).detail("factor", "current_password");
         self.check_password_throttled(
             user.email.canonical(),
             Password::normalize(candidate),
@@ -161,7 +176,32 @@ impl<P: Ports> Service<P> {
             // With a second factor on, a right password alone is no success: only a right code clears the count,
             // so password checks cannot wipe out the failures of guessed codes.
             !user.mfa_enabled,
+            failed,
         )
         .await
     }
+}
+
+/// The names of the profile fields a change sets, as the trail records them.
+pub(crate) fn changed_profile_fields(profile: &ProfileChanges) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if profile.nickname.is_some() {
+        fields.push("nickname");
+    }
+    if profile.first_name.is_some() {
+        fields.push("first_name");
+    }
+    if profile.last_name.is_some() {
+        fields.push("last_name");
+    }
+    if profile.bio.is_some() {
+        fields.push("bio");
+    }
+    if profile.linkedin_profile_url.is_some() {
+        fields.push("linkedin_profile_url");
+    }
+    if profile.github_profile_url.is_some() {
+        fields.push("github_profile_url");
+    }
+    fields
 }

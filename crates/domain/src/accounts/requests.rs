@@ -3,6 +3,7 @@
 
 use time::Duration;
 
+use crate::audit::{ClientInfo, EventType};
 use crate::ports::{
     AccountRequestKind, AccountRequests as _, EmailTokenPurpose, PortError, Ports, UpdateError, UserStore as _,
     UserUpdate,
@@ -81,6 +82,9 @@ impl<P: Ports> Service<P> {
         update.drop_tokens = vec![purpose];
         update.issue_token = Some(token);
         update.mails = vec![mail];
+        if purpose == EmailTokenPurpose::PasswordReset {
+            update.events = vec![self.event(EventType::PasswordResetRequested, &ClientInfo::default()).subject(user.id)];
+        }
         match self.ports.users().update_user(update).await {
             Ok(_) | Err(UpdateError::NotFound) => Ok(()),
             Err(UpdateError::Port(error)) => Err(error),

@@ -1,5 +1,6 @@
 //! The first administrator: `create-admin` and the `BOOTSTRAP_ADMIN_*` settings.
 
+use crate::audit::{ClientInfo, EventType};
 use crate::permissions::Role;
 use crate::ports::{
     InsertUserError, NewAccount, PasswordHasher as _, PortError, Ports, UpdateError, UserStore as _, UserUpdate,
@@ -50,7 +51,12 @@ impl<P: Ports> Service<P> {
                 email_verified: true,
                 password_hash: password_hash.clone(),
             };
-            match users.insert_user(NewAccount { user, token: None, mails: Vec::new() }).await {
+            let event = self
+                .event(EventType::UserCreated, &ClientInfo::default())
+                .subject(user.id)
+                .detail("role", Role::Admin.as_str())
+                .detail("by", "command_line");
+            match users.insert_user(NewAccount { user, token: None, mails: Vec::new(), events: vec![event] }).await {
                 Ok(user) => return Ok(user),
                 Err(InsertUserError::NicknameTaken) => {}
                 // Someone registered the address between the lookup and the insert: promote that account instead.
@@ -74,6 +80,13 @@ impl<P: Ports> Service<P> {
         update.fields.email_verified = Some(true);
         update.fields.is_locked = Some(false);
         update.fields.password_hash = Some(password_hash);
+        update.events = vec![
+            self.event(EventType::UserUpdated, &ClientInfo::default())
+                .subject(id)
+                .detail("fields", vec!["role", "email_verified", "is_locked", "password"])
+                .detail("role", "ADMIN")
+                .detail("by", "command_line"),
+        ];
         match self.ports.users().update_user(update).await {
             Ok(user) => Ok(user),
             Err(UpdateError::Port(error)) => Err(error),

@@ -10,6 +10,7 @@ mod bootstrap;
 pub use bootstrap::CreateAdminError;
 
 use crate::accounts::{RegisterError, Registration};
+use crate::audit::{AuditEvent, EventType};
 use crate::permissions::{Action, Denied, Role, Target, authorize, can_see};
 use crate::ports::{
     EmailTokenPurpose, Guard, InsertUserError, PortError, Ports, ProfileChanges, SessionEnd, UpdateError, UserCursor,
@@ -286,7 +287,8 @@ impl<P: Ports> Service<P> {
             RegisterError::NicknameTaken => CreateUserError::NicknameTaken,
             RegisterError::Port(error) => CreateUserError::Port(error),
         })?;
-        match self.create_account(&request.registration, password_hash, role, request.email_verified).await {
+        let event = self.event(EventType::UserCreated, &actor.client).actor(actor.user.id, Some(actor.session_id));
+        match self.create_account(&request.registration, password_hash, role, request.email_verified, event).await {
             Ok(user) => Ok(user),
             Err(InsertUserError::NicknameTaken) => Err(CreateUserError::NicknameTaken),
             Err(InsertUserError::EmailTaken) => Err(CreateUserError::EmailTaken),
@@ -428,7 +430,45 @@ impl<P: Ports> Service<P> {
         }
         // A lock keeps sessions (an unlock restores them); every request of a locked user is refused meanwhile.
         update.end_sessions = SessionEnd::Keep;
+        update.events = self.admin_update_events(actor, target, &update.fields);
         Ok(Some(update))
+    }
+
+    /// The events of an administrator's change: the lock or unlock on its own, the address change on its own, and
+    /// every other changed field in one `user.updated` (a role as `from`/`to`).
+    fn admin_update_events(&self, actor: &Principal, target: &User, fields: &crate::ports::UserFields) -> Vec<AuditEvent> {
+        let mut events = Vec::new();
+        match fields.is_locked {
+            Some(true) => events.push(self.event_by(EventType::UserLocked, actor, target.id)),
+            Some(false) => events.push(self.event_by(EventType::UserUnlocked, actor, target.id)),
+            None => {}
+        }
+        if fields.email.is_some() {
+            events.push(
+                self.event_by(EventType::UserEmailChanged, actor, target.id).detail("by", "staff").detail(
+                    "email_verified",
+                    fields.email_verified.unwrap_or(false),
+                ),
+            );
+        }
+        let mut names = crate::accounts::changed_profile_fields(&fields.profile);
+        if fields.email.is_none() && fields.email_verified.is_some() {
+            names.push("email_verified");
+        }
+        if fields.role.is_some() {
+            names.push("role");
+        }
+        if fields.professional.is_some() {
+            names.push("is_professional");
+        }
+        if !names.is_empty() {
+            let mut event = self.event_by(EventType::UserUpdated, actor, target.id).detail("fields", names);
+            if let Some(role) = fields.role {
+                event = event.change("role", target.role.as_str(), role.as_str());
+            }
+            events.push(event);
+        }
+        events
     }
 
     /// Deletes another user within the caller's rights, with their sessions, tokens and pictures.
@@ -447,7 +487,8 @@ impl<P: Ports> Service<P> {
             GetUserError::Port(error) => DeleteUserError::Port(error),
         })?;
         let guard = Guard { role: Some(target.role), another_admin: target.role == Role::Admin };
-        self.delete_user_with_pictures(id, guard).await.map_err(|error| match error {
+        let event = self.event_by(EventType::UserDeleted, actor, target.id).detail("role", target.role.as_str());
+        self.delete_user_with_pictures(id, guard, vec![event]).await.map_err(|error| match error {
             UpdateError::LastAdmin => DeleteUserError::LastAdmin,
             UpdateError::NotFound | UpdateError::RoleChanged => DeleteUserError::NotFound,
             UpdateError::Port(error) => DeleteUserError::Port(error),

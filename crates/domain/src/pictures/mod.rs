@@ -12,6 +12,7 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::audit::{AuditEvent, EventType};
 use crate::permissions::{Action, Target, authorize};
 use crate::ports::{
     EncodedImage, Guard, ImageError, ImageProcessor as _, PictureRecords as _, PictureSize, PictureStore as _,
@@ -142,7 +143,10 @@ impl<P: Ports> Service<P> {
             variants: PictureSize::ALL.iter().map(|size| variant(*size, processed.size(*size))).collect(),
         };
         self.put_all(&picture, &processed).await?;
-        match self.ports.pictures().insert_active_picture(picture.clone(), self.now()).await {
+        let event = self
+            .event_by(EventType::PictureUploaded, &permit.actor, target.id)
+            .detail("picture_id", picture.id.to_string());
+        match self.ports.pictures().insert_active_picture(picture.clone(), self.now(), vec![event]).await {
             Ok(previous) => {
                 if let Some(previous) = previous {
                     let archive = StoredPicture::archive_prefix(previous.user_id, previous.id);
@@ -277,8 +281,13 @@ impl<P: Ports> Service<P> {
     /// [`PictureError::NotFound`] when there is no active picture or no visible user, or a dependency failure.
     pub async fn delete(&self, actor: &Principal, user_id: UserId) -> Result<(), PictureError> {
         let target = self.picture_target(actor, user_id).await?;
-        let archived =
-            self.ports.pictures().archive_active_picture(target.id, self.now()).await?.ok_or(PictureError::NotFound)?;
+        let event = self.event_by(EventType::PictureDeleted, actor, target.id);
+        let archived = self
+            .ports
+            .pictures()
+            .archive_active_picture(target.id, self.now(), vec![event])
+            .await?
+            .ok_or(PictureError::NotFound)?;
         let archive = StoredPicture::archive_prefix(archived.user_id, archived.id);
         self.relocate(&archived, archive).await;
         Ok(())
@@ -302,7 +311,9 @@ impl<P: Ports> Service<P> {
         let (restored, previous) = self
             .ports
             .pictures()
-            .restore_picture(target.id, version, self.now())
+            .restore_picture(target.id, version, self.now(), vec![
+                self.event_by(EventType::PictureRestored, actor, target.id).detail("picture_id", version.to_string()),
+            ])
             .await?
             .ok_or(PictureError::NotFound)?;
         self.relocate(&restored, StoredPicture::active_prefix(restored.user_id, restored.id)).await;
@@ -313,8 +324,13 @@ impl<P: Ports> Service<P> {
     }
 
     /// Deletes a user (their sessions, tokens and picture records go with the row), then their picture objects.
-    pub(crate) async fn delete_user_with_pictures(&self, id: UserId, guard: Guard) -> Result<(), UpdateError> {
-        self.ports.users().delete_user(id, guard).await?;
+    pub(crate) async fn delete_user_with_pictures(
+        &self,
+        id: UserId,
+        guard: Guard,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), UpdateError> {
+        self.ports.users().delete_user(id, guard, events).await?;
         self.remove_user_objects(id).await;
         Ok(())
     }

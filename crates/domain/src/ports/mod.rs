@@ -10,6 +10,7 @@
 //! parameter and every call is dispatched statically. Driver errors never cross a port: adapters translate them
 //! into [`PortError`] or the error of the operation.
 
+mod audit;
 mod crypto;
 mod email_tokens;
 mod outbox;
@@ -20,6 +21,7 @@ mod sessions;
 mod throttle;
 mod users;
 
+pub use audit::AuditTrail;
 pub use crypto::{Clock, InvalidToken, PasswordHasher, SystemClock, TokenCodec};
 pub use email_tokens::{EmailTokenPurpose, EmailTokenRecord, EmailTokenStore, NewEmailToken};
 pub use outbox::{
@@ -42,6 +44,8 @@ pub use users::{
     UserStore, UserUpdate,
 };
 
+#[cfg(any(test, feature = "mock"))]
+pub use audit::MockAuditTrail;
 #[cfg(any(test, feature = "mock"))]
 pub use crypto::{MockClock, MockPasswordHasher, MockTokenCodec};
 #[cfg(any(test, feature = "mock"))]
@@ -97,6 +101,8 @@ pub trait Ports: Send + Sync + 'static {
     type Pictures: PictureRecords;
     /// Per-client-address request counts of the edge's rate limits.
     type RequestCounts: RequestCounter;
+    /// The audit trail.
+    type Audit: AuditTrail;
     /// Picture objects.
     type Objects: PictureStore;
     /// Upload processing.
@@ -128,6 +134,8 @@ pub trait Ports: Send + Sync + 'static {
     fn pictures(&self) -> &Self::Pictures;
     /// The request counts.
     fn request_counts(&self) -> &Self::RequestCounts;
+    /// The audit trail.
+    fn audit(&self) -> &Self::Audit;
     /// The picture objects.
     fn objects(&self) -> &Self::Objects;
     /// The image processor.

@@ -10,6 +10,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use super::PortError;
+use crate::audit::AuditEvent;
 use crate::user::UserId;
 
 /// The largest edge of the `original` size.
@@ -218,7 +219,7 @@ pub enum PictureWriteError {
 /// records with them.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait PictureRecords: Send + Sync + 'static {
-    /// Records a new active picture in one transaction: the user's current active picture (if any) becomes
+    /// Records a new active picture (with `events`) in one transaction: the user's current active picture (if any) becomes
     /// archived and is returned, the new one becomes active, and `users.profile_picture_id` points to it.
     ///
     /// # Errors
@@ -227,6 +228,7 @@ pub trait PictureRecords: Send + Sync + 'static {
         &self,
         picture: StoredPicture,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Option<StoredPicture>, PictureWriteError>> + Send;
 
     /// Records that a picture's objects now live under `prefix`.
@@ -247,7 +249,8 @@ pub trait PictureRecords: Send + Sync + 'static {
     /// [`PortError`] when storage fails.
     fn archived_pictures(&self, user_id: UserId) -> impl Future<Output = Result<Vec<StoredPicture>, PortError>> + Send;
 
-    /// Archives the active picture and clears `users.profile_picture_id`, in one transaction; returns it.
+    /// Archives the active picture and clears `users.profile_picture_id`, with `events` (written only when there was
+    /// an active picture), in one transaction; returns it.
     ///
     /// # Errors
     /// [`PortError`] when storage fails; `Ok(None)` when there was no active picture.
@@ -255,9 +258,10 @@ pub trait PictureRecords: Send + Sync + 'static {
         &self,
         user_id: UserId,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Option<StoredPicture>, PortError>> + Send;
 
-    /// Makes an archived picture active again, in one transaction: the current active one (returned second)
+    /// Makes an archived picture active again (with `events`, written only when it was found), in one transaction: the current active one (returned second)
     /// becomes archived and `users.profile_picture_id` points to the restored one (returned first).
     ///
     /// # Errors
@@ -267,6 +271,7 @@ pub trait PictureRecords: Send + Sync + 'static {
         user_id: UserId,
         id: uuid::Uuid,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Option<(StoredPicture, Option<StoredPicture>)>, PortError>> + Send;
 }
 

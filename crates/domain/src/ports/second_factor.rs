@@ -10,6 +10,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use super::PortError;
+use crate::audit::AuditEvent;
 use super::outbox::OutgoingMail;
 use crate::session::{NewSession, Session, TokenHash};
 use crate::user::UserId;
@@ -132,7 +133,7 @@ pub enum SecondFactorAction {
 /// One decided change to a user's second factor, applied atomically in this order: the action's requirement
 /// checked (on the locked record), the login step consumed, the proof consumed, the action applied (the user's
 /// `mfa_enabled` follows it), the session started (with the user's last login time), the backoff cleared, the mails
-/// queued. On any error nothing is stored.
+/// queued, the events written. On any error nothing is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecondFactorChange {
     /// Whose second factor.
@@ -149,6 +150,8 @@ pub struct SecondFactorChange {
     pub clear_failures: Option<String>,
     /// Queue these mails.
     pub mails: Vec<OutgoingMail>,
+    /// Write these events.
+    pub events: Vec<AuditEvent>,
     /// The time of the change.
     pub now: OffsetDateTime,
 }
@@ -165,6 +168,7 @@ impl SecondFactorChange {
             start_session: None,
             clear_failures: None,
             mails: Vec::new(),
+            events: Vec::new(),
             now,
         }
     }

@@ -7,6 +7,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use super::PortError;
+use crate::audit::AuditEvent;
 use crate::session::{NewSession, Session, SessionId, TokenHash};
 use crate::user::{User, UserId};
 
@@ -50,8 +51,8 @@ pub enum SessionEnd {
 /// Storage of sessions and refresh tokens.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Stores a new session with its first refresh token, and records `at` as the user's last login, in one
-    /// transaction.
+    /// Stores a new session with its first refresh token, records `at` as the user's last login and writes
+    /// `events`, in one transaction.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
@@ -59,6 +60,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         session: NewSession,
         at: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Session, PortError>> + Send;
 
     /// A session with its user, in one round trip: what every authenticated request needs. Revoked and expired
@@ -115,7 +117,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Session>, PortError>> + Send;
 
     /// Revokes a session, keeping the first revocation time of one already revoked. With `owner`, only a session
-    /// of that user is revoked. `Ok(false)` when no unrevoked session matched.
+    /// of that user is revoked. `events` are written with the revocation, and only when it revoked a session.
+    /// `Ok(false)` when no unrevoked session matched.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
@@ -124,9 +127,10 @@ pub trait SessionStore: Send + Sync + 'static {
         id: SessionId,
         owner: Option<UserId>,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
-    /// Revokes the user's sessions that `end` names.
+    /// Revokes the user's sessions that `end` names and writes `events`, in one transaction.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
@@ -135,6 +139,7 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: UserId,
         end: SessionEnd,
         now: OffsetDateTime,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// The user's unrevoked sessions whose absolute end is after `now`, newest first.

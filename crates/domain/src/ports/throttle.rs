@@ -6,6 +6,7 @@ use std::future::Future;
 use time::{Duration, OffsetDateTime};
 
 use super::PortError;
+use crate::audit::AuditEvent;
 
 /// Exponential backoff after repeated login failures for one email (`LOGIN_BACKOFF_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +57,8 @@ pub trait LoginThrottle: Send + Sync + 'static {
 
     /// Counts one failure for this key, atomically with any concurrent count, and when the new count is past the
     /// policy's threshold blocks the key until `now + policy.block_for(count)` (never shortening a block already in
-    /// place). The policy is the domain's; the adapter applies it to the count it stored. Returns the end of the
-    /// block, if any.
+    /// place). The policy is the domain's; the adapter applies it to the count it stored. `events` are written in
+    /// the same transaction. Returns the end of the block, if any.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
@@ -66,6 +67,7 @@ pub trait LoginThrottle: Send + Sync + 'static {
         key: String,
         now: OffsetDateTime,
         policy: BackoffPolicy,
+        events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Option<OffsetDateTime>, PortError>> + Send;
 
     /// Forgets the failures of a key.

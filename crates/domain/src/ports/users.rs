@@ -10,6 +10,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use super::PortError;
+use crate::audit::AuditEvent;
 use super::email_tokens::{EmailTokenPurpose, NewEmailToken};
 use super::outbox::OutgoingMail;
 use super::sessions::SessionEnd;
@@ -51,6 +52,8 @@ pub struct NewAccount {
     pub token: Option<NewEmailToken>,
     /// Mails to queue.
     pub mails: Vec<OutgoingMail>,
+    /// Events of the trail.
+    pub events: Vec<AuditEvent>,
 }
 
 /// New values for a user's columns; `None` leaves a column as it is, `Some(None)` clears an optional one.
@@ -96,7 +99,7 @@ pub struct Guard {
 
 /// One decided change to a user and what hangs off them, applied atomically, in this order: guard checked, token
 /// consumed, columns written (and `updated_at` set to `now` when any changes), tokens dropped, token issued,
-/// sessions ended, backoff cleared, mails queued. On any error nothing is stored.
+/// sessions ended, backoff cleared, mails queued, events written. On any error nothing is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserUpdate {
     /// Whose row.
@@ -118,6 +121,8 @@ pub struct UserUpdate {
     pub clear_failures: Option<String>,
     /// Queue these mails.
     pub mails: Vec<OutgoingMail>,
+    /// Write these events.
+    pub events: Vec<AuditEvent>,
     /// The time of the change.
     pub now: OffsetDateTime,
 }
@@ -136,6 +141,7 @@ impl UserUpdate {
             end_sessions: SessionEnd::Keep,
             clear_failures: None,
             mails: Vec::new(),
+            events: Vec::new(),
             now,
         }
     }
@@ -186,7 +192,7 @@ pub enum UpdateError {
 /// Storage of users.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait UserStore: Send + Sync + 'static {
-    /// Inserts a user with its token and mails, in one transaction.
+    /// Inserts a user with its token, mails and events, in one transaction.
     ///
     /// # Errors
     /// [`InsertUserError::EmailTaken`] or [`InsertUserError::NicknameTaken`] on a case-insensitive duplicate,
@@ -230,11 +236,17 @@ pub trait UserStore: Send + Sync + 'static {
     /// [`UpdateError`] as described on its variants.
     fn update_user(&self, update: UserUpdate) -> impl Future<Output = Result<User, UpdateError>> + Send;
 
-    /// Deletes a user with everything that hangs off them (sessions, tokens, picture records), checking `guard`.
+    /// Deletes a user with everything that hangs off them (sessions, tokens, picture records), checking `guard`,
+    /// and writes `events`, in one transaction.
     ///
     /// # Errors
     /// [`UpdateError::NotFound`], [`UpdateError::RoleChanged`], [`UpdateError::LastAdmin`], or a storage failure.
-    fn delete_user(&self, id: UserId, guard: Guard) -> impl Future<Output = Result<(), UpdateError>> + Send;
+    fn delete_user(
+        &self,
+        id: UserId,
+        guard: Guard,
+        events: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<(), UpdateError>> + Send;
 
     /// Checks that storage answers.
     ///

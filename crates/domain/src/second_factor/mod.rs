@@ -19,6 +19,7 @@ use time::Duration;
 use codes::CodeInput;
 pub use codes::RecoveryCode;
 
+use crate::audit::{AuditEvent, EventType};
 use crate::permissions::Action;
 use crate::ports::{
     NewMfaChallenge, OneTimePasswords as _, PortError, Ports, SecondFactorAction, SecondFactorChange,
@@ -143,7 +144,7 @@ impl<P: Ports> Service<P> {
     /// [`MfaError::Port`].
     pub async fn setup_totp(&self, principal: &Principal, current_password: &str) -> Result<TotpSetup, MfaError> {
         let user = &principal.user;
-        self.require_password(user, current_password).await?;
+        self.require_password(principal, current_password).await?;
         if user.mfa_enabled {
             return Err(MfaError::AlreadyEnabled);
         }
@@ -179,7 +180,8 @@ impl<P: Ports> Service<P> {
         };
         // The count is cleared by the change that consumes the code, not by the check: a code that turns out to be
         // replayed or checked against a replaced setup must clear nothing.
-        let step = match self.check_throttled(user.email.canonical(), false, check).await? {
+        let failed = self.event_by(EventType::LoginFailed, principal, user.id).detail("factor", "code");
+        let step = match self.check_throttled(user.email.canonical(), false, check, failed).await? {
             Throttled::Passed(step) => step,
             Throttled::Wrong => return Err(MfaError::InvalidCode),
             Throttled::Blocked { retry_after } => return Err(MfaError::RateLimited { retry_after }),
@@ -192,6 +194,7 @@ impl<P: Ports> Service<P> {
             recovery_codes: codes.iter().map(RecoveryCode::hash).collect(),
         };
         change.mails = vec![self.mails.mfa_enabled(&user.email)];
+        change.events = vec![self.event_by(EventType::MfaEnabled, principal, user.id)];
         change.clear_failures = Some(user.email.canonical());
         match self.ports.second_factors().apply_second_factor(change).await {
             Ok(_) => Ok(codes),
@@ -250,7 +253,7 @@ impl<P: Ports> Service<P> {
         if !user.mfa_enabled {
             return Err(MfaError::NotEnabled);
         }
-        self.require_password(user, current_password).await?;
+        self.require_password(principal, current_password).await?;
         let disabling = action == SecondFactorAction::Disable;
         let attempt = |proof: SecondFactorProof| {
             let mut change = SecondFactorChange::new(user.id, self.now());
@@ -261,9 +264,13 @@ impl<P: Ports> Service<P> {
             change.proof = Some(proof);
             change.action = action.clone();
             change.mails = mails;
+            if disabling {
+                change.events = vec![self.event_by(EventType::MfaDisabled, principal, user.id)];
+            }
             change
         };
-        match self.check_code(user, code, attempt).await? {
+        let failed = self.event_by(EventType::LoginFailed, principal, user.id).detail("factor", "code");
+        match self.check_code(user, code, failed, attempt).await? {
             Throttled::Passed(Ok(())) => Ok(()),
             Throttled::Passed(Err(_)) => Err(MfaError::NotEnabled),
             Throttled::Wrong => Err(MfaError::InvalidCode),
@@ -272,8 +279,8 @@ impl<P: Ports> Service<P> {
     }
 
     /// Checks the current password for a second-factor change, on the backoff.
-    async fn require_password(&self, user: &User, current_password: &str) -> Result<(), MfaError> {
-        match self.check_current_password(user, current_password).await? {
+    async fn require_password(&self, principal: &Principal, current_password: &str) -> Result<(), MfaError> {
+        match self.check_current_password(principal, current_password).await? {
             Checked::Matches => Ok(()),
             Checked::Wrong => Err(MfaError::InvalidCurrentPassword),
             Checked::Blocked { retry_after } => Err(MfaError::RateLimited { retry_after }),
@@ -288,9 +295,10 @@ impl<P: Ports> Service<P> {
         &self,
         user: &User,
         code: &str,
+        failed: AuditEvent,
         build: impl Fn(SecondFactorProof) -> SecondFactorChange,
     ) -> Result<Throttled<Result<(), SecondFactorError>>, PortError> {
-        self.check_code_session(user, code, |proof| (build(proof), None)).await.map(|outcome| match outcome {
+        self.check_code_session(user, code, failed, |proof| (build(proof), None)).await.map(|outcome| match outcome {
             Throttled::Passed(result) => Throttled::Passed(result.map(|_| ())),
             Throttled::Wrong => Throttled::Wrong,
             Throttled::Blocked { retry_after } => Throttled::Blocked { retry_after },
@@ -298,11 +306,13 @@ impl<P: Ports> Service<P> {
     }
 
     /// [`Service::check_code`] for a change that may start a session: `build` returns the change and the refresh
-    /// token of the session it starts, handed back with the started session's id.
+    /// token of the session it starts, handed back with the started session's id. `failed` is the event of a wrong
+    /// code; a recovery code that passes records `mfa.recovery_code_used` with the same actor.
     async fn check_code_session(
         &self,
         user: &User,
         code: &str,
+        failed: AuditEvent,
         build: impl Fn(SecondFactorProof) -> (SecondFactorChange, Option<RefreshToken>),
     ) -> Result<Throttled<Result<Option<(SessionId, RefreshToken)>, SecondFactorError>>, PortError> {
         let store = self.ports.second_factors();
@@ -322,6 +332,9 @@ impl<P: Ports> Service<P> {
             };
             let recovery = matches!(proven, Proven::Recovery(_));
             let (mut change, refresh) = build(proven.into());
+            if recovery {
+                change.events.insert(0, failed.retyped(EventType::MfaRecoveryCodeUsed));
+            }
             // Only a change that consumes the code clears the count, in its own transaction: an outcome that
             // verified nothing (an expired login step, a factor turned off meanwhile) leaves the count as it is.
             change.clear_failures = Some(user.email.canonical());
@@ -340,7 +353,7 @@ impl<P: Ports> Service<P> {
                 Err(other) => Ok(Some(Err(other))),
             }
         };
-        self.check_throttled(user.email.canonical(), false, check).await
+        self.check_throttled(user.email.canonical(), false, check, failed.clone()).await
     }
 
     /// The answer to a right password of an account with a second factor: a new pending login step.
@@ -386,10 +399,16 @@ impl<P: Ports> Service<P> {
             let mut change = SecondFactorChange::new(user.id, now);
             change.consume_challenge = Some(token_hash.clone());
             change.proof = Some(proof);
+            change.events = vec![
+                self.event(EventType::LoginSucceeded, &client)
+                    .by_subject(user.id, Some(session.id))
+                    .detail("second_factor", true),
+            ];
             change.start_session = Some(session);
             (change, Some(refresh))
         };
-        match self.check_code_session(&user, code, build).await? {
+        let failed = self.event(EventType::LoginFailed, &client).subject(user.id).detail("factor", "code");
+        match self.check_code_session(&user, code, failed, build).await? {
             Throttled::Passed(Ok(Some((session_id, refresh)))) => {
                 Ok(self.token_pair(user.id, session_id, refresh, self.now())?)
             }
@@ -416,6 +435,7 @@ impl<P: Ports> Service<P> {
         let mut change = SecondFactorChange::new(target.id, self.now());
         change.action = SecondFactorAction::Disable;
         change.mails = vec![self.mails.mfa_reset_by_admin(&target.email)];
+        change.events = vec![self.event_by(EventType::MfaDisabled, actor, target.id).detail("reason", "reset_by_staff")];
         match self.ports.second_factors().apply_second_factor(change).await {
             Ok(_) => Ok(()),
             Err(SecondFactorError::StateChanged) => Err(ResetMfaError::NotEnabled),

@@ -14,20 +14,14 @@ pub(crate) use check::Throttled;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::audit::{AuditEvent, EventType, unknown_login_domain};
 use crate::ports::{PortError, Ports, RefreshRecord, SessionEnd, SessionStore as _, TokenCodec as _, UserStore as _};
 use crate::service::Service;
 use crate::session::{AccessClaims, NewSession, RefreshToken, Session, SessionId, TokenHash, TokenPair};
 use crate::throttle::Checked;
 use crate::user::{EmailAddress, Password, User, UserId};
 
-/// Where a login comes from, as recorded on the session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// The `User-Agent` header.
-    pub user_agent: Option<String>,
-    /// The client's address.
-    pub ip: Option<String>,
-}
+pub use crate::audit::ClientInfo;
 
 /// An authenticated caller: the current row of the user and the session their token names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +30,9 @@ pub struct Principal {
     pub user: User,
     /// The session the access token belongs to.
     pub session_id: SessionId,
+    /// Where the request comes from (the edge fills it in; [`Service::authenticate`] leaves it empty), recorded on
+    /// the events the caller causes.
+    pub client: ClientInfo,
 }
 
 /// A session as listed to its owner.
@@ -163,7 +160,8 @@ impl<P: Ports> Service<P> {
         // are forgotten only when the code is right too, so alternating logins cannot reset the count of guessed
         // codes.
         let clear = !user.as_ref().is_some_and(|user| user.mfa_enabled);
-        let user = match self.check_password_throttled(key, candidate, hash, clear).await? {
+        let failed = self.login_failure_event(user.as_ref(), email, &client, "password");
+        let user = match self.check_password_throttled(key, candidate, hash, clear, failed).await? {
             Checked::Blocked { retry_after } => return Err(LoginError::RateLimited { retry_after }),
             Checked::Wrong => return Err(LoginError::InvalidCredentials),
             Checked::Matches => user.ok_or(LoginError::InvalidCredentials)?,
@@ -177,19 +175,41 @@ impl<P: Ports> Service<P> {
         if user.mfa_enabled {
             return Err(self.second_factor_required(&user).await?);
         }
-        Ok(self.start_session(&user, client, self.now()).await?)
+        Ok(self.start_session(&user, client, self.now(), Vec::new()).await?)
     }
 
-    /// Starts a session for a user whose credentials were just checked, and issues its first tokens.
+    /// The `login.failed` event of an attempt to sign in as `user` (`None`: the address `raw_email` names nobody,
+    /// and only its domain is recorded) with a wrong `factor`.
+    pub(crate) fn login_failure_event(
+        &self,
+        user: Option<&User>,
+        raw_email: &str,
+        client: &ClientInfo,
+        factor: &str,
+    ) -> AuditEvent {
+        let event = self.event(EventType::LoginFailed, client).detail("factor", factor);
+        match user {
+            Some(user) => event.subject(user.id),
+            None => match unknown_login_domain(raw_email) {
+                Some(domain) => event.detail("email_domain", domain),
+                None => event,
+            },
+        }
+    }
+
+    /// Starts a session for a user whose credentials were just checked, and issues its first tokens; `login.succeeded`
+    /// is written with it, after `events`.
     pub(crate) async fn start_session(
         &self,
         user: &User,
         client: ClientInfo,
         now: OffsetDateTime,
+        mut events: Vec<AuditEvent>,
     ) -> Result<TokenPair, PortError> {
         let refresh_token = RefreshToken::generate();
-        let session = self.new_session(user, client, &refresh_token, now);
-        let session = self.ports.sessions().start_session(session, now).await?;
+        let session = self.new_session(user, client.clone(), &refresh_token, now);
+        events.push(self.event(EventType::LoginSucceeded, &client).by_subject(user.id, Some(session.id)));
+        let session = self.ports.sessions().start_session(session, now, events).await?;
         self.token_pair(user.id, session.id, refresh_token, now)
     }
 
@@ -246,7 +266,7 @@ impl<P: Ports> Service<P> {
         if user.is_locked {
             return Err(AuthError::AccountLocked);
         }
-        Ok(Principal { user, session_id: session.id })
+        Ok(Principal { user, session_id: session.id, client: ClientInfo::default() })
     }
 
     /// Exchanges a refresh token for a new pair, rotating it.
@@ -260,26 +280,35 @@ impl<P: Ports> Service<P> {
     ///
     /// # Errors
     /// [`RefreshError`] as described on its variants.
-    pub async fn refresh(&self, presented: &str) -> Result<TokenPair, RefreshError> {
+    pub async fn refresh(&self, presented: &str, client: ClientInfo) -> Result<TokenPair, RefreshError> {
         let now = self.now();
         let presented = TokenHash::of(presented);
         let Some(record) = self.ports.sessions().find_refresh_token(presented.clone()).await? else {
             return Err(RefreshError::InvalidToken);
         };
-        if let Some(pair) = self.exchange(&record, &presented, now).await? {
+        if let Some(pair) = self.exchange(&record, &presented, now, &client).await? {
             return Ok(pair);
         }
         if self.config.refresh_reuse_grace.is_positive() {
             let again = self.ports.sessions().find_refresh_token(presented.clone()).await?;
             if let Some(record) = again
-                && let Some(pair) = self.exchange(&record, &presented, now).await?
+                && let Some(pair) = self.exchange(&record, &presented, now, &client).await?
             {
                 return Ok(pair);
             }
         }
         // Someone exchanged the same token a moment ago (or revoked the session): a reuse all the same.
-        self.ports.sessions().revoke_session(record.session.id, None, now).await?;
+        self.revoke_reused(&record, now, &client).await?;
         Err(RefreshError::InvalidToken)
+    }
+
+    /// Revokes the family of a refresh token presented again after its exchange, recording the reuse (once: only
+    /// the request that revokes the session writes the event).
+    async fn revoke_reused(&self, record: &RefreshRecord, now: OffsetDateTime, client: &ClientInfo) -> Result<(), PortError> {
+        let reuse = self.event(EventType::SessionReuseDetected, client).subject(record.user.id);
+        let reuse = AuditEvent { session_id: Some(record.session.id), ..reuse };
+        self.ports.sessions().revoke_session(record.session.id, None, now, vec![reuse]).await?;
+        Ok(())
     }
 
     /// Applies the judgement of `record` at `now`: the new pair, or `Ok(None)` when its compare-and-set lost to a
@@ -289,6 +318,7 @@ impl<P: Ports> Service<P> {
         record: &RefreshRecord,
         presented: &TokenHash,
         now: OffsetDateTime,
+        client: &ClientInfo,
     ) -> Result<Option<TokenPair>, RefreshError> {
         let sessions = self.ports.sessions();
         let session_id = record.session.id;
@@ -299,7 +329,7 @@ impl<P: Ports> Service<P> {
                 sessions.replace_refresh_successor(session_id, presented.clone(), successor, next.hash(), now).await?
             }
             Exchange::Reuse => {
-                sessions.revoke_session(session_id, None, now).await?;
+                self.revoke_reused(record, now, client).await?;
                 return Err(RefreshError::InvalidToken);
             }
         };
@@ -353,10 +383,14 @@ impl<P: Ports> Service<P> {
     ///
     /// # Errors
     /// [`PortError`] when a dependency fails.
-    pub async fn logout(&self, presented: &str) -> Result<(), PortError> {
+    pub async fn logout(&self, presented: &str, client: ClientInfo) -> Result<(), PortError> {
         let sessions = self.ports.sessions();
         if let Some(record) = sessions.find_refresh_token(TokenHash::of(presented)).await? {
-            sessions.revoke_session(record.session.id, None, self.now()).await?;
+            let event = self
+                .event(EventType::SessionRevoked, &client)
+                .by_subject(record.user.id, Some(record.session.id))
+                .detail("reason", "logout");
+            sessions.revoke_session(record.session.id, None, self.now(), vec![event]).await?;
         }
         Ok(())
     }
@@ -366,7 +400,8 @@ impl<P: Ports> Service<P> {
     /// # Errors
     /// [`PortError`] when a dependency fails.
     pub async fn logout_all(&self, principal: &Principal) -> Result<(), PortError> {
-        self.ports.sessions().end_sessions(principal.user.id, SessionEnd::All, self.now()).await
+        let event = self.event_by(EventType::SessionRevoked, principal, principal.user.id).detail("reason", "logout_all");
+        self.ports.sessions().end_sessions(principal.user.id, SessionEnd::All, self.now(), vec![event]).await
     }
 
     /// The caller's active sessions, newest first, the current one marked.
@@ -398,6 +433,10 @@ impl<P: Ports> Service<P> {
         if !active {
             return Ok(false);
         }
-        sessions.revoke_session(session_id, Some(principal.user.id), now).await
+        let event = self
+            .event_by(EventType::SessionRevoked, principal, principal.user.id)
+            .detail("reason", "revoked")
+            .detail("revoked_session_id", session_id.to_string());
+        sessions.revoke_session(session_id, Some(principal.user.id), now, vec![event]).await
     }
 }

@@ -166,6 +166,7 @@ impl Ports for TestPorts {
     type SecondFactors = <MemoryPorts as Ports>::SecondFactors;
     type Pictures = <MemoryPorts as Ports>::Pictures;
     type RequestCounts = <MemoryPorts as Ports>::RequestCounts;
+    type Audit = <MemoryPorts as Ports>::Audit;
     type Objects = FaultyObjects;
     type Images = <MemoryPorts as Ports>::Images;
     type Hasher = CountingHasher;
@@ -199,6 +200,10 @@ impl Ports for TestPorts {
     }
     fn request_counts(&self) -> &Self::RequestCounts {
         self.memory.request_counts()
+    }
+
+    fn audit(&self) -> &Self::Audit {
+        self.memory.audit()
     }
     fn objects(&self) -> &Self::Objects {
         &self.objects

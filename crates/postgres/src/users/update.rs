@@ -19,12 +19,14 @@ use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl a
 use diesel::sql_types::{Bool, Text};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use time::OffsetDateTime;
+use users_domain::audit::AuditEvent;
 use users_domain::permissions::Role;
 use users_domain::ports::{Guard, PortError, UpdateError, UserFields, UserUpdate};
 use users_domain::user::{Bio, EmailAddress, PersonName, ProfileUrl, User, UserId};
 use uuid::Uuid;
 
 use crate::errors::{EMAIL_UNIQUE_INDEX, NICKNAME_UNIQUE_INDEX, TxError, violated_unique_index};
+use crate::audit::insert_events;
 use crate::outbox::insert_mail;
 use crate::rows::{NewEmailTokenRow, UserRow};
 use crate::schema::users;
@@ -218,6 +220,7 @@ pub(super) async fn update_user(
             for mail in &update.mails {
                 insert_mail(connection, mail).await?;
             }
+            insert_events(connection, &update.events).await?;
             let row = match written {
                 Some(row) => row,
                 None => read_row(connection, id).await?,
@@ -236,12 +239,14 @@ pub(super) async fn delete_user(
     connection: &mut AsyncPgConnection,
     id: UserId,
     guard: Guard,
+    events: &[AuditEvent],
 ) -> Result<(), TxError<UpdateError>> {
     let id = id.as_uuid();
     connection
         .transaction::<_, TxError<UpdateError>, _>(async |connection| {
             lock_and_check(connection, id, guard, Write::Delete).await?;
             diesel::delete(users::table.find(id)).execute(connection).await?;
+            insert_events(connection, events).await?;
             Ok(())
         })
         .await

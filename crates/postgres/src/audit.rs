@@ -1,0 +1,140 @@
+//! The audit trail on `audit_events`: [`insert_events`] writes a change's events inside its transaction (and, in
+//! the same statement, queues one webhook delivery per matching active endpoint); [`AuditTrail`] writes events that
+//! stand alone and reads pages of the trail.
+
+use diesel::result::Error as DieselError;
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::{QueryableByName, sql_query};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use time::OffsetDateTime;
+use users_domain::audit::{AuditEvent, EventQuery, EventType};
+use users_domain::ports::{AuditTrail, PortError};
+use users_domain::{SessionId, UserId};
+use uuid::Uuid;
+
+use crate::errors::query_error;
+use crate::repository::PgRepository;
+
+/// Writes one event and queues its webhook deliveries, in one statement. An endpoint takes the event when its
+/// filter lists the event's type or `*`.
+const INSERT_EVENT: &str = "\
+    WITH event AS ( \
+        INSERT INTO audit_events (id, at, type, actor_id, subject_id, session_id, ip, user_agent, details) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) \
+        RETURNING id, type, at \
+    ) \
+    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at) \
+    SELECT event.id, endpoint.id, event.at FROM event \
+    JOIN webhook_endpoints endpoint ON endpoint.active AND (endpoint.events @> ARRAY[event.type] OR endpoint.events @> ARRAY['*'])";
+
+/// One page of the trail, newest first, after the cursor ($1, $2), filtered. Each filter is a no-op when its
+/// parameter is null (or the type list empty); queries are planned with the values, so the unused ones fold away.
+const LIST_EVENTS: &str = "\
+    SELECT id, at, type, actor_id, subject_id, session_id, ip, user_agent, details::text AS details \
+    FROM audit_events \
+    WHERE ($1::timestamptz IS NULL OR (at, id) < ($1, $2)) \
+      AND (cardinality($3::text[]) = 0 OR type = ANY($3)) \
+      AND ($4::uuid IS NULL OR actor_id = $4) \
+      AND ($5::uuid IS NULL OR subject_id = $5) \
+      AND ($6::timestamptz IS NULL OR at >= $6) \
+      AND ($7::timestamptz IS NULL OR at < $7) \
+    ORDER BY at DESC, id DESC \
+    LIMIT $8";
+
+/// Writes events (and queues their webhook deliveries); run inside the transaction of the change they record, as
+/// its last step.
+pub(crate) async fn insert_events(connection: &mut AsyncPgConnection, events: &[AuditEvent]) -> Result<(), DieselError> {
+    for event in events {
+        sql_query(INSERT_EVENT)
+            .bind::<SqlUuid, _>(event.id)
+            .bind::<Timestamptz, _>(event.at)
+            .bind::<Text, _>(event.kind.as_str())
+            .bind::<Nullable<SqlUuid>, _>(event.actor_id.map(|id| id.as_uuid()))
+            .bind::<Nullable<SqlUuid>, _>(event.subject_id.map(|id| id.as_uuid()))
+            .bind::<Nullable<SqlUuid>, _>(event.session_id.map(|id| id.as_uuid()))
+            .bind::<Nullable<Text>, _>(event.ip.as_deref())
+            .bind::<Nullable<Text>, _>(event.user_agent.as_deref())
+            .bind::<Text, _>(serde_json::Value::Object(event.details.clone()).to_string())
+            .execute(connection)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct EventRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Timestamptz)]
+    at: OffsetDateTime,
+    #[diesel(sql_type = Text)]
+    r#type: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    actor_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    subject_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    session_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    ip: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    user_agent: Option<String>,
+    #[diesel(sql_type = Text)]
+    details: String,
+}
+
+impl EventRow {
+    /// The event, or `None` for a type this version does not know (written by a newer one): skipped, like rows
+    /// that no longer parse elsewhere.
+    fn into_event(self) -> Option<AuditEvent> {
+        let kind = EventType::parse(&self.r#type)?;
+        let details = match serde_json::from_str(&self.details) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        Some(AuditEvent {
+            id: self.id,
+            at: self.at,
+            kind,
+            actor_id: self.actor_id.map(UserId::from_uuid),
+            subject_id: self.subject_id.map(UserId::from_uuid),
+            session_id: self.session_id.map(SessionId::from_uuid),
+            ip: self.ip,
+            user_agent: self.user_agent,
+            details,
+        })
+    }
+}
+
+impl AuditTrail for PgRepository {
+    async fn record_events(&self, events: Vec<AuditEvent>) -> Result<(), PortError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection().await?;
+        let written = connection
+            .transaction::<_, DieselError, _>(async |connection| insert_events(connection, &events).await)
+            .await;
+        written.map_err(|error| query_error(error, &mut connection, "recording audit events"))
+    }
+
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<AuditEvent>, PortError> {
+        let mut connection = self.connection().await?;
+        let kinds: Vec<&str> = query.kinds.iter().map(|kind| kind.as_str()).collect();
+        let rows = sql_query(LIST_EVENTS)
+            .bind::<Nullable<Timestamptz>, _>(query.after.map(|(at, _)| at))
+            .bind::<Nullable<SqlUuid>, _>(query.after.map(|(_, id)| id))
+            .bind::<Array<Text>, _>(kinds)
+            .bind::<Nullable<SqlUuid>, _>(query.actor_id.map(|id| id.as_uuid()))
+            .bind::<Nullable<SqlUuid>, _>(query.subject_id.map(|id| id.as_uuid()))
+            .bind::<Nullable<Timestamptz>, _>(query.since)
+            .bind::<Nullable<Timestamptz>, _>(query.until)
+            .bind::<BigInt, _>(i64::from(query.limit))
+            .load::<EventRow>(&mut connection)
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows.into_iter().filter_map(EventRow::into_event).collect()),
+            Err(error) => Err(query_error(error, &mut connection, "listing audit events")),
+        }
+    }
+}
