@@ -689,3 +689,47 @@ impl AdminUpdateRequest {
         })
     }
 }
+
+/// An event of the audit trail, as `GET /audit`, `GET /me/activity` and webhook deliveries (`data`) show it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventResponse {
+    /// The event's id (time-ordered); also the `webhook-id` of its deliveries.
+    pub id: Uuid,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// What happened, such as `user.registered` or `login.failed`.
+    #[serde(rename = "type")]
+    #[schema(example = "login.succeeded")]
+    pub kind: String,
+    /// Who acted, when known.
+    pub actor_id: Option<Uuid>,
+    /// Whom it concerns, when anyone.
+    pub subject_id: Option<Uuid>,
+    /// The session the actor acted through.
+    pub session_id: Option<Uuid>,
+    /// The client's address.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// What else is worth knowing (changed field names, a role's `from`/`to`, ...); never a secret.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<&users_domain::audit::AuditEvent> for EventResponse {
+    fn from(event: &users_domain::audit::AuditEvent) -> Self {
+        Self {
+            id: event.id,
+            at: event.at,
+            kind: event.kind.as_str().to_owned(),
+            actor_id: event.actor_id.map(|id| id.as_uuid()),
+            subject_id: event.subject_id.map(|id| id.as_uuid()),
+            session_id: event.session_id.map(|id| id.as_uuid()),
+            ip: event.ip.clone(),
+            user_agent: event.user_agent.clone(),
+            details: event.details.clone(),
+        }
+    }
+}
