@@ -46,7 +46,7 @@ pub async fn walk_through() -> anyhow::Result<Summary> {
         linkedin_profile_url: None,
         github_profile_url: None,
     };
-    service.register(registration).await?;
+    service.register(registration, ClientInfo::default()).await?;
     let queued = ports.store().outbox_mails();
     let mail = queued.last().ok_or_else(|| anyhow::anyhow!("no verification mail"))?;
     println!("mail to {}: {}", mail.mail.to, mail.mail.subject);
@@ -57,14 +57,14 @@ pub async fn walk_through() -> anyhow::Result<Summary> {
     let token = parts.next().unwrap_or_default();
     let user_id = users_domain::UserId::from_uuid(parts.next().unwrap_or_default().parse()?);
     let registered_role = Role::Anonymous;
-    let EmailConfirmation::Verified(user) = service.verify_email(user_id, token).await? else {
+    let EmailConfirmation::Verified(user) = service.verify_email(user_id, token, ClientInfo::default()).await? else {
         anyhow::bail!("the link was not a verification link");
     };
     println!("verified {} as {}", user.email, user.role);
 
     // Log in, then exchange the refresh token for a new pair.
     let pair = service.login("ada@example.com", password, ClientInfo::default()).await?;
-    let next = service.refresh(pair.refresh_token.expose()).await?;
+    let next = service.refresh(pair.refresh_token.expose(), ClientInfo::default()).await?;
     let refreshed = service.authenticate(next.access_token.expose()).await.is_ok();
     println!("refreshed: {refreshed}");
 

@@ -16,12 +16,13 @@ use users_domain::sessions::AuthError;
 use users_domain::{Nickname, Role};
 
 use support::{NEW_PASSWORD, OTHER_PASSWORD, PASSWORD, email, has_link, registration, token_in, world};
+use users_domain::sessions::ClientInfo;
 
 #[tokio::test]
 async fn registering_a_new_address_stores_an_anonymous_user_with_a_verify_token_and_its_mail() {
     let world = world();
     let now = world.clock().now();
-    world.service.register(registration("new@example.com")).await.unwrap();
+    world.service.register(registration("new@example.com"), ClientInfo::default()).await.unwrap();
     let user = world.user("new@example.com").await;
     assert_eq!((user.role, user.email_verified), (Role::Anonymous, false));
     assert_eq!(world.hasher.hashes(), 1);
@@ -47,7 +48,7 @@ async fn registering_an_existing_verified_address_mails_its_owner_and_answers_th
     let mails = world.mails().len();
     let mut again = registration("ADA@example.com");
     again.password = NEW_PASSWORD.to_owned();
-    assert!(world.service.register(again).await.is_ok());
+    assert!(world.service.register(again, ClientInfo::default()).await.is_ok());
 
     let sent = &world.mails()[mails..];
     assert_eq!(sent.len(), 1);
@@ -67,7 +68,7 @@ async fn registering_an_unconfirmed_address_mails_its_owner_a_link_to_choose_the
     let first = world.registered("ada@example.com").await;
     let first_link = token_in(&world.last_mail_to("ada@example.com"));
     let mails = world.mails().len();
-    assert!(world.service.register(registration("ada@example.com")).await.is_ok());
+    assert!(world.service.register(registration("ada@example.com"), ClientInfo::default()).await.is_ok());
 
     let sent = &world.mails()[mails..];
     assert_eq!(sent.len(), 1);
@@ -76,9 +77,9 @@ async fn registering_an_unconfirmed_address_mails_its_owner_a_link_to_choose_the
     let ada = world.user("ada@example.com").await;
     assert_eq!(ada.id, first.id, "no second account");
     // Whatever the first registrant set dies: their link and their password.
-    assert!(world.service.verify_email(ada.id, &first_link).await.is_err());
+    assert!(world.service.verify_email(ada.id, &first_link, ClientInfo::default()).await.is_err());
     assert!(world.login("ada@example.com", PASSWORD).await.is_err());
-    world.service.reset_password(&token_in(&sent[0]), NEW_PASSWORD).await.unwrap();
+    world.service.reset_password(&token_in(&sent[0]), NEW_PASSWORD, ClientInfo::default()).await.unwrap();
     assert!(world.login("ada@example.com", NEW_PASSWORD).await.is_ok());
 }
 
@@ -91,7 +92,7 @@ async fn a_weak_or_personal_password_is_refused_before_anything_is_stored() {
     short.password = "k3ttle".to_owned();
     for refused in [personal, short] {
         let address = refused.email.as_str().to_owned();
-        let result = world.service.register(refused).await;
+        let result = world.service.register(refused, ClientInfo::default()).await;
         assert!(matches!(result, Err(RegisterError::WeakPassword(_))), "{address}: {result:?}");
         assert!(world.find(&address).await.is_none());
     }
@@ -104,14 +105,14 @@ async fn a_taken_chosen_nickname_is_reported_before_the_email_is_looked_at() {
     let world = world();
     let mut bob = registration("bob@example.com");
     bob.nickname = Some(Nickname::parse("taken").unwrap());
-    world.service.register(bob).await.unwrap();
+    world.service.register(bob, ClientInfo::default()).await.unwrap();
     let mails = world.mails().len();
 
     // For a new address and for one that has an account alike: the nickname decides, not the email.
     for address in ["new@example.com", "bob@example.com"] {
         let mut chosen = registration(address);
         chosen.nickname = Some(Nickname::parse("Taken").unwrap());
-        let result = world.service.register(chosen).await;
+        let result = world.service.register(chosen, ClientInfo::default()).await;
         assert!(matches!(result, Err(RegisterError::NicknameTaken)), "{address}: {result:?}");
     }
     assert!(world.find("new@example.com").await.is_none());
@@ -119,7 +120,7 @@ async fn a_taken_chosen_nickname_is_reported_before_the_email_is_looked_at() {
 
     let mut free = registration("new@example.com");
     free.nickname = Some(Nickname::parse("free_nick").unwrap());
-    world.service.register(free).await.unwrap();
+    world.service.register(free, ClientInfo::default()).await.unwrap();
     assert_eq!(world.user("new@example.com").await.nickname.as_str(), "free_nick");
 }
 
@@ -160,8 +161,8 @@ async fn the_worker_mails_a_link_only_where_an_account_calls_for_one_and_finishe
         sent.iter().map(|queued| (queued.mail.to.as_str(), queued.mail.subject.as_str())).collect();
     // A reset for the account; a verification only for the unverified one; nothing for the unknown address.
     assert_eq!(to, [("ada@example.com", "Reset your password"), ("bob@example.com", "Verify your email address")]);
-    world.service.reset_password(&token_in(&sent[0]), NEW_PASSWORD).await.unwrap();
-    world.service.verify_email(bob.id, &token_in(&sent[1])).await.unwrap();
+    world.service.reset_password(&token_in(&sent[0]), NEW_PASSWORD, ClientInfo::default()).await.unwrap();
+    world.service.verify_email(bob.id, &token_in(&sent[1]), ClientInfo::default()).await.unwrap();
 
     // Every request is finished, not merely claimed: none comes back once the claim would have expired.
     world.clock().advance(Duration::minutes(10));
@@ -174,7 +175,7 @@ async fn a_reset_with_an_unknown_token_changes_nothing() {
     world.verified("ada@example.com").await;
     let pair = world.login("ada@example.com", PASSWORD).await.unwrap();
     let (mails, hashes) = (world.mails().len(), world.hasher.hashes());
-    let result = world.service.reset_password("no-such-token", NEW_PASSWORD).await;
+    let result = world.service.reset_password("no-such-token", NEW_PASSWORD, ClientInfo::default()).await;
     assert!(matches!(result, Err(ResetPasswordError::InvalidToken)), "{result:?}");
     assert_eq!((world.mails().len(), world.hasher.hashes()), (mails, hashes));
     assert!(world.service.authenticate(pair.access_token.expose()).await.is_ok(), "the session lives");
@@ -192,8 +193,8 @@ async fn a_reset_token_used_twice_at_once_works_once() {
     let (mails, hashes) = (world.mails().len(), world.hasher.hashes());
 
     let (first, second) = tokio::join!(
-        world.service.reset_password(&token, NEW_PASSWORD),
-        world.service.reset_password(&token, OTHER_PASSWORD),
+        world.service.reset_password(&token, NEW_PASSWORD, ClientInfo::default()),
+        world.service.reset_password(&token, OTHER_PASSWORD, ClientInfo::default()),
     );
     // Both got past the token lookup (each hashed its password): only the write decided.
     assert_eq!(world.hasher.hashes(), hashes + 2);

@@ -140,11 +140,14 @@ async fn a_refresh_rotates_the_token_within_its_session_and_an_unknown_token_is_
     world.verified("ada@example.com").await;
     let first = world.login("ada@example.com", PASSWORD).await.unwrap();
     let session = world.service.authenticate(first.access_token.expose()).await.unwrap().session_id;
-    let second = world.service.refresh(first.refresh_token.expose()).await.unwrap();
+    let second = world.service.refresh(first.refresh_token.expose(), ClientInfo::default()).await.unwrap();
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_eq!(world.service.authenticate(second.access_token.expose()).await.unwrap().session_id, session);
     assert_eq!(world.store().session_count(), 1, "no new session");
-    assert!(matches!(world.service.refresh("no-such-token").await, Err(RefreshError::InvalidToken)));
+    assert!(matches!(
+        world.service.refresh("no-such-token", ClientInfo::default()).await,
+        Err(RefreshError::InvalidToken)
+    ));
 }
 
 #[tokio::test]
@@ -271,7 +274,7 @@ async fn revoked_expired_foreign_or_missing_sessions_are_invalid_tokens() {
     // Revoked: logged out; another session of the same user still works.
     let revoked = world.login("ada@example.com", PASSWORD).await.unwrap();
     let kept = world.login("ada@example.com", PASSWORD).await.unwrap();
-    world.service.logout(revoked.refresh_token.expose()).await.unwrap();
+    world.service.logout(revoked.refresh_token.expose(), ClientInfo::default()).await.unwrap();
     assert!(invalid(world.service.authenticate(revoked.access_token.expose()).await));
     assert!(world.service.authenticate(kept.access_token.expose()).await.is_ok());
 

@@ -11,20 +11,24 @@ use time::Duration;
 use users_domain::accounts::{ChangePasswordError, DeleteMeError, EmailConfirmation, MeUpdate, VerifyEmailError};
 use users_domain::admin::{AdminChanges, AdminCreate, DeleteUserError, UpdateUserError};
 use users_domain::ports::{PictureSize, PortError};
+use users_domain::sessions::ClientInfo;
 use users_domain::sessions::{LoginError, Principal, RefreshError};
 use users_domain::{Role, ServiceConfig};
 
 #[tokio::test]
 async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role() {
     let world = world();
-    world.service.register(registration("ada@example.com")).await.unwrap();
+    world.service.register(registration("ada@example.com"), ClientInfo::default()).await.unwrap();
     let ada = world.user("ada@example.com").await;
     assert_eq!((ada.role, ada.email_verified), (Role::Anonymous, false));
     let mail = world.last_mail_to("ada@example.com");
-    let confirmed = world.service.verify_email(ada.id, &token_in(&mail)).await.unwrap();
+    let confirmed = world.service.verify_email(ada.id, &token_in(&mail), ClientInfo::default()).await.unwrap();
     let EmailConfirmation::Verified(verified) = confirmed else { panic!("{confirmed:?}") };
     assert_eq!((verified.role, verified.email_verified), (Role::Authenticated, true));
-    assert!(matches!(world.service.verify_email(ada.id, &token_in(&mail)).await, Err(VerifyEmailError::InvalidToken)));
+    assert!(matches!(
+        world.service.verify_email(ada.id, &token_in(&mail), ClientInfo::default()).await,
+        Err(VerifyEmailError::InvalidToken)
+    ));
 
     // A MANAGER created unverified stays a MANAGER when the address is proven.
     let admin = world.admin("root@example.com").await;
@@ -32,7 +36,7 @@ async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role()
         AdminCreate { registration: registration("mia@example.com"), role: Some(Role::Manager), email_verified: false };
     let mia = world.service.create_user(&admin, create).await.unwrap();
     let link = token_in(&world.last_mail_to("mia@example.com"));
-    world.service.verify_email(mia.id, &link).await.unwrap();
+    world.service.verify_email(mia.id, &link, ClientInfo::default()).await.unwrap();
     let mia = world.user("mia@example.com").await;
     assert_eq!((mia.role, mia.email_verified), (Role::Manager, true));
 }
@@ -41,8 +45,8 @@ async fn verifying_promotes_anonymous_to_authenticated_and_never_lowers_a_role()
 async fn an_administrator_vouching_for_an_address_promotes_anonymous_unless_a_role_is_set() {
     let world = world();
     let admin = world.admin("root@example.com").await;
-    world.service.register(registration("ada@example.com")).await.unwrap();
-    world.service.register(registration("bob@example.com")).await.unwrap();
+    world.service.register(registration("ada@example.com"), ClientInfo::default()).await.unwrap();
+    world.service.register(registration("bob@example.com"), ClientInfo::default()).await.unwrap();
     let ada = world.user("ada@example.com").await;
     let bob = world.user("bob@example.com").await;
     let vouch = AdminChanges { email_verified: Some(true), ..AdminChanges::default() };
@@ -87,15 +91,21 @@ async fn a_reused_refresh_token_ends_its_whole_session() {
     let world = world();
     world.verified("ada@example.com").await;
     let first = world.login("ada@example.com", PASSWORD).await.unwrap();
-    let second = world.service.refresh(first.refresh_token.expose()).await.unwrap();
+    let second = world.service.refresh(first.refresh_token.expose(), ClientInfo::default()).await.unwrap();
     assert!(world.service.authenticate(second.access_token.expose()).await.is_ok());
     // The first token again: a theft. It fails, and so does everything of its session.
-    assert!(matches!(world.service.refresh(first.refresh_token.expose()).await, Err(RefreshError::InvalidToken)));
-    assert!(matches!(world.service.refresh(second.refresh_token.expose()).await, Err(RefreshError::InvalidToken)));
+    assert!(matches!(
+        world.service.refresh(first.refresh_token.expose(), ClientInfo::default()).await,
+        Err(RefreshError::InvalidToken)
+    ));
+    assert!(matches!(
+        world.service.refresh(second.refresh_token.expose(), ClientInfo::default()).await,
+        Err(RefreshError::InvalidToken)
+    ));
     assert!(world.service.authenticate(second.access_token.expose()).await.is_err());
     // Another session of the same user is untouched.
     let other = world.login("ada@example.com", PASSWORD).await.unwrap();
-    assert!(world.service.refresh(other.refresh_token.expose()).await.is_ok());
+    assert!(world.service.refresh(other.refresh_token.expose(), ClientInfo::default()).await.is_ok());
 }
 
 #[tokio::test]
@@ -106,13 +116,19 @@ async fn a_lock_refuses_refresh_without_ending_the_session_and_idle_sessions_exp
     let pair = world.login("ada@example.com", PASSWORD).await.unwrap();
     let lock = AdminChanges { is_locked: Some(true), ..AdminChanges::default() };
     world.service.update_user(&admin, ada.id, lock).await.unwrap();
-    assert!(matches!(world.service.refresh(pair.refresh_token.expose()).await, Err(RefreshError::AccountLocked)));
+    assert!(matches!(
+        world.service.refresh(pair.refresh_token.expose(), ClientInfo::default()).await,
+        Err(RefreshError::AccountLocked)
+    ));
     let unlock = AdminChanges { is_locked: Some(false), ..AdminChanges::default() };
     world.service.update_user(&admin, ada.id, unlock).await.unwrap();
-    let pair = world.service.refresh(pair.refresh_token.expose()).await.unwrap();
+    let pair = world.service.refresh(pair.refresh_token.expose(), ClientInfo::default()).await.unwrap();
 
     world.ports.manual_clock().advance(world.service.config().refresh_token_idle_ttl);
-    assert!(matches!(world.service.refresh(pair.refresh_token.expose()).await, Err(RefreshError::InvalidToken)));
+    assert!(matches!(
+        world.service.refresh(pair.refresh_token.expose(), ClientInfo::default()).await,
+        Err(RefreshError::InvalidToken)
+    ));
 }
 
 #[tokio::test]
@@ -132,10 +148,13 @@ async fn a_password_change_cancels_a_pending_email_change_and_its_link() {
     world.service.change_password(&ada, PASSWORD, NEW_PASSWORD).await.unwrap();
     let after = world.user("ada@example.com").await;
     assert_eq!(after.pending_email, None);
-    assert!(matches!(world.service.verify_email(after.id, &link).await, Err(VerifyEmailError::InvalidToken)));
+    assert!(matches!(
+        world.service.verify_email(after.id, &link, ClientInfo::default()).await,
+        Err(VerifyEmailError::InvalidToken)
+    ));
     assert_eq!(world.user("ada@example.com").await.email, email("ada@example.com"));
     // The old password no longer counts as the current one (the caller as stored now, as every request reads it).
-    let ada = Principal { user: world.user("ada@example.com").await, session_id: ada.session_id };
+    let ada = Principal { user: world.user("ada@example.com").await, ..ada };
     assert!(matches!(
         world.service.change_password(&ada, PASSWORD, NEW_PASSWORD).await,
         Err(ChangePasswordError::InvalidCurrentPassword)
@@ -157,24 +176,27 @@ async fn a_confirmed_email_change_moves_the_login_and_kills_reset_links_to_the_o
     };
     world.service.update_me(&ada, update).await.unwrap();
     let link = token_in(&world.last_mail_to("new@example.com"));
-    let changed = world.service.verify_email(ada.user.id, &link).await.unwrap();
+    let changed = world.service.verify_email(ada.user.id, &link, ClientInfo::default()).await.unwrap();
     assert!(matches!(changed, EmailConfirmation::EmailChanged(ref user) if user.email == email("new@example.com")));
-    assert!(world.service.reset_password(&reset, NEW_PASSWORD).await.is_err());
+    assert!(world.service.reset_password(&reset, NEW_PASSWORD, ClientInfo::default()).await.is_err());
     assert!(world.login("new@example.com", PASSWORD).await.is_ok());
 }
 
 #[tokio::test]
 async fn a_reset_link_takes_an_unconfirmed_account_back_from_whoever_registered_it_first() {
     let world = world();
-    world.service.register(registration("ada@example.com")).await.unwrap();
+    world.service.register(registration("ada@example.com"), ClientInfo::default()).await.unwrap();
     let squatter_link = token_in(&world.last_mail_to("ada@example.com"));
     // The owner registers again: the first password dies and the owner gets a link to choose one.
-    world.service.register(registration("ada@example.com")).await.unwrap();
+    world.service.register(registration("ada@example.com"), ClientInfo::default()).await.unwrap();
     let ada = world.user("ada@example.com").await;
-    assert!(matches!(world.service.verify_email(ada.id, &squatter_link).await, Err(VerifyEmailError::InvalidToken)));
+    assert!(matches!(
+        world.service.verify_email(ada.id, &squatter_link, ClientInfo::default()).await,
+        Err(VerifyEmailError::InvalidToken)
+    ));
     assert!(matches!(world.login("ada@example.com", PASSWORD).await, Err(LoginError::InvalidCredentials)));
     let owner_link = token_in(&world.last_mail_to("ada@example.com"));
-    world.service.reset_password(&owner_link, NEW_PASSWORD).await.unwrap();
+    world.service.reset_password(&owner_link, NEW_PASSWORD, ClientInfo::default()).await.unwrap();
     let ada = world.user("ada@example.com").await;
     assert_eq!((ada.role, ada.email_verified), (Role::Authenticated, true));
     assert!(world.login("ada@example.com", NEW_PASSWORD).await.is_ok());
@@ -212,13 +234,16 @@ async fn deleting_a_user_deletes_their_pictures_too() {
 async fn mails_promise_the_lifetimes_that_are_configured() {
     let config = ServiceConfig { verify_token_ttl: Duration::hours(48), ..ServiceConfig::default() };
     let world = world_with(config);
-    world.service.register(registration("ada@example.com")).await.unwrap();
+    world.service.register(registration("ada@example.com"), ClientInfo::default()).await.unwrap();
     assert!(world.last_mail_to("ada@example.com").mail.text.contains("for 2 days"));
     // The link really works for that long, and not longer.
     let ada = world.user("ada@example.com").await;
     let link = token_in(&world.last_mail_to("ada@example.com"));
     world.ports.manual_clock().advance(Duration::hours(48));
-    assert!(matches!(world.service.verify_email(ada.id, &link).await, Err(VerifyEmailError::InvalidToken)));
+    assert!(matches!(
+        world.service.verify_email(ada.id, &link, ClientInfo::default()).await,
+        Err(VerifyEmailError::InvalidToken)
+    ));
 }
 
 #[tokio::test]
@@ -228,7 +253,7 @@ async fn a_storage_outage_is_reported_as_unavailable_and_nothing_is_half_done() 
     let mails_before = world.ports.store().outbox_mails().len();
     world.ports.store().set_unavailable(true);
     assert!(matches!(world.login("ada@example.com", PASSWORD).await, Err(LoginError::Port(PortError::Unavailable(_)))));
-    assert!(world.service.register(registration("bob@example.com")).await.is_err());
+    assert!(world.service.register(registration("bob@example.com"), ClientInfo::default()).await.is_err());
     world.ports.store().set_unavailable(false);
     assert_eq!(world.ports.store().outbox_mails().len(), mails_before);
     assert!(world.login("ada@example.com", PASSWORD).await.is_ok());

@@ -224,7 +224,7 @@ async fn a_password_reset_leaves_the_second_factor_on() {
     world.service.forgot_password(support::email("ada@example.com")).await.unwrap();
     world.service.handle_account_requests(10).await.unwrap();
     let token = support::token_in(&world.last_mail_to("ada@example.com"));
-    world.service.reset_password(&token, "another long passphrase 42").await.unwrap();
+    world.service.reset_password(&token, "another long passphrase 42", ClientInfo::default()).await.unwrap();
     let result = world.login("ada@example.com", "another long passphrase 42").await;
     assert!(matches!(result, Err(LoginError::SecondFactorRequired(_))), "{result:?}");
 }

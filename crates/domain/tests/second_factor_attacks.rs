@@ -124,7 +124,7 @@ async fn a_password_reset_kills_the_logins_waiting_for_their_second_step() {
     world.service.forgot_password(support::email("ada@example.com")).await.unwrap();
     world.service.handle_account_requests(10).await.unwrap();
     let reset = support::token_in(&world.last_mail_to("ada@example.com"));
-    world.service.reset_password(&reset, "another long passphrase 42").await.unwrap();
+    world.service.reset_password(&reset, "another long passphrase 42", ClientInfo::default()).await.unwrap();
     let right = code(&ada.secret, world.clock().now());
     let after = second_step(&world, &stolen, &right).await;
     assert!(
@@ -305,9 +305,9 @@ async fn an_mfa_token_is_no_refresh_token_and_logout_with_it_ends_nothing() {
     let world = world();
     let ada = enrolled(&world, "ada@example.com").await;
     let token = mfa_token(&world, "ada@example.com").await;
-    let as_refresh = world.service.refresh(&token.token).await;
+    let as_refresh = world.service.refresh(&token.token, ClientInfo::default()).await;
     assert!(matches!(as_refresh, Err(RefreshError::InvalidToken)), "{as_refresh:?}");
-    world.service.logout(&token.token).await.unwrap();
+    world.service.logout(&token.token, ClientInfo::default()).await.unwrap();
     assert!(world.service.authenticate(&principal_token(&world, &ada.principal)).await.is_ok());
     // The token was neither used up nor harmed: it still finishes the login.
     second_step(&world, &token, &code(&ada.secret, world.clock().now())).await.unwrap();

@@ -14,11 +14,10 @@ use time::{Duration, OffsetDateTime};
 use users_domain::audit::{AuditEvent, EventQuery};
 use users_domain::permissions::Role;
 use users_domain::ports::{
-    AuditTrail,
-    AccountRequest, AccountRequestKind, AccountRequests, BackoffPolicy, Clock, EmailTokenPurpose, EmailTokenRecord,
-    EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount,
-    NewEmailToken, NewMfaChallenge, OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError, PortError,
-    RefreshRecord, RequestCounter, Rotation, SecondFactorAction, SecondFactorChange, SecondFactorError,
+    AccountRequest, AccountRequestKind, AccountRequests, AuditTrail, BackoffPolicy, Clock, EmailTokenPurpose,
+    EmailTokenRecord, EmailTokenStore, FailureCount, Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge,
+    NewAccount, NewEmailToken, NewMfaChallenge, OutboxMessage, OutgoingMail, PictureRecords, PictureWriteError,
+    PortError, RefreshRecord, RequestCounter, Rotation, SecondFactorAction, SecondFactorChange, SecondFactorError,
     SecondFactorProof, SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor,
     UserQuery, UserSort, UserStore, UserUpdate, WindowCount,
 };
@@ -346,50 +345,54 @@ impl State {
 impl UserStore for MemoryStore {
     async fn insert_user(&self, account: NewAccount) -> Result<User, InsertUserError> {
         let now = self.clock.now();
-        self.change_recorded(account.events, |_| true, |state| {
-            let new = account.user;
-            if state.email_taken(&new.email, None) {
-                return Err(InsertUserError::EmailTaken);
-            }
-            if state.nickname_taken(&new.nickname, None) {
-                return Err(InsertUserError::NicknameTaken);
-            }
-            let user = User {
-                id: new.id,
-                email: new.email,
-                nickname: new.nickname,
-                first_name: new.first_name,
-                last_name: new.last_name,
-                bio: new.bio,
-                profile_picture_id: None,
-                linkedin_profile_url: new.linkedin_profile_url,
-                github_profile_url: new.github_profile_url,
-                role: new.role,
-                is_professional: false,
-                professional_status_updated_at: None,
-                email_verified: new.email_verified,
-                pending_email: None,
-                is_locked: false,
-                password_hash: new.password_hash,
-                created_at: now,
-                updated_at: now,
-                last_login_at: None,
-                mfa_enabled: false,
-            };
-            if let Some(token) = account.token {
-                if token.user_id != user.id {
-                    return Err(
-                        unknown(format!("a token of user {} stored with user {}", token.user_id, user.id)).into()
-                    );
+        self.change_recorded(
+            account.events,
+            |_| true,
+            |state| {
+                let new = account.user;
+                if state.email_taken(&new.email, None) {
+                    return Err(InsertUserError::EmailTaken);
                 }
-                state.store_token(token);
-            }
-            state.users.insert(user.id.as_uuid(), user.clone());
-            for mail in account.mails {
-                state.queue(mail, now);
-            }
-            Ok(user)
-        })
+                if state.nickname_taken(&new.nickname, None) {
+                    return Err(InsertUserError::NicknameTaken);
+                }
+                let user = User {
+                    id: new.id,
+                    email: new.email,
+                    nickname: new.nickname,
+                    first_name: new.first_name,
+                    last_name: new.last_name,
+                    bio: new.bio,
+                    profile_picture_id: None,
+                    linkedin_profile_url: new.linkedin_profile_url,
+                    github_profile_url: new.github_profile_url,
+                    role: new.role,
+                    is_professional: false,
+                    professional_status_updated_at: None,
+                    email_verified: new.email_verified,
+                    pending_email: None,
+                    is_locked: false,
+                    password_hash: new.password_hash,
+                    created_at: now,
+                    updated_at: now,
+                    last_login_at: None,
+                    mfa_enabled: false,
+                };
+                if let Some(token) = account.token {
+                    if token.user_id != user.id {
+                        return Err(
+                            unknown(format!("a token of user {} stored with user {}", token.user_id, user.id)).into()
+                        );
+                    }
+                    state.store_token(token);
+                }
+                state.users.insert(user.id.as_uuid(), user.clone());
+                for mail in account.mails {
+                    state.queue(mail, now);
+                }
+                Ok(user)
+            },
+        )
     }
 
     async fn find_user(&self, id: UserId) -> Result<Option<User>, PortError> {
@@ -417,114 +420,124 @@ impl UserStore for MemoryStore {
 
     async fn update_user(&self, mut update: UserUpdate) -> Result<User, UpdateError> {
         let events = std::mem::take(&mut update.events);
-        self.change_recorded(events, |_| true, |state| {
-            let now = update.now;
-            state.check_guard(update.id, update.guard)?;
-            if let Some(hash) = &update.consume_token {
-                let token = state
-                    .email_tokens
-                    .iter_mut()
-                    .find(|((user_id, _), row)| *user_id == update.id && row.hash == *hash)
-                    .map(|(_, row)| row)
-                    .filter(|row| !row.used && row.expires_at > now)
-                    .ok_or(UpdateError::TokenUnusable)?;
-                token.used = true;
-            }
-            let fields = update.fields;
-            let changes_anything = !fields.is_empty();
-            if let Some(email) = &fields.email
-                && state.email_taken(email, Some(update.id))
-            {
-                return Err(UpdateError::EmailTaken);
-            }
-            if let Some(nickname) = &fields.profile.nickname
-                && state.nickname_taken(nickname, Some(update.id))
-            {
-                return Err(UpdateError::NicknameTaken);
-            }
-            let user = state.users.get_mut(&update.id.as_uuid()).ok_or(UpdateError::NotFound)?;
-            let profile = fields.profile;
-            if let Some(nickname) = profile.nickname {
-                user.nickname = nickname;
-            }
-            if let Some(first_name) = profile.first_name {
-                user.first_name = first_name;
-            }
-            if let Some(last_name) = profile.last_name {
-                user.last_name = last_name;
-            }
-            if let Some(bio) = profile.bio {
-                user.bio = bio;
-            }
-            if let Some(url) = profile.linkedin_profile_url {
-                user.linkedin_profile_url = url;
-            }
-            if let Some(url) = profile.github_profile_url {
-                user.github_profile_url = url;
-            }
-            if let Some(email) = fields.email {
-                user.email = email;
-            }
-            if let Some(pending) = fields.pending_email {
-                user.pending_email = pending;
-            }
-            if let Some(verified) = fields.email_verified {
-                user.email_verified = verified;
-            }
-            if let Some(role) = fields.role {
-                user.role = role;
-            }
-            if let Some(locked) = fields.is_locked {
-                user.is_locked = locked;
-            }
-            if let Some((professional, at)) = fields.professional {
-                user.is_professional = professional;
-                user.professional_status_updated_at = Some(at);
-            }
-            if let Some(hash) = fields.password_hash {
-                user.password_hash = hash;
-            }
-            if changes_anything {
-                user.updated_at = now;
-            }
-            let user = user.clone();
-            state.email_tokens.retain(|(user_id, purpose), row| {
-                *user_id != update.id || row.used || !update.drop_tokens.contains(purpose)
-            });
-            if let Some(token) = update.issue_token {
-                if token.user_id != update.id {
-                    return Err(
-                        unknown(format!("a token of user {} issued with user {}", token.user_id, update.id)).into()
-                    );
+        self.change_recorded(
+            events,
+            |_| true,
+            |state| {
+                let now = update.now;
+                state.check_guard(update.id, update.guard)?;
+                if let Some(hash) = &update.consume_token {
+                    let token = state
+                        .email_tokens
+                        .iter_mut()
+                        .find(|((user_id, _), row)| *user_id == update.id && row.hash == *hash)
+                        .map(|(_, row)| row)
+                        .filter(|row| !row.used && row.expires_at > now)
+                        .ok_or(UpdateError::TokenUnusable)?;
+                    token.used = true;
                 }
-                state.store_token(token);
-            }
-            state.end_sessions(update.id, update.end_sessions, now);
-            if let Some(key) = update.clear_failures {
-                state.failures.remove(&key);
-            }
-            for mail in update.mails {
-                state.queue(mail, now);
-            }
-            Ok(user)
-        })
+                let fields = update.fields;
+                let changes_anything = !fields.is_empty();
+                if let Some(email) = &fields.email
+                    && state.email_taken(email, Some(update.id))
+                {
+                    return Err(UpdateError::EmailTaken);
+                }
+                if let Some(nickname) = &fields.profile.nickname
+                    && state.nickname_taken(nickname, Some(update.id))
+                {
+                    return Err(UpdateError::NicknameTaken);
+                }
+                let user = state.users.get_mut(&update.id.as_uuid()).ok_or(UpdateError::NotFound)?;
+                let profile = fields.profile;
+                if let Some(nickname) = profile.nickname {
+                    user.nickname = nickname;
+                }
+                if let Some(first_name) = profile.first_name {
+                    user.first_name = first_name;
+                }
+                if let Some(last_name) = profile.last_name {
+                    user.last_name = last_name;
+                }
+                if let Some(bio) = profile.bio {
+                    user.bio = bio;
+                }
+                if let Some(url) = profile.linkedin_profile_url {
+                    user.linkedin_profile_url = url;
+                }
+                if let Some(url) = profile.github_profile_url {
+                    user.github_profile_url = url;
+                }
+                if let Some(email) = fields.email {
+                    user.email = email;
+                }
+                if let Some(pending) = fields.pending_email {
+                    user.pending_email = pending;
+                }
+                if let Some(verified) = fields.email_verified {
+                    user.email_verified = verified;
+                }
+                if let Some(role) = fields.role {
+                    user.role = role;
+                }
+                if let Some(locked) = fields.is_locked {
+                    user.is_locked = locked;
+                }
+                if let Some((professional, at)) = fields.professional {
+                    user.is_professional = professional;
+                    user.professional_status_updated_at = Some(at);
+                }
+                if let Some(hash) = fields.password_hash {
+                    user.password_hash = hash;
+                }
+                if changes_anything {
+                    user.updated_at = now;
+                }
+                let user = user.clone();
+                state.email_tokens.retain(|(user_id, purpose), row| {
+                    *user_id != update.id || row.used || !update.drop_tokens.contains(purpose)
+                });
+                if let Some(token) = update.issue_token {
+                    if token.user_id != update.id {
+                        return Err(unknown(format!(
+                            "a token of user {} issued with user {}",
+                            token.user_id, update.id
+                        ))
+                        .into());
+                    }
+                    state.store_token(token);
+                }
+                state.end_sessions(update.id, update.end_sessions, now);
+                if let Some(key) = update.clear_failures {
+                    state.failures.remove(&key);
+                }
+                for mail in update.mails {
+                    state.queue(mail, now);
+                }
+                Ok(user)
+            },
+        )
     }
 
     async fn delete_user(&self, id: UserId, guard: Guard, events: Vec<AuditEvent>) -> Result<(), UpdateError> {
-        self.change_recorded(events, |_| true, |state| {
-            state.check_guard(id, guard)?;
-            state.users.remove(&id.as_uuid());
-            let gone: Vec<SessionId> =
-                state.sessions.values().filter(|session| session.user_id == id).map(|session| session.id).collect();
-            state.sessions.retain(|_, session| session.user_id != id);
-            state.refresh_tokens.retain(|_, row| !gone.contains(&row.session));
-            state.email_tokens.retain(|(user_id, _), _| *user_id != id);
-            state.pictures.retain(|_, picture| picture.user_id != id);
-            state.totp.remove(&id);
-            state.recovery_codes.remove(&id);
-            state.mfa_challenges.retain(|_, challenge| challenge.user_id != id);
-            Ok(())
-        })
+        self.change_recorded(
+            events,
+            |_| true,
+            |state| {
+                state.check_guard(id, guard)?;
+                state.users.remove(&id.as_uuid());
+                let gone: Vec<SessionId> =
+                    state.sessions.values().filter(|session| session.user_id == id).map(|session| session.id).collect();
+                state.sessions.retain(|_, session| session.user_id != id);
+                state.refresh_tokens.retain(|_, row| !gone.contains(&row.session));
+                state.email_tokens.retain(|(user_id, _), _| *user_id != id);
+                state.pictures.retain(|_, picture| picture.user_id != id);
+                state.totp.remove(&id);
+                state.recovery_codes.remove(&id);
+                state.mfa_challenges.retain(|_, challenge| challenge.user_id != id);
+                Ok(())
+            },
+        )
     }
 
     async fn ping(&self) -> Result<(), PortError> {
@@ -695,14 +708,18 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
         events: Vec<AuditEvent>,
     ) -> Result<bool, PortError> {
-        self.change_recorded(events, |revoked| *revoked, |state| {
-            let Some(session) = state.sessions.get_mut(&id) else { return Ok(false) };
-            if owner.is_some_and(|owner| owner != session.user_id) || session.revoked_at.is_some() {
-                return Ok(false);
-            }
-            session.revoked_at = Some(now);
-            Ok(true)
-        })
+        self.change_recorded(
+            events,
+            |revoked| *revoked,
+            |state| {
+                let Some(session) = state.sessions.get_mut(&id) else { return Ok(false) };
+                if owner.is_some_and(|owner| owner != session.user_id) || session.revoked_at.is_some() {
+                    return Ok(false);
+                }
+                session.revoked_at = Some(now);
+                Ok(true)
+            },
+        )
     }
 
     async fn end_sessions(
@@ -712,10 +729,14 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
         events: Vec<AuditEvent>,
     ) -> Result<(), PortError> {
-        self.change_recorded(events, |()| true, |state| {
-            state.end_sessions(user_id, end, now);
-            Ok(())
-        })
+        self.change_recorded(
+            events,
+            |()| true,
+            |state| {
+                state.end_sessions(user_id, end, now);
+                Ok(())
+            },
+        )
     }
 
     async fn list_sessions(&self, user_id: UserId, now: OffsetDateTime) -> Result<Vec<Session>, PortError> {
@@ -771,49 +792,51 @@ impl SecondFactorStore for MemoryStore {
         })
     }
 
-    async fn apply_second_factor(
-        &self,
-        mut change: SecondFactorChange,
-    ) -> Result<Option<Session>, SecondFactorError> {
+    async fn apply_second_factor(&self, mut change: SecondFactorChange) -> Result<Option<Session>, SecondFactorError> {
         let events = std::mem::take(&mut change.events);
-        self.change_recorded(events, |_| true, |state| {
-            let user_id = change.user_id;
-            let now = change.now;
-            if change.start_session.as_ref().is_some_and(|session| session.user_id != user_id) {
-                return Err(
-                    unknown(format!("a second-factor change of user {user_id} starting another's session")).into()
-                );
-            }
-            if !state.users.contains_key(&user_id.as_uuid())
-                || !requirement_holds(&change.action, change.proof.as_ref(), state.totp.get(&user_id))
-            {
-                return Err(SecondFactorError::StateChanged);
-            }
-            if let Some(hash) = &change.consume_challenge {
-                let usable = state
-                    .mfa_challenges
-                    .get(hash)
-                    .is_some_and(|challenge| challenge.user_id == user_id && challenge.expires_at > now);
-                if !usable {
-                    return Err(SecondFactorError::ChallengeUnusable);
+        self.change_recorded(
+            events,
+            |_| true,
+            |state| {
+                let user_id = change.user_id;
+                let now = change.now;
+                if change.start_session.as_ref().is_some_and(|session| session.user_id != user_id) {
+                    return Err(unknown(format!(
+                        "a second-factor change of user {user_id} starting another's session"
+                    ))
+                    .into());
                 }
-                state.mfa_challenges.remove(hash);
-            }
-            if let Some(proof) = &change.proof
-                && !state.consume_proof(user_id, proof)
-            {
-                return Err(SecondFactorError::ProofRejected);
-            }
-            state.apply_action(user_id, change.action, now);
-            let session = change.start_session.map(|session| state.start_session(session, now)).transpose()?;
-            if let Some(key) = change.clear_failures {
-                state.failures.remove(&key);
-            }
-            for mail in change.mails {
-                state.queue(mail, now);
-            }
-            Ok(session)
-        })
+                if !state.users.contains_key(&user_id.as_uuid())
+                    || !requirement_holds(&change.action, change.proof.as_ref(), state.totp.get(&user_id))
+                {
+                    return Err(SecondFactorError::StateChanged);
+                }
+                if let Some(hash) = &change.consume_challenge {
+                    let usable = state
+                        .mfa_challenges
+                        .get(hash)
+                        .is_some_and(|challenge| challenge.user_id == user_id && challenge.expires_at > now);
+                    if !usable {
+                        return Err(SecondFactorError::ChallengeUnusable);
+                    }
+                    state.mfa_challenges.remove(hash);
+                }
+                if let Some(proof) = &change.proof
+                    && !state.consume_proof(user_id, proof)
+                {
+                    return Err(SecondFactorError::ProofRejected);
+                }
+                state.apply_action(user_id, change.action, now);
+                let session = change.start_session.map(|session| state.start_session(session, now)).transpose()?;
+                if let Some(key) = change.clear_failures {
+                    state.failures.remove(&key);
+                }
+                for mail in change.mails {
+                    state.queue(mail, now);
+                }
+                Ok(session)
+            },
+        )
     }
 
     async fn create_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), PortError> {
@@ -877,15 +900,19 @@ impl LoginThrottle for MemoryStore {
         policy: BackoffPolicy,
         events: Vec<AuditEvent>,
     ) -> Result<Option<OffsetDateTime>, PortError> {
-        self.change_recorded(events, |_| true, |state| {
-            let count = state.failures.entry(key).or_insert(FailureCount { failures: 0, blocked_until: None });
-            count.failures = count.failures.saturating_add(1);
-            if let Some(block) = policy.block_for(count.failures) {
-                let until = now + block;
-                count.blocked_until = Some(count.blocked_until.map_or(until, |current| current.max(until)));
-            }
-            Ok(count.blocked_until)
-        })
+        self.change_recorded(
+            events,
+            |_| true,
+            |state| {
+                let count = state.failures.entry(key).or_insert(FailureCount { failures: 0, blocked_until: None });
+                count.failures = count.failures.saturating_add(1);
+                if let Some(block) = policy.block_for(count.failures) {
+                    let until = now + block;
+                    count.blocked_until = Some(count.blocked_until.map_or(until, |current| current.max(until)));
+                }
+                Ok(count.blocked_until)
+            },
+        )
     }
 
     async fn clear_login_failures(&self, key: String) -> Result<(), PortError> {
@@ -1040,17 +1067,21 @@ impl PictureRecords for MemoryStore {
         now: OffsetDateTime,
         events: Vec<AuditEvent>,
     ) -> Result<Option<StoredPicture>, PictureWriteError> {
-        self.change_recorded(events, |_| true, |state| {
-            let user = state.users.get_mut(&picture.user_id.as_uuid()).ok_or(PictureWriteError::UserGone)?;
-            user.updated_at = now;
-            let previous_id = user.profile_picture_id.replace(picture.id);
-            let previous = previous_id.and_then(|id| state.pictures.get_mut(&id)).map(|previous| {
-                previous.archived = true;
-                previous.clone()
-            });
-            state.pictures.insert(picture.id, StoredPicture { archived: false, ..picture });
-            Ok(previous)
-        })
+        self.change_recorded(
+            events,
+            |_| true,
+            |state| {
+                let user = state.users.get_mut(&picture.user_id.as_uuid()).ok_or(PictureWriteError::UserGone)?;
+                user.updated_at = now;
+                let previous_id = user.profile_picture_id.replace(picture.id);
+                let previous = previous_id.and_then(|id| state.pictures.get_mut(&id)).map(|previous| {
+                    previous.archived = true;
+                    previous.clone()
+                });
+                state.pictures.insert(picture.id, StoredPicture { archived: false, ..picture });
+                Ok(previous)
+            },
+        )
     }
 
     async fn move_picture(&self, id: Uuid, prefix: String) -> Result<(), PortError> {

@@ -43,7 +43,10 @@ const LIST_EVENTS: &str = "\
 
 /// Writes events (and queues their webhook deliveries); run inside the transaction of the change they record, as
 /// its last step.
-pub(crate) async fn insert_events(connection: &mut AsyncPgConnection, events: &[AuditEvent]) -> Result<(), DieselError> {
+pub(crate) async fn insert_events(
+    connection: &mut AsyncPgConnection,
+    events: &[AuditEvent],
+) -> Result<(), DieselError> {
     for event in events {
         sql_query(INSERT_EVENT)
             .bind::<SqlUuid, _>(event.id)

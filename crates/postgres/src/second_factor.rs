@@ -27,8 +27,8 @@ use users_domain::session::{Session, TokenHash};
 use users_domain::user::UserId;
 use uuid::Uuid;
 
-use crate::errors::{TxError, query_error};
 use crate::audit::insert_events;
+use crate::errors::{TxError, query_error};
 use crate::outbox::insert_mail;
 use crate::repository::PgRepository;
 use crate::rows::{SessionRow, TotpRow};

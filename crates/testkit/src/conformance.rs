@@ -182,7 +182,7 @@ pub fn new_user(address: &str, nick: &str) -> NewUser {
 }
 
 fn account(user: NewUser) -> NewAccount {
-    NewAccount { user, token: None, mails: Vec::new() }
+    NewAccount { user, token: None, mails: Vec::new(), events: Vec::new() }
 }
 
 async fn insert<S: Storage>(store: &S, address: &str, nick: &str) -> User {
@@ -251,7 +251,7 @@ fn new_session(user_id: UserId, at: OffsetDateTime) -> (NewSession, TokenHash) {
 
 async fn start<S: Storage>(store: &S, user_id: UserId, at: OffsetDateTime) -> (Session, TokenHash) {
     let (session, refresh) = new_session(user_id, at);
-    (store.start_session(session, at).await.unwrap(), refresh)
+    (store.start_session(session, at, Vec::new()).await.unwrap(), refresh)
 }
 
 async fn session<S: Storage>(store: &S, id: SessionId) -> Session {
@@ -386,6 +386,7 @@ pub async fn a_new_account_is_stored_with_its_token_and_mails_or_not_at_all<S: S
         user: user.clone(),
         token: Some(verify.clone()),
         mails: vec![mail("ada@example.com", "welcome"), mail("ada@example.com", "verify")],
+        events: Vec::new(),
     };
     store.insert_user(created).await.unwrap();
     let record = store.find_email_token(verify.hash.clone()).await.unwrap().unwrap();
@@ -394,8 +395,12 @@ pub async fn a_new_account_is_stored_with_its_token_and_mails_or_not_at_all<S: S
 
     let clash = new_user("ADA@example.com", "other");
     let clash_token = token(clash.id, EmailTokenPurpose::Verify, expires);
-    let refused =
-        NewAccount { user: clash, token: Some(clash_token.clone()), mails: vec![mail("ada@example.com", "x")] };
+    let refused = NewAccount {
+        user: clash,
+        token: Some(clash_token.clone()),
+        mails: vec![mail("ada@example.com", "x")],
+        events: Vec::new(),
+    };
     assert!(matches!(store.insert_user(refused).await, Err(InsertUserError::EmailTaken)));
     assert!(!token_exists(&store, &clash_token.hash).await, "a refused account's token is not stored");
     assert_eq!(pending_subjects(&store).await, subjects(&["welcome", "verify"]), "nor are its mails");
@@ -495,7 +500,7 @@ pub async fn a_change_applies_every_part_in_order<S: Storage>(store: S) {
     let reset = token(user.id, EmailTokenPurpose::PasswordReset, t0 + Duration::hours(1));
     issue(&store, &verify).await;
     issue(&store, &reset).await;
-    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default()).await.unwrap();
+    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default(), Vec::new()).await.unwrap();
 
     let at = t0 + Duration::minutes(1);
     let change = token(user.id, EmailTokenPurpose::EmailChange, at + Duration::hours(1));
@@ -527,7 +532,7 @@ pub async fn a_failed_change_stores_nothing<S: Storage>(store: S) {
     let (live, _) = start(&store, user.id, t0).await;
     let reset = token(user.id, EmailTokenPurpose::PasswordReset, t0 + Duration::hours(1));
     issue(&store, &reset).await;
-    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default()).await.unwrap();
+    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default(), Vec::new()).await.unwrap();
     let before = store.find_user(user.id).await.unwrap().unwrap();
     let failures = store.login_failures("ada@example.com".to_owned()).await.unwrap();
 
@@ -713,7 +718,7 @@ pub async fn changes_end_the_sessions_they_name<S: Storage>(store: S) {
     let (three, _) = start(&store, user.id, t0).await;
     let (theirs, _) = start(&store, other.id, t0).await;
 
-    store.end_sessions(user.id, SessionEnd::Keep, t0 + Duration::seconds(1)).await.unwrap();
+    store.end_sessions(user.id, SessionEnd::Keep, t0 + Duration::seconds(1), Vec::new()).await.unwrap();
     let mut keep = UserUpdate::new(user.id, t0 + Duration::seconds(1));
     keep.end_sessions = SessionEnd::Keep;
     store.update_user(keep).await.unwrap();
@@ -722,7 +727,7 @@ pub async fn changes_end_the_sessions_they_name<S: Storage>(store: S) {
     }
 
     let t1 = t0 + Duration::seconds(2);
-    store.end_sessions(user.id, SessionEnd::AllBut(one.id), t1).await.unwrap();
+    store.end_sessions(user.id, SessionEnd::AllBut(one.id), t1, Vec::new()).await.unwrap();
     assert_eq!(session(&store, one.id).await.revoked_at, None);
     assert_eq!(session(&store, two.id).await.revoked_at, Some(t1));
     assert_eq!(session(&store, three.id).await.revoked_at, Some(t1));
@@ -736,7 +741,7 @@ pub async fn changes_end_the_sessions_they_name<S: Storage>(store: S) {
     assert_eq!(session(&store, theirs.id).await.revoked_at, None, "another user's session is untouched");
 
     let t3 = t0 + Duration::seconds(4);
-    store.end_sessions(other.id, SessionEnd::All, t3).await.unwrap();
+    store.end_sessions(other.id, SessionEnd::All, t3, Vec::new()).await.unwrap();
     assert_eq!(session(&store, theirs.id).await.revoked_at, Some(t3));
 }
 
@@ -753,16 +758,16 @@ pub async fn deleting_a_user_takes_what_hangs_off_them<S: Storage>(store: S) {
     issue(&store, &verify).await;
     issue(&store, &theirs).await;
     let old = picture(user.id, t0);
-    store.insert_active_picture(old, t0).await.unwrap();
-    store.insert_active_picture(picture(user.id, t0 + Duration::seconds(1)), t0).await.unwrap();
+    store.insert_active_picture(old, t0, Vec::new()).await.unwrap();
+    store.insert_active_picture(picture(user.id, t0 + Duration::seconds(1)), t0, Vec::new()).await.unwrap();
     let their_picture = picture(other.id, t0);
-    store.insert_active_picture(their_picture.clone(), t0).await.unwrap();
-    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default()).await.unwrap();
+    store.insert_active_picture(their_picture.clone(), t0, Vec::new()).await.unwrap();
+    store.record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default(), Vec::new()).await.unwrap();
     let mut farewell = UserUpdate::new(user.id, t0);
     farewell.mails = vec![mail("ada@example.com", "farewell")];
     store.update_user(farewell).await.unwrap();
 
-    store.delete_user(user.id, Guard::default()).await.unwrap();
+    store.delete_user(user.id, Guard::default(), Vec::new()).await.unwrap();
     assert_eq!(store.find_user(user.id).await.unwrap(), None);
     assert_eq!(store.find_session_with_user(gone.id).await.unwrap(), None);
     assert_eq!(store.find_refresh_token(refresh).await.unwrap(), None);
@@ -778,31 +783,35 @@ pub async fn deleting_a_user_takes_what_hangs_off_them<S: Storage>(store: S) {
     assert_eq!(store.active_picture(other.id).await.unwrap().map(normalised), Some(normalised(their_picture)));
 
     insert(&store, "ADA@example.com", "ADA").await;
-    let again = store.delete_user(user.id, Guard::default()).await;
+    let again = store.delete_user(user.id, Guard::default(), Vec::new()).await;
     assert!(matches!(again, Err(UpdateError::NotFound)), "{again:?}");
 }
 
 /// A deletion checks its guard like a change: the user exists, has the expected role, and (when asked) leaves an
 /// unlocked ADMIN behind; a refused deletion deletes nothing.
 pub async fn deleting_a_user_checks_its_guard<S: Storage>(store: S) {
-    let missing = store.delete_user(UserId::generate(), Guard::default()).await;
+    let missing = store.delete_user(UserId::generate(), Guard::default(), Vec::new()).await;
     assert!(matches!(missing, Err(UpdateError::NotFound)), "{missing:?}");
     let user = insert(&store, "ada@example.com", "ada").await;
-    let wrong_role = store.delete_user(user.id, Guard { role: Some(Role::Manager), another_admin: false }).await;
+    let wrong_role =
+        store.delete_user(user.id, Guard { role: Some(Role::Manager), another_admin: false }, Vec::new()).await;
     assert!(matches!(wrong_role, Err(UpdateError::RoleChanged)), "{wrong_role:?}");
     assert!(store.find_user(user.id).await.unwrap().is_some());
 
     let admin = insert_with_role(&store, "admin@example.com", "admin", Role::Admin).await;
     let guard = Guard { role: Some(Role::Admin), another_admin: true };
-    assert!(matches!(store.delete_user(admin.id, guard).await, Err(UpdateError::LastAdmin)));
+    assert!(matches!(store.delete_user(admin.id, guard, Vec::new()).await, Err(UpdateError::LastAdmin)));
     let locked = insert_with_role(&store, "locked@example.com", "locked", Role::Admin).await;
     set_locked(&store, &locked, true).await;
-    assert!(matches!(store.delete_user(admin.id, guard).await, Err(UpdateError::LastAdmin)), "a locked one");
+    assert!(
+        matches!(store.delete_user(admin.id, guard, Vec::new()).await, Err(UpdateError::LastAdmin)),
+        "a locked one"
+    );
     assert!(store.find_user(admin.id).await.unwrap().is_some());
     insert_with_role(&store, "second@example.com", "second", Role::Admin).await;
-    store.delete_user(admin.id, guard).await.unwrap();
+    store.delete_user(admin.id, guard, Vec::new()).await.unwrap();
     assert_eq!(store.find_user(admin.id).await.unwrap(), None);
-    store.delete_user(user.id, Guard { role: Some(Role::Anonymous), another_admin: false }).await.unwrap();
+    store.delete_user(user.id, Guard { role: Some(Role::Anonymous), another_admin: false }, Vec::new()).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -814,7 +823,7 @@ pub async fn sessions_are_started_and_found_with_their_user<S: Storage>(store: S
     let user = insert(&store, "ada@example.com", "ada").await;
     let at = now();
     let (new, refresh) = new_session(user.id, at);
-    let started = store.start_session(new.clone(), at).await.unwrap();
+    let started = store.start_session(new.clone(), at, Vec::new()).await.unwrap();
     assert_eq!(
         started,
         Session {
@@ -861,7 +870,7 @@ pub async fn refresh_tokens_rotate_by_compare_and_set<S: Storage>(store: S) {
     assert_eq!(session(&store, started.id).await.last_used_at, t1, "the last use is unchanged");
     assert!(!store.find_refresh_token(second.clone()).await.unwrap().unwrap().used);
 
-    assert!(store.revoke_session(started.id, None, t2).await.unwrap());
+    assert!(store.revoke_session(started.id, None, t2, Vec::new()).await.unwrap());
     assert_eq!(store.rotate_refresh_token(started.id, second.clone(), stray.clone(), t2).await.unwrap(), None);
     assert!(!store.find_refresh_token(second).await.unwrap().unwrap().used, "a revoked session's token stays");
     assert_eq!(store.find_refresh_token(stray).await.unwrap(), None);
@@ -938,7 +947,7 @@ pub async fn a_retry_replaces_the_unused_successor_by_compare_and_set<S: Storage
     // A revoked session's tokens are never replaced.
     let fifth = RefreshToken::generate().hash();
     store.rotate_refresh_token(started.id, fourth.clone(), fifth.clone(), t2).await.unwrap().unwrap();
-    assert!(store.revoke_session(started.id, None, t2).await.unwrap());
+    assert!(store.revoke_session(started.id, None, t2, Vec::new()).await.unwrap());
     let outcome = store.replace_refresh_successor(started.id, fourth, fifth.clone(), stray.clone(), t2).await;
     assert_eq!(outcome.unwrap(), None, "a revoked session");
     assert!(!store.find_refresh_token(fifth).await.unwrap().unwrap().used);
@@ -975,18 +984,21 @@ pub async fn sessions_are_revoked_once_and_only_by_their_owner<S: Storage>(store
     let t0 = now();
     let (mine, _) = start(&store, user.id, t0).await;
     let t1 = t0 + Duration::minutes(1);
-    assert!(!store.revoke_session(mine.id, Some(other.id), t1).await.unwrap(), "not theirs");
+    assert!(!store.revoke_session(mine.id, Some(other.id), t1, Vec::new()).await.unwrap(), "not theirs");
     assert_eq!(session(&store, mine.id).await.revoked_at, None);
-    assert!(store.revoke_session(mine.id, Some(user.id), t1).await.unwrap());
-    assert!(!store.revoke_session(mine.id, None, t1 + Duration::minutes(1)).await.unwrap(), "already revoked");
+    assert!(store.revoke_session(mine.id, Some(user.id), t1, Vec::new()).await.unwrap());
+    assert!(
+        !store.revoke_session(mine.id, None, t1 + Duration::minutes(1), Vec::new()).await.unwrap(),
+        "already revoked"
+    );
     assert_eq!(session(&store, mine.id).await.revoked_at, Some(t1));
-    assert!(!store.revoke_session(SessionId::generate(), None, t1).await.unwrap());
+    assert!(!store.revoke_session(SessionId::generate(), None, t1, Vec::new()).await.unwrap());
 
     // Without an owner any session; an expired one that was never revoked is revoked too.
     let (mut expiring, _) = new_session(user.id, t0);
     expiring.expires_at = t0 + Duration::seconds(1);
-    let expiring = store.start_session(expiring, t0).await.unwrap();
-    assert!(store.revoke_session(expiring.id, None, t1).await.unwrap());
+    let expiring = store.start_session(expiring, t0, Vec::new()).await.unwrap();
+    assert!(store.revoke_session(expiring.id, None, t1, Vec::new()).await.unwrap());
     assert_eq!(session(&store, expiring.id).await.revoked_at, Some(t1));
 }
 
@@ -999,10 +1011,10 @@ pub async fn sessions_are_listed_newest_first_while_active<S: Storage>(store: S)
     let (middle, _) = start(&store, user.id, t0 - Duration::hours(2)).await;
     let (newest, _) = start(&store, user.id, t0 - Duration::hours(1)).await;
     let (revoked, _) = start(&store, user.id, t0 - Duration::minutes(30)).await;
-    store.revoke_session(revoked.id, None, t0).await.unwrap();
+    store.revoke_session(revoked.id, None, t0, Vec::new()).await.unwrap();
     let (mut ending, _) = new_session(user.id, t0 - Duration::minutes(20));
     ending.expires_at = t0 + Duration::minutes(5);
-    let ending = store.start_session(ending, t0 - Duration::minutes(20)).await.unwrap();
+    let ending = store.start_session(ending, t0 - Duration::minutes(20), Vec::new()).await.unwrap();
     start(&store, other.id, t0).await;
 
     let listed = store.list_sessions(user.id, t0).await.unwrap();
@@ -1055,15 +1067,15 @@ pub async fn login_failures_are_counted_and_blocked_by_the_policy<S: Storage>(st
     let key = "ada@example.com".to_owned();
     let t0 = now();
     assert_eq!(store.login_failures(key.clone()).await.unwrap(), None);
-    assert_eq!(store.record_login_failure(key.clone(), t0, policy).await.unwrap(), None);
-    assert_eq!(store.record_login_failure(key.clone(), t0, policy).await.unwrap(), None);
+    assert_eq!(store.record_login_failure(key.clone(), t0, policy, Vec::new()).await.unwrap(), None);
+    assert_eq!(store.record_login_failure(key.clone(), t0, policy, Vec::new()).await.unwrap(), None);
     assert_eq!(
         store.login_failures(key.clone()).await.unwrap(),
         Some(FailureCount { failures: 2, blocked_until: None })
     );
     for (count, offset, block) in [(3, 0, 10), (4, 1, 20), (5, 2, 40), (6, 3, 40)] {
         let at = t0 + Duration::seconds(offset);
-        let until = store.record_login_failure(key.clone(), at, policy).await.unwrap();
+        let until = store.record_login_failure(key.clone(), at, policy, Vec::new()).await.unwrap();
         assert_eq!(until, Some(at + Duration::seconds(block)), "failure {count}");
         assert_eq!(
             store.login_failures(key.clone()).await.unwrap(),
@@ -1079,9 +1091,15 @@ pub async fn a_login_block_is_never_shortened<S: Storage>(store: S) {
     let short = BackoffPolicy { after: 1, base: Duration::seconds(1), max: Duration::seconds(1) };
     let key = "ada@example.com".to_owned();
     let t0 = now();
-    assert_eq!(store.record_login_failure(key.clone(), t0, long).await.unwrap(), Some(t0 + Duration::hours(1)));
+    assert_eq!(
+        store.record_login_failure(key.clone(), t0, long, Vec::new()).await.unwrap(),
+        Some(t0 + Duration::hours(1))
+    );
     let later = t0 + Duration::minutes(1);
-    assert_eq!(store.record_login_failure(key.clone(), later, short).await.unwrap(), Some(t0 + Duration::hours(1)));
+    assert_eq!(
+        store.record_login_failure(key.clone(), later, short, Vec::new()).await.unwrap(),
+        Some(t0 + Duration::hours(1))
+    );
     assert_eq!(
         store.login_failures(key).await.unwrap(),
         Some(FailureCount { failures: 2, blocked_until: Some(t0 + Duration::hours(1)) })
@@ -1093,7 +1111,7 @@ pub async fn login_failures_are_cleared_per_key<S: Storage>(store: S) {
     let policy = BackoffPolicy { after: 1, base: Duration::minutes(1), max: Duration::minutes(1) };
     let t0 = now();
     for key in ["ada@example.com", "unparsed:abc"] {
-        store.record_login_failure(key.to_owned(), t0, policy).await.unwrap();
+        store.record_login_failure(key.to_owned(), t0, policy, Vec::new()).await.unwrap();
     }
     store.clear_login_failures("ada@example.com".to_owned()).await.unwrap();
     assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap(), None);
@@ -1101,7 +1119,7 @@ pub async fn login_failures_are_cleared_per_key<S: Storage>(store: S) {
     store.clear_login_failures("nobody@example.com".to_owned()).await.unwrap();
     // Counting starts over after a clear.
     assert_eq!(
-        store.record_login_failure("ada@example.com".to_owned(), t0, policy).await.unwrap(),
+        store.record_login_failure("ada@example.com".to_owned(), t0, policy, Vec::new()).await.unwrap(),
         Some(t0 + Duration::minutes(1))
     );
     assert_eq!(store.login_failures("ada@example.com".to_owned()).await.unwrap().unwrap().failures, 1);
@@ -1227,16 +1245,16 @@ pub async fn a_new_picture_becomes_active_and_archives_the_previous_one<S: Stora
     let t0 = now();
     let first = picture(user.id, t0);
     let changed = t0 + Duration::seconds(30);
-    assert_eq!(store.insert_active_picture(first.clone(), changed).await.unwrap(), None);
+    assert_eq!(store.insert_active_picture(first.clone(), changed, Vec::new()).await.unwrap(), None);
     let pointed = store.find_user(user.id).await.unwrap().unwrap();
     assert_eq!((pointed.profile_picture_id, pointed.updated_at), (Some(first.id), changed));
     assert_eq!(store.active_picture(user.id).await.unwrap().map(normalised), Some(normalised(first.clone())));
 
     let second = picture(user.id, t0 + Duration::seconds(1));
-    let previous = store.insert_active_picture(second.clone(), changed).await.unwrap();
+    let previous = store.insert_active_picture(second.clone(), changed, Vec::new()).await.unwrap();
     assert_eq!(previous.map(normalised), Some(archived(&first)));
     let third = picture(user.id, t0 + Duration::seconds(2));
-    let previous = store.insert_active_picture(third.clone(), changed).await.unwrap();
+    let previous = store.insert_active_picture(third.clone(), changed, Vec::new()).await.unwrap();
     assert_eq!(previous.map(normalised), Some(archived(&second)));
     assert_eq!(store.active_picture(user.id).await.unwrap().map(normalised), Some(normalised(third.clone())));
     let history: Vec<_> = store.archived_pictures(user.id).await.unwrap().into_iter().map(normalised).collect();
@@ -1250,7 +1268,7 @@ pub async fn a_new_picture_becomes_active_and_archives_the_previous_one<S: Stora
 /// Recording a picture of a user who does not exist is refused and stores nothing.
 pub async fn a_picture_of_a_missing_user_is_refused<S: Storage>(store: S) {
     let ghost = UserId::generate();
-    let outcome = store.insert_active_picture(picture(ghost, now()), now()).await;
+    let outcome = store.insert_active_picture(picture(ghost, now()), now(), Vec::new()).await;
     assert!(matches!(outcome, Err(PictureWriteError::UserGone)), "{outcome:?}");
     assert_eq!(store.active_picture(ghost).await.unwrap(), None);
 }
@@ -1264,10 +1282,10 @@ pub async fn pictures_are_moved_archived_and_restored<S: Storage>(store: S) {
     let first = picture(user.id, t0);
     let second = picture(user.id, t0 + Duration::seconds(1));
     let theirs = picture(other.id, t0);
-    store.insert_active_picture(first.clone(), t0).await.unwrap();
-    store.insert_active_picture(second.clone(), t0).await.unwrap();
-    store.insert_active_picture(theirs.clone(), t0).await.unwrap();
-    store.insert_active_picture(picture(other.id, t0 + Duration::seconds(1)), t0).await.unwrap();
+    store.insert_active_picture(first.clone(), t0, Vec::new()).await.unwrap();
+    store.insert_active_picture(second.clone(), t0, Vec::new()).await.unwrap();
+    store.insert_active_picture(theirs.clone(), t0, Vec::new()).await.unwrap();
+    store.insert_active_picture(picture(other.id, t0 + Duration::seconds(1)), t0, Vec::new()).await.unwrap();
 
     let archive = StoredPicture::archive_prefix(user.id, first.id);
     store.move_picture(first.id, archive.clone()).await.unwrap();
@@ -1279,30 +1297,30 @@ pub async fn pictures_are_moved_archived_and_restored<S: Storage>(store: S) {
     store.move_picture(Uuid::now_v7(), "profile_pictures/nobody".to_owned()).await.unwrap();
 
     let t1 = t0 + Duration::minutes(1);
-    let (restored, previous) = store.restore_picture(user.id, first.id, t1).await.unwrap().unwrap();
+    let (restored, previous) = store.restore_picture(user.id, first.id, t1, Vec::new()).await.unwrap().unwrap();
     assert_eq!(normalised(restored), normalised(first.clone()));
     assert_eq!(previous.map(normalised), Some(archived(&second)));
     let pointed = store.find_user(user.id).await.unwrap().unwrap();
     assert_eq!((pointed.profile_picture_id, pointed.updated_at), (Some(first.id), t1));
-    assert_eq!(store.restore_picture(user.id, first.id, t1).await.unwrap(), None, "the active one");
-    assert_eq!(store.restore_picture(user.id, theirs.id, t1).await.unwrap(), None, "another user's");
-    assert_eq!(store.restore_picture(user.id, Uuid::now_v7(), t1).await.unwrap(), None, "an unknown one");
+    assert_eq!(store.restore_picture(user.id, first.id, t1, Vec::new()).await.unwrap(), None, "the active one");
+    assert_eq!(store.restore_picture(user.id, theirs.id, t1, Vec::new()).await.unwrap(), None, "another user's");
+    assert_eq!(store.restore_picture(user.id, Uuid::now_v7(), t1, Vec::new()).await.unwrap(), None, "an unknown one");
     assert_eq!(store.active_picture(user.id).await.unwrap().map(|picture| picture.id), Some(first.id));
 
     let t2 = t0 + Duration::minutes(2);
-    let taken_down = store.archive_active_picture(user.id, t2).await.unwrap();
+    let taken_down = store.archive_active_picture(user.id, t2, Vec::new()).await.unwrap();
     assert_eq!(taken_down.map(normalised), Some(archived(&first)));
     let pointed = store.find_user(user.id).await.unwrap().unwrap();
     assert_eq!((pointed.profile_picture_id, pointed.updated_at), (None, t2));
     assert_eq!(store.active_picture(user.id).await.unwrap(), None);
-    assert_eq!(store.archive_active_picture(user.id, t2).await.unwrap(), None, "nothing left to archive");
+    assert_eq!(store.archive_active_picture(user.id, t2, Vec::new()).await.unwrap(), None, "nothing left to archive");
     let history: Vec<_> = store.archived_pictures(user.id).await.unwrap().into_iter().map(normalised).collect();
     assert_eq!(history, [archived(&second), archived(&first)]);
 
-    let (restored, previous) = store.restore_picture(user.id, second.id, t2).await.unwrap().unwrap();
+    let (restored, previous) = store.restore_picture(user.id, second.id, t2, Vec::new()).await.unwrap().unwrap();
     assert_eq!((restored.id, restored.archived, previous), (second.id, false, None));
-    assert_eq!(store.archive_active_picture(UserId::generate(), t2).await.unwrap(), None);
-    assert_eq!(store.restore_picture(UserId::generate(), second.id, t2).await.unwrap(), None);
+    assert_eq!(store.archive_active_picture(UserId::generate(), t2, Vec::new()).await.unwrap(), None);
+    assert_eq!(store.restore_picture(UserId::generate(), second.id, t2, Vec::new()).await.unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1766,7 +1784,7 @@ pub async fn a_failed_second_factor_change_stores_nothing<S: Storage>(store: S) 
     turn_on(&store, ada.id, 1, 10, &["one"]).await;
     let t0 = now();
     let key = "ada@example.com".to_owned();
-    store.record_login_failure(key.clone(), t0, BackoffPolicy::default()).await.unwrap();
+    store.record_login_failure(key.clone(), t0, BackoffPolicy::default(), Vec::new()).await.unwrap();
     let failures = store.login_failures(key.clone()).await.unwrap();
     let expires = t0 + Duration::minutes(5);
     let hash = pending_step(&store, ada.id, expires).await;
@@ -1823,7 +1841,7 @@ pub async fn a_second_factor_change_starts_its_session_and_clears_the_backoff<S:
     turn_on(&store, ada.id, 1, 10, &["one"]).await;
     let t0 = now();
     let key = "ada@example.com".to_owned();
-    store.record_login_failure(key.clone(), t0, BackoffPolicy::default()).await.unwrap();
+    store.record_login_failure(key.clone(), t0, BackoffPolicy::default(), Vec::new()).await.unwrap();
     let hash = pending_step(&store, ada.id, t0 + Duration::minutes(5)).await;
 
     let at = t0 + Duration::seconds(1);
@@ -1909,7 +1927,7 @@ pub async fn deleting_a_user_takes_their_second_factor<S: Storage>(store: S) {
     let mine = pending_step(&store, ada.id, t0 + Duration::minutes(5)).await;
     let theirs = pending_step(&store, bob.id, t0 + Duration::minutes(5)).await;
 
-    store.delete_user(ada.id, Guard::default()).await.unwrap();
+    store.delete_user(ada.id, Guard::default(), Vec::new()).await.unwrap();
     assert_eq!(totp(&store, ada.id).await, None);
     assert_eq!(store.recovery_codes_left(ada.id).await.unwrap(), 0);
     assert_eq!(store.take_mfa_attempt(mine, t0, 5).await.unwrap(), None);

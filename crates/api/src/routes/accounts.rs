@@ -385,20 +385,26 @@ pub async fn reset_password<P: Ports>(
     if media_type(&req) == "application/x-www-form-urlencoded" {
         let request: ResetPasswordRequest = serde_urlencoded::from_bytes(&body)
             .map_err(|error| ApiError::malformed_body(format!("invalid form body: {error}")))?;
-        return Ok(match state.service.reset_password(&request.token, &request.new_password, client_info(&req, &state.clients)).await {
-            Ok(()) => {
-                html_page(StatusCode::OK, page("Password changed", "<p>You can log in with your new password.</p>"))
-            }
-            Err(error) => {
-                let error = ApiError::from(error);
-                let status = actix_web::ResponseError::status_code(&error);
-                if status.is_server_error() {
-                    return Err(error);
+        return Ok(
+            match state
+                .service
+                .reset_password(&request.token, &request.new_password, client_info(&req, &state.clients))
+                .await
+            {
+                Ok(()) => {
+                    html_page(StatusCode::OK, page("Password changed", "<p>You can log in with your new password.</p>"))
                 }
-                let detail = escape(&error.to_string());
-                html_page(status, page("Password not changed", &format!("<p>{detail}</p>")))
-            }
-        });
+                Err(error) => {
+                    let error = ApiError::from(error);
+                    let status = actix_web::ResponseError::status_code(&error);
+                    if status.is_server_error() {
+                        return Err(error);
+                    }
+                    let detail = escape(&error.to_string());
+                    html_page(status, page("Password not changed", &format!("<p>{detail}</p>")))
+                }
+            },
+        );
     }
     let request: ResetPasswordRequest = parse_json(&req, &body)?;
     state.service.reset_password(&request.token, &request.new_password, client_info(&req, &state.clients)).await?;

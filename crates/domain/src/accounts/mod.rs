@@ -10,8 +10,8 @@ mod profile;
 mod requests;
 
 pub use password::{ChangePasswordError, ResetPasswordError};
-pub use profile::{DeleteMeError, MeUpdate, UpdateMeError};
 pub(crate) use profile::changed_profile_fields;
+pub use profile::{DeleteMeError, MeUpdate, UpdateMeError};
 
 use crate::audit::{AuditEvent, ClientInfo, EventType};
 use crate::permissions::Role;

@@ -83,7 +83,8 @@ impl<P: Ports> Service<P> {
         update.issue_token = Some(token);
         update.mails = vec![mail];
         if purpose == EmailTokenPurpose::PasswordReset {
-            update.events = vec![self.event(EventType::PasswordResetRequested, &ClientInfo::default()).subject(user.id)];
+            update.events =
+                vec![self.event(EventType::PasswordResetRequested, &ClientInfo::default()).subject(user.id)];
         }
         match self.ports.users().update_user(update).await {
             Ok(_) | Err(UpdateError::NotFound) => Ok(()),

@@ -436,7 +436,12 @@ impl<P: Ports> Service<P> {
 
     /// The events of an administrator's change: the lock or unlock on its own, the address change on its own, and
     /// every other changed field in one `user.updated` (a role as `from`/`to`).
-    fn admin_update_events(&self, actor: &Principal, target: &User, fields: &crate::ports::UserFields) -> Vec<AuditEvent> {
+    fn admin_update_events(
+        &self,
+        actor: &Principal,
+        target: &User,
+        fields: &crate::ports::UserFields,
+    ) -> Vec<AuditEvent> {
         let mut events = Vec::new();
         match fields.is_locked {
             Some(true) => events.push(self.event_by(EventType::UserLocked, actor, target.id)),
@@ -445,10 +450,9 @@ impl<P: Ports> Service<P> {
         }
         if fields.email.is_some() {
             events.push(
-                self.event_by(EventType::UserEmailChanged, actor, target.id).detail("by", "staff").detail(
-                    "email_verified",
-                    fields.email_verified.unwrap_or(false),
-                ),
+                self.event_by(EventType::UserEmailChanged, actor, target.id)
+                    .detail("by", "staff")
+                    .detail("email_verified", fields.email_verified.unwrap_or(false)),
             );
         }
         let mut names = crate::accounts::changed_profile_fields(&fields.profile);

@@ -311,9 +311,15 @@ impl<P: Ports> Service<P> {
         let (restored, previous) = self
             .ports
             .pictures()
-            .restore_picture(target.id, version, self.now(), vec![
-                self.event_by(EventType::PictureRestored, actor, target.id).detail("picture_id", version.to_string()),
-            ])
+            .restore_picture(
+                target.id,
+                version,
+                self.now(),
+                vec![
+                    self.event_by(EventType::PictureRestored, actor, target.id)
+                        .detail("picture_id", version.to_string()),
+                ],
+            )
             .await?
             .ok_or(PictureError::NotFound)?;
         self.relocate(&restored, StoredPicture::active_prefix(restored.user_id, restored.id)).await;

@@ -10,8 +10,8 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use super::PortError;
-use crate::audit::AuditEvent;
 use super::outbox::OutgoingMail;
+use crate::audit::AuditEvent;
 use crate::session::{NewSession, Session, TokenHash};
 use crate::user::UserId;
 

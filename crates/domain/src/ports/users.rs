@@ -10,10 +10,10 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use super::PortError;
-use crate::audit::AuditEvent;
 use super::email_tokens::{EmailTokenPurpose, NewEmailToken};
 use super::outbox::OutgoingMail;
 use super::sessions::SessionEnd;
+use crate::audit::AuditEvent;
 use crate::permissions::Role;
 use crate::session::TokenHash;
 use crate::user::{Bio, EmailAddress, NewUser, Nickname, PasswordHash, PersonName, ProfileUrl, User, UserId};

@@ -435,7 +435,8 @@ impl<P: Ports> Service<P> {
         let mut change = SecondFactorChange::new(target.id, self.now());
         change.action = SecondFactorAction::Disable;
         change.mails = vec![self.mails.mfa_reset_by_admin(&target.email)];
-        change.events = vec![self.event_by(EventType::MfaDisabled, actor, target.id).detail("reason", "reset_by_staff")];
+        change.events =
+            vec![self.event_by(EventType::MfaDisabled, actor, target.id).detail("reason", "reset_by_staff")];
         match self.ports.second_factors().apply_second_factor(change).await {
             Ok(_) => Ok(()),
             Err(SecondFactorError::StateChanged) => Err(ResetMfaError::NotEnabled),

@@ -304,7 +304,12 @@ impl<P: Ports> Service<P> {
 
     /// Revokes the family of a refresh token presented again after its exchange, recording the reuse (once: only
     /// the request that revokes the session writes the event).
-    async fn revoke_reused(&self, record: &RefreshRecord, now: OffsetDateTime, client: &ClientInfo) -> Result<(), PortError> {
+    async fn revoke_reused(
+        &self,
+        record: &RefreshRecord,
+        now: OffsetDateTime,
+        client: &ClientInfo,
+    ) -> Result<(), PortError> {
         let reuse = self.event(EventType::SessionReuseDetected, client).subject(record.user.id);
         let reuse = AuditEvent { session_id: Some(record.session.id), ..reuse };
         self.ports.sessions().revoke_session(record.session.id, None, now, vec![reuse]).await?;
@@ -400,7 +405,8 @@ impl<P: Ports> Service<P> {
     /// # Errors
     /// [`PortError`] when a dependency fails.
     pub async fn logout_all(&self, principal: &Principal) -> Result<(), PortError> {
-        let event = self.event_by(EventType::SessionRevoked, principal, principal.user.id).detail("reason", "logout_all");
+        let event =
+            self.event_by(EventType::SessionRevoked, principal, principal.user.id).detail("reason", "logout_all");
         self.ports.sessions().end_sessions(principal.user.id, SessionEnd::All, self.now(), vec![event]).await
     }
 

@@ -326,14 +326,17 @@ impl World {
 
     /// Registers `address` (unverified); returns the user as stored.
     pub async fn registered(&self, address: &str) -> User {
-        self.service.register(registration(address)).await.unwrap();
+        self.service.register(registration(address), ClientInfo::default()).await.unwrap();
         self.user(address).await
     }
 
     /// Registers and verifies `address`; returns the user as stored.
     pub async fn verified(&self, address: &str) -> User {
         let user = self.registered(address).await;
-        self.service.verify_email(user.id, &token_in(&self.last_mail_to(address))).await.unwrap();
+        self.service
+            .verify_email(user.id, &token_in(&self.last_mail_to(address)), ClientInfo::default())
+            .await
+            .unwrap();
         self.user(address).await
     }
 

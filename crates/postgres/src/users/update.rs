@@ -25,8 +25,8 @@ use users_domain::ports::{Guard, PortError, UpdateError, UserFields, UserUpdate}
 use users_domain::user::{Bio, EmailAddress, PersonName, ProfileUrl, User, UserId};
 use uuid::Uuid;
 
-use crate::errors::{EMAIL_UNIQUE_INDEX, NICKNAME_UNIQUE_INDEX, TxError, violated_unique_index};
 use crate::audit::insert_events;
+use crate::errors::{EMAIL_UNIQUE_INDEX, NICKNAME_UNIQUE_INDEX, TxError, violated_unique_index};
 use crate::outbox::insert_mail;
 use crate::rows::{NewEmailTokenRow, UserRow};
 use crate::schema::users;

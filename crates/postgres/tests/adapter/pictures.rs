@@ -77,7 +77,7 @@ async fn an_inserted_picture_reads_back_as_the_active_one_with_its_sizes() {
     let new = picture(user.id, now(), 1);
     let at = now() + Duration::seconds(1);
 
-    let previous = repository.insert_active_picture(new.clone(), at).await.unwrap();
+    let previous = repository.insert_active_picture(new.clone(), at, Vec::new()).await.unwrap();
     assert_eq!(previous, None);
     assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(new.clone()));
     assert_eq!(repository.archived_pictures(user.id).await.unwrap(), []);
@@ -106,8 +106,8 @@ async fn a_second_upload_archives_the_first_and_returns_it() {
     let first = picture(user.id, now(), 1);
     let second = picture(user.id, now() + Duration::seconds(1), 2);
 
-    repository.insert_active_picture(first.clone(), now()).await.unwrap();
-    let previous = repository.insert_active_picture(second.clone(), now()).await.unwrap();
+    repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
+    let previous = repository.insert_active_picture(second.clone(), now(), Vec::new()).await.unwrap();
     // Archived, with its sizes, and still where its objects are until the service moves them.
     assert_eq!(previous, Some(archived(&first)));
     assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(second.clone()));
@@ -125,8 +125,8 @@ async fn concurrent_uploads_for_one_user_all_succeed_one_after_the_other_and_lea
         let one = picture(user.id, now(), 1);
         let other = picture(user.id, now(), 2);
         let (first, second) = tokio::join!(
-            repository.insert_active_picture(one.clone(), now()),
-            repository.insert_active_picture(other.clone(), now()),
+            repository.insert_active_picture(one.clone(), now(), Vec::new()),
+            repository.insert_active_picture(other.clone(), now(), Vec::new()),
         );
         let (first, second) = (first.unwrap(), second.unwrap());
         // The later of the two archives the earlier, which archived the previous round's winner (if any).
@@ -150,7 +150,7 @@ async fn the_schema_refuses_a_second_active_picture_for_one_user() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
-    repository.insert_active_picture(picture(user.id, now(), 1), now()).await.unwrap();
+    repository.insert_active_picture(picture(user.id, now(), 1), now(), Vec::new()).await.unwrap();
 
     let second = format!(
         "INSERT INTO pictures (id, user_id, created_at, archived, prefix) VALUES ('{}', '{}', now(), false, 'p')",
@@ -168,7 +168,7 @@ async fn a_user_can_only_point_at_a_picture_of_their_own() {
     let ada = insert_user(&repository, "ada").await;
     let grace = insert_user(&repository, "grace").await;
     let graces = picture(grace.id, now(), 1);
-    repository.insert_active_picture(graces.clone(), now()).await.unwrap();
+    repository.insert_active_picture(graces.clone(), now(), Vec::new()).await.unwrap();
 
     let steal = format!("UPDATE users SET profile_picture_id = '{}' WHERE id = '{}'", graces.id, ada.id);
     let error = try_execute(&database, &steal).await.unwrap_err();
@@ -183,10 +183,10 @@ async fn archiving_leaves_no_active_picture_and_clears_the_users_picture() {
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
     let first = picture(user.id, now(), 1);
-    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
     let at = now() + Duration::seconds(5);
 
-    let archived_now = repository.archive_active_picture(user.id, at).await.unwrap();
+    let archived_now = repository.archive_active_picture(user.id, at, Vec::new()).await.unwrap();
     assert_eq!(archived_now, Some(archived(&first)));
     assert_eq!(repository.active_picture(user.id).await.unwrap(), None);
     assert_eq!(repository.archived_pictures(user.id).await.unwrap(), [archived(&first)]);
@@ -195,9 +195,9 @@ async fn archiving_leaves_no_active_picture_and_clears_the_users_picture() {
     assert_eq!(stored.updated_at, at);
 
     // Nothing active any more: nothing to archive, and the user is left as it is.
-    assert_eq!(repository.archive_active_picture(user.id, at + Duration::seconds(5)).await.unwrap(), None);
+    assert_eq!(repository.archive_active_picture(user.id, at + Duration::seconds(5), Vec::new()).await.unwrap(), None);
     assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().updated_at, at);
-    assert_eq!(repository.archive_active_picture(UserId::generate(), at).await.unwrap(), None);
+    assert_eq!(repository.archive_active_picture(UserId::generate(), at, Vec::new()).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -207,11 +207,11 @@ async fn restoring_swaps_the_chosen_picture_with_the_active_one() {
     let user = insert_user(&repository, "ada").await;
     let first = picture(user.id, now(), 1);
     let second = picture(user.id, now() + Duration::seconds(1), 2);
-    repository.insert_active_picture(first.clone(), now()).await.unwrap();
-    repository.insert_active_picture(second.clone(), now()).await.unwrap();
+    repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
+    repository.insert_active_picture(second.clone(), now(), Vec::new()).await.unwrap();
     let at = now() + Duration::seconds(5);
 
-    let (restored, previous) = repository.restore_picture(user.id, first.id, at).await.unwrap().unwrap();
+    let (restored, previous) = repository.restore_picture(user.id, first.id, at, Vec::new()).await.unwrap().unwrap();
     assert_eq!(restored, first, "active again, with its sizes");
     assert_eq!(previous, Some(archived(&second)));
     assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(first.clone()));
@@ -221,8 +221,8 @@ async fn restoring_swaps_the_chosen_picture_with_the_active_one() {
     assert_eq!(stored.updated_at, at);
 
     // With no active picture, restoring archives nothing.
-    repository.archive_active_picture(user.id, at).await.unwrap();
-    let (restored, previous) = repository.restore_picture(user.id, second.id, at).await.unwrap().unwrap();
+    repository.archive_active_picture(user.id, at, Vec::new()).await.unwrap();
+    let (restored, previous) = repository.restore_picture(user.id, second.id, at, Vec::new()).await.unwrap().unwrap();
     assert_eq!((restored, previous), (second.clone(), None));
     assert_eq!(profile_picture_id(&database, &user).await, Some(second.id.to_string()));
     assert_eq!(repository.archived_pictures(user.id).await.unwrap(), [archived(&first)]);
@@ -239,15 +239,19 @@ async fn restoring_another_users_picture_the_active_one_or_an_unknown_one_finds_
     let graces_old = picture(grace.id, now(), 3);
     let graces = picture(grace.id, now() + Duration::seconds(1), 4);
     for new in [&adas_old, &adas, &graces_old, &graces] {
-        repository.insert_active_picture(new.clone(), now()).await.unwrap();
+        repository.insert_active_picture(new.clone(), now(), Vec::new()).await.unwrap();
     }
     let before = repository.find_user(ada.id).await.unwrap().unwrap();
     let later = now() + Duration::seconds(5);
 
-    assert_eq!(repository.restore_picture(ada.id, graces_old.id, later).await.unwrap(), None, "another user's");
-    assert_eq!(repository.restore_picture(ada.id, adas.id, later).await.unwrap(), None, "the active one");
-    assert_eq!(repository.restore_picture(ada.id, Uuid::now_v7(), later).await.unwrap(), None, "unknown");
-    assert_eq!(repository.restore_picture(UserId::generate(), adas_old.id, later).await.unwrap(), None);
+    assert_eq!(
+        repository.restore_picture(ada.id, graces_old.id, later, Vec::new()).await.unwrap(),
+        None,
+        "another user's"
+    );
+    assert_eq!(repository.restore_picture(ada.id, adas.id, later, Vec::new()).await.unwrap(), None, "the active one");
+    assert_eq!(repository.restore_picture(ada.id, Uuid::now_v7(), later, Vec::new()).await.unwrap(), None, "unknown");
+    assert_eq!(repository.restore_picture(UserId::generate(), adas_old.id, later, Vec::new()).await.unwrap(), None);
 
     assert_eq!(repository.active_picture(ada.id).await.unwrap(), Some(adas));
     assert_eq!(repository.active_picture(grace.id).await.unwrap(), Some(graces));
@@ -265,7 +269,7 @@ async fn the_history_lists_archived_pictures_newest_first() {
     let pictures: Vec<StoredPicture> =
         [3, 0, 2, 1, 4].into_iter().map(|minutes| picture(user.id, base + Duration::minutes(minutes), 1)).collect();
     for new in &pictures {
-        repository.insert_active_picture(new.clone(), now()).await.unwrap();
+        repository.insert_active_picture(new.clone(), now(), Vec::new()).await.unwrap();
     }
     let by_minute = |minutes: usize| pictures[[1, 3, 2, 0, 4][minutes]].id;
 
@@ -282,11 +286,12 @@ async fn a_picture_for_a_deleted_user_is_refused_as_user_gone_and_nothing_is_sto
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
-    repository.delete_user(user.id, Guard::default()).await.unwrap();
+    repository.delete_user(user.id, Guard::default(), Vec::new()).await.unwrap();
 
-    let error = repository.insert_active_picture(picture(user.id, now(), 1), now()).await.unwrap_err();
+    let error = repository.insert_active_picture(picture(user.id, now(), 1), now(), Vec::new()).await.unwrap_err();
     assert!(matches!(error, PictureWriteError::UserGone), "{error:?}");
-    let error = repository.insert_active_picture(picture(UserId::generate(), now(), 1), now()).await.unwrap_err();
+    let error =
+        repository.insert_active_picture(picture(UserId::generate(), now(), 1), now(), Vec::new()).await.unwrap_err();
     assert!(matches!(error, PictureWriteError::UserGone), "{error:?}");
     assert_eq!(rows(&database, "pictures").await, 0);
     assert_eq!(rows(&database, "picture_variants").await, 0);
@@ -304,7 +309,7 @@ async fn a_picture_without_every_size_or_marked_archived_is_refused_and_nothing_
     let pre_archived = StoredPicture { archived: true, ..picture(user.id, now(), 1) };
 
     for refused in [incomplete, doubled, pre_archived] {
-        let error = repository.insert_active_picture(refused, now()).await.unwrap_err();
+        let error = repository.insert_active_picture(refused, now(), Vec::new()).await.unwrap_err();
         assert!(matches!(error, PictureWriteError::Port(PortError::Unknown(_))), "{error:?}");
     }
     assert_eq!(rows(&database, "pictures").await, 0);
@@ -317,12 +322,12 @@ async fn a_failed_upload_leaves_the_previous_picture_active() {
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
     let first = picture(user.id, now(), 1);
-    repository.insert_active_picture(first.clone(), now()).await.unwrap();
+    repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
     // A hash the schema refuses fails the last insert of the transaction, after the first picture was archived.
     let mut broken = picture(user.id, now(), 2);
     broken.variants[2].sha256 = "not hex".to_owned();
 
-    let error = repository.insert_active_picture(broken, now()).await.unwrap_err();
+    let error = repository.insert_active_picture(broken, now(), Vec::new()).await.unwrap_err();
     assert!(matches!(error, PictureWriteError::Port(PortError::Unknown(_))), "{error:?}");
     assert_eq!(repository.active_picture(user.id).await.unwrap(), Some(first.clone()));
     assert_eq!(rows(&database, "pictures").await, 1);
@@ -336,13 +341,13 @@ async fn deleting_a_user_removes_their_pictures_and_sizes_but_no_one_elses() {
     let ada = insert_user(&repository, "ada").await;
     let grace = insert_user(&repository, "grace").await;
     for seed in 0..3 {
-        repository.insert_active_picture(picture(ada.id, now(), seed), now()).await.unwrap();
+        repository.insert_active_picture(picture(ada.id, now(), seed), now(), Vec::new()).await.unwrap();
     }
     let graces = picture(grace.id, now(), 9);
-    repository.insert_active_picture(graces.clone(), now()).await.unwrap();
+    repository.insert_active_picture(graces.clone(), now(), Vec::new()).await.unwrap();
 
     // The user points at its active picture, which points back at the user: the cascade must still go through.
-    repository.delete_user(ada.id, Guard::default()).await.unwrap();
+    repository.delete_user(ada.id, Guard::default(), Vec::new()).await.unwrap();
     assert_eq!(repository.active_picture(ada.id).await.unwrap(), None);
     assert_eq!(repository.archived_pictures(ada.id).await.unwrap(), []);
     assert_eq!(rows(&database, "pictures").await, 1);
@@ -356,8 +361,8 @@ async fn moving_a_picture_records_its_new_prefix() {
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
     let first = picture(user.id, now(), 1);
-    repository.insert_active_picture(first.clone(), now()).await.unwrap();
-    repository.insert_active_picture(picture(user.id, now(), 2), now()).await.unwrap();
+    repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
+    repository.insert_active_picture(picture(user.id, now(), 2), now(), Vec::new()).await.unwrap();
     let archive = StoredPicture::archive_prefix(user.id, first.id);
 
     repository.move_picture(first.id, archive.clone()).await.unwrap();

@@ -164,7 +164,7 @@ async fn changes_racing_the_deletion_of_their_user_apply_before_it_or_find_the_u
             let repository = repository.clone();
             racing.spawn(async move { repository.apply_second_factor(change).await.map(drop) });
         }
-        let deleted = repository.delete_user(user.id, Guard::default()).await;
+        let deleted = repository.delete_user(user.id, Guard::default(), Vec::new()).await;
         deleted.unwrap_or_else(|error| panic!("round {round}: the deletion failed: {error:?}"));
         while let Some(outcome) = racing.join_next().await {
             match outcome.unwrap() {

@@ -23,7 +23,7 @@ async fn logged_in(repository: &PgRepository, email: &str, at: OffsetDateTime) -
 /// Another session of `user_id`, started at `at`.
 async fn login(repository: &PgRepository, user_id: UserId, at: OffsetDateTime) -> (Session, TokenHash) {
     let token = token_hash();
-    let session = repository.start_session(new_session(user_id, at, token.clone()), at).await.unwrap();
+    let session = repository.start_session(new_session(user_id, at, token.clone()), at, Vec::new()).await.unwrap();
     (session, token)
 }
 
@@ -53,7 +53,7 @@ async fn a_started_session_is_found_with_its_user_and_records_the_login_time() {
     let token = token_hash();
     let new = new_session(user.id, at, token.clone());
 
-    let session = repository.start_session(new.clone(), at).await.unwrap();
+    let session = repository.start_session(new.clone(), at, Vec::new()).await.unwrap();
     assert_eq!(session.id, new.id);
     assert_eq!(session.user_id, user.id);
     assert_eq!(session.created_at, at);
@@ -82,13 +82,13 @@ async fn a_session_that_cannot_store_its_token_leaves_nothing_behind() {
     let user = insert(&repository, "ada@example.com", "ada").await;
     let first_login = to_micros(OffsetDateTime::now_utc() - Duration::hours(1));
     let hash = token_hash();
-    repository.start_session(new_session(user.id, first_login, hash.clone()), first_login).await.unwrap();
+    repository.start_session(new_session(user.id, first_login, hash.clone()), first_login, Vec::new()).await.unwrap();
 
     // A second session whose token hash collides: its session row insert succeeds, the token insert fails, and
     // the whole transaction, login time included, must roll back.
     let later = to_micros(OffsetDateTime::now_utc());
     let colliding = new_session(user.id, later, hash);
-    let error = repository.start_session(colliding.clone(), later).await.unwrap_err();
+    let error = repository.start_session(colliding.clone(), later, Vec::new()).await.unwrap_err();
     assert!(matches!(error, PortError::Unknown(_)), "{error:?}");
     assert_eq!(repository.find_session_with_user(colliding.id).await.unwrap(), None);
     assert_eq!(rows(&database, "sessions").await, 1);
@@ -102,7 +102,7 @@ async fn a_session_for_a_missing_user_is_refused() {
     let repository = repository(&database).await;
     let at = now();
     let orphan = new_session(UserId::generate(), at, token_hash());
-    let error = repository.start_session(orphan, at).await.unwrap_err();
+    let error = repository.start_session(orphan, at, Vec::new()).await.unwrap_err();
     assert!(matches!(error, PortError::Unknown(_)), "{error:?}");
 }
 
@@ -113,7 +113,7 @@ async fn a_missing_session_is_none_and_a_revoked_or_expired_one_is_still_found()
     assert_eq!(repository.find_session_with_user(SessionId::generate()).await.unwrap(), None);
     let (_, session, _) = logged_in(&repository, "ada@example.com", now() - Duration::days(60)).await;
     let at = now();
-    assert!(repository.revoke_session(session.id, None, at).await.unwrap());
+    assert!(repository.revoke_session(session.id, None, at, Vec::new()).await.unwrap());
     let (found, _) = repository.find_session_with_user(session.id).await.unwrap().unwrap();
     assert_eq!(found.revoked_at, Some(at));
     assert!(found.expires_at < at, "expired and revoked, and returned all the same");
@@ -140,7 +140,7 @@ async fn a_refresh_token_is_found_with_its_session_its_user_and_whether_it_was_u
     assert!(!current.used);
     assert_eq!(current.session.id, session.id);
 
-    assert!(repository.revoke_session(session.id, None, now()).await.unwrap());
+    assert!(repository.revoke_session(session.id, None, now(), Vec::new()).await.unwrap());
     let revoked = repository.find_refresh_token(current_hash(&database, session.id).await).await.unwrap().unwrap();
     assert!(revoked.session.revoked_at.is_some(), "a token of a revoked session is found, revoked");
     assert_eq!(repository.find_refresh_token(token_hash()).await.unwrap(), None, "unknown");
@@ -215,7 +215,7 @@ async fn a_token_of_a_revoked_session_does_not_rotate_and_changes_nothing() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let (_, session, token) = logged_in(&repository, "ada@example.com", now()).await;
-    assert!(repository.revoke_session(session.id, None, now()).await.unwrap());
+    assert!(repository.revoke_session(session.id, None, now(), Vec::new()).await.unwrap());
     let revoked = stored_session(&repository, session.id).await;
     let next = token_hash();
 
@@ -266,7 +266,7 @@ async fn a_rotation_racing_a_revocation_either_wins_before_it_or_does_nothing() 
         let revoked_at = now();
         let (rotated, revoked) = tokio::join!(
             repository.rotate_refresh_token(session.id, token.clone(), next.clone(), now()),
-            repository.revoke_session(session.id, None, revoked_at),
+            repository.revoke_session(session.id, None, revoked_at, Vec::new()),
         );
         assert!(revoked.unwrap(), "round {round}");
         let stored = stored_session(&repository, session.id).await;
@@ -289,12 +289,15 @@ async fn revoking_a_session_keeps_the_first_revocation_time() {
     let (other, _) = login(&repository, user.id, now()).await;
     let at = now();
 
-    assert!(repository.revoke_session(session.id, None, at).await.unwrap());
+    assert!(repository.revoke_session(session.id, None, at, Vec::new()).await.unwrap());
     assert_eq!(stored_session(&repository, session.id).await.revoked_at, Some(at));
     assert_eq!(stored_session(&repository, other.id).await.revoked_at, None);
-    assert!(!repository.revoke_session(session.id, None, at + Duration::minutes(1)).await.unwrap(), "already revoked");
+    assert!(
+        !repository.revoke_session(session.id, None, at + Duration::minutes(1), Vec::new()).await.unwrap(),
+        "already revoked"
+    );
     assert_eq!(stored_session(&repository, session.id).await.revoked_at, Some(at), "the first revocation stands");
-    assert!(!repository.revoke_session(SessionId::generate(), None, now()).await.unwrap(), "unknown");
+    assert!(!repository.revoke_session(SessionId::generate(), None, now(), Vec::new()).await.unwrap(), "unknown");
 }
 
 #[tokio::test]
@@ -305,11 +308,11 @@ async fn with_an_owner_only_their_own_session_is_revoked() {
     let (grace, _, _) = logged_in(&repository, "grace@example.com", now()).await;
     let at = now();
 
-    assert!(!repository.revoke_session(session.id, Some(grace.id), at).await.unwrap());
+    assert!(!repository.revoke_session(session.id, Some(grace.id), at, Vec::new()).await.unwrap());
     assert_eq!(stored_session(&repository, session.id).await.revoked_at, None);
-    assert!(repository.revoke_session(session.id, Some(ada.id), at).await.unwrap());
+    assert!(repository.revoke_session(session.id, Some(ada.id), at, Vec::new()).await.unwrap());
     assert_eq!(stored_session(&repository, session.id).await.revoked_at, Some(at));
-    assert!(!repository.revoke_session(session.id, Some(ada.id), now()).await.unwrap(), "already revoked");
+    assert!(!repository.revoke_session(session.id, Some(ada.id), now(), Vec::new()).await.unwrap(), "already revoked");
 }
 
 #[tokio::test]
@@ -321,14 +324,14 @@ async fn ending_sessions_revokes_those_named_of_that_user_only() {
     let (third, _) = login(&repository, ada.id, now()).await;
     let (_, foreign, _) = logged_in(&repository, "grace@example.com", now()).await;
 
-    repository.end_sessions(ada.id, SessionEnd::Keep, now()).await.unwrap();
+    repository.end_sessions(ada.id, SessionEnd::Keep, now(), Vec::new()).await.unwrap();
     assert_eq!(repository.list_sessions(ada.id, now()).await.unwrap().len(), 3);
     let first_end = now();
-    repository.end_sessions(ada.id, SessionEnd::AllBut(first.id), first_end).await.unwrap();
+    repository.end_sessions(ada.id, SessionEnd::AllBut(first.id), first_end, Vec::new()).await.unwrap();
     assert_eq!(stored_session(&repository, first.id).await.revoked_at, None);
     assert_eq!(stored_session(&repository, second.id).await.revoked_at, Some(first_end));
     let at = now() + Duration::minutes(1);
-    repository.end_sessions(ada.id, SessionEnd::All, at).await.unwrap();
+    repository.end_sessions(ada.id, SessionEnd::All, at, Vec::new()).await.unwrap();
     assert_eq!(stored_session(&repository, first.id).await.revoked_at, Some(at));
     assert_eq!(stored_session(&repository, third.id).await.revoked_at, Some(first_end), "the first revocation stands");
     assert_eq!(stored_session(&repository, foreign.id).await.revoked_at, None);
@@ -344,7 +347,7 @@ async fn listing_sessions_shows_the_unrevoked_unexpired_ones_newest_first() {
     let (revoked, _) = login(&repository, ada.id, start + Duration::hours(1)).await;
     let (newest, _) = login(&repository, ada.id, start + Duration::hours(2)).await;
     logged_in(&repository, "grace@example.com", start).await;
-    assert!(repository.revoke_session(revoked.id, Some(ada.id), now()).await.unwrap());
+    assert!(repository.revoke_session(revoked.id, Some(ada.id), now(), Vec::new()).await.unwrap());
 
     let listed = repository.list_sessions(ada.id, now()).await.unwrap();
     assert_eq!(listed, vec![newest.clone(), oldest.clone()]);

@@ -53,7 +53,7 @@ pub fn new_user(email: &str, nickname: &str) -> NewUser {
 
 /// `user` as a new account without a token or mails.
 pub fn account(user: NewUser) -> NewAccount {
-    NewAccount { user, token: None, mails: Vec::new() }
+    NewAccount { user, token: None, mails: Vec::new(), events: Vec::new() }
 }
 
 /// Inserts an unverified ANONYMOUS user with the given email and nickname.

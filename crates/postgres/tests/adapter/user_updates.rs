@@ -151,7 +151,7 @@ async fn the_adapter_applies_exactly_the_change_and_derives_nothing_from_it() {
     let pending = issue(&repository, user.id, EmailTokenPurpose::EmailChange, Some("ada@pending.example.com")).await;
     let reset = issue(&repository, user.id, EmailTokenPurpose::PasswordReset, None).await;
     let login = now();
-    let session = repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
+    let session = repository.start_session(new_session(user.id, login, token_hash()), login, Vec::new()).await.unwrap();
     execute(&database, "INSERT INTO login_attempts (key, failures) VALUES ('ada@example.com', 3)").await;
     let stored = repository.find_user(user.id).await.unwrap().unwrap();
     assert!(stored.pending_email.is_none(), "issuing a token does not set a pending address either");
@@ -180,7 +180,7 @@ async fn a_taken_nickname_or_email_is_refused_and_nothing_of_the_change_is_store
     insert(&repository, "grace@example.com", "grace").await;
     let token = issue(&repository, user.id, EmailTokenPurpose::Verify, None).await;
     let login = now();
-    let session = repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
+    let session = repository.start_session(new_session(user.id, login, token_hash()), login, Vec::new()).await.unwrap();
     let user = repository.find_user(user.id).await.unwrap().unwrap();
 
     let change = |update: &mut UserUpdate| {
@@ -217,7 +217,7 @@ async fn a_change_whose_mail_cannot_be_stored_rolls_back_everything_before_it() 
     let user = insert(&repository, "ada@example.com", "ada").await;
     let token = issue(&repository, user.id, EmailTokenPurpose::PasswordReset, None).await;
     let login = now();
-    let session = repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
+    let session = repository.start_session(new_session(user.id, login, token_hash()), login, Vec::new()).await.unwrap();
     execute(&database, "INSERT INTO login_attempts (key, failures) VALUES ('ada@example.com', 3)").await;
     let user = repository.find_user(user.id).await.unwrap().unwrap();
 
@@ -469,7 +469,7 @@ async fn a_change_refused_after_consuming_its_token_leaves_the_token_usable() {
     assert!(!token_used(&database, &hash).await, "the consumption rolled back with the rest");
 
     // Once the address is free again, the same token works.
-    repository.delete_user(grace.id, Guard::default()).await.unwrap();
+    repository.delete_user(grace.id, Guard::default(), Vec::new()).await.unwrap();
     assert_eq!(repository.update_user(confirm()).await.unwrap().email.as_str(), "shared@example.com");
 }
 
@@ -564,7 +564,7 @@ async fn sessions_end_as_the_change_says_keeping_the_first_revocation_time() {
     let user = insert(&repository, "ada@example.com", "ada").await;
     let other_user = insert(&repository, "grace@example.com", "grace").await;
     let login = now();
-    let start = |user_id| repository.start_session(new_session(user_id, login, token_hash()), login);
+    let start = |user_id| repository.start_session(new_session(user_id, login, token_hash()), login, Vec::new());
     let current = start(user.id).await.unwrap();
     let other = start(user.id).await.unwrap();
     let foreign = start(other_user.id).await.unwrap();
@@ -610,7 +610,7 @@ async fn a_full_change_applies_every_part_together() {
     let reset = issue(&repository, user.id, EmailTokenPurpose::PasswordReset, None).await;
     let change = issue(&repository, user.id, EmailTokenPurpose::EmailChange, Some("thief@example.com")).await;
     let login = now();
-    let session = repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
+    let session = repository.start_session(new_session(user.id, login, token_hash()), login, Vec::new()).await.unwrap();
     execute(&database, "INSERT INTO login_attempts (key, failures) VALUES ('ada@example.com', 4)").await;
     let at = now();
     // What a password reset amounts to, as the domain decides it.

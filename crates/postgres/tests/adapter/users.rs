@@ -77,6 +77,7 @@ async fn an_account_is_stored_with_its_token_and_mails_together() {
         user: user.clone(),
         token: Some(token.clone()),
         mails: vec![mail("ada@example.com", "Verify"), mail("ada@example.com", "Welcome")],
+        events: Vec::new(),
     };
 
     let inserted = repository.insert_user(new).await.unwrap();
@@ -102,7 +103,12 @@ async fn an_email_taken_in_another_case_is_refused_as_email_taken_and_nothing_is
 
     let second = new_user("ADA@example.com", "someone_else");
     let token = email_token(second.id, EmailTokenPurpose::Verify, None, now(), DAY);
-    let new = NewAccount { user: second, token: Some(token), mails: vec![mail("ADA@example.com", "Verify")] };
+    let new = NewAccount {
+        user: second,
+        token: Some(token),
+        mails: vec![mail("ADA@example.com", "Verify")],
+        events: Vec::new(),
+    };
     let error = repository.insert_user(new).await.unwrap_err();
     assert!(matches!(error, InsertUserError::EmailTaken), "{error:?}");
     assert_eq!(rows(&database, "users").await, 1);
@@ -118,7 +124,12 @@ async fn a_nickname_taken_in_another_case_is_refused_as_nickname_taken_and_nothi
 
     let second = new_user("grace@example.com", "aDA_l");
     let token = email_token(second.id, EmailTokenPurpose::Verify, None, now(), DAY);
-    let new = NewAccount { user: second, token: Some(token), mails: vec![mail("grace@example.com", "Verify")] };
+    let new = NewAccount {
+        user: second,
+        token: Some(token),
+        mails: vec![mail("grace@example.com", "Verify")],
+        events: Vec::new(),
+    };
     let error = repository.insert_user(new).await.unwrap_err();
     assert!(matches!(error, InsertUserError::NicknameTaken), "{error:?}");
     assert_eq!(rows(&database, "users").await, 1);
@@ -134,7 +145,12 @@ async fn an_account_whose_mail_cannot_be_stored_leaves_nothing_behind() {
     let token = email_token(user.id, EmailTokenPurpose::Verify, None, now(), DAY);
     // The outbox refuses a subject with a line break, the last of the inserts.
     let broken = mail("ada@example.com", "Verify\r\nBcc: victim@example.com");
-    let new = NewAccount { user, token: Some(token), mails: vec![mail("ada@example.com", "Fine"), broken] };
+    let new = NewAccount {
+        user,
+        token: Some(token),
+        mails: vec![mail("ada@example.com", "Fine"), broken],
+        events: Vec::new(),
+    };
 
     let error = repository.insert_user(new).await.unwrap_err();
     assert!(matches!(error, InsertUserError::Port(PortError::Unknown(_))), "{error:?}");
@@ -149,7 +165,7 @@ async fn an_account_whose_token_belongs_to_someone_else_is_refused_before_anythi
     let repository = repository(&database).await;
     let user = new_user("ada@example.com", "ada");
     let token = email_token(UserId::generate(), EmailTokenPurpose::Verify, None, now(), DAY);
-    let new = NewAccount { user, token: Some(token), mails: vec![] };
+    let new = NewAccount { user, token: Some(token), mails: vec![], events: Vec::new() };
 
     let error = repository.insert_user(new).await.unwrap_err();
     assert!(matches!(error, InsertUserError::Port(PortError::Unknown(_))), "{error:?}");
@@ -250,8 +266,8 @@ async fn deleting_a_user_removes_their_sessions_refresh_tokens_and_email_tokens_
     let user = insert(&repository, "ada@example.com", "ada").await;
     let other = insert(&repository, "grace@example.com", "grace").await;
     let login = now();
-    repository.start_session(new_session(user.id, login, token_hash()), login).await.unwrap();
-    repository.start_session(new_session(other.id, login, token_hash()), login).await.unwrap();
+    repository.start_session(new_session(user.id, login, token_hash()), login, Vec::new()).await.unwrap();
+    repository.start_session(new_session(other.id, login, token_hash()), login, Vec::new()).await.unwrap();
     issue(&repository, user.id, EmailTokenPurpose::Verify, None).await;
     issue(&repository, other.id, EmailTokenPurpose::Verify, None).await;
     execute(
@@ -261,14 +277,14 @@ async fn deleting_a_user_removes_their_sessions_refresh_tokens_and_email_tokens_
     )
     .await;
 
-    repository.delete_user(user.id, Guard::default()).await.unwrap();
+    repository.delete_user(user.id, Guard::default(), Vec::new()).await.unwrap();
     assert_eq!(repository.find_user(user.id).await.unwrap(), None);
     assert_eq!(rows(&database, "users").await, 1);
     assert_eq!(rows(&database, "sessions").await, 1);
     assert_eq!(rows(&database, "refresh_tokens").await, 1);
     assert_eq!(rows(&database, "email_tokens").await, 1);
     assert_eq!(rows(&database, "mail_outbox").await, 1, "mail is addressed to a mailbox, not an account");
-    let again = repository.delete_user(user.id, Guard::default()).await.unwrap_err();
+    let again = repository.delete_user(user.id, Guard::default(), Vec::new()).await.unwrap_err();
     assert!(matches!(again, UpdateError::NotFound), "a second delete finds nothing: {again:?}");
 }
 
@@ -278,11 +294,14 @@ async fn a_deletion_decided_for_another_role_is_refused_and_deletes_nothing() {
     let repository = repository(&database).await;
     let user = insert_with_role(&repository, "ada@example.com", "ada", Role::Authenticated).await;
     let guard = Guard { role: Some(Role::Manager), another_admin: false };
-    let error = repository.delete_user(user.id, guard).await.unwrap_err();
+    let error = repository.delete_user(user.id, guard, Vec::new()).await.unwrap_err();
     assert!(matches!(error, UpdateError::RoleChanged), "{error:?}");
     assert!(repository.find_user(user.id).await.unwrap().is_some());
 
-    repository.delete_user(user.id, Guard { role: Some(Role::Authenticated), another_admin: false }).await.unwrap();
+    repository
+        .delete_user(user.id, Guard { role: Some(Role::Authenticated), another_admin: false }, Vec::new())
+        .await
+        .unwrap();
     assert_eq!(repository.find_user(user.id).await.unwrap(), None);
 }
 
@@ -296,15 +315,18 @@ async fn a_deletion_that_needs_another_unlocked_admin_is_refused_without_one() {
     execute(&database, &format!("UPDATE users SET is_locked = true WHERE id = '{}'", dormant.id)).await;
     let guard = Guard { role: Some(Role::Admin), another_admin: true };
 
-    let error = repository.delete_user(boss.id, guard).await.unwrap_err();
+    let error = repository.delete_user(boss.id, guard, Vec::new()).await.unwrap_err();
     assert!(matches!(error, UpdateError::LastAdmin), "{error:?}");
     assert!(repository.find_user(boss.id).await.unwrap().is_some());
     // The guard is checked as stated: whether it applies is the domain's decision, not the adapter's.
-    repository.delete_user(dormant.id, Guard { role: Some(Role::Admin), another_admin: false }).await.unwrap();
+    repository
+        .delete_user(dormant.id, Guard { role: Some(Role::Admin), another_admin: false }, Vec::new())
+        .await
+        .unwrap();
 
     let second = admin(&repository, "second").await;
-    repository.delete_user(boss.id, guard).await.unwrap();
-    let error = repository.delete_user(second.id, guard).await.unwrap_err();
+    repository.delete_user(boss.id, guard, Vec::new()).await.unwrap();
+    let error = repository.delete_user(second.id, guard, Vec::new()).await.unwrap_err();
     assert!(matches!(error, UpdateError::LastAdmin), "{error:?}");
     assert_eq!(unlocked_admins(&database).await, 1);
 }
@@ -315,7 +337,7 @@ async fn deleting_a_missing_user_is_not_found_whatever_the_guard() {
     let repository = repository(&database).await;
     admin(&repository, "boss").await;
     for guard in [Guard::default(), Guard { role: Some(Role::Admin), another_admin: true }] {
-        let error = repository.delete_user(UserId::generate(), guard).await.unwrap_err();
+        let error = repository.delete_user(UserId::generate(), guard, Vec::new()).await.unwrap_err();
         assert!(matches!(error, UpdateError::NotFound), "{guard:?}: {error:?}");
     }
 }
@@ -328,8 +350,10 @@ async fn of_two_concurrent_deletions_of_the_last_two_admins_exactly_one_succeeds
     for round in 0..6 {
         let first = admin(&repository, &format!("first{round}")).await;
         let second = admin(&repository, &format!("second{round}")).await;
-        let (one, other) =
-            tokio::join!(repository.delete_user(first.id, guard), repository.delete_user(second.id, guard));
+        let (one, other) = tokio::join!(
+            repository.delete_user(first.id, guard, Vec::new()),
+            repository.delete_user(second.id, guard, Vec::new())
+        );
         let outcomes = [one, other];
         assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1, "round {round}: {outcomes:?}");
         assert!(outcomes.iter().any(|outcome| matches!(outcome, Err(UpdateError::LastAdmin))), "{outcomes:?}");
