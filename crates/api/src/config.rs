@@ -126,6 +126,8 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// `RETENTION`: how long housekeeping keeps a row after it stopped mattering (at least an hour).
     pub retention: Duration,
+    /// `AUDIT_RETENTION`: how long audit events are kept (at least a day).
+    pub audit_retention: Duration,
     /// `PURGE_INTERVAL`: how often `serve` runs housekeeping.
     pub purge_interval: Duration,
     /// `LOG_FORMAT`.
@@ -263,6 +265,16 @@ impl Vars<'_> {
 }
 
 impl Config {
+    /// What a housekeeping round deletes: `RETENTION` and `AUDIT_RETENTION`, in batches of the default size.
+    #[must_use]
+    pub const fn purge_settings(&self) -> users_postgres::PurgeSettings {
+        users_postgres::PurgeSettings {
+            retention: self.retention,
+            audit_retention: self.audit_retention,
+            batch_size: users_postgres::DEFAULT_BATCH_SIZE,
+        }
+    }
+
     /// Reads the configuration from the process environment.
     ///
     /// # Errors
@@ -373,6 +385,14 @@ impl Config {
         if retention > MAX_RETENTION {
             return Err(invalid("RETENTION", "must be at most 3650d"));
         }
+        let audit_retention = vars.duration("AUDIT_RETENTION", users_postgres::DEFAULT_AUDIT_RETENTION)?;
+        // Shorter, and the trail would forget a theft before anyone looked.
+        if audit_retention < Duration::days(1) {
+            return Err(invalid("AUDIT_RETENTION", "must be at least 1d"));
+        }
+        if audit_retention > MAX_RETENTION {
+            return Err(invalid("AUDIT_RETENTION", "must be at most 3650d"));
+        }
         let purge_interval = vars.duration("PURGE_INTERVAL", Duration::hours(1))?;
         let log_format = match vars.string("LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
@@ -429,6 +449,7 @@ impl Config {
             rate_limits,
             rate_limit_per_minute,
             retention,
+            audit_retention,
             purge_interval,
             log_format,
             metrics_bind_addr: vars.optional_addr("METRICS_BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
@@ -770,6 +791,9 @@ mod tests {
             assert!(error.to_string().contains("must be at most"), "{error}");
         }
         assert_eq!(config(&[("RETENTION", "3650d")]).unwrap().retention, Duration::days(3650));
+        assert_eq!(config(&[("AUDIT_RETENTION", "30d")]).unwrap().audit_retention, Duration::days(30));
+        assert!(config(&[("AUDIT_RETENTION", "1h")]).is_err(), "an audit trail kept an hour");
+        assert!(config(&[("AUDIT_RETENTION", "3651d")]).is_err());
         assert_eq!(config(&[("MAIL_LEASE", "24h")]).unwrap().mail_lease, Duration::days(1));
     }
 }

@@ -733,3 +733,14 @@ impl From<&users_domain::audit::AuditEvent> for EventResponse {
         }
     }
 }
+
+/// `GET /audit` and `GET /me/activity`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPageResponse {
+    /// The events of this page, newest first.
+    pub items: Vec<EventResponse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+    /// This page and the next.
+    pub links: PageLinks,
+}

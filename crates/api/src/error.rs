@@ -454,6 +454,16 @@ impl ApiError {
     }
 }
 
+impl From<users_domain::trail::AuditError> for ApiError {
+    fn from(error: users_domain::trail::AuditError) -> Self {
+        match error {
+            users_domain::trail::AuditError::Forbidden => Self::forbidden(),
+            users_domain::trail::AuditError::Port(error) => error.into(),
+            other => Self::unexpected(&other),
+        }
+    }
+}
+
 impl From<ListUsersError> for ApiError {
     fn from(error: ListUsersError) -> Self {
         match error {

@@ -16,12 +16,12 @@ use users_postgres::{PgRepository, PurgeOutcome, PurgeSettings};
 /// connections.
 const FIRST_ROUND_DELAY: StdDuration = StdDuration::from_secs(10);
 
-/// Runs one round now with `retention`.
+/// Runs one round now with `settings`.
 ///
 /// # Errors
 /// [`PortError`] when the database fails; what was deleted before stays deleted.
-pub async fn run_once(db: &PgRepository, retention: Duration) -> Result<PurgeOutcome, PortError> {
-    db.purge(OffsetDateTime::now_utc(), PurgeSettings::new(retention)).await
+pub async fn run_once(db: &PgRepository, settings: PurgeSettings) -> Result<PurgeOutcome, PortError> {
+    db.purge(OffsetDateTime::now_utc(), settings).await
 }
 
 /// The background loop of `serve`; [`HousekeepingWorker::stop`] ends it.
@@ -33,12 +33,12 @@ pub struct HousekeepingWorker {
 impl HousekeepingWorker {
     /// Starts the loop: a first round shortly after start-up, then one every `interval`.
     #[must_use]
-    pub fn start(db: PgRepository, retention: Duration, interval: Duration) -> Self {
+    pub fn start(db: PgRepository, settings: PurgeSettings, interval: Duration) -> Self {
         let interval = interval.unsigned_abs();
         let task = tokio::spawn(async move {
             tokio::time::sleep(FIRST_ROUND_DELAY).await;
             loop {
-                round(&db, retention).await;
+                round(&db, settings).await;
                 tokio::time::sleep(interval).await;
             }
         });
@@ -53,8 +53,8 @@ impl HousekeepingWorker {
 }
 
 /// One round, with its outcome logged.
-async fn round(db: &PgRepository, retention: Duration) {
-    match run_once(db, retention).await {
+async fn round(db: &PgRepository, settings: PurgeSettings) {
+    match run_once(db, settings).await {
         Ok(PurgeOutcome::Done(purged)) => tracing::info!(
             deleted = purged.total(),
             sessions = purged.sessions,
@@ -64,6 +64,7 @@ async fn round(db: &PgRepository, retention: Duration) {
             login_attempts = purged.login_attempts,
             rate_limit_windows = purged.rate_limit_windows,
             outbox_mails = purged.outbox_mails,
+            audit_events = purged.audit_events,
             "housekeeping round done"
         ),
         Ok(PurgeOutcome::Skipped) => tracing::debug!("housekeeping skipped: another instance holds the lock"),

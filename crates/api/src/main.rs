@@ -107,7 +107,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn purge(config: Config) -> anyhow::Result<()> {
     startup::migrate(&config).await?;
     let db = PgRepository::connect(&config.database).await.context("connecting to DATABASE_URL")?;
-    let outcome = housekeeping::run_once(&db, config.retention).await.context("running housekeeping")?;
+    let outcome = housekeeping::run_once(&db, config.purge_settings()).await.context("running housekeeping")?;
     let mut out = std::io::stdout().lock();
     match outcome {
         PurgeOutcome::Done(purged) => {

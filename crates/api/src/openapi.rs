@@ -19,13 +19,14 @@ use utoipa::openapi::{Object, RefOr};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::dto::{
-    AdminCreateRequest, AdminUpdateRequest, ChangePasswordRequest, DeleteMeRequest, EmailRequest, LoginForm, LoginJson,
-    MessageResponse, MfaCodeRequest, MfaLoginRequest, PageLinks, RecoveryCodesResponse, RefreshRequest,
-    RegisterRequest, ResetPasswordRequest, SessionResponse, SessionsResponse, StatusResponse, TokenResponse,
-    TotpConfirmRequest, TotpSetupRequest, TotpSetupResponse, UpdateMeRequest, UserPageResponse, UserResponse,
+    AdminCreateRequest, AdminUpdateRequest, ChangePasswordRequest, DeleteMeRequest, EmailRequest, EventPageResponse,
+    EventResponse, LoginForm, LoginJson, MessageResponse, MfaCodeRequest, MfaLoginRequest, PageLinks,
+    RecoveryCodesResponse, RefreshRequest, RegisterRequest, ResetPasswordRequest, SessionResponse, SessionsResponse,
+    StatusResponse, TokenResponse, TotpConfirmRequest, TotpSetupRequest, TotpSetupResponse, UpdateMeRequest,
+    UserPageResponse, UserResponse,
 };
 use crate::error::{FieldError, Problem};
-use crate::routes::{accounts, auth, me, mfa, ops, pictures, users};
+use crate::routes::{accounts, audit, auth, me, mfa, ops, pictures, users};
 
 /// The service's OpenAPI description.
 #[derive(OpenApi)]
@@ -68,6 +69,8 @@ backoff like a known one."
         accounts::logout_all,
         accounts::list_sessions,
         accounts::revoke_session,
+        audit::activity,
+        audit::audit,
         accounts::forgot_password,
         accounts::reset_page,
         accounts::reset_password,
@@ -118,6 +121,8 @@ backoff like a known one."
         AdminUpdateRequest,
         UserPageResponse,
         PageLinks,
+        EventResponse,
+        EventPageResponse,
         pictures::PictureVersion,
         pictures::PictureHistory,
         TotpSetupRequest,
@@ -132,6 +137,7 @@ backoff like a known one."
         (name = "accounts", description = "Registration, login and sessions"),
         (name = "profile", description = "The caller's own profile"),
         (name = "users", description = "User administration for MANAGER and ADMIN"),
+        (name = "audit", description = "The audit trail, for ADMIN"),
         (name = "pictures", description = "Profile pictures"),
         (name = "second factor", description = "TOTP (RFC 6238) with recovery codes"),
         (name = "operations", description = "Health, readiness, metrics and keys"),

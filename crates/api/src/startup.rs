@@ -220,7 +220,7 @@ impl Application {
         .run();
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
         let outbox = OutboxWorker::start(mailer, requests, config.mail_lease);
-        let housekeeping = HousekeepingWorker::start(db, config.retention, config.purge_interval);
+        let housekeeping = HousekeepingWorker::start(db, config.purge_settings(), config.purge_interval);
         let key_reloader = shared_keys.map(|keys| KeyReloader::start(keys, tokens));
         Ok(Self { server, port, metrics, outbox, housekeeping, key_reloader })
     }

@@ -42,7 +42,8 @@ const LIST_EVENTS: &str = "\
     LIMIT $8";
 
 /// Writes events (and queues their webhook deliveries); run inside the transaction of the change they record, as
-/// its last step.
+/// its last step (or next to last). Each event counts once on `audit_events_total{type}` as it is written: a
+/// transaction that then fails to commit leaves its events counted, which only happens when the database fails.
 pub(crate) async fn insert_events(
     connection: &mut AsyncPgConnection,
     events: &[AuditEvent],
@@ -60,6 +61,7 @@ pub(crate) async fn insert_events(
             .bind::<Text, _>(serde_json::Value::Object(event.details.clone()).to_string())
             .execute(connection)
             .await?;
+        metrics::counter!("audit_events_total", "type" => event.kind.as_str()).increment(1);
     }
     Ok(())
 }

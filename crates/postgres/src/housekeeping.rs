@@ -14,6 +14,8 @@
 //! - login backoff counts last changed before the cutoff whose block, if any, is over.
 //! - rate-limit windows that started before the cutoff (the caller keeps the retention longer than a window).
 //! - outbox rows sent, or given up on (dead), before the cutoff; pending mail is never touched.
+//! - audit events older than their own cutoff, `now - audit_retention` (`AUDIT_RETENTION`, a year by default),
+//!   with their webhook deliveries.
 //!
 //! Account requests are not here: the worker deletes each one as it finishes it, and a waiting one is work still
 //! to do. Users, pictures, second-factor secrets and recovery codes belong to accounts and go only with them.
@@ -34,20 +36,25 @@ pub const HOUSEKEEPING_LOCK: i64 = 1_701_736_000;
 /// Rows one delete statement removes at most, unless [`PurgeSettings::batch_size`] says otherwise.
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
 
+/// How long audit events are kept unless [`PurgeSettings::audit_retention`] says otherwise: a year.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::days(365);
+
 /// What a round deletes and in what steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeSettings {
     /// How long a row is kept after it stopped mattering (`RETENTION`).
     pub retention: Duration,
+    /// How long an audit event is kept (`AUDIT_RETENTION`).
+    pub audit_retention: Duration,
     /// Rows one statement deletes at most.
     pub batch_size: u32,
 }
 
 impl PurgeSettings {
-    /// Settings with `retention` and the default batch size.
+    /// Settings with `retention`, the default audit retention and the default batch size.
     #[must_use]
     pub const fn new(retention: Duration) -> Self {
-        Self { retention, batch_size: DEFAULT_BATCH_SIZE }
+        Self { retention, audit_retention: DEFAULT_AUDIT_RETENTION, batch_size: DEFAULT_BATCH_SIZE }
     }
 }
 
@@ -68,12 +75,14 @@ pub struct Purged {
     pub rate_limit_windows: u64,
     /// Sent or dead outbox rows.
     pub outbox_mails: u64,
+    /// Audit events past the audit retention.
+    pub audit_events: u64,
 }
 
 impl Purged {
     /// Each kind with its count, in a fixed order, for reports and logs.
     #[must_use]
-    pub const fn kinds(&self) -> [(&'static str, u64); 7] {
+    pub const fn kinds(&self) -> [(&'static str, u64); 8] {
         [
             ("sessions", self.sessions),
             ("refresh_tokens", self.refresh_tokens),
@@ -82,6 +91,7 @@ impl Purged {
             ("login_attempts", self.login_attempts),
             ("rate_limit_windows", self.rate_limit_windows),
             ("outbox_mails", self.outbox_mails),
+            ("audit_events", self.audit_events),
         ]
     }
 
@@ -106,34 +116,40 @@ struct Kind {
     name: &'static str,
     delete_batch: &'static str,
     count: fn(&mut Purged) -> &mut u64,
+    /// Whether `$1` is the audit cutoff rather than the general one.
+    audit: bool,
 }
 
 /// In dependency order: refresh tokens before the sessions they belong to, so that deleting a session never
 /// cascades to an unbounded number of tokens in one statement.
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind {
         name: "refresh tokens",
         delete_batch: "DELETE FROM refresh_tokens WHERE token_hash IN ( \
             SELECT r.token_hash FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id \
             WHERE s.expires_at < $1 OR s.revoked_at < $1 LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.refresh_tokens,
     },
     Kind {
         name: "sessions",
         delete_batch: "DELETE FROM sessions WHERE id IN ( \
             SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1 LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.sessions,
     },
     Kind {
         name: "email tokens",
         delete_batch: "DELETE FROM email_tokens WHERE token_hash IN ( \
             SELECT token_hash FROM email_tokens WHERE expires_at < $1 OR used_at < $1 LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.email_tokens,
     },
     Kind {
         name: "login challenges",
         delete_batch: "DELETE FROM mfa_challenges WHERE token_hash IN ( \
             SELECT token_hash FROM mfa_challenges WHERE expires_at < $1 LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.mfa_challenges,
     },
     Kind {
@@ -142,12 +158,14 @@ const KINDS: [Kind; 7] = [
         delete_batch: "DELETE FROM login_attempts WHERE key IN ( \
             SELECT key FROM login_attempts \
             WHERE updated_at < $1 AND (blocked_until IS NULL OR blocked_until <= $2) LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.login_attempts,
     },
     Kind {
         name: "rate-limit windows",
         delete_batch: "DELETE FROM rate_limit_windows WHERE (route, client) IN ( \
             SELECT route, client FROM rate_limit_windows WHERE window_start < $1 LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.rate_limit_windows,
     },
     Kind {
@@ -155,7 +173,15 @@ const KINDS: [Kind; 7] = [
         delete_batch: "DELETE FROM mail_outbox WHERE id IN ( \
             SELECT id FROM mail_outbox \
             WHERE status <> 'pending' AND coalesce(sent_at, next_attempt_at) < $1 LIMIT $3)",
+        audit: false,
         count: |purged| &mut purged.outbox_mails,
+    },
+    Kind {
+        name: "audit events",
+        delete_batch: "DELETE FROM audit_events WHERE id IN ( \
+            SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $3)",
+        audit: true,
+        count: |purged| &mut purged.audit_events,
     },
 ];
 
@@ -214,6 +240,12 @@ impl PgRepository {
         let cutoff = now.checked_sub(settings.retention).ok_or_else(|| {
             PortError::Unknown(anyhow::anyhow!("a retention of {} reaches past the calendar", settings.retention))
         })?;
+        let audit_cutoff = now.checked_sub(settings.audit_retention).ok_or_else(|| {
+            PortError::Unknown(anyhow::anyhow!(
+                "an audit retention of {} reaches past the calendar",
+                settings.audit_retention
+            ))
+        })?;
         let mut connection = self.connection().await?;
         let locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
             .bind::<BigInt, _>(HOUSEKEEPING_LOCK)
@@ -227,6 +259,7 @@ impl PgRepository {
         let mut connection = LockedConnection(Some(connection));
         let mut purged = Purged::default();
         for kind in &KINDS {
+            let cutoff = if kind.audit { audit_cutoff } else { cutoff };
             *(kind.count)(&mut purged) = delete_all(connection.get()?, kind, cutoff, now, settings.batch_size).await?;
         }
         connection.unlock().await?;

@@ -41,7 +41,9 @@ mod throttle;
 mod tls;
 mod users;
 
-pub use housekeeping::{DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged};
+pub use housekeeping::{
+    DEFAULT_AUDIT_RETENTION, DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged,
+};
 pub use repository::{ConnectionPool, PgRepository, connection_pool};
 pub use setup::{PgConfig, PgSetupError, run_migrations};
 pub use signing_keys::StoredSigningKey;

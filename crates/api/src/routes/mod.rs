@@ -9,6 +9,7 @@
 //! extractors together, so a body or id extractor could answer 400 or 404 before the caller is known.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod me;
 pub mod mfa;
@@ -166,6 +167,8 @@ pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<
         .service(web::resource("/logout").route(web::post().to(accounts::logout::<P>)))
         .service(web::resource("/logout/all").route(web::post().to(accounts::logout_all::<P>)))
         .service(web::resource("/me/sessions").route(web::get().to(accounts::list_sessions::<P>)))
+        .service(web::resource("/me/activity").route(web::get().to(audit::activity::<P>)))
+        .service(web::resource("/audit").route(web::get().to(audit::audit::<P>)))
         .service(web::resource("/me/sessions/{id}").route(web::delete().to(accounts::revoke_session::<P>)))
         .service(web::resource("/me/password").route(web::post().to(accounts::change_password::<P>)))
         .service(web::resource("/password/forgot").route(web::post().to(accounts::forgot_password::<P>)))

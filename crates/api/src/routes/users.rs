@@ -27,7 +27,8 @@ use users_domain::ports::Ports;
 /// The longest search prefix accepted.
 const PREFIX_MAX: usize = 100;
 
-fn bad_parameter(name: &str, message: &str) -> ApiError {
+/// 400 `invalid_parameter` naming the query parameter.
+pub(crate) fn bad_parameter(name: &str, message: &str) -> ApiError {
     ApiError::new(actix_web::http::StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name}: {message}"))
 }
 
@@ -124,8 +125,8 @@ fn parse_list_query(query: &str) -> Result<ListUsers, ApiError> {
     Ok(request)
 }
 
-/// The query string of a page, with the cursor replaced.
-fn page_link(base: &str, query: &str, cursor: Option<&str>) -> String {
+/// The URL of a page of the listing at `path`: the query string with the cursor replaced.
+pub(crate) fn page_link(base: &str, path: &str, query: &str, cursor: Option<&str>) -> String {
     let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .unwrap_or_default()
         .into_iter()
@@ -135,11 +136,11 @@ fn page_link(base: &str, query: &str, cursor: Option<&str>) -> String {
         pairs.push(("cursor".to_owned(), cursor.to_owned()));
     }
     let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
-    if encoded.is_empty() { format!("{base}/users") } else { format!("{base}/users?{encoded}") }
+    if encoded.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{encoded}") }
 }
 
 /// The `cursor` parameter of a query string, as given.
-fn current_cursor(query: &str) -> Option<String> {
+pub(crate) fn current_cursor(query: &str) -> Option<String> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .ok()?
         .into_iter()
@@ -181,8 +182,8 @@ pub async fn list_users<P: Ports>(
     Ok(HttpResponse::Ok().json(UserPageResponse {
         items: page.users.iter().map(|user| UserResponse::new(user, base)).collect(),
         links: PageLinks {
-            this: page_link(base, req.query_string(), current_cursor(req.query_string()).as_deref()),
-            next: next_cursor.as_deref().map(|cursor| page_link(base, req.query_string(), Some(cursor))),
+            this: page_link(base, "/users", req.query_string(), current_cursor(req.query_string()).as_deref()),
+            next: next_cursor.as_deref().map(|cursor| page_link(base, "/users", req.query_string(), Some(cursor))),
         },
         next_cursor,
     }))

@@ -104,6 +104,14 @@ async fn seed(database: &TestDatabase) -> Purged {
          VALUES (gen_random_uuid(), 'password_reset', 'u3@example.com', now() - interval '30 days')",
     )
     .await;
+    // Audit events: older than the audit retention (a year by default) go; a month old stays, whatever RETENTION.
+    execute(
+        database,
+        "INSERT INTO audit_events (id, at, type) VALUES \
+         (gen_random_uuid(), now() - interval '400 days', 'login.failed'), \
+         (gen_random_uuid(), now() - interval '30 days', 'login.failed')",
+    )
+    .await;
     Purged {
         sessions: 2,
         refresh_tokens: 4,
@@ -112,6 +120,7 @@ async fn seed(database: &TestDatabase) -> Purged {
         login_attempts: 2,
         rate_limit_windows: 1,
         outbox_mails: 2,
+        audit_events: 1,
     }
 }
 
@@ -145,6 +154,11 @@ async fn old_rows_of_every_kind_go_and_live_fresh_and_pending_ones_stay() {
     assert_eq!(rows(&database, "rate_limit_windows").await, 1);
     assert_eq!(count(&database, "SELECT count(*) AS count FROM mail_outbox WHERE status = 'pending'").await, 1);
     assert_eq!(rows(&database, "mail_outbox").await, 2);
+    assert_eq!(
+        count(&database, "SELECT count(*) AS count FROM audit_events WHERE at > now() - interval '31 days'").await,
+        1
+    );
+    assert_eq!(rows(&database, "audit_events").await, 1, "only the event past AUDIT_RETENTION went");
     assert_eq!(rows(&database, "account_requests").await, 1);
     assert_eq!(rows(&database, "users").await, 3, "accounts are never housekeeping's");
 
@@ -191,7 +205,7 @@ async fn more_rows_than_a_batch_are_deleted_batch_after_batch() {
     .await;
     let repository = repository(&database).await;
 
-    let settings = PurgeSettings { retention: RETENTION, batch_size: 4 };
+    let settings = PurgeSettings { batch_size: 4, ..PurgeSettings::new(RETENTION) };
     let outcome = repository.purge(now(), settings).await.unwrap();
 
     let expected =

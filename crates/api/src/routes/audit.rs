@@ -1,0 +1,205 @@
+//! The audit trail over HTTP: `GET /audit` (ADMIN) and `GET /me/activity` (anyone signed in, about themself).
+
+use std::collections::HashMap;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use users_domain::UserId;
+use users_domain::audit::{EventQuery, EventType};
+use users_domain::ports::Ports;
+use users_domain::trail::{EventPage, MAX_EVENT_PAGE};
+use uuid::Uuid;
+
+use super::Caller;
+use super::users::{bad_parameter, current_cursor, page_link};
+use crate::dto::{EventPageResponse, EventResponse, PageLinks};
+use crate::error::{ApiError, Problem};
+use crate::openapi::{BearerErrors, Unavailable};
+use crate::state::AppState;
+
+/// The default page size.
+const DEFAULT_PAGE: u32 = 50;
+
+/// Encodes where a page ended (the last event's time and id) as an opaque string.
+fn encode_cursor((at, id): (OffsetDateTime, Uuid)) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{id}:{}", at.format(&Rfc3339).unwrap_or_default()))
+}
+
+fn decode_cursor(raw: &str) -> Option<(OffsetDateTime, Uuid)> {
+    let plain = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+    let (id, at) = plain.split_once(':')?;
+    Some((OffsetDateTime::parse(at, &Rfc3339).ok()?, Uuid::parse_str(id).ok()?))
+}
+
+fn parse_time(name: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
+    OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| bad_parameter(name, "must be an RFC 3339 date-time"))
+}
+
+fn parse_user(name: &str, raw: &str) -> Result<UserId, ApiError> {
+    Uuid::parse_str(raw).map(UserId::from_uuid).map_err(|_| bad_parameter(name, "must be a UUID"))
+}
+
+/// Parses the query of a trail listing: every parameter from `allowed`, each at most once.
+fn parse_event_query(query: &str, allowed: &[&str]) -> Result<EventQuery, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|_| bad_parameter("query", "is not a valid query string"))?;
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (name, value) in &pairs {
+        if !allowed.contains(&name.as_str()) {
+            return Err(bad_parameter(name, "is not a known parameter"));
+        }
+        if seen.insert(name.as_str(), value.as_str()).is_some() {
+            return Err(bad_parameter(name, "may be given only once"));
+        }
+    }
+    let mut request = EventQuery { limit: DEFAULT_PAGE, ..EventQuery::default() };
+    for (name, value) in seen {
+        match name {
+            "limit" => {
+                request.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_EVENT_PAGE).contains(limit))
+                    .ok_or_else(|| bad_parameter("limit", "must be a whole number from 1 to 100"))?;
+            }
+            "cursor" => {
+                request.after = Some(decode_cursor(value).ok_or_else(|| bad_parameter("cursor", "is not valid"))?);
+            }
+            "type" => {
+                let kinds = value
+                    .split(',')
+                    .map(|kind| EventType::parse(kind.trim()))
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|kinds| !kinds.is_empty())
+                    .ok_or_else(|| bad_parameter("type", "must be a comma list of event types"))?;
+                request.kinds = kinds;
+            }
+            "actor_id" => request.actor_id = Some(parse_user(name, value)?),
+            "subject_id" => request.subject_id = Some(parse_user(name, value)?),
+            "since" => request.since = Some(parse_time(name, value)?),
+            "until" => request.until = Some(parse_time(name, value)?),
+            other => return Err(bad_parameter(other, "is not a known parameter")),
+        }
+    }
+    if let (Some(since), Some(until)) = (request.since, request.until)
+        && since > until
+    {
+        return Err(bad_parameter("since", "must not be after until"));
+    }
+    Ok(request)
+}
+
+/// The JSON answer for a page of events at `path`.
+fn page_response(page: &EventPage, base: &str, path: &str, query: &str) -> HttpResponse {
+    let next_cursor = page.next.map(encode_cursor);
+    HttpResponse::Ok().json(EventPageResponse {
+        items: page.events.iter().map(EventResponse::from).collect(),
+        links: PageLinks {
+            this: page_link(base, path, query, current_cursor(query).as_deref()),
+            next: next_cursor.as_deref().map(|cursor| page_link(base, path, query, Some(cursor))),
+        },
+        next_cursor,
+    })
+}
+
+/// The audit trail, newest first (ADMIN only).
+#[utoipa::path(
+    get, path = "/audit", tag = "audit", security(("oauth2" = []), ("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100, default 50"),
+        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given"),
+        ("type" = Option<String>, Query, description = "Only events of these types (a comma list, such as `login.failed,login.throttled`)"),
+        ("actor_id" = Option<Uuid>, Query, description = "Only events by this user"),
+        ("subject_id" = Option<Uuid>, Query, description = "Only events concerning this user"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time (RFC 3339)"),
+    ),
+    responses(
+        (status = 200, body = EventPageResponse),
+        (status = 400, description = "`invalid_parameter`: a parameter malformed, out of range, unknown or given twice", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`forbidden`: the caller is not an ADMIN; or `account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
+    )
+)]
+pub async fn audit<P: Ports>(
+    state: web::Data<AppState<P>>,
+    caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    // Refused before the query is looked at, so a caller without the right learns nothing from its errors.
+    if caller.0.user.role != users_domain::Role::Admin {
+        return Err(ApiError::forbidden());
+    }
+    let allowed = ["limit", "cursor", "type", "actor_id", "subject_id", "since", "until"];
+    let query = parse_event_query(req.query_string(), &allowed)?;
+    let page = state.service.audit_events(&caller.0, query).await?;
+    Ok(page_response(&page, &state.public_base_url, "/audit", req.query_string()))
+}
+
+/// What was done to the caller's account (events whose subject they are), newest first.
+#[utoipa::path(
+    get, path = "/me/activity", tag = "accounts", security(("oauth2" = []), ("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100, default 50"),
+        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given"),
+        ("type" = Option<String>, Query, description = "Only events of these types (a comma list)"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time (RFC 3339)"),
+    ),
+    responses(
+        (status = 200, body = EventPageResponse),
+        (status = 400, description = "`invalid_parameter`: a parameter malformed, out of range, unknown or given twice", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+        (status = 403, description = "`account_locked`", body = Problem, content_type = "application/problem+json"),
+        Unavailable,
+    )
+)]
+pub async fn activity<P: Ports>(
+    state: web::Data<AppState<P>>,
+    caller: Caller,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = parse_event_query(req.query_string(), &["limit", "cursor", "type", "since", "until"])?;
+    let page = state.service.my_activity(&caller.0, query).await?;
+    Ok(page_response(&page, &state.public_base_url, "/me/activity", req.query_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_a_forged_one_is_refused() {
+        let at = OffsetDateTime::parse("2026-12-04T10:00:00.123456Z", &Rfc3339).unwrap();
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor((at, id))), Some((at, id)));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("x:y")), None);
+    }
+
+    #[test]
+    fn filters_parse_and_bad_values_are_refused() {
+        let all = ["limit", "cursor", "type", "actor_id", "subject_id", "since", "until"];
+        let query = parse_event_query("type=login.failed,login.throttled&limit=10", &all).unwrap();
+        assert_eq!(query.kinds, vec![EventType::LoginFailed, EventType::LoginThrottled]);
+        assert_eq!(query.limit, 10);
+        for bad in [
+            "type=nope",
+            "type=",
+            "limit=0",
+            "limit=101",
+            "since=yesterday",
+            "actor_id=42",
+            "limit=1&limit=2",
+            "color=red",
+            "since=2026-12-05T00:00:00Z&until=2026-12-04T00:00:00Z",
+        ] {
+            assert!(parse_event_query(bad, &all).is_err(), "{bad} was accepted");
+        }
+        assert!(parse_event_query("subject_id=0191e1a0-0000-7000-8000-000000000000", &["limit"]).is_err());
+    }
+}
