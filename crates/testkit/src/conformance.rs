@@ -21,13 +21,14 @@ use std::collections::BTreeSet;
 
 use time::{Duration, OffsetDateTime};
 use users_domain::Role;
+use users_domain::audit::{AuditEvent, EventQuery, EventType};
 use users_domain::ports::{
-    AccountRequestKind, AccountRequests, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, FailureCount, Guard,
-    InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount, NewEmailToken, NewMfaChallenge, OutgoingMail,
-    PictureRecords, PictureSize, PictureVariant, PictureWriteError, PortError, ProfileChanges, RequestCounter,
-    Rotation, SealedSecret, SecondFactorAction, SecondFactorChange, SecondFactorError, SecondFactorProof,
-    SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor, UserFields,
-    UserQuery, UserSort, UserStore, UserUpdate,
+    AccountRequestKind, AccountRequests, AuditTrail, BackoffPolicy, EmailTokenPurpose, EmailTokenStore, FailureCount,
+    Guard, InsertUserError, LoginThrottle, MailOutbox, MfaChallenge, NewAccount, NewEmailToken, NewMfaChallenge,
+    OutgoingMail, PictureRecords, PictureSize, PictureVariant, PictureWriteError, PortError, ProfileChanges,
+    RequestCounter, Rotation, SealedSecret, SecondFactorAction, SecondFactorChange, SecondFactorError,
+    SecondFactorProof, SecondFactorStore, SessionEnd, SessionStore, StoredPicture, TotpRecord, UpdateError, UserCursor,
+    UserFields, UserQuery, UserSort, UserStore, UserUpdate,
 };
 use users_domain::session::{NewSession, RefreshToken, Session, SessionId, TokenHash};
 use users_domain::user::{
@@ -46,6 +47,7 @@ pub trait Storage:
     + SecondFactorStore
     + PictureRecords
     + RequestCounter
+    + AuditTrail
 {
 }
 
@@ -59,6 +61,7 @@ impl<T> Storage for T where
         + SecondFactorStore
         + PictureRecords
         + RequestCounter
+        + AuditTrail
 {
 }
 
@@ -118,6 +121,10 @@ macro_rules! conformance_tests {
             concurrent_changes_with_one_time_step_let_exactly_one_apply,
             concurrent_tries_on_the_last_attempt_let_exactly_one_through,
             deleting_a_user_takes_their_second_factor,
+            events_are_written_with_their_change_and_not_with_a_refused_one,
+            events_of_revocations_are_written_only_when_a_session_ends,
+            events_are_listed_newest_first_with_filters_and_pages,
+            events_outlive_the_user_they_name,
         );
     };
     (@checks $fresh:expr; $($check:ident),* $(,)?) => {
@@ -1937,4 +1944,186 @@ pub async fn deleting_a_user_takes_their_second_factor<S: Storage>(store: S) {
     assert!(totp(&store, bob.id).await.is_some());
     assert_eq!(store.recovery_codes_left(bob.id).await.unwrap(), 1);
     assert!(store.take_mfa_attempt(theirs, t0, 5).await.unwrap().is_some());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The audit trail
+// ---------------------------------------------------------------------------------------------------------------
+
+fn event(kind: EventType, subject: Option<UserId>, at: OffsetDateTime) -> AuditEvent {
+    let mut event = AuditEvent::new(kind, at, &users_domain::audit::ClientInfo::default());
+    event.subject_id = subject;
+    event
+}
+
+async fn all_events<S: Storage>(store: &S) -> Vec<AuditEvent> {
+    store.list_events(EventQuery { limit: 1000, ..EventQuery::default() }).await.unwrap()
+}
+
+/// Events travel in a change and are written with it, details and all; a refused change writes none.
+pub async fn events_are_written_with_their_change_and_not_with_a_refused_one<S: Storage>(store: S) {
+    let t0 = now();
+    let ada = new_user("ada@example.com", "ada");
+    let registered = event(EventType::UserRegistered, Some(ada.id), t0)
+        .actor(ada.id, None)
+        .detail("role", "ANONYMOUS")
+        .change("email", "a", "b");
+    let registered =
+        AuditEvent { ip: Some("203.0.113.7".to_owned()), user_agent: Some("ua/1".to_owned()), ..registered };
+    let mut new = account(ada.clone());
+    new.events = vec![registered.clone()];
+    store.insert_user(new).await.unwrap();
+    assert_eq!(all_events(&store).await, vec![registered.clone()], "read back exactly as written");
+
+    let clash = new_user("ADA@example.com", "other");
+    let mut refused = account(clash.clone());
+    refused.events = vec![event(EventType::UserRegistered, Some(clash.id), t0)];
+    assert!(store.insert_user(refused).await.is_err());
+    let mut update = UserUpdate::new(ada.id, t0 + Duration::seconds(1));
+    update.guard.role = Some(Role::Admin);
+    update.events = vec![event(EventType::UserUpdated, Some(ada.id), t0 + Duration::seconds(1))];
+    assert!(matches!(store.update_user(update).await, Err(UpdateError::RoleChanged)));
+    let mut deletion = vec![event(EventType::UserDeleted, Some(ada.id), t0)];
+    assert!(
+        store
+            .delete_user(ada.id, Guard { role: Some(Role::Manager), another_admin: false }, deletion.clone())
+            .await
+            .is_err()
+    );
+    assert_eq!(all_events(&store).await.len(), 1, "refused changes write no event");
+
+    let mut update = UserUpdate::new(ada.id, t0 + Duration::seconds(2));
+    update.fields.email_verified = Some(true);
+    let verified = event(EventType::UserEmailVerified, Some(ada.id), t0 + Duration::seconds(2));
+    update.events = vec![verified.clone()];
+    store.update_user(update).await.unwrap();
+    let (session, _) = new_session(ada.id, t0 + Duration::seconds(3));
+    let login = event(EventType::LoginSucceeded, Some(ada.id), t0 + Duration::seconds(3));
+    store.start_session(session, t0 + Duration::seconds(3), vec![login.clone()]).await.unwrap();
+    let failed = event(EventType::LoginFailed, Some(ada.id), t0 + Duration::seconds(4));
+    store
+        .record_login_failure("ada@example.com".to_owned(), t0, BackoffPolicy::default(), vec![failed.clone()])
+        .await
+        .unwrap();
+    let throttled = event(EventType::LoginThrottled, None, t0 + Duration::seconds(5));
+    store.record_events(vec![throttled.clone()]).await.unwrap();
+    deletion[0].at = t0 + Duration::seconds(6);
+    store.delete_user(ada.id, Guard::default(), deletion.clone()).await.unwrap();
+    let kinds: Vec<EventType> = all_events(&store).await.iter().map(|event| event.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventType::UserDeleted,
+            EventType::LoginThrottled,
+            EventType::LoginFailed,
+            EventType::LoginSucceeded,
+            EventType::UserEmailVerified,
+            EventType::UserRegistered
+        ]
+    );
+}
+
+/// A revocation writes its events only when it revoked a session; ending sessions writes them with the change.
+pub async fn events_of_revocations_are_written_only_when_a_session_ends<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    let (session, _) = start(&store, user.id, t0).await;
+    let revoked = event(EventType::SessionRevoked, Some(user.id), t0);
+    assert!(store.revoke_session(session.id, None, t0, vec![revoked.clone()]).await.unwrap());
+    let again = event(EventType::SessionRevoked, Some(user.id), t0);
+    assert!(!store.revoke_session(session.id, None, t0, vec![again]).await.unwrap());
+    assert_eq!(all_events(&store).await, vec![revoked]);
+
+    let all = event(EventType::SessionRevoked, Some(user.id), t0 + Duration::seconds(1));
+    store.end_sessions(user.id, SessionEnd::All, t0 + Duration::seconds(1), vec![all.clone()]).await.unwrap();
+    assert_eq!(all_events(&store).await.first(), Some(&all));
+
+    let picture = picture(user.id, t0);
+    let uploaded = event(EventType::PictureUploaded, Some(user.id), t0 + Duration::seconds(2));
+    store.insert_active_picture(picture.clone(), t0, vec![uploaded.clone()]).await.unwrap();
+    let deleted = event(EventType::PictureDeleted, Some(user.id), t0 + Duration::seconds(3));
+    assert!(store.archive_active_picture(user.id, t0, vec![deleted.clone()]).await.unwrap().is_some());
+    let nothing = event(EventType::PictureDeleted, Some(user.id), t0 + Duration::seconds(4));
+    assert!(store.archive_active_picture(user.id, t0, vec![nothing]).await.unwrap().is_none());
+    let unknown = event(EventType::PictureRestored, Some(user.id), t0 + Duration::seconds(5));
+    assert!(store.restore_picture(user.id, uuid::Uuid::now_v7(), t0, vec![unknown]).await.unwrap().is_none());
+    let restored = event(EventType::PictureRestored, Some(user.id), t0 + Duration::seconds(6));
+    assert!(store.restore_picture(user.id, picture.id, t0, vec![restored.clone()]).await.unwrap().is_some());
+    let kinds: Vec<EventType> = all_events(&store).await.iter().map(|event| event.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventType::PictureRestored,
+            EventType::PictureDeleted,
+            EventType::PictureUploaded,
+            EventType::SessionRevoked,
+            EventType::SessionRevoked
+        ]
+    );
+}
+
+/// The listing: newest first by time then id, each filter on its own, and keyset pages that meet.
+pub async fn events_are_listed_newest_first_with_filters_and_pages<S: Storage>(store: S) {
+    let t0 = now();
+    let (ada, bob) = (UserId::generate(), UserId::generate());
+    let mut written = Vec::new();
+    for i in 0..12_i64 {
+        let kind = if i % 3 == 0 { EventType::LoginFailed } else { EventType::LoginSucceeded };
+        let subject = if i % 2 == 0 { ada } else { bob };
+        // Pairs share a time, so the id breaks the tie.
+        let mut event = event(kind, Some(subject), t0 + Duration::seconds(i / 2));
+        event.actor_id = Some(if i < 6 { ada } else { bob });
+        written.push(event);
+    }
+    store.record_events(written.clone()).await.unwrap();
+    let mut newest_first = written.clone();
+    newest_first.sort_by_key(|event| std::cmp::Reverse((event.at, event.id)));
+    assert_eq!(all_events(&store).await, newest_first);
+
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_events(EventQuery { limit: 5, after, ..EventQuery::default() }).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.at, last.id));
+        paged.extend(page);
+    }
+    assert_eq!(paged, newest_first, "pages meet without overlap");
+
+    let query = |f: fn(&mut EventQuery)| {
+        let mut query = EventQuery { limit: 100, ..EventQuery::default() };
+        f(&mut query);
+        query
+    };
+    let by_kind = store.list_events(query(|q| q.kinds = vec![EventType::LoginFailed])).await.unwrap();
+    assert_eq!(by_kind.len(), 4);
+    let both =
+        store.list_events(query(|q| q.kinds = vec![EventType::LoginFailed, EventType::LoginSucceeded])).await.unwrap();
+    assert_eq!(both.len(), 12);
+    let mut subject_query = EventQuery { limit: 100, subject_id: Some(ada), ..EventQuery::default() };
+    assert_eq!(store.list_events(subject_query.clone()).await.unwrap().len(), 6);
+    subject_query.actor_id = Some(bob);
+    assert_eq!(store.list_events(subject_query).await.unwrap().len(), 3);
+    let window = EventQuery {
+        limit: 100,
+        since: Some(t0 + Duration::seconds(2)),
+        until: Some(t0 + Duration::seconds(4)),
+        ..EventQuery::default()
+    };
+    let in_window = store.list_events(window).await.unwrap();
+    assert_eq!(in_window.len(), 4, "since is inclusive, until exclusive");
+    assert!(
+        in_window.iter().all(|event| event.at >= t0 + Duration::seconds(2) && event.at < t0 + Duration::seconds(4))
+    );
+}
+
+/// Deleting a user keeps the events that name them.
+pub async fn events_outlive_the_user_they_name<S: Storage>(store: S) {
+    let user = insert(&store, "ada@example.com", "ada").await;
+    let t0 = now();
+    store.record_events(vec![event(EventType::LoginFailed, Some(user.id), t0)]).await.unwrap();
+    let deleted = event(EventType::UserDeleted, Some(user.id), t0 + Duration::seconds(1));
+    store.delete_user(user.id, Guard::default(), vec![deleted]).await.unwrap();
+    let query = EventQuery { limit: 10, subject_id: Some(user.id), ..EventQuery::default() };
+    assert_eq!(store.list_events(query).await.unwrap().len(), 2);
 }
