@@ -16,12 +16,13 @@ CREATE TABLE audit_events (
     details jsonb NOT NULL DEFAULT '{}'::jsonb CONSTRAINT audit_events_details_object CHECK (jsonb_typeof(details) = 'object')
 );
 
--- Newest first, keyset-paged on (at, id): the whole trail, and each filter the listing offers, walk an index in
--- that order and stop after one page, whatever the size of the table. The (at) index also serves the retention.
-CREATE INDEX audit_events_at_idx ON audit_events (at DESC, id DESC);
-CREATE INDEX audit_events_subject_idx ON audit_events (subject_id, at DESC, id DESC) WHERE subject_id IS NOT NULL;
-CREATE INDEX audit_events_actor_idx ON audit_events (actor_id, at DESC, id DESC) WHERE actor_id IS NOT NULL;
-CREATE INDEX audit_events_type_idx ON audit_events (type, at DESC, id DESC);
+-- Newest first, keyset-paged on (at, id): the whole trail, and each filter the listing offers, walk an index
+-- backwards in that order from the cursor (a row comparison `(at, id) < (..)` the index answers) and stop after one
+-- page, whatever the size of the table. The (at, id) index also serves the retention.
+CREATE INDEX audit_events_at_id_idx ON audit_events (at, id);
+CREATE INDEX audit_events_subject_idx ON audit_events (subject_id, at, id) WHERE subject_id IS NOT NULL;
+CREATE INDEX audit_events_actor_idx ON audit_events (actor_id, at, id) WHERE actor_id IS NOT NULL;
+CREATE INDEX audit_events_type_idx ON audit_events (type, at, id);
 
 -- Webhook endpoints, as configured (`WEBHOOK_URLS`, `WEBHOOK_EVENTS`): the service writes this table from its
 -- configuration at start, never from a request, so no user can make it fetch a URL. An endpoint dropped from the

@@ -101,6 +101,8 @@ fn parse_list_query(query: &str) -> Result<ListUsers, ApiError> {
                 request.sort = UserSort::parse(value)
                     .ok_or_else(|| bad_parameter("sort", "must be created_at, -created_at, email or nickname"))?;
             }
+            // An empty cursor is the first page, as if none were given.
+            "cursor" if value.is_empty() => {}
             "cursor" => {
                 request.after = Some(decode_cursor(value).ok_or_else(|| bad_parameter("cursor", "is not valid"))?)
             }
@@ -156,7 +158,7 @@ pub(crate) fn parse_id(raw: &str) -> Result<UserId, ApiError> {
     get, path = "/users", tag = "users", security(("oauth2" = []), ("bearer" = [])),
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Users per page, 1-100, default 20"),
-        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given; any other value is refused"),
+        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given (empty: the first page); any other value is refused"),
         ("q" = Option<String>, Query, pattern = r"^[^\x00-\x1F\x7F-\x9F]{1,100}$", description = "A literal, case-insensitive prefix of email, nickname, first or last name: 1 to 100 characters, no control characters"),
         ("role" = Option<String>, Query, pattern = "^(ANONYMOUS|AUTHENTICATED|MANAGER|ADMIN)$", description = "Only users with this role"),
         ("email_verified" = Option<bool>, Query), ("is_locked" = Option<bool>, Query), ("is_professional" = Option<bool>, Query),

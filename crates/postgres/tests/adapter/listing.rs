@@ -324,3 +324,45 @@ async fn a_row_the_domain_refuses_is_left_out_of_a_listing_instead_of_failing_it
 
     assert_eq!(listed_set(&repository, everyone(100)).await, ids([&ada, &grace]));
 }
+
+#[tokio::test]
+async fn every_listing_of_the_audit_trail_walks_an_index_on_a_large_table() {
+    use users_domain::audit::{EventQuery, EventType};
+    use users_domain::ports::AuditTrail as _;
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    // 200,000 events over 2,000 subjects and 50 actors, a few common types and a rare one, spread over months.
+    execute(
+        &database,
+        "INSERT INTO audit_events (id, at, type, actor_id, subject_id) \
+         SELECT gen_random_uuid(), now() - (i || ' minutes')::interval, \
+                CASE WHEN i % 1000 = 0 THEN 'session.reuse_detected' \
+                     ELSE (ARRAY['login.succeeded', 'login.failed', 'user.updated', 'session.revoked'])[1 + i % 4] END, \
+                ('00000000-0000-4000-8000-' || lpad((i % 50)::text, 12, '0'))::uuid, \
+                ('00000000-0000-4000-9000-' || lpad((i % 2000)::text, 12, '0'))::uuid \
+         FROM generate_series(1, 200000) AS i",
+    )
+    .await;
+    execute(&database, "ANALYZE audit_events").await;
+    let subject = UserId::from_uuid(uuid::Uuid::parse_str("00000000-0000-4000-9000-000000000007").unwrap());
+    let actor = UserId::from_uuid(uuid::Uuid::parse_str("00000000-0000-4000-8000-000000000007").unwrap());
+    let page = EventQuery { limit: 51, ..EventQuery::default() };
+    let first = repository.list_events(page.clone()).await.unwrap();
+    assert_eq!(first.len(), 51);
+    let cursor = first.last().map(|event| (event.at, event.id));
+    for (query, index) in [
+        (page.clone(), "audit_events_at_id_idx"),
+        (EventQuery { after: cursor, ..page.clone() }, "audit_events_at_id_idx"),
+        (EventQuery { subject_id: Some(subject), ..page.clone() }, "audit_events_subject_idx"),
+        (EventQuery { subject_id: Some(subject), after: cursor, ..page.clone() }, "audit_events_subject_idx"),
+        (EventQuery { actor_id: Some(actor), ..page.clone() }, "audit_events_actor_idx"),
+        (EventQuery { kinds: vec![EventType::SessionReuseDetected], ..page.clone() }, "audit_events_type_idx"),
+        // A common type is found soon enough walking the whole trail in order: either index, never a sort.
+        (EventQuery { kinds: vec![EventType::LoginFailed], ..page.clone() }, "audit_events_"),
+    ] {
+        let plan = repository.explain_list_events(query.clone()).await.unwrap();
+        assert!(plan.contains(index), "{query:?} does not use {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{query:?}:\n{plan}");
+        assert!(!plan.contains("Sort"), "{query:?} sorts instead of walking the index:\n{plan}");
+    }
+}
