@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use users_domain::UserId;
@@ -23,15 +21,25 @@ use crate::state::AppState;
 /// The default page size.
 const DEFAULT_PAGE: u32 = 50;
 
-/// Encodes where a page ended (the last event's time and id) as an opaque string.
+/// A cursor: where a page ended, as the last event's time in Unix microseconds and its id. Every string of this
+/// shape is a position in the trail (the next page starts strictly before it), so any value the documented pattern
+/// allows is accepted (the empty string too: the first page); it reveals nothing the page did not show.
+const CURSOR_PATTERN: &str = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
+
 fn encode_cursor((at, id): (OffsetDateTime, Uuid)) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{id}:{}", at.format(&Rfc3339).unwrap_or_default()))
+    format!("{}-{}", at.unix_timestamp_nanos() / 1_000, id.hyphenated())
 }
 
 fn decode_cursor(raw: &str) -> Option<(OffsetDateTime, Uuid)> {
-    let plain = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-    let (id, at) = plain.split_once(':')?;
-    Some((OffsetDateTime::parse(at, &Rfc3339).ok()?, Uuid::parse_str(id).ok()?))
+    let (micros, id) = raw.split_once('-')?;
+    if micros.is_empty() || micros.len() > 16 || !micros.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    if id.len() != 36 || id.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        return None;
+    }
+    let at = OffsetDateTime::from_unix_timestamp_nanos(micros.parse::<i128>().ok()?.checked_mul(1_000)?).ok()?;
+    Some((at, Uuid::parse_str(id).ok()?))
 }
 
 fn parse_time(name: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
@@ -108,7 +116,7 @@ fn page_response(page: &EventPage, base: &str, path: &str, query: &str) -> HttpR
     get, path = "/audit", tag = "audit", security(("oauth2" = []), ("bearer" = [])),
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100, default 50"),
-        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given (empty: the first page); any other value is refused"),
+        ("cursor" = Option<String>, Query, pattern = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$", description = "The `next_cursor` of the previous page: where it ended (empty: the first page)"),
         ("type" = Option<String>, Query, pattern = "^(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored)(,(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored))*$", description = "Only events of these types (a comma list, such as `login.failed,login.throttled`)"),
         ("actor_id" = Option<Uuid>, Query, description = "Only events by this user"),
         ("subject_id" = Option<Uuid>, Query, description = "Only events concerning this user"),
@@ -143,7 +151,7 @@ pub async fn audit<P: Ports>(
     get, path = "/me/activity", tag = "accounts", security(("oauth2" = []), ("bearer" = [])),
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100, default 50"),
-        ("cursor" = Option<String>, Query, description = "The opaque `next_cursor` of the previous page, as given (empty: the first page); any other value is refused"),
+        ("cursor" = Option<String>, Query, pattern = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$", description = "The `next_cursor` of the previous page: where it ended (empty: the first page)"),
         ("type" = Option<String>, Query, pattern = "^(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored)(,(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored))*$", description = "Only events of these types (a comma list)"),
         ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time (RFC 3339)"),
         ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time (RFC 3339)"),
@@ -171,12 +179,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cursor_round_trips_and_a_forged_one_is_refused() {
+    fn a_cursor_round_trips_matches_its_pattern_and_anything_else_is_refused() {
         let at = OffsetDateTime::parse("2026-12-04T10:00:00.123456Z", &Rfc3339).unwrap();
         let id = Uuid::now_v7();
-        assert_eq!(decode_cursor(&encode_cursor((at, id))), Some((at, id)));
-        assert_eq!(decode_cursor("not-a-cursor"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("x:y")), None);
+        let cursor = encode_cursor((at, id));
+        assert_eq!(decode_cursor(&cursor), Some((at, id)));
+        // The pattern the document gives is the one this decoder accepts.
+        let document = serde_json::to_string(&<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi()).unwrap();
+        let documented = serde_json::to_string(CURSOR_PATTERN).unwrap();
+        assert_eq!(document.matches(documented.as_str()).count(), 2, "both listings document the cursor pattern");
+        for bad in [
+            "",
+            "not-a-cursor",
+            "12345678901234567-0191e1a0-0000-7000-8000-000000000000",
+            "-0191e1a0-0000-7000-8000-000000000000",
+            "1-0191E1A0-0000-7000-8000-000000000000",
+            "1-zz",
+            "1",
+        ] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+        // The largest and smallest positions the pattern allows are positions, not errors.
+        assert!(decode_cursor("9999999999999999-0191e1a0-0000-7000-8000-000000000000").is_some());
+        assert!(decode_cursor("0-00000000-0000-0000-0000-000000000000").is_some());
     }
 
     #[test]
