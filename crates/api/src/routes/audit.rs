@@ -21,11 +21,10 @@ use crate::state::AppState;
 /// The default page size.
 const DEFAULT_PAGE: u32 = 50;
 
-/// A cursor: where a page ended, as the last event's time in Unix microseconds and its id. Every string of this
-/// shape is a position in the trail (the next page starts strictly before it), so any value the documented pattern
-/// allows is accepted (the empty string too: the first page); it reveals nothing the page did not show.
-const CURSOR_PATTERN: &str = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
-
+/// A cursor: where a page ended, as the last event's time in Unix microseconds and its id. Every string of the
+/// documented shape (`CURSOR_PATTERN` in the tests) is a position in the trail (the next page starts strictly before
+/// it), so any value the pattern allows is accepted (the empty string too: the first page); it reveals nothing the
+/// page did not show.
 fn encode_cursor((at, id): (OffsetDateTime, Uuid)) -> String {
     format!("{}-{}", at.unix_timestamp_nanos() / 1_000, id.hyphenated())
 }
@@ -177,6 +176,9 @@ pub async fn activity<P: Ports>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cursor's shape as the OpenAPI document gives it.
+    const CURSOR_PATTERN: &str = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
 
     #[test]
     fn a_cursor_round_trips_matches_its_pattern_and_anything_else_is_refused() {
