@@ -35,8 +35,8 @@ CREATE TABLE webhook_endpoints (
     active boolean NOT NULL DEFAULT true
 );
 
--- The webhook outbox: one row per event and active endpoint whose filter matches, inserted by the statement that
--- writes the event (so in the change's transaction). Workers claim due rows with SKIP LOCKED and lease them by
+-- The webhook outbox: one row per event and active endpoint whose filter matches, inserted by the trigger below
+-- as the event is written (so in the change's transaction). Workers claim due rows with SKIP LOCKED and lease them by
 -- moving next_attempt_at, like the mail outbox; a 2xx marks the row delivered, anything else schedules a retry
 -- with backoff until the endpoint's attempts are used up (then dead).
 CREATE TABLE webhook_deliveries (
@@ -51,3 +51,17 @@ CREATE TABLE webhook_deliveries (
 );
 
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+
+-- Queues an event's deliveries as it is written: in the same transaction, whichever instance writes it, and at the
+-- cost of one lookup in the (tiny) endpoint table, planned once per connection.
+CREATE FUNCTION audit_events_queue_webhooks() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at)
+    SELECT NEW.id, endpoint.id, NEW.at FROM webhook_endpoints endpoint
+    WHERE endpoint.active AND (endpoint.events @> ARRAY[NEW.type] OR endpoint.events @> ARRAY['*']);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER audit_events_queue_webhooks AFTER INSERT ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION audit_events_queue_webhooks();

@@ -1,7 +1,8 @@
-//! The audit trail on `audit_events`: [`insert_events`] writes a change's events inside its transaction (and, in
-//! the same statement, queues one webhook delivery per matching active endpoint); [`AuditTrail`] writes events that
-//! stand alone and reads pages of the trail.
+//! The audit trail on `audit_events`: [`insert_events`] writes a change's events inside its transaction (the
+//! table's trigger queues one webhook delivery per matching active endpoint in the same transaction);
+//! [`AuditTrail`] writes events that stand alone and reads pages of the trail.
 
+use diesel::prelude::Insertable;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::{QueryableByName, sql_query};
@@ -14,18 +15,7 @@ use uuid::Uuid;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
-
-/// Writes one event and queues its webhook deliveries, in one statement. An endpoint takes the event when its
-/// filter lists the event's type or `*`.
-const INSERT_EVENT: &str = "\
-    WITH event AS ( \
-        INSERT INTO audit_events (id, at, type, actor_id, subject_id, session_id, ip, user_agent, details) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) \
-        RETURNING id, type, at \
-    ) \
-    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at) \
-    SELECT event.id, endpoint.id, event.at FROM event \
-    JOIN webhook_endpoints endpoint ON endpoint.active AND (endpoint.events @> ARRAY[event.type] OR endpoint.events @> ARRAY['*'])";
+use crate::schema::audit_events;
 
 /// One page of the trail, newest first, after the cursor ($1, $2), filtered by the types in $3 ([`TYPE_FILTER`]
 /// goes in the gap). Each other filter is a no-op when its parameter is null; the statement is planned with the
@@ -42,26 +32,49 @@ const LIST_EVENTS: &str = "\
     ORDER BY at DESC, id DESC \
     LIMIT $8";
 
-/// Writes events (and queues their webhook deliveries); run inside the transaction of the change they record, as
-/// its last step (or next to last). Each event counts once on `audit_events_total{type}` as it is written: a
-/// transaction that then fails to commit leaves its events counted, which only happens when the database fails.
+/// An event as inserted.
+#[derive(Insertable)]
+#[diesel(table_name = audit_events)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+struct NewEventRow<'a> {
+    id: Uuid,
+    at: OffsetDateTime,
+    kind: &'static str,
+    actor_id: Option<Uuid>,
+    subject_id: Option<Uuid>,
+    session_id: Option<Uuid>,
+    ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    details: serde_json::Value,
+}
+
+impl<'a> From<&'a AuditEvent> for NewEventRow<'a> {
+    fn from(event: &'a AuditEvent) -> Self {
+        Self {
+            id: event.id,
+            at: event.at,
+            kind: event.kind.as_str(),
+            actor_id: event.actor_id.map(|id| id.as_uuid()),
+            subject_id: event.subject_id.map(|id| id.as_uuid()),
+            session_id: event.session_id.map(|id| id.as_uuid()),
+            ip: event.ip.as_deref(),
+            user_agent: event.user_agent.as_deref(),
+            details: serde_json::Value::Object(event.details.clone()),
+        }
+    }
+}
+
+/// Writes events; run inside the transaction of the change they record, as its last step (or next to last). Each
+/// is one single-row insert, a statement the connection prepares once and reuses; the table's trigger queues the
+/// event's webhook deliveries in the same transaction. Each event counts once on `audit_events_total{type}` as it is
+/// written: a transaction that then fails to commit leaves its events counted, which only happens when the database
+/// fails.
 pub(crate) async fn insert_events(
     connection: &mut AsyncPgConnection,
     events: &[AuditEvent],
 ) -> Result<(), DieselError> {
     for event in events {
-        sql_query(INSERT_EVENT)
-            .bind::<SqlUuid, _>(event.id)
-            .bind::<Timestamptz, _>(event.at)
-            .bind::<Text, _>(event.kind.as_str())
-            .bind::<Nullable<SqlUuid>, _>(event.actor_id.map(|id| id.as_uuid()))
-            .bind::<Nullable<SqlUuid>, _>(event.subject_id.map(|id| id.as_uuid()))
-            .bind::<Nullable<SqlUuid>, _>(event.session_id.map(|id| id.as_uuid()))
-            .bind::<Nullable<Text>, _>(event.ip.as_deref())
-            .bind::<Nullable<Text>, _>(event.user_agent.as_deref())
-            .bind::<Text, _>(serde_json::Value::Object(event.details.clone()).to_string())
-            .execute(connection)
-            .await?;
+        diesel::insert_into(audit_events::table).values(NewEventRow::from(event)).execute(connection).await?;
         metrics::counter!("audit_events_total", "type" => event.kind.as_str()).increment(1);
     }
     Ok(())

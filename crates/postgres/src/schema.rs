@@ -192,3 +192,18 @@ diesel::table! {
         activates_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    audit_events (id) {
+        id -> Uuid,
+        at -> Timestamptz,
+        #[sql_name = "type"]
+        kind -> Text,
+        actor_id -> Nullable<Uuid>,
+        subject_id -> Nullable<Uuid>,
+        session_id -> Nullable<Uuid>,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        details -> Jsonb,
+    }
+}

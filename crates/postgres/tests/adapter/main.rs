@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod attacks_shared_state;
+mod audit;
 mod availability;
 mod email_tokens;
 mod housekeeping;
