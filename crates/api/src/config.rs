@@ -4,7 +4,7 @@
 //! names the variable, so a typo never silently falls back to a default.
 //!
 //! Secret-bearing variables (`DATABASE_URL`, `S3_ACCESS_KEY`, `S3_SECRET_KEY`, `SMTP_PASSWORD`,
-//! `BOOTSTRAP_ADMIN_PASSWORD`) may instead be given as `NAME_FILE`, the path of a file holding the value (as
+//! `BOOTSTRAP_ADMIN_PASSWORD`, `WEBHOOK_SECRET`) may instead be given as `NAME_FILE`, the path of a file holding the value (as
 //! Docker and Kubernetes secrets are mounted), so the secret stays out of the process environment; one trailing
 //! newline of the file is dropped. Setting both forms is an error naming both.
 
@@ -78,6 +78,80 @@ impl std::fmt::Debug for BootstrapAdmin {
     }
 }
 
+/// Webhook delivery (`WEBHOOK_*`): where events go, which ones, signed with what.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// `WEBHOOK_URLS`: the endpoints, each an absolute `http` or `https` URL.
+    pub urls: Vec<String>,
+    /// `WEBHOOK_EVENTS`: the event types delivered, or `*` for all.
+    pub events: Vec<String>,
+    /// The signing key: `WEBHOOK_SECRET` (or its file) after `whsec_`, base64-decoded.
+    pub key: Vec<u8>,
+    /// `WEBHOOK_MAX_ATTEMPTS`: attempts per delivery before it is dead.
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("urls", &self.urls)
+            .field("events", &self.events)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most attempts `WEBHOOK_MAX_ATTEMPTS` may ask for: with the backoff capped at an hour, about two weeks.
+const MAX_WEBHOOK_ATTEMPTS: u32 = 30;
+
+/// Reads `WEBHOOK_*`; `None` when no URL is set.
+fn webhooks(vars: &Vars<'_>) -> Result<Option<WebhookConfig>, ConfigError> {
+    let secret = vars.secret("WEBHOOK_SECRET", "WEBHOOK_SECRET_FILE")?;
+    let Some(raw_urls) = vars.get("WEBHOOK_URLS") else {
+        return Ok(None);
+    };
+    let mut urls = Vec::new();
+    for raw in raw_urls.split(',').map(str::trim).filter(|raw| !raw.is_empty()) {
+        let url = Url::parse(raw).map_err(|_| invalid("WEBHOOK_URLS", format!("{raw:?} is not an absolute URL")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || raw.len() > 2048 {
+            return Err(invalid("WEBHOOK_URLS", format!("{raw:?} is not an http or https URL")));
+        }
+        if !urls.contains(&url.to_string()) {
+            urls.push(url.to_string());
+        }
+    }
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let secret =
+        secret.ok_or_else(|| invalid("WEBHOOK_SECRET", "must be set (or WEBHOOK_SECRET_FILE) with WEBHOOK_URLS"))?;
+    let key = secret
+        .strip_prefix("whsec_")
+        .and_then(|encoded| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(encoded).ok()
+        })
+        .filter(|key| key.len() >= 24 && key.len() <= 64)
+        .ok_or_else(|| invalid("WEBHOOK_SECRET", "must be whsec_ followed by 24 to 64 bytes in base64"))?;
+    let mut events = Vec::new();
+    for name in vars.string("WEBHOOK_EVENTS", "*").split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        if name != "*" && users_domain::audit::EventType::parse(name).is_none() {
+            return Err(invalid("WEBHOOK_EVENTS", format!("{name:?} is not an event type (or *)")));
+        }
+        if !events.iter().any(|known| known == name) {
+            events.push(name.to_owned());
+        }
+    }
+    if events.is_empty() {
+        return Err(invalid("WEBHOOK_EVENTS", "must name at least one event type, or *"));
+    }
+    let max_attempts = vars.parsed("WEBHOOK_MAX_ATTEMPTS", 10_u32, "a whole number")?;
+    if max_attempts == 0 || max_attempts > MAX_WEBHOOK_ATTEMPTS {
+        return Err(invalid("WEBHOOK_MAX_ATTEMPTS", "must be from 1 to 30"));
+    }
+    Ok(Some(WebhookConfig { urls, events, key, max_attempts }))
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -128,6 +202,8 @@ pub struct Config {
     pub retention: Duration,
     /// `AUDIT_RETENTION`: how long audit events are kept (at least a day).
     pub audit_retention: Duration,
+    /// `WEBHOOK_*`: event delivery, when `WEBHOOK_URLS` is set.
+    pub webhooks: Option<WebhookConfig>,
     /// `PURGE_INTERVAL`: how often `serve` runs housekeeping.
     pub purge_interval: Duration,
     /// `LOG_FORMAT`.
@@ -450,6 +526,7 @@ impl Config {
             rate_limit_per_minute,
             retention,
             audit_retention,
+            webhooks: webhooks(&vars)?,
             purge_interval,
             log_format,
             metrics_bind_addr: vars.optional_addr("METRICS_BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
@@ -661,21 +738,23 @@ mod tests {
     }
 
     /// Secret-bearing variables and their file forms.
-    const SECRETS: [(&str, &str); 5] = [
+    const SECRETS: [(&str, &str); 6] = [
         ("DATABASE_URL", "DATABASE_URL_FILE"),
         ("S3_ACCESS_KEY", "S3_ACCESS_KEY_FILE"),
         ("S3_SECRET_KEY", "S3_SECRET_KEY_FILE"),
         ("SMTP_PASSWORD", "SMTP_PASSWORD_FILE"),
         ("BOOTSTRAP_ADMIN_PASSWORD", "BOOTSTRAP_ADMIN_PASSWORD_FILE"),
+        ("WEBHOOK_SECRET", "WEBHOOK_SECRET_FILE"),
     ];
 
     /// The settings under which every secret of [`SECRETS`] is read.
-    const USING_EVERY_SECRET: [(&str, &str); 5] = [
+    const USING_EVERY_SECRET: [(&str, &str); 6] = [
         ("STORAGE_BACKEND", "s3"),
         ("S3_ENDPOINT", "http://127.0.0.1:3900"),
         ("MAIL_BACKEND", "smtp"),
         ("BOOTSTRAP_ADMIN_EMAIL", "admin@example.com"),
         ("BIND_ADDR", "127.0.0.1:0"),
+        ("WEBHOOK_URLS", "https://hooks.example.com/users"),
     ];
 
     /// A file holding `contents`, removed when dropped.
@@ -706,8 +785,10 @@ mod tests {
         let secret = SecretFile::new("secret key with a trailing space \n\n");
         let smtp = SecretFile::new("smtp-password");
         let admin = SecretFile::new("a long admin passphrase\n");
+        let hook = SecretFile::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
         let mut pairs = USING_EVERY_SECRET.to_vec();
         pairs.extend([
+            ("WEBHOOK_SECRET_FILE", hook.path()),
             ("DATABASE_URL_FILE", url.path()),
             ("S3_ACCESS_KEY_FILE", access.path()),
             ("S3_SECRET_KEY_FILE", secret.path()),
@@ -722,6 +803,7 @@ mod tests {
         let MailBackend::Smtp(smtp) = &config.mail else { panic!("expected SMTP: {:?}", config.mail) };
         assert_eq!(smtp.password.as_deref(), Some("smtp-password"));
         assert_eq!(config.bootstrap_admin.unwrap().password, "a long admin passphrase");
+        assert_eq!(config.webhooks.unwrap().key.len(), 24);
     }
 
     #[test]
@@ -729,13 +811,60 @@ mod tests {
         let file = SecretFile::new("value\n");
         for (name, file_name) in SECRETS {
             let mut pairs = USING_EVERY_SECRET.to_vec();
-            pairs.extend([("S3_ACCESS_KEY", "a"), ("S3_SECRET_KEY", "b"), ("BOOTSTRAP_ADMIN_PASSWORD", "c")]);
+            pairs.extend([
+                ("S3_ACCESS_KEY", "a"),
+                ("S3_SECRET_KEY", "b"),
+                ("BOOTSTRAP_ADMIN_PASSWORD", "c"),
+                ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ]);
             pairs.retain(|(key, _)| *key != name);
             pairs.extend([(name, "direct"), (file_name, file.path())]);
             let error = config(&pairs).unwrap_err();
             assert_eq!(error.variable, name);
             let message = error.to_string();
             assert!(message.contains(name) && message.contains(file_name), "{message}");
+        }
+    }
+
+    #[test]
+    fn webhooks_need_a_secret_known_event_types_and_http_urls() {
+        const SECRET: (&str, &str) = ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_eq!(config(&[SECRET]).unwrap().webhooks, None, "no URL, no webhooks");
+        let hooks = config(&[
+            SECRET,
+            ("WEBHOOK_URLS", "https://a.example/hook, http://b.example:8080/x,https://a.example/hook"),
+            ("WEBHOOK_EVENTS", "login.failed,session.reuse_detected"),
+            ("WEBHOOK_MAX_ATTEMPTS", "3"),
+        ])
+        .unwrap()
+        .webhooks
+        .unwrap();
+        assert_eq!(hooks.urls, ["https://a.example/hook", "http://b.example:8080/x"]);
+        assert_eq!(hooks.events, ["login.failed", "session.reuse_detected"]);
+        assert_eq!(hooks.max_attempts, 3);
+        assert!(!format!("{hooks:?}").contains("MfKQ"), "the key stays out of Debug output");
+        let defaults = config(&[SECRET, ("WEBHOOK_URLS", "https://a.example/hook")]).unwrap().webhooks.unwrap();
+        assert_eq!((defaults.events, defaults.max_attempts), (vec!["*".to_owned()], 10));
+        for (pairs, variable) in [
+            (vec![("WEBHOOK_URLS", "https://a.example/hook")], "WEBHOOK_SECRET"),
+            (vec![SECRET, ("WEBHOOK_URLS", "ftp://a.example/hook")], "WEBHOOK_URLS"),
+            (vec![SECRET, ("WEBHOOK_URLS", "/relative")], "WEBHOOK_URLS"),
+            (
+                vec![("WEBHOOK_SECRET", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), ("WEBHOOK_URLS", "https://a.example")],
+                "WEBHOOK_SECRET",
+            ),
+            (vec![("WEBHOOK_SECRET", "whsec_c2hvcnQ="), ("WEBHOOK_URLS", "https://a.example")], "WEBHOOK_SECRET"),
+            (vec![SECRET, ("WEBHOOK_URLS", "https://a.example"), ("WEBHOOK_EVENTS", "login.nope")], "WEBHOOK_EVENTS"),
+            (
+                vec![SECRET, ("WEBHOOK_URLS", "https://a.example"), ("WEBHOOK_MAX_ATTEMPTS", "0")],
+                "WEBHOOK_MAX_ATTEMPTS",
+            ),
+            (
+                vec![SECRET, ("WEBHOOK_URLS", "https://a.example"), ("WEBHOOK_MAX_ATTEMPTS", "31")],
+                "WEBHOOK_MAX_ATTEMPTS",
+            ),
+        ] {
+            assert_eq!(config(&pairs).unwrap_err().variable, variable, "{pairs:?}");
         }
     }
 

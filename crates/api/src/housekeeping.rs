@@ -64,6 +64,7 @@ async fn round(db: &PgRepository, settings: PurgeSettings) {
             login_attempts = purged.login_attempts,
             rate_limit_windows = purged.rate_limit_windows,
             outbox_mails = purged.outbox_mails,
+            webhook_deliveries = purged.webhook_deliveries,
             audit_events = purged.audit_events,
             "housekeeping round done"
         ),

@@ -80,8 +80,9 @@ pub(crate) async fn insert_events(
     Ok(())
 }
 
+/// An event as read back.
 #[derive(QueryableByName)]
-struct EventRow {
+pub(crate) struct EventRow {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
     #[diesel(sql_type = Timestamptz)]
@@ -105,7 +106,7 @@ struct EventRow {
 impl EventRow {
     /// The event, or `None` for a type this version does not know (written by a newer one): skipped, like rows
     /// that no longer parse elsewhere.
-    fn into_event(self) -> Option<AuditEvent> {
+    pub(crate) fn into_event(self) -> Option<AuditEvent> {
         let kind = EventType::parse(&self.r#type)?;
         let details = match serde_json::from_str(&self.details) {
             Ok(serde_json::Value::Object(map)) => map,

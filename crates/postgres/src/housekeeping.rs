@@ -14,6 +14,7 @@
 //! - login backoff counts last changed before the cutoff whose block, if any, is over.
 //! - rate-limit windows that started before the cutoff (the caller keeps the retention longer than a window).
 //! - outbox rows sent, or given up on (dead), before the cutoff; pending mail is never touched.
+//! - webhook deliveries delivered, or given up on (dead), before the cutoff; pending ones are never touched.
 //! - audit events older than their own cutoff, `now - audit_retention` (`AUDIT_RETENTION`, a year by default),
 //!   with their webhook deliveries.
 //!
@@ -75,6 +76,8 @@ pub struct Purged {
     pub rate_limit_windows: u64,
     /// Sent or dead outbox rows.
     pub outbox_mails: u64,
+    /// Delivered or dead webhook deliveries.
+    pub webhook_deliveries: u64,
     /// Audit events past the audit retention.
     pub audit_events: u64,
 }
@@ -82,7 +85,7 @@ pub struct Purged {
 impl Purged {
     /// Each kind with its count, in a fixed order, for reports and logs.
     #[must_use]
-    pub const fn kinds(&self) -> [(&'static str, u64); 8] {
+    pub const fn kinds(&self) -> [(&'static str, u64); 9] {
         [
             ("sessions", self.sessions),
             ("refresh_tokens", self.refresh_tokens),
@@ -91,6 +94,7 @@ impl Purged {
             ("login_attempts", self.login_attempts),
             ("rate_limit_windows", self.rate_limit_windows),
             ("outbox_mails", self.outbox_mails),
+            ("webhook_deliveries", self.webhook_deliveries),
             ("audit_events", self.audit_events),
         ]
     }
@@ -122,7 +126,7 @@ struct Kind {
 
 /// In dependency order: refresh tokens before the sessions they belong to, so that deleting a session never
 /// cascades to an unbounded number of tokens in one statement.
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind {
         name: "refresh tokens",
         delete_batch: "DELETE FROM refresh_tokens WHERE token_hash IN ( \
@@ -175,6 +179,14 @@ const KINDS: [Kind; 8] = [
             WHERE status <> 'pending' AND coalesce(sent_at, next_attempt_at) < $1 LIMIT $3)",
         audit: false,
         count: |purged| &mut purged.outbox_mails,
+    },
+    Kind {
+        name: "webhook deliveries",
+        delete_batch: "DELETE FROM webhook_deliveries WHERE (event_id, endpoint_id) IN ( \
+            SELECT event_id, endpoint_id FROM webhook_deliveries \
+            WHERE status <> 'pending' AND coalesce(delivered_at, next_attempt_at) < $1 LIMIT $3)",
+        audit: false,
+        count: |purged| &mut purged.webhook_deliveries,
     },
     Kind {
         name: "audit events",

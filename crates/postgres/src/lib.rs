@@ -40,6 +40,7 @@ mod signing_keys;
 mod throttle;
 mod tls;
 mod users;
+mod webhooks;
 
 pub use housekeeping::{
     DEFAULT_AUDIT_RETENTION, DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged,
@@ -47,3 +48,4 @@ pub use housekeeping::{
 pub use repository::{ConnectionPool, PgRepository, connection_pool};
 pub use setup::{PgConfig, PgSetupError, run_migrations};
 pub use signing_keys::StoredSigningKey;
+pub use webhooks::{ClaimedDelivery, DeliveryOutcome};

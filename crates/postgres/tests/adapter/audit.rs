@@ -49,3 +49,67 @@ async fn without_endpoints_an_event_queues_nothing() {
     assert_eq!(count(&database, "SELECT count(*) AS count FROM audit_events").await, 1);
     assert_eq!(count(&database, "SELECT count(*) AS count FROM webhook_deliveries").await, 0);
 }
+
+#[tokio::test]
+async fn deliveries_are_claimed_once_under_a_lease_retried_and_given_up() {
+    use time::Duration;
+    use users_postgres::DeliveryOutcome;
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    repository.sync_webhook_endpoints(&["https://a.example/hook".to_owned()], &["*".to_owned()]).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let events: Vec<AuditEvent> =
+        (0..40).map(|_| AuditEvent::new(EventType::LoginFailed, now, &ClientInfo::default())).collect();
+    repository.record_events(events.clone()).await.unwrap();
+
+    // Concurrent claims never hand out the same delivery.
+    let lease = Duration::seconds(30);
+    let claims = tokio::join!(
+        repository.claim_webhook_deliveries(now, 15, lease),
+        repository.claim_webhook_deliveries(now, 15, lease),
+        repository.claim_webhook_deliveries(now, 15, lease),
+        repository.claim_webhook_deliveries(now, 15, lease),
+    );
+    let claims = [claims.0, claims.1, claims.2, claims.3];
+    let mut claimed: Vec<uuid::Uuid> =
+        claims.into_iter().flat_map(|claim| claim.unwrap()).map(|d| d.event.id).collect();
+    assert_eq!(claimed.len(), 40);
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), 40, "no delivery claimed twice");
+    assert!(repository.claim_webhook_deliveries(now, 100, Duration::seconds(30)).await.unwrap().is_empty(), "leased");
+
+    // Once the lease runs out they are due again; outcomes are recorded once.
+    let later = now + Duration::seconds(31);
+    let again = repository.claim_webhook_deliveries(later, 3, Duration::seconds(30)).await.unwrap();
+    assert_eq!(again.len(), 3);
+    let (first, second, third) = (&again[0], &again[1], &again[2]);
+    repository
+        .finish_webhook_attempt(first.event.id, first.endpoint_id, later, &DeliveryOutcome::Delivered)
+        .await
+        .unwrap();
+    let retry = DeliveryOutcome::RetryAt(later + Duration::seconds(2), "HTTP 500".to_owned());
+    repository.finish_webhook_attempt(second.event.id, second.endpoint_id, later, &retry).await.unwrap();
+    let dead = DeliveryOutcome::Dead("connection refused".to_owned());
+    repository.finish_webhook_attempt(third.event.id, third.endpoint_id, later, &dead).await.unwrap();
+    let status = |event: &AuditEvent| {
+        format!(
+            "SELECT count(*) AS count FROM webhook_deliveries WHERE event_id = '{}' AND attempts = 1 AND status",
+            event.id
+        )
+    };
+    assert_eq!(count(&database, &format!("{} = 'delivered'", status(&first.event))).await, 1);
+    assert_eq!(count(&database, &format!("{} = 'pending'", status(&second.event))).await, 1);
+    assert_eq!(count(&database, &format!("{} = 'dead'", status(&third.event))).await, 1);
+    let retried = repository.claim_webhook_deliveries(later + Duration::seconds(100), 100, Duration::seconds(30)).await;
+    let retried: Vec<_> = retried.unwrap().into_iter().map(|d| (d.event.id, d.attempts)).collect();
+    assert!(retried.contains(&(second.event.id, 1)), "the failed one comes back, counting its attempt");
+    assert!(!retried.iter().any(|(id, _)| *id == first.event.id || *id == third.event.id));
+
+    // An endpoint dropped from the configuration gets no more attempts; it resumes when it comes back.
+    repository.sync_webhook_endpoints(&["https://b.example/hook".to_owned()], &["*".to_owned()]).await.unwrap();
+    let far = later + Duration::hours(1);
+    assert!(repository.claim_webhook_deliveries(far, 100, Duration::seconds(30)).await.unwrap().is_empty());
+    repository.sync_webhook_endpoints(&["https://a.example/hook".to_owned()], &["*".to_owned()]).await.unwrap();
+    assert_eq!(repository.claim_webhook_deliveries(far, 100, Duration::seconds(30)).await.unwrap().len(), 38);
+}

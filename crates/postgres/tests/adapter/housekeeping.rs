@@ -109,7 +109,25 @@ async fn seed(database: &TestDatabase) -> Purged {
         database,
         "INSERT INTO audit_events (id, at, type) VALUES \
          (gen_random_uuid(), now() - interval '400 days', 'login.failed'), \
-         (gen_random_uuid(), now() - interval '30 days', 'login.failed')",
+         ('00000000-0000-4000-8000-0000000000aa', now() - interval '30 days', 'login.failed')",
+    )
+    .await;
+    // Webhook deliveries of the kept event: delivered or dead a week ago (go); pending however old, and delivered
+    // yesterday (stay).
+    execute(
+        database,
+        "INSERT INTO webhook_endpoints (id, url, events) VALUES \
+         (1, 'https://hooks.example/a', ARRAY['*']), (2, 'https://hooks.example/b', ARRAY['*']), \
+         (3, 'https://hooks.example/c', ARRAY['*']), (4, 'https://hooks.example/d', ARRAY['*'])",
+    )
+    .await;
+    execute(
+        database,
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, next_attempt_at, delivered_at) VALUES \
+         ('00000000-0000-4000-8000-0000000000aa', 1, 'delivered', now() - interval '9 days', now() - interval '8 days'), \
+         ('00000000-0000-4000-8000-0000000000aa', 2, 'dead', now() - interval '8 days', NULL), \
+         ('00000000-0000-4000-8000-0000000000aa', 3, 'pending', now() - interval '30 days', NULL), \
+         ('00000000-0000-4000-8000-0000000000aa', 4, 'delivered', now() - interval '1 day', now() - interval '1 day')",
     )
     .await;
     Purged {
@@ -120,6 +138,7 @@ async fn seed(database: &TestDatabase) -> Purged {
         login_attempts: 2,
         rate_limit_windows: 1,
         outbox_mails: 2,
+        webhook_deliveries: 2,
         audit_events: 1,
     }
 }
@@ -159,6 +178,12 @@ async fn old_rows_of_every_kind_go_and_live_fresh_and_pending_ones_stay() {
         1
     );
     assert_eq!(rows(&database, "audit_events").await, 1, "only the event past AUDIT_RETENTION went");
+    assert_eq!(
+        count(&database, "SELECT count(*) AS count FROM webhook_deliveries WHERE endpoint_id IN (3, 4)").await,
+        2,
+        "pending and recent deliveries stay"
+    );
+    assert_eq!(rows(&database, "webhook_deliveries").await, 2);
     assert_eq!(rows(&database, "account_requests").await, 1);
     assert_eq!(rows(&database, "users").await, 3, "accounts are never housekeeping's");
 
