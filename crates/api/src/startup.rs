@@ -26,6 +26,7 @@ use crate::signing_keys::{KeyReloader, SharedKeys};
 use crate::state::{AppPorts, AppService, AppState, Jwks};
 use crate::storage::AppStore;
 use crate::telemetry::observe;
+use crate::webhooks::WebhookWorker;
 
 /// Runs the embedded migrations against `DATABASE_URL`.
 ///
@@ -140,6 +141,7 @@ pub struct Application {
     port: u16,
     metrics: Option<MetricsListener>,
     outbox: OutboxWorker,
+    webhooks: Option<WebhookWorker>,
     housekeeping: HousekeepingWorker,
     key_reloader: Option<KeyReloader>,
 }
@@ -220,9 +222,17 @@ impl Application {
         .run();
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
         let outbox = OutboxWorker::start(mailer, requests, config.mail_lease);
+        let webhooks = match &config.webhooks {
+            Some(webhooks) => Some(WebhookWorker::start(db.clone(), webhooks.clone()).await?),
+            None => {
+                // Without WEBHOOK_URLS nothing is delivered: every endpoint stops taking events.
+                db.sync_webhook_endpoints(&[], &[]).await.context("turning the webhook endpoints off")?;
+                None
+            }
+        };
         let housekeeping = HousekeepingWorker::start(db, config.purge_settings(), config.purge_interval);
         let key_reloader = shared_keys.map(|keys| KeyReloader::start(keys, tokens));
-        Ok(Self { server, port, metrics, outbox, housekeeping, key_reloader })
+        Ok(Self { server, port, metrics, outbox, webhooks, housekeeping, key_reloader })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -262,6 +272,9 @@ impl Application {
         // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
         // outbox for the next start.
         self.outbox.stop().await;
+        if let Some(webhooks) = self.webhooks {
+            webhooks.stop().await;
+        }
         if let Some(reloader) = self.key_reloader {
             reloader.stop().await;
         }
