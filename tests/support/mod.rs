@@ -19,6 +19,7 @@ pub mod maildev;
 pub mod raw;
 pub mod topology;
 pub mod totp;
+pub mod webhook_receiver;
 
 use serde_json::{Value, json};
 use users_api::config::Config;
