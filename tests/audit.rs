@@ -11,6 +11,7 @@ use image::{DynamicImage, ImageFormat, RgbImage};
 use serde_json::{Value, json};
 use users_e2e::maildev::{MailDev, link};
 use users_e2e::totp::{base32_decode, step_with_time_left, totp};
+use users_e2e::webhook_receiver::Receiver;
 use users_e2e::{BinaryApp, STRONG_PASSWORD, assert_problem, json_body, login_json, str_of, unique_email};
 
 const ADMIN: &str = "root@audit.example";
@@ -19,6 +20,8 @@ const THIRD_PASSWORD: &str = "copper-meadow-falcon-58";
 
 struct Trail {
     app: BinaryApp,
+    /// Every event is delivered here too.
+    receiver: Receiver,
     maildev: MailDev,
     admin: String,
     /// Every secret the test handled, none of which may appear in the trail.
@@ -28,15 +31,20 @@ struct Trail {
 impl Trail {
     async fn start() -> Self {
         let maildev = MailDev::shared();
+        let mut receiver = Receiver::new(0);
+        receiver.start().await;
         let mut env = maildev.app_env();
         env.extend([
+            ("WEBHOOK_URLS".to_owned(), receiver.url.clone()),
+            ("WEBHOOK_SECRET".to_owned(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
             ("BOOTSTRAP_ADMIN_EMAIL".to_owned(), ADMIN.to_owned()),
             ("BOOTSTRAP_ADMIN_PASSWORD".to_owned(), STRONG_PASSWORD.to_owned()),
             ("LOGIN_BACKOFF_AFTER".to_owned(), "2".to_owned()),
             ("LOGIN_BACKOFF_BASE".to_owned(), "60s".to_owned()),
         ]);
         let app = BinaryApp::start_with(&env, |_| {}).await;
-        let mut trail = Self { app, maildev, admin: String::new(), secrets: vec![STRONG_PASSWORD.to_owned()] };
+        let mut trail =
+            Self { app, receiver, maildev, admin: String::new(), secrets: vec![STRONG_PASSWORD.to_owned()] };
         trail.admin = trail.login(ADMIN, STRONG_PASSWORD).await["access_token"].as_str().unwrap().to_owned();
         trail.keep(&trail.admin.clone());
         trail
@@ -384,6 +392,22 @@ async fn every_action_is_in_the_trail_with_its_actor_subject_and_details_and_no_
         assert!(!stored.contains(secret.as_str()), "a secret reached the stored trail");
     }
     assert!(!text.to_lowercase().contains("someone.else"), "an unknown address is recorded by its domain only");
+
+    // Every event was delivered to the webhook receiver too, and no delivery holds a secret either.
+    let total = trail.app.db.count("SELECT count(*) AS n FROM audit_events").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while trail.app.db.count("SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'delivered'").await < total {
+        assert!(std::time::Instant::now() < deadline, "not every event was delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let deliveries = trail.receiver.requests();
+    assert_eq!(i64::try_from(trail.receiver.accepted_by_id().len()).unwrap(), total);
+    for delivery in &deliveries {
+        let body = String::from_utf8_lossy(&delivery.body);
+        for secret in &trail.secrets {
+            assert!(!body.contains(secret.as_str()), "a secret reached a webhook delivery");
+        }
+    }
 
     // The user's own activity holds their events only, newest first.
     let mine = trail.send(reqwest::Method::GET, "/me/activity?limit=100", Some(&token), None).await;

@@ -189,6 +189,11 @@ impl Application {
         migrate(&config).await?;
         let (service, shared_keys) = build_service_and_keys(&config).await?;
         let mailer = AppMailer::from_config(&config)?;
+        // The endpoints first, so that even the first events (the bootstrap admin's) are queued for them. Without
+        // WEBHOOK_URLS nothing is delivered: every endpoint stops taking events.
+        let (urls, events) =
+            config.webhooks.as_ref().map_or((&[][..], &[][..]), |hooks| (&hooks.urls[..], &hooks.events[..]));
+        service.ports().db.sync_webhook_endpoints(urls, events).await.context("writing the WEBHOOK_URLS endpoints")?;
         if let Some(admin) = &config.bootstrap_admin {
             let user = service
                 .ensure_admin(admin.email.clone(), &admin.password)
@@ -222,14 +227,7 @@ impl Application {
         .run();
         let metrics = metrics_listener.map(MetricsListener::start).transpose()?;
         let outbox = OutboxWorker::start(mailer, requests, config.mail_lease);
-        let webhooks = match &config.webhooks {
-            Some(webhooks) => Some(WebhookWorker::start(db.clone(), webhooks.clone()).await?),
-            None => {
-                // Without WEBHOOK_URLS nothing is delivered: every endpoint stops taking events.
-                db.sync_webhook_endpoints(&[], &[]).await.context("turning the webhook endpoints off")?;
-                None
-            }
-        };
+        let webhooks = config.webhooks.clone().map(|hooks| WebhookWorker::start(db.clone(), hooks)).transpose()?;
         let housekeeping = HousekeepingWorker::start(db, config.purge_settings(), config.purge_interval);
         let key_reloader = shared_keys.map(|keys| KeyReloader::start(keys, tokens));
         Ok(Self { server, port, metrics, outbox, webhooks, housekeeping, key_reloader })

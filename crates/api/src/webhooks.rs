@@ -81,12 +81,11 @@ pub struct WebhookWorker {
 }
 
 impl WebhookWorker {
-    /// Writes the configured endpoints to the database and starts delivering.
+    /// Starts delivering to the endpoints of `config` (written to the database at start-up, before any event).
     ///
     /// # Errors
-    /// When the endpoints cannot be written or the HTTP client cannot be built.
-    pub async fn start(db: PgRepository, config: WebhookConfig) -> anyhow::Result<Self> {
-        db.sync_webhook_endpoints(&config.urls, &config.events).await.context("writing the WEBHOOK_URLS endpoints")?;
+    /// When the HTTP client cannot be built.
+    pub fn start(db: PgRepository, config: WebhookConfig) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
