@@ -118,22 +118,35 @@ async fn deliveries_are_signed_carry_the_event_only_of_the_configured_types_and_
 }
 
 #[tokio::test]
-async fn a_receiver_that_fails_for_a_while_gets_every_event_once_it_accepts() {
+async fn a_receiver_that_fails_then_goes_down_and_returns_gets_every_event_once() {
+    // 500 for the first four requests, then down for a while, then back.
     let mut receiver = Receiver::new(4);
     receiver.start().await;
     let app = BinaryApp::start_with(&env(&receiver, &[("WEBHOOK_EVENTS", "user.registered")]), |_| {}).await;
     for i in 0..3 {
         register(&app.client, &app.address, &unique_email(&format!("failing{i}"))).await;
     }
-    wait_all(&app, "delivered", 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.requests().iter().filter(|request| request.status == 500).count() < 4 {
+        assert!(Instant::now() < deadline, "the receiver did not see its failures");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.stop();
+    for i in 0..2 {
+        register(&app.client, &app.address, &unique_email(&format!("while-down{i}"))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.db.count("SELECT count(*) AS n FROM webhook_deliveries WHERE attempts >= 1").await < 5 {
+        assert!(Instant::now() < deadline, "the deliveries were not attempted while the receiver was down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver.start().await;
+    wait_all(&app, "delivered", 5).await;
     let accepted = receiver.accepted_by_id();
-    assert_eq!(accepted.len(), 3, "every event accepted");
+    assert_eq!(accepted.len(), 5, "every event accepted");
     assert!(accepted.values().all(|requests| requests.len() == 1), "no event delivered again after a 2xx");
-    assert!(receiver.requests().iter().filter(|request| request.status == 500).count() == 4);
-    assert!(receiver.requests().iter().all(|request| {
-        verify(request);
-        true
-    }));
+    assert_eq!(receiver.requests().iter().filter(|request| request.status == 500).count(), 4);
+    receiver.requests().iter().for_each(verify);
 }
 
 #[tokio::test]
