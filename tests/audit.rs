@@ -505,3 +505,35 @@ async fn the_trail_is_for_admins_its_filters_work_and_bad_values_are_refused() {
     assert!(metrics.contains("audit_events_total{type=\"user.created\"} 3"), "{metrics}");
     assert!(metrics.contains("audit_events_total{type=\"login.succeeded\"}"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_huge_user_agent_is_cut_and_never_makes_a_change_fail() {
+    let mut trail = Trail::start().await;
+    let email = unique_email("long-agent");
+    let agent = "x".repeat(6_000);
+    let registered = trail
+        .app
+        .client
+        .post(trail.app.url("/register"))
+        .header("user-agent", &agent)
+        .json(&json!({"email": email, "password": STRONG_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 202);
+    let login = trail
+        .app
+        .client
+        .post(trail.app.url("/login"))
+        .header("user-agent", &agent)
+        .json(&json!({"email": ADMIN, "password": STRONG_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    trail.keep(str_of(&json_body(login).await, "access_token"));
+    let events = trail.everything().await;
+    let registered = of_type(&events, "user.registered").into_iter().find(|event| event["user_agent"].is_string());
+    let registered = registered.expect("the registration is in the trail");
+    assert_eq!(registered["user_agent"].as_str().unwrap().len(), 256);
+}

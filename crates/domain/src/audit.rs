@@ -166,10 +166,19 @@ pub struct AuditEvent {
     pub details: Map<String, Value>,
 }
 
+/// The most characters of a `User-Agent` an event keeps, as a session does.
+pub const USER_AGENT_MAX: usize = 256;
+
+/// The most characters of a client address an event keeps (an IPv6 address with a zone fits).
+pub const IP_MAX: usize = 64;
+
 impl AuditEvent {
-    /// An event of `kind` at `at` from `client`, concerning nobody yet.
+    /// An event of `kind` at `at` from `client`, concerning nobody yet. The client's user agent and address are cut
+    /// to [`USER_AGENT_MAX`] and [`IP_MAX`] characters: a client chooses its `User-Agent`, and a long one must not
+    /// make the change it came with fail.
     #[must_use]
     pub fn new(kind: EventType, at: OffsetDateTime, client: &ClientInfo) -> Self {
+        let cut = |value: &Option<String>, max: usize| value.as_ref().map(|value| value.chars().take(max).collect());
         Self {
             id: Uuid::now_v7(),
             at,
@@ -177,8 +186,8 @@ impl AuditEvent {
             actor_id: None,
             subject_id: None,
             session_id: None,
-            ip: client.ip.clone(),
-            user_agent: client.user_agent.clone(),
+            ip: cut(&client.ip, IP_MAX),
+            user_agent: cut(&client.user_agent, USER_AGENT_MAX),
             details: Map::new(),
         }
     }
@@ -266,6 +275,14 @@ mod tests {
         }
         assert_eq!(EventType::parse("user.Registered"), None);
         assert_eq!(EventType::parse(""), None);
+    }
+
+    #[test]
+    fn a_long_user_agent_or_address_is_cut() {
+        let client = ClientInfo { user_agent: Some("é".repeat(10_000)), ip: Some("1".repeat(100)) };
+        let event = AuditEvent::new(EventType::LoginFailed, OffsetDateTime::UNIX_EPOCH, &client);
+        assert_eq!(event.user_agent.unwrap().chars().count(), USER_AGENT_MAX);
+        assert_eq!(event.ip.unwrap().chars().count(), IP_MAX);
     }
 
     #[test]

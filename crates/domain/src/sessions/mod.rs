@@ -14,7 +14,7 @@ pub(crate) use check::Throttled;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::audit::{AuditEvent, EventType, unknown_login_domain};
+use crate::audit::{AuditEvent, EventType, USER_AGENT_MAX, unknown_login_domain};
 use crate::ports::{PortError, Ports, RefreshRecord, SessionEnd, SessionStore as _, TokenCodec as _, UserStore as _};
 use crate::service::Service;
 use crate::session::{AccessClaims, NewSession, RefreshToken, Session, SessionId, TokenHash, TokenPair};
@@ -132,9 +132,6 @@ fn unparsed_key(raw: &str) -> String {
     use sha2::Digest as _;
     format!("unparsed:{}", hex::encode(sha2::Sha256::digest(raw.trim().to_lowercase().as_bytes())))
 }
-
-/// The longest `User-Agent` kept on a session.
-const USER_AGENT_MAX: usize = 256;
 
 impl<P: Ports> Service<P> {
     /// Logs a user in with email and password and starts a session.
