@@ -131,7 +131,7 @@ async fn a_receiver_that_fails_then_goes_down_and_returns_gets_every_event_once(
         assert!(Instant::now() < deadline, "the receiver did not see its failures");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    receiver.stop();
+    receiver.stop().await;
     for i in 0..2 {
         register(&app.client, &app.address, &unique_email(&format!("while-down{i}"))).await;
     }

@@ -58,10 +58,12 @@ impl Receiver {
         }));
     }
 
-    /// Stops listening: the port refuses connections until [`Self::start`].
-    pub fn stop(&mut self) {
+    /// Stops listening, and returns once the port is closed: it refuses connections until [`Self::start`].
+    pub async fn stop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            // The listener is dropped when the aborted task is; waiting for that frees the port for a restart.
+            let _ = task.await;
         }
     }
 
@@ -82,7 +84,9 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
