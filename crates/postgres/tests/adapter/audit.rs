@@ -113,3 +113,28 @@ async fn deliveries_are_claimed_once_under_a_lease_retried_and_given_up() {
     repository.sync_webhook_endpoints(&["https://a.example/hook".to_owned()], &["*".to_owned()]).await.unwrap();
     assert_eq!(repository.claim_webhook_deliveries(far, 100, Duration::seconds(30)).await.unwrap().len(), 38);
 }
+
+#[tokio::test]
+async fn a_login_whose_session_cannot_be_stored_writes_no_event() {
+    use users_domain::UserId;
+    use users_domain::ports::SessionStore as _;
+    use users_domain::session::{NewSession, RefreshToken, SessionId};
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let now = OffsetDateTime::now_utc();
+    // A user that does not exist: the session's foreign key fails, and the transaction takes the event with it.
+    let ghost = UserId::generate();
+    let session = NewSession {
+        id: SessionId::generate(),
+        user_id: ghost,
+        expires_at: now + time::Duration::days(1),
+        refresh_token_hash: RefreshToken::generate().hash(),
+        user_agent: None,
+        ip: None,
+    };
+    let event = AuditEvent::new(EventType::LoginSucceeded, now, &ClientInfo::default()).subject(ghost);
+    assert!(repository.start_session(session, now, vec![event]).await.is_err());
+    for table in ["sessions", "refresh_tokens", "audit_events"] {
+        assert_eq!(count(&database, &format!("SELECT count(*) AS count FROM {table}")).await, 0, "{table}");
+    }
+}
