@@ -94,7 +94,8 @@ pub struct WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("urls", &self.urls)
+            // A webhook URL may hold a token of the receiver's (in its path or query): only how many there are.
+            .field("urls", &self.urls.len())
             .field("events", &self.events)
             .field("max_attempts", &self.max_attempts)
             .finish_non_exhaustive()
@@ -843,6 +844,7 @@ mod tests {
         assert_eq!(hooks.events, ["login.failed", "session.reuse_detected"]);
         assert_eq!(hooks.max_attempts, 3);
         assert!(!format!("{hooks:?}").contains("MfKQ"), "the key stays out of Debug output");
+        assert!(!format!("{hooks:?}").contains("a.example"), "URLs may hold tokens: they stay out of Debug output");
         let defaults = config(&[SECRET, ("WEBHOOK_URLS", "https://a.example/hook")]).unwrap().webhooks.unwrap();
         assert_eq!((defaults.events, defaults.max_attempts), (vec!["*".to_owned()], 10));
         for (pairs, variable) in [

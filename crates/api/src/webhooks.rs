@@ -6,7 +6,7 @@
 //! else, or no answer within [`ATTEMPT_TIMEOUT`], is retried after 1 s, 2 s, 4 s ... (at most an hour) until
 //! `WEBHOOK_MAX_ATTEMPTS`, then the delivery is dead. Redirects are not followed. The body and its signature are
 //! built from the stored event at each attempt; the signing key never leaves this module and no error recorded or
-//! logged holds it.
+//! logged holds it, nor the endpoint's URL (which may carry a token of the receiver's): logs name endpoints by id.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,7 +140,9 @@ async fn round(db: &PgRepository, client: &reqwest::Client, config: &WebhookConf
         };
         metrics::counter!("webhook_deliveries_total", "outcome" => label).increment(1);
         if let DeliveryOutcome::Dead(error) = &outcome {
-            tracing::warn!(event_id = %delivery.event.id, url = %delivery.url, %error, "webhook delivery given up");
+            // The endpoint by its id: a webhook URL may itself hold a token (in its path or query).
+            let endpoint_id = delivery.endpoint_id;
+            tracing::warn!(event_id = %delivery.event.id, endpoint_id, %error, "webhook delivery given up");
         }
         let recorded = db
             .finish_webhook_attempt(delivery.event.id, delivery.endpoint_id, OffsetDateTime::now_utc(), &outcome)

@@ -110,17 +110,39 @@ fn page_response(page: &EventPage, base: &str, path: &str, query: &str) -> HttpR
     })
 }
 
+/// The paging and filters both listings take, for the OpenAPI document only: the handlers read the query string
+/// themselves, so that every parameter is checked against an allow-list.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "describes the query for the document; the handlers parse it")]
+struct EventListParams {
+    /// Events per page, 1-100, default 50
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page: where it ended (empty: the first page)
+    #[param(pattern = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$")]
+    cursor: Option<String>,
+    /// Only events of these types (a comma list, such as `login.failed,login.throttled`)
+    #[serde(rename = "type")]
+    #[param(
+        pattern = "^(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored)(,(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored))*$"
+    )]
+    kind: Option<String>,
+    /// Only events at or after this time (RFC 3339)
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Only events before this time (RFC 3339)
+    #[param(format = DateTime)]
+    until: Option<String>,
+}
+
 /// The audit trail, newest first (ADMIN only).
 #[utoipa::path(
     get, path = "/audit", tag = "audit", security(("oauth2" = []), ("bearer" = [])),
     params(
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100, default 50"),
-        ("cursor" = Option<String>, Query, pattern = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$", description = "The `next_cursor` of the previous page: where it ended (empty: the first page)"),
-        ("type" = Option<String>, Query, pattern = "^(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored)(,(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored))*$", description = "Only events of these types (a comma list, such as `login.failed,login.throttled`)"),
+        EventListParams,
         ("actor_id" = Option<Uuid>, Query, description = "Only events by this user"),
         ("subject_id" = Option<Uuid>, Query, description = "Only events concerning this user"),
-        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time (RFC 3339)"),
-        ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time (RFC 3339)"),
     ),
     responses(
         (status = 200, body = EventPageResponse),
@@ -149,11 +171,7 @@ pub async fn audit<P: Ports>(
 #[utoipa::path(
     get, path = "/me/activity", tag = "accounts", security(("oauth2" = []), ("bearer" = [])),
     params(
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100, default 50"),
-        ("cursor" = Option<String>, Query, pattern = "^([0-9]{1,16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$", description = "The `next_cursor` of the previous page: where it ended (empty: the first page)"),
-        ("type" = Option<String>, Query, pattern = "^(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored)(,(user\\.registered|user\\.email_verified|user\\.email_changed|user\\.created|user\\.updated|user\\.locked|user\\.unlocked|user\\.deleted|login\\.succeeded|login\\.failed|login\\.throttled|session\\.revoked|session\\.reuse_detected|password\\.changed|password\\.reset_requested|password\\.reset|mfa\\.enabled|mfa\\.disabled|mfa\\.recovery_code_used|picture\\.uploaded|picture\\.deleted|picture\\.restored))*$", description = "Only events of these types (a comma list)"),
-        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this time (RFC 3339)"),
-        ("until" = Option<String>, Query, format = DateTime, description = "Only events before this time (RFC 3339)"),
+        EventListParams,
     ),
     responses(
         (status = 200, body = EventPageResponse),
@@ -190,6 +208,20 @@ mod tests {
         let document = serde_json::to_string(&<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi()).unwrap();
         let documented = serde_json::to_string(CURSOR_PATTERN).unwrap();
         assert_eq!(document.matches(documented.as_str()).count(), 2, "both listings document the cursor pattern");
+        let spec: serde_json::Value = serde_json::from_str(&document).unwrap();
+        for (path, expected) in [
+            ("/audit", vec!["limit", "cursor", "type", "since", "until", "actor_id", "subject_id"]),
+            ("/me/activity", vec!["limit", "cursor", "type", "since", "until"]),
+        ] {
+            let names: Vec<&str> = spec["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|parameter| parameter["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names.len(), expected.len(), "{path}: {names:?}");
+            assert!(expected.iter().all(|name| names.contains(name)), "{path}: {names:?}");
+        }
         for bad in [
             "",
             "not-a-cursor",
