@@ -166,6 +166,38 @@ impl ApiError {
         self.code
     }
 
+    /// The HTTP status.
+    pub const fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What a person may read about it: the detail, never that of a server error (which stays in the log).
+    pub fn public_detail(&self) -> Option<&str> {
+        if self.status.is_server_error() { None } else { self.detail.as_deref() }
+    }
+
+    /// The fields at fault, for `validation_failed`.
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    /// Seconds the client is asked to wait, for 429 and 503.
+    pub const fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// The pending second step of an `mfa_required` error.
+    pub fn into_mfa_token(self) -> Option<users_domain::sessions::MfaToken> {
+        self.mfa.map(|mfa| *mfa)
+    }
+
+    /// Logs the cause of a server error, as answering it as a problem would; the pages render their own answer.
+    pub fn log_cause(&self) {
+        if let Some(source) = &self.source {
+            tracing::error!(status = self.status.as_u16(), code = self.code, error = %format!("{source:#}"), "request failed");
+        }
+    }
+
     fn problem(&self) -> Problem {
         let server_error = self.status.is_server_error();
         Problem {
@@ -209,10 +241,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Some(source) = &self.source {
-            // `{:#}` prints the whole cause chain on one line.
-            tracing::error!(status = self.status.as_u16(), code = self.code, error = %format!("{source:#}"), "request failed");
-        }
+        // `{:#}` prints the whole cause chain on one line.
+        self.log_cause();
         let mut response = HttpResponse::build(self.status);
         response.content_type("application/problem+json");
         if let Some(seconds) = self.retry_after {

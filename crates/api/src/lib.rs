@@ -10,6 +10,7 @@ pub mod error;
 pub mod housekeeping;
 pub mod mailer;
 pub mod openapi;
+pub mod pages;
 pub mod rate_limit;
 pub mod routes;
 pub mod signing_keys;

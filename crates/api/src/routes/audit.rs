@@ -25,7 +25,7 @@ const DEFAULT_PAGE: u32 = 50;
 /// documented shape (`CURSOR_PATTERN` in the tests) is a position in the trail (the next page starts strictly before
 /// it), so any value the pattern allows is accepted (the empty string too: the first page); it reveals nothing the
 /// page did not show.
-fn encode_cursor((at, id): (OffsetDateTime, Uuid)) -> String {
+pub(crate) fn encode_cursor((at, id): (OffsetDateTime, Uuid)) -> String {
     format!("{}-{}", at.unix_timestamp_nanos() / 1_000, id.hyphenated())
 }
 
@@ -50,7 +50,7 @@ fn parse_user(name: &str, raw: &str) -> Result<UserId, ApiError> {
 }
 
 /// Parses the query of a trail listing: every parameter from `allowed`, each at most once.
-fn parse_event_query(query: &str, allowed: &[&str]) -> Result<EventQuery, ApiError> {
+pub(crate) fn parse_event_query(query: &str, allowed: &[&str]) -> Result<EventQuery, ApiError> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query).map_err(|_| bad_parameter("query", "is not a valid query string"))?;
     let mut seen: HashMap<&str, &str> = HashMap::new();

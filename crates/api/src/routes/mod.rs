@@ -213,4 +213,5 @@ pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig, state: &web::Data<AppState<
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz::<P>)))
         .service(web::resource("/.well-known/jwks.json").route(web::get().to(ops::jwks::<P>)));
+    crate::pages::mount::<P>(cfg);
 }

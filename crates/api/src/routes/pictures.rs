@@ -12,8 +12,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::OwnedSemaphorePermit;
 use users_domain::UserId;
+use users_domain::pictures::UploadPermit;
 use users_domain::ports::PictureSize;
+use users_domain::sessions::Principal;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -52,7 +55,7 @@ pub struct PictureHistory {
     pub items: Vec<PictureVersion>,
 }
 
-fn parse_user(raw: &str) -> Result<UserId, ApiError> {
+pub(crate) fn parse_user(raw: &str) -> Result<UserId, ApiError> {
     Uuid::parse_str(raw).map(UserId::from_uuid).map_err(|_| ApiError::not_found())
 }
 
@@ -62,9 +65,20 @@ const UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 /// What multipart framing and other small fields may add to the picture itself.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
-/// Reads the multipart field `file`, refusing (413) as soon as the picture passes `limit` or the whole body passes
-/// `limit` plus a small overhead, before the rest is read; a client that sends too slowly gets 408.
-async fn read_file_field(multipart: Multipart, limit: u64) -> Result<Vec<u8>, ApiError> {
+/// What an upload form sends: the picture, and the CSRF field of the pages' form (ignored by the API).
+pub(crate) struct Upload {
+    /// The bytes of the field `file`.
+    pub file: Vec<u8>,
+    /// The field `csrf`, when sent (at most 64 bytes are kept).
+    pub csrf: Option<String>,
+}
+
+/// The longest `csrf` field kept.
+const CSRF_FIELD_MAX: usize = 64;
+
+/// Reads the multipart fields `file` and `csrf`, refusing (413) as soon as the picture passes `limit` or the whole
+/// body passes `limit` plus a small overhead, before the rest is read; a client that sends too slowly gets 408.
+async fn read_upload(multipart: Multipart, limit: u64) -> Result<Upload, ApiError> {
     tokio::time::timeout(UPLOAD_DEADLINE, read_fields(multipart, limit)).await.unwrap_or_else(|_| {
         Err(ApiError::new(
             actix_web::http::StatusCode::REQUEST_TIMEOUT,
@@ -74,15 +88,17 @@ async fn read_file_field(multipart: Multipart, limit: u64) -> Result<Vec<u8>, Ap
     })
 }
 
-async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, ApiError> {
+async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Upload, ApiError> {
     let too_large = || ApiError::payload_too_large(format!("the picture must be at most {limit} bytes"));
     let malformed =
         |error: actix_multipart::MultipartError| ApiError::malformed_body(format!("invalid multipart body: {error}"));
     let mut total: u64 = 0;
     let mut file = None;
+    let mut csrf = None;
     while let Some(field) = multipart.next().await {
         let mut field = field.map_err(malformed)?;
         let is_file = field.name() == Some("file") && file.is_none();
+        let is_csrf = field.name() == Some("csrf") && csrf.is_none();
         let mut bytes = Vec::new();
         while let Some(chunk) = field.next().await {
             let chunk = chunk.map_err(malformed)?;
@@ -91,15 +107,43 @@ async fn read_fields(mut multipart: Multipart, limit: u64) -> Result<Vec<u8>, Ap
                 return Err(too_large());
             }
             // Other fields are read to move past them (browsers may add some) but never kept.
-            if is_file {
+            if is_file || (is_csrf && bytes.len() + chunk.len() <= CSRF_FIELD_MAX) {
                 bytes.extend_from_slice(&chunk);
             }
         }
         if is_file {
             file = Some(bytes);
+        } else if is_csrf {
+            csrf = Some(String::from_utf8_lossy(&bytes).into_owned());
         }
     }
-    file.ok_or_else(|| ApiError::invalid_field("file", "is required: send the picture as the multipart field `file`"))
+    let file = file.ok_or_else(|| {
+        ApiError::invalid_field("file", "is required: send the picture as the multipart field `file`")
+    })?;
+    Ok(Upload { file, csrf })
+}
+
+/// Receives an upload for `user`: whether `actor` may upload for them is decided first, from the request head
+/// alone, then a processing slot is taken (`PICTURE_MAX_CONCURRENT`; none free is 503 at once), then the body is
+/// read. The slot is to be held until the picture is stored, so memory stays bounded however many uploads arrive.
+///
+/// # Errors
+/// As the route documents.
+pub(crate) async fn receive_upload<P: Ports>(
+    state: &AppState<P>,
+    actor: &Principal,
+    user: UserId,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(UploadPermit, Upload, OwnedSemaphorePermit), ApiError> {
+    let permit = state.service.authorize_upload(actor, user).await?;
+    check_upload_head(req, state.picture_max_bytes)?;
+    let slot = Arc::clone(&state.picture_uploads).try_acquire_owned().map_err(|_| {
+        tracing::warn!("picture upload refused: PICTURE_MAX_CONCURRENT uploads are already in progress");
+        ApiError::busy()
+    })?;
+    let upload = read_upload(Multipart::new(req.headers(), payload.into_inner()), state.picture_max_bytes).await?;
+    Ok((permit, upload, slot))
 }
 
 /// Upload a profile picture (the user themself, or a MANAGER/ADMIN within their rights).
@@ -133,16 +177,8 @@ pub async fn upload<P: Ports>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    // Everything up to the slot is decided from the request head: not a byte of the body is read before.
-    let permit = state.service.authorize_upload(&caller.0, parse_user(&path)?).await?;
-    check_upload_head(&req, state.picture_max_bytes)?;
-    // Held until the picture is processed and stored, so memory stays bounded however many uploads arrive.
-    let _slot = Arc::clone(&state.picture_uploads).try_acquire_owned().map_err(|_| {
-        tracing::warn!("picture upload refused: PICTURE_MAX_CONCURRENT uploads are already in progress");
-        ApiError::busy()
-    })?;
-    let bytes = read_file_field(Multipart::new(req.headers(), payload.into_inner()), state.picture_max_bytes).await?;
-    let user = state.service.upload(permit, bytes).await?;
+    let (permit, upload, _slot) = receive_upload(&state, &caller.0, parse_user(&path)?, &req, payload).await?;
+    let user = state.service.upload(permit, upload.file).await?;
     Ok(HttpResponse::Ok().json(UserResponse::new(&user, &state.public_base_url)))
 }
 
@@ -167,10 +203,10 @@ fn check_upload_head(req: &HttpRequest, limit: u64) -> Result<(), ApiError> {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SizeQuery {
-    size: Option<String>,
+    pub(crate) size: Option<String>,
 }
 
-fn parse_size(query: &SizeQuery) -> Result<PictureSize, ApiError> {
+pub(crate) fn parse_size(query: &SizeQuery) -> Result<PictureSize, ApiError> {
     match query.size.as_deref() {
         None => Ok(PictureSize::Original),
         Some(raw) => PictureSize::parse(raw).ok_or_else(|| {

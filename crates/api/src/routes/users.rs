@@ -34,7 +34,7 @@ pub(crate) fn bad_parameter(name: &str, message: &str) -> ApiError {
 
 /// Encodes a cursor as an opaque string: the kind, the tie-breaking id, then the sort value (last, because an
 /// email may contain any separator).
-fn encode_cursor(cursor: &UserCursor) -> String {
+pub(crate) fn encode_cursor(cursor: &UserCursor) -> String {
     let plain = match cursor {
         UserCursor::CreatedAt(at, id) => format!("c:{id}:{}", at.format(&Rfc3339).unwrap_or_default()),
         UserCursor::Email(email, id) => format!("e:{id}:{email}"),
@@ -69,7 +69,7 @@ fn parse_bool(name: &str, raw: &str) -> Result<bool, ApiError> {
 }
 
 /// Parses the query string of `GET /users`: every parameter from an allow-list, each at most once.
-fn parse_list_query(query: &str) -> Result<ListUsers, ApiError> {
+pub(crate) fn parse_list_query(query: &str) -> Result<ListUsers, ApiError> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query).map_err(|_| bad_parameter("query", "is not a valid query string"))?;
     let mut seen: HashMap<&str, &str> = HashMap::new();

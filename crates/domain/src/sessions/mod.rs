@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::audit::{AuditEvent, EventType, USER_AGENT_MAX, unknown_login_domain};
 use crate::ports::{PortError, Ports, RefreshRecord, SessionEnd, SessionStore as _, TokenCodec as _, UserStore as _};
 use crate::service::Service;
-use crate::session::{AccessClaims, NewSession, RefreshToken, Session, SessionId, TokenHash, TokenPair};
+use crate::session::{AccessClaims, AccessToken, NewSession, RefreshToken, Session, SessionId, TokenHash, TokenPair};
 use crate::throttle::Checked;
 use crate::user::{EmailAddress, Password, User, UserId};
 
@@ -236,6 +236,17 @@ impl<P: Ports> Service<P> {
         refresh_token: RefreshToken,
         now: OffsetDateTime,
     ) -> Result<TokenPair, PortError> {
+        let access_token = self.access_token(user_id, session_id, now)?;
+        Ok(TokenPair { access_token, expires_in: self.config.access_token_ttl.whole_seconds(), refresh_token })
+    }
+
+    /// Signs an access token for a session, valid for `access_token_ttl` from `now`.
+    fn access_token(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        now: OffsetDateTime,
+    ) -> Result<AccessToken, PortError> {
         let claims = AccessClaims {
             user_id,
             session_id,
@@ -243,8 +254,7 @@ impl<P: Ports> Service<P> {
             expires_at: now + self.config.access_token_ttl,
             token_id: Uuid::new_v4(),
         };
-        let access_token = self.ports.tokens().issue(&claims)?;
-        Ok(TokenPair { access_token, expires_in: self.config.access_token_ttl.whole_seconds(), refresh_token })
+        self.ports.tokens().issue(&claims)
     }
 
     /// Turns a bearer token into the caller, judged on the current rows: the session must be active and belong to
@@ -253,7 +263,28 @@ impl<P: Ports> Service<P> {
     /// # Errors
     /// [`AuthError`] as described on its variants.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        self.check_access(token, self.now()).await.map(|(principal, _)| principal)
+    }
+
+    /// [`Self::authenticate`] for a browser's cookie session, which holds an access token and nothing else: once
+    /// the token has run half its lifetime, this also signs a fresh one for the same session. A person who keeps
+    /// using the pages stays signed in for as long as the session lasts; one who leaves them for a whole token
+    /// lifetime is signed out; a revoked session or a locked account ends it at the next request, as with bearers.
+    ///
+    /// # Errors
+    /// [`AuthError`] as described on its variants.
+    pub async fn authenticate_renewing(&self, token: &str) -> Result<(Principal, Option<AccessToken>), AuthError> {
         let now = self.now();
+        let (principal, claims) = self.check_access(token, now).await?;
+        if claims.expires_at - now > self.config.access_token_ttl / 2 {
+            return Ok((principal, None));
+        }
+        let renewed = self.access_token(principal.user.id, principal.session_id, now)?;
+        Ok((principal, Some(renewed)))
+    }
+
+    /// The caller a token names, with the token's claims, judged on the current rows.
+    async fn check_access(&self, token: &str, now: OffsetDateTime) -> Result<(Principal, AccessClaims), AuthError> {
         let claims = self.ports.tokens().verify(token, now).map_err(|_| AuthError::InvalidToken)?;
         let (session, user) =
             self.ports.sessions().find_session_with_user(claims.session_id).await?.ok_or(AuthError::InvalidToken)?;
@@ -263,7 +294,7 @@ impl<P: Ports> Service<P> {
         if user.is_locked {
             return Err(AuthError::AccountLocked);
         }
-        Ok(Principal { user, session_id: session.id, client: ClientInfo::default() })
+        Ok((Principal { user, session_id: session.id, client: ClientInfo::default() }, claims))
     }
 
     /// Exchanges a refresh token for a new pair, rotating it.
