@@ -1,4 +1,4 @@
-//! Just enough networking for the task runner: free ports, an HTTP/1.0 `GET` that returns the status code for
+//! Just enough networking for the task runner: free ports, an HTTP/1.1 `GET` that returns the status code for
 //! readiness checks, and [`HttpConn`], a small HTTP/1.1 keep-alive client that sends requests and reads whole answers.
 //!
 //! A full HTTP client would cost more build time than the rest of the task runner together.
@@ -19,7 +19,8 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     <[u16; N]>::try_from(ports).map_err(|ports| anyhow::anyhow!("expected {N} ports, found {}", ports.len()))
 }
 
-/// Sends `GET path` to `authority` (`host:port`) over HTTP/1.0 and returns the response's status code.
+/// Sends `GET path` to `authority` (`host:port`) over HTTP/1.1 (one request, then the connection closes; ChromeDriver
+/// refuses HTTP/1.0) and returns the response's status code.
 ///
 /// # Errors
 /// When the address does not resolve, the connection fails or times out, or the answer is not HTTP.
@@ -32,7 +33,7 @@ pub fn get_status(authority: &str, path: &str, timeout: Duration) -> Result<u16>
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
 
     // Only the status line matters; read until it is complete.
     let mut head = Vec::with_capacity(128);

@@ -14,6 +14,7 @@
 //! The `cargo xtask` alias lives in `.cargo/config.toml`; status lines go to standard error, like cargo's own.
 
 mod bench;
+mod browser;
 mod garage;
 mod http;
 mod maildev;
@@ -42,8 +43,9 @@ Usage: cargo xtask <COMMAND> [ARGS]
 Commands:
   run           Ensure Postgres and the `user_management` database, then run the server
                 (`cargo run --release -p users-api -- serve`) and print the docs URL
-  test [ARGS]   Start Postgres, Garage (S3) and MailDev (SMTP) on free ports (and install nginx
-                for the tests that start their own) and run
+  test [ARGS]   Start Postgres, Garage (S3), MailDev (SMTP) and ChromeDriver on free ports
+                (installing Chromium and axe-core for the page tests, and nginx for the tests
+                that start their own, when missing) and run
                 `cargo test --workspace --all-targets [ARGS]` against them; without ARGS, then
                 fuzz the debug server from its OpenAPI document with schemathesis
   schemathesis [--max-examples N] [--server-bin PATH]

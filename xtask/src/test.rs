@@ -11,7 +11,8 @@ use crate::maildev::{self, MailDev};
 use crate::process::{self, Service};
 use crate::{http, postgres, ui};
 
-/// Starts Postgres, Garage and MailDev, installs nginx when it is missing (the topology tests start their own),
+/// Starts Postgres, Garage, MailDev and ChromeDriver (installing Chromium, ChromeDriver and axe-core when missing),
+/// installs nginx when it is missing (the topology tests start their own),
 /// builds the server binary, runs `cargo test --workspace --all-targets` with the `UM_TEST_*` variables pointing at
 /// the services, runs the schemathesis step when the whole suite was asked for and passed, and stops the services
 /// again.
@@ -30,6 +31,8 @@ struct Prepared {
     maildev_bin: PathBuf,
     /// The `nginx` executable, for the tests that put a reverse proxy in front of several instances.
     nginx_bin: PathBuf,
+    /// Chromium, ChromeDriver and axe-core, for the page tests.
+    browser: crate::browser::Browser,
     /// The `schemathesis` executable, when the run fuzzes the server.
     schemathesis_bin: Option<PathBuf>,
 }
@@ -113,7 +116,7 @@ impl Test {
         logs: &Path,
         services: &mut Vec<Service>,
     ) -> Result<Outcome> {
-        let [s3, rpc, admin, smtp, web] = http::free_ports::<5>()?;
+        let [s3, rpc, admin, smtp, web, webdriver] = http::free_ports::<6>()?;
 
         let garage_dir = work_dir.join("garage");
         std::fs::create_dir_all(&garage_dir).with_context(|| format!("could not create {}", garage_dir.display()))?;
@@ -130,6 +133,12 @@ impl Test {
         let MailDev { service, smtp_port, web_url } =
             maildev::start(&prepared.maildev_bin, smtp, web, &mail_dir, &logs.join("maildev.log"))?;
         services.push(service);
+
+        services.push(crate::browser::start_chromedriver(
+            &prepared.browser.chromedriver,
+            webdriver,
+            &logs.join("chromedriver.log"),
+        )?);
 
         process::check_interrupted()?;
         // Every run holds a shared lock on one file for its whole life; only a run that can take it exclusively is
@@ -174,6 +183,10 @@ impl Test {
             ("UM_TEST_GARAGE_CONFIG", garage_config.display().to_string()),
             ("UM_TEST_MAILDEV_BIN", prepared.maildev_bin.display().to_string()),
             ("UM_TEST_NGINX_BIN", prepared.nginx_bin.display().to_string()),
+            ("UM_TEST_WEBDRIVER_URL", format!("http://127.0.0.1:{webdriver}")),
+            ("UM_TEST_CHROMIUM_BIN", prepared.browser.chromium.display().to_string()),
+            ("UM_TEST_AXE_SCRIPT", prepared.browser.axe_script.display().to_string()),
+            ("UM_TEST_SCREENSHOTS_DIR", crate::target_dir().join("screenshots").display().to_string()),
             ("USER_MANAGEMENT_BIN", binary.display().to_string()),
         ];
         ui::step(&format!("Running `{}` with", process::describe(&test)));
@@ -217,8 +230,9 @@ fn prepare(fuzz: bool) -> Result<Prepared> {
     let garage_bin = garage::ensure_installed()?;
     let maildev_bin = maildev::ensure_installed()?;
     let nginx_bin = crate::nginx::ensure_installed()?;
+    let browser = crate::browser::ensure_installed()?;
     let schemathesis_bin = if fuzz { Some(crate::schemathesis::ensure_installed()?) } else { None };
-    Ok(Prepared { database_url, garage_bin, maildev_bin, nginx_bin, schemathesis_bin })
+    Ok(Prepared { database_url, garage_bin, maildev_bin, nginx_bin, browser, schemathesis_bin })
 }
 
 /// A shared lock on `$TMPDIR/user-management-xtask-test.lock`, held until the run ends, so concurrent runs of

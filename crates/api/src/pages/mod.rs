@@ -248,7 +248,7 @@ impl Ctx {
 
     /// The signed-in person, or a redirect to the sign-in page.
     fn viewer(&self) -> Result<&Principal, PageError> {
-        self.viewer.as_ref().ok_or(PageError::SignIn)
+        self.viewer.as_ref().ok_or_else(|| PageError::SignIn(self.cookies.clone()))
     }
 
     /// Starts the cookie session of a new sign-in, with a fresh CSRF secret (one planted before cannot outlive it).
@@ -304,14 +304,15 @@ impl Ctx {
 }
 
 /// The headers of every page: the policy, no caching (pages show personal data and forms carry secrets), no
-/// framing, no sniffing, and no referrer (a reset page's URL holds its token).
+/// framing, no sniffing, and a referrer for our own requests only (a reset page's URL holds its token). Not
+/// `no-referrer`: under it browsers send `Origin: null` with form posts, which the origin check must refuse.
 fn page_headers(response: &mut HttpResponseBuilder) {
     response
         .insert_header((header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .insert_header((header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
-        .insert_header((header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")));
+        .insert_header((header::REFERRER_POLICY, HeaderValue::from_static("same-origin")));
 }
 
 /// Refuses a form post another site made the browser send: an `Origin` other than `PUBLIC_BASE_URL`'s, or
@@ -504,8 +505,8 @@ pub(crate) struct MessagePage {
 /// Why a page could not be served; answered as a page, never as JSON.
 #[derive(Debug)]
 pub(crate) enum PageError {
-    /// Nobody is signed in: go to the sign-in page.
-    SignIn,
+    /// Nobody is signed in: go to the sign-in page, with these cookies set (a dead session's is dropped).
+    SignIn(Vec<String>),
     /// A form post without the browser's CSRF secret, or from another site.
     Csrf,
     /// An error of the API's kind.
@@ -521,7 +522,7 @@ impl From<ApiError> for PageError {
 impl std::fmt::Display for PageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::SignIn => f.write_str("not signed in"),
+            Self::SignIn(_) => f.write_str("not signed in"),
             Self::Csrf => f.write_str("form without a valid CSRF token"),
             Self::Api(error) => error.fmt(f),
         }
@@ -531,7 +532,7 @@ impl std::fmt::Display for PageError {
 impl ResponseError for PageError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::SignIn => StatusCode::SEE_OTHER,
+            Self::SignIn(_) => StatusCode::SEE_OTHER,
             Self::Csrf => StatusCode::FORBIDDEN,
             Self::Api(error) => error.status(),
         }
@@ -539,9 +540,12 @@ impl ResponseError for PageError {
 
     fn error_response(&self) -> HttpResponse {
         let (heading, text) = match self {
-            Self::SignIn => {
+            Self::SignIn(cookies) => {
                 let mut response = HttpResponse::SeeOther();
                 page_headers(&mut response);
+                for cookie in cookies {
+                    response.append_header((header::SET_COOKIE, cookie.clone()));
+                }
                 return response.insert_header((header::LOCATION, "/ui/sign-in")).finish();
             }
             Self::Csrf => (
