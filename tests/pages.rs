@@ -13,6 +13,7 @@ use image::{DynamicImage, ImageFormat, RgbImage};
 use serde_json::Value;
 use users_e2e::browser::Browser;
 use users_e2e::maildev::{MailDev, link};
+use users_e2e::totp::{base32_decode, totp, unix_now};
 use users_e2e::{BinaryApp, STRONG_PASSWORD, json_body, login_json, unique_email};
 
 /// The bootstrap administrator's password.
@@ -168,6 +169,57 @@ async fn a_person_signs_up_and_manages_their_account_and_an_administrator_locks_
 
     person.close().await;
     admin.close().await;
+}
+
+#[tokio::test]
+async fn the_second_step_of_a_sign_in_and_a_forgotten_password_work_in_the_browser() {
+    let admin_email = unique_email("pages-mfa");
+    let app = app(&admin_email).await;
+    let maildev = MailDev::shared();
+    // The second factor is turned on over the API.
+    let token = json_body(login_json(&app.client, &app.address, &admin_email, ADMIN_PASSWORD).await).await;
+    let bearer = token["access_token"].as_str().unwrap();
+    let post = |path: &str, body: Value| app.client.post(app.url(path)).bearer_auth(bearer).json(&body).send();
+    let setup =
+        json_body(post("/me/mfa/totp/setup", serde_json::json!({"current_password": ADMIN_PASSWORD})).await.unwrap())
+            .await;
+    let secret = base32_decode(setup["secret"].as_str().unwrap());
+    let step = unix_now() / 30;
+    let confirmed = post("/me/mfa/totp/confirm", serde_json::json!({"code": totp(&secret, step, 6)})).await.unwrap();
+    assert_eq!(confirmed.status(), 200);
+
+    // The right password leads to the code page; a wrong code is refused there; the next step's code signs in.
+    let browser = Browser::open(&app.address, true).await;
+    sign_in(&browser, &admin_email, ADMIN_PASSWORD).await;
+    assert_eq!(browser.heading().await, "Enter your code");
+    browser.review("sign-in-code").await;
+    browser.fill("Code", "000000").await;
+    browser.press("Sign in").await;
+    assert!(browser.text().await.contains("The code is wrong"), "{}", browser.text().await);
+    browser.fill("Code", &totp(&secret, step + 1, 6)).await;
+    browser.press("Sign in").await;
+    assert_eq!(browser.path().await, "/ui/account");
+    browser.goto("/ui/account/mfa").await;
+    assert!(browser.text().await.contains("The second factor is on"));
+    browser.close().await;
+
+    // A forgotten password: the page asks for the address, the mailed link's page sets a new one.
+    let stranger = Browser::open(&app.address, true).await;
+    stranger.goto("/ui/password/forgot").await;
+    stranger.fill("Email", &admin_email).await;
+    stranger.press("Send the link").await;
+    assert_eq!(stranger.heading().await, "Check your inbox");
+    let mail = maildev.wait_for_subject(&admin_email, "Reset your password").await;
+    stranger.goto(&link(&mail, &format!("{}/password/reset?token=", app.address))).await;
+    stranger.check_accessibility("password-reset").await;
+    stranger.screenshots("password-reset").await;
+    stranger.fill("New password", NEW_PASSWORD).await;
+    stranger.press("Save").await;
+    assert!(stranger.text().await.contains("You can log in with your new password."), "{}", stranger.text().await);
+    assert_eq!(login_json(&app.client, &app.address, &admin_email, ADMIN_PASSWORD).await.status(), 401);
+    sign_in(&stranger, &admin_email, NEW_PASSWORD).await;
+    assert_eq!(stranger.heading().await, "Enter your code", "the second factor still guards the account");
+    stranger.close().await;
 }
 
 #[tokio::test]

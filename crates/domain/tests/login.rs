@@ -375,3 +375,38 @@ async fn a_parallel_burst_of_right_passwords_never_meets_a_block() {
     }
     assert_eq!(world.failures("ada@example.com").await, None);
 }
+
+#[tokio::test]
+async fn a_browser_token_is_renewed_past_half_its_life_for_the_same_session_and_not_before() {
+    let world = world();
+    world.verified("ada@example.com").await;
+    let start = whole_second(&world);
+    let pair = world.login("ada@example.com", PASSWORD).await.unwrap();
+    let ttl = world.service.config().access_token_ttl;
+
+    // Fresh: no new token.
+    let (principal, renewed) = world.service.authenticate_renewing(pair.access_token.expose()).await.unwrap();
+    assert!(renewed.is_none());
+
+    // Past half its life: a new token for the same session and user, valid for a whole lifetime from now.
+    world.clock().set(start + ttl / 2 + Duration::seconds(1));
+    let (again, renewed) = world.service.authenticate_renewing(pair.access_token.expose()).await.unwrap();
+    assert_eq!(again.session_id, principal.session_id);
+    let renewed = renewed.expect("a token past half its life is renewed");
+    let claims: AccessClaims = world.ports.tokens().verify(renewed.expose(), world.clock().now()).unwrap();
+    assert_eq!(claims.session_id, principal.session_id);
+    assert_eq!(claims.user_id, principal.user.id);
+    assert_eq!(claims.expires_at, start + ttl / 2 + Duration::seconds(1) + ttl);
+
+    // The old token still ends at its own time; the renewed one outlives it.
+    world.clock().set(start + ttl + Duration::seconds(1));
+    assert!(matches!(
+        world.service.authenticate_renewing(pair.access_token.expose()).await,
+        Err(AuthError::InvalidToken)
+    ));
+    assert!(world.service.authenticate_renewing(renewed.expose()).await.is_ok());
+
+    // Revoking the session ends every token of it, renewed or not.
+    world.service.logout_all(&again).await.unwrap();
+    assert!(matches!(world.service.authenticate_renewing(renewed.expose()).await, Err(AuthError::InvalidToken)));
+}

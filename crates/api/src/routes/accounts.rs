@@ -350,9 +350,11 @@ pub async fn reset_page<P: Ports>(state: web::Data<AppState<P>>, query: web::Que
     let max = users_domain::user::PASSWORD_MAX_LENGTH;
     let form = format!(
         "<form method=\"post\" action=\"/password/reset\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
-         <p><label>New password (at least {min} characters)<br><input type=\"password\" name=\"new_password\" \
-         autocomplete=\"new-password\" required minlength=\"{min}\" maxlength=\"{max}\"></label></p>\
-         <p><button type=\"submit\">Set the new password</button></p></form>",
+         <p><label for=\"new_password\">New password</label><br><span id=\"new_password-hint\">At least {min} \
+         characters; every session of the account will be signed out.</span><br><input type=\"password\" \
+         id=\"new_password\" name=\"new_password\" aria-describedby=\"new_password-hint\" \
+         autocomplete=\"new-password\" required minlength=\"{min}\" maxlength=\"{max}\"></p>\
+         <p><button type=\"submit\">Save</button></p></form>",
         escape(&token)
     );
     html_page(StatusCode::OK, page("Choose a new password", &form))
