@@ -77,6 +77,7 @@ async fn a_person_signs_up_and_manages_their_account_and_an_administrator_locks_
     person.fill("Password", STRONG_PASSWORD).await;
     person.press("Sign up").await;
     assert_eq!(person.heading().await, "Check your inbox");
+    person.review("sign-up-done").await;
 
     // The mailed link, opened in the browser, confirms the address with a page.
     let mails = maildev.wait_for(&email, 1).await;

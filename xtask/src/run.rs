@@ -17,7 +17,7 @@ const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8080";
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/user_management";
 
 /// Ensures Postgres and the database, then runs `cargo run --release -p users-api --bin user-management -- serve`
-/// in the workspace root and prints the docs URL once `/healthz` answers.
+/// in the workspace root and prints the URLs of the docs and the pages once `/healthz` answers.
 ///
 /// Settings come from the environment and the `.env` file, as the server reads them; the task runner only fills in
 /// `STORAGE_BACKEND=fs` and `MAIL_BACKEND=file` where neither sets them.
@@ -98,7 +98,10 @@ impl Run {
                 break process::wait_foreground(&mut child, "the server")?;
             }
             if !announced && http::is_ok(&probe, "/healthz") {
-                ui::step(&format!("user-management is up: http://localhost:{port}/docs (Ctrl-C stops it)"));
+                ui::step(&format!(
+                    "user-management is up: the API at http://localhost:{port}/docs, the pages at \
+                     http://localhost:{port}/ui/ (Ctrl-C stops it)"
+                ));
                 announced = true;
             }
             std::thread::sleep(Duration::from_millis(250));
