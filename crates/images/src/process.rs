@@ -187,7 +187,7 @@ fn fit_source(image: DynamicImage, source: (u32, u32), edge: u32) -> DynamicImag
         return fit(image, edge);
     }
     let (width, height) = fitted_size(source, edge);
-    image.resize_exact(width, height, FilterType::CatmullRom)
+    resized(&image, width, height)
 }
 
 /// The size `image`'s `resize` gives `source` within `edge` x `edge`: the aspect ratio kept, each edge rounded to
@@ -208,8 +208,22 @@ fn fit(image: DynamicImage, edge: u32) -> DynamicImage {
     if image.width().max(image.height()) <= edge {
         image
     } else {
-        // Catmull-Rom keeps downscaled photos sharp at about half the cost of Lanczos3 (4 taps instead of 6 per axis).
-        image.resize(edge, edge, FilterType::CatmullRom)
+        let (width, height) = fitted_size((image.width(), image.height()), edge);
+        resized(&image, width, height)
+    }
+}
+
+/// `image` scaled to exactly `width` x `height` with a Catmull-Rom filter (downscaled photos stay sharp at about half
+/// the cost of Lanczos3), by `fast_image_resize`, whose SIMD convolution (AVX2 or SSE4.1, chosen at run time) is many
+/// times faster than `image`'s; alpha is premultiplied while filtering, so transparent edges do not darken. A pixel
+/// layout it does not take falls back to `image`'s own resize.
+fn resized(image: &DynamicImage, width: u32, height: u32) -> DynamicImage {
+    use fast_image_resize::{FilterType as Filter, ResizeAlg, ResizeOptions, Resizer};
+    let mut scaled = DynamicImage::new(width, height, image.color());
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(Filter::CatmullRom));
+    match Resizer::new().resize(image, &mut scaled, &options) {
+        Ok(()) => scaled,
+        Err(_) => image.resize_exact(width, height, FilterType::CatmullRom),
     }
 }
 
