@@ -9,6 +9,7 @@
 //! [`Service::authorize_upload`] decides from the caller and the target id alone and hands out an
 //! [`UploadPermit`], and only [`Service::upload`], which requires that permit, takes the picture's bytes.
 
+use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -164,57 +165,78 @@ impl<P: Ports> Service<P> {
         self.ports.users().find_user(target.id).await?.ok_or(UploadError::NotFound)
     }
 
-    /// Stores every size; on a failure removes what was stored and reports it.
+    /// Stores every size, the three writes at once; on a failure removes what was stored and reports it.
     async fn put_all(&self, picture: &StoredPicture, processed: &ProcessedImage) -> Result<(), PortError> {
-        let mut written = Vec::new();
-        for variant in &picture.variants {
+        let puts = picture.variants.iter().map(|variant| {
             let key = StoredPicture::key_under(&picture.prefix, variant);
             let object = StoredObject {
                 key: key.clone(),
                 content_type: variant.content_type.clone(),
                 bytes: processed.size(variant.size).bytes.clone(),
             };
-            if let Err(error) = self.ports.objects().put(object).await {
-                self.delete_keys(written).await;
-                return Err(error);
+            async move { (key, self.ports.objects().put(object).await) }
+        });
+        let mut written = Vec::new();
+        let mut failure = None;
+        for (key, result) in join_all(puts).await {
+            match result {
+                Ok(()) => written.push(key),
+                Err(error) => failure = failure.or(Some(error)),
             }
-            written.push(key);
         }
-        Ok(())
+        match failure {
+            Some(error) => {
+                self.delete_keys(written).await;
+                Err(error)
+            }
+            None => Ok(()),
+        }
     }
 
-    /// Deletes objects, logging (not failing on) errors: what remains is unreferenced and harmless.
+    /// Deletes objects, at once, logging (not failing on) errors: what remains is unreferenced and harmless.
     async fn delete_keys(&self, keys: Vec<String>) {
-        for key in keys {
+        let deletes = keys.into_iter().map(|key| async move {
             if let Err(error) = self.ports.objects().delete(key.clone()).await {
                 log_cleanup_failure(&key, &error);
             }
-        }
+        });
+        join_all(deletes).await;
     }
 
-    /// Moves a picture's objects to `prefix`: copy every object, re-point the row, then delete the originals.
-    /// Best effort: the row always names objects that exist, whichever step fails.
+    /// Moves a picture's objects to `prefix`: copy every object (the sizes at once), re-point the row, then delete
+    /// the originals. Best effort: the row always names objects that exist, whichever step fails.
     async fn relocate(&self, picture: &StoredPicture, prefix: String) {
         // Already there (an earlier move that stopped half-way, or a race): copying onto itself and then deleting
         // the originals would delete the very objects the row names.
         if picture.prefix == prefix {
             return;
         }
-        let mut copied = Vec::new();
-        for variant in &picture.variants {
+        let copies = picture.variants.iter().map(|variant| {
             let from = StoredPicture::key_under(&picture.prefix, variant);
             let to = StoredPicture::key_under(&prefix, variant);
-            let copy = match self.ports.objects().get(from).await {
-                Ok(Some(object)) => self.ports.objects().put(StoredObject { key: to.clone(), ..object }).await,
-                Ok(None) => Ok(()),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = copy {
-                log_cleanup_failure(&to, &error);
-                self.delete_keys(copied).await;
-                return;
+            async move {
+                let copy = match self.ports.objects().get(from).await {
+                    Ok(Some(object)) => self.ports.objects().put(StoredObject { key: to.clone(), ..object }).await,
+                    Ok(None) => Ok(()),
+                    Err(error) => Err(error),
+                };
+                (to, copy)
             }
-            copied.push(to);
+        });
+        let mut copied = Vec::new();
+        let mut failed = false;
+        for (to, copy) in join_all(copies).await {
+            match copy {
+                Ok(()) => copied.push(to),
+                Err(error) => {
+                    log_cleanup_failure(&to, &error);
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.delete_keys(copied).await;
+            return;
         }
         if let Err(error) = self.ports.pictures().move_picture(picture.id, prefix).await {
             log_cleanup_failure(&picture.prefix, &error);
