@@ -61,7 +61,7 @@ pub(super) async fn history_rows<P: Ports>(
 /// The parts of the account, each a page of its own (so each page has one form of each kind, and its labels and
 /// buttons are unambiguous).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Section {
+pub enum Section {
     /// Profile fields and picture: `/ui/account`.
     Profile,
     /// `/ui/account/email`.
@@ -200,34 +200,11 @@ async fn render<P: Ports>(
     ctx.html(status, &page)
 }
 
-pub async fn page<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) -> Result<HttpResponse, PageError> {
-    section_page(&state, &req, Section::Profile).await
-}
-
-pub async fn email_page<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) -> Result<HttpResponse, PageError> {
-    section_page(&state, &req, Section::Email).await
-}
-
-pub async fn password_page<P: Ports>(
-    state: web::Data<AppState<P>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, PageError> {
-    section_page(&state, &req, Section::Password).await
-}
-
-pub async fn mfa_page<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) -> Result<HttpResponse, PageError> {
-    section_page(&state, &req, Section::SecondFactor).await
-}
-
-pub async fn sessions_page<P: Ports>(
-    state: web::Data<AppState<P>>,
-    req: HttpRequest,
-) -> Result<HttpResponse, PageError> {
-    section_page(&state, &req, Section::Sessions).await
-}
-
-pub async fn delete_page<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) -> Result<HttpResponse, PageError> {
-    section_page(&state, &req, Section::Delete).await
+/// The `GET` route of one section of the account.
+pub fn section_route<P: Ports>(section: Section) -> actix_web::Route {
+    web::get().to(move |state: web::Data<AppState<P>>, req: HttpRequest| async move {
+        section_page(&state, &req, section).await
+    })
 }
 
 async fn section_page<P: Ports>(
@@ -365,12 +342,12 @@ pub async fn delete<P: Ports>(
     match state.service.delete_me(&principal, fields.get("current_password")).await {
         Ok(()) => {
             ctx.sign_out();
-            let page = MessagePage {
-                layout: ctx.layout("Account deleted"),
-                heading: "Your account is deleted".to_owned(),
-                text: "Its sessions and pictures are gone too.".to_owned(),
-                link: Some(("/ui/sign-up".to_owned(), "Sign up again".to_owned())),
-            };
+            let page = MessagePage::new(
+                ctx.layout("Account deleted"),
+                "Your account is deleted",
+                "Its sessions and pictures are gone too.",
+                ("/ui/sign-up", "Sign up again"),
+            );
             ctx.html(StatusCode::OK, &page)
         }
         Err(error) => {

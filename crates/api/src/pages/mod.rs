@@ -21,6 +21,8 @@ mod account;
 mod public;
 mod staff;
 
+use account::{Section, section_route};
+
 use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
@@ -73,28 +75,28 @@ pub fn mount<P: Ports>(cfg: &mut web::ServiceConfig) {
         )
         .service(
             web::resource("/ui/account")
-                .route(web::get().to(account::page::<P>))
+                .route(section_route::<P>(Section::Profile))
                 .route(web::post().to(account::profile::<P>)),
         )
         .service(
             web::resource("/ui/account/email")
-                .route(web::get().to(account::email_page::<P>))
+                .route(section_route::<P>(Section::Email))
                 .route(web::post().to(account::email::<P>)),
         )
         .service(
             web::resource("/ui/account/password")
-                .route(web::get().to(account::password_page::<P>))
+                .route(section_route::<P>(Section::Password))
                 .route(web::post().to(account::password::<P>)),
         )
-        .service(web::resource("/ui/account/sessions").route(web::get().to(account::sessions_page::<P>)))
+        .service(web::resource("/ui/account/sessions").route(section_route::<P>(Section::Sessions)))
         .service(web::resource("/ui/account/sessions/revoke").route(web::post().to(account::revoke_session::<P>)))
         .service(web::resource("/ui/account/sessions/revoke-all").route(web::post().to(account::revoke_all::<P>)))
         .service(
             web::resource("/ui/account/delete")
-                .route(web::get().to(account::delete_page::<P>))
+                .route(section_route::<P>(Section::Delete))
                 .route(web::post().to(account::delete::<P>)),
         )
-        .service(web::resource("/ui/account/mfa").route(web::get().to(account::mfa_page::<P>)))
+        .service(web::resource("/ui/account/mfa").route(section_route::<P>(Section::SecondFactor)))
         .service(web::resource("/ui/account/mfa/setup").route(web::post().to(account::mfa_setup::<P>)))
         .service(web::resource("/ui/account/mfa/confirm").route(web::post().to(account::mfa_confirm::<P>)))
         .service(web::resource("/ui/account/mfa/disable").route(web::post().to(account::mfa_disable::<P>)))
@@ -502,6 +504,18 @@ pub(crate) struct MessagePage {
     link: Option<(String, String)>,
 }
 
+impl MessagePage {
+    /// A message with a link onwards.
+    fn new(layout: Layout, heading: &str, text: &str, link: (&str, &str)) -> Self {
+        Self {
+            layout,
+            heading: heading.to_owned(),
+            text: text.to_owned(),
+            link: Some((link.0.to_owned(), link.1.to_owned())),
+        }
+    }
+}
+
 /// Why a page could not be served; answered as a page, never as JSON.
 #[derive(Debug)]
 pub(crate) enum PageError {
@@ -565,8 +579,7 @@ impl ResponseError for PageError {
             }
         };
         let layout = Layout { title: heading.clone(), csrf: String::new(), user: None };
-        let page =
-            MessagePage { layout, heading, text, link: Some(("/ui/".to_owned(), "Back to the start".to_owned())) };
+        let page = MessagePage::new(layout, &heading, &text, ("/ui/", "Back to the start"));
         let body = page.render().unwrap_or_else(|_| "error".to_owned());
         let mut response = HttpResponse::build(self.status_code());
         page_headers(&mut response);

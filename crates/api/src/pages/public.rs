@@ -80,14 +80,13 @@ pub async fn sign_up<P: Ports>(
     match register(&state, &req, &fields).await {
         Ok(()) => ctx.html(
             StatusCode::OK,
-            &MessagePage {
-                layout: ctx.layout("Check your inbox"),
-                heading: "Check your inbox".to_owned(),
-                text: "If this address can be registered, we have sent it a link. Follow the link to confirm your \
-                       address, then sign in."
-                    .to_owned(),
-                link: Some(("/ui/sign-in".to_owned(), "Sign in".to_owned())),
-            },
+            &MessagePage::new(
+                ctx.layout("Check your inbox"),
+                "Check your inbox",
+                "If this address can be registered, we have sent it a link. Follow the link to confirm your \
+                       address, then sign in.",
+                ("/ui/sign-in", "Sign in"),
+            ),
         ),
         Err(error) => ctx.html(
             error.status(),
@@ -219,14 +218,13 @@ pub async fn forgot<P: Ports>(
     match request.await {
         Ok(()) => ctx.html(
             StatusCode::OK,
-            &MessagePage {
-                layout: ctx.layout("Check your inbox"),
-                heading: "Check your inbox".to_owned(),
-                text: "If this address has an account, we have sent it a link to choose a new password. The link \
-                       works once, for a short while."
-                    .to_owned(),
-                link: Some(("/ui/sign-in".to_owned(), "Back to sign in".to_owned())),
-            },
+            &MessagePage::new(
+                ctx.layout("Check your inbox"),
+                "Check your inbox",
+                "If this address has an account, we have sent it a link to choose a new password. The link \
+                       works once, for a short while.",
+                ("/ui/sign-in", "Back to sign in"),
+            ),
         ),
         Err(error) => {
             let form = Form::from_fields(&fields).failed(&error);
@@ -259,12 +257,12 @@ pub async fn reset<P: Ports>(
     match state.service.reset_password(fields.get("token"), fields.get("new_password"), client).await {
         Ok(()) => ctx.html(
             StatusCode::OK,
-            &MessagePage {
-                layout: ctx.layout("Password changed"),
-                heading: "Your password is changed".to_owned(),
-                text: "Every session of the account was signed out. Sign in with the new password.".to_owned(),
-                link: Some(("/ui/sign-in".to_owned(), "Sign in".to_owned())),
-            },
+            &MessagePage::new(
+                ctx.layout("Password changed"),
+                "Your password is changed",
+                "Every session of the account was signed out. Sign in with the new password.",
+                ("/ui/sign-in", "Sign in"),
+            ),
         ),
         Err(error) => {
             let error = ApiError::from(error);
