@@ -173,21 +173,26 @@ async fn a_person_signs_up_and_manages_their_account_and_an_administrator_locks_
 }
 
 #[tokio::test]
-async fn the_second_step_of_a_sign_in_and_a_forgotten_password_work_in_the_browser() {
+async fn the_second_factor_is_set_up_and_asked_for_and_a_forgotten_password_is_reset_in_the_browser() {
     let admin_email = unique_email("pages-mfa");
     let app = app(&admin_email).await;
     let maildev = MailDev::shared();
-    // The second factor is turned on over the API.
-    let token = json_body(login_json(&app.client, &app.address, &admin_email, ADMIN_PASSWORD).await).await;
-    let bearer = token["access_token"].as_str().unwrap();
-    let post = |path: &str, body: Value| app.client.post(app.url(path)).bearer_auth(bearer).json(&body).send();
-    let setup =
-        json_body(post("/me/mfa/totp/setup", serde_json::json!({"current_password": ADMIN_PASSWORD})).await.unwrap())
-            .await;
-    let secret = base32_decode(setup["secret"].as_str().unwrap());
+    // The second factor is turned on from the account page: the key and its QR code, a code, the recovery codes.
+    let browser = Browser::open(&app.address, true).await;
+    sign_in(&browser, &admin_email, ADMIN_PASSWORD).await;
+    browser.goto("/ui/account/mfa").await;
+    browser.fill("Current password", ADMIN_PASSWORD).await;
+    browser.press("Set up").await;
+    assert!(browser.text_of("svg.qr").await.is_empty(), "the QR code is drawn, not written");
+    browser.review("account-second-factor-setup").await;
+    let secret = base32_decode(&browser.text_of("code.secret").await);
     let step = unix_now() / 30;
-    let confirmed = post("/me/mfa/totp/confirm", serde_json::json!({"code": totp(&secret, step, 6)})).await.unwrap();
-    assert_eq!(confirmed.status(), 200);
+    browser.fill("Code", &totp(&secret, step, 6)).await;
+    browser.press("Turn on").await;
+    assert!(browser.text().await.contains("The second factor is on."), "{}", browser.text().await);
+    assert_eq!(browser.count("ul.codes li").await, 10, "ten recovery codes, shown once");
+    browser.review("account-recovery-codes").await;
+    browser.close().await;
 
     // The right password leads to the code page; a wrong code is refused there; the next step's code signs in.
     let browser = Browser::open(&app.address, true).await;

@@ -75,6 +75,17 @@ impl Browser {
         self.client.find(Locator::Css("body")).await.unwrap().text().await.unwrap()
     }
 
+    /// The text of the first element matching a CSS selector.
+    pub async fn text_of(&self, css: &str) -> String {
+        let element = self.client.find(Locator::Css(css)).await.unwrap_or_else(|_| panic!("no {css} on the page"));
+        element.text().await.unwrap()
+    }
+
+    /// How many elements match a CSS selector.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
+    }
+
     /// The page's `<h1>`.
     pub async fn heading(&self) -> String {
         self.client.find(Locator::Css("h1")).await.expect("the page has an h1").text().await.unwrap()

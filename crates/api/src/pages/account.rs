@@ -120,8 +120,8 @@ pub(super) struct AccountForms {
     picture: Form,
     mfa: Form,
     delete: Form,
-    /// A second factor being set up: the secret and its `otpauth://` URI.
-    mfa_setup: Option<(String, String)>,
+    /// A second factor being set up: the secret, its `otpauth://` URI, and that URI as a QR code (SVG markup).
+    mfa_setup: Option<(String, String, String)>,
     /// Recovery codes just made, shown once.
     recovery_codes: Vec<String>,
 }
@@ -366,7 +366,9 @@ pub async fn mfa_setup<P: Ports>(
     let principal = ctx.viewer()?;
     match state.service.setup_totp(principal, fields.get("current_password")).await {
         Ok(setup) => {
-            let forms = AccountForms { mfa_setup: Some((setup.secret, setup.otpauth_uri)), ..AccountForms::default() };
+            let qr = qr_svg(&setup.otpauth_uri);
+            let forms =
+                AccountForms { mfa_setup: Some((setup.secret, setup.otpauth_uri, qr)), ..AccountForms::default() };
             render(&state, &req, &ctx, StatusCode::OK, Section::SecondFactor, forms).await
         }
         Err(error) => {
@@ -410,6 +412,19 @@ pub async fn mfa_disable<P: Ports>(
             failed(&state, &req, &ctx, &error, None, Section::SecondFactor, |forms| &mut forms.mfa).await
         }
     }
+}
+
+/// `uri` as a QR code, as inline SVG markup for the page: only rectangles in two fixed colours (nothing of the URI
+/// appears as text), labelled for screen readers. Empty when the URI does not fit a QR code.
+fn qr_svg(uri: &str) -> String {
+    let Ok(code) = qrcode::QrCode::new(uri.as_bytes()) else {
+        return String::new();
+    };
+    let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(200, 200).quiet_zone(true).build();
+    // The renderer writes a standalone document; the page needs the element alone.
+    svg.find("<svg").map_or_else(String::new, |start| {
+        svg[start..].replacen("<svg ", "<svg class=\"qr\" role=\"img\" aria-label=\"QR code of the key\" ", 1)
+    })
 }
 
 /// Where a picture form sends the person back to: their account, or the user's page.
@@ -509,4 +524,20 @@ pub async fn archived_picture<P: Ports>(
         .insert_header((header::CACHE_CONTROL, "private, no-store"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .body(picture.bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qr_svg;
+
+    #[test]
+    fn the_qr_code_is_an_svg_element_with_a_label_and_none_of_the_uri_as_text() {
+        let uri = "otpauth://totp/user-management:ada%40example.com?secret=JBSWY3DPEHPK3PXP&issuer=user-management";
+        let svg = qr_svg(uri);
+        assert!(svg.starts_with("<svg class=\"qr\" role=\"img\" aria-label=\"QR code of the key\" "), "{svg}");
+        assert!(svg.ends_with("</svg>"));
+        for part in ["otpauth", "ada", "JBSWY3DPEHPK3PXP", "<?xml", "<script"] {
+            assert!(!svg.contains(part), "{part} in {svg}");
+        }
+    }
 }
