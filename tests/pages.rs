@@ -322,9 +322,42 @@ async fn forms_without_the_csrf_secret_or_from_another_site_change_nothing_and_l
     let bearer = token["access_token"].as_str().unwrap().to_owned();
     let me: Value = json_body(app.client.get(app.url("/me")).bearer_auth(&bearer).send().await.unwrap()).await;
     assert_ne!(me["nickname"], "mallory_was_here");
-    // The same form with the secret and our own origin is saved.
-    let response = save(profile(&csrf), Some(app.address.clone())).await.unwrap();
-    assert_eq!(response.status(), 303);
+    // The same form with the secret and our own origin is saved, and written to the trail once: saving it again
+    // unchanged records nothing.
+    let updates = || async {
+        let page = app.client.get(app.url("/audit?type=user.updated")).bearer_auth(&bearer).send().await.unwrap();
+        json_body(page).await["items"].as_array().unwrap().len()
+    };
+    let before = updates().await;
+    for _ in 0..2 {
+        let response = save(profile(&csrf), Some(app.address.clone())).await.unwrap();
+        assert_eq!(response.status(), 303);
+    }
+    assert_eq!(updates().await, before + 1, "an unchanged profile saved again is not an update");
+
+    // A parameter the user table does not know is dropped, never shown: a link cannot write into a staff page.
+    let planted = "/ui/users?Call%20IT%20and%20read%20them%20your%20password=1";
+    let page = client.get(app.url(planted)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(!page.text().await.unwrap().contains("Call IT"));
+
+    // A refused sign-in on the per-account backoff says when to come back, in the header too.
+    let mut last = None;
+    for _ in 0..7 {
+        let form = [("csrf", csrf.as_str()), ("email", "nobody@example.com"), ("password", "wrong-wrong-wrong-1")];
+        last = Some(client.post(app.url("/ui/sign-in")).header("cookie", &cookie).form(&form).send().await.unwrap());
+    }
+    let refused = last.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+
+    // Signing in again in the same browser ends the session it was signed in with.
+    let form = [("csrf", csrf.as_str()), ("email", admin_email.as_str()), ("password", ADMIN_PASSWORD)];
+    let again = client.post(app.url("/ui/sign-in")).header("cookie", &cookie).form(&form).send().await.unwrap();
+    assert_eq!(again.status(), 303);
+    let old = client.get(app.url("/ui/account")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(old.status(), 303, "the session replaced by the new sign-in is over");
+    let (cookie, _) = cookie_session(&app, &admin_email, ADMIN_PASSWORD).await;
 
     // Logging out everywhere through the API ends the cookie session too: it is a row of the same table.
     let out = app.client.post(app.url("/logout/all")).bearer_auth(&bearer).send().await.unwrap();

@@ -228,7 +228,7 @@ async fn failed<P: Ports>(
 ) -> Result<HttpResponse, PageError> {
     let mut forms = AccountForms::default();
     let form = place(&mut forms);
-    *form = fields.map(Form::from_fields).unwrap_or_default().failed(error);
+    *form = ctx.failed(fields.map(Form::from_fields).unwrap_or_default(), error);
     render(state, req, ctx, error.status(), section, forms).await
 }
 
@@ -239,18 +239,37 @@ pub async fn profile<P: Ports>(
 ) -> Result<HttpResponse, PageError> {
     let (ctx, fields) = Ctx::post(&state, &req, payload).await?;
     let principal = ctx.viewer()?;
-    // Every field of the form is sent; an emptied optional field clears it, as `null` does in the API.
-    let field = |name: &str| Some(Some(fields.get(name).trim().to_owned()).filter(|value| !value.is_empty()));
+    // Only what differs from the stored profile is sent, so the trail records the fields really changed; an
+    // emptied optional field clears it, as `null` does in the API (an emptied nickname is refused by its parser).
+    let stored = AccountForms::profile_of(&principal.user);
+    let changed = |name: &str| {
+        let value = fields.get(name).trim();
+        (value != stored.value(name)).then(|| Some(value.to_owned()).filter(|value| !value.is_empty()))
+    };
     let request = UpdateMeRequest {
-        nickname: Some(Some(fields.get("nickname").trim().to_owned())),
-        first_name: field("first_name"),
-        last_name: field("last_name"),
-        bio: field("bio"),
-        linkedin_profile_url: field("linkedin_profile_url"),
-        github_profile_url: field("github_profile_url"),
+        nickname: (fields.get("nickname").trim() != stored.value("nickname"))
+            .then(|| Some(fields.get("nickname").trim().to_owned())),
+        first_name: changed("first_name"),
+        last_name: changed("last_name"),
+        bio: changed("bio"),
+        linkedin_profile_url: changed("linkedin_profile_url"),
+        github_profile_url: changed("github_profile_url"),
         email: None,
         current_password: None,
     };
+    let nothing_changed = [
+        &request.nickname,
+        &request.first_name,
+        &request.last_name,
+        &request.bio,
+        &request.linkedin_profile_url,
+        &request.github_profile_url,
+    ]
+    .iter()
+    .all(|change| change.is_none());
+    if nothing_changed {
+        return Ok(ctx.redirect("/ui/account?done=profile"));
+    }
     let result = async { Ok::<_, ApiError>(state.service.update_me(principal, request.try_into_domain()?).await?) };
     match result.await {
         Ok(_) => Ok(ctx.redirect("/ui/account?done=profile")),
@@ -447,8 +466,15 @@ async fn picture_failed<P: Ports>(
     if ctx.viewer()?.user.id == user {
         failed(state, req, ctx, error, None, Section::Profile, |forms| &mut forms.picture).await
     } else {
-        super::staff::render_user(state, req, ctx, user, error.status(), super::staff::UserForms::picture_failed(error))
-            .await
+        super::staff::render_user(
+            state,
+            req,
+            ctx,
+            user,
+            error.status(),
+            super::staff::UserForms::picture_failed(ctx, error),
+        )
+        .await
     }
 }
 

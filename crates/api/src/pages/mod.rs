@@ -188,6 +188,8 @@ pub(crate) struct Ctx {
     csrf_is_new: bool,
     cookies: Vec<String>,
     viewer: Option<Principal>,
+    /// Seconds to send as `Retry-After`, when a form failed on a limit or an unavailable dependency.
+    retry_after: std::cell::Cell<Option<u64>>,
 }
 
 impl Ctx {
@@ -219,7 +221,7 @@ impl Ctx {
                 Err(AuthError::Port(error)) => return Err(ApiError::from(error).into()),
             }
         }
-        Ok(Self { secure, csrf, csrf_is_new, cookies, viewer })
+        Ok(Self { secure, csrf, csrf_is_new, cookies, viewer, retry_after: std::cell::Cell::new(None) })
     }
 
     /// [`Self::load`] for a form post: also reads the urlencoded body and checks its CSRF field and the origin.
@@ -269,6 +271,14 @@ impl Ctx {
         self.viewer = None;
     }
 
+    /// `form` showing the failure `error`; its answer will carry the error's `Retry-After`, if any.
+    fn failed(&self, form: Form, error: &ApiError) -> Form {
+        if let Some(seconds) = error.retry_after() {
+            self.retry_after.set(Some(seconds));
+        }
+        form.failed(error)
+    }
+
     /// What every page's frame shows.
     fn layout(&self, title: &str) -> Layout {
         Layout {
@@ -299,6 +309,9 @@ impl Ctx {
 
     fn headers(&self, response: &mut HttpResponseBuilder) {
         page_headers(response);
+        if let Some(seconds) = self.retry_after.get() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
         for cookie in &self.cookies {
             response.append_header((header::SET_COOKIE, cookie.clone()));
         }

@@ -90,7 +90,7 @@ pub async fn sign_up<P: Ports>(
         ),
         Err(error) => ctx.html(
             error.status(),
-            &SignUpPage { layout: ctx.layout("Sign up"), form: Form::from_fields(&fields).failed(&error) },
+            &SignUpPage { layout: ctx.layout("Sign up"), form: ctx.failed(Form::from_fields(&fields), &error) },
         ),
     }
 }
@@ -140,6 +140,7 @@ pub async fn sign_in<P: Ports>(
     };
     match attempt.await {
         Ok(pair) => {
+            end_previous_session(&state, &mut ctx).await?;
             ctx.sign_in(pair.access_token.expose());
             Ok(ctx.redirect("/ui/account"))
         }
@@ -149,7 +150,7 @@ pub async fn sign_in<P: Ports>(
             ctx.html(StatusCode::OK, &page)
         }
         Err(error) => {
-            let form = Form::from_fields(&fields).failed(&error);
+            let form = ctx.failed(Form::from_fields(&fields), &error);
             ctx.html(error.status(), &SignInPage { layout: ctx.layout("Sign in"), form, notice: None })
         }
     }
@@ -161,14 +162,19 @@ pub async fn sign_in_code<P: Ports>(
     payload: web::Payload,
 ) -> Result<HttpResponse, PageError> {
     let (mut ctx, fields) = Ctx::post(&state, &req, payload).await?;
-    let client = client_info(&req, &state.clients);
-    match state.service.login_second_step(fields.get("mfa_token"), fields.get("code"), client).await {
+    // The same per-IP limit as `POST /login/mfa`.
+    let attempt = async {
+        state.limit("login-mfa", &req).await?;
+        let client = client_info(&req, &state.clients);
+        Ok::<_, ApiError>(state.service.login_second_step(fields.get("mfa_token"), fields.get("code"), client).await?)
+    };
+    match attempt.await {
         Ok(pair) => {
+            end_previous_session(&state, &mut ctx).await?;
             ctx.sign_in(pair.access_token.expose());
             Ok(ctx.redirect("/ui/account"))
         }
         Err(error) => {
-            let error = ApiError::from(error);
             if error.code() == "invalid_token" {
                 // The pending sign-in is over (expired, used, or out of tries): start again.
                 let form = Form::alert("The sign-in has expired or had too many wrong codes. Sign in again.");
@@ -176,12 +182,21 @@ pub async fn sign_in_code<P: Ports>(
             }
             let page = CodePage {
                 layout: ctx.layout("Enter your code"),
-                form: Form::default().failed(&error),
+                form: ctx.failed(Form::default(), &error),
                 mfa_token: fields.get("mfa_token").to_owned(),
             };
             ctx.html(error.status(), &page)
         }
     }
+}
+
+/// Revokes the session this browser was signed in with, if any, before a new sign-in replaces its cookie: it would
+/// otherwise live on, out of sight, until it expires.
+async fn end_previous_session<P: Ports>(state: &AppState<P>, ctx: &mut Ctx) -> Result<(), PageError> {
+    if let Some(previous) = ctx.viewer.take() {
+        state.service.revoke_session(&previous, previous.session_id).await.map_err(ApiError::from)?;
+    }
+    Ok(())
 }
 
 /// Ends this browser's session (the row is revoked, not just the cookie dropped).
@@ -227,7 +242,7 @@ pub async fn forgot<P: Ports>(
             ),
         ),
         Err(error) => {
-            let form = Form::from_fields(&fields).failed(&error);
+            let form = ctx.failed(Form::from_fields(&fields), &error);
             ctx.html(error.status(), &ForgotPage { layout: ctx.layout("Forgot your password?"), form })
         }
     }
@@ -268,7 +283,7 @@ pub async fn reset<P: Ports>(
             let error = ApiError::from(error);
             let page = ResetPage {
                 layout: ctx.layout("Choose a new password"),
-                form: Form::default().failed(&error),
+                form: ctx.failed(Form::default(), &error),
                 token: fields.get("token").to_owned(),
             };
             ctx.html(error.status(), &page)

@@ -18,12 +18,20 @@ use crate::state::AppState;
 /// The role names, for the select boxes.
 const ROLES: [&str; 4] = ["ANONYMOUS", "AUTHENTICATED", "MANAGER", "ADMIN"];
 
-/// A query string without its empty parameters (a filter left at "any" is sent empty by the form) and without
-/// `done`.
-fn filled(query: &str) -> String {
+/// The parameters of the user table's form and links.
+const USER_PARAMETERS: [&str; 8] =
+    ["q", "role", "email_verified", "is_locked", "is_professional", "sort", "cursor", "limit"];
+
+/// The parameters of the audit page's form and links.
+const EVENT_PARAMETERS: [&str; 4] = ["cursor", "type", "actor_id", "subject_id"];
+
+/// A query string with only the page's own parameters, and without the empty ones (a filter left at "any" is sent
+/// empty by the form). Other names are dropped, never reported: a link could otherwise put words of its choosing
+/// into an alert on a staff page.
+fn filled(query: &str, known: &[&str]) -> String {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     let kept: Vec<(String, String)> =
-        pairs.into_iter().filter(|(name, value)| !value.is_empty() && name != "done").collect();
+        pairs.into_iter().filter(|(name, value)| !value.is_empty() && known.contains(&name.as_str())).collect();
     serde_urlencoded::to_string(kept).unwrap_or_default()
 }
 
@@ -57,7 +65,7 @@ pub async fn users<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) ->
     if !principal.user.role.administers_users() {
         return Err(ApiError::forbidden().into());
     }
-    let query = filled(req.query_string());
+    let query = filled(req.query_string(), &USER_PARAMETERS);
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query).unwrap_or_default();
     let mut filters = Form::with_values(pairs.iter().map(|(name, value)| (name.as_str(), value.clone())));
     let listed = async {
@@ -72,7 +80,7 @@ pub async fn users<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) ->
         }
         Err(error) => {
             let status = error.status();
-            filters = filters.failed(&error);
+            filters = ctx.failed(filters, &error);
             (status, Vec::new(), None)
         }
     };
@@ -107,8 +115,8 @@ pub(super) struct UserForms {
 
 impl UserForms {
     /// The forms after a failed picture post.
-    pub(super) fn picture_failed(error: &ApiError) -> Self {
-        Self { picture: Form::default().failed(error), ..Self::default() }
+    pub(super) fn picture_failed(ctx: &Ctx, error: &ApiError) -> Self {
+        Self { picture: ctx.failed(Form::default(), error), ..Self::default() }
     }
 }
 
@@ -234,7 +242,7 @@ pub async fn update_user<P: Ports>(
     match result.await {
         Ok(_) => Ok(ctx.redirect(&format!("/ui/users/{}?done=saved", id.as_uuid()))),
         Err(error) => {
-            let forms = UserForms { fields: Form::from_fields(&fields).failed(&error), ..UserForms::default() };
+            let forms = UserForms { fields: ctx.failed(Form::from_fields(&fields), &error), ..UserForms::default() };
             render_user(&state, &req, &ctx, id, error.status(), forms).await
         }
     }
@@ -267,12 +275,11 @@ pub async fn audit<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) ->
     if principal.user.role != Role::Admin {
         return Err(ApiError::forbidden().into());
     }
-    let query = filled(req.query_string());
+    let query = filled(req.query_string(), &EVENT_PARAMETERS);
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query).unwrap_or_default();
     let mut filters = Form::with_values(pairs.iter().map(|(name, value)| (name.as_str(), value.clone())));
-    let allowed = ["cursor", "type", "actor_id", "subject_id"];
     let listed = async {
-        let request = crate::routes::audit::parse_event_query(&query, &allowed)?;
+        let request = crate::routes::audit::parse_event_query(&query, &EVENT_PARAMETERS)?;
         Ok::<_, ApiError>(state.service.audit_events(principal, request).await?)
     };
     let user = |id: Option<UserId>| id.map(|id| id.as_uuid().to_string()).unwrap_or_default();
@@ -301,10 +308,21 @@ pub async fn audit<P: Ports>(state: web::Data<AppState<P>>, req: HttpRequest) ->
         }
         Err(error) => {
             let status = error.status();
-            filters = filters.failed(&error);
+            filters = ctx.failed(filters, &error);
             (status, Vec::new(), None)
         }
     };
     let types = EventType::ALL.iter().map(|kind| kind.as_str()).collect();
     ctx.html(status, &AuditPage { layout: ctx.layout("Audit trail"), filters, types, rows, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{USER_PARAMETERS, filled};
+
+    #[test]
+    fn only_the_pages_own_filled_in_parameters_are_kept() {
+        let query = "q=ada&role=&Call%20IT%20and%20read%20them%20your%20password=1&done=saved&sort=email";
+        assert_eq!(filled(query, &USER_PARAMETERS), "q=ada&sort=email");
+    }
 }
