@@ -14,7 +14,7 @@ use serde_json::Value;
 use users_e2e::browser::Browser;
 use users_e2e::maildev::{MailDev, link};
 use users_e2e::totp::{base32_decode, totp, unix_now};
-use users_e2e::{BinaryApp, STRONG_PASSWORD, json_body, login_json, unique_email};
+use users_e2e::{BinaryApp, STRONG_PASSWORD, WRONG_PASSWORD as WRONG, json_body, login_json, unique_email};
 
 /// The bootstrap administrator's password.
 const ADMIN_PASSWORD: &str = "quartz-lantern-meadow-42";
@@ -369,4 +369,54 @@ async fn forms_without_the_csrf_secret_or_from_another_site_change_nothing_and_l
         cookies(&after).iter().any(|(name, value)| name == "um_session" && value.is_empty()),
         "the cookie is dropped"
     );
+}
+
+#[tokio::test]
+async fn the_account_forms_change_email_end_a_session_and_delete_the_account_and_a_wrong_password_changes_nothing() {
+    let admin_email = unique_email("pages-forms-admin");
+    let app = app(&admin_email).await;
+    let admin = json_body(login_json(&app.client, &app.address, &admin_email, ADMIN_PASSWORD).await).await;
+    let email = unique_email("pages-forms");
+    let body = serde_json::json!({"email": email, "password": STRONG_PASSWORD, "email_verified": true});
+    let created = app.client.post(app.url("/users")).bearer_auth(admin["access_token"].as_str().unwrap());
+    assert_eq!(created.json(&body).send().await.unwrap().status(), 201);
+
+    let (cookie, csrf) = cookie_session(&app, &email, STRONG_PASSWORD).await;
+    let client = no_redirects();
+    let post = |path: &'static str, form: Vec<(&'static str, String)>| {
+        let mut form = form;
+        form.push(("csrf", csrf.clone()));
+        client.post(app.url(path)).header("cookie", &cookie).header("origin", &app.address).form(&form).send()
+    };
+    let api = json_body(login_json(&app.client, &app.address, &email, STRONG_PASSWORD).await).await;
+    let bearer = api["access_token"].as_str().unwrap().to_owned();
+    let me = || async { json_body(app.client.get(app.url("/me")).bearer_auth(&bearer).send().await.unwrap()).await };
+
+    // Email change: a wrong current password is 403 and nothing is pending; the right one makes it pending.
+    let new_email = unique_email("pages-forms-new");
+    let wrong = vec![("email", new_email.clone()), ("current_password", WRONG.to_owned())];
+    assert_eq!(post("/ui/account/email", wrong).await.unwrap().status(), 403);
+    assert!(me().await["pending_email"].is_null());
+    let right = vec![("email", new_email.clone()), ("current_password", STRONG_PASSWORD.to_owned())];
+    assert_eq!(post("/ui/account/email", right).await.unwrap().status(), 303);
+    assert_eq!(me().await["pending_email"], new_email.as_str());
+
+    // Ending the API session from the sessions page: its bearer stops working at once.
+    let sessions = json_body(app.client.get(app.url("/me/sessions")).bearer_auth(&bearer).send().await.unwrap()).await;
+    let api_session = sessions["items"].as_array().unwrap().iter().find(|s| s["current"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(post("/ui/account/sessions/revoke", vec![("session", api_session)]).await.unwrap().status(), 303);
+    assert_eq!(app.client.get(app.url("/me")).bearer_auth(&bearer).send().await.unwrap().status(), 401);
+
+    // Delete: a wrong password is 403 and the account stays; the right one deletes it and its sessions.
+    assert_eq!(post("/ui/account/delete", vec![("current_password", WRONG.to_owned())]).await.unwrap().status(), 403);
+    assert_eq!(login_json(&app.client, &app.address, &email, STRONG_PASSWORD).await.status(), 200);
+    let deleted = post("/ui/account/delete", vec![("current_password", STRONG_PASSWORD.to_owned())]).await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert!(deleted.text().await.unwrap().contains("Your account is deleted"));
+    assert_eq!(login_json(&app.client, &app.address, &email, STRONG_PASSWORD).await.status(), 401);
+    let after = client.get(app.url("/ui/account")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(after.status(), 303, "the deleted account's browser session is over");
 }

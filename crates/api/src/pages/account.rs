@@ -313,8 +313,10 @@ pub async fn password<P: Ports>(
     match state.service.change_password(principal, fields.get("current_password"), fields.get("new_password")).await {
         Ok(()) => Ok(ctx.redirect("/ui/account/password?done=password")),
         Err(error) => {
-            let error = ApiError::from(error);
-            failed(&state, &req, &ctx, &error, Some(&fields), Section::Password, |forms| &mut forms.password).await
+            failed(&state, &req, &ctx, &ApiError::from(error), Some(&fields), Section::Password, |forms| {
+                &mut forms.password
+            })
+            .await
         }
     }
 }
@@ -370,8 +372,7 @@ pub async fn delete<P: Ports>(
             ctx.html(StatusCode::OK, &page)
         }
         Err(error) => {
-            let error = ApiError::from(error);
-            failed(&state, &req, &ctx, &error, None, Section::Delete, |forms| &mut forms.delete).await
+            failed(&state, &req, &ctx, &ApiError::from(error), None, Section::Delete, |forms| &mut forms.delete).await
         }
     }
 }
@@ -391,8 +392,8 @@ pub async fn mfa_setup<P: Ports>(
             render(&state, &req, &ctx, StatusCode::OK, Section::SecondFactor, forms).await
         }
         Err(error) => {
-            let error = ApiError::from(error);
-            failed(&state, &req, &ctx, &error, None, Section::SecondFactor, |forms| &mut forms.mfa).await
+            failed(&state, &req, &ctx, &ApiError::from(error), None, Section::SecondFactor, |forms| &mut forms.mfa)
+                .await
         }
     }
 }
@@ -411,8 +412,8 @@ pub async fn mfa_confirm<P: Ports>(
             render(&state, &req, &ctx, StatusCode::OK, Section::SecondFactor, forms).await
         }
         Err(error) => {
-            let error = ApiError::from(error);
-            failed(&state, &req, &ctx, &error, None, Section::SecondFactor, |forms| &mut forms.mfa).await
+            failed(&state, &req, &ctx, &ApiError::from(error), None, Section::SecondFactor, |forms| &mut forms.mfa)
+                .await
         }
     }
 }
@@ -427,8 +428,8 @@ pub async fn mfa_disable<P: Ports>(
     match state.service.disable_totp(principal, fields.get("current_password"), fields.get("code")).await {
         Ok(()) => Ok(ctx.redirect("/ui/account/mfa?done=mfa-off")),
         Err(error) => {
-            let error = ApiError::from(error);
-            failed(&state, &req, &ctx, &error, None, Section::SecondFactor, |forms| &mut forms.mfa).await
+            failed(&state, &req, &ctx, &ApiError::from(error), None, Section::SecondFactor, |forms| &mut forms.mfa)
+                .await
         }
     }
 }
