@@ -103,12 +103,17 @@ fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError>
     if let Some(prefix) = query.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
         let pattern = escape_like(prefix);
         statement = statement.sql(" AND (");
-        for (index, column) in ["email", "nickname", "first_name", "last_name"].into_iter().enumerate() {
+        for (index, column) in
+            ["search_email", "search_nickname", "search_first_name", "search_last_name"].into_iter().enumerate()
+        {
             let or = if index == 0 { "" } else { " OR " };
-            // lower() on both sides makes the match case-insensitive with one case mapping, the database's; the
-            // pattern is a constant once the value is bound, so the planner turns it into an index range.
+            // Each `search_*` column is its column lower-cased by the database when the row was written
+            // (migration `search_columns`), and the pattern is lower-cased by the same function here:
+            // case-insensitive with one case mapping, the database's, and no lower() per row looked at. The pattern
+            // is a constant once the value is bound, so the planner turns it into a range of the column's prefix
+            // index.
             statement = statement
-                .sql(&format!("{or}lower({column}) LIKE (lower("))
+                .sql(&format!("{or}{column} LIKE (lower("))
                 .bind::<Text, _>(pattern.clone())
                 .sql(r") || '%') ESCAPE E'\\'");
         }
@@ -230,7 +235,7 @@ mod tests {
         let text = sql.split(" -- binds: ").next().unwrap();
         assert!(!text.contains("DROP") && !text.contains("o'b"), "{text}");
         assert!(text.contains("AND (lower(email), id) > (lower($8), $9)"), "{text}");
-        assert!(text.contains(r"OR lower(last_name) LIKE (lower($7) || '%') ESCAPE E'\\')"), "{text}");
+        assert!(text.contains(r"OR search_last_name LIKE (lower($7) || '%') ESCAPE E'\\')"), "{text}");
         assert!(text.ends_with("ORDER BY lower(email), id LIMIT $10"), "{text}");
         assert_eq!(statement.binds, 10);
     }
