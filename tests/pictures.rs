@@ -99,6 +99,20 @@ impl Harness {
         self.app.client.get(self.app.url(&format!("/profiles/{user_id}/picture?size={size}"))).send().await.unwrap()
     }
 
+    /// The user's object keys once `settled` holds for them: archive moves run in the background after the
+    /// request that records them, so this waits for the condition (with a deadline, not a fixed sleep).
+    async fn objects_once(&self, user_id: &str, what: &str, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let objects = self.objects(user_id).await;
+            if settled(&objects) {
+                return objects;
+            }
+            assert!(std::time::Instant::now() < deadline, "within 20 s, expected {what}; objects: {objects:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every stored object key of a user, whatever the backend.
     async fn objects(&self, user_id: &str) -> Vec<String> {
         let prefix = format!("profile_pictures/{user_id}/");
@@ -296,8 +310,21 @@ async fn replace_history_restore_and_delete(backend: Backend) {
     assert_eq!(items[0]["content_type"], "image/png");
     assert_eq!(items[0]["width"], 500);
     let first_id = items[0]["id"].as_str().unwrap().to_owned();
-    let objects = h.objects(&id).await;
-    assert!(objects.iter().any(|key| key.contains(&format!("/archive/{first_id}/"))), "{objects:?}");
+    // The first picture's three objects move to the archive after the answer; the second's three stay active.
+    let archived = |keys: &[String]| keys.iter().filter(|key| key.contains("/archive/")).count();
+    let objects =
+        h.objects_once(&id, "three archived objects of six", |keys| keys.len() == 6 && archived(keys) == 3).await;
+    assert!(objects.iter().all(|key| !key.contains(&first_id) || key.contains("/archive/")), "{objects:?}");
+    // Served from the archive once there, as it was from where it was before.
+    let version = h
+        .app
+        .client
+        .get(h.app.url(&format!("/users/{id}/profile-picture/history/{first_id}?size=thumb")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(version.status(), 200);
 
     let restore = h
         .app
@@ -320,8 +347,8 @@ async fn replace_history_restore_and_delete(backend: Backend) {
     assert_eq!(me["profile_picture_url"], Value::Null);
     let history = json_body(h.app.client.get(&history_url).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(history["items"].as_array().unwrap().len(), 2, "newest first, both archived");
-    assert_eq!(h.objects(&id).await.len(), 6);
-    assert!(h.objects(&id).await.iter().all(|key| key.contains("/archive/")));
+    let all_archived = |keys: &[String]| keys.len() == 6 && keys.iter().all(|key| key.contains("/archive/"));
+    h.objects_once(&id, "the six objects of both pictures in the archive", all_archived).await;
 
     // Deleting the user removes every object.
     let remove = h.app.client.delete(h.app.url(&format!("/users/{id}"))).bearer_auth(&h.admin).send().await;

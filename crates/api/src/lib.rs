@@ -11,6 +11,7 @@ pub mod housekeeping;
 pub mod mailer;
 pub mod openapi;
 pub mod pages;
+pub mod picture_mover;
 pub mod rate_limit;
 pub mod routes;
 pub mod signing_keys;

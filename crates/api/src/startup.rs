@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::housekeeping::HousekeepingWorker;
 use crate::mailer::{AppMailer, OutboxWorker};
 use crate::openapi::ApiDoc;
+use crate::picture_mover::PictureMover;
 use crate::routes::{mount, ops};
 use crate::signing_keys::{KeyReloader, SharedKeys};
 use crate::state::{AppPorts, AppService, AppState, Jwks};
@@ -144,6 +145,7 @@ pub struct Application {
     webhooks: Option<WebhookWorker>,
     housekeeping: HousekeepingWorker,
     key_reloader: Option<KeyReloader>,
+    picture_mover: PictureMover,
 }
 
 /// The second HTTP server, serving only `GET /metrics` on `METRICS_BIND_ADDR`, so that metrics never reach the
@@ -201,6 +203,7 @@ impl Application {
                 .context("making sure of the BOOTSTRAP_ADMIN_EMAIL account")?;
             tracing::info!(user_id = %user.id, "bootstrap admin is present");
         }
+        let (service, picture_mover) = PictureMover::start(service);
         let requests = service.clone();
         let db = service.ports().db.clone();
         let tokens = service.ports().tokens.clone();
@@ -230,7 +233,7 @@ impl Application {
         let webhooks = config.webhooks.clone().map(|hooks| WebhookWorker::start(db.clone(), hooks)).transpose()?;
         let housekeeping = HousekeepingWorker::start(db, config.purge_settings(), config.purge_interval);
         let key_reloader = shared_keys.map(|keys| KeyReloader::start(keys, tokens));
-        Ok(Self { server, port, metrics, outbox, webhooks, housekeeping, key_reloader })
+        Ok(Self { server, port, metrics, outbox, webhooks, housekeeping, key_reloader, picture_mover })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -270,6 +273,7 @@ impl Application {
         // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
         // outbox for the next start.
         self.outbox.stop().await;
+        self.picture_mover.stop().await;
         if let Some(webhooks) = self.webhooks {
             webhooks.stop().await;
         }

@@ -68,6 +68,16 @@ impl PictureStore for AppStore {
         }
     }
 
+    fn copy(&self, from: String, to: String) -> impl Future<Output = Result<bool, PortError>> + Send {
+        let store = self.clone();
+        async move {
+            match store {
+                Self::Fs(fs) => fs.copy(from, to).await,
+                Self::S3(s3) => s3.copy(from, to).await,
+            }
+        }
+    }
+
     fn delete(&self, key: String) -> impl Future<Output = Result<(), PortError>> + Send {
         let store = self.clone();
         async move {

@@ -34,6 +34,26 @@ pub struct Service<P> {
     pub(crate) mails: MailTemplates,
     /// Per-account limit on concurrent password checks in this process, shared by clones.
     pub(crate) attempts: Arc<AttemptGate>,
+    pub(crate) moves: MoveSignal,
+}
+
+/// What the service calls when a change leaves picture objects to move (see [`Service::move_pictures`]): nothing
+/// unless [`Service::on_pictures_to_move`] set it.
+#[derive(Clone, Default)]
+pub(crate) struct MoveSignal(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl MoveSignal {
+    pub(crate) fn raise(&self) {
+        if let Some(signal) = &self.0 {
+            signal();
+        }
+    }
+}
+
+impl std::fmt::Debug for MoveSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "MoveSignal(set)" } else { "MoveSignal(none)" })
+    }
 }
 
 impl<P: Clone> Clone for Service<P> {
@@ -43,6 +63,7 @@ impl<P: Clone> Clone for Service<P> {
             config: self.config.clone(),
             mails: self.mails.clone(),
             attempts: Arc::clone(&self.attempts),
+            moves: self.moves.clone(),
         }
     }
 }
@@ -57,7 +78,16 @@ impl<P: Ports> Service<P> {
     /// Wires the service with mail templates of the embedder's own.
     pub fn with_mails(ports: P, config: ServiceConfig, mails: MailTemplates) -> Self {
         let attempts = Arc::new(AttemptGate::new(config.login_backoff.after));
-        Self { ports, config, mails, attempts }
+        Self { ports, config, mails, attempts, moves: MoveSignal::default() }
+    }
+
+    /// Calls `signal` whenever a change leaves picture objects to move (an upload, a deletion or a restore
+    /// archived a picture or brought one back), so that whoever runs [`Service::move_pictures`] in the background
+    /// starts at once rather than at its next poll. The signal must return at once (wake a task, no I/O).
+    #[must_use]
+    pub fn on_pictures_to_move(mut self, signal: impl Fn() + Send + Sync + 'static) -> Self {
+        self.moves = MoveSignal(Some(Arc::new(signal)));
+        self
     }
 
     /// The service's settings.

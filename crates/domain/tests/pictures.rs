@@ -174,6 +174,9 @@ async fn the_history_lists_archived_pictures_newest_first_and_restore_swaps_them
 
     let history: Vec<Uuid> = world.service.history(&ada, id).await.unwrap().iter().map(|p| p.id).collect();
     assert_eq!(history, [second, first]);
+    // The rows changed; the objects follow when the recorded moves are done (by a background task in the
+    // application, by hand here).
+    assert_eq!(world.service.move_pictures(10).await.unwrap(), 2, "the two archived ones");
 
     let restored = world.service.restore(&ada, id, first).await.unwrap();
     assert_eq!(restored.profile_picture_id, Some(first));
@@ -181,12 +184,19 @@ async fn the_history_lists_archived_pictures_newest_first_and_restore_swaps_them
     assert_eq!(history.iter().map(|p| p.id).collect::<Vec<_>>(), [third, second]);
     assert!(history.iter().all(|picture| picture.archived));
 
-    // The objects moved with the rows: the active one under the active prefix, the others under the archive.
+    // The restored one has to come back out of the archive, the one it replaced to go in; `second` stays.
+    assert!(!world.active(id).await.unwrap().is_placed());
+    let placed: Vec<(Uuid, bool)> = history.iter().map(|picture| (picture.id, picture.is_placed())).collect();
+    assert_eq!(placed, [(third, false), (second, true)]);
+    assert_eq!(world.service.move_pictures(10).await.unwrap(), 2, "the restored one and the one it replaced");
+    // Then the active one is under an active prefix, the others under the archive, and nothing else is left.
+    assert_eq!(world.service.move_pictures(10).await.unwrap(), 0, "nothing left to move");
     let active = world.active(id).await.unwrap();
-    assert_eq!(active.prefix, StoredPicture::active_prefix(id, first));
+    assert!(active.is_placed() && !StoredPicture::is_archive_prefix(&active.prefix), "{}", active.prefix);
+    let history = world.service.history(&ada, id).await.unwrap();
     let mut expected: Vec<String> = active.keys();
     for archived in &history {
-        assert_eq!(archived.prefix, StoredPicture::archive_prefix(id, archived.id));
+        assert!(archived.is_placed() && StoredPicture::is_archive_prefix(&archived.prefix), "{}", archived.prefix);
         expected.extend(archived.keys());
     }
     expected.sort();
@@ -200,4 +210,61 @@ async fn the_history_lists_archived_pictures_newest_first_and_restore_swaps_them
         assert!(matches!(world.service.restore(&ada, id, version).await, Err(PictureError::NotFound)));
     }
     assert_eq!(world.user("ada@example.com").await.profile_picture_id, Some(first));
+}
+
+#[tokio::test]
+async fn an_archived_picture_is_served_where_it_is_until_moved_and_a_failed_move_is_done_later() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    let id = ada.user.id;
+    let first = world.upload(&ada, id).await.unwrap().profile_picture_id.unwrap();
+    let keys_of_first = world.keys();
+    world.upload(&ada, id).await.unwrap();
+    // The upload answered without moving the first picture: it is in the history, served from where it is.
+    let archived = world.service.history(&ada, id).await.unwrap();
+    assert_eq!((archived.len(), archived[0].id, archived[0].is_placed()), (1, first, false));
+    let mut keys = archived[0].keys();
+    keys.sort();
+    assert_eq!(keys, keys_of_first);
+    assert!(world.service.serve_version(&ada, id, first, PictureSize::Thumb).await.is_ok());
+
+    // Storage down: the move fails, nothing is lost, and it stays recorded.
+    let keys = world.keys();
+    world.ports.object_store().set_unavailable(true);
+    assert_eq!(world.service.move_pictures(10).await.unwrap(), 0);
+    world.ports.object_store().set_unavailable(false);
+    assert_eq!(world.keys(), keys);
+    assert!(!world.service.history(&ada, id).await.unwrap()[0].is_placed());
+
+    // Storage back: the next call moves it, served from the archive, the old objects gone.
+    assert_eq!(world.service.move_pictures(10).await.unwrap(), 1);
+    let archived = world.service.history(&ada, id).await.unwrap();
+    assert!(archived[0].is_placed() && StoredPicture::is_archive_prefix(&archived[0].prefix));
+    assert!(world.keys().iter().all(|key| !keys_of_first.contains(key)), "{:?}", world.keys());
+    assert_eq!(world.keys().len(), 6, "three sizes of each picture");
+    let served = world.service.serve_version(&ada, id, first, PictureSize::Thumb).await.unwrap();
+    assert_eq!(served.sha256, archived[0].variant(PictureSize::Thumb).unwrap().sha256);
+}
+
+#[tokio::test]
+async fn the_move_signal_is_raised_by_each_change_that_records_a_move() {
+    let raised = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&raised);
+    let mut world = world();
+    world.service = world.service.clone().on_pictures_to_move(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let count = || raised.load(std::sync::atomic::Ordering::SeqCst);
+    let ada = member(&world, "ada@example.com").await;
+    let id = ada.user.id;
+    let first = world.upload(&ada, id).await.unwrap().profile_picture_id.unwrap();
+    assert_eq!(count(), 0, "a first picture archives nothing");
+    world.upload(&ada, id).await.unwrap();
+    assert_eq!(count(), 1, "the second archives the first");
+    world.service.restore(&ada, id, first).await.unwrap();
+    assert_eq!(count(), 2);
+    world.service.delete(&ada, id).await.unwrap();
+    assert_eq!(count(), 3);
+    assert!(world.service.delete(&ada, id).await.is_err());
+    assert_eq!(count(), 3, "nothing archived, nothing raised");
 }

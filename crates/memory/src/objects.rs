@@ -49,6 +49,14 @@ impl PictureStore for MemoryObjects {
         Ok(self.objects().get(&key).cloned())
     }
 
+    async fn copy(&self, from: String, to: String) -> Result<bool, PortError> {
+        self.check()?;
+        let mut objects = self.objects();
+        let Some(object) = objects.get(&from).cloned() else { return Ok(false) };
+        objects.insert(to.clone(), StoredObject { key: to, ..object });
+        Ok(true)
+    }
+
     async fn delete(&self, key: String) -> Result<(), PortError> {
         self.check()?;
         self.objects().remove(&key);

@@ -1084,12 +1084,23 @@ impl PictureRecords for MemoryStore {
         )
     }
 
-    async fn move_picture(&self, id: Uuid, prefix: String) -> Result<(), PortError> {
-        self.change(|state| {
-            if let Some(picture) = state.pictures.get_mut(&id) {
-                picture.prefix = prefix;
+    async fn misplaced_pictures(&self, limit: u32) -> Result<Vec<StoredPicture>, PortError> {
+        self.read(|state| {
+            let mut misplaced: Vec<StoredPicture> =
+                state.pictures.values().filter(|picture| !picture.is_placed()).cloned().collect();
+            misplaced.sort_by_key(|picture| (picture.created_at, picture.id));
+            misplaced.truncate(limit as usize);
+            misplaced
+        })
+    }
+
+    async fn finish_move(&self, id: Uuid, from: String, to: String, archived: bool) -> Result<bool, PortError> {
+        self.change(|state| match state.pictures.get_mut(&id) {
+            Some(picture) if picture.prefix == from && picture.archived == archived => {
+                picture.prefix = to;
+                Ok(true)
             }
-            Ok(())
+            _ => Ok(false),
         })
     }
 

@@ -143,8 +143,10 @@ async fn load_ids<E: From<PortError>>(
 /// Refuses a picture the service could not have meant to record: one marked archived, or without exactly one
 /// variant of every size. Checked before anything is written, so a bug never leaves a partial picture behind.
 fn check_new_picture(picture: &StoredPicture) -> Result<(), PortError> {
-    if picture.archived {
-        return Err(PortError::Unknown(anyhow::anyhow!("a new picture must not be recorded as archived")));
+    if picture.archived || StoredPicture::is_archive_prefix(&picture.prefix) {
+        return Err(PortError::Unknown(anyhow::anyhow!(
+            "a new picture must not be recorded as archived or under the archive"
+        )));
     }
     let complete = picture.variants.len() == PictureSize::ALL.len()
         && PictureSize::ALL
@@ -266,14 +268,40 @@ impl PictureRecords for PgRepository {
         inserted.map_err(|error| error.into_port(&mut connection, "recording a new active picture"))
     }
 
-    async fn move_picture(&self, id: Uuid, prefix: String) -> Result<(), PortError> {
+    async fn misplaced_pictures(&self, limit: u32) -> Result<Vec<StoredPicture>, PortError> {
         let mut connection = self.connection().await?;
-        // A picture that is gone went with its user; there is nothing left to re-point, which is not a failure.
-        let moved =
-            diesel::update(pictures::table.find(id)).set(pictures::prefix.eq(&prefix)).execute(&mut connection).await;
+        // The ids first, from the partial index of recorded moves, then those pictures with their sizes.
+        let ids = pictures::table
+            .filter(pictures::archived.ne(pictures::objects_archived))
+            .order((pictures::created_at, pictures::id))
+            .limit(i64::from(limit))
+            .select(pictures::id)
+            .load::<Uuid>(&mut connection)
+            .await;
+        let ids = match ids {
+            Ok(ids) => ids,
+            Err(error) => return Err(query_error(error, &mut connection, "reading the pictures to move")),
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read(&mut connection, Which::Ids(&ids), "reading the pictures to move").await
+    }
+
+    async fn finish_move(&self, id: Uuid, from: String, to: String, archived: bool) -> Result<bool, PortError> {
+        let mut connection = self.connection().await?;
+        // Only if the row is still where and what the move started from: a row restored, archived again, moved by
+        // another instance or deleted meanwhile is left alone. (The primary key finds the row, so comparing
+        // `archived` with a bound value is no matter for the partial index on active pictures.)
+        let moved = diesel::update(pictures::table.find(id))
+            .filter(pictures::prefix.eq(&from))
+            .filter(pictures::archived.eq(archived))
+            .set((pictures::prefix.eq(&to), pictures::objects_archived.eq(StoredPicture::is_archive_prefix(&to))))
+            .execute(&mut connection)
+            .await;
         match moved {
-            Ok(_) => Ok(()),
-            Err(error) => Err(query_error(error, &mut connection, "moving a picture")),
+            Ok(rows) => Ok(rows == 1),
+            Err(error) => Err(query_error(error, &mut connection, "finishing a picture move")),
         }
     }
 

@@ -96,6 +96,7 @@ diesel::table! {
         created_at -> Timestamptz,
         archived -> Bool,
         prefix -> Text,
+        objects_archived -> Bool,
     }
 }
 

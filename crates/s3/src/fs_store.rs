@@ -83,6 +83,19 @@ impl PictureStore for FsPictureStore {
         blocking(move || get_blocking(&root, &key)).await
     }
 
+    async fn copy(&self, from: String, to: String) -> Result<bool, PortError> {
+        let from = ObjectKey::parse(&from).map_err(|error| PortError::Unknown(error.into()))?;
+        let to = ObjectKey::parse(&to).map_err(|error| PortError::Unknown(error.into()))?;
+        let root = Arc::clone(&self.root);
+        // Read and written again, the way a put writes (temporary files renamed into place): a copy is never seen
+        // half-written.
+        blocking(move || match get_blocking(&root, &from)? {
+            Some(object) => put_blocking(&root, &to, &object.content_type, &object.bytes).map(|()| true),
+            None => Ok(false),
+        })
+        .await
+    }
+
     async fn delete(&self, key: String) -> Result<(), PortError> {
         let key = ObjectKey::parse(&key).map_err(|error| PortError::Unknown(error.into()))?;
         let root = Arc::clone(&self.root);

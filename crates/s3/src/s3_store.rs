@@ -272,6 +272,20 @@ impl PictureStore for S3PictureStore {
         }
     }
 
+    async fn copy(&self, from: String, to: String) -> Result<bool, PortError> {
+        let from = ObjectKey::parse(&from).map_err(|error| PortError::Unknown(error.into()))?;
+        let to = ObjectKey::parse(&to).map_err(|error| PortError::Unknown(error.into()))?;
+        // CopyObject: the server copies the bytes (Garage only adds a reference to the same blocks) and keeps the
+        // content type; nothing passes through this process.
+        match self.within(self.bucket.copy_object_internal(from.as_str(), to.as_str())).await {
+            Ok(_) => Ok(true),
+            Err(Failure::S3(S3Error::HttpFailWithBody(404, body))) if error_code(&body) != Some("NoSuchBucket") => {
+                Ok(false)
+            }
+            Err(failure) => Err(self.port_error(failure, &format!("copying {from} to {to}"))),
+        }
+    }
+
     async fn delete(&self, key: String) -> Result<(), PortError> {
         let key = ObjectKey::parse(&key).map_err(|error| PortError::Unknown(error.into()))?;
         match self.within(self.bucket.delete_object(key.as_str())).await {

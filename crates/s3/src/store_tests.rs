@@ -231,6 +231,29 @@ async fn put_replaces_an_existing_object(fixture: &impl Fixture) {
     assert_eq!(fixture.list(fixture.prefix()).await.unwrap(), vec![key]);
 }
 
+async fn copy_makes_an_independent_object_with_the_same_bytes_and_content_type(fixture: &impl Fixture) {
+    let store = fixture.store();
+    let (from, to) = (fixture.key("active/original.jpg"), fixture.key("archive/original.jpg"));
+    store.put(object(&from, "image/jpeg", b"the original")).await.unwrap();
+    store.put(object(&to, "image/png", b"an object the copy replaces")).await.unwrap();
+
+    assert!(store.copy(from.clone(), to.clone()).await.unwrap());
+    assert_eq!(store.get(to.clone()).await.unwrap(), Some(object(&to, "image/jpeg", b"the original")));
+    // The copy outlives its source.
+    store.delete(from.clone()).await.unwrap();
+    assert_eq!(store.get(to.clone()).await.unwrap(), Some(object(&to, "image/jpeg", b"the original")));
+    assert_eq!(fixture.list(fixture.prefix()).await.unwrap(), vec![to.clone()]);
+
+    // Nothing to copy: false, and nothing written.
+    let nowhere = fixture.key("archive/nowhere.png");
+    assert!(!store.copy(from, nowhere.clone()).await.unwrap());
+    assert_eq!(store.get(nowhere).await.unwrap(), None);
+    for hostile in HOSTILE_KEYS {
+        let copied = store.copy(to.clone(), hostile.to_owned()).await;
+        assert!(matches!(copied, Err(PortError::Unknown(_))), "{hostile:?} gave {copied:?}");
+    }
+}
+
 async fn get_of_a_missing_key_is_none(fixture: &impl Fixture) {
     assert_eq!(fixture.store().get(fixture.key("never-stored.png")).await.unwrap(), None);
 }
@@ -330,6 +353,7 @@ macro_rules! behaviour {
 behaviour!(
     put_then_get_returns_the_same_bytes_and_content_type,
     put_replaces_an_existing_object,
+    copy_makes_an_independent_object_with_the_same_bytes_and_content_type,
     get_of_a_missing_key_is_none,
     a_deleted_object_is_gone,
     deleting_a_missing_key_succeeds,

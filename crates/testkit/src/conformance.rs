@@ -278,6 +278,17 @@ fn subjects(names: &[&str]) -> BTreeSet<String> {
 }
 
 /// A complete picture of `user_id` created at `created_at`, under its active prefix.
+/// The ids of the pictures with a recorded move, sorted.
+async fn misplaced<S: Storage>(store: &S, limit: u32) -> Vec<Uuid> {
+    sorted(store.misplaced_pictures(limit).await.unwrap().into_iter().map(|picture| picture.id))
+}
+
+fn sorted(ids: impl IntoIterator<Item = Uuid>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = ids.into_iter().collect();
+    ids.sort();
+    ids
+}
+
 fn picture(user_id: UserId, created_at: OffsetDateTime) -> StoredPicture {
     let id = Uuid::now_v7();
     let variants = PictureSize::ALL
@@ -1280,8 +1291,9 @@ pub async fn a_picture_of_a_missing_user_is_refused<S: Storage>(store: S) {
     assert_eq!(store.active_picture(ghost).await.unwrap(), None);
 }
 
-/// A move re-points a picture's prefix; archiving the active picture clears the user's pointer; restoring makes an
-/// archived picture of that user active again, archiving the active one.
+/// Archiving records a move of the picture's objects, which finishing re-points only from where and for the state
+/// it started with; archiving the active picture clears the user's pointer; restoring makes an archived picture of
+/// that user active again, archiving the active one, and records both moves.
 pub async fn pictures_are_moved_archived_and_restored<S: Storage>(store: S) {
     let user = insert(&store, "ada@example.com", "ada").await;
     let other = insert(&store, "bob@example.com", "bob").await;
@@ -1294,14 +1306,25 @@ pub async fn pictures_are_moved_archived_and_restored<S: Storage>(store: S) {
     store.insert_active_picture(theirs.clone(), t0, Vec::new()).await.unwrap();
     store.insert_active_picture(picture(other.id, t0 + Duration::seconds(1)), t0, Vec::new()).await.unwrap();
 
-    let archive = StoredPicture::archive_prefix(user.id, first.id);
-    store.move_picture(first.id, archive.clone()).await.unwrap();
+    // Each upload archived the one before, whose objects are still under the active prefix: two recorded moves
+    // (both made at `t0`, so in no particular order between them), and at most `limit` of them.
+    assert_eq!(misplaced(&store, 10).await, sorted([first.id, theirs.id]));
+    assert!(matches!(misplaced(&store, 1).await[..], [one] if one == first.id || one == theirs.id));
+    let archive = StoredPicture::archive_prefix(user.id, Uuid::now_v7());
+    let from = first.prefix.clone();
+    // Not from where the picture is, not for the state it has, not an unknown picture: nothing changes.
+    let elsewhere = "profile_pictures/elsewhere".to_owned();
+    assert!(!store.finish_move(first.id, elsewhere, archive.clone(), true).await.unwrap());
+    assert!(!store.finish_move(first.id, from.clone(), archive.clone(), false).await.unwrap());
+    assert!(!store.finish_move(Uuid::now_v7(), from.clone(), archive.clone(), true).await.unwrap());
+    assert!(store.finish_move(first.id, from.clone(), archive.clone(), true).await.unwrap());
+    assert!(!store.finish_move(first.id, from, archive.clone(), true).await.unwrap(), "done already");
     let first = StoredPicture { prefix: archive, ..first };
     assert_eq!(
         store.archived_pictures(user.id).await.unwrap().into_iter().map(normalised).collect::<Vec<_>>(),
         [archived(&first)]
     );
-    store.move_picture(Uuid::now_v7(), "profile_pictures/nobody".to_owned()).await.unwrap();
+    assert_eq!(misplaced(&store, 10).await, [theirs.id]);
 
     let t1 = t0 + Duration::minutes(1);
     let (restored, previous) = store.restore_picture(user.id, first.id, t1, Vec::new()).await.unwrap().unwrap();
@@ -1313,6 +1336,8 @@ pub async fn pictures_are_moved_archived_and_restored<S: Storage>(store: S) {
     assert_eq!(store.restore_picture(user.id, theirs.id, t1, Vec::new()).await.unwrap(), None, "another user's");
     assert_eq!(store.restore_picture(user.id, Uuid::now_v7(), t1, Vec::new()).await.unwrap(), None, "an unknown one");
     assert_eq!(store.active_picture(user.id).await.unwrap().map(|picture| picture.id), Some(first.id));
+    // The restored picture's objects are under the archive, the newly archived one's under the active prefix.
+    assert_eq!(misplaced(&store, 10).await, sorted([first.id, theirs.id, second.id]));
 
     let t2 = t0 + Duration::minutes(2);
     let taken_down = store.archive_active_picture(user.id, t2, Vec::new()).await.unwrap();

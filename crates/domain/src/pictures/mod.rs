@@ -5,6 +5,15 @@
 //! moved between the active and archive prefixes by copy, re-point, delete, so a row always names objects that
 //! exist. A move that fails half-way leaves at worst unreferenced copies behind, never a broken picture.
 //!
+//! Moves are not done by the request that causes them. Archiving a picture (by an upload, a deletion or a
+//! restore) or restoring one only changes its row, in the same transaction as the rest of the change; the row then
+//! says that its objects are not where its state wants them ([`StoredPicture::is_placed`]), which is the record of
+//! the move to do, and survives any crash. [`Service::move_pictures`] does the recorded moves; an application runs
+//! it in the background, woken by [`Service::on_pictures_to_move`]. Until a picture is moved it is served from
+//! where its row says, so nobody sees the difference. Every move copies to a prefix never used before and
+//! re-points the row only if it is still where and what it was when the move started, so movers running at once
+//! (two instances, or a restore racing a move) never delete objects a row names.
+//!
 //! An upload is decided in two steps so that a caller who may not touch the target never gets to send a picture:
 //! [`Service::authorize_upload`] decides from the caller and the target id alone and hands out an
 //! [`UploadPermit`], and only [`Service::upload`], which requires that permit, takes the picture's bytes.
@@ -149,9 +158,8 @@ impl<P: Ports> Service<P> {
             .detail("picture_id", picture.id.to_string());
         match self.ports.pictures().insert_active_picture(picture.clone(), self.now(), vec![event]).await {
             Ok(previous) => {
-                if let Some(previous) = previous {
-                    let archive = StoredPicture::archive_prefix(previous.user_id, previous.id);
-                    self.relocate(&previous, archive).await;
+                if previous.is_some() {
+                    self.moves.raise();
                 }
             }
             Err(error) => {
@@ -203,23 +211,44 @@ impl<P: Ports> Service<P> {
         join_all(deletes).await;
     }
 
-    /// Moves a picture's objects to `prefix`: copy every object (the sizes at once), re-point the row, then delete
-    /// the originals. Best effort: the row always names objects that exist, whichever step fails.
-    async fn relocate(&self, picture: &StoredPicture, prefix: String) {
-        // Already there (an earlier move that stopped half-way, or a race): copying onto itself and then deleting
-        // the originals would delete the very objects the row names.
-        if picture.prefix == prefix {
-            return;
+    /// Does up to `limit` of the recorded picture moves (see the module docs): each picture whose objects are not
+    /// under the kind of prefix its state calls for is copied to a new prefix of that kind, re-pointed there, and its
+    /// old objects deleted. Returns how many were moved; a move that fails stays recorded and is tried again by a
+    /// later call.
+    ///
+    /// # Errors
+    /// [`PortError`] when the recorded moves cannot be read.
+    pub async fn move_pictures(&self, limit: u32) -> Result<usize, PortError> {
+        let misplaced = self.ports.pictures().misplaced_pictures(limit).await?;
+        let mut moved = 0;
+        for picture in misplaced {
+            if self.relocate(&picture).await {
+                moved += 1;
+            }
         }
+        Ok(moved)
+    }
+
+    /// Moves one picture's objects to a new prefix of the kind its state calls for: copy every size (at once, in
+    /// the store), re-point the row if it is still where and what it was, then delete the originals. On any failure,
+    /// or when the row changed meanwhile, the copies are removed and the row is left as it was. `true` when moved.
+    async fn relocate(&self, picture: &StoredPicture) -> bool {
+        if picture.is_placed() {
+            return false;
+        }
+        let place = Uuid::now_v7();
+        let to = if picture.archived {
+            StoredPicture::archive_prefix(picture.user_id, place)
+        } else {
+            StoredPicture::active_prefix(picture.user_id, place)
+        };
         let copies = picture.variants.iter().map(|variant| {
             let from = StoredPicture::key_under(&picture.prefix, variant);
-            let to = StoredPicture::key_under(&prefix, variant);
+            let to = StoredPicture::key_under(&to, variant);
             async move {
-                let copy = match self.ports.objects().get(from).await {
-                    Ok(Some(object)) => self.ports.objects().put(StoredObject { key: to.clone(), ..object }).await,
-                    Ok(None) => Ok(()),
-                    Err(error) => Err(error),
-                };
+                // An object already missing is not there to move: the row is re-pointed all the same, as a copy
+                // that read nothing would be.
+                let copy = self.ports.objects().copy(from, to.clone()).await;
                 (to, copy)
             }
         });
@@ -227,7 +256,8 @@ impl<P: Ports> Service<P> {
         let mut failed = false;
         for (to, copy) in join_all(copies).await {
             match copy {
-                Ok(()) => copied.push(to),
+                Ok(true) => copied.push(to),
+                Ok(false) => {}
                 Err(error) => {
                     log_cleanup_failure(&to, &error);
                     failed = true;
@@ -236,14 +266,26 @@ impl<P: Ports> Service<P> {
         }
         if failed {
             self.delete_keys(copied).await;
-            return;
+            return false;
         }
-        if let Err(error) = self.ports.pictures().move_picture(picture.id, prefix).await {
-            log_cleanup_failure(&picture.prefix, &error);
-            self.delete_keys(copied).await;
-            return;
+        match self.ports.pictures().finish_move(picture.id, picture.prefix.clone(), to, picture.archived).await {
+            Ok(true) => {
+                self.delete_keys(picture.keys()).await;
+                true
+            }
+            // Gone, moved by someone else, or archived/restored meanwhile: the new prefix is this move's alone, so
+            // its copies are unreferenced and nobody else will point at them.
+            Ok(false) => {
+                self.delete_keys(copied).await;
+                false
+            }
+            // The re-point may have happened with only its answer lost: the copies stay (unreferenced at worst), the
+            // originals too, and the row is read again by the next call.
+            Err(error) => {
+                log_cleanup_failure(&picture.prefix, &error);
+                false
+            }
         }
-        self.delete_keys(picture.keys()).await;
     }
 
     /// The active picture of a user in one size, for anyone (profile pictures are public).
@@ -304,14 +346,12 @@ impl<P: Ports> Service<P> {
     pub async fn delete(&self, actor: &Principal, user_id: UserId) -> Result<(), PictureError> {
         let target = self.picture_target(actor, user_id).await?;
         let event = self.event_by(EventType::PictureDeleted, actor, target.id);
-        let archived = self
-            .ports
+        self.ports
             .pictures()
             .archive_active_picture(target.id, self.now(), vec![event])
             .await?
             .ok_or(PictureError::NotFound)?;
-        let archive = StoredPicture::archive_prefix(archived.user_id, archived.id);
-        self.relocate(&archived, archive).await;
+        self.moves.raise();
         Ok(())
     }
 
@@ -330,8 +370,7 @@ impl<P: Ports> Service<P> {
     /// [`PictureError::NotFound`] for an unknown version or invisible user, or a dependency failure.
     pub async fn restore(&self, actor: &Principal, user_id: UserId, version: Uuid) -> Result<User, PictureError> {
         let target = self.picture_target(actor, user_id).await?;
-        let (restored, previous) = self
-            .ports
+        self.ports
             .pictures()
             .restore_picture(
                 target.id,
@@ -344,10 +383,7 @@ impl<P: Ports> Service<P> {
             )
             .await?
             .ok_or(PictureError::NotFound)?;
-        self.relocate(&restored, StoredPicture::active_prefix(restored.user_id, restored.id)).await;
-        if let Some(previous) = previous {
-            self.relocate(&previous, StoredPicture::archive_prefix(previous.user_id, previous.id)).await;
-        }
+        self.moves.raise();
         self.ports.users().find_user(target.id).await?.ok_or(PictureError::NotFound)
     }
 

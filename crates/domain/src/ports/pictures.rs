@@ -191,16 +191,33 @@ impl StoredPicture {
         self.variants.iter().map(|variant| Self::key_under(&self.prefix, variant)).collect()
     }
 
-    /// The prefix of an active picture: `profile_pictures/{user_id}/{picture_id}`.
+    /// A prefix for an active picture: `profile_pictures/{user_id}/{place}`. `place` is the picture's id when it is
+    /// uploaded, and a fresh id each time its objects move back from the archive, so no two placements of a picture
+    /// ever share a key.
     #[must_use]
-    pub fn active_prefix(user_id: UserId, id: uuid::Uuid) -> String {
-        format!("profile_pictures/{user_id}/{id}")
+    pub fn active_prefix(user_id: UserId, place: uuid::Uuid) -> String {
+        format!("profile_pictures/{user_id}/{place}")
     }
 
-    /// The prefix of an archived picture: `profile_pictures/{user_id}/archive/{picture_id}`.
+    /// A prefix for an archived picture: `profile_pictures/{user_id}/archive/{place}`, `place` a fresh id for each
+    /// move into the archive (see [`StoredPicture::active_prefix`]).
     #[must_use]
-    pub fn archive_prefix(user_id: UserId, id: uuid::Uuid) -> String {
-        format!("profile_pictures/{user_id}/archive/{id}")
+    pub fn archive_prefix(user_id: UserId, place: uuid::Uuid) -> String {
+        format!("profile_pictures/{user_id}/archive/{place}")
+    }
+
+    /// Whether `prefix` is under a user's archive (`profile_pictures/{user_id}/archive/...`).
+    #[must_use]
+    pub fn is_archive_prefix(prefix: &str) -> bool {
+        prefix.split('/').nth(2) == Some("archive")
+    }
+
+    /// Whether the objects are where the picture's state says: under the archive when it is archived, under the
+    /// active prefix when it is not. A picture that is not is waiting for its move (see
+    /// [`PictureRecords::misplaced_pictures`]).
+    #[must_use]
+    pub fn is_placed(&self) -> bool {
+        self.archived == Self::is_archive_prefix(&self.prefix)
     }
 }
 
@@ -231,11 +248,28 @@ pub trait PictureRecords: Send + Sync + 'static {
         events: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Option<StoredPicture>, PictureWriteError>> + Send;
 
-    /// Records that a picture's objects now live under `prefix`.
+    /// Pictures whose objects are not where their state says ([`StoredPicture::is_placed`] is false): archived by
+    /// an upload, a deletion or a restore whose move to the archive (or back) is still to be done. They are recorded
+    /// as such by the very transaction that changed their state, so a move survives a crash of whoever was to do it.
+    /// Oldest first, at most `limit`.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
-    fn move_picture(&self, id: uuid::Uuid, prefix: String) -> impl Future<Output = Result<(), PortError>> + Send;
+    fn misplaced_pictures(&self, limit: u32) -> impl Future<Output = Result<Vec<StoredPicture>, PortError>> + Send;
+
+    /// Records that the objects of picture `id` now live under `to`, if the picture is still recorded under `from`
+    /// and still `archived` (`to` being a prefix of the kind that state calls for); `Ok(false)`, changing nothing,
+    /// when it is not: the picture is gone, someone else moved it first, or it was archived or restored meanwhile.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn finish_move(
+        &self,
+        id: uuid::Uuid,
+        from: String,
+        to: String,
+        archived: bool,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// The user's active picture.
     ///
@@ -300,6 +334,13 @@ pub trait PictureStore: Send + Sync + 'static {
     /// # Errors
     /// [`PortError`] when storage fails.
     fn get(&self, key: String) -> impl Future<Output = Result<Option<StoredObject>, PortError>> + Send;
+
+    /// Copies an object to another key within the store, without reading it through the service (S3's
+    /// `CopyObject`), replacing any object with that key; `Ok(false)` when there is no object at `from`.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn copy(&self, from: String, to: String) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Deletes an object; deleting a missing object succeeds.
     ///

@@ -135,6 +135,10 @@ impl PictureStore for FaultyObjects {
         self.objects.get(key).await
     }
 
+    async fn copy(&self, from: String, to: String) -> Result<bool, PortError> {
+        self.objects.copy(from, to).await
+    }
+
     async fn delete(&self, key: String) -> Result<(), PortError> {
         self.objects.delete(key).await
     }

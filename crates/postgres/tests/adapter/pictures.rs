@@ -356,26 +356,32 @@ async fn deleting_a_user_removes_their_pictures_and_sizes_but_no_one_elses() {
 }
 
 #[tokio::test]
-async fn moving_a_picture_records_its_new_prefix() {
+async fn finishing_a_move_records_the_new_prefix_and_ends_the_recorded_move() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
     let user = insert_user(&repository, "ada").await;
     let first = picture(user.id, now(), 1);
     repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap(), [], "a new picture is where it belongs");
     repository.insert_active_picture(picture(user.id, now(), 2), now(), Vec::new()).await.unwrap();
-    let archive = StoredPicture::archive_prefix(user.id, first.id);
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap(), [archived(&first)]);
+    let place = Uuid::now_v7();
+    let archive = StoredPicture::archive_prefix(user.id, place);
 
-    repository.move_picture(first.id, archive.clone()).await.unwrap();
+    assert!(repository.finish_move(first.id, first.prefix.clone(), archive.clone(), true).await.unwrap());
     let history = repository.archived_pictures(user.id).await.unwrap();
     assert_eq!(history, [StoredPicture { prefix: archive, ..archived(&first) }]);
+    assert!(history[0].is_placed());
     assert_eq!(
         history[0].keys(),
         [
-            format!("profile_pictures/{}/archive/{}/original.jpg", user.id, first.id),
-            format!("profile_pictures/{}/archive/{}/medium.png", user.id, first.id),
-            format!("profile_pictures/{}/archive/{}/thumb.png", user.id, first.id),
+            format!("profile_pictures/{}/archive/{place}/original.jpg", user.id),
+            format!("profile_pictures/{}/archive/{place}/medium.png", user.id),
+            format!("profile_pictures/{}/archive/{place}/thumb.png", user.id),
         ]
     );
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap(), []);
     // A picture that went with its user has nothing left to move.
-    repository.move_picture(Uuid::now_v7(), "profile_pictures/gone".to_owned()).await.unwrap();
+    let gone = "profile_pictures/gone".to_owned();
+    assert!(!repository.finish_move(Uuid::now_v7(), gone.clone(), gone, true).await.unwrap());
 }

@@ -1,0 +1,2 @@
+DROP INDEX pictures_misplaced_idx;
+ALTER TABLE pictures DROP COLUMN objects_archived;
