@@ -6,7 +6,6 @@
 
 use std::io::Cursor;
 
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::imageops::FilterType;
 use image::metadata::Orientation;
@@ -231,12 +230,10 @@ fn resized(image: &DynamicImage, width: u32, height: u32) -> DynamicImage {
 fn encode(image: &DynamicImage, output: OutputFormat) -> Result<EncodedImage, ImageError> {
     let mut bytes = Vec::new();
     let written = match output {
-        OutputFormat::Jpeg => image.write_with_encoder(JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY)),
-        OutputFormat::Png => image.write_with_encoder(PngEncoder::new_with_quality(
-            &mut bytes,
-            CompressionType::Default,
-            PngFilter::Adaptive,
-        )),
+        OutputFormat::Jpeg => encode_jpeg(image, &mut bytes),
+        OutputFormat::Png => image
+            .write_with_encoder(PngEncoder::new_with_quality(&mut bytes, CompressionType::Default, PngFilter::Adaptive))
+            .map_err(|err| err.to_string()),
     };
     // Encoding pixels we decoded ourselves into memory has no expected failure; should one happen, the upload is
     // refused rather than stored half-written, and the cause is logged for us.
@@ -245,6 +242,21 @@ fn encode(image: &DynamicImage, output: OutputFormat) -> Result<EncodedImage, Im
         ImageError::Invalid("the image could not be re-encoded".to_owned())
     })?;
     Ok(EncodedImage { bytes, content_type: output.content_type(), width: image.width(), height: image.height() })
+}
+
+/// Encodes `image` (RGB, as [`normalise`] makes every JPEG output) as a baseline JPEG of [`JPEG_QUALITY`] with
+/// `jpeg-encoder`: the standard quantisation tables scaled by the quality and, below quality 90, chroma at half
+/// resolution each way (4:2:0), as libjpeg does by default for photos.
+fn encode_jpeg(image: &DynamicImage, bytes: &mut Vec<u8>) -> Result<(), String> {
+    let rgb = match image {
+        DynamicImage::ImageRgb8(rgb) => std::borrow::Cow::Borrowed(rgb),
+        other => std::borrow::Cow::Owned(other.to_rgb8()),
+    };
+    let width = u16::try_from(rgb.width()).map_err(|_| format!("{} px is too wide for JPEG", rgb.width()))?;
+    let height = u16::try_from(rgb.height()).map_err(|_| format!("{} px is too high for JPEG", rgb.height()))?;
+    jpeg_encoder::Encoder::new(bytes, JPEG_QUALITY)
+        .encode(rgb.as_raw(), width, height, jpeg_encoder::ColorType::Rgb)
+        .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
@@ -285,6 +297,27 @@ mod tests {
             assert_eq!(size.content_type, content_type);
             reopen(size);
         }
+    }
+
+    #[test]
+    fn a_jpeg_size_decodes_to_the_same_dimensions_and_close_colours() {
+        // A smooth gradient (as in a photo), not the test helper's third channel, which wraps every 256 px.
+        let smooth = RgbImage::from_fn(300, 200, |x, y| Rgb([(x * 255 / 300) as u8, (y * 255 / 200) as u8, 128]));
+        let source = DynamicImage::ImageRgb8(smooth);
+        let encoded = encode(&source, OutputFormat::Jpeg).unwrap();
+        assert_eq!((encoded.content_type, encoded.width, encoded.height), ("image/jpeg", 300, 200));
+        let decoded = image::load_from_memory_with_format(&encoded.bytes, ImageFormat::Jpeg).unwrap().into_rgb8();
+        assert_eq!(decoded.dimensions(), (300, 200));
+        let original = source.to_rgb8();
+        let mean_error =
+            decoded.as_raw().iter().zip(original.as_raw()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>()
+                / original.as_raw().len() as u64;
+        assert!(mean_error <= 3, "mean error {mean_error} per channel at quality {JPEG_QUALITY}");
+        // A grey picture (from a PNG, say) is encoded through RGB all the same.
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 30, image::Luma([90])));
+        let encoded = encode(&grey, OutputFormat::Jpeg).unwrap();
+        let decoded = image::load_from_memory_with_format(&encoded.bytes, ImageFormat::Jpeg).unwrap().into_rgb8();
+        assert!(decoded.pixels().all(|pixel| pixel.0.iter().all(|channel| channel.abs_diff(90) <= 2)));
     }
 
     #[test]
