@@ -268,3 +268,33 @@ async fn the_move_signal_is_raised_by_each_change_that_records_a_move() {
     assert!(world.service.delete(&ada, id).await.is_err());
     assert_eq!(count(), 3, "nothing archived, nothing raised");
 }
+
+#[tokio::test]
+async fn a_picture_read_while_a_move_re_points_it_follows_the_row_to_the_new_place() {
+    let world = world();
+    let ada = member(&world, "ada@example.com").await;
+    let id = ada.user.id;
+    let first = world.upload(&ada, id).await.unwrap().profile_picture_id.unwrap();
+    world.upload(&ada, id).await.unwrap();
+    assert_eq!(world.service.move_pictures(10).await.unwrap(), 1, "the first goes to the archive");
+    world.service.restore(&ada, id, first).await.unwrap();
+    let restored = world.active(id).await.unwrap();
+    assert!(!restored.is_placed(), "active again, its objects still under the archive prefix");
+    let expected = restored.variant(PictureSize::Thumb).unwrap().sha256.clone();
+
+    // The read has the row (archive prefix) when the move copies, re-points and deletes the old objects.
+    let (reached, resume) = world.faults.pause_next_get();
+    let read = world.service.serve(id, PictureSize::Thumb);
+    let mover = async {
+        reached.await.unwrap();
+        let moved = world.service.move_pictures(10).await.unwrap();
+        resume.send(()).unwrap();
+        moved
+    };
+    let (served, moved) = tokio::join!(read, mover);
+    assert_eq!(moved, 2, "the restored picture to the active prefix, the other to the archive");
+    let moved_to = world.active(id).await.unwrap();
+    assert!(moved_to.is_placed() && moved_to.prefix != restored.prefix);
+    assert!(world.keys().iter().all(|key| !key.starts_with(&restored.prefix)), "old objects deleted");
+    assert_eq!(served.unwrap().sha256, expected);
+}

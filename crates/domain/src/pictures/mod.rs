@@ -12,7 +12,8 @@
 //! it in the background, woken by [`Service::on_pictures_to_move`]. Until a picture is moved it is served from
 //! where its row says, so nobody sees the difference. Every move copies to a prefix never used before and
 //! re-points the row only if it is still where and what it was when the move started, so movers running at once
-//! (two instances, or a restore racing a move) never delete objects a row names.
+//! (two instances, or a restore racing a move) never delete objects a row names; a read that finds the objects its
+//! row named just deleted by a move reads the row again and follows it.
 //!
 //! An upload is decided in two steps so that a caller who may not touch the target never gets to send a picture:
 //! [`Service::authorize_upload`] decides from the caller and the target id alone and hands out an
@@ -293,8 +294,8 @@ impl<P: Ports> Service<P> {
     /// # Errors
     /// [`PictureError::NotFound`] when the user has no picture, or a dependency failure.
     pub async fn serve(&self, user_id: UserId, size: PictureSize) -> Result<ServedPicture, PictureError> {
-        let picture = self.ports.pictures().active_picture(user_id).await?.ok_or(PictureError::NotFound)?;
-        self.fetch(&picture, size).await
+        let active = || self.ports.pictures().active_picture(user_id);
+        self.fetch_current(active, size).await
     }
 
     /// An archived picture in one size, for those who may manage the user's pictures.
@@ -309,25 +310,48 @@ impl<P: Ports> Service<P> {
         size: PictureSize,
     ) -> Result<ServedPicture, PictureError> {
         let target = self.picture_target(actor, user_id).await?;
-        let archived = self.ports.pictures().archived_pictures(target.id).await?;
-        let picture = archived.into_iter().find(|picture| picture.id == version).ok_or(PictureError::NotFound)?;
-        self.fetch(&picture, size).await
+        let version = || async {
+            let archived = self.ports.pictures().archived_pictures(target.id).await?;
+            Ok(archived.into_iter().find(|picture| picture.id == version))
+        };
+        self.fetch_current(version, size).await
     }
 
-    async fn fetch(&self, picture: &StoredPicture, size: PictureSize) -> Result<ServedPicture, PictureError> {
-        let variant = picture.variant(size).ok_or(PictureError::NotFound)?;
-        let object = self
-            .ports
-            .objects()
-            .get(StoredPicture::key_under(&picture.prefix, variant))
-            .await?
-            .ok_or(PictureError::NotFound)?;
-        Ok(ServedPicture {
+    /// Reads a picture's row with `read`, then its object. A move may re-point the row and delete the objects it
+    /// named between those two reads; so when the object is missing, the row is read once more and, if it has moved
+    /// meanwhile, the object is fetched from its new place. A second move in that window is not followed (moves
+    /// happen only after an upload, deletion or restore, each a request of its own).
+    async fn fetch_current<F, Fut>(&self, read: F, size: PictureSize) -> Result<ServedPicture, PictureError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<StoredPicture>, PortError>>,
+    {
+        let picture = read().await?.ok_or(PictureError::NotFound)?;
+        if let Some(served) = self.fetch(&picture, size).await? {
+            return Ok(served);
+        }
+        match read().await? {
+            Some(again) if again.prefix != picture.prefix => {
+                self.fetch(&again, size).await?.ok_or(PictureError::NotFound)
+            }
+            _ => Err(PictureError::NotFound),
+        }
+    }
+
+    /// One size of a picture from where its row says; `None` when the size or its object is missing.
+    async fn fetch(&self, picture: &StoredPicture, size: PictureSize) -> Result<Option<ServedPicture>, PortError> {
+        let Some(variant) = picture.variant(size) else {
+            return Ok(None);
+        };
+        let Some(object) = self.ports.objects().get(StoredPicture::key_under(&picture.prefix, variant)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ServedPicture {
             bytes: object.bytes,
             content_type: variant.content_type.clone(),
             sha256: variant.sha256.clone(),
             extension: variant.extension(),
-        })
+        }))
     }
 
     /// The ETag of the active picture in one size, without reading the object (for `If-None-Match`).

@@ -4,16 +4,17 @@
 //! The adapters are `users-memory`'s, with two thin wrappers so that a test can see work that leaves no row behind:
 //! the password hasher counts its hashes and checks (how else to tell that an unknown address still costs a check,
 //! or that a blocked one costs none), and the picture store can fail one chosen write, or switch the database off
-//! right after one, to reach the clean-up paths of an upload.
+//! right after one, to reach the clean-up paths of an upload, or hold a read so a move can happen during it.
 
 #![allow(dead_code)]
 
 pub mod mfa;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use time::Duration;
+use tokio::sync::oneshot;
 use users_domain::accounts::Registration;
 use users_domain::admin::AdminCreate;
 use users_domain::ports::{
@@ -96,7 +97,11 @@ pub struct ObjectFaults {
     puts: Arc<AtomicUsize>,
     fail_put: Arc<AtomicUsize>,
     database_off_after_put: Arc<AtomicUsize>,
+    paused_get: Arc<Mutex<Option<PausedGet>>>,
 }
+
+/// The next read's two ends: it tells `reached` when it has been asked, then waits for `resume`.
+type PausedGet = (oneshot::Sender<()>, oneshot::Receiver<()>);
 
 impl ObjectFaults {
     /// Makes the `n`th write from now fail as unavailable (and not store its object).
@@ -107,6 +112,15 @@ impl ObjectFaults {
     /// Switches the database off right after the `n`th write from now has stored its object.
     pub fn database_off_after_put(&self, n: usize) {
         self.database_off_after_put.store(self.puts.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+    }
+
+    /// Holds the next read until the test lets it go, so that the test can act between a caller's reading of a
+    /// row and of the object it names: returns (the read has started, let it go on).
+    pub fn pause_next_get(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached, started) = oneshot::channel();
+        let (resume, resumed) = oneshot::channel();
+        *self.paused_get.lock().unwrap() = Some((reached, resumed));
+        (started, resume)
     }
 }
 
@@ -132,6 +146,11 @@ impl PictureStore for FaultyObjects {
     }
 
     async fn get(&self, key: String) -> Result<Option<StoredObject>, PortError> {
+        let paused = self.faults.paused_get.lock().unwrap().take();
+        if let Some((reached, resume)) = paused {
+            reached.send(()).unwrap();
+            resume.await.unwrap();
+        }
         self.objects.get(key).await
     }
 
