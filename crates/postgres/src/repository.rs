@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::RunQueryDsl as _;
+use diesel_async::pooled_connection::deadpool::{Hook, HookError, Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError, RecyclingMethod};
 use users_domain::ports::PortError;
 
 use crate::errors::{acquire_timed_out, pool_error};
@@ -66,12 +67,15 @@ impl PgRepository {
     }
 }
 
+/// How long a pooled connection may sit unused before a checkout proves it alive with a round trip first.
+pub const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// The pool of diesel-async connections [`PgRepository`] runs on.
 pub type ConnectionPool = Pool<AsyncPgConnection>;
 
 /// Builds the pool exactly as [`PgRepository::connect`] does: at most `max_connections` connections honouring the
-/// URL's `sslmode`, opened lazily, each idle one verified with a round trip before reuse, and every step of a
-/// checkout bounded by `acquire_timeout`.
+/// URL's `sslmode`, opened lazily, one idle for [`VERIFY_AFTER_IDLE`] or longer verified with a round trip before
+/// reuse, and every step of a checkout bounded by `acquire_timeout`.
 ///
 /// The service goes through [`PgRepository`]; this is for tools that must read with the very same connections,
 /// such as the ceiling `cargo xtask bench baseline` measures `GET /me` against. A caller bounds its whole checkout
@@ -89,10 +93,14 @@ pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError
     if config.acquire_timeout.is_zero() {
         return Err(PgSetupError::InvalidConfig("acquire_timeout must be longer than zero"));
     }
-    // The manager's default recycling method is `Verified` (a `SELECT 1` at checkout, after a local check that
-    // the socket is open and no transaction was left dangling): one local round trip per request buys never
-    // handing out a connection that a Postgres restart killed.
+    // A checkout always makes the manager's local check (no transaction left dangling, the connection not marked
+    // broken by an earlier error). The round trip that proves the server still holds the connection (`SELECT 1`)
+    // is made only for a connection idle for `VERIFY_AFTER_IDLE` or longer (the `post_recycle` hook below): that is
+    // where a Postgres restart or an idle-connection timeout leaves dead connections, while one handed back
+    // moments ago is as alive as a round trip would show. Verifying every checkout cost a second statement per
+    // request, half of what Postgres ran under load.
     let mut manager_config = ManagerConfig::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |_url| {
         let connector = Arc::clone(&connector);
         Box::pin(async move { connector.connect().await })
@@ -105,6 +113,18 @@ pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.acquire_timeout))
         .recycle_timeout(Some(config.acquire_timeout))
+        .post_recycle(Hook::async_fn(|connection, metrics| {
+            Box::pin(async move {
+                if metrics.last_used() < VERIFY_AFTER_IDLE {
+                    return Ok(());
+                }
+                match diesel::sql_query("SELECT 1").execute(connection).await {
+                    Ok(_) => Ok(()),
+                    // The pool drops this connection and hands out (or opens) another.
+                    Err(error) => Err(HookError::Backend(PoolError::QueryError(error))),
+                }
+            })
+        }))
         .build()
         .map_err(|error| PgSetupError::Pool(Box::new(error)))
 }

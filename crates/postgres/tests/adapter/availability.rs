@@ -7,7 +7,9 @@ use users_domain::user::UserId;
 use users_postgres::{PgConfig, PgRepository, PgSetupError};
 use users_testkit::TestDatabase;
 
-use crate::support::{SwitchableProxy, account, new_user, repository, repository_at};
+use crate::support::{
+    SwitchableProxy, account, count, new_user, repository, repository_at, repository_with_connections,
+};
 
 /// How long a test waits for an outage, or its end, to show before it fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -72,6 +74,26 @@ async fn the_pool_recovers_when_the_database_comes_back() {
     while let Err(error) = repository.ping().await {
         assert!(Instant::now() < deadline, "the pool never recovered: {error:?}");
     }
+    assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().id, user.id);
+}
+
+#[tokio::test]
+async fn a_connection_the_server_ended_while_pooled_is_replaced_not_handed_out() {
+    let database = TestDatabase::create().await;
+    let repository = repository_with_connections(database.url(), 1).await;
+    let user = repository.insert_user(account(new_user("ada@example.com", "ada"))).await.unwrap();
+    let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    assert_eq!(count(&database, &format!("SELECT count(*) AS count {others}")).await, 1, "the pooled connection");
+
+    // What a Postgres restart or an administrator does to every session; the pool's connection is idle meanwhile.
+    let end_them = format!("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS count {others}");
+    assert_eq!(count(&database, &end_them).await, 1);
+    let deadline = Instant::now() + DEADLINE;
+    while count(&database, &format!("SELECT count(*) AS count {others}")).await > 0 {
+        assert!(Instant::now() < deadline, "the ended session never left pg_stat_activity");
+    }
+
+    // The very next request gets a working connection: the dead one is noticed at checkout, not by a failed query.
     assert_eq!(repository.find_user(user.id).await.unwrap().unwrap().id, user.id);
 }
 
