@@ -21,7 +21,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Moves done per round.
 const BATCH: u32 = 20;
 
-/// The running mover; [`PictureMover::stop`] lets the move in flight finish, then ends it.
+/// The running mover; [`PictureMover::stop`] lets the round in flight (at most [`BATCH`] moves) finish, then ends it.
 #[derive(Debug)]
 pub struct PictureMover {
     stop: Arc<AtomicBool>,
@@ -60,7 +60,7 @@ impl PictureMover {
         (service, Self { stop, wake, task })
     }
 
-    /// Asks the task to stop after the move in flight and waits until it has. Moves not done yet stay recorded
+    /// Asks the task to stop after the round in flight and waits until it has. Moves not done yet stay recorded
     /// for the next start (or another instance).
     pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -270,10 +270,12 @@ impl PictureRecords for PgRepository {
 
     async fn misplaced_pictures(&self, limit: u32) -> Result<Vec<StoredPicture>, PortError> {
         let mut connection = self.connection().await?;
-        // The ids first, from the partial index of recorded moves, then those pictures with their sizes.
+        // The ids first, from the partial index of recorded moves, then those pictures with their sizes. In random
+        // order: moves that keep failing cannot hold the first places of every round and starve the rest, and
+        // instances looking at a backlog at once mostly take different pictures.
         let ids = pictures::table
             .filter(pictures::archived.ne(pictures::objects_archived))
-            .order((pictures::created_at, pictures::id))
+            .order(diesel::dsl::sql::<diesel::sql_types::Double>("random()"))
             .limit(i64::from(limit))
             .select(pictures::id)
             .load::<Uuid>(&mut connection)
@@ -296,7 +298,7 @@ impl PictureRecords for PgRepository {
         let moved = diesel::update(pictures::table.find(id))
             .filter(pictures::prefix.eq(&from))
             .filter(pictures::archived.eq(archived))
-            .set((pictures::prefix.eq(&to), pictures::objects_archived.eq(StoredPicture::is_archive_prefix(&to))))
+            .set(pictures::prefix.eq(&to))
             .execute(&mut connection)
             .await;
         match moved {

@@ -476,9 +476,6 @@ pub(crate) struct NewPictureRow<'a> {
     created_at: OffsetDateTime,
     archived: bool,
     prefix: &'a str,
-    /// Whether the objects are under the archive prefix: never for a new picture, which the check before the insert
-    /// makes sure of, so a new row never starts as a recorded move.
-    objects_archived: bool,
 }
 
 impl<'a> From<&'a StoredPicture> for NewPictureRow<'a> {
@@ -489,7 +486,6 @@ impl<'a> From<&'a StoredPicture> for NewPictureRow<'a> {
             created_at: picture.created_at,
             archived: false,
             prefix: &picture.prefix,
-            objects_archived: StoredPicture::is_archive_prefix(&picture.prefix),
         }
     }
 }

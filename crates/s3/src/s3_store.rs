@@ -279,7 +279,9 @@ impl PictureStore for S3PictureStore {
         // content type; nothing passes through this process.
         match self.within(self.bucket.copy_object_internal(from.as_str(), to.as_str())).await {
             Ok(_) => Ok(true),
-            Err(Failure::S3(S3Error::HttpFailWithBody(404, body))) if error_code(&body) != Some("NoSuchBucket") => {
+            // Only S3's own word that the source is missing: a move re-points its row past a missing object, so any
+            // other 404 (a missing bucket, a proxy's page) is a failure to retry, not an object gone.
+            Err(Failure::S3(S3Error::HttpFailWithBody(404, body))) if error_code(&body) == Some("NoSuchKey") => {
                 Ok(false)
             }
             Err(failure) => Err(self.port_error(failure, &format!("copying {from} to {to}"))),

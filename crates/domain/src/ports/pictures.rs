@@ -251,7 +251,9 @@ pub trait PictureRecords: Send + Sync + 'static {
     /// Pictures whose objects are not where their state says ([`StoredPicture::is_placed`] is false): archived by
     /// an upload, a deletion or a restore whose move to the archive (or back) is still to be done. They are recorded
     /// as such by the very transaction that changed their state, so a move survives a crash of whoever was to do it.
-    /// Oldest first, at most `limit`.
+    /// At most `limit`, in no promised order; a store that may hold many should vary it from call to call (the
+    /// Postgres adapter takes them at random), so that moves that keep failing cannot take every place of every
+    /// call while others wait.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.

@@ -12,7 +12,7 @@ use users_postgres::PgRepository;
 use users_testkit::TestDatabase;
 use uuid::Uuid;
 
-use crate::support::{account, count, new_user, now, repository, repository_with_connections, text};
+use crate::support::{account, count, execute, new_user, now, repository, repository_with_connections, text};
 
 /// Inserts a user.
 async fn insert_user(repository: &PgRepository, nickname: &str) -> User {
@@ -384,4 +384,28 @@ async fn finishing_a_move_records_the_new_prefix_and_ends_the_recorded_move() {
     // A picture that went with its user has nothing left to move.
     let gone = "profile_pictures/gone".to_owned();
     assert!(!repository.finish_move(Uuid::now_v7(), gone.clone(), gone, true).await.unwrap());
+}
+
+#[tokio::test]
+async fn where_the_objects_are_is_read_from_the_prefix_whatever_wrote_it() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    let first = picture(user.id, now(), 1);
+    repository.insert_active_picture(first.clone(), now(), Vec::new()).await.unwrap();
+    repository.insert_active_picture(picture(user.id, now(), 2), now(), Vec::new()).await.unwrap();
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap(), [archived(&first)]);
+
+    // A writer that knows nothing of recorded moves (an earlier version moving the objects itself) re-points the
+    // row: the move is done as far as the row can tell, and nobody moves it again.
+    let archive = StoredPicture::archive_prefix(user.id, Uuid::now_v7());
+    execute(&database, &format!("UPDATE pictures SET prefix = '{archive}' WHERE id = '{}'", first.id)).await;
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap(), []);
+    // Pointed back at an active prefix, it is a move to do again.
+    execute(&database, &format!("UPDATE pictures SET prefix = '{}' WHERE id = '{}'", first.prefix, first.id)).await;
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap(), [archived(&first)]);
+    // The column is computed by Postgres, never written.
+    let mut connection = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    let written = diesel::sql_query("UPDATE pictures SET objects_archived = true").execute(&mut connection).await;
+    assert!(written.is_err(), "{written:?}");
 }
