@@ -21,7 +21,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Moves done per round.
 const BATCH: u32 = 20;
 
-/// The running mover; [`PictureMover::stop`] lets the round in flight (at most [`BATCH`] moves) finish, then ends it.
+/// The running mover; [`PictureMover::stop`] lets the round in flight (at most `BATCH` moves) finish, then ends it.
 #[derive(Debug)]
 pub struct PictureMover {
     stop: Arc<AtomicBool>,
