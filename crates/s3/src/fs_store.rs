@@ -138,20 +138,40 @@ fn put_blocking(root: &Path, key: &ObjectKey, content_type: &str, bytes: &[u8]) 
     // it would write pictures where nobody looks for them.
     require_root(root)?;
     let dir = root.join(key.parent());
-    fs::create_dir_all(&dir).map_err(|error| io_failure(error, "creating the directory of", key))?;
-    let sidecar = TempFile::write(&dir, key.name(), CONTENT_TYPE_SUFFIX, content_type.as_bytes())
-        .map_err(|error| io_failure(error, "writing the content type of", key))?;
-    let object = TempFile::write(&dir, key.name(), "", bytes).map_err(|error| io_failure(error, "writing", key))?;
-    sidecar
-        .persist(&content_type_path(root, key))
-        .map_err(|error| io_failure(error, "storing the content type of", key))?;
-    object.persist(&object_path(root, key)).map_err(|error| io_failure(error, "storing", key))?;
+    // A delete removes its object's directory once it is empty (see `delete_blocking`), which can happen between
+    // creating the directory and the first temporary file landing in it: the directory is then created again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        fs::create_dir_all(&dir).map_err(|error| io_failure(error, "creating the directory of", key))?;
+        match write_into(&dir, root, key, content_type, bytes) {
+            Err((error, _)) if is_missing(&error) && attempts < 3 => {}
+            Err((error, doing)) => return Err(io_failure(error, doing, key)),
+            Ok(()) => break,
+        }
+    }
     // The renames are durable only once the directory is synced. Some file systems cannot sync a directory; the
     // object is already in place then, so a failure here is no reason to report the put as failed.
     if let Ok(dir) = fs::File::open(&dir) {
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Writes an object and its content type into `dir` as temporary files and renames them into place; on failure,
+/// what it was doing.
+fn write_into(
+    dir: &Path,
+    root: &Path,
+    key: &ObjectKey,
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<(), (io::Error, &'static str)> {
+    let sidecar = TempFile::write(dir, key.name(), CONTENT_TYPE_SUFFIX, content_type.as_bytes())
+        .map_err(|error| (error, "writing the content type of"))?;
+    let object = TempFile::write(dir, key.name(), "", bytes).map_err(|error| (error, "writing"))?;
+    sidecar.persist(&content_type_path(root, key)).map_err(|error| (error, "storing the content type of"))?;
+    object.persist(&object_path(root, key)).map_err(|error| (error, "storing"))
 }
 
 fn get_blocking(root: &Path, key: &ObjectKey) -> Result<Option<StoredObject>, PortError> {
@@ -181,7 +201,13 @@ fn delete_blocking(root: &Path, key: &ObjectKey) -> Result<(), PortError> {
     require_root(root)?;
     remove_if_present(&object_path(root, key)).map_err(|error| io_failure(error, "deleting", key))?;
     remove_if_present(&content_type_path(root, key))
-        .map_err(|error| io_failure(error, "deleting the content type of", key))
+        .map_err(|error| io_failure(error, "deleting the content type of", key))?;
+    // The object's own directory goes too once empty (`remove_dir` refuses a directory with anything in it), or
+    // every picture move would leave one behind. Only that directory: the ones above it are shared by many objects.
+    if !key.parent().is_empty() {
+        let _ = fs::remove_dir(root.join(key.parent()));
+    }
+    Ok(())
 }
 
 fn ping_blocking(root: &Path) -> Result<(), PortError> {

@@ -470,6 +470,28 @@ mod s3_only {
 mod fs_only {
     use super::*;
 
+    #[tokio::test]
+    async fn deleting_the_last_object_of_a_directory_removes_that_directory_and_no_other() {
+        let fixture = FsFixture::new();
+        let store = fixture.store();
+        let (moved, kept) = (fixture.key("archive/place/thumb.png"), fixture.key("archive/other/thumb.png"));
+        store.put(object(&moved, "image/png", b"moved")).await.unwrap();
+        store.put(object(&fixture.key("archive/place/medium.png"), "image/png", b"moved")).await.unwrap();
+        store.put(object(&kept, "image/png", b"kept")).await.unwrap();
+        let place = format!("pictures/{}archive/place", fixture.prefix());
+
+        store.delete(moved.clone()).await.unwrap();
+        assert!(fixture.tree().contains(&place), "still holds the medium size");
+        store.delete(fixture.key("archive/place/medium.png")).await.unwrap();
+        let tree = fixture.tree();
+        assert!(!tree.contains(&place), "emptied, so removed: {tree:?}");
+        assert!(tree.contains(&format!("pictures/{}archive", fixture.prefix())), "shared, so kept: {tree:?}");
+        assert_eq!(store.get(kept).await.unwrap().unwrap().bytes, b"kept");
+        // A later put into the removed directory creates it again.
+        store.put(object(&moved, "image/png", b"again")).await.unwrap();
+        assert_eq!(store.get(moved).await.unwrap().unwrap().bytes, b"again");
+    }
+
     /// Every file under `dir`, relative to it.
     fn files(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
