@@ -3,6 +3,7 @@
 //! [`config::Config`] reads the environment, [`startup::Application`] wires the adapters into the domain service
 //! and serves it with actix-web; handlers live in `routes`, errors in [`error`], OpenAPI in [`openapi`].
 
+pub mod background;
 pub mod config;
 pub mod dto;
 pub mod edge;

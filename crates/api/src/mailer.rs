@@ -2,16 +2,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use users_domain::mail::{Dispatcher, DispatcherConfig};
 use users_domain::ports::{Mailer, OutgoingMail, PortError, SystemClock};
 use users_smtp::{FileMailer, SmtpMailer};
 
+use crate::background::Background;
 use crate::config::{Config, MailBackend};
 use crate::state::AppService;
 
@@ -65,24 +64,22 @@ impl Mailer for AppMailer {
 
 /// The running outbox dispatcher; [`OutboxWorker::stop`] lets the mail in flight finish, then ends it.
 #[derive(Debug)]
-pub struct OutboxWorker {
-    stop: Arc<AtomicBool>,
-    wake: Arc<Notify>,
-    task: JoinHandle<()>,
-}
+pub struct OutboxWorker(Background);
 
 impl OutboxWorker {
     /// Starts delivering the outbox in the background. Each round first handles queued account requests
     /// (forgotten password, resend), which queue the mails they call for, then delivers due mail.
     pub fn start(mailer: AppMailer, requests: AppService, lease: time::Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new(Notify::new());
         let outbox = requests.ports().db.clone();
-        let dispatcher =
-            Dispatcher::new(outbox, mailer, SystemClock, DispatcherConfig { lease, ..DispatcherConfig::default() });
-        let (task_stop, task_wake) = (Arc::clone(&stop), Arc::clone(&wake));
-        let task = tokio::spawn(async move {
-            while !task_stop.load(Ordering::Relaxed) {
+        let dispatcher = Arc::new(Dispatcher::new(
+            outbox,
+            mailer,
+            SystemClock,
+            DispatcherConfig { lease, ..DispatcherConfig::default() },
+        ));
+        let task = Background::spawn("outbox worker", POLL_INTERVAL, Arc::new(Notify::new()), move |stop| {
+            let (requests, dispatcher) = (requests.clone(), Arc::clone(&dispatcher));
+            async move {
                 let handled = match requests.handle_account_requests(REQUEST_BATCH).await {
                     Ok(handled) => handled,
                     Err(error) => {
@@ -91,37 +88,26 @@ impl OutboxWorker {
                         0
                     }
                 };
-                let busy = handled > 0;
-                let busy = busy
-                    | match dispatcher.run_round(|| task_stop.load(Ordering::Relaxed)).await {
-                        Ok(report) => {
-                            if report.dead > 0 {
-                                tracing::warn!(dead = report.dead, "mail given up after the last attempt");
-                            }
-                            report.sent + report.retried + report.dead > 0
+                let sent = match dispatcher.run_round(|| stop.is_set()).await {
+                    Ok(report) => {
+                        if report.dead > 0 {
+                            tracing::warn!(dead = report.dead, "mail given up after the last attempt");
                         }
-                        Err(error) => {
-                            tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "outbox round failed");
-                            false
-                        }
-                    };
-                if !busy {
-                    tokio::select! {
-                        () = tokio::time::sleep(POLL_INTERVAL) => {}
-                        () = task_wake.notified() => {}
+                        report.sent + report.retried + report.dead > 0
                     }
-                }
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "outbox round failed");
+                        false
+                    }
+                };
+                handled > 0 || sent
             }
         });
-        Self { stop, wake, task }
+        Self(task)
     }
 
     /// Asks the dispatcher to stop between mails and waits until it has.
     pub async fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
-        if let Err(error) = self.task.await {
-            tracing::warn!(%error, "outbox worker ended abnormally");
-        }
+        self.0.stop().await;
     }
 }

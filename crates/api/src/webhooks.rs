@@ -9,7 +9,6 @@
 //! logged holds it, nor the endpoint's URL (which may carry a token of the receiver's): logs name endpoints by id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as StdDuration;
 
 use anyhow::Context as _;
@@ -20,9 +19,9 @@ use serde::Serialize;
 use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use users_postgres::{ClaimedDelivery, DeliveryOutcome, PgRepository};
 
+use crate::background::Background;
 use crate::config::WebhookConfig;
 use crate::dto::EventResponse;
 
@@ -74,11 +73,7 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// The running delivery task; [`WebhookWorker::stop`] lets the round in flight finish, then ends it.
 #[derive(Debug)]
-pub struct WebhookWorker {
-    stop: Arc<AtomicBool>,
-    wake: Arc<Notify>,
-    task: JoinHandle<()>,
-}
+pub struct WebhookWorker(Background);
 
 impl WebhookWorker {
     /// Starts delivering to the endpoints of `config` (written to the database at start-up, before any event).
@@ -92,38 +87,26 @@ impl WebhookWorker {
             .user_agent(concat!("user-management-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the webhook HTTP client")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new(Notify::new());
-        let (task_stop, task_wake) = (Arc::clone(&stop), Arc::clone(&wake));
         let config = Arc::new(config);
-        let task = tokio::spawn(async move {
-            while !task_stop.load(Ordering::Relaxed) {
-                let busy = match round(&db, &client, &config).await {
+        let task = Background::spawn("webhook worker", POLL_INTERVAL, Arc::new(Notify::new()), move |_| {
+            let (db, client, config) = (db.clone(), client.clone(), Arc::clone(&config));
+            async move {
+                match round(&db, &client, &config).await {
                     Ok(count) => count > 0,
                     Err(error) => {
                         tracing::warn!(error = %format!("{error:#}"), "webhook round failed");
                         false
                     }
-                };
-                if !busy {
-                    tokio::select! {
-                        () = tokio::time::sleep(POLL_INTERVAL) => {}
-                        () = task_wake.notified() => {}
-                    }
                 }
             }
         });
-        Ok(Self { stop, wake, task })
+        Ok(Self(task))
     }
 
     /// Asks the worker to stop after its current round and waits until it has. Deliveries not attempted stay
     /// pending for the next start (or another instance).
     pub async fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
-        if let Err(error) = self.task.await {
-            tracing::warn!(%error, "webhook worker ended abnormally");
-        }
+        self.0.stop().await;
     }
 }
 

@@ -409,3 +409,23 @@ async fn where_the_objects_are_is_read_from_the_prefix_whatever_wrote_it() {
     let written = diesel::sql_query("UPDATE pictures SET objects_archived = true").execute(&mut connection).await;
     assert!(written.is_err(), "{written:?}");
 }
+
+#[tokio::test]
+async fn the_moves_to_do_come_in_varying_order_so_failing_ones_cannot_hold_every_place() {
+    let database = TestDatabase::create().await;
+    let repository = repository(&database).await;
+    let user = insert_user(&repository, "ada").await;
+    for n in 1..=6 {
+        repository.insert_active_picture(picture(user.id, now(), n), now(), Vec::new()).await.unwrap();
+    }
+    assert_eq!(repository.misplaced_pictures(10).await.unwrap().len(), 5, "five archived, none moved");
+    // One place per call: oldest-first would name the same picture every time. At random, 40 calls all naming the
+    // same one of five has a chance of 5 in 5^40.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let first = repository.misplaced_pictures(1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        seen.insert(first[0].id);
+    }
+    assert!(seen.len() > 1, "always {seen:?}");
+}
