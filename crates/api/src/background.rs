@@ -4,10 +4,12 @@
 //! the flag between them.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -44,7 +46,14 @@ impl Background {
         let (task_stop, task_wake) = (stop.clone(), Arc::clone(&wake));
         let task = tokio::spawn(async move {
             while !task_stop.is_set() {
-                if !round(task_stop.clone()).await {
+                // Whatever the round held is dropped by the unwinding itself; nothing of ours is left half-changed.
+                let busy = AssertUnwindSafe(round(task_stop.clone())).catch_unwind().await.unwrap_or_else(|_panic| {
+                    // The payload is not logged: the panic hook has printed it, and it may quote what was handled.
+                    tracing::error!(task = name, "a background round panicked; the task goes on after a pause");
+                    metrics::counter!("background_round_panics_total", "task" => name).increment(1);
+                    false
+                });
+                if !busy {
                     tokio::select! {
                         () = tokio::time::sleep(poll) => {}
                         () = task_wake.notified() => {}
@@ -89,5 +98,25 @@ mod tests {
         assert_eq!(ran_rx.recv().await, Some(2), "woken before the hour-long poll");
         task.stop().await;
         assert_eq!(rounds.load(Ordering::SeqCst), 2, "no round after the stop");
+    }
+
+    #[tokio::test]
+    async fn a_round_that_panics_does_not_end_the_task() {
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let (counted, wake) = (Arc::clone(&rounds), Arc::new(Notify::new()));
+        let (ran, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = Background::spawn("test", Duration::from_secs(3600), Arc::clone(&wake), move |_| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            let ran = ran.clone();
+            async move {
+                let _ = ran.send(n);
+                assert!(n != 1, "the first round fails");
+                false
+            }
+        });
+        assert_eq!(ran_rx.recv().await, Some(1));
+        wake.notify_one();
+        assert_eq!(ran_rx.recv().await, Some(2), "the task ran again after the panic");
+        task.stop().await;
     }
 }

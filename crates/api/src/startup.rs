@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec, check_algorithm};
 use users_domain::Service;
 use users_images::ImagePipeline;
-use users_postgres::PgRepository;
+use users_postgres::{ConnectionPlacement, PgRepository};
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -44,14 +44,18 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// # Errors
 /// When the data directory, the key, the database pool or the picture store cannot be set up.
 pub async fn build_service(config: &Config) -> anyhow::Result<AppService> {
-    build_service_and_keys(config).await.map(|(service, _)| service)
+    build_service_and_keys(config, ConnectionPlacement::new()).await.map(|(service, _)| service)
 }
 
-/// As [`build_service`], and the signing keys in the database to reload, unless `JWT_PRIVATE_KEY_FILE` is set.
-async fn build_service_and_keys(config: &Config) -> anyhow::Result<(AppService, Option<SharedKeys>)> {
+/// As [`build_service`], with the pool's connections opened where `placement` says, and the signing keys in the
+/// database to reload, unless `JWT_PRIVATE_KEY_FILE` is set.
+async fn build_service_and_keys(
+    config: &Config,
+    placement: ConnectionPlacement,
+) -> anyhow::Result<(AppService, Option<SharedKeys>)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
-    let db = PgRepository::connect(&config.database).await.context("connecting to DATABASE_URL")?;
+    let db = PgRepository::connect_placed(&config.database, placement).await.context("connecting to DATABASE_URL")?;
     let hasher = Argon2Hasher::new(HasherConfig::default()).context("setting up password hashing")?;
     let sealer = sealer(config)?;
     let (tokens, shared_keys) = signing_keys(config, &db, &sealer).await?;
@@ -189,7 +193,10 @@ impl Application {
         // Install the metrics recorder before the first request, so that request is counted too.
         let _ = crate::telemetry::metrics_handle();
         migrate(&config).await?;
-        let (service, shared_keys) = build_service_and_keys(&config).await?;
+        // The HTTP workers register with the placement as they start, and from then on the pool's connections are
+        // opened and driven on them, next to the requests that use them (see `ConnectionPlacement`).
+        let placement = ConnectionPlacement::new();
+        let (service, shared_keys) = build_service_and_keys(&config, placement.clone()).await?;
         let mailer = AppMailer::from_config(&config)?;
         // The endpoints first, so that even the first events (the bootstrap admin's) are queued for them. Without
         // WEBHOOK_URLS nothing is delivered: every endpoint stops taking events.
@@ -215,6 +222,8 @@ impl Application {
         let port = listener.local_addr().context("reading the bound address")?.port();
         let openapi = ApiDoc::openapi();
         let server = HttpServer::new(move || {
+            // The app factory runs once on each worker thread, inside its runtime.
+            placement.register_current_thread();
             App::new()
                 .app_data(cors_policy.clone())
                 .wrap(from_fn(problem_fallback))
@@ -270,16 +279,20 @@ impl Application {
         };
         let (served, ()) = tokio::join!(public, metrics);
         self.housekeeping.stop();
-        // The server has drained its requests; now let the mail in flight finish. Queued mail stays in the
-        // outbox for the next start.
-        self.outbox.stop().await;
-        self.picture_mover.stop().await;
-        if let Some(webhooks) = self.webhooks {
-            webhooks.stop().await;
-        }
-        if let Some(reloader) = self.key_reloader {
-            reloader.stop().await;
-        }
+        // The server has drained its requests; now let the mail, deliveries and moves in flight finish. All are
+        // told to stop at once and waited for together, so none starts new work while another is finishing. Queued
+        // mail, deliveries and moves stay recorded for the next start.
+        let webhooks = async {
+            if let Some(webhooks) = self.webhooks {
+                webhooks.stop().await;
+            }
+        };
+        let reloader = async {
+            if let Some(reloader) = self.key_reloader {
+                reloader.stop().await;
+            }
+        };
+        tokio::join!(self.outbox.stop(), self.picture_mover.stop(), webhooks, reloader);
         served
     }
 }

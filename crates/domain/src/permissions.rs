@@ -213,6 +213,23 @@ pub fn authorize(actor: Role, action: Action, target: Option<Target>) -> Result<
 mod tests {
     use super::*;
 
+    /// `Role::ALL` is written by hand; a role added to the enum and not to it would be invisible to every listing
+    /// and would make "may see all of `ALL`" (the unfiltered ADMIN listing, which then adds no role condition)
+    /// true for a caller who cannot see the new role. The match below stops compiling when a role is added.
+    #[test]
+    fn all_names_every_role_once() {
+        for role in [Role::Anonymous, Role::Authenticated, Role::Manager, Role::Admin] {
+            let position = match role {
+                Role::Anonymous => 0,
+                Role::Authenticated => 1,
+                Role::Manager => 2,
+                Role::Admin => 3,
+            };
+            assert_eq!(Role::ALL[position], role);
+        }
+        assert_eq!(Role::ALL.len(), 4);
+    }
+
     /// The matrix, written out by hand as the specification. Columns: the target is the actor themself, then
     /// another user who is ANONYMOUS, AUTHENTICATED, MANAGER, ADMIN. `Y` allowed, `F` forbidden, `N` not found;
     /// actions without a target have one column.

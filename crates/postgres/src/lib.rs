@@ -28,6 +28,7 @@ mod errors;
 mod housekeeping;
 mod outbox;
 mod pictures;
+mod placement;
 mod rate_limits;
 mod repository;
 mod requests;
@@ -45,6 +46,7 @@ mod webhooks;
 pub use housekeeping::{
     DEFAULT_AUDIT_RETENTION, DEFAULT_BATCH_SIZE, HOUSEKEEPING_LOCK, PurgeOutcome, PurgeSettings, Purged,
 };
+pub use placement::ConnectionPlacement;
 pub use repository::{ConnectionPool, PgRepository, connection_pool};
 pub use setup::{PgConfig, PgSetupError, run_migrations};
 pub use signing_keys::StoredSigningKey;

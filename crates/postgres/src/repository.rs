@@ -16,6 +16,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use users_domain::ports::PortError;
 
 use crate::errors::{acquire_timed_out, pool_error};
+use crate::placement::ConnectionPlacement;
 use crate::setup::{PgConfig, PgSetupError};
 use crate::tls::Connector;
 
@@ -44,14 +45,24 @@ impl PgRepository {
     /// still starting; readiness is what [`UserStore::ping`](users_domain::ports::UserStore::ping) is for.
     ///
     /// Every checkout is bounded by `acquire_timeout`, so requests fail as unavailable instead of hanging while
-    /// Postgres is down, and every idle connection is verified with a round trip before reuse, so connections
-    /// broken by a Postgres restart are replaced and the pool recovers without a restart of the service.
+    /// Postgres is down. A connection is checked locally on every checkout, and with a round trip when it sat
+    /// unused for [`VERIFY_AFTER_IDLE`] or longer, so connections broken by a Postgres restart are replaced and the
+    /// pool recovers without a restart of the service.
     ///
     /// # Errors
     /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
     /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
     pub async fn connect(config: &PgConfig) -> Result<Self, PgSetupError> {
-        Ok(Self { pool: connection_pool(config)?, acquire_timeout: config.acquire_timeout })
+        Self::connect_placed(config, ConnectionPlacement::new()).await
+    }
+
+    /// As [`connect`](Self::connect), with new connections opened where `placement` says: on the worker threads
+    /// a server registers with it (see [`ConnectionPlacement`]).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_placed(config: &PgConfig, placement: ConnectionPlacement) -> Result<Self, PgSetupError> {
+        Ok(Self { pool: placed_pool(config, placement)?, acquire_timeout: config.acquire_timeout })
     }
 
     /// Checks a connection out of the pool within the acquire timeout.
@@ -70,6 +81,9 @@ impl PgRepository {
 /// How long a pooled connection may sit unused before a checkout proves it alive with a round trip first.
 pub const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
+/// How long the round trip that proves an idle connection alive may take before the connection is given up.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The pool of diesel-async connections [`PgRepository`] runs on.
 pub type ConnectionPool = Pool<AsyncPgConnection>;
 
@@ -85,6 +99,11 @@ pub type ConnectionPool = Pool<AsyncPgConnection>;
 /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
 /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
 pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError> {
+    placed_pool(config, ConnectionPlacement::new())
+}
+
+/// The pool of [`connection_pool`], opening connections where `placement` says.
+fn placed_pool(config: &PgConfig, placement: ConnectionPlacement) -> Result<ConnectionPool, PgSetupError> {
     // Parsed once: `sslmode`, the roots of `sslrootcert` and the driver's settings serve every connection.
     let connector = Arc::new(Connector::from_url(&config.url)?);
     if config.max_connections == 0 {
@@ -101,9 +120,18 @@ pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError
     // request, half of what Postgres ran under load.
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
+    let opener = placement.clone();
     manager_config.custom_setup = Box::new(move |_url| {
         let connector = Arc::clone(&connector);
-        Box::pin(async move { connector.connect().await })
+        let opener = opener.clone();
+        Box::pin(async move {
+            opener
+                .open(move || {
+                    let connector = Arc::clone(&connector);
+                    async move { connector.connect().await }
+                })
+                .await
+        })
     });
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(config.url.clone(), manager_config);
@@ -113,15 +141,25 @@ pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.acquire_timeout))
         .recycle_timeout(Some(config.acquire_timeout))
+        .pre_recycle(Hook::sync_fn(move |_connection, metrics| {
+            // Dropped, so that the pool opens one on this worker instead (see `ConnectionPlacement`).
+            if placement.misplaced(metrics.created) {
+                return Err(HookError::message("opened before the server's workers started"));
+            }
+            Ok(())
+        }))
         .post_recycle(Hook::async_fn(|connection, metrics| {
             Box::pin(async move {
                 if metrics.last_used() < VERIFY_AFTER_IDLE {
                     return Ok(());
                 }
-                match diesel::sql_query("SELECT 1").execute(connection).await {
-                    Ok(_) => Ok(()),
+                // Bounded on its own (the pool's recycle timeout does not cover hooks), so a connection whose server
+                // stopped answering is given up early and another tried within the same acquire timeout.
+                match tokio::time::timeout(VERIFY_TIMEOUT, diesel::sql_query("SELECT 1").execute(connection)).await {
+                    Ok(Ok(_)) => Ok(()),
                     // The pool drops this connection and hands out (or opens) another.
-                    Err(error) => Err(HookError::Backend(PoolError::QueryError(error))),
+                    Ok(Err(error)) => Err(HookError::Backend(PoolError::QueryError(error))),
+                    Err(_elapsed) => Err(HookError::message("the liveness check timed out")),
                 }
             })
         }))

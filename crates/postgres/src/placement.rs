@@ -1,0 +1,226 @@
+//! [`ConnectionPlacement`]: which runtime drives the pooled connections.
+//!
+//! A connection of this adapter is a client plus a driver task that does its socket and TLS work; the driver runs on
+//! the runtime that opened the connection, and every query wakes it there. An HTTP server such as actix-web serves
+//! requests on worker threads, each with a runtime of its own, while start-up and the background tasks run on the
+//! process's main runtime, whose threads are parked most of the time. A connection opened there and then used by
+//! requests makes every one of its queries wake a parked thread twice (there and back): under load that cost about a
+//! tenth of the server's CPU and showed as the main runtime's threads busy with other threads' queries.
+//!
+//! So the server registers its worker threads, and from then on every connection is opened (and driven) on one of
+//! them: a worker opens its own connections itself, anyone else has the opening done on a worker in turn. A
+//! connection opened before the first worker registered (by the migrations check, the signing keys, the bootstrap
+//! admin) is dropped the first time a worker checks it out, so the pool refills on the workers.
+//!
+//! Without registered workers (the command-line tools, tests, an embedding application that does not register its
+//! threads) connections are opened where they are needed, as before.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use diesel::ConnectionResult;
+use diesel_async::AsyncPgConnection;
+use tokio::runtime::Handle;
+
+thread_local! {
+    /// The placement this thread registered with as a worker (its address), 0 for none.
+    static WORKER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Where new pooled connections are opened: on the registered worker threads when there are any, else wherever
+/// they are needed. Cheap to clone; clones share the registered workers.
+#[derive(Clone, Default)]
+pub struct ConnectionPlacement {
+    inner: Arc<Workers>,
+}
+
+#[derive(Default)]
+struct Workers {
+    /// The runtimes of the registered worker threads, each with a serial number to forget it by, taken in turn
+    /// by [`ConnectionPlacement::open`].
+    handles: Mutex<Vec<(u64, Handle)>>,
+    /// The serial number of the next worker to register.
+    serial: std::sync::atomic::AtomicU64,
+    /// The next of `handles` to open a connection on.
+    next: std::sync::atomic::AtomicUsize,
+    /// When the first worker registered: connections opened before then are not on a worker.
+    since: OnceLock<Instant>,
+}
+
+impl fmt::Debug for ConnectionPlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let workers = self.inner.handles.lock().map_or(0, |handles| handles.len());
+        f.debug_struct("ConnectionPlacement").field("workers", &workers).finish()
+    }
+}
+
+impl ConnectionPlacement {
+    /// A placement with no worker registered yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the calling thread, which must be inside the runtime it serves requests on (an actix-web worker
+    /// calls it from its app factory), as a worker: it opens its own connections from now on, and opens other
+    /// threads' in turn. Outside a runtime this does nothing.
+    pub fn register_current_thread(&self) {
+        let Ok(handle) = Handle::try_current() else {
+            return;
+        };
+        let serial = self.inner.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut handles) = self.inner.handles.lock() {
+            handles.push((serial, handle));
+        }
+        self.inner.since.get_or_init(Instant::now);
+        WORKER_OF.with(|worker_of| worker_of.set(self.key()));
+    }
+
+    /// Whether the calling thread is one of this placement's workers.
+    fn on_worker(&self) -> bool {
+        WORKER_OF.with(std::cell::Cell::get) == self.key()
+    }
+
+    /// This placement's identity for [`WORKER_OF`]: the address of its shared state, never 0.
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Whether a connection opened at `created` should be dropped rather than handed to the calling thread: it
+    /// is a worker, and the connection was opened before any worker registered, so it is driven elsewhere.
+    pub(crate) fn misplaced(&self, created: Instant) -> bool {
+        self.on_worker() && self.inner.since.get().is_some_and(|since| created < *since)
+    }
+
+    /// Opens a connection with `connect` on this thread if it is a worker or no worker is registered, else on the
+    /// next worker in turn. A worker whose runtime has stopped (its server shut down) is forgotten and the
+    /// connection opened here instead.
+    pub(crate) async fn open<F, Fut>(&self, connect: F) -> ConnectionResult<AsyncPgConnection>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ConnectionResult<AsyncPgConnection>> + Send + 'static,
+    {
+        if self.on_worker() {
+            return connect().await;
+        }
+        while let Some((serial, handle)) = self.next_worker() {
+            match handle.spawn(connect()).await {
+                Ok(opened) => return opened,
+                // The runtime dropped the task: it is shutting down.
+                Err(error) if error.is_cancelled() => self.forget(serial),
+                Err(_panicked) => {
+                    return Err(diesel::ConnectionError::BadConnection("opening the connection panicked".to_owned()));
+                }
+            }
+        }
+        connect().await
+    }
+
+    /// The next registered worker's runtime, if any.
+    fn next_worker(&self) -> Option<(u64, Handle)> {
+        let handles = self.inner.handles.lock().ok()?;
+        if handles.is_empty() {
+            return None;
+        }
+        let turn = self.inner.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        handles.get(turn % handles.len()).cloned()
+    }
+
+    /// Drops a worker whose runtime is gone.
+    fn forget(&self, stopped: u64) {
+        if let Ok(mut handles) = self.inner.handles.lock() {
+            handles.retain(|(serial, _)| *serial != stopped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::thread::ThreadId;
+    use std::time::Duration;
+
+    use diesel::ConnectionError;
+
+    use super::*;
+
+    /// A worker thread: a current-thread runtime registered with `placement`, serving until `stop` is sent.
+    fn start_worker(
+        placement: &ConnectionPlacement,
+    ) -> (ThreadId, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (registered, is_registered) = mpsc::channel();
+        let placement = placement.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                placement.register_current_thread();
+                registered.send(std::thread::current().id()).unwrap();
+                let _ = stopped.await;
+            });
+        });
+        let id = is_registered.recv_timeout(Duration::from_secs(10)).unwrap();
+        (id, stop, thread)
+    }
+
+    /// Opens through `placement` with a connect that fails, and returns the thread the connect ran on.
+    async fn thread_of_open(placement: &ConnectionPlacement) -> ThreadId {
+        let ran_on = Arc::new(Mutex::new(None));
+        let result = placement
+            .open(|| {
+                let ran_on = Arc::clone(&ran_on);
+                async move {
+                    *ran_on.lock().unwrap() = Some(std::thread::current().id());
+                    Err(ConnectionError::BadConnection("not a real connection".to_owned()))
+                }
+            })
+            .await;
+        assert!(result.is_err(), "the connect's own result is returned");
+        ran_on.lock().unwrap().expect("the connect ran")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_workers_a_connection_is_opened_where_it_is_needed() {
+        let placement = ConnectionPlacement::new();
+        assert_eq!(thread_of_open(&placement).await, std::thread::current().id());
+        assert!(!placement.misplaced(Instant::now()), "nothing is misplaced before a worker registers");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn once_a_worker_registered_other_threads_open_their_connections_on_it() {
+        let placement = ConnectionPlacement::new();
+        let before_workers = Instant::now();
+        let (worker, stop, thread) = start_worker(&placement);
+        assert_eq!(thread_of_open(&placement).await, worker, "opened on the worker, not here");
+        assert_eq!(thread_of_open(&placement).await, worker, "and again");
+        // Off the workers nothing is dropped, even a connection opened before them.
+        assert!(!placement.misplaced(before_workers));
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_whose_runtime_stopped_is_forgotten() {
+        let placement = ConnectionPlacement::new();
+        let (_worker, stop, thread) = start_worker(&placement);
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+        assert_eq!(thread_of_open(&placement).await, std::thread::current().id(), "opened here instead");
+        assert!(placement.next_worker().is_none(), "the stopped worker is no longer taken");
+    }
+
+    #[test]
+    fn on_a_worker_only_connections_opened_before_the_first_worker_are_misplaced() {
+        let placement = ConnectionPlacement::new();
+        let before = Instant::now();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async { placement.register_current_thread() });
+        let after = Instant::now();
+        assert!(placement.misplaced(before), "opened before any worker: dropped on a worker's checkout");
+        assert!(!placement.misplaced(after), "opened since: kept");
+        let other = ConnectionPlacement::new();
+        assert!(!other.misplaced(before), "this thread is not a worker of another placement");
+    }
+}
