@@ -12,6 +12,14 @@
 //! connection opened before the first worker registered (by the migrations check, the signing keys, the bootstrap
 //! admin) is dropped the first time a worker checks it out, so the pool refills on the workers.
 //!
+//! A worker's runtime is learnt the first time the worker checks a connection out or opens one, since the thread
+//! may register from inside another runtime (see [`ConnectionPlacement::register_current_thread`]); until then
+//! other threads open connections where they are.
+//!
+//! A connection driven on a worker dies with that worker's runtime when the server stops: whoever still uses it
+//! then (a background task finishing its round) gets a connection error, and the pool opens a fresh one on the
+//! next checkout. A stopped worker is forgotten the first time opening on it fails.
+//!
 //! Without registered workers (the command-line tools, tests, an embedding application that does not register its
 //! threads) connections are opened where they are needed, as before.
 
@@ -27,6 +35,8 @@ use tokio::runtime::Handle;
 thread_local! {
     /// The placement this thread registered with as a worker (its address), 0 for none.
     static WORKER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The placement whose list of worker runtimes holds this thread's runtime (its address), 0 for none.
+    static RUNTIME_NOTED_FOR: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Where new pooled connections are opened: on the registered worker threads when there are any, else wherever
@@ -63,10 +73,21 @@ impl ConnectionPlacement {
         Self::default()
     }
 
-    /// Registers the calling thread, which must be inside the runtime it serves requests on (an actix-web worker
-    /// calls it from its app factory), as a worker: it opens its own connections from now on, and opens other
-    /// threads' in turn. Outside a runtime this does nothing.
+    /// Registers the calling thread as a worker (an actix-web worker calls it from its app factory): it opens its
+    /// own connections from now on, and opens other threads' in turn once its runtime is known. That runtime is
+    /// taken the first time the thread checks a connection out or opens one, from inside the runtime it serves
+    /// requests on: actix-web runs the app factories of a server started inside a tokio runtime on that outer
+    /// runtime, before each worker's own runtime exists, so the factory's runtime is not the worker's.
     pub fn register_current_thread(&self) {
+        self.inner.since.get_or_init(Instant::now);
+        WORKER_OF.with(|worker_of| worker_of.set(self.key()));
+    }
+
+    /// On a worker whose runtime is not recorded yet, records the runtime the calling code runs in.
+    fn note_worker_runtime(&self) {
+        if !self.on_worker() || RUNTIME_NOTED_FOR.with(std::cell::Cell::get) == self.key() {
+            return;
+        }
         let Ok(handle) = Handle::try_current() else {
             return;
         };
@@ -74,8 +95,7 @@ impl ConnectionPlacement {
         if let Ok(mut handles) = self.inner.handles.lock() {
             handles.push((serial, handle));
         }
-        self.inner.since.get_or_init(Instant::now);
-        WORKER_OF.with(|worker_of| worker_of.set(self.key()));
+        RUNTIME_NOTED_FOR.with(|noted| noted.set(self.key()));
     }
 
     /// Whether the calling thread is one of this placement's workers.
@@ -91,6 +111,7 @@ impl ConnectionPlacement {
     /// Whether a connection opened at `created` should be dropped rather than handed to the calling thread: it
     /// is a worker, and the connection was opened before any worker registered, so it is driven elsewhere.
     pub(crate) fn misplaced(&self, created: Instant) -> bool {
+        self.note_worker_runtime();
         self.on_worker() && self.inner.since.get().is_some_and(|since| created < *since)
     }
 
@@ -103,10 +124,12 @@ impl ConnectionPlacement {
         Fut: Future<Output = ConnectionResult<AsyncPgConnection>> + Send + 'static,
     {
         if self.on_worker() {
+            self.note_worker_runtime();
             return connect().await;
         }
         while let Some((serial, handle)) = self.next_worker() {
-            match handle.spawn(connect()).await {
+            // Aborted if this wait is given up (the pool's create timeout), so no connection attempt outlives it.
+            match AbortOnDrop(handle.spawn(connect())).await {
                 Ok(opened) => return opened,
                 // The runtime dropped the task: it is shutting down.
                 Err(error) if error.is_cancelled() => self.forget(serial),
@@ -136,6 +159,23 @@ impl ConnectionPlacement {
     }
 }
 
+/// A spawned task, aborted when its handle is dropped before it finished.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
@@ -157,6 +197,8 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 placement.register_current_thread();
+                // Its first checkout, which records its runtime.
+                assert!(!placement.misplaced(Instant::now()));
                 registered.send(std::thread::current().id()).unwrap();
                 let _ = stopped.await;
             });
@@ -197,6 +239,76 @@ mod tests {
         assert_eq!(thread_of_open(&placement).await, worker, "and again");
         // Off the workers nothing is dropped, even a connection opened before them.
         assert!(!placement.misplaced(before_workers));
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+    }
+
+    /// As actix-web does inside a tokio runtime: the app factory (which registers) runs on the worker thread but
+    /// inside the outer runtime, and the worker then serves on a runtime of its own. Connections must be opened on
+    /// that own runtime, not on the outer one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_registered_from_inside_another_runtime_opens_on_its_own() {
+        let placement = ConnectionPlacement::new();
+        let outer = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let outer_handle = outer.handle().clone();
+        let (registered, is_registered) = mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker_placement = placement.clone();
+        let thread = std::thread::spawn(move || {
+            outer_handle.block_on(async { worker_placement.register_current_thread() });
+            let own = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            own.block_on(async move {
+                assert!(!worker_placement.misplaced(Instant::now()), "its first checkout");
+                registered.send(std::thread::current().id()).unwrap();
+                let _ = stopped.await;
+            });
+        });
+        let worker = is_registered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(thread_of_open(&placement).await, worker, "opened on the worker's own runtime, not the outer one");
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+        outer.shutdown_background();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_abandoned_open_on_a_worker_is_aborted() {
+        /// Tells `dropped` when the never-ending connect it is part of is dropped.
+        struct Tell(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Tell {
+            fn drop(&mut self) {
+                if let Some(sender) = self.0.take() {
+                    let _ = sender.send(());
+                }
+            }
+        }
+        let placement = ConnectionPlacement::new();
+        let (_worker, stop, thread) = start_worker(&placement);
+        let (dropped, was_dropped) = tokio::sync::oneshot::channel::<()>();
+        let dropped = Arc::new(Mutex::new(Some(dropped)));
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        let started = Arc::new(Mutex::new(Some(started)));
+        let opener = placement.clone();
+        let opening = tokio::spawn(async move {
+            opener
+                .open(move || {
+                    let tell = Tell(dropped.lock().unwrap().take());
+                    let started = started.lock().unwrap().take();
+                    async move {
+                        let _tell = tell;
+                        if let Some(started) = started {
+                            let _ = started.send(());
+                        }
+                        std::future::pending::<ConnectionResult<AsyncPgConnection>>().await
+                    }
+                })
+                .await
+        });
+        has_started.await.unwrap();
+        opening.abort();
+        tokio::time::timeout(Duration::from_secs(10), was_dropped)
+            .await
+            .expect("the connect on the worker was aborted with the wait")
+            .unwrap();
         stop.send(()).unwrap();
         thread.join().unwrap();
     }
