@@ -78,45 +78,44 @@ impl Background {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
+    use tokio::sync::mpsc::UnboundedReceiver;
+
     use super::*;
 
-    #[tokio::test]
-    async fn an_idle_round_waits_for_a_wake_up_and_stop_ends_the_task() {
+    /// A task on an hour-long poll whose idle rounds report their number (from 1) and count themselves in the
+    /// returned counter; round `panicking` panics after reporting.
+    fn counting_task(panicking: usize) -> (Background, Arc<Notify>, UnboundedReceiver<usize>, Arc<AtomicUsize>) {
         let rounds = Arc::new(AtomicUsize::new(0));
         let (counted, wake) = (Arc::clone(&rounds), Arc::new(Notify::new()));
-        let (ran, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ran, ran_rx) = tokio::sync::mpsc::unbounded_channel();
         let task = Background::spawn("test", Duration::from_secs(3600), Arc::clone(&wake), move |_| {
             let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
             let ran = ran.clone();
             async move {
                 let _ = ran.send(n);
+                assert!(n != panicking, "round {n} fails");
                 false
             }
         });
-        assert_eq!(ran_rx.recv().await, Some(1));
+        (task, wake, ran_rx, rounds)
+    }
+
+    #[tokio::test]
+    async fn an_idle_round_waits_for_a_wake_up_and_stop_ends_the_task() {
+        let (task, wake, mut ran, rounds) = counting_task(0);
+        assert_eq!(ran.recv().await, Some(1));
         wake.notify_one();
-        assert_eq!(ran_rx.recv().await, Some(2), "woken before the hour-long poll");
+        assert_eq!(ran.recv().await, Some(2), "woken before the hour-long poll");
         task.stop().await;
         assert_eq!(rounds.load(Ordering::SeqCst), 2, "no round after the stop");
     }
 
     #[tokio::test]
     async fn a_round_that_panics_does_not_end_the_task() {
-        let rounds = Arc::new(AtomicUsize::new(0));
-        let (counted, wake) = (Arc::clone(&rounds), Arc::new(Notify::new()));
-        let (ran, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = Background::spawn("test", Duration::from_secs(3600), Arc::clone(&wake), move |_| {
-            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
-            let ran = ran.clone();
-            async move {
-                let _ = ran.send(n);
-                assert!(n != 1, "the first round fails");
-                false
-            }
-        });
-        assert_eq!(ran_rx.recv().await, Some(1));
+        let (task, wake, mut ran, _rounds) = counting_task(1);
+        assert_eq!(ran.recv().await, Some(1));
         wake.notify_one();
-        assert_eq!(ran_rx.recv().await, Some(2), "the task ran again after the panic");
+        assert_eq!(ran.recv().await, Some(2), "the task ran again after the panic");
         task.stop().await;
     }
 }
