@@ -222,7 +222,8 @@ impl Application {
         let port = listener.local_addr().context("reading the bound address")?.port();
         let openapi = ApiDoc::openapi();
         let server = HttpServer::new(move || {
-            // The app factory runs once on each worker thread, inside its runtime.
+            // The app factory runs once on each worker thread (inside the outer runtime, before the worker's own
+            // exists; the placement learns that one at the worker's first checkout).
             placement.register_current_thread();
             App::new()
                 .app_data(cors_policy.clone())
