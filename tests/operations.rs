@@ -1,13 +1,14 @@
-//! Production defaults of the real binary: metrics on their own listener only, and secrets read from files
-//! (`NAME_FILE`).
+//! Production defaults of the real binary: metrics on their own listener only, secrets read from files
+//! (`NAME_FILE`), and how it stops on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers: failing loudly is the point")]
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::Value;
-use users_e2e::{BinaryApp, free_port, json_body, run_until_exit};
+use serde_json::{Value, json};
+use users_e2e::maildev::{MailDev, SmtpGate};
+use users_e2e::{BinaryApp, STRONG_PASSWORD, free_port, json_body, run_until_exit, unique_email};
 
 /// Asserts a problem document with `status` and `code`.
 async fn assert_problem(response: reqwest::Response, status: u16, code: &str) {
@@ -75,4 +76,90 @@ async fn setting_a_secret_and_its_file_form_stops_start_up_naming_both() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DATABASE_URL and DATABASE_URL_FILE are both set"), "{stderr}");
+}
+
+/// Waits until `/readyz` answers 503 after a stop was asked (10 s at most), every answer until then a 200.
+async fn wait_until_stopping(app: &BinaryApp) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = app.client.get(app.url("/readyz")).send().await.expect("still serving while stopping");
+        if ready.status() == 503 {
+            assert_eq!(ready.headers()["content-type"], "application/problem+json");
+            return;
+        }
+        assert_eq!(ready.status(), 200);
+        assert!(std::time::Instant::now() < deadline, "/readyz did not answer 503 within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real binary sending mail through a closed gate, with one registration's mail held in flight at it.
+async fn app_with_mail_in_flight(gate: &SmtpGate) -> (BinaryApp, String) {
+    let app = BinaryApp::start_with(&gate.app_env(), |_| {}).await;
+    let email = unique_email("sigterm");
+    let registered = app
+        .client
+        .post(app.url("/register"))
+        .json(&json!({"email": email, "password": STRONG_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 202);
+    // The outbox has claimed the verification mail and is delivering it: the gate holds it in flight.
+    gate.wait_for_client().await;
+    (app, email)
+}
+
+/// The statuses of the outbox rows to `to`, comma-separated.
+async fn outbox_statuses(app: &BinaryApp, to: &str) -> String {
+    let query =
+        format!("SELECT coalesce(string_agg(status, ','), '') AS value FROM mail_outbox WHERE to_address = '{to}'");
+    app.db.text(&query).await
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_mail_in_flight_finish_and_record_itself_before_the_requests_stop() {
+    let maildev = MailDev::shared();
+    let gate = SmtpGate::start(&maildev).await;
+    let (mut app, email) = app_with_mail_in_flight(&gate).await;
+
+    app.terminate();
+    // Stopping: the load balancer is told to send new traffic elsewhere, and requests are still served while the
+    // mail in flight is finished (the database connections it needs live on the HTTP workers).
+    wait_until_stopping(&app).await;
+    // A request that needs the database still works.
+    let late_email = unique_email("sigterm-late");
+    let late = app
+        .client
+        .post(app.url("/register"))
+        .json(&json!({"email": late_email, "password": STRONG_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 202, "a registration while stopping is still served");
+    assert!(app.is_running(), "the server waits for the mail in flight");
+
+    gate.open();
+    let status = app.wait_for_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "a SIGTERM stop is a clean exit, got {status}");
+    assert_eq!(maildev.wait_for(&email, 1).await.len(), 1);
+    let sent = outbox_statuses(&app, &email).await;
+    assert_eq!(sent, "sent", "the delivered mail was recorded as sent, so no instance sends it again");
+    let queued = outbox_statuses(&app, &late_email).await;
+    assert_eq!(queued, "pending", "the mail queued while stopping stays queued for the next start");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_stops_at_once_and_the_mail_in_flight_stays_queued() {
+    let gate = SmtpGate::start(&MailDev::shared()).await;
+    let (mut app, email) = app_with_mail_in_flight(&gate).await;
+    app.terminate();
+    wait_until_stopping(&app).await;
+
+    app.terminate();
+    // The gate never opens: only the second signal can end the process.
+    let status = app.wait_for_exit(Duration::from_secs(10)).await;
+    assert!(!status.success(), "a stop cut short is reported by the exit status, got {status}");
+    let queued = outbox_statuses(&app, &email).await;
+    assert_eq!(queued, "pending", "the mail not known to be sent stays queued for the next start");
 }

@@ -160,3 +160,70 @@ impl Drop for PrivateMailDev {
         }
     }
 }
+
+/// A gate in front of an SMTP server, to hold a mail in flight: it accepts every connection at once and passes
+/// none through to the server until [`Self::open`]. Closed when dropped.
+pub struct SmtpGate {
+    /// The port to give the app as `SMTP_PORT` (on 127.0.0.1).
+    pub port: u16,
+    arrived: tokio::sync::watch::Receiver<usize>,
+    open: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpGate {
+    /// A closed gate in front of `maildev`'s SMTP port.
+    pub async fn start(maildev: &MailDev) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = format!("{}:{}", maildev.smtp_host, maildev.smtp_port);
+        let (arrived_tx, arrived) = tokio::sync::watch::channel(0_usize);
+        let (open, open_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                arrived_tx.send_modify(|count| *count += 1);
+                let (mut open_rx, upstream) = (open_rx.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    if open_rx.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    // A MailDev that refuses shows as the mail not arriving, which the test reports.
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, arrived, open, task }
+    }
+
+    /// The app settings that deliver mail through this gate.
+    pub fn app_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("MAIL_BACKEND".to_owned(), "smtp".to_owned()),
+            ("SMTP_HOST".to_owned(), "127.0.0.1".to_owned()),
+            ("SMTP_PORT".to_owned(), self.port.to_string()),
+            ("SMTP_TLS".to_owned(), "none".to_owned()),
+        ]
+    }
+
+    /// Waits until a client is held at the gate (30 s at most).
+    pub async fn wait_for_client(&self) {
+        let mut arrived = self.arrived.clone();
+        tokio::time::timeout(Duration::from_secs(30), arrived.wait_for(|count| *count > 0))
+            .await
+            .expect("no SMTP client reached the gate within 30 s")
+            .unwrap();
+    }
+
+    /// Lets every held and later connection through to the server.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for SmtpGate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -89,7 +89,8 @@ impl TestApp {
         let app = Application::build(config).await.expect("the app should start");
         let address = format!("http://127.0.0.1:{}", app.port());
         let metrics_address = app.metrics_addr().map(|addr| format!("http://{addr}"));
-        tokio::spawn(app.run_until_stopped());
+        // Never stopped by a signal: the test process's own signals must keep their usual effect.
+        tokio::spawn(app.run_until(futures_util::stream::pending()));
         Self { address, client: client(), db, data_dir, metrics_address }
     }
 
@@ -276,6 +277,29 @@ impl BinaryApp {
     /// The URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// Sends the server SIGTERM, as an orchestrator stopping it does.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(sent.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Whether the server is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits until the server has exited and returns how; fails the test after `timeout`.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "user-management did not exit within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

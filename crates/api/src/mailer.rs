@@ -1,16 +1,18 @@
 //! The mailer chosen by `MAIL_BACKEND`, and the background task that delivers the outbox through it.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use users_domain::mail::{Dispatcher, DispatcherConfig};
 use users_domain::ports::{Mailer, OutgoingMail, PortError, SystemClock};
 use users_smtp::{FileMailer, SmtpMailer};
 
-use crate::background::Background;
+use crate::background::{Background, Round};
 use crate::config::{Config, MailBackend};
 use crate::state::AppService;
 
@@ -51,15 +53,28 @@ impl AppMailer {
 }
 
 impl Mailer for AppMailer {
+    /// Sends through the chosen mailer. A send that panics is a failed attempt like any other, so the mail is
+    /// retried with backoff and given up after the last attempt, not claimed again forever.
     fn send(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), PortError>> + Send {
         let mailer = self.clone();
-        async move {
+        let sending = async move {
             match mailer {
                 Self::File(file) => file.send(mail).await,
                 Self::Smtp(smtp) => smtp.send(mail).await,
             }
-        }
+        };
+        panic_is_failure(sending)
     }
+}
+
+/// `sending`, with a panic turned into an error. Nothing of ours is left half-changed by the unwinding: the
+/// mailers hold no state across sends.
+fn panic_is_failure(
+    sending: impl Future<Output = Result<(), PortError>> + Send,
+) -> impl Future<Output = Result<(), PortError>> + Send {
+    AssertUnwindSafe(sending)
+        .catch_unwind()
+        .map(|sent| sent.unwrap_or_else(|_panic| Err(PortError::Unknown(anyhow::anyhow!("sending the mail panicked")))))
 }
 
 /// The running outbox dispatcher; [`OutboxWorker::stop`] lets the mail in flight finish, then ends it.
@@ -80,27 +95,34 @@ impl OutboxWorker {
         let task = Background::spawn("outbox worker", POLL_INTERVAL, Arc::new(Notify::new()), move |stop| {
             let (requests, dispatcher) = (requests.clone(), Arc::clone(&dispatcher));
             async move {
-                let handled = match requests.handle_account_requests(REQUEST_BATCH).await {
-                    Ok(handled) => handled,
+                // Busy when either part got something done, failed when neither did and one failed.
+                let (handled, requests_failed) = match requests.handle_account_requests(REQUEST_BATCH).await {
+                    Ok(handled) => (handled, false),
                     Err(error) => {
                         let error = anyhow::Error::new(error);
                         tracing::warn!(error = %format!("{error:#}"), "handling account requests failed");
-                        0
+                        (0, true)
                     }
                 };
-                let sent = match dispatcher.run_round(|| stop.is_set()).await {
+                let (sent, outbox_failed) = match dispatcher.run_round(|| stop.is_set()).await {
                     Ok(report) => {
                         if report.dead > 0 {
                             tracing::warn!(dead = report.dead, "mail given up after the last attempt");
                         }
-                        report.sent + report.retried + report.dead > 0
+                        (report.sent + report.retried + report.dead > 0, false)
                     }
                     Err(error) => {
                         tracing::warn!(error = %format!("{:#}", anyhow::Error::new(error)), "outbox round failed");
-                        false
+                        (false, true)
                     }
                 };
-                handled > 0 || sent
+                if handled > 0 || sent {
+                    Round::Busy
+                } else if requests_failed || outbox_failed {
+                    Round::Failed
+                } else {
+                    Round::Idle
+                }
             }
         });
         Self(task)
@@ -109,5 +131,21 @@ impl OutboxWorker {
     /// Asks the dispatcher to stop between mails and waits until it has.
     pub async fn stop(self) {
         self.0.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panicking_transport() -> Result<(), PortError> {
+        panic!("the transport panics")
+    }
+
+    #[tokio::test]
+    async fn a_send_that_panics_is_a_failed_attempt() {
+        let outcome = panic_is_failure(async { panicking_transport() }).await;
+        assert!(matches!(outcome, Err(PortError::Unknown(ref error)) if error.to_string().contains("panicked")));
+        assert!(panic_is_failure(async { Ok(()) }).await.is_ok());
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::background::Background;
+use crate::background::{Background, Round};
 use crate::state::AppService;
 
 /// How often the task looks for recorded moves when nothing woke it.
@@ -31,19 +31,19 @@ impl PictureMover {
         let signal = Arc::clone(&wake);
         let service = service.on_pictures_to_move(move || signal.notify_one());
         let mover = service.clone();
-        let task = Background::spawn("picture mover", POLL_INTERVAL, wake, move |_| {
+        let task = Background::spawn("picture mover", POLL_INTERVAL, wake, move |stop| {
             let mover = mover.clone();
             async move {
-                match mover.move_pictures(BATCH).await {
-                    Ok(0) => false,
+                match mover.move_pictures_until(BATCH, || stop.is_set()).await {
+                    Ok(0) => Round::Idle,
                     Ok(moved) => {
                         tracing::debug!(moved, "picture objects moved");
-                        true
+                        Round::Busy
                     }
                     Err(error) => {
                         let error = anyhow::Error::new(error);
                         tracing::warn!(error = %format!("{error:#}"), "reading the picture moves to do failed");
-                        false
+                        Round::Failed
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! Wiring: the one place that names concrete adapters, builds the domain service from them and serves it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
@@ -9,6 +10,7 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
+use futures_util::{Stream, StreamExt as _};
 use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec, check_algorithm};
 use users_domain::Service;
 use users_images::ImagePipeline;
@@ -24,7 +26,7 @@ use crate::openapi::ApiDoc;
 use crate::picture_mover::PictureMover;
 use crate::routes::{mount, ops};
 use crate::signing_keys::{KeyReloader, SharedKeys};
-use crate::state::{AppPorts, AppService, AppState, Jwks};
+use crate::state::{AppPorts, AppService, AppState, Jwks, Stopping};
 use crate::storage::AppStore;
 use crate::telemetry::observe;
 use crate::webhooks::WebhookWorker;
@@ -150,6 +152,7 @@ pub struct Application {
     housekeeping: HousekeepingWorker,
     key_reloader: Option<KeyReloader>,
     picture_mover: PictureMover,
+    stopping: Stopping,
 }
 
 /// The second HTTP server, serving only `GET /metrics` on `METRICS_BIND_ADDR`, so that metrics never reach the
@@ -165,8 +168,8 @@ impl MetricsListener {
         TcpListener::bind(addr).with_context(|| format!("cannot listen on METRICS_BIND_ADDR {addr}"))
     }
 
-    /// Starts the server on the bound listener: one worker, no signal handling of its own (the public server's
-    /// shutdown stops it), and problem documents for every other path.
+    /// Starts the server on the bound listener: one worker, no signal handling of its own (`run_until` stops it
+    /// last), and problem documents for every other path.
     fn start(listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr().context("reading the bound metrics address")?;
         let server = HttpServer::new(|| {
@@ -215,6 +218,7 @@ impl Application {
         let db = service.ports().db.clone();
         let tokens = service.ports().tokens.clone();
         let state = AppState::new(service, &config, Jwks::Live(tokens.clone()));
+        let stopping = state.stopping.clone();
         let cors_policy = web::Data::new(crate::edge::CorsPolicy::new(config.cors_allowed_origins.clone()));
         let metrics_listener = config.metrics_bind_addr.map(MetricsListener::bind).transpose()?;
         let listener = TcpListener::bind(config.bind_addr)
@@ -234,6 +238,8 @@ impl Application {
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
                 .service(web::redirect("/docs", "/docs/"))
         })
+        // `run_until` handles the signals, to stop the background tasks before the HTTP workers.
+        .disable_signals()
         .shutdown_timeout(10)
         .listen(listener)
         .context("starting the HTTP server")?
@@ -243,7 +249,7 @@ impl Application {
         let webhooks = config.webhooks.clone().map(|hooks| WebhookWorker::start(db.clone(), hooks)).transpose()?;
         let housekeeping = HousekeepingWorker::start(db, config.purge_settings(), config.purge_interval);
         let key_reloader = shared_keys.map(|keys| KeyReloader::start(keys, tokens));
-        Ok(Self { server, port, metrics, outbox, webhooks, housekeeping, key_reloader, picture_mover })
+        Ok(Self { server, port, metrics, outbox, webhooks, housekeeping, key_reloader, picture_mover, stopping })
     }
 
     /// The port actually bound (useful with `BIND_ADDR=...:0`).
@@ -256,46 +262,137 @@ impl Application {
         self.metrics.as_ref().map(|metrics| metrics.addr)
     }
 
-    /// Serves until the process is asked to stop (SIGINT/SIGTERM), letting in-flight requests finish.
+    /// Serves until the process gets SIGINT or SIGTERM, then stops as [`Self::run_until`] says; a second signal
+    /// stops it at once.
     ///
     /// # Errors
-    /// When the server fails.
+    /// When the server fails, or a second signal cut the stop short.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_server = self.metrics.map(|metrics| metrics.server);
-        let metrics_handle = metrics_server.as_ref().map(Server::handle);
-        let public = async {
-            let served = self.server.await;
-            // The public server handles the signals; once it has stopped, so does the metrics listener.
-            if let Some(handle) = metrics_handle {
-                handle.stop(true).await;
-            }
-            served
+        self.run_until(stop_signals()).await
+    }
+
+    /// Serves until `stops` yields or the HTTP server fails, then stops without losing work:
+    ///
+    /// 1. `/readyz` answers 503, so a load balancer sends new traffic elsewhere; requests are still served.
+    /// 2. The background tasks (mail, webhook deliveries, picture moves) finish the item in flight and stop, within
+    ///    [`crate::background::STOP_LIMIT`] (then they are cut off; leases hand their items to the next taker); the
+    ///    housekeeping round is cut off (each of its batches commits on its own). They stop before the HTTP server
+    ///    because the database connections they use are driven on the HTTP workers' runtimes, which end with it.
+    /// 3. The HTTP server stops accepting connections, waits (up to [`DRAIN_LIMIT`]) until no request is in flight,
+    ///    then stops its workers: a worker's connections may serve another worker's request, so none may stop while
+    ///    a request still runs.
+    /// 4. The key reloader and the metrics listener stop.
+    ///
+    /// When `stops` yields again before the end, the HTTP server is stopped at once and an error returned. Queued
+    /// mail, deliveries and moves stay recorded for the next start or another instance.
+    ///
+    /// # Errors
+    /// When the HTTP server fails, or a second stop cut the first short.
+    pub async fn run_until(self, mut stops: impl Stream<Item = ()> + Unpin) -> std::io::Result<()> {
+        let public_handle = self.server.handle();
+        // Both servers are driven by tasks of their own, so they keep serving (and restarting a failed worker)
+        // while the background tasks stop.
+        let mut public = tokio::spawn(self.server);
+        let metrics = self.metrics.map(|metrics| {
+            let handle = metrics.server.handle();
+            let task = tokio::spawn(async move {
+                if let Err(error) = metrics.server.await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            });
+            (handle, task)
+        });
+        let ended = tokio::select! {
+            served = &mut public => Some(served),
+            _ = stops.next() => None,
         };
-        let metrics = async {
-            if let Some(server) = metrics_server
-                && let Err(error) = server.await
-            {
-                tracing::error!(%error, "the metrics listener failed");
+        self.stopping.set();
+        tracing::info!("stopping: background work in flight first, then the requests in flight");
+        let orderly = async {
+            self.housekeeping.stop();
+            let webhooks = async {
+                if let Some(webhooks) = self.webhooks {
+                    webhooks.stop().await;
+                }
+            };
+            // All are told to stop at once and waited for together, so none starts new work while another finishes.
+            tokio::join!(self.outbox.stop(), self.picture_mover.stop(), webhooks);
+            match ended {
+                Some(served) => served,
+                None => {
+                    public_handle.pause().await;
+                    drain_requests().await;
+                    public_handle.stop(true).await;
+                    (&mut public).await
+                }
             }
         };
-        let (served, ()) = tokio::join!(public, metrics);
-        self.housekeeping.stop();
-        // The server has drained its requests; now let the mail, deliveries and moves in flight finish. All are
-        // told to stop at once and waited for together, so none starts new work while another is finishing. Queued
-        // mail, deliveries and moves stay recorded for the next start.
-        let webhooks = async {
-            if let Some(webhooks) = self.webhooks {
-                webhooks.stop().await;
+        let served = tokio::select! {
+            served = orderly => served.unwrap_or_else(|error| Err(std::io::Error::other(error))),
+            _ = stops.next() => {
+                tracing::warn!("asked to stop again: stopping at once, without finishing the work in flight");
+                public_handle.stop(false).await;
+                Err(std::io::Error::other("stopped at once by a second stop request"))
             }
         };
-        let reloader = async {
-            if let Some(reloader) = self.key_reloader {
-                reloader.stop().await;
-            }
-        };
-        tokio::join!(self.outbox.stop(), self.picture_mover.stop(), webhooks, reloader);
+        if let Some(reloader) = self.key_reloader {
+            reloader.stop().await;
+        }
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
         served
     }
+}
+
+/// How long a stopping instance waits for its requests in flight to end before it stops its HTTP workers.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits until no request is in flight, or [`DRAIN_LIMIT`] has passed.
+async fn drain_requests() {
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while crate::telemetry::requests_in_flight() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                in_flight = crate::telemetry::requests_in_flight(),
+                "requests still in flight after the drain limit; stopping anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The process's SIGINT and SIGTERM, each one an item. A signal that cannot be listened for is logged and keeps
+/// its default effect (ending the process at once).
+fn stop_signals() -> impl Stream<Item = ()> + Unpin {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::error!(%error, signal = name, "cannot listen for the signal; it will end the process at once");
+            None
+        }
+    };
+    async fn next(listener: &mut Option<Signal>) {
+        if let Some(signal) = listener
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+    let listeners = (listen(SignalKind::interrupt(), "SIGINT"), listen(SignalKind::terminate(), "SIGTERM"));
+    Box::pin(futures_util::stream::unfold(listeners, |(mut interrupt, mut terminate)| async move {
+        let name = tokio::select! {
+            () = next(&mut interrupt) => "SIGINT",
+            () = next(&mut terminate) => "SIGTERM",
+        };
+        tracing::info!(signal = name, "asked to stop");
+        Some(((), (interrupt, terminate)))
+    }))
 }
 
 /// Turns every error response that is not already a problem document (405 from the router, errors raised by

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{HttpRequest, web};
 use tokio::sync::Semaphore;
@@ -168,6 +169,26 @@ pub struct AppState<P> {
     pub picture_max_bytes: u64,
     /// One permit per picture upload being read or processed (`PICTURE_MAX_CONCURRENT`).
     pub picture_uploads: Arc<Semaphore>,
+    /// Set once the instance was asked to stop; `/readyz` answers 503 from then on.
+    pub stopping: Stopping,
+}
+
+/// Whether the instance is stopping: set when it is asked to stop, before it finishes its background work and
+/// drains its requests, so that `/readyz` tells a load balancer to send new traffic elsewhere meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Stopping(Arc<AtomicBool>);
+
+impl Stopping {
+    /// Marks the instance as stopping; there is no way back.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`Self::set`] was called.
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl<P: Ports> Authenticate for AppState<P> {
@@ -201,6 +222,7 @@ impl<P: Ports> AppState<P> {
             clients: crate::edge::ClientAddresses::new(config.trusted_proxies.clone()),
             picture_max_bytes: config.picture_max_bytes,
             picture_uploads: Arc::new(Semaphore::new(config.picture_max_concurrent)),
+            stopping: Stopping::default(),
         })
     }
 }

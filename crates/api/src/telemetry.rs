@@ -10,6 +10,7 @@
 //! the last pass into those buckets. Without upkeep every sample would wait in memory for the next scrape.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
@@ -135,6 +136,32 @@ fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
     plain.then(|| value.to_owned())
 }
 
+/// Requests between the start of [`observe`] and its end, in this process.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many requests are being handled now, in this process (every app it serves together), for a stopping
+/// server to wait until none is.
+#[must_use]
+pub fn requests_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Counts one request in flight for as long as it lives, a request dropped half-way included.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Middleware: request id, span, access log line and metrics for every request.
 ///
 /// # Errors
@@ -143,6 +170,7 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let _in_flight = InFlight::start();
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = method_label(req.method());
     let path = redact_path(req.path(), req.query_string());

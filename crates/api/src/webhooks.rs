@@ -8,12 +8,14 @@
 //! built from the stored event at each attempt; the signing key never leaves this module and no error recorded or
 //! logged holds it, nor the endpoint's URL (which may carry a token of the receiver's): logs name endpoints by id.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::FutureExt as _;
 use hmac::{Hmac, Mac as _};
 use serde::Serialize;
 use sha2::Sha256;
@@ -21,7 +23,7 @@ use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
 use users_postgres::{ClaimedDelivery, DeliveryOutcome, PgRepository};
 
-use crate::background::Background;
+use crate::background::{Background, Round};
 use crate::config::WebhookConfig;
 use crate::dto::EventResponse;
 
@@ -92,10 +94,11 @@ impl WebhookWorker {
             let (db, client, config) = (db.clone(), client.clone(), Arc::clone(&config));
             async move {
                 match round(&db, &client, &config).await {
-                    Ok(count) => count > 0,
+                    Ok(0) => Round::Idle,
+                    Ok(_) => Round::Busy,
                     Err(error) => {
                         tracing::warn!(error = %format!("{error:#}"), "webhook round failed");
-                        false
+                        Round::Failed
                     }
                 }
             }
@@ -115,7 +118,11 @@ async fn round(db: &PgRepository, client: &reqwest::Client, config: &WebhookConf
     let claimed = db.claim_webhook_deliveries(OffsetDateTime::now_utc(), BATCH, LEASE).await?;
     let count = claimed.len();
     let attempts = claimed.into_iter().map(|delivery| async move {
-        let outcome = attempt(client, config, &delivery).await;
+        // A panicking attempt is a failed attempt of its own delivery; the others in the round are still recorded.
+        let outcome = AssertUnwindSafe(attempt(client, config, &delivery))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_panic| failed(config, &delivery, "the attempt panicked".to_owned()));
         let label = match &outcome {
             DeliveryOutcome::Delivered => "delivered",
             DeliveryOutcome::RetryAt(..) => "failed",
@@ -165,6 +172,11 @@ async fn attempt(client: &reqwest::Client, config: &WebhookConfig, delivery: &Cl
         }
         Err(error) => format!("encoding the body: {error}"),
     };
+    failed(config, delivery, failure)
+}
+
+/// The outcome of a failed attempt: another one after the backoff, or given up after the last.
+fn failed(config: &WebhookConfig, delivery: &ClaimedDelivery, failure: String) -> DeliveryOutcome {
     let attempts = delivery.attempts.saturating_add(1);
     if attempts >= config.max_attempts {
         DeliveryOutcome::Dead(failure)

@@ -17,8 +17,9 @@
 //! other threads open connections where they are.
 //!
 //! A connection driven on a worker dies with that worker's runtime when the server stops: whoever still uses it
-//! then (a background task finishing its round) gets a connection error, and the pool opens a fresh one on the
-//! next checkout. A stopped worker is forgotten the first time opening on it fails.
+//! then gets a connection error, and the pool opens a fresh one on the next checkout. So an embedding server
+//! stops its background work and drains its requests before it stops its workers (the service's own `run_until`
+//! does). A stopped worker is forgotten the first time opening on it fails.
 //!
 //! Without registered workers (the command-line tools, tests, an embedding application that does not register its
 //! threads) connections are opened where they are needed, as before.

@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use diesel::result::{ConnectionError, ConnectionResult};
 use diesel_async::AsyncPgConnection;
@@ -95,12 +96,14 @@ struct SplitUrl {
     mode: SslMode,
     /// `sslrootcert`, when given.
     root: Option<RootSource>,
+    /// The names of the parameters left in `rest`, to tell a setting given from the driver's default.
+    kept_keys: Vec<String>,
 }
 
 /// Takes `sslmode` and `sslrootcert` out of a `postgres://` URL or a `key=value` connection string.
 fn split_tls_settings(url: &str) -> Result<SplitUrl, PgSetupError> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let (rest, pairs) = if is_url { split_url(url)? } else { split_key_values(url)? };
+    let (rest, pairs, kept_keys) = if is_url { split_url(url)? } else { split_key_values(url)? };
     let mut mode = None;
     let mut root = None;
     for (key, value) in pairs {
@@ -116,7 +119,7 @@ fn split_tls_settings(url: &str) -> Result<SplitUrl, PgSetupError> {
             }
         }
     }
-    Ok(SplitUrl { rest, mode: mode.unwrap_or_default(), root })
+    Ok(SplitUrl { rest, mode: mode.unwrap_or_default(), root, kept_keys })
 }
 
 /// Whether a parameter is one this module handles.
@@ -124,13 +127,17 @@ fn is_tls_key(key: &str) -> bool {
     key == "sslmode" || key == "sslrootcert"
 }
 
+/// A connection string without its TLS parameters, those parameters, and the names of the parameters kept.
+type Split = (String, Vec<(String, String)>, Vec<String>);
+
 /// The URL form: query parameters, percent-decoded; the others are kept byte for byte, so the driver decodes
 /// them exactly as it would have.
-fn split_url(url: &str) -> Result<(String, Vec<(String, String)>), PgSetupError> {
+fn split_url(url: &str) -> Result<Split, PgSetupError> {
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), Vec::new()));
+        return Ok((url.to_owned(), Vec::new(), Vec::new()));
     };
     let mut kept = Vec::new();
+    let mut kept_keys = Vec::new();
     let mut taken = Vec::new();
     for piece in query.split('&').filter(|piece| !piece.is_empty()) {
         let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
@@ -141,18 +148,20 @@ fn split_url(url: &str) -> Result<(String, Vec<(String, String)>), PgSetupError>
             taken.push((key.to_owned(), decoded.into_owned()));
         } else {
             kept.push(piece);
+            kept_keys.push(key.to_owned());
         }
     }
     let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-    Ok((rest, taken))
+    Ok((rest, taken, kept_keys))
 }
 
 /// The `key=value` form, tokenised as libpq does: spaces around `=` allowed, values bare or single-quoted with
 /// backslash escapes. The pairs kept are written back quoted, which the driver reads the same way.
-fn split_key_values(raw: &str) -> Result<(String, Vec<(String, String)>), PgSetupError> {
+fn split_key_values(raw: &str) -> Result<Split, PgSetupError> {
     let malformed = || PgSetupError::InvalidUrl("neither a postgres:// URL nor a well-formed key=value string".into());
     let mut chars = raw.chars().peekable();
     let mut kept = Vec::new();
+    let mut kept_keys = Vec::new();
     let mut taken = Vec::new();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -192,9 +201,10 @@ fn split_key_values(raw: &str) -> Result<(String, Vec<(String, String)>), PgSetu
         } else {
             let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
             kept.push(format!("{key}='{quoted}'"));
+            kept_keys.push(key);
         }
     }
-    Ok((kept.join(" "), taken))
+    Ok((kept.join(" "), taken, kept_keys))
 }
 
 /// Everything needed to open a connection: the driver's settings and the TLS connector. Built once from the
@@ -228,6 +238,7 @@ impl Connector {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
+        apply_network_defaults(&mut config, &split.kept_keys);
         let tls = RustlsConnect { config: Arc::new(client_config(split.mode, split.root.as_ref())?) };
         Ok(Self { config, mode: split.mode, tls })
     }
@@ -242,6 +253,54 @@ impl Connector {
             .await
             .map_err(|error| ConnectionError::BadConnection(error_chain(&error)))?;
         AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+}
+
+/// The network bounds of a connection, where the connection string does not set them (the driver's own defaults
+/// are no connect timeout and a first keepalive probe after two hours). Without them a database host that stops
+/// answering (a failover, a dropped route) holds connects and queries for minutes.
+const NETWORK_DEFAULTS: NetworkDefaults = NetworkDefaults {
+    connect_timeout: Duration::from_secs(5),
+    keepalives_idle: Duration::from_secs(30),
+    keepalives_interval: Duration::from_secs(10),
+    keepalives_retries: 3,
+    tcp_user_timeout: Duration::from_secs(30),
+};
+
+/// See [`NETWORK_DEFAULTS`].
+struct NetworkDefaults {
+    /// The whole connect (TCP, TLS, start-up) gives up after this.
+    connect_timeout: Duration,
+    /// An idle connection is probed after this...
+    keepalives_idle: Duration,
+    /// ...then every this long...
+    keepalives_interval: Duration,
+    /// ...and is closed after this many unanswered probes.
+    keepalives_retries: u32,
+    /// A connection whose sent data stays unacknowledged this long is closed, so a query on a host that went
+    /// silent fails instead of waiting for the kernel's retransmissions (about 15 minutes). A slow query is not
+    /// cut: the server acknowledges the request at once.
+    tcp_user_timeout: Duration,
+}
+
+/// Sets the [`NETWORK_DEFAULTS`] the connection string (whose parameter names are `given`) leaves out.
+fn apply_network_defaults(config: &mut tokio_postgres::Config, given: &[String]) {
+    let unset = |key: &str| !given.iter().any(|given| given == key);
+    let defaults = &NETWORK_DEFAULTS;
+    if unset("connect_timeout") {
+        config.connect_timeout(defaults.connect_timeout);
+    }
+    if unset("keepalives_idle") {
+        config.keepalives_idle(defaults.keepalives_idle);
+    }
+    if unset("keepalives_interval") {
+        config.keepalives_interval(defaults.keepalives_interval);
+    }
+    if unset("keepalives_retries") {
+        config.keepalives_retries(defaults.keepalives_retries);
+    }
+    if unset("tcp_user_timeout") {
+        config.tcp_user_timeout(defaults.tcp_user_timeout);
     }
 }
 
@@ -521,6 +580,27 @@ mod tests {
         assert_eq!(split.rest, "postgresql://u:p%40ss@db.internal:6432/users?application_name=a%20b&connect_timeout=5");
         let only_tls = self::split("postgres://h/db?sslmode=require");
         assert_eq!(only_tls.rest, "postgres://h/db");
+    }
+
+    #[test]
+    fn network_bounds_apply_where_the_connection_string_sets_none_and_yield_to_those_it_sets() {
+        let defaulted = Connector::from_url("postgres://u@h/db").unwrap().config;
+        assert_eq!(defaulted.get_connect_timeout(), Some(&Duration::from_secs(5)));
+        assert_eq!(defaulted.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(defaulted.get_keepalives_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(defaulted.get_keepalives_retries(), Some(3));
+        assert_eq!(defaulted.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        let given = "postgres://u@h/db?connect_timeout=2&keepalives_idle=600&keepalives_interval=5\
+                     &keepalives_retries=9&tcp_user_timeout=90&sslmode=disable";
+        let given = Connector::from_url(given).unwrap().config;
+        assert_eq!(given.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(given.get_keepalives_idle(), Duration::from_secs(600));
+        assert_eq!(given.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(given.get_keepalives_retries(), Some(9));
+        assert_eq!(given.get_tcp_user_timeout(), Some(&Duration::from_secs(90)));
+        let key_values = Connector::from_url("host=h connect_timeout=7").unwrap().config;
+        assert_eq!(key_values.get_connect_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(key_values.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
     }
 
     #[test]

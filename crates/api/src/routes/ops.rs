@@ -24,7 +24,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(StatusResponse { status: "ok" })
 }
 
-/// The dependencies answer: 200 when the database and picture storage are reachable, 503 otherwise.
+/// The instance takes traffic: 200 when the database and picture storage are reachable, 503 when one is not or
+/// the instance is stopping.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -35,6 +36,9 @@ pub async fn healthz() -> HttpResponse {
     )
 )]
 pub async fn readyz<P: Ports>(state: web::Data<AppState<P>>) -> Result<HttpResponse, ApiError> {
+    if state.stopping.is_set() {
+        return Err(ApiError::unavailable(anyhow::anyhow!("readiness: the instance is stopping")));
+    }
     let (database, storage) = tokio::join!(
         tokio::time::timeout(READY_TIMEOUT, state.service.database_ready()),
         tokio::time::timeout(READY_TIMEOUT, state.service.storage_ready()),

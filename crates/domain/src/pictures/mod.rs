@@ -220,9 +220,21 @@ impl<P: Ports> Service<P> {
     /// # Errors
     /// [`PortError`] when the recorded moves cannot be read.
     pub async fn move_pictures(&self, limit: u32) -> Result<usize, PortError> {
+        self.move_pictures_until(limit, || false).await
+    }
+
+    /// As [`Self::move_pictures`], asking `stop` before each move and returning early when it says so (a shutdown
+    /// waits for the move in flight only); the moves not done stay recorded.
+    ///
+    /// # Errors
+    /// [`PortError`] when the recorded moves cannot be read.
+    pub async fn move_pictures_until(&self, limit: u32, stop: impl Fn() -> bool) -> Result<usize, PortError> {
         let misplaced = self.ports.pictures().misplaced_pictures(limit).await?;
         let mut moved = 0;
         for picture in misplaced {
+            if stop() {
+                break;
+            }
             if self.relocate(&picture).await {
                 moved += 1;
             }
