@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use time::OffsetDateTime;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use users_crypto::{JwtCodec, KeyRing, KeyStatus, RingKey, Sealer, SigningKey, schedule};
 use users_postgres::{PgRepository, StoredSigningKey};
@@ -179,7 +178,6 @@ fn activations(stored: &[StoredSigningKey]) -> Vec<(String, OffsetDateTime)> {
 
 /// The background task that reloads the keys into the codec every [`RELOAD_PERIOD`].
 pub struct KeyReloader {
-    stop: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -188,27 +186,26 @@ impl KeyReloader {
     /// period tries again.
     #[must_use]
     pub fn start(keys: SharedKeys, codec: JwtCodec) -> Self {
-        let stop = Arc::new(Notify::new());
-        let task_stop = Arc::clone(&stop);
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(RELOAD_PERIOD);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick is immediate, and the codec was just loaded.
             ticks.tick().await;
             loop {
-                tokio::select! {
-                    () = task_stop.notified() => return,
-                    _ = ticks.tick() => reload(&keys, &codec).await,
-                }
+                ticks.tick().await;
+                reload(&keys, &codec).await;
             }
         });
-        Self { stop, task }
+        Self { task }
     }
 
-    /// Stops the task and waits for it.
+    /// Stops the task and waits for it. A reload in flight is cut off: it has nothing to lose, and once the HTTP
+    /// server has stopped its database connection may be gone.
     pub async fn stop(self) {
-        self.stop.notify_one();
-        if let Err(error) = self.task.await {
+        self.task.abort();
+        if let Err(error) = self.task.await
+            && !error.is_cancelled()
+        {
             tracing::warn!(%error, "the signing key reloader ended abnormally");
         }
     }
