@@ -82,7 +82,8 @@ async fn setting_a_secret_and_its_file_form_stops_start_up_naming_both() {
 async fn wait_until_stopping(app: &BinaryApp) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.expect("still serving while stopping");
+        let ready = app.client.get(app.url("/readyz")).send().await;
+        let ready = ready.unwrap_or_else(|error| panic!("no longer serving while stopping: {error}"));
         if ready.status() == 503 {
             assert_eq!(ready.headers()["content-type"], "application/problem+json");
             return;
