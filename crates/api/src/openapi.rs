@@ -145,6 +145,23 @@ backoff like a known one."
 )]
 pub struct ApiDoc;
 
+/// The OpenAPI document as served at `/openapi.json`: generated and serialised once, on first use, and shared by
+/// every worker. The generated form is several megabytes of small allocations (the JSON is about 110 KB), so no
+/// worker keeps one.
+///
+/// # Errors
+/// When the document cannot be serialised (a bug: it is a tree of maps and strings).
+pub fn document_json() -> Result<actix_web::web::Bytes, String> {
+    static DOCUMENT: std::sync::OnceLock<Result<actix_web::web::Bytes, String>> = std::sync::OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| {
+            serde_json::to_vec(&ApiDoc::openapi())
+                .map(Into::into)
+                .map_err(|error| format!("serialising the OpenAPI document: {error}"))
+        })
+        .clone()
+}
+
 /// Adds the two ways of presenting a token: the OAuth2 password flow (Swagger's Authorize button) and a plain
 /// bearer token.
 struct SecuritySchemes;

@@ -8,21 +8,20 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpServer, ResponseError, web};
+use actix_web::{App, HttpResponse, HttpServer, ResponseError, guard, web};
 use anyhow::Context as _;
 use futures_util::{Stream, StreamExt as _};
 use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec, check_algorithm};
 use users_domain::Service;
 use users_images::ImagePipeline;
 use users_postgres::{ConnectionPlacement, PgRepository};
-use utoipa::OpenApi as _;
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::housekeeping::HousekeepingWorker;
 use crate::mailer::{AppMailer, OutboxWorker};
-use crate::openapi::ApiDoc;
+use crate::openapi::document_json;
 use crate::picture_mover::PictureMover;
 use crate::routes::{mount, ops};
 use crate::signing_keys::{KeyReloader, SharedKeys};
@@ -224,7 +223,6 @@ impl Application {
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
-        let openapi = ApiDoc::openapi();
         let server = HttpServer::new(move || {
             // The app factory runs once on each worker thread (inside the outer runtime, before the worker's own
             // exists; the placement learns that one at the worker's first checkout).
@@ -235,7 +233,8 @@ impl Application {
                 .wrap(from_fn(crate::edge::cors))
                 .wrap(from_fn(observe))
                 .configure(|cfg| mount(cfg, &state))
-                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .service(web::resource("/openapi.json").guard(guard::Get()).to(openapi_document))
+                .service(SwaggerUi::new("/docs/{_:.*}").config(SwaggerConfig::new(["/openapi.json"])))
                 .service(web::redirect("/docs", "/docs/"))
         })
         // `run_until` handles the signals, to stop the background tasks before the HTTP workers.
@@ -393,6 +392,12 @@ fn stop_signals() -> impl Stream<Item = ()> + Unpin {
         tracing::info!(signal = name, "asked to stop");
         Some(((), (interrupt, terminate)))
     }))
+}
+
+/// `GET /openapi.json`: the document, serialised once for every worker.
+async fn openapi_document() -> Result<HttpResponse, ApiError> {
+    let document = document_json().map_err(|error| ApiError::internal(anyhow::anyhow!(error)))?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(document))
 }
 
 /// Turns every error response that is not already a problem document (405 from the router, errors raised by
