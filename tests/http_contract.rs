@@ -81,8 +81,13 @@ async fn operations_endpoints_answer() {
     assert!(health.headers().contains_key("x-request-id"));
     assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
 
-    let openapi = json_body(app.client.get(app.url("/openapi.json")).send().await.unwrap()).await;
+    let served = app.client.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(served.headers()["content-type"], "application/json");
+    let openapi = json_body(served).await;
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
+    let posted = app.client.post(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(posted.headers()["allow"], "GET");
+    assert_problem(posted, 405, "method_not_allowed").await;
     for path in ["/login", "/me", "/healthz", "/readyz", "/.well-known/jwks.json"] {
         assert!(openapi["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
@@ -92,6 +97,11 @@ async fn operations_endpoints_answer() {
     let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().to_lowercase().contains("swagger"));
+    // The UI is pointed at the document by its URL.
+    let initializer = app.client.get(app.url("/docs/swagger-initializer.js")).send().await.unwrap();
+    assert_eq!(initializer.status(), 200);
+    let initializer = initializer.text().await.unwrap();
+    assert!(initializer.contains("\"url\": \"/openapi.json\""), "{initializer}");
     let docs_no_slash = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs_no_slash.status(), 200, "/docs redirects to the UI");
 

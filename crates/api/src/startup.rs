@@ -8,7 +8,7 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpResponse, HttpServer, ResponseError, guard, web};
+use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
 use anyhow::Context as _;
 use futures_util::{Stream, StreamExt as _};
 use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec, check_algorithm};
@@ -233,13 +233,17 @@ impl Application {
                 .wrap(from_fn(crate::edge::cors))
                 .wrap(from_fn(observe))
                 .configure(|cfg| mount(cfg, &state))
-                .service(web::resource("/openapi.json").guard(guard::Get()).to(openapi_document))
+                .service(web::resource("/openapi.json").route(web::get().to(openapi_document)))
                 .service(SwaggerUi::new("/docs/{_:.*}").config(SwaggerConfig::new(["/openapi.json"])))
                 .service(web::redirect("/docs", "/docs/"))
         })
         // `run_until` handles the signals, to stop the background tasks before the HTTP workers.
         .disable_signals()
-        .shutdown_timeout(10)
+        .shutdown_timeout(WORKER_STOP_LIMIT.as_secs())
+        // Counted for as long as the connection lives, so a stopping server knows when every one has closed.
+        .on_connect(|_, extensions| {
+            extensions.insert(crate::telemetry::OpenConnection::start());
+        })
         .listen(listener)
         .context("starting the HTTP server")?
         .run();
@@ -277,13 +281,15 @@ impl Application {
     ///    [`crate::background::STOP_LIMIT`] (then they are cut off; leases hand their items to the next taker); the
     ///    housekeeping round is cut off (each of its batches commits on its own). They stop before the HTTP server
     ///    because the database connections they use are driven on the HTTP workers' runtimes, which end with it.
-    /// 3. The HTTP server stops accepting connections, waits (up to [`DRAIN_LIMIT`]) until no request is in flight,
-    ///    then stops its workers: a worker's connections may serve another worker's request, so none may stop while
-    ///    a request still runs.
+    /// 3. The HTTP connections are drained: every answer from now on closes its connection, and the server waits
+    ///    (up to [`DRAIN_LIMIT`]) until none is open, still serving new ones. Only then are the workers stopped
+    ///    (the listener closes; a connection still open gets [`WORKER_STOP_LIMIT`] to finish): a worker's
+    ///    database connections may serve another worker's request, so no worker should stop while another serves.
     /// 4. The key reloader and the metrics listener stop.
     ///
-    /// When `stops` yields again before the end, the HTTP server is stopped at once and an error returned. Queued
-    /// mail, deliveries and moves stay recorded for the next start or another instance.
+    /// When `stops` yields again a second or more after the first, the HTTP server is stopped at once and an error
+    /// returned. A `stops` that ends asks nothing. Queued mail, deliveries and moves stay recorded for the next
+    /// start or another instance.
     ///
     /// # Errors
     /// When the HTTP server fails, or a second stop cut the first short.
@@ -303,8 +309,10 @@ impl Application {
         });
         let ended = tokio::select! {
             served = &mut public => Some(served),
-            _ = stops.next() => None,
+            Some(()) = stops.next() => None,
         };
+        let first_stop = tokio::time::Instant::now();
+        let server_failed = ended.is_some();
         self.stopping.set();
         tracing::info!("stopping: background work in flight first, then the requests in flight");
         let orderly = async {
@@ -319,19 +327,41 @@ impl Application {
             match ended {
                 Some(served) => served,
                 None => {
-                    public_handle.pause().await;
-                    drain_requests().await;
+                    drain_connections().await;
                     public_handle.stop(true).await;
                     (&mut public).await
                 }
             }
         };
+        // A second request to stop, not the same one delivered twice (a terminal's Ctrl-C and a supervisor's
+        // SIGTERM in the same instant); none is waited for once the server has failed by itself.
+        let second_stop = async {
+            if !server_failed {
+                while let Some(()) = stops.next().await {
+                    if first_stop.elapsed() >= REPEAT_WINDOW {
+                        return;
+                    }
+                    tracing::info!("a repeated stop request within a second of the first is taken as the same one");
+                }
+            }
+            std::future::pending().await
+        };
         let served = tokio::select! {
             served = orderly => served.unwrap_or_else(|error| Err(std::io::Error::other(error))),
-            _ = stops.next() => {
+            () = second_stop => {
                 tracing::warn!("asked to stop again: stopping at once, without finishing the work in flight");
-                public_handle.stop(false).await;
-                Err(std::io::Error::other("stopped at once by a second stop request"))
+                // Sent now, not awaited: the server may be busy with the graceful stop, which a forced one would
+                // wait behind. Dropping its task ends the serving; the process exits next.
+                drop(public_handle.stop(false));
+                public.abort();
+                if let Some((handle, task)) = metrics {
+                    drop(handle.stop(false));
+                    task.abort();
+                }
+                if let Some(reloader) = self.key_reloader {
+                    reloader.stop().await;
+                }
+                return Err(std::io::Error::other("stopped at once by a second stop request"));
             }
         };
         if let Some(reloader) = self.key_reloader {
@@ -346,17 +376,26 @@ impl Application {
     }
 }
 
-/// How long a stopping instance waits for its requests in flight to end before it stops its HTTP workers.
+/// How long a stopping instance waits for its HTTP connections to close before it stops its workers.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Waits until no request is in flight, or [`DRAIN_LIMIT`] has passed.
-async fn drain_requests() {
+/// How long a worker being stopped gives a connection still open (after [`DRAIN_LIMIT`]) to finish.
+pub const WORKER_STOP_LIMIT: Duration = Duration::from_secs(3);
+
+/// Stop requests this close to the first one are the same request delivered twice.
+const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Makes every answer close its connection, then waits until no HTTP connection is open, or [`DRAIN_LIMIT`] has
+/// passed. Idle keep-alive connections close by themselves within the keep-alive timeout (5 s).
+async fn drain_connections() {
+    crate::telemetry::start_draining();
     let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while crate::telemetry::requests_in_flight() > 0 {
+    while crate::telemetry::open_connections() > 0 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
-                in_flight = crate::telemetry::requests_in_flight(),
-                "requests still in flight after the drain limit; stopping anyway"
+                open = crate::telemetry::open_connections(),
+                limit_s = DRAIN_LIMIT.as_secs(),
+                "HTTP connections still open after the drain limit; stopping the workers anyway"
             );
             return;
         }
@@ -396,7 +435,9 @@ fn stop_signals() -> impl Stream<Item = ()> + Unpin {
 
 /// `GET /openapi.json`: the document, serialised once for every worker.
 async fn openapi_document() -> Result<HttpResponse, ApiError> {
-    let document = document_json().map_err(|error| ApiError::internal(anyhow::anyhow!(error)))?;
+    // The first call generates the document (tens of milliseconds), off the worker's thread.
+    let document = web::block(document_json).await.map_err(|error| ApiError::internal(anyhow::anyhow!("{error}")))?;
+    let document = document.map_err(|error| ApiError::internal(anyhow::anyhow!(error)))?;
     Ok(HttpResponse::Ok().content_type("application/json").body(document))
 }
 

@@ -10,11 +10,12 @@
 //! the last pass into those buckets. Without upkeep every sample would wait in memory for the next scrape.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -136,29 +137,41 @@ fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
     plain.then(|| value.to_owned())
 }
 
-/// Requests between the start of [`observe`] and its end, in this process.
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// HTTP connections open in this process (every server it runs together).
+static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
-/// How many requests are being handled now, in this process (every app it serves together), for a stopping
-/// server to wait until none is.
+/// Set when the server drains its connections: every answer from then on closes its connection.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// How many HTTP connections are open in this process, for a stopping server to wait until none is.
 #[must_use]
-pub fn requests_in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
+pub fn open_connections() -> usize {
+    OPEN_CONNECTIONS.load(Ordering::Relaxed)
 }
 
-/// Counts one request in flight for as long as it lives, a request dropped half-way included.
-struct InFlight;
+/// From now on every answer carries `Connection: close`, so keep-alive connections end after their request in
+/// flight (for the whole process: every server it runs is stopping together).
+pub fn start_draining() {
+    DRAINING.store(true, Ordering::Relaxed);
+}
 
-impl InFlight {
-    fn start() -> Self {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        Self
+/// One open HTTP connection, counted from the server's `on_connect` until the connection's data is dropped (the
+/// connection closed and its last request done).
+#[derive(Debug)]
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// Counts a connection that has just been accepted.
+    #[must_use]
+    pub fn start() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        Self(())
     }
 }
 
-impl Drop for InFlight {
+impl Drop for OpenConnection {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -170,7 +183,6 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
-    let _in_flight = InFlight::start();
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = method_label(req.method());
     let path = redact_path(req.path(), req.query_string());
@@ -193,6 +205,9 @@ pub async fn observe(
     result.map(|mut response| {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+        }
+        if DRAINING.load(Ordering::Relaxed) {
+            response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
         }
         response
     })
