@@ -56,7 +56,8 @@ struct Workers {
     serial: std::sync::atomic::AtomicU64,
     /// The next of `handles` to open a connection on.
     next: std::sync::atomic::AtomicUsize,
-    /// When the first worker registered: connections opened before then are not on a worker.
+    /// When the first worker's runtime became known: until then every connection was opened where it was needed
+    /// (start-up, the background tasks' first rounds), so one opened before then is not on a worker.
     since: OnceLock<Instant>,
 }
 
@@ -80,7 +81,6 @@ impl ConnectionPlacement {
     /// requests on: actix-web runs the app factories of a server started inside a tokio runtime on that outer
     /// runtime, before each worker's own runtime exists, so the factory's runtime is not the worker's.
     pub fn register_current_thread(&self) {
-        self.inner.since.get_or_init(Instant::now);
         WORKER_OF.with(|worker_of| worker_of.set(self.key()));
     }
 
@@ -96,6 +96,7 @@ impl ConnectionPlacement {
         if let Ok(mut handles) = self.inner.handles.lock() {
             handles.push((serial, handle));
         }
+        self.inner.since.get_or_init(Instant::now);
         RUNTIME_NOTED_FOR.with(|noted| noted.set(self.key()));
     }
 
@@ -110,7 +111,8 @@ impl ConnectionPlacement {
     }
 
     /// Whether a connection opened at `created` should be dropped rather than handed to the calling thread: it
-    /// is a worker, and the connection was opened before any worker registered, so it is driven elsewhere.
+    /// is a worker, and the connection was opened before any worker's runtime was known (before then even the
+    /// background tasks opened theirs where they ran), so it is driven elsewhere.
     pub(crate) fn misplaced(&self, created: Instant) -> bool {
         self.note_worker_runtime();
         self.on_worker() && self.inner.since.get().is_some_and(|since| created < *since)
@@ -198,7 +200,8 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 placement.register_current_thread();
-                // Its first checkout, which records its runtime.
+                // Its first checkout or open records its runtime; connections it opens from then on are kept.
+                placement.note_worker_runtime();
                 assert!(!placement.misplaced(Instant::now()));
                 registered.send(std::thread::current().id()).unwrap();
                 let _ = stopped.await;
@@ -259,7 +262,8 @@ mod tests {
             outer_handle.block_on(async { worker_placement.register_current_thread() });
             let own = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             own.block_on(async move {
-                assert!(!worker_placement.misplaced(Instant::now()), "its first checkout");
+                worker_placement.note_worker_runtime();
+                assert!(!worker_placement.misplaced(Instant::now()), "opened on its runtime: kept");
                 registered.send(std::thread::current().id()).unwrap();
                 let _ = stopped.await;
             });
@@ -325,14 +329,20 @@ mod tests {
     }
 
     #[test]
-    fn on_a_worker_only_connections_opened_before_the_first_worker_are_misplaced() {
+    fn on_a_worker_connections_opened_before_a_worker_runtime_was_known_are_misplaced() {
         let placement = ConnectionPlacement::new();
         let before = Instant::now();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        runtime.block_on(async { placement.register_current_thread() });
-        let after = Instant::now();
-        assert!(placement.misplaced(before), "opened before any worker: dropped on a worker's checkout");
-        assert!(!placement.misplaced(after), "opened since: kept");
+        // Registered from the app factory, inside another runtime: the worker's own is not known yet, so a
+        // connection opened now (by a background task, say) is opened where it is needed, off the workers.
+        let factory = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        factory.block_on(async { placement.register_current_thread() });
+        let between = Instant::now();
+        let own = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        own.block_on(async {
+            assert!(placement.misplaced(before), "opened before any worker: dropped on a worker's checkout");
+            assert!(placement.misplaced(between), "opened before a worker's runtime was known: dropped too");
+            assert!(!placement.misplaced(Instant::now()), "opened since: kept");
+        });
         let other = ConnectionPlacement::new();
         assert!(!other.misplaced(before), "this thread is not a worker of another placement");
     }
