@@ -170,3 +170,50 @@ async fn a_second_sigterm_stops_at_once_and_the_mail_in_flight_stays_queued() {
     let queued = outbox_statuses(&app, &email).await;
     assert_eq!(queued, "pending", "the mail not known to be sent stays queued for the next start");
 }
+
+/// Sends `GET /healthz` on an open keep-alive connection and returns the answer's head, lower-cased.
+async fn healthz_on(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0_u8; 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(read > 0, "the connection closed before answering");
+        received.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&received).to_lowercase();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse().unwrap());
+            if body.len() >= length {
+                return head.to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_server_closes_keep_alive_connections_after_their_next_answer_and_waits_for_them() {
+    let gate = SmtpGate::start(&MailDev::shared()).await;
+    let (mut app, _email) = app_with_mail_in_flight(&gate).await;
+    let mut kept_alive = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    assert!(!healthz_on(&mut kept_alive).await.contains("connection: close"), "kept alive before the stop");
+    app.terminate();
+    wait_until_stopping(&app).await;
+    gate.open();
+    // Once the mail is done, the connections are drained: the next answer on this one closes it. Until the drain
+    // starts, answers keep it open, so ask until one closes it (each answer must come: the server still serves).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !healthz_on(&mut kept_alive).await.contains("connection: close") {
+        assert!(std::time::Instant::now() < deadline, "no answer closed the connection within 10 s of the mail");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::io::AsyncReadExt::read_to_end(&mut kept_alive, &mut rest);
+    tokio::time::timeout(Duration::from_secs(5), closed).await.unwrap().unwrap();
+    assert!(rest.is_empty(), "nothing after the closing answer");
+    let status = app.wait_for_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "a drained stop is a clean exit, got {status}");
+}

@@ -282,13 +282,14 @@ impl Application {
     ///    housekeeping round is cut off (each of its batches commits on its own). They stop before the HTTP server
     ///    because the database connections they use are driven on the HTTP workers' runtimes, which end with it.
     /// 3. The HTTP connections are drained: every answer from now on closes its connection, and the server waits
-    ///    (up to [`DRAIN_LIMIT`]) until none is open, still serving new ones. Only then are the workers stopped
-    ///    (the listener closes; a connection still open gets [`WORKER_STOP_LIMIT`] to finish): a worker's
-    ///    database connections may serve another worker's request, so no worker should stop while another serves.
+    ///    (up to [`DRAIN_LIMIT`]) until none is open, still serving new ones; at the limit it stops accepting and
+    ///    waits (up to [`WORKER_STOP_LIMIT`]) until no request is in flight. Only then are the workers stopped (a
+    ///    connection still open gets [`WORKER_STOP_LIMIT`] more): a worker's database connections may serve
+    ///    another worker's request, so no worker should stop while another serves.
     /// 4. The key reloader and the metrics listener stop.
     ///
-    /// When `stops` yields again a second or more after the first, the HTTP server is stopped at once and an error
-    /// returned. A `stops` that ends asks nothing. Queued mail, deliveries and moves stay recorded for the next
+    /// When `stops` yields again a second or more after the first (or at all, once the server failed by itself),
+    /// the HTTP server is told to stop at once, its task is dropped, and an error returned. A `stops` that ends asks nothing. Queued mail, deliveries and moves stay recorded for the next
     /// start or another instance.
     ///
     /// # Errors
@@ -327,22 +328,20 @@ impl Application {
             match ended {
                 Some(served) => served,
                 None => {
-                    drain_connections().await;
+                    drain_connections(&public_handle).await;
                     public_handle.stop(true).await;
                     (&mut public).await
                 }
             }
         };
         // A second request to stop, not the same one delivered twice (a terminal's Ctrl-C and a supervisor's
-        // SIGTERM in the same instant); none is waited for once the server has failed by itself.
+        // SIGTERM in the same instant). After the server failed by itself, the first request is the one that forces.
         let second_stop = async {
-            if !server_failed {
-                while let Some(()) = stops.next().await {
-                    if first_stop.elapsed() >= REPEAT_WINDOW {
-                        return;
-                    }
-                    tracing::info!("a repeated stop request within a second of the first is taken as the same one");
+            while let Some(()) = stops.next().await {
+                if server_failed || first_stop.elapsed() >= REPEAT_WINDOW {
+                    return;
                 }
+                tracing::info!("a repeated stop request within a second of the first is taken as the same one");
             }
             std::future::pending().await
         };
@@ -350,12 +349,12 @@ impl Application {
             served = orderly => served.unwrap_or_else(|error| Err(std::io::Error::other(error))),
             () = second_stop => {
                 tracing::warn!("asked to stop again: stopping at once, without finishing the work in flight");
-                // Sent now, not awaited: the server may be busy with the graceful stop, which a forced one would
-                // wait behind. Dropping its task ends the serving; the process exits next.
-                drop(public_handle.stop(false));
+                // A forced stop returns at once, unless the server is busy with the graceful one, which it would
+                // wait behind: then its task is dropped and the process's exit ends the rest.
+                let _ = tokio::time::timeout(FORCED_STOP_WAIT, public_handle.stop(false)).await;
                 public.abort();
                 if let Some((handle, task)) = metrics {
-                    drop(handle.stop(false));
+                    let _ = tokio::time::timeout(FORCED_STOP_WAIT, handle.stop(false)).await;
                     task.abort();
                 }
                 if let Some(reloader) = self.key_reloader {
@@ -382,25 +381,45 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a worker being stopped gives a connection still open (after [`DRAIN_LIMIT`]) to finish.
 pub const WORKER_STOP_LIMIT: Duration = Duration::from_secs(3);
 
+/// How long a forced stop may take before the server's task is dropped.
+const FORCED_STOP_WAIT: Duration = Duration::from_secs(1);
+
 /// Stop requests this close to the first one are the same request delivered twice.
 const REPEAT_WINDOW: Duration = Duration::from_secs(1);
 
 /// Makes every answer close its connection, then waits until no HTTP connection is open, or [`DRAIN_LIMIT`] has
-/// passed. Idle keep-alive connections close by themselves within the keep-alive timeout (5 s).
-async fn drain_connections() {
+/// passed (idle keep-alive connections close by themselves within the keep-alive timeout, 5 s). At the limit, the
+/// server stops accepting and waits (up to [`WORKER_STOP_LIMIT`]) until no request is in flight, so that no worker
+/// stops, taking its database connections along, while another still handles a request.
+async fn drain_connections(server: &actix_web::dev::ServerHandle) {
     crate::telemetry::start_draining();
-    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while crate::telemetry::open_connections() > 0 {
+    if wait_until(DRAIN_LIMIT, || crate::telemetry::open_connections() == 0).await {
+        return;
+    }
+    tracing::warn!(
+        open = crate::telemetry::open_connections(),
+        limit_s = DRAIN_LIMIT.as_secs(),
+        "HTTP connections still open after the drain limit; waiting only for the requests in flight"
+    );
+    server.pause().await;
+    if !wait_until(WORKER_STOP_LIMIT, || crate::telemetry::requests_in_flight() == 0).await {
+        tracing::warn!(
+            in_flight = crate::telemetry::requests_in_flight(),
+            "requests still in flight; stopping the workers anyway"
+        );
+    }
+}
+
+/// Waits until `done` holds, looking every 10 ms, for at most `limit`; whether it held.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                open = crate::telemetry::open_connections(),
-                limit_s = DRAIN_LIMIT.as_secs(),
-                "HTTP connections still open after the drain limit; stopping the workers anyway"
-            );
-            return;
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    true
 }
 
 /// The process's SIGINT and SIGTERM, each one an item. A signal that cannot be listened for is logged and keeps

@@ -143,6 +143,31 @@ static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// Set when the server drains its connections: every answer from then on closes its connection.
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
+/// Requests between the start of [`observe`] and its end, in this process.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many requests are being handled now in this process, for a stopping server to wait until none is.
+#[must_use]
+pub fn requests_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Counts one request in flight for as long as it lives, a request dropped half-way included.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How many HTTP connections are open in this process, for a stopping server to wait until none is.
 #[must_use]
 pub fn open_connections() -> usize {
@@ -183,6 +208,7 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let _in_flight = InFlight::start();
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = method_label(req.method());
     let path = redact_path(req.path(), req.query_string());

@@ -9,8 +9,9 @@
 //!
 //! So the server registers its worker threads, and from then on every connection is opened (and driven) on one of
 //! them: a worker opens its own connections itself, anyone else has the opening done on a worker in turn. A
-//! connection opened before the first worker registered (by the migrations check, the signing keys, the bootstrap
-//! admin) is dropped the first time a worker checks it out, so the pool refills on the workers.
+//! connection opened before the first worker's runtime was known (by the signing keys, the bootstrap admin, the
+//! background tasks' first rounds) is dropped the first time a worker checks it out, so the pool refills on the
+//! workers.
 //!
 //! A worker's runtime is learnt the first time the worker checks a connection out or opens one, since the thread
 //! may register from inside another runtime (see [`ConnectionPlacement::register_current_thread`]); until then
@@ -18,7 +19,7 @@
 //!
 //! A connection driven on a worker dies with that worker's runtime when the server stops: whoever still uses it
 //! then gets a connection error, and the pool opens a fresh one on the next checkout. So an embedding server
-//! stops its background work and drains its requests before it stops its workers (the service's own `run_until`
+//! stops its background work and drains its connections before it stops its workers (the service's own `run_until`
 //! does). A stopped worker is forgotten the first time opening on it fails.
 //!
 //! Without registered workers (the command-line tools, tests, an embedding application that does not register its
