@@ -289,8 +289,8 @@ impl Application {
     /// 4. The key reloader and the metrics listener stop.
     ///
     /// When `stops` yields again a second or more after the first (or at all, once the server failed by itself),
-    /// the HTTP server is told to stop at once, its task is dropped, and an error returned. A `stops` that ends asks nothing. Queued mail, deliveries and moves stay recorded for the next
-    /// start or another instance.
+    /// the HTTP server is told to stop at once, its task is dropped, and an error returned. A `stops` that ends
+    /// asks nothing. Queued mail, deliveries and moves stay recorded for the next start or another instance.
     ///
     /// # Errors
     /// When the HTTP server fails, or a second stop cut the first short.
