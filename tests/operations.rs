@@ -94,18 +94,19 @@ async fn wait_until_stopping(app: &BinaryApp) {
     }
 }
 
+/// Registers a new address (its verification mail is queued) and returns it.
+async fn register_new(app: &BinaryApp, tag: &str) -> String {
+    let email = unique_email(tag);
+    let body = json!({"email": email, "password": STRONG_PASSWORD});
+    let registered = app.client.post(app.url("/register")).json(&body).send().await.unwrap();
+    assert_eq!(registered.status(), 202, "registering {email}");
+    email
+}
+
 /// The real binary sending mail through a closed gate, with one registration's mail held in flight at it.
 async fn app_with_mail_in_flight(gate: &SmtpGate) -> (BinaryApp, String) {
     let app = BinaryApp::start_with(&gate.app_env(), |_| {}).await;
-    let email = unique_email("sigterm");
-    let registered = app
-        .client
-        .post(app.url("/register"))
-        .json(&json!({"email": email, "password": STRONG_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 202);
+    let email = register_new(&app, "sigterm").await;
     // The outbox has claimed the verification mail and is delivering it: the gate holds it in flight.
     gate.wait_for_client().await;
     (app, email)
@@ -128,16 +129,8 @@ async fn sigterm_lets_the_mail_in_flight_finish_and_record_itself_before_the_req
     // Stopping: the load balancer is told to send new traffic elsewhere, and requests are still served while the
     // mail in flight is finished (the database connections it needs live on the HTTP workers).
     wait_until_stopping(&app).await;
-    // A request that needs the database still works.
-    let late_email = unique_email("sigterm-late");
-    let late = app
-        .client
-        .post(app.url("/register"))
-        .json(&json!({"email": late_email, "password": STRONG_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(late.status(), 202, "a registration while stopping is still served");
+    // A request that needs the database (a registration) is still served.
+    let late_email = register_new(&app, "sigterm-late").await;
     assert!(app.is_running(), "the server waits for the mail in flight");
 
     gate.open();

@@ -8,7 +8,7 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpServer, ResponseError, web};
 use anyhow::Context as _;
 use futures_util::{Stream, StreamExt as _};
 use users_crypto::{Argon2Hasher, DataKey, HasherConfig, JwtCodec, JwtConfig, Sealer, TotpCodec, check_algorithm};
@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::housekeeping::HousekeepingWorker;
 use crate::mailer::{AppMailer, OutboxWorker};
-use crate::openapi::document_json;
 use crate::picture_mover::PictureMover;
 use crate::routes::{mount, ops};
 use crate::signing_keys::{KeyReloader, SharedKeys};
@@ -233,7 +232,7 @@ impl Application {
                 .wrap(from_fn(crate::edge::cors))
                 .wrap(from_fn(observe))
                 .configure(|cfg| mount(cfg, &state))
-                .service(web::resource("/openapi.json").route(web::get().to(openapi_document)))
+                .service(web::resource("/openapi.json").route(web::get().to(ops::openapi_document)))
                 .service(SwaggerUi::new("/docs/{_:.*}").config(SwaggerConfig::new(["/openapi.json"])))
                 .service(web::redirect("/docs", "/docs/"))
         })
@@ -450,14 +449,6 @@ fn stop_signals() -> impl Stream<Item = ()> + Unpin {
         tracing::info!(signal = name, "asked to stop");
         Some(((), (interrupt, terminate)))
     }))
-}
-
-/// `GET /openapi.json`: the document, serialised once for every worker.
-async fn openapi_document() -> Result<HttpResponse, ApiError> {
-    // The first call generates the document (tens of milliseconds), off the worker's thread.
-    let document = web::block(document_json).await.map_err(|error| ApiError::internal(anyhow::anyhow!("{error}")))?;
-    let document = document.map_err(|error| ApiError::internal(anyhow::anyhow!(error)))?;
-    Ok(HttpResponse::Ok().content_type("application/json").body(document))
 }
 
 /// Turns every error response that is not already a problem document (405 from the router, errors raised by

@@ -178,7 +178,10 @@ async fn the_history_lists_archived_pictures_newest_first_and_restore_swaps_them
     // application, by hand here).
     // A stop asked after the first move leaves the second recorded for later.
     let asked = std::cell::Cell::new(0);
-    let stop = || asked.replace(asked.get() + 1) >= 1;
+    let stop = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 1
+    };
     assert_eq!(world.service.move_pictures_until(10, stop).await.unwrap(), 1, "stopped after the first move");
     assert_eq!(world.service.move_pictures(10).await.unwrap(), 1, "the other archived one");
 

@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::dto::StatusResponse;
 use crate::error::ApiError;
-use crate::openapi::Unavailable;
+use crate::openapi::{Unavailable, document_json};
 use crate::state::AppState;
 use crate::telemetry::metrics_handle;
 use users_domain::ports::Ports;
@@ -53,6 +53,18 @@ pub async fn readyz<P: Ports>(state: web::Data<AppState<P>>) -> Result<HttpRespo
         }
     }
     Ok(HttpResponse::Ok().json(StatusResponse { status: "ok" }))
+}
+
+/// `GET /openapi.json`: the document, serialised once for every worker. Not part of the document itself, like
+/// `/docs`.
+///
+/// # Errors
+/// 500 when the document cannot be generated (a bug).
+pub async fn openapi_document() -> Result<HttpResponse, ApiError> {
+    // The first call generates the document (tens of milliseconds), off the worker's thread.
+    let document = web::block(document_json).await.map_err(|error| ApiError::internal(anyhow::anyhow!("{error}")))?;
+    let document = document.map_err(|error| ApiError::internal(anyhow::anyhow!(error)))?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(document))
 }
 
 /// Prometheus metrics in the text exposition format; mounted on the metrics listener only.
