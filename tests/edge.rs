@@ -157,3 +157,65 @@ async fn a_person_posting_the_reset_form_with_a_dead_link_gets_a_page_not_json()
     let body = response.text().await.unwrap();
     assert!(body.contains("Password not changed"), "{body}");
 }
+
+/// A request with two framings, smuggling a second one: a front proxy that trusts `Content-Length` forwards it whole,
+/// while a server that trusts `Transfer-Encoding` would end the first request at the empty chunk and take the rest
+/// (here a sign-up) as a request of its own. The service refuses the ambiguous request with 400, closes the
+/// connection, and never runs what was smuggled.
+#[tokio::test]
+async fn a_request_framed_two_ways_is_refused_and_what_it_smuggles_never_runs() {
+    let app = TestApp::spawn().await;
+    let host = app.address.trim_start_matches("http://");
+    let smuggled_email = unique_email("smuggled");
+    let smuggled_body = json!({"email": smuggled_email, "password": STRONG_PASSWORD}).to_string();
+    let smuggled = format!(
+        "POST /register HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        smuggled_body.len(),
+        smuggled_body
+    );
+    let body = format!("0\r\n\r\n{smuggled}");
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{body}",
+        body.len()
+    );
+    let users_before = app.db.count("SELECT count(*) AS n FROM users").await;
+
+    let answer = users_e2e::raw::exchange(&app.address, request.as_bytes(), Duration::from_secs(10)).await;
+
+    assert_eq!(users_e2e::raw::statuses(&answer), [400], "answer: {:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM users").await, users_before, "the smuggled sign-up ran");
+    // The same sign-up, sent on its own, is taken: the refusal above was about the framing, not the request.
+    let alone = users_e2e::raw::exchange(
+        &app.address,
+        smuggled.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(users_e2e::raw::statuses(&alone), [202], "answer: {:?}", String::from_utf8_lossy(&alone));
+    assert_eq!(app.db.count("SELECT count(*) AS n FROM users").await, users_before + 1);
+}
+
+/// An HTTP/1.1 request must name exactly one host: with none, or with two that may disagree, a proxy and the service
+/// could each route or log it by a different one. Both are refused with 400 before any handler runs, and the
+/// connection is closed.
+#[tokio::test]
+async fn a_request_with_no_host_or_two_hosts_is_refused() {
+    let app = TestApp::spawn().await;
+    let host = app.address.trim_start_matches("http://");
+    for (case, head) in [
+        ("no Host", "GET /healthz HTTP/1.1\r\n\r\n".to_owned()),
+        ("two Host fields", format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nHost: other.example\r\n\r\n")),
+        (
+            "two Content-Length values",
+            format!("POST /login HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{{}}"),
+        ),
+    ] {
+        let answer = users_e2e::raw::exchange(&app.address, head.as_bytes(), Duration::from_secs(10)).await;
+        assert_eq!(users_e2e::raw::statuses(&answer), [400], "{case}: {:?}", String::from_utf8_lossy(&answer));
+    }
+    // A well-formed request on a fresh connection is still served.
+    let fine = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = users_e2e::raw::exchange(&app.address, fine.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(users_e2e::raw::statuses(&answer), [200], "{:?}", String::from_utf8_lossy(&answer));
+}

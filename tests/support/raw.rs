@@ -108,6 +108,41 @@ impl RawRequest {
     }
 }
 
+/// Sends `bytes` as they are over a fresh connection to `base` (`http://host:port`), then reads until the server
+/// closes the connection, failing the test when it has not closed it `within` the given time. For requests whose
+/// head an ordinary client would not write (contradicting framing, repeated or missing fields); the bytes read are
+/// returned whole, so a test sees every answer the server gave on that connection.
+pub async fn exchange(base: &str, bytes: &[u8], within: Duration) -> Vec<u8> {
+    let address = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut read = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buffer = [0_u8; 8192];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(count) => read.extend_from_slice(&buffer[..count]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("the server kept the connection open for {within:?}; read so far: {:?}", String::from_utf8_lossy(&read))
+    });
+    read
+}
+
+/// The status codes of the HTTP/1.1 answers in `bytes`, in order (a status line starts the bytes or follows a
+/// line break).
+pub fn statuses(bytes: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("HTTP/1.1 ")
+        .filter(|(at, _)| *at == 0 || text[..*at].ends_with('\n'))
+        .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())
+        .collect()
+}
+
 /// A whole response, once `bytes` holds its head and `Content-Length` bytes of body.
 fn parse(bytes: &[u8]) -> Option<RawResponse> {
     let end = bytes.windows(4).position(|window| window == b"\r\n\r\n")?;

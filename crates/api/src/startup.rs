@@ -223,8 +223,8 @@ impl Application {
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let port = listener.local_addr().context("reading the bound address")?.port();
         let server = HttpServer::new(move || {
-            // The app factory runs once on each worker thread (inside the outer runtime, before the worker's own
-            // exists; the placement learns that one at the worker's first checkout).
+            // The app factory runs once on each worker thread; the placement learns the worker's runtime at its
+            // first checkout.
             placement.register_current_thread();
             App::new()
                 .app_data(cors_policy.clone())

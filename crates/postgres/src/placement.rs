@@ -79,8 +79,8 @@ impl ConnectionPlacement {
     /// Registers the calling thread as a worker (an actix-web worker calls it from its app factory): it opens its
     /// own connections from now on, and opens other threads' in turn once its runtime is known. That runtime is
     /// taken the first time the thread checks a connection out or opens one, from inside the runtime it serves
-    /// requests on: actix-web runs the app factories of a server started inside a tokio runtime on that outer
-    /// runtime, before each worker's own runtime exists, so the factory's runtime is not the worker's.
+    /// requests on, not at registration: actix-server runs the app factories inside each worker's own runtime
+    /// since 2.9, but ran them on the outer runtime before, and other servers may too.
     pub fn register_current_thread(&self) {
         WORKER_OF.with(|worker_of| worker_of.set(self.key()));
     }
@@ -248,8 +248,8 @@ mod tests {
         thread.join().unwrap();
     }
 
-    /// As actix-web does inside a tokio runtime: the app factory (which registers) runs on the worker thread but
-    /// inside the outer runtime, and the worker then serves on a runtime of its own. Connections must be opened on
+    /// As actix-server before 2.9 did inside a tokio runtime: the app factory (which registers) runs on the worker
+    /// thread but inside the outer runtime, and the worker then serves on a runtime of its own. Connections must be opened on
     /// that own runtime, not on the outer one.
     #[tokio::test(flavor = "current_thread")]
     async fn a_worker_registered_from_inside_another_runtime_opens_on_its_own() {

@@ -318,6 +318,11 @@ fn error_chain(error: &dyn StdError) -> String {
 
 /// The rustls client configuration of a mode.
 fn client_config(mode: SslMode, root: Option<&RootSource>) -> Result<ClientConfig, PgSetupError> {
+    // rustls 0.23.48 marks the ring provider deprecated because ring has no post-quantum key exchange; the other
+    // provider (aws-lc-rs) would add a C and CMake build to every build of the service. Postgres connections keep
+    // the classical key exchanges of ring (X25519, P-256, P-384), as the S3 and webhook clients do through their own
+    // rustls set-up.
+    #[expect(deprecated, reason = "ring is kept on purpose; see the comment above")]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algorithms = provider.signature_verification_algorithms;
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
