@@ -8,7 +8,7 @@
 //!   and stops the services again, whatever the outcome.
 //! - `cargo xtask schemathesis [--max-examples N] [--server-bin PATH]` runs that fuzz step alone.
 //! - `cargo xtask bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
-//!   [--soak-minutes M]` load-tests the release server against a seeded database and prints one table of
+//!   [--baseline-bin PATH] [--soak-minutes M]` load-tests the release server against a seeded database and prints one table of
 //!   throughput, latency and memory.
 //!
 //! The `cargo xtask` alias lives in `.cargo/config.toml`; status lines go to standard error, like cargo's own.
@@ -53,7 +53,7 @@ Commands:
                 a fresh database and run `schemathesis run --checks all` against it (default
                 40 examples per operation and phase)
   bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
-        [--soak-minutes M]
+        [--baseline-bin PATH] [--soak-minutes M]
                 Build the release server, seed `um_bench_<N>` (default 1000 users), start the
                 server and load it; scenarios: idle me baseline user-by-id search login
                 login-mfa register argon2 refresh storm proxy upload (default: all of these) and
@@ -65,7 +65,7 @@ Commands:
                 login through nginx in front of two instances; defaults 3 s warm-up + 10 s
                 measured; prints a table and writes it as JSON to
                 target/bench/<timestamp>.json. `--fresh` reseeds the database; `--server-bin`
-                measures a binary built elsewhere
+                and `--baseline-bin` measure binaries built elsewhere
   help          Print this message";
 
 fn main() -> ExitCode {

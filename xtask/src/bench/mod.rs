@@ -96,8 +96,19 @@ impl Bench {
             bail!("{} does not exist", binary.display());
         }
         // Built up front like the server: a build is set-up, and would load the machine during a scenario.
-        let baseline_bin =
-            if options.scenarios.contains(&Scenario::Baseline) { Some(baseline::build()?) } else { None };
+        let baseline_bin = match (&options.baseline_bin, options.scenarios.contains(&Scenario::Baseline)) {
+            (_, false) => None,
+            (Some(given), true) => {
+                ui::step(&format!("Using the baseline binary {}", given.display()));
+                let given =
+                    std::path::absolute(given).with_context(|| format!("bad --baseline-bin {}", given.display()))?;
+                if !given.is_file() {
+                    bail!("{} does not exist", given.display());
+                }
+                Some(given)
+            }
+            (None, true) => Some(baseline::build()?),
+        };
 
         postgres::ensure_local_server()?;
         let data_dir = bench_dir.join("data");

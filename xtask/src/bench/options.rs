@@ -124,13 +124,15 @@ pub(super) struct Options {
     pub(super) fresh: bool,
     /// A server binary built elsewhere (another checkout, another commit) to measure instead of building this one.
     pub(super) server_bin: Option<PathBuf>,
+    /// A `bench-baseline` binary built elsewhere, to measure `baseline` with instead of building this checkout's.
+    pub(super) baseline_bin: Option<PathBuf>,
     /// How long `soak` keeps the load on.
     pub(super) soak: Duration,
 }
 
 impl Options {
     /// Parses `[scenario...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
-    /// [--soak-minutes M]`.
+    /// [--baseline-bin PATH] [--soak-minutes M]`.
     pub(super) fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self {
             scenarios: Vec::new(),
@@ -139,6 +141,7 @@ impl Options {
             duration: Duration::from_secs(10),
             fresh: false,
             server_bin: None,
+            baseline_bin: None,
             soak: SOAK_DEFAULT,
         };
         let mut args = args.iter();
@@ -167,6 +170,7 @@ impl Options {
                 "--warmup" => options.warmup = parse_seconds("--warmup", &value()?)?,
                 "--fresh" => options.fresh = true,
                 "--server-bin" => options.server_bin = Some(PathBuf::from(value()?)),
+                "--baseline-bin" => options.baseline_bin = Some(PathBuf::from(value()?)),
                 "--soak-minutes" => {
                     let raw = value()?;
                     let minutes: u64 = raw
@@ -226,6 +230,7 @@ mod tests {
         assert_eq!(options.duration, Duration::from_secs(10));
         assert!(!options.fresh);
         assert_eq!(options.server_bin, None);
+        assert_eq!(options.baseline_bin, None);
         Ok(())
     }
 
@@ -258,6 +263,16 @@ mod tests {
         assert!(defaults.contains(&Scenario::Baseline) && defaults.contains(&Scenario::Register));
         assert!(Scenario::Baseline.uses_oha());
         assert!(!Scenario::Register.uses_oha());
+        Ok(())
+    }
+
+    #[test]
+    fn binaries_built_elsewhere_are_taken_for_the_server_and_the_baseline() -> Result<()> {
+        let options =
+            Options::parse(&args(&["me", "baseline", "--server-bin", "/a/server", "--baseline-bin=/b/baseline"]))?;
+        assert_eq!(options.server_bin, Some(PathBuf::from("/a/server")));
+        assert_eq!(options.baseline_bin, Some(PathBuf::from("/b/baseline")));
+        assert!(Options::parse(&args(&["--baseline-bin"])).is_err(), "a flag without its value is refused");
         Ok(())
     }
 
