@@ -79,8 +79,8 @@ impl ConnectionPlacement {
     /// Registers the calling thread as a worker (an actix-web worker calls it from its app factory): it opens its
     /// own connections from now on, and opens other threads' in turn once its runtime is known. That runtime is
     /// taken the first time the thread checks a connection out or opens one, from inside the runtime it serves
-    /// requests on, not at registration: actix-server runs the app factories inside each worker's own runtime
-    /// since 2.9, but ran them on the outer runtime before, and other servers may too.
+    /// requests on, not at registration: actix-server 2.10 runs the app factories inside each worker's own runtime,
+    /// but 2.6 ran them on the outer runtime, and other servers may too.
     pub fn register_current_thread(&self) {
         WORKER_OF.with(|worker_of| worker_of.set(self.key()));
     }
@@ -248,7 +248,7 @@ mod tests {
         thread.join().unwrap();
     }
 
-    /// As actix-server before 2.9 did inside a tokio runtime: the app factory (which registers) runs on the worker
+    /// As actix-server 2.6 did inside a tokio runtime: the app factory (which registers) runs on the worker
     /// thread but inside the outer runtime, and the worker then serves on a runtime of its own. Connections must be opened on
     /// that own runtime, not on the outer one.
     #[tokio::test(flavor = "current_thread")]

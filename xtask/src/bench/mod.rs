@@ -97,7 +97,11 @@ impl Bench {
         }
         // Built up front like the server: a build is set-up, and would load the machine during a scenario.
         let baseline_bin = match (&options.baseline_bin, options.scenarios.contains(&Scenario::Baseline)) {
-            (_, false) => None,
+            (Some(given), false) => {
+                ui::warn(&format!("--baseline-bin {} is unused: the `baseline` scenario is not run", given.display()));
+                None
+            }
+            (None, false) => None,
             (Some(given), true) => {
                 ui::step(&format!("Using the baseline binary {}", given.display()));
                 let given =
