@@ -973,6 +973,25 @@ impl MailOutbox for MemoryStore {
         })
     }
 
+    async fn release_mail(
+        &self,
+        ids: Vec<Uuid>,
+        held_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), PortError> {
+        self.change(|state| {
+            for queued in &mut state.outbox {
+                if ids.contains(&queued.id)
+                    && queued.state == MailState::Pending
+                    && queued.next_attempt_at == held_until
+                {
+                    queued.next_attempt_at = now;
+                }
+            }
+            Ok(())
+        })
+    }
+
     async fn mark_mail_sent(&self, id: Uuid, _now: OffsetDateTime) -> Result<(), PortError> {
         self.change(|state| {
             if let Some(queued) =

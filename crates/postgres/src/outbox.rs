@@ -114,6 +114,31 @@ impl MailOutbox for PgRepository {
         Ok(messages)
     }
 
+    async fn release_mail(
+        &self,
+        ids: Vec<Uuid>,
+        held_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), PortError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection().await?;
+        // A claim's lease is the row's next attempt time (see CLAIM_DUE_MAIL): a row still at this claim's lease end
+        // is still this claim's; one claimed again since carries another dispatcher's.
+        let released = diesel::update(mail_outbox::table)
+            .filter(mail_outbox::id.eq_any(&ids))
+            .filter(mail_outbox::status.eq("pending"))
+            .filter(mail_outbox::next_attempt_at.eq(held_until))
+            .set(mail_outbox::next_attempt_at.eq(now))
+            .execute(&mut connection)
+            .await;
+        match released {
+            Ok(_) => Ok(()),
+            Err(error) => Err(query_error(error, &mut connection, "handing back claimed mail")),
+        }
+    }
+
     async fn mark_mail_sent(&self, id: Uuid, now: OffsetDateTime) -> Result<(), PortError> {
         let mut connection = self.connection().await?;
         // Delivery is the final word: even a row another dispatcher gave up on after this one's lease ran out is

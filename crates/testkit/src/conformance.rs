@@ -101,6 +101,7 @@ macro_rules! conformance_tests {
             requests_are_counted_per_route_and_address_in_fixed_windows,
             mail_is_claimed_oldest_first_under_leases,
             mail_is_marked_sent_retried_and_dead,
+            untried_mail_is_handed_back_from_its_claim_only,
             account_requests_are_deduplicated_claimed_and_finished,
             a_new_picture_becomes_active_and_archives_the_previous_one,
             a_picture_of_a_missing_user_is_refused,
@@ -1209,6 +1210,37 @@ pub async fn mail_is_marked_sent_retried_and_dead<S: Storage>(store: S) {
     assert!(store.claim_due_mail(t0 + Duration::days(30), 10, lease).await.unwrap().is_empty(), "sent and dead");
     store.mark_mail_sent(Uuid::now_v7(), t0).await.unwrap();
     store.mark_mail_failed(Uuid::now_v7(), None, "unknown".to_owned()).await.unwrap();
+}
+
+/// Mail claimed but not tried is handed back due at once, so the next claim takes it before the lease would have
+/// ended; a mail claimed again under another lease since, or already delivered, is left as it is.
+pub async fn untried_mail_is_handed_back_from_its_claim_only<S: Storage>(store: S) {
+    store.queue_mail(mail("ada@example.com", "tried")).await.unwrap();
+    store.queue_mail(mail("bob@example.com", "untried")).await.unwrap();
+    store.queue_mail(mail("eve@example.com", "taken over")).await.unwrap();
+    let t0 = now() + Duration::hours(1);
+    let lease = Duration::minutes(2);
+    let claimed = store.claim_due_mail(t0, 10, lease).await.unwrap();
+    let (tried, untried, taken_over) = (claimed[0].id, claimed[1].id, claimed[2].id);
+    store.mark_mail_sent(tried, t0).await.unwrap();
+    // The lease ran out, and another dispatcher claimed the two mails not sent under a lease of its own.
+    let t1 = t0 + lease;
+    let other = store.claim_due_mail(t1, 10, lease).await.unwrap();
+    assert_eq!(other.iter().map(|message| message.id).collect::<Vec<_>>(), [untried, taken_over]);
+
+    // The first dispatcher, stopping, hands back all three under its old lease: only what it still holds moves,
+    // and here that is nothing (one sent, two claimed again since).
+    store.release_mail(vec![tried, untried, taken_over], t0 + lease, t1).await.unwrap();
+    assert!(store.claim_due_mail(t1 + Duration::minutes(1), 10, lease).await.unwrap().is_empty(), "still held");
+
+    // The second dispatcher hands back what it did not try: due at once, claimed by the next claim, in full.
+    let t2 = t1 + Duration::seconds(30);
+    store.release_mail(vec![taken_over], t1 + lease, t2).await.unwrap();
+    let again = store.claim_due_mail(t2, 10, lease).await.unwrap();
+    assert_eq!(again.len(), 1, "only the mail handed back is due before any lease ends");
+    assert_eq!((again[0].id, &again[0].mail), (taken_over, &mail("eve@example.com", "taken over")));
+    assert_eq!(again[0].attempts, 0, "handing back is not an attempt");
+    store.release_mail(Vec::new(), t2, t2).await.unwrap();
 }
 
 /// A request of one kind for one address (in any case) waits once; claims are oldest first, leased, and a

@@ -7,8 +7,10 @@
 //!
 //! A lease also runs out under a holder that is alive but slow (a sluggish SMTP server, a paused process), and then
 //! another dispatcher claims the same mails. So a round starts a mail only while at least half the lease is left:
-//! the mails it has not reached stay with the lease and go to whoever claims them next, and a mail started in time
-//! has half a lease to be delivered before anyone else may take it.
+//! the mails it has not reached are handed back, due at once, for whoever claims next, and a mail started in time
+//! has half a lease to be delivered before anyone else may take it. A round cut short by a stop hands back the
+//! mails it has not reached in the same way, so a stopping instance leaves them to the others at once rather than
+//! holding them for the rest of its lease.
 
 use time::Duration;
 
@@ -78,7 +80,7 @@ impl<O: MailOutbox, M: Mailer, C: Clock> Dispatcher<O, M, C> {
 
     /// Claims one batch of due mails and tries each once, while at least half the lease is left (see the module
     /// docs). `stop` is asked before each mail, so a shutdown waits for at most the mail in flight; mails claimed
-    /// but not tried are taken up again when their lease expires.
+    /// but not tried are handed back, due at once.
     ///
     /// # Errors
     /// [`PortError`] when the outbox cannot be read or updated.
@@ -86,9 +88,14 @@ impl<O: MailOutbox, M: Mailer, C: Clock> Dispatcher<O, M, C> {
         let now = self.clock.now();
         let claimed = self.outbox.claim_due_mail(now, self.config.batch, self.config.lease).await?;
         let last_start = now + self.config.lease / 2;
+        // The end of this claim's lease, as the outbox recorded it, so only mails still held by it are handed back.
+        let held_until = now.saturating_add(self.config.lease);
         let mut report = RoundReport::default();
-        for message in claimed {
+        let mut claimed = claimed.into_iter();
+        while let Some(message) = claimed.next() {
             if stop() || self.clock.now() > last_start {
+                let untried: Vec<_> = std::iter::once(message.id).chain(claimed.map(|message| message.id)).collect();
+                self.outbox.release_mail(untried, held_until, self.clock.now()).await?;
                 break;
             }
             match self.mailer.send(message.mail).await {
@@ -213,8 +220,18 @@ mod tests {
         // Each mail takes 40 s of a 2-minute lease: the third would start 80 s in, with 40 s left, when another
         // dispatcher may soon claim it too. It is left to the next claim instead of being sent twice.
         let config = DispatcherConfig::default();
-        let mut outbox = outbox_with(vec![message(0), message(0), message(0)]);
+        let third = message(0);
+        let third_id = third.id;
+        let mut outbox = outbox_with(vec![message(0), message(0), third]);
         outbox.expect_mark_mail_sent().times(2).returning(|_, _| Box::pin(ready(Ok(()))));
+        // Handed back at once, under this claim's lease (claimed at NOW), due when the round gave it up.
+        outbox
+            .expect_release_mail()
+            .times(1)
+            .withf(move |ids, held_until, now| {
+                *ids == [third_id] && *held_until == NOW + config.lease && *now == NOW + Duration::seconds(80)
+            })
+            .returning(|_, _, _| Box::pin(ready(Ok(()))));
         let elapsed = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let mut clock = MockClock::new();
         let clock_elapsed = std::sync::Arc::clone(&elapsed);
@@ -229,11 +246,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stopping_dispatcher_sends_nothing_more() {
-        let outbox = outbox_with(vec![message(0), message(0)]);
+    async fn a_stopping_dispatcher_sends_nothing_more_and_hands_its_claim_back() {
+        let (first, second) = (message(0), message(0));
+        let ids = vec![first.id, second.id];
+        let mut outbox = outbox_with(vec![first, second]);
+        outbox
+            .expect_release_mail()
+            .times(1)
+            .withf(move |released, held_until, now| {
+                *released == ids && *held_until == NOW + DispatcherConfig::default().lease && *now == NOW
+            })
+            .returning(|_, _, _| Box::pin(ready(Ok(()))));
         let mut mailer = MockMailer::new();
         mailer.expect_send().never();
         let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
         assert_eq!(dispatcher.run_round(|| true).await.unwrap(), RoundReport::default());
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_a_round_hands_back_only_the_mails_not_tried() {
+        let (first, second, third) = (message(0), message(0), message(0));
+        let (first_id, untried) = (first.id, vec![second.id, third.id]);
+        let mut outbox = outbox_with(vec![first, second, third]);
+        outbox
+            .expect_mark_mail_sent()
+            .times(1)
+            .withf(move |id, _| *id == first_id)
+            .returning(|_, _| Box::pin(ready(Ok(()))));
+        outbox
+            .expect_release_mail()
+            .times(1)
+            .withf(move |released, _, _| *released == untried)
+            .returning(|_, _, _| Box::pin(ready(Ok(()))));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut mailer = MockMailer::new();
+        let stop_on_send = std::sync::Arc::clone(&stop);
+        mailer.expect_send().times(1).returning(move |_| {
+            // The stop arrives while the first mail is in flight.
+            stop_on_send.store(true, Ordering::SeqCst);
+            Box::pin(ready(Ok(())))
+        });
+        let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
+        let report = dispatcher.run_round(|| stop.load(Ordering::SeqCst)).await.unwrap();
+        assert_eq!(report, RoundReport { sent: 1, retried: 0, dead: 0 });
     }
 }

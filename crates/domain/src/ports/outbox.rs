@@ -116,6 +116,20 @@ pub trait MailOutbox: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<OutboxMessage>, PortError>> + Send;
 
+    /// Hands back mails claimed but not tried (a round cut short by a stop, or by its lease running low): each of
+    /// `ids` that is still pending and still held under the claim whose lease ends at `held_until` becomes due at
+    /// `now`, so the next claim takes it rather than waiting for the lease to run out. A mail claimed again since (by
+    /// another dispatcher, after that lease ran out), delivered or given up on is left as it is.
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    fn release_mail(
+        &self,
+        ids: Vec<Uuid>,
+        held_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
     /// Marks a mail delivered.
     ///
     /// # Errors
