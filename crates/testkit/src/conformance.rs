@@ -1218,7 +1218,8 @@ pub async fn untried_mail_is_handed_back_from_its_claim_only<S: Storage>(store: 
     store.queue_mail(mail("ada@example.com", "tried")).await.unwrap();
     store.queue_mail(mail("bob@example.com", "untried")).await.unwrap();
     store.queue_mail(mail("eve@example.com", "taken over")).await.unwrap();
-    let t0 = now() + Duration::hours(1);
+    // Nanoseconds a timestamp column does not keep: the hand-back must still find the lease end the claim stored.
+    let t0 = now() + Duration::hours(1) + Duration::nanoseconds(999);
     let lease = Duration::minutes(2);
     let claimed = store.claim_due_mail(t0, 10, lease).await.unwrap();
     let (tried, untried, taken_over) = (claimed[0].id, claimed[1].id, claimed[2].id);

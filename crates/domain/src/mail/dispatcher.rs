@@ -95,7 +95,11 @@ impl<O: MailOutbox, M: Mailer, C: Clock> Dispatcher<O, M, C> {
         while let Some(message) = claimed.next() {
             if stop() || self.clock.now() > last_start {
                 let untried: Vec<_> = std::iter::once(message.id).chain(claimed.map(|message| message.id)).collect();
-                self.outbox.release_mail(untried, held_until, self.clock.now()).await?;
+                // Handing back only spares the others the wait: if it fails, the lease hands the mails on as it
+                // did before, and what this round did is still reported.
+                if let Err(error) = self.outbox.release_mail(untried, held_until, self.clock.now()).await {
+                    tracing::warn!(error = %format!("{error:#}"), "handing back untried mail failed; its lease will");
+                }
                 break;
             }
             match self.mailer.send(message.mail).await {
@@ -288,6 +292,32 @@ mod tests {
         });
         let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
         let report = dispatcher.run_round(|| stop.load(Ordering::SeqCst)).await.unwrap();
+        assert_eq!(report, RoundReport { sent: 1, retried: 0, dead: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_hand_back_that_fails_leaves_the_mails_to_their_lease_and_the_round_reported() {
+        let (first, second) = (message(0), message(0));
+        let first_id = first.id;
+        let mut outbox = outbox_with(vec![first, second]);
+        outbox
+            .expect_mark_mail_sent()
+            .times(1)
+            .withf(move |id, _| *id == first_id)
+            .returning(|_, _| Box::pin(ready(Ok(()))));
+        outbox
+            .expect_release_mail()
+            .times(1)
+            .returning(|_, _, _| Box::pin(ready(Err(PortError::Unavailable(anyhow::anyhow!("database down"))))));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut mailer = MockMailer::new();
+        let sent_flag = std::sync::Arc::clone(&sent);
+        mailer.expect_send().times(1).returning(move |_| {
+            sent_flag.store(true, Ordering::SeqCst);
+            Box::pin(ready(Ok(())))
+        });
+        let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
+        let report = dispatcher.run_round(|| sent.load(Ordering::SeqCst)).await.unwrap();
         assert_eq!(report, RoundReport { sent: 1, retried: 0, dead: 0 });
     }
 }
