@@ -8,8 +8,8 @@
 //!   and stops the services again, whatever the outcome.
 //! - `cargo xtask schemathesis [--max-examples N] [--server-bin PATH]` runs that fuzz step alone.
 //! - `cargo xtask bench [SCENARIO...] [--users N] [--duration S] [--warmup S] [--fresh] [--server-bin PATH]
-//!   [--baseline-bin PATH] [--soak-minutes M]` load-tests the release server against a seeded database and prints one table of
-//!   throughput, latency and memory.
+//!   [--baseline-bin PATH] [--soak-minutes M]` load-tests the release server against a seeded database and prints
+//!   one table of throughput, latency and memory.
 //!
 //! The `cargo xtask` alias lives in `.cargo/config.toml`; status lines go to standard error, like cargo's own.
 

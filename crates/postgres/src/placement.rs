@@ -248,9 +248,9 @@ mod tests {
         thread.join().unwrap();
     }
 
-    /// As actix-server 2.6 did inside a tokio runtime: the app factory (which registers) runs on the worker
-    /// thread but inside the outer runtime, and the worker then serves on a runtime of its own. Connections must be opened on
-    /// that own runtime, not on the outer one.
+    /// As actix-server 2.6 did inside a tokio runtime: the app factory (which registers) runs on the worker thread
+    /// but inside the outer runtime, and the worker then serves on a runtime of its own. Connections must be opened
+    /// on that own runtime, not on the outer one.
     #[tokio::test(flavor = "current_thread")]
     async fn a_worker_registered_from_inside_another_runtime_opens_on_its_own() {
         let placement = ConnectionPlacement::new();

@@ -167,6 +167,27 @@ mod tests {
         outbox
     }
 
+    /// Expects `id`, and only it, to be marked sent once.
+    fn expect_sent(outbox: &mut MockMailOutbox, id: Uuid) {
+        outbox
+            .expect_mark_mail_sent()
+            .times(1)
+            .withf(move |sent, _| *sent == id)
+            .returning(|_, _| Box::pin(ready(Ok(()))));
+    }
+
+    /// A mailer that delivers one mail and, while it is in flight, raises the returned flag (a stop request).
+    fn mailer_stopped_during_its_first_send() -> (MockMailer, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let raised = std::sync::Arc::clone(&stop);
+        let mut mailer = MockMailer::new();
+        mailer.expect_send().times(1).returning(move |_| {
+            raised.store(true, Ordering::SeqCst);
+            Box::pin(ready(Ok(())))
+        });
+        (mailer, stop)
+    }
+
     #[test]
     fn retries_back_off_exponentially_up_to_the_maximum() {
         let config = DispatcherConfig::default();
@@ -181,11 +202,7 @@ mod tests {
         let first = message(0);
         let id = first.id;
         let mut outbox = outbox_with(vec![first]);
-        outbox
-            .expect_mark_mail_sent()
-            .times(1)
-            .withf(move |sent, _| *sent == id)
-            .returning(|_, _| Box::pin(ready(Ok(()))));
+        expect_sent(&mut outbox, id);
         let mut mailer = MockMailer::new();
         mailer.expect_send().times(1).returning(|_| Box::pin(ready(Ok(()))));
         let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
@@ -222,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_round_stops_before_its_lease_could_run_out_under_a_mail() {
         // Each mail takes 40 s of a 2-minute lease: the third would start 80 s in, with 40 s left, when another
-        // dispatcher may soon claim it too. It is left to the next claim instead of being sent twice.
+        // dispatcher may soon claim it too. It is handed back to the next claim instead of being sent twice.
         let config = DispatcherConfig::default();
         let third = message(0);
         let third_id = third.id;
@@ -272,24 +289,13 @@ mod tests {
         let (first, second, third) = (message(0), message(0), message(0));
         let (first_id, untried) = (first.id, vec![second.id, third.id]);
         let mut outbox = outbox_with(vec![first, second, third]);
-        outbox
-            .expect_mark_mail_sent()
-            .times(1)
-            .withf(move |id, _| *id == first_id)
-            .returning(|_, _| Box::pin(ready(Ok(()))));
+        expect_sent(&mut outbox, first_id);
         outbox
             .expect_release_mail()
             .times(1)
             .withf(move |released, _, _| *released == untried)
             .returning(|_, _, _| Box::pin(ready(Ok(()))));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut mailer = MockMailer::new();
-        let stop_on_send = std::sync::Arc::clone(&stop);
-        mailer.expect_send().times(1).returning(move |_| {
-            // The stop arrives while the first mail is in flight.
-            stop_on_send.store(true, Ordering::SeqCst);
-            Box::pin(ready(Ok(())))
-        });
+        let (mailer, stop) = mailer_stopped_during_its_first_send();
         let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
         let report = dispatcher.run_round(|| stop.load(Ordering::SeqCst)).await.unwrap();
         assert_eq!(report, RoundReport { sent: 1, retried: 0, dead: 0 });
@@ -300,24 +306,14 @@ mod tests {
         let (first, second) = (message(0), message(0));
         let first_id = first.id;
         let mut outbox = outbox_with(vec![first, second]);
-        outbox
-            .expect_mark_mail_sent()
-            .times(1)
-            .withf(move |id, _| *id == first_id)
-            .returning(|_, _| Box::pin(ready(Ok(()))));
+        expect_sent(&mut outbox, first_id);
         outbox
             .expect_release_mail()
             .times(1)
             .returning(|_, _, _| Box::pin(ready(Err(PortError::Unavailable(anyhow::anyhow!("database down"))))));
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut mailer = MockMailer::new();
-        let sent_flag = std::sync::Arc::clone(&sent);
-        mailer.expect_send().times(1).returning(move |_| {
-            sent_flag.store(true, Ordering::SeqCst);
-            Box::pin(ready(Ok(())))
-        });
+        let (mailer, stop) = mailer_stopped_during_its_first_send();
         let dispatcher = Dispatcher::new(outbox, mailer, clock(), DispatcherConfig::default());
-        let report = dispatcher.run_round(|| sent.load(Ordering::SeqCst)).await.unwrap();
+        let report = dispatcher.run_round(|| stop.load(Ordering::SeqCst)).await.unwrap();
         assert_eq!(report, RoundReport { sent: 1, retried: 0, dead: 0 });
     }
 }
