@@ -79,26 +79,31 @@ impl EmailAddress {
             return Err(EmailError::TooLong);
         }
         let (local, domain) = trimmed.split_once('@').ok_or(EmailError::Malformed)?;
+        // Byte checks: anything outside ASCII is neither alphanumeric nor in the lists, so it is refused. Every
+        // stored address goes through here again when its row is read, on every authenticated request.
         let local_ok = !local.is_empty()
             && local.len() <= 64
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
-            && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
-        let labels: Vec<&str> = domain.split('.').collect();
-        let domain_ok = labels.len() >= 2
-            && labels.iter().all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            })
-            && labels.last().is_some_and(|tld| tld.chars().any(|c| c.is_ascii_alphabetic()));
+            && local.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        // At least two labels, the last one (the top-level domain) not all digits.
+        let domain_ok = domain.contains('.')
+            && domain.split('.').all(label_ok)
+            && domain.rsplit('.').next().is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_alphabetic()));
         if !local_ok || !domain_ok {
             return Err(EmailError::Malformed);
         }
-        Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
+        let mut address = trimmed.to_owned();
+        address[local.len() + 1..].make_ascii_lowercase();
+        Ok(Self(address))
     }
 
     /// The address as stored and shown.
@@ -661,6 +666,11 @@ mod tests {
             "a..b@example.com",
             "bob@example.com\r\nBcc: x@y.z",
             "jos\u{e9}@example.com",
+            "a@ex\u{e4}mple.com",
+            "a@example.com.",
+            "a@.example.com",
+            "a@example..com",
+            "a@example-.com",
         ] {
             assert_eq!(EmailAddress::parse(raw), Err(EmailError::Malformed), "{raw:?}");
         }

@@ -29,6 +29,7 @@ mod housekeeping;
 mod outbox;
 mod pictures;
 mod placement;
+mod prebuilt;
 mod rate_limits;
 mod repository;
 mod requests;

@@ -7,6 +7,10 @@
 //! one family, so of two concurrent rotations of one token exactly one succeeds. A retry within the reuse grace
 //! replaces a spent token's unused successor under the same lock and the same kind of condition.
 
+use std::sync::OnceLock;
+
+use diesel::dsl;
+use diesel::pg::Pg;
 use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
@@ -19,9 +23,37 @@ use uuid::Uuid;
 
 use crate::audit::insert_events;
 use crate::errors::query_error;
+use crate::prebuilt::{KeyedRead, SplitSql};
 use crate::repository::PgRepository;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, SessionRow, UserRow};
 use crate::schema::{refresh_tokens, sessions, users};
+
+/// The read behind every authenticated request: a session joined to its user, by the session's id. Its text is
+/// written once (see [`crate::prebuilt`]).
+struct SessionWithUser;
+
+type SessionWithUserQuery = dsl::Select<
+    dsl::Filter<dsl::InnerJoin<sessions::table, users::table>, dsl::Eq<sessions::id, Uuid>>,
+    (dsl::AsSelect<SessionRow, Pg>, dsl::AsSelect<UserRow, Pg>),
+>;
+
+impl KeyedRead for SessionWithUser {
+    type Key = Uuid;
+    type KeySql = diesel::sql_types::Uuid;
+    type Query = SessionWithUserQuery;
+
+    fn query(id: Uuid) -> SessionWithUserQuery {
+        sessions::table
+            .inner_join(users::table)
+            .filter(sessions::id.eq(id))
+            .select((SessionRow::as_select(), UserRow::as_select()))
+    }
+
+    fn text() -> &'static SplitSql {
+        static TEXT: OnceLock<SplitSql> = OnceLock::new();
+        SplitSql::written::<Self>(&TEXT, Uuid::nil())
+    }
+}
 
 impl SessionStore for PgRepository {
     async fn start_session(
@@ -48,13 +80,8 @@ impl SessionStore for PgRepository {
 
     async fn find_session_with_user(&self, id: SessionId) -> Result<Option<(Session, User)>, PortError> {
         let mut connection = self.connection().await?;
-        let found = sessions::table
-            .inner_join(users::table)
-            .filter(sessions::id.eq(id.as_uuid()))
-            .select((SessionRow::as_select(), UserRow::as_select()))
-            .get_result::<(SessionRow, UserRow)>(&mut connection)
-            .await
-            .optional();
+        let found =
+            SessionWithUser::with(id.as_uuid()).get_result::<(SessionRow, UserRow)>(&mut connection).await.optional();
         match found {
             Ok(Some((session, user))) => Ok(Some((session.into(), user.into_user()?))),
             Ok(None) => Ok(None),
@@ -376,4 +403,17 @@ pub(crate) async fn end_sessions_of(
         .execute(connection)
         .await?;
     Ok(revoked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_read_runs_the_text_and_binds_of_its_diesel_query() {
+        let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let (prebuilt, query) = crate::prebuilt::both_texts::<SessionWithUser>(id);
+        assert_eq!(prebuilt, query);
+        assert!(prebuilt.contains("\"sessions\".\"id\" = $1"), "{prebuilt}");
+    }
 }

@@ -7,6 +7,10 @@
 mod list;
 mod update;
 
+use std::sync::OnceLock;
+
+use diesel::dsl;
+use diesel::pg::Pg;
 use diesel::prelude::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
@@ -16,11 +20,13 @@ use users_domain::ports::{
     Guard, InsertUserError, NewAccount, PortError, UpdateError, UserQuery, UserStore, UserUpdate,
 };
 use users_domain::user::{EmailAddress, Nickname, User, UserId};
+use uuid::Uuid;
 
 use crate::audit::insert_events;
 use crate::email_tokens;
 use crate::errors::{insert_user_error, query_error};
 use crate::outbox::insert_mail;
+use crate::prebuilt::{KeyedRead, SplitSql};
 use crate::repository::PgRepository;
 use crate::rows::{NewEmailTokenRow, NewUserRow, UserRow};
 use crate::schema::users;
@@ -34,6 +40,25 @@ mod sql {
         /// Postgres' `lower(text)`: the expression the case-insensitive unique indexes are built on, so a lookup
         /// through it uses the index.
         fn lower(value: Text) -> Text;
+    }
+}
+
+/// One user by id: behind `GET /users/{id}` and every change of another user. Its text is written once (see
+/// [`crate::prebuilt`]).
+struct UserById;
+
+impl KeyedRead for UserById {
+    type Key = Uuid;
+    type KeySql = diesel::sql_types::Uuid;
+    type Query = dsl::Select<dsl::Find<users::table, Uuid>, dsl::AsSelect<UserRow, Pg>>;
+
+    fn query(id: Uuid) -> Self::Query {
+        users::table.find(id).select(UserRow::as_select())
+    }
+
+    fn text() -> &'static SplitSql {
+        static TEXT: OnceLock<SplitSql> = OnceLock::new();
+        SplitSql::written::<Self>(&TEXT, Uuid::nil())
     }
 }
 
@@ -54,8 +79,7 @@ impl UserStore for PgRepository {
 
     async fn find_user(&self, id: UserId) -> Result<Option<User>, PortError> {
         let mut connection = self.connection().await?;
-        let found =
-            users::table.find(id.as_uuid()).select(UserRow::as_select()).get_result(&mut connection).await.optional();
+        let found = UserById::with(id.as_uuid()).get_result::<UserRow>(&mut connection).await.optional();
         match found {
             Ok(row) => row.map(UserRow::into_user).transpose(),
             Err(error) => Err(query_error(error, &mut connection, "finding a user by id")),
@@ -148,4 +172,17 @@ async fn insert_account(connection: &mut AsyncPgConnection, account: &NewAccount
             Ok(inserted)
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_read_runs_the_text_and_binds_of_its_diesel_query() {
+        let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let (prebuilt, query) = crate::prebuilt::both_texts::<UserById>(id);
+        assert_eq!(prebuilt, query);
+        assert!(prebuilt.contains("\"users\".\"id\" = $1"), "{prebuilt}");
+    }
 }
