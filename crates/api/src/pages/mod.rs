@@ -167,7 +167,9 @@ fn cookie(req: &HttpRequest, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// A fresh CSRF secret: 32 random bytes (from the operating system, through two version 4 UUIDs), base64url.
+/// A fresh CSRF secret: 32 random bytes, base64url. They come through two version 4 UUIDs from `uuid`'s
+/// generator, rand's thread-local ChaCha12, a cryptographically secure generator seeded and regularly reseeded
+/// from the operating system.
 fn new_csrf() -> String {
     let mut bytes = [0_u8; 32];
     bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
