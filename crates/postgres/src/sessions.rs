@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::audit::insert_events;
 use crate::errors::query_error;
-use crate::prebuilt::{KeyedRead, SplitSql};
+use crate::prebuilt::{KeyedRead, SplitSql, WrittenSql};
 use crate::repository::PgRepository;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, SessionRow, UserRow};
 use crate::schema::{refresh_tokens, sessions, users};
@@ -49,8 +49,8 @@ impl KeyedRead for SessionWithUser {
             .select((SessionRow::as_select(), UserRow::as_select()))
     }
 
-    fn text() -> &'static SplitSql {
-        static TEXT: OnceLock<SplitSql> = OnceLock::new();
+    fn text() -> &'static WrittenSql {
+        static TEXT: OnceLock<WrittenSql> = OnceLock::new();
         SplitSql::written::<Self>(&TEXT, Uuid::nil())
     }
 }

@@ -26,7 +26,7 @@ use crate::audit::insert_events;
 use crate::email_tokens;
 use crate::errors::{insert_user_error, query_error};
 use crate::outbox::insert_mail;
-use crate::prebuilt::{KeyedRead, SplitSql};
+use crate::prebuilt::{KeyedRead, SplitSql, WrittenSql};
 use crate::repository::PgRepository;
 use crate::rows::{NewEmailTokenRow, NewUserRow, UserRow};
 use crate::schema::users;
@@ -56,8 +56,8 @@ impl KeyedRead for UserById {
         users::table.find(id).select(UserRow::as_select())
     }
 
-    fn text() -> &'static SplitSql {
-        static TEXT: OnceLock<SplitSql> = OnceLock::new();
+    fn text() -> &'static WrittenSql {
+        static TEXT: OnceLock<WrittenSql> = OnceLock::new();
         SplitSql::written::<Self>(&TEXT, Uuid::nil())
     }
 }

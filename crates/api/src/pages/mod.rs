@@ -31,6 +31,7 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, w
 use askama::Template;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore as _;
 use users_domain::ports::Ports;
 use users_domain::sessions::{AuthError, Principal};
 
@@ -167,13 +168,10 @@ fn cookie(req: &HttpRequest, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// A fresh CSRF secret: 32 random bytes, base64url. They come through two version 4 UUIDs from `uuid`'s
-/// generator, rand's thread-local ChaCha12, a cryptographically secure generator seeded and regularly reseeded
-/// from the operating system.
+/// A fresh CSRF secret: 32 random bytes from the operating system, base64url.
 fn new_csrf() -> String {
     let mut bytes = [0_u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
