@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::schema::audit_events;
 
 /// One page of the trail, newest first, after the cursor ($1, $2), filtered by the types in $3 ([`TYPE_FILTER`]
@@ -74,7 +75,7 @@ pub(crate) async fn insert_events(
     events: &[AuditEvent],
 ) -> Result<(), DieselError> {
     for event in events {
-        diesel::insert_into(audit_events::table).values(NewEventRow::from(event)).execute(connection).await?;
+        diesel::insert_into(audit_events::table).values(NewEventRow::from(event)).reused().execute(connection).await?;
         metrics::counter!("audit_events_total", "type" => event.kind.as_str()).increment(1);
     }
     Ok(())

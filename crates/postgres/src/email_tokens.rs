@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::{EmailTokenRow, NewEmailTokenRow};
 use crate::schema::email_tokens;
 
@@ -53,6 +54,7 @@ pub(crate) async fn store(connection: &mut AsyncPgConnection, row: &NewEmailToke
             email_tokens::created_at.eq(diesel::dsl::now),
             email_tokens::used_at.eq(None::<OffsetDateTime>),
         ))
+        .reused()
         .execute(connection)
         .await
         .map(drop)
@@ -72,6 +74,7 @@ pub(crate) async fn consume(
         .filter(email_tokens::used_at.is_null())
         .filter(email_tokens::expires_at.gt(now))
         .set(email_tokens::used_at.eq(now))
+        .reused()
         .execute(connection)
         .await?;
     Ok(consumed > 0)

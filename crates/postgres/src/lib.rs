@@ -33,6 +33,7 @@ mod prebuilt;
 mod rate_limits;
 mod repository;
 mod requests;
+mod reused;
 mod rows;
 mod schema;
 mod second_factor;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::{ClaimedMailRow, NewMailRow};
 use crate::schema::mail_outbox;
 
@@ -46,7 +47,7 @@ const BURY_UNPARSABLE: &str = "\
 
 /// Queues one mail, pending and due at once; also run inside the transaction of the change the mail reports.
 pub(crate) async fn insert_mail(connection: &mut AsyncPgConnection, mail: &OutgoingMail) -> Result<(), DieselError> {
-    diesel::insert_into(mail_outbox::table).values(NewMailRow::from(mail)).execute(connection).await.map(drop)
+    diesel::insert_into(mail_outbox::table).values(NewMailRow::from(mail)).reused().execute(connection).await.map(drop)
 }
 
 /// An error message as stored: at most [`MAX_ERROR_CHARS`] characters, and without NUL, which Postgres text
@@ -78,6 +79,7 @@ impl MailOutbox for PgRepository {
             .bind::<Timestamptz, _>(now)
             .bind::<Timestamptz, _>(lease_end)
             .bind::<BigInt, _>(i64::from(limit))
+            .reused()
             .load::<ClaimedMailRow>(&mut connection)
             .await;
         let mut rows = match claimed {
@@ -154,6 +156,7 @@ impl MailOutbox for PgRepository {
                 mail_outbox::text_body.eq(""),
                 mail_outbox::html_body.eq(""),
             ))
+            .reused()
             .execute(&mut connection)
             .await;
         match updated {

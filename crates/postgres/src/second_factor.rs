@@ -31,6 +31,7 @@ use crate::audit::insert_events;
 use crate::errors::{TxError, query_error};
 use crate::outbox::insert_mail;
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::{SessionRow, TotpRow};
 use crate::schema::{mfa_challenges, recovery_codes, totp_secrets, users};
 use crate::{sessions, throttle};
@@ -90,6 +91,7 @@ impl SecondFactorStore for PgRepository {
                 mfa_challenges::created_at.eq(database_now),
                 mfa_challenges::expires_at.eq(challenge.expires_at),
             ))
+            .reused()
             .execute(&mut connection)
             .await;
         match inserted {
@@ -114,6 +116,7 @@ impl SecondFactorStore for PgRepository {
             .filter(mfa_challenges::attempts.lt(max_attempts))
             .set(mfa_challenges::attempts.eq(mfa_challenges::attempts + 1))
             .returning((mfa_challenges::user_id, mfa_challenges::expires_at, mfa_challenges::attempts))
+            .reused()
             .get_result::<(Uuid, OffsetDateTime, i32)>(&mut connection)
             .await
             .optional();

@@ -25,6 +25,7 @@ use crate::audit::insert_events;
 use crate::errors::query_error;
 use crate::prebuilt::{KeyedRead, SplitSql, WrittenSql};
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::{NewRefreshTokenRow, NewSessionRow, SessionRow, UserRow};
 use crate::schema::{refresh_tokens, sessions, users};
 
@@ -224,14 +225,17 @@ pub(crate) async fn insert_session(
     let row = diesel::insert_into(sessions::table)
         .values(NewSessionRow::new(session, at))
         .returning(SessionRow::as_returning())
+        .reused()
         .get_result(connection)
         .await?;
     diesel::insert_into(refresh_tokens::table)
         .values(NewRefreshTokenRow::first_of(session, at))
+        .reused()
         .execute(connection)
         .await?;
     diesel::update(users::table.find(session.user_id.as_uuid()))
         .set(users::last_login_at.eq(at))
+        .reused()
         .execute(connection)
         .await?;
     Ok(row)
@@ -269,6 +273,7 @@ async fn rotate(
                 .filter(refresh_tokens::session_id.eq(session_id))
                 .filter(refresh_tokens::used_at.is_null())
                 .set((refresh_tokens::used_at.eq(now), refresh_tokens::successor_hash.eq(next.as_str())))
+                .reused()
                 .execute(connection)
                 .await?;
             if consumed == 0 {
@@ -276,11 +281,13 @@ async fn rotate(
             }
             diesel::insert_into(refresh_tokens::table)
                 .values(NewRefreshTokenRow::next_of(next, session_id, now))
+                .reused()
                 .execute(connection)
                 .await?;
             let session = diesel::update(sessions::table.find(session_id))
                 .set(sessions::last_used_at.eq(now))
                 .returning(SessionRow::as_returning())
+                .reused()
                 .get_result::<SessionRow>(connection)
                 .await?;
             Ok(Some(session))

@@ -12,6 +12,7 @@ use users_domain::ports::{BackoffPolicy, FailureCount, LoginThrottle, PortError}
 use crate::audit::insert_events;
 use crate::errors::{TxError, query_error};
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::schema::login_attempts;
 
 impl LoginThrottle for PgRepository {
@@ -90,6 +91,7 @@ async fn record_failure(
             )
             .bind::<Text, _>(key)
             .bind::<Timestamptz, _>(now)
+            .reused()
             .get_result(connection)
             .await?;
             let failures = count(counted.failures)?;
@@ -105,6 +107,7 @@ async fn record_failure(
             )
             .bind::<Text, _>(key)
             .bind::<Timestamptz, _>(until)
+            .reused()
             .get_result(connection)
             .await?;
             let until = blocked.blocked_until;

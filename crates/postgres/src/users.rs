@@ -28,6 +28,7 @@ use crate::errors::{insert_user_error, query_error};
 use crate::outbox::insert_mail;
 use crate::prebuilt::{KeyedRead, SplitSql, WrittenSql};
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::{NewEmailTokenRow, NewUserRow, UserRow};
 use crate::schema::users;
 
@@ -160,6 +161,7 @@ async fn insert_account(connection: &mut AsyncPgConnection, account: &NewAccount
             let inserted = diesel::insert_into(users::table)
                 .values(&user_row)
                 .returning(UserRow::as_returning())
+                .reused()
                 .get_result(connection)
                 .await?;
             if let Some(token_row) = &token_row {
