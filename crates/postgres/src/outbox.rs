@@ -79,7 +79,6 @@ impl MailOutbox for PgRepository {
             .bind::<Timestamptz, _>(now)
             .bind::<Timestamptz, _>(lease_end)
             .bind::<BigInt, _>(i64::from(limit))
-            .reused()
             .load::<ClaimedMailRow>(&mut connection)
             .await;
         let mut rows = match claimed {

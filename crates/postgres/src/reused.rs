@@ -1,22 +1,25 @@
 //! Statements that diesel would prepare anew on every execution, kept prepared on the connection instead.
 //!
 //! diesel-async keeps a statement prepared on its connection only when diesel calls it safe to cache, and diesel
-//! calls a raw `sql_query`, every `UPDATE` and every `INSERT` with an optional column unsafe: their text can vary
-//! while their Rust type stays the same, and its cache may key a statement by that type. Such a statement is
-//! prepared, run and closed on every execution, which is two round trips instead of one, and Postgres parses,
-//! analyses and plans its text each time. A login ran four such statements, a sign-up five, a token refresh three.
+//! calls a raw `sql_query`, every `UPDATE`, every insert of an `Insertable` struct and every upsert's `DO UPDATE`
+//! unsafe: their text can vary while their Rust type stays the same, and its cache may key a statement by that
+//! type. Such a statement is prepared, run and closed on every execution, which is two round trips instead of one,
+//! and Postgres parses, analyses and plans its text each time. A login ran four such statements, a sign-up five, a
+//! token refresh three.
 //!
 //! [`Reused`] runs the same query under a cache key made of its SQL text and the types of its binds instead, which
 //! diesel-async's cache supports for queries without a static identity: two texts are never confused, and a text
 //! seen again runs the statement prepared the first time. Two limits decide which queries are wrapped:
 //!
 //! - The cache keeps every text it has seen for the life of the connection, so only queries whose texts come from a
-//!   small fixed set: a fixed statement, or an insert whose optional columns each give one of two texts. Never a
-//!   statement whose text grows with its input (a batch insert of any number of rows, a changeset of any
-//!   combination of fields, such as a user's update).
+//!   small fixed set: a fixed statement, or a single-row insert whose optional columns each give one of two texts
+//!   (`DEFAULT` or a placeholder; five optional columns at most, so 32 texts). Never a statement whose text grows
+//!   with its input (a batch insert of any number of rows, a changeset of any combination of fields, such as a
+//!   user's update, or SQL assembled with `format!`).
 //! - After five executions Postgres may keep one generic plan for a prepared statement. That is what a statement
 //!   on a key wants, but not the user listing: cached, its prefix search went generic at 1,000 users and walked
-//!   every row, half the rate of planning each search with its values. It stays unprepared (see `users/list.rs`).
+//!   every row, half the rate of planning each search with its values. It stays unprepared (see `users/list.rs`),
+//!   and so does the outbox's claim, run once per dispatcher round, whose `LIMIT` a generic plan would guess.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;
@@ -25,7 +28,8 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 /// A query kept prepared on the connection under its SQL text (see the module's documentation for which).
 pub(crate) struct Reused<Q>(Q);
 
-/// Wraps a query in [`Reused`]: `diesel::update(..).set(..).reused().execute(connection)`.
+/// Wraps a query in [`Reused`]: `diesel::update(..).set(..).reused().execute(connection)`. It overrides diesel's
+/// judgement whatever the query is, so each use must meet the limits in the module's documentation.
 pub(crate) trait Reuse: Sized {
     /// This query, kept prepared on the connection under its text.
     fn reused(self) -> Reused<Self> {
@@ -113,9 +117,9 @@ mod tests {
         }
         assert_eq!(prepared(&mut connection, text).await, 1);
 
-        let claim = "SELECT 1::bigint AS count WHERE $1 > 0";
+        let raw = "SELECT 1::bigint AS count WHERE $1 > 0";
         for value in 1..=3 {
-            let row = diesel::sql_query(claim)
+            let row = diesel::sql_query(raw)
                 .bind::<BigInt, _>(value)
                 .reused()
                 .get_result::<Count>(&mut connection)
@@ -123,6 +127,6 @@ mod tests {
                 .unwrap();
             assert_eq!(row.count, 1);
         }
-        assert_eq!(prepared(&mut connection, claim).await, 1, "a raw statement is kept too");
+        assert_eq!(prepared(&mut connection, raw).await, 1, "a raw statement is kept too");
     }
 }

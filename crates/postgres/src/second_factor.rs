@@ -91,7 +91,6 @@ impl SecondFactorStore for PgRepository {
                 mfa_challenges::created_at.eq(database_now),
                 mfa_challenges::expires_at.eq(challenge.expires_at),
             ))
-            .reused()
             .execute(&mut connection)
             .await;
         match inserted {
