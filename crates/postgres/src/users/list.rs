@@ -1,16 +1,28 @@
 //! The filtered, keyset-paginated listing of users behind `GET /users`
 //! ([`UserStore::list_users`](users_domain::ports::UserStore::list_users)).
 //!
-//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter. It is
-//! built as a raw query on purpose: such a statement is never kept in the prepared-statement cache, so Postgres
-//! plans it with the actual values every time. A cached statement could be switched to a generic plan after a few
-//! runs, and a generic plan cannot use the prefix indexes, since `LIKE $1` has no known prefix to scan for.
+//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter, from a
+//! small set of texts: the flag filters are always written and fold away when unset, so only the role condition,
+//! the kind of prefix, the sort and the cursor change the text.
+//!
+//! Whether the statement is kept prepared on the connection ([`Reused`]) depends on the prefix. One that needs
+//! case mapping (capitals or anything beyond ASCII) is lower-cased by the database's own `lower()` in the statement,
+//! which must then be planned with its values every time, so it runs unprepared: a generic plan cannot use the
+//! prefix indexes (`LIKE lower($1) || '%'` has no known prefix to scan for), and would lower-case and escape the
+//! pattern again on every row it walks. Postgres prefers such a plan once a prepared statement has run five
+//! times with plans costlier on average than its guess for the generic one, which happened with the bench's search
+//! on 1,000 users and halved its rate. Every other prefix (and no prefix) is bound whole as the pattern, and that
+//! statement is kept prepared: Postgres still plans each execution with its values as long as the table is large
+//! enough for a generic walk to look costly (at 100,000 and 1,000,000 users it never chose one, rare prefixes
+//! included), and on a small table, where it may take the generic walk, that walk compares the bound pattern with
+//! each row and nothing more. Keeping it prepared spares a round trip and the parse of a long statement on every
+//! search.
 
 use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl as _;
 use users_domain::permissions::Role;
 use users_domain::ports::{PortError, UserCursor, UserQuery, UserSort};
@@ -18,6 +30,7 @@ use users_domain::user::User;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::UserRow;
 
 /// The columns [`UserRow`] reads, in its order; `failed_login_count` is not part of a user.
@@ -25,9 +38,10 @@ const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, pro
      linkedin_profile_url, github_profile_url, role, is_professional, professional_status_updated_at, \
      email_verified, pending_email, is_locked, password_hash, created_at, updated_at, last_login_at, mfa_enabled";
 
-/// The character that escapes `%`, `_` and itself in a prefix. Every `LIKE` of the listing names it explicitly
-/// (`ESCAPE E'\\'`, an escape-string literal, so it reads as one backslash whatever `standard_conforming_strings`
-/// says) instead of relying on it being the default.
+/// The character that escapes `%`, `_` and itself in a prefix: the backslash, `LIKE`'s own default. A pattern
+/// lower-cased in the statement names it explicitly (`ESCAPE E'\\'`, an escape-string literal, so it reads as one
+/// backslash whatever `standard_conforming_strings` says); a pattern bound whole relies on the default, since naming
+/// it would make a generic plan call `like_escape` on every row it walks.
 const LIKE_ESCAPE: char = '\\';
 
 /// One line of an `EXPLAIN` output.
@@ -43,11 +57,13 @@ struct PlanLine {
 struct Statement {
     query: BoxedSqlQuery<'static, Pg, SqlQuery>,
     binds: usize,
+    /// Whether the statement may be kept prepared (see the module's documentation).
+    reusable: bool,
 }
 
 impl Statement {
     fn new(lead: &str) -> Self {
-        Self { query: diesel::sql_query(lead).into_boxed(), binds: 0 }
+        Self { query: diesel::sql_query(lead).into_boxed(), binds: 0, reusable: true }
     }
 
     /// Appends fixed SQL text: never a value.
@@ -63,7 +79,7 @@ impl Statement {
         ST: Send + 'static,
     {
         let binds = self.binds + 1;
-        Self { query: self.query.sql(format!("${binds}")).bind::<ST, _>(value), binds }
+        Self { query: self.query.sql(format!("${binds}")).bind::<ST, _>(value), binds, ..self }
     }
 }
 
@@ -78,6 +94,12 @@ fn escape_like(prefix: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+/// Whether the database's `lower()` leaves `prefix` as it is whatever its locale: ASCII without capitals. (A
+/// capital `I` alone already lower-cases differently under a Turkish locale.)
+fn needs_no_case_mapping(prefix: &str) -> bool {
+    prefix.bytes().all(|byte| byte.is_ascii() && !byte.is_ascii_uppercase())
 }
 
 /// The listing of `query` as one statement after `lead` (`SELECT` or `EXPLAIN ... SELECT`).
@@ -97,32 +119,44 @@ fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError>
         let roles: Vec<&'static str> = query.roles.iter().map(|role| role.as_str()).collect();
         statement.sql("role = ANY(").bind::<Array<Text>, _>(roles).sql(")")
     };
+    // Written whether set or not, so they do not multiply the statement's texts: planned with its values, an unset
+    // filter (`col = NULL OR NULL IS NULL`) folds to nothing and a set one to `col = value`.
     for (column, value) in [
         ("email_verified", query.email_verified),
         ("is_locked", query.is_locked),
         ("is_professional", query.is_professional),
     ] {
-        if let Some(value) = value {
-            statement = statement.sql(&format!(" AND {column} = ")).bind::<Bool, _>(value);
-        }
+        statement = statement
+            .sql(&format!(" AND ({column} = "))
+            .bind::<Nullable<Bool>, _>(value)
+            .sql(" OR ")
+            .bind::<Nullable<Bool>, _>(value)
+            .sql("::boolean IS NULL)");
     }
     // An empty prefix matches everyone, which is no filter at all.
     if let Some(prefix) = query.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
         let pattern = escape_like(prefix);
+        let bound_whole = needs_no_case_mapping(prefix);
+        statement.reusable = bound_whole;
         statement = statement.sql(" AND (");
         for (index, column) in
             ["search_email", "search_nickname", "search_first_name", "search_last_name"].into_iter().enumerate()
         {
             let or = if index == 0 { "" } else { " OR " };
             // Each `search_*` column is its column lower-cased by the database when the row was written
-            // (migration `search_columns`), and the pattern is lower-cased by the same function here:
-            // case-insensitive with one case mapping, the database's, and no lower() per row looked at. The pattern
-            // is a constant once the value is bound, so the planner turns it into a range of the column's prefix
-            // index.
-            statement = statement
-                .sql(&format!("{or}{column} LIKE (lower("))
-                .bind::<Text, _>(pattern.clone())
-                .sql(r") || '%') ESCAPE E'\\'");
+            // (migration `search_columns`), and the pattern is lower-cased by the same function here (or needs
+            // none): case-insensitive with one case mapping, the database's, and no lower() per row looked at. The
+            // pattern is a constant once the value is bound, so a plan made with it turns it into a range of the
+            // column's prefix index.
+            statement = if bound_whole {
+                // The backslash is `LIKE`'s escape character unless another is named.
+                statement.sql(&format!("{or}{column} LIKE ")).bind::<Text, _>(format!("{pattern}%"))
+            } else {
+                statement
+                    .sql(&format!("{or}{column} LIKE (lower("))
+                    .bind::<Text, _>(pattern.clone())
+                    .sql(r") || '%') ESCAPE E'\\'")
+            };
         }
         statement = statement.sql(")");
     }
@@ -176,7 +210,12 @@ impl PgRepository {
     pub(crate) async fn list_users_page(&self, query: &UserQuery) -> Result<Vec<User>, PortError> {
         let statement = list_statement("", query)?;
         let mut connection = self.connection().await?;
-        match statement.query.load::<UserRow>(&mut connection).await {
+        let rows = if statement.reusable {
+            statement.query.reused().load::<UserRow>(&mut connection).await
+        } else {
+            statement.query.load::<UserRow>(&mut connection).await
+        };
+        match rows {
             // A row the domain refuses is logged and left out, so one corrupt account cannot take the whole list
             // (and every page containing it) down with it.
             Ok(rows) => Ok(rows
@@ -225,26 +264,58 @@ mod tests {
         assert_eq!(escape_like("o'brien"), "o'brien", "quotes need no escaping: the value is bound");
     }
 
-    #[test]
-    fn the_listing_binds_every_value_and_orders_by_the_sort_key_and_id() {
-        let query = UserQuery {
+    /// The listing of `prefix` with two roles, two of the three flags set and an email cursor.
+    fn filtered(prefix: &str) -> UserQuery {
+        UserQuery {
             limit: 20,
             sort: UserSort::Email,
             after: Some(UserCursor::Email("x'; DROP TABLE users; --".to_owned(), UserId::generate())),
-            prefix: Some("o'b%".to_owned()),
+            prefix: Some(prefix.to_owned()),
             roles: vec![Role::Anonymous, Role::Authenticated],
             email_verified: Some(true),
             is_locked: None,
             is_professional: Some(false),
-        };
-        let statement = list_statement("", &query).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_listing_binds_every_value_and_orders_by_the_sort_key_and_id() {
+        let statement = list_statement("", &filtered("O'b%")).unwrap();
         let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
-        let text = sql.split(" -- binds: ").next().unwrap();
-        assert!(!text.contains("DROP") && !text.contains("o'b"), "{text}");
-        assert!(text.contains("AND (lower(email), id) > (lower($8), $9)"), "{text}");
-        assert!(text.contains(r"OR search_last_name LIKE (lower($7) || '%') ESCAPE E'\\')"), "{text}");
-        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $10"), "{text}");
-        assert_eq!(statement.binds, 10);
+        let (text, binds) = sql.split_once(" -- binds: ").unwrap();
+        assert!(!text.contains("DROP") && !text.contains("'b"), "{text}");
+        assert!(text.contains("WHERE role = ANY($1) AND (email_verified = $2 OR $3::boolean IS NULL)"), "{text}");
+        assert!(text.contains("AND (is_professional = $6 OR $7::boolean IS NULL)"), "{text}");
+        assert!(text.contains(r"OR search_last_name LIKE (lower($11) || '%') ESCAPE E'\\')"), "{text}");
+        assert!(text.contains("AND (lower(email), id) > (lower($12), $13)"), "{text}");
+        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $14"), "{text}");
+        assert!(binds.contains("Some(true), Some(true), None, None, Some(false), Some(false)"), "{binds}");
+        assert_eq!(statement.binds, 14);
+        assert!(!statement.reusable, "a prefix with a capital is lower-cased by the database, planned each time");
+    }
+
+    #[test]
+    fn a_prefix_without_case_mapping_is_bound_whole_and_the_statement_kept_prepared() {
+        let statement = list_statement("", &filtered("o'b%")).unwrap();
+        let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
+        let (text, binds) = sql.split_once(" -- binds: ").unwrap();
+        assert!(text.contains("AND (search_email LIKE $8 OR search_nickname LIKE $9"), "{text}");
+        assert!(text.contains("OR search_last_name LIKE $11) AND (lower(email), id)") && !text.contains("ESCAPE"));
+        assert!(binds.contains(r#""o'b\\%%", "o'b\\%%""#), "escaped, then the wildcard: {binds}");
+        assert_eq!(statement.binds, 14);
+        assert!(statement.reusable);
+        let everyone = UserQuery { prefix: None, ..filtered("") };
+        assert!(list_statement("", &everyone).unwrap().reusable, "no prefix, nothing to plan with its value");
+    }
+
+    #[test]
+    fn only_ascii_without_capitals_needs_no_case_mapping() {
+        for prefix in ["user12", "o'b%", r"back\slash", "ada@example.com", "50_off"] {
+            assert!(needs_no_case_mapping(prefix), "{prefix}");
+        }
+        for prefix in ["User12", "I", "é", "ÉMILE", "ı"] {
+            assert!(!needs_no_case_mapping(prefix), "{prefix}");
+        }
     }
 
     #[test]
@@ -264,11 +335,11 @@ mod tests {
             (diesel::debug_query::<Pg, _>(&statement.query).to_string(), statement.binds)
         };
         let (all, binds) = text(Role::ALL.into_iter().rev().collect());
-        assert!(all.contains("FROM users WHERE TRUE AND (search_email LIKE") && !all.contains("role ="), "{all}");
-        assert_eq!(binds, 5, "four prefixes and the limit");
+        assert!(all.contains("FROM users WHERE TRUE AND (email_verified") && !all.contains("role ="), "{all}");
+        assert_eq!(binds, 11, "the three flags twice, four prefixes and the limit");
         let (some, binds) = text(vec![Role::Anonymous, Role::Authenticated, Role::Manager]);
         assert!(some.contains("WHERE role = ANY($1) AND"), "{some}");
-        assert_eq!(binds, 6);
+        assert_eq!(binds, 12);
         let (none, _) = text(Vec::new());
         assert!(none.contains("WHERE role = ANY($1) AND"), "an empty list matches nothing: {none}");
     }

@@ -8,7 +8,7 @@ use users_domain::user::{PersonName, User, UserId};
 use users_postgres::PgRepository;
 use users_testkit::TestDatabase;
 
-use crate::support::{account, count, execute, new_user, repository};
+use crate::support::{account, count, execute, new_user, repository, repository_with_connections};
 
 /// The listing of nobody.
 const NO_ONE: [UserId; 0] = [];
@@ -259,6 +259,27 @@ async fn wildcards_quotes_and_backslashes_in_a_prefix_match_only_themselves() {
     assert_eq!(listed(&repository, search("'")).await, NO_ONE);
     assert_eq!(listed(&repository, search("%'; DROP TABLE users; --")).await, NO_ONE);
     assert_eq!(count(&database, "SELECT count(*) AS count FROM users").await, 12);
+}
+
+/// A statement kept prepared may be planned generically from its sixth run on a connection; the answers must not
+/// change when that happens, wildcards and escapes included.
+#[tokio::test]
+async fn a_search_repeated_on_one_connection_answers_the_same_whatever_its_plan() {
+    let database = TestDatabase::create().await;
+    let repository = repository_with_connections(database.url(), 1).await;
+    let ada = insert(&repository, "ada@example.com", "ada", Role::Authenticated, "Ada").await;
+    let under = insert(&repository, "a_b@example.com", "a-b", Role::Manager, "Under").await;
+    let bob = insert(&repository, "bob@example.com", "bob", Role::Authenticated, "Bob").await;
+    for _ in 0..8 {
+        assert_eq!(listed(&repository, search("a")).await, [ada.id, under.id]);
+        assert_eq!(listed(&repository, search("a_")).await, [under.id]);
+        assert_eq!(listed(&repository, search("b")).await, [bob.id]);
+        assert_eq!(listed(&repository, search("zed")).await, NO_ONE);
+        let managers = UserQuery { roles: vec![Role::Manager], ..search("a") };
+        assert_eq!(listed(&repository, managers).await, [under.id]);
+        let verified = UserQuery { email_verified: Some(true), is_locked: Some(false), ..everyone(10) };
+        assert_eq!(listed(&repository, verified).await, [ada.id, under.id, bob.id]);
+    }
 }
 
 #[tokio::test]
