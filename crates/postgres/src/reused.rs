@@ -16,10 +16,10 @@
 //!   (`DEFAULT` or a placeholder; five optional columns at most, so 32 texts). Never a statement whose text grows
 //!   with its input (a batch insert of any number of rows, a changeset of any combination of fields, such as a
 //!   user's update, or SQL assembled with `format!`).
-//! - After five executions Postgres may keep one generic plan for a prepared statement. That is what a statement
-//!   on a key wants, but not the user listing: cached, its prefix search went generic at 1,000 users and walked
-//!   every row, half the rate of planning each search with its values. It stays unprepared (see `users/list.rs`),
-//!   and so does the outbox's claim, run once per dispatcher round, whose `LIMIT` a generic plan would guess.
+//! - After five executions Postgres may keep one generic plan for a prepared statement, made without the values.
+//!   That is what a statement on a key wants, but a prefix search of the user listing would walk the table with
+//!   it: the listing is kept prepared only where that cannot happen or costs little (see `users/list.rs`). The
+//!   outbox's claim, run once per dispatcher round, whose `LIMIT` a generic plan would guess, stays unprepared.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;

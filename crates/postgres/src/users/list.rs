@@ -5,18 +5,24 @@
 //! small set of texts: the flag filters are always written and fold away when unset, so only the role condition,
 //! the kind of prefix, the sort and the cursor change the text.
 //!
-//! Whether the statement is kept prepared on the connection ([`Reused`]) depends on the prefix. One that needs
-//! case mapping (capitals or anything beyond ASCII) is lower-cased by the database's own `lower()` in the statement,
-//! which must then be planned with its values every time, so it runs unprepared: a generic plan cannot use the
-//! prefix indexes (`LIKE lower($1) || '%'` has no known prefix to scan for), and would lower-case and escape the
-//! pattern again on every row it walks. Postgres prefers such a plan once a prepared statement has run five
-//! times with plans costlier on average than its guess for the generic one, which happened with the bench's search
-//! on 1,000 users and halved its rate. Every other prefix (and no prefix) is bound whole as the pattern, and that
-//! statement is kept prepared: Postgres still plans each execution with its values as long as the table is large
-//! enough for a generic walk to look costly (at 100,000 and 1,000,000 users it never chose one, rare prefixes
-//! included), and on a small table, where it may take the generic walk, that walk compares the bound pattern with
-//! each row and nothing more. Keeping it prepared spares a round trip and the parse of a long statement on every
-//! search.
+//! A prefix that needs no case mapping (ASCII without capitals, which the database's `lower()` leaves alone under
+//! any locale) is bound whole as the pattern; any other is lower-cased by that `lower()` in the statement.
+//!
+//! Whether the statement is kept prepared on the connection ([`Reused`]) decides how Postgres plans it: once a
+//! prepared statement has run five times, Postgres may keep one generic plan for it, made without the values, if
+//! that looks no costlier than the average of the plans it made with them, and it never looks again. For a
+//! listing without a prefix that is harmless: the generic plan walks the sort's index and stops after a page, and
+//! a rare flag value is a scan of the table either way. For a prefix search it is not. A generic plan cannot use
+//! the prefix indexes, so it walks the table in the sort's order until a page of matches turns up: every row for a
+//! rare prefix. Postgres picked it on a table of 20,000 users after searches for prefixes matching about a hundred
+//! (a rare prefix then took 5 ms instead of 0.04), and at a million users after five searches that combined a
+//! prefix with a selective filter (`is_locked=true`, a role): every later search on that connection walked, 300 ms
+//! for a rare prefix. So a prefix search is kept prepared only when nothing else narrows it (every role, no flag) and
+//! its pattern is bound whole: at 50,000 and a million users the plans made with the values then always looked
+//! cheaper (rare prefixes included), and where the table is small enough for a walk to look cheap, the walk is
+//! cheap. Every other prefix search is planned with its values on every execution, unprepared. Kept prepared, a
+//! search is spared a round trip and the parse of a long statement: a quarter more searches per second at 1,000 and
+//! at a million users.
 
 use diesel::QueryableByName;
 use diesel::pg::Pg;
@@ -44,7 +50,7 @@ const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, pro
 /// it would make a generic plan call `like_escape` on every row it walks.
 const LIKE_ESCAPE: char = '\\';
 
-/// One line of an `EXPLAIN` output.
+/// One line of text under the column name `EXPLAIN` gives its output: a line of a plan, or a statement's text.
 #[derive(Debug, QueryableByName)]
 struct PlanLine {
     #[diesel(sql_type = Text)]
@@ -105,15 +111,16 @@ fn needs_no_case_mapping(prefix: &str) -> bool {
 /// The listing of `query` as one statement after `lead` (`SELECT` or `EXPLAIN ... SELECT`).
 ///
 /// Every condition is a fixed fragment with bound values: the roles the caller may see (none gives no rows; all four
-/// give no condition), the
-/// flag filters, the prefix over the four searched columns, and the keyset condition of the sort, whose row
+/// give no condition), the flag filters, the prefix over the four searched columns, and the keyset condition of the sort, whose row
 /// comparison and `ORDER BY` match an index (see migration 000003) so a page is one short index range scan.
 fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError> {
     let mut statement = Statement::new(lead).sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE "));
     // A caller who may see every role (an ADMIN) gets no role condition at all: `role` is NOT NULL and checked to be
     // one of the four, so the condition would hold for every row, yet it costs a comparison on each row a search
     // walks (about 15 % of a prefix search's execution at a million users).
-    statement = if Role::ALL.iter().all(|role| query.roles.contains(role)) {
+    let every_role = Role::ALL.iter().all(|role| query.roles.contains(role));
+    let flagged = [query.email_verified, query.is_locked, query.is_professional].iter().any(Option::is_some);
+    statement = if every_role {
         statement.sql("TRUE")
     } else {
         let roles: Vec<&'static str> = query.roles.iter().map(|role| role.as_str()).collect();
@@ -137,7 +144,8 @@ fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError>
     if let Some(prefix) = query.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
         let pattern = escape_like(prefix);
         let bound_whole = needs_no_case_mapping(prefix);
-        statement.reusable = bound_whole;
+        // See the module's documentation: a filter next to a prefix could teach Postgres a generic plan.
+        statement.reusable = bound_whole && every_role && !flagged;
         statement = statement.sql(" AND (");
         for (index, column) in
             ["search_email", "search_nickname", "search_first_name", "search_last_name"].into_iter().enumerate()
@@ -247,6 +255,26 @@ impl PgRepository {
             Err(error) => Err(query_error(error, &mut connection, "explaining a user listing")),
         }
     }
+
+    /// The texts of the user listings a connection of the pool keeps prepared, for tests that check which ones are
+    /// (with a pool of one connection, the connection every listing ran on).
+    ///
+    /// # Errors
+    /// [`PortError`] when storage fails.
+    #[doc(hidden)]
+    pub async fn prepared_listings(&self) -> Result<Vec<String>, PortError> {
+        let mut connection = self.connection().await?;
+        let texts = diesel::sql_query(
+            "SELECT statement AS \"QUERY PLAN\" FROM pg_prepared_statements WHERE statement LIKE 'SELECT id, email, %' \
+             ORDER BY statement",
+        )
+        .load::<PlanLine>(&mut connection)
+        .await;
+        match texts {
+            Ok(lines) => Ok(lines.into_iter().map(|line| line.line).collect()),
+            Err(error) => Err(query_error(error, &mut connection, "reading the prepared listings")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_without_case_mapping_is_bound_whole_and_the_statement_kept_prepared() {
+    fn a_prefix_without_case_mapping_is_bound_whole() {
         let statement = list_statement("", &filtered("o'b%")).unwrap();
         let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
         let (text, binds) = sql.split_once(" -- binds: ").unwrap();
@@ -303,9 +331,28 @@ mod tests {
         assert!(text.contains("OR search_last_name LIKE $11) AND (lower(email), id)") && !text.contains("ESCAPE"));
         assert!(binds.contains(r#""o'b\\%%", "o'b\\%%""#), "escaped, then the wildcard: {binds}");
         assert_eq!(statement.binds, 14);
-        assert!(statement.reusable);
-        let everyone = UserQuery { prefix: None, ..filtered("") };
-        assert!(list_statement("", &everyone).unwrap().reusable, "no prefix, nothing to plan with its value");
+    }
+
+    #[test]
+    fn only_a_listing_without_a_prefix_or_a_bare_search_bound_whole_is_kept_prepared() {
+        let bare = |prefix: Option<&str>| UserQuery {
+            limit: 20,
+            sort: UserSort::CreatedAt,
+            after: None,
+            prefix: prefix.map(str::to_owned),
+            roles: Role::ALL.to_vec(),
+            email_verified: None,
+            is_locked: None,
+            is_professional: None,
+        };
+        let reusable = |query: &UserQuery| list_statement("", query).unwrap().reusable;
+        assert!(reusable(&bare(None)));
+        assert!(reusable(&bare(Some("user12"))));
+        assert!(!reusable(&bare(Some("User12"))), "lower-cased by the database");
+        assert!(!reusable(&UserQuery { is_locked: Some(true), ..bare(Some("user12")) }), "a flag");
+        assert!(!reusable(&UserQuery { roles: vec![Role::Admin], ..bare(Some("user12")) }), "a role filter");
+        assert!(reusable(&UserQuery { is_locked: Some(true), roles: vec![Role::Admin], ..bare(None) }));
+        assert!(!reusable(&filtered("o'b%")));
     }
 
     #[test]
@@ -313,7 +360,7 @@ mod tests {
         for prefix in ["user12", "o'b%", r"back\slash", "ada@example.com", "50_off"] {
             assert!(needs_no_case_mapping(prefix), "{prefix}");
         }
-        for prefix in ["User12", "I", "é", "ÉMILE", "ı"] {
+        for prefix in ["User12", "I", "é", "ÉMILE", "ı", "İ", "\u{212a}"] {
             assert!(!needs_no_case_mapping(prefix), "{prefix}");
         }
     }

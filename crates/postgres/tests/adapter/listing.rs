@@ -283,6 +283,27 @@ async fn a_search_repeated_on_one_connection_answers_the_same_whatever_its_plan(
 }
 
 #[tokio::test]
+async fn only_listings_without_a_prefix_and_bare_searches_are_kept_prepared() {
+    let database = TestDatabase::create().await;
+    let repository = repository_with_connections(database.url(), 1).await;
+    let ada = insert(&repository, "ada@example.com", "ada", Role::Authenticated, "Ada").await;
+    for _ in 0..3 {
+        assert_eq!(listed(&repository, search("ad")).await, [ada.id]);
+        assert_eq!(listed(&repository, everyone(10)).await, [ada.id]);
+    }
+    let prepared = repository.prepared_listings().await.unwrap();
+    assert_eq!(prepared.len(), 2, "{prepared:#?}");
+    assert!(prepared.iter().any(|text| text.contains("search_email LIKE $7 OR")), "{prepared:#?}");
+
+    // Searches that a generic plan could make walk the whole table run unprepared and leave nothing behind.
+    assert_eq!(listed(&repository, search("AD")).await, [ada.id]);
+    assert_eq!(listed(&repository, UserQuery { is_locked: Some(false), ..search("ad") }).await, [ada.id]);
+    let some_roles = UserQuery { roles: vec![Role::Authenticated, Role::Manager], ..search("ad") };
+    assert_eq!(listed(&repository, some_roles).await, [ada.id]);
+    assert_eq!(repository.prepared_listings().await.unwrap(), prepared);
+}
+
+#[tokio::test]
 async fn the_prefix_search_and_every_sort_use_an_index_on_a_large_table() {
     let database = TestDatabase::create().await;
     let repository = repository(&database).await;
