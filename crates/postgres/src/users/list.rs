@@ -111,8 +111,9 @@ fn needs_no_case_mapping(prefix: &str) -> bool {
 /// The listing of `query` as one statement after `lead` (`SELECT` or `EXPLAIN ... SELECT`).
 ///
 /// Every condition is a fixed fragment with bound values: the roles the caller may see (none gives no rows; all four
-/// give no condition), the flag filters, the prefix over the four searched columns, and the keyset condition of the sort, whose row
-/// comparison and `ORDER BY` match an index (see migration 000003) so a page is one short index range scan.
+/// give no condition), the flag filters, the prefix over the four searched columns, and the keyset condition of the
+/// sort, whose row comparison and `ORDER BY` match an index (see migration 000003) so a page is one short index
+/// range scan.
 fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError> {
     let mut statement = Statement::new(lead).sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE "));
     // A caller who may see every role (an ADMIN) gets no role condition at all: `role` is NOT NULL and checked to be
