@@ -67,10 +67,9 @@ impl<'a> From<&'a AuditEvent> for NewEventRow<'a> {
 
 /// Writes events; run inside the transaction of the change they record, as its last step (or next to last). Each
 /// is one single-row insert, a statement the connection prepares once per combination of present optional fields
-/// and reuses; the table's trigger queues the
-/// event's webhook deliveries in the same transaction. Each event counts once on `audit_events_total{type}` as it is
-/// written: a transaction that then fails to commit leaves its events counted, which only happens when the database
-/// fails.
+/// and reuses; the table's trigger queues the event's webhook deliveries in the same transaction. Each event counts
+/// once on `audit_events_total{type}` as it is written: a transaction that then fails to commit leaves its events
+/// counted, which only happens when the database fails.
 pub(crate) async fn insert_events(
     connection: &mut AsyncPgConnection,
     events: &[AuditEvent],

@@ -50,12 +50,21 @@ const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, pro
 /// it would make a generic plan call `like_escape` on every row it walks.
 const LIKE_ESCAPE: char = '\\';
 
-/// One line of text under the column name `EXPLAIN` gives its output: a line of a plan, or a statement's text.
+/// One line of an `EXPLAIN` output.
 #[derive(Debug, QueryableByName)]
 struct PlanLine {
     #[diesel(sql_type = Text)]
     #[diesel(column_name = "QUERY PLAN")]
     line: String,
+}
+
+/// A listing statement a connection keeps prepared, and how many times it ran there.
+#[derive(Debug, QueryableByName)]
+struct PreparedListing {
+    #[diesel(sql_type = Text)]
+    text: String,
+    #[diesel(sql_type = BigInt)]
+    runs: i64,
 }
 
 /// A raw query under construction that numbers its own placeholders, so fragments and binds cannot get out of
@@ -257,22 +266,22 @@ impl PgRepository {
         }
     }
 
-    /// The texts of the user listings a connection of the pool keeps prepared, for tests that check which ones are
-    /// (with a pool of one connection, the connection every listing ran on).
+    /// The user listings a connection of the pool keeps prepared, each with how many times it ran, for tests that
+    /// check which ones are (with a pool of one connection, the connection every listing ran on).
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
     #[doc(hidden)]
-    pub async fn prepared_listings(&self) -> Result<Vec<String>, PortError> {
+    pub async fn prepared_listings(&self) -> Result<Vec<(String, i64)>, PortError> {
         let mut connection = self.connection().await?;
-        let texts = diesel::sql_query(
-            "SELECT statement AS \"QUERY PLAN\" FROM pg_prepared_statements WHERE statement LIKE 'SELECT id, email, %' \
-             ORDER BY statement",
+        let listings = diesel::sql_query(
+            "SELECT statement AS text, generic_plans + custom_plans AS runs FROM pg_prepared_statements \
+             WHERE statement LIKE 'SELECT id, email, %' ORDER BY statement",
         )
-        .load::<PlanLine>(&mut connection)
+        .load::<PreparedListing>(&mut connection)
         .await;
-        match texts {
-            Ok(lines) => Ok(lines.into_iter().map(|line| line.line).collect()),
+        match listings {
+            Ok(rows) => Ok(rows.into_iter().map(|row| (row.text, row.runs)).collect()),
             Err(error) => Err(query_error(error, &mut connection, "reading the prepared listings")),
         }
     }
