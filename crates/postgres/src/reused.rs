@@ -17,9 +17,9 @@
 //!   with its input (a batch insert of any number of rows, a changeset of any combination of fields, such as a
 //!   user's update, or SQL assembled with `format!`).
 //! - After five executions Postgres may keep one generic plan for a prepared statement, made without the values.
-//!   That is what a statement on a key wants, but a prefix search of the user listing would walk the table with
-//!   it: the listing is kept prepared only where that cannot happen or costs little (see `users/list.rs`). The
-//!   outbox's claim, run once per dispatcher round, whose `LIMIT` a generic plan would guess, stays unprepared.
+//!   That is what a statement on a key wants, but a generic user listing can walk the whole table for a rare
+//!   prefix or flag, so the listing is never kept prepared (see `users/list.rs`). The outbox's claim, run once per
+//!   dispatcher round, whose `LIMIT` a generic plan would guess, stays unprepared too.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;

@@ -1,34 +1,25 @@
 //! The filtered, keyset-paginated listing of users behind `GET /users`
 //! ([`UserStore::list_users`](users_domain::ports::UserStore::list_users)).
 //!
-//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter, from a
-//! small set of texts: the flag filters are always written and fold away when unset, so only the role condition,
-//! the kind of prefix, the sort and the cursor change the text.
+//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter. It is
+//! built as a raw query on purpose: such a statement is never kept prepared on the connection, so Postgres plans it
+//! with the actual values every time. A prepared statement may be switched to a generic plan, made without the
+//! values, after its fifth run, and Postgres never reconsiders on that connection. A generic plan cannot use the
+//! prefix indexes (`LIKE $1` has no known prefix to scan for), nor pick between the sort's index and a filter's
+//! rows, and it was measured to go wrong at a million users: after five searches of prefixes that the planner
+//! misjudges, or of a page size of 100, a rare prefix walked the whole table (about 390 ms instead of 0.4), and after
+//! five listings of a role nobody has, a rare flag walked the whole email index (590 ms instead of 120). Parsing
+//! and planning each listing costs a fraction of a millisecond; that bound is worth it.
 //!
 //! A prefix that needs no case mapping (ASCII without capitals, which the database's `lower()` leaves alone under
-//! any locale) is bound whole as the pattern; any other is lower-cased by that `lower()` in the statement.
-//!
-//! Whether the statement is kept prepared on the connection ([`Reused`]) decides how Postgres plans it: once a
-//! prepared statement has run five times, Postgres may keep one generic plan for it, made without the values, if
-//! that looks no costlier than the average of the plans it made with them, and it never looks again. For a
-//! listing without a prefix that is harmless: the generic plan walks the sort's index and stops after a page, and
-//! a rare flag value is a scan of the table either way. For a prefix search it is not. A generic plan cannot use
-//! the prefix indexes, so it walks the table in the sort's order until a page of matches turns up: every row for a
-//! rare prefix. Postgres picked it on a table of 20,000 users after searches for prefixes matching about a hundred
-//! (a rare prefix then took 5 ms instead of 0.04), and at a million users after five searches that combined a
-//! prefix with a selective filter (`is_locked=true`, a role): every later search on that connection walked, 300 ms
-//! for a rare prefix. So a prefix search is kept prepared only when nothing else narrows it (every role, no flag) and
-//! its pattern is bound whole: at 50,000 and a million users the plans made with the values then always looked
-//! cheaper (rare prefixes included), and where the table is small enough for a walk to look cheap, the walk is
-//! cheap. Every other prefix search is planned with its values on every execution, unprepared. Kept prepared, a
-//! search is spared a round trip and the parse of a long statement: a quarter more searches per second at 1,000 and
-//! at a million users.
+//! any locale) is bound whole as the pattern, which spares Postgres parsing and folding `lower()` and `ESCAPE` four
+//! times; any other is lower-cased by that `lower()` in the statement, the database's one case mapping.
 
 use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Text, Timestamptz};
 use diesel_async::RunQueryDsl as _;
 use users_domain::permissions::Role;
 use users_domain::ports::{PortError, UserCursor, UserQuery, UserSort};
@@ -36,7 +27,6 @@ use users_domain::user::User;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
-use crate::reused::Reuse as _;
 use crate::rows::UserRow;
 
 /// The columns [`UserRow`] reads, in its order; `failed_login_count` is not part of a user.
@@ -46,8 +36,8 @@ const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, pro
 
 /// The character that escapes `%`, `_` and itself in a prefix: the backslash, `LIKE`'s own default. A pattern
 /// lower-cased in the statement names it explicitly (`ESCAPE E'\\'`, an escape-string literal, so it reads as one
-/// backslash whatever `standard_conforming_strings` says); a pattern bound whole relies on the default, since naming
-/// it would make a generic plan call `like_escape` on every row it walks.
+/// backslash whatever `standard_conforming_strings` says); a pattern bound whole is a value, never a literal, and
+/// relies on the default.
 const LIKE_ESCAPE: char = '\\';
 
 /// One line of an `EXPLAIN` output.
@@ -58,13 +48,11 @@ struct PlanLine {
     line: String,
 }
 
-/// A listing statement a connection keeps prepared, and how many times it ran there.
+/// The text of a prepared statement.
 #[derive(Debug, QueryableByName)]
-struct PreparedListing {
+struct PreparedText {
     #[diesel(sql_type = Text)]
     text: String,
-    #[diesel(sql_type = BigInt)]
-    runs: i64,
 }
 
 /// A raw query under construction that numbers its own placeholders, so fragments and binds cannot get out of
@@ -72,13 +60,11 @@ struct PreparedListing {
 struct Statement {
     query: BoxedSqlQuery<'static, Pg, SqlQuery>,
     binds: usize,
-    /// Whether the statement may be kept prepared (see the module's documentation).
-    reusable: bool,
 }
 
 impl Statement {
     fn new(lead: &str) -> Self {
-        Self { query: diesel::sql_query(lead).into_boxed(), binds: 0, reusable: true }
+        Self { query: diesel::sql_query(lead).into_boxed(), binds: 0 }
     }
 
     /// Appends fixed SQL text: never a value.
@@ -94,7 +80,7 @@ impl Statement {
         ST: Send + 'static,
     {
         let binds = self.binds + 1;
-        Self { query: self.query.sql(format!("${binds}")).bind::<ST, _>(value), binds, ..self }
+        Self { query: self.query.sql(format!("${binds}")).bind::<ST, _>(value), binds }
     }
 }
 
@@ -120,42 +106,33 @@ fn needs_no_case_mapping(prefix: &str) -> bool {
 /// The listing of `query` as one statement after `lead` (`SELECT` or `EXPLAIN ... SELECT`).
 ///
 /// Every condition is a fixed fragment with bound values: the roles the caller may see (none gives no rows; all four
-/// give no condition), the flag filters, the prefix over the four searched columns, and the keyset condition of the
-/// sort, whose row comparison and `ORDER BY` match an index (see migration 000003) so a page is one short index
-/// range scan.
+/// give no condition), the
+/// flag filters, the prefix over the four searched columns, and the keyset condition of the sort, whose row
+/// comparison and `ORDER BY` match an index (see migration 000003) so a page is one short index range scan.
 fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError> {
     let mut statement = Statement::new(lead).sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE "));
     // A caller who may see every role (an ADMIN) gets no role condition at all: `role` is NOT NULL and checked to be
     // one of the four, so the condition would hold for every row, yet it costs a comparison on each row a search
     // walks (about 15 % of a prefix search's execution at a million users).
-    let every_role = Role::ALL.iter().all(|role| query.roles.contains(role));
-    let flagged = [query.email_verified, query.is_locked, query.is_professional].iter().any(Option::is_some);
-    statement = if every_role {
+    statement = if Role::ALL.iter().all(|role| query.roles.contains(role)) {
         statement.sql("TRUE")
     } else {
         let roles: Vec<&'static str> = query.roles.iter().map(|role| role.as_str()).collect();
         statement.sql("role = ANY(").bind::<Array<Text>, _>(roles).sql(")")
     };
-    // Written whether set or not, so they do not multiply the statement's texts: planned with its values, an unset
-    // filter (`col = NULL OR NULL IS NULL`) folds to nothing and a set one to `col = value`.
     for (column, value) in [
         ("email_verified", query.email_verified),
         ("is_locked", query.is_locked),
         ("is_professional", query.is_professional),
     ] {
-        statement = statement
-            .sql(&format!(" AND ({column} = "))
-            .bind::<Nullable<Bool>, _>(value)
-            .sql(" OR ")
-            .bind::<Nullable<Bool>, _>(value)
-            .sql("::boolean IS NULL)");
+        if let Some(value) = value {
+            statement = statement.sql(&format!(" AND {column} = ")).bind::<Bool, _>(value);
+        }
     }
     // An empty prefix matches everyone, which is no filter at all.
     if let Some(prefix) = query.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
         let pattern = escape_like(prefix);
         let bound_whole = needs_no_case_mapping(prefix);
-        // See the module's documentation: a filter next to a prefix could teach Postgres a generic plan.
-        statement.reusable = bound_whole && every_role && !flagged;
         statement = statement.sql(" AND (");
         for (index, column) in
             ["search_email", "search_nickname", "search_first_name", "search_last_name"].into_iter().enumerate()
@@ -164,10 +141,9 @@ fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError>
             // Each `search_*` column is its column lower-cased by the database when the row was written
             // (migration `search_columns`), and the pattern is lower-cased by the same function here (or needs
             // none): case-insensitive with one case mapping, the database's, and no lower() per row looked at. The
-            // pattern is a constant once the value is bound, so a plan made with it turns it into a range of the
-            // column's prefix index.
+            // pattern is a constant once the value is bound, so the planner turns it into a range of the column's
+            // prefix index.
             statement = if bound_whole {
-                // The backslash is `LIKE`'s escape character unless another is named.
                 statement.sql(&format!("{or}{column} LIKE ")).bind::<Text, _>(format!("{pattern}%"))
             } else {
                 statement
@@ -228,12 +204,7 @@ impl PgRepository {
     pub(crate) async fn list_users_page(&self, query: &UserQuery) -> Result<Vec<User>, PortError> {
         let statement = list_statement("", query)?;
         let mut connection = self.connection().await?;
-        let rows = if statement.reusable {
-            statement.query.reused().load::<UserRow>(&mut connection).await
-        } else {
-            statement.query.load::<UserRow>(&mut connection).await
-        };
-        match rows {
+        match statement.query.load::<UserRow>(&mut connection).await {
             // A row the domain refuses is logged and left out, so one corrupt account cannot take the whole list
             // (and every page containing it) down with it.
             Ok(rows) => Ok(rows
@@ -266,22 +237,21 @@ impl PgRepository {
         }
     }
 
-    /// The user listings a connection of the pool keeps prepared, each with how many times it ran, for tests that
-    /// check which ones are (with a pool of one connection, the connection every listing ran on).
+    /// The user listings a connection of the pool keeps prepared (with a pool of one connection, the connection
+    /// every listing ran on), for the test that checks there are none.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
     #[doc(hidden)]
-    pub async fn prepared_listings(&self) -> Result<Vec<(String, i64)>, PortError> {
+    pub async fn prepared_listings(&self) -> Result<Vec<String>, PortError> {
         let mut connection = self.connection().await?;
-        let listings = diesel::sql_query(
-            "SELECT statement AS text, generic_plans + custom_plans AS runs FROM pg_prepared_statements \
-             WHERE statement LIKE 'SELECT id, email, %' ORDER BY statement",
+        let texts = diesel::sql_query(
+            "SELECT statement AS text FROM pg_prepared_statements WHERE starts_with(statement, 'SELECT id, email, ')",
         )
-        .load::<PreparedListing>(&mut connection)
+        .load::<PreparedText>(&mut connection)
         .await;
-        match listings {
-            Ok(rows) => Ok(rows.into_iter().map(|row| (row.text, row.runs)).collect()),
+        match texts {
+            Ok(rows) => Ok(rows.into_iter().map(|row| row.text).collect()),
             Err(error) => Err(query_error(error, &mut connection, "reading the prepared listings")),
         }
     }
@@ -320,16 +290,12 @@ mod tests {
     fn the_listing_binds_every_value_and_orders_by_the_sort_key_and_id() {
         let statement = list_statement("", &filtered("O'b%")).unwrap();
         let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
-        let (text, binds) = sql.split_once(" -- binds: ").unwrap();
+        let text = sql.split(" -- binds: ").next().unwrap();
         assert!(!text.contains("DROP") && !text.contains("'b"), "{text}");
-        assert!(text.contains("WHERE role = ANY($1) AND (email_verified = $2 OR $3::boolean IS NULL)"), "{text}");
-        assert!(text.contains("AND (is_professional = $6 OR $7::boolean IS NULL)"), "{text}");
-        assert!(text.contains(r"OR search_last_name LIKE (lower($11) || '%') ESCAPE E'\\')"), "{text}");
-        assert!(text.contains("AND (lower(email), id) > (lower($12), $13)"), "{text}");
-        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $14"), "{text}");
-        assert!(binds.contains("Some(true), Some(true), None, None, Some(false), Some(false)"), "{binds}");
-        assert_eq!(statement.binds, 14);
-        assert!(!statement.reusable, "a prefix with a capital is lower-cased by the database, planned each time");
+        assert!(text.contains("AND (lower(email), id) > (lower($8), $9)"), "{text}");
+        assert!(text.contains(r"OR search_last_name LIKE (lower($7) || '%') ESCAPE E'\\')"), "{text}");
+        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $10"), "{text}");
+        assert_eq!(statement.binds, 10);
     }
 
     #[test]
@@ -337,32 +303,10 @@ mod tests {
         let statement = list_statement("", &filtered("o'b%")).unwrap();
         let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
         let (text, binds) = sql.split_once(" -- binds: ").unwrap();
-        assert!(text.contains("AND (search_email LIKE $8 OR search_nickname LIKE $9"), "{text}");
-        assert!(text.contains("OR search_last_name LIKE $11) AND (lower(email), id)") && !text.contains("ESCAPE"));
+        assert!(text.contains("AND (search_email LIKE $4 OR search_nickname LIKE $5"), "{text}");
+        assert!(text.contains("OR search_last_name LIKE $7) AND (lower(email), id)") && !text.contains("ESCAPE"));
         assert!(binds.contains(r#""o'b\\%%", "o'b\\%%""#), "escaped, then the wildcard: {binds}");
-        assert_eq!(statement.binds, 14);
-    }
-
-    #[test]
-    fn only_a_listing_without_a_prefix_or_a_bare_search_bound_whole_is_kept_prepared() {
-        let bare = |prefix: Option<&str>| UserQuery {
-            limit: 20,
-            sort: UserSort::CreatedAt,
-            after: None,
-            prefix: prefix.map(str::to_owned),
-            roles: Role::ALL.to_vec(),
-            email_verified: None,
-            is_locked: None,
-            is_professional: None,
-        };
-        let reusable = |query: &UserQuery| list_statement("", query).unwrap().reusable;
-        assert!(reusable(&bare(None)));
-        assert!(reusable(&bare(Some("user12"))));
-        assert!(!reusable(&bare(Some("User12"))), "lower-cased by the database");
-        assert!(!reusable(&UserQuery { is_locked: Some(true), ..bare(Some("user12")) }), "a flag");
-        assert!(!reusable(&UserQuery { roles: vec![Role::Admin], ..bare(Some("user12")) }), "a role filter");
-        assert!(reusable(&UserQuery { is_locked: Some(true), roles: vec![Role::Admin], ..bare(None) }));
-        assert!(!reusable(&filtered("o'b%")));
+        assert_eq!(statement.binds, 10);
     }
 
     #[test]
@@ -392,11 +336,11 @@ mod tests {
             (diesel::debug_query::<Pg, _>(&statement.query).to_string(), statement.binds)
         };
         let (all, binds) = text(Role::ALL.into_iter().rev().collect());
-        assert!(all.contains("FROM users WHERE TRUE AND (email_verified") && !all.contains("role ="), "{all}");
-        assert_eq!(binds, 11, "the three flags twice, four prefixes and the limit");
+        assert!(all.contains("FROM users WHERE TRUE AND (search_email LIKE") && !all.contains("role ="), "{all}");
+        assert_eq!(binds, 5, "four prefixes and the limit");
         let (some, binds) = text(vec![Role::Anonymous, Role::Authenticated, Role::Manager]);
         assert!(some.contains("WHERE role = ANY($1) AND"), "{some}");
-        assert_eq!(binds, 12);
+        assert_eq!(binds, 6);
         let (none, _) = text(Vec::new());
         assert!(none.contains("WHERE role = ANY($1) AND"), "an empty list matches nothing: {none}");
     }

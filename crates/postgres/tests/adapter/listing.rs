@@ -261,48 +261,27 @@ async fn wildcards_quotes_and_backslashes_in_a_prefix_match_only_themselves() {
     assert_eq!(count(&database, "SELECT count(*) AS count FROM users").await, 12);
 }
 
-/// A statement kept prepared may be planned generically from its sixth run on a connection; the answers must not
-/// change when that happens, wildcards and escapes included.
+/// Postgres may switch a prepared statement to a generic plan for good, and a generic listing can walk the whole
+/// table for a rare prefix or flag: no listing, of any shape, may stay prepared on the connection.
 #[tokio::test]
-async fn a_search_repeated_on_one_connection_answers_the_same_whatever_its_plan() {
+async fn no_listing_is_kept_prepared_on_the_connection() {
     let database = TestDatabase::create().await;
     let repository = repository_with_connections(database.url(), 1).await;
     let ada = insert(&repository, "ada@example.com", "ada", Role::Authenticated, "Ada").await;
-    let under = insert(&repository, "a_b@example.com", "a-b", Role::Manager, "Under").await;
-    let bob = insert(&repository, "bob@example.com", "bob", Role::Authenticated, "Bob").await;
-    for _ in 0..8 {
-        assert_eq!(listed(&repository, search("a")).await, [ada.id, under.id]);
-        assert_eq!(listed(&repository, search("a_")).await, [under.id]);
-        assert_eq!(listed(&repository, search("b")).await, [bob.id]);
-        assert_eq!(listed(&repository, search("zed")).await, NO_ONE);
-        let managers = UserQuery { roles: vec![Role::Manager], ..search("a") };
-        assert_eq!(listed(&repository, managers).await, [under.id]);
-        let verified = UserQuery { email_verified: Some(true), is_locked: Some(false), ..everyone(10) };
-        assert_eq!(listed(&repository, verified).await, [ada.id, under.id, bob.id]);
+    let shapes = [
+        everyone(10),
+        search("ad"),
+        search("AD"),
+        UserQuery { is_locked: Some(false), ..search("ad") },
+        UserQuery { roles: vec![Role::Authenticated, Role::Manager], ..everyone(100) },
+        UserQuery { sort: UserSort::Email, ..search("ad") },
+    ];
+    for _ in 0..6 {
+        for query in &shapes {
+            assert_eq!(listed(&repository, query.clone()).await, [ada.id]);
+        }
     }
-}
-
-#[tokio::test]
-async fn only_listings_without_a_prefix_and_bare_searches_are_kept_prepared() {
-    let database = TestDatabase::create().await;
-    let repository = repository_with_connections(database.url(), 1).await;
-    let ada = insert(&repository, "ada@example.com", "ada", Role::Authenticated, "Ada").await;
-    for _ in 0..3 {
-        assert_eq!(listed(&repository, search("ad")).await, [ada.id]);
-        assert_eq!(listed(&repository, everyone(10)).await, [ada.id]);
-    }
-    let prepared = repository.prepared_listings().await.unwrap();
-    assert_eq!(prepared.len(), 2, "{prepared:#?}");
-    assert!(prepared.iter().all(|(_, runs)| *runs == 3), "{prepared:#?}");
-    assert!(prepared.iter().any(|(text, _)| text.contains("search_email LIKE $7 OR")), "{prepared:#?}");
-
-    // Searches that a generic plan could make walk the whole table run unprepared: no new statement, and none of
-    // the prepared ones ran again (a flagged search has the bare search's very text).
-    assert_eq!(listed(&repository, search("AD")).await, [ada.id]);
-    assert_eq!(listed(&repository, UserQuery { is_locked: Some(false), ..search("ad") }).await, [ada.id]);
-    let some_roles = UserQuery { roles: vec![Role::Authenticated, Role::Manager], ..search("ad") };
-    assert_eq!(listed(&repository, some_roles).await, [ada.id]);
-    assert_eq!(repository.prepared_listings().await.unwrap(), prepared);
+    assert_eq!(repository.prepared_listings().await.unwrap(), Vec::<String>::new());
 }
 
 #[tokio::test]
