@@ -52,4 +52,6 @@ pub use placement::ConnectionPlacement;
 pub use repository::{ConnectionPool, PgRepository, connection_pool};
 pub use setup::{PgConfig, PgSetupError, run_migrations};
 pub use signing_keys::StoredSigningKey;
+#[doc(hidden)]
+pub use users::{ListingsOnConnection, PreparedListing};
 pub use webhooks::{ClaimedDelivery, DeliveryOutcome};

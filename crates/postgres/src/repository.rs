@@ -1,4 +1,5 @@
-//! [`PgRepository`]: the pool every storage port of this adapter runs on.
+//! [`PgRepository`]: the pools every storage port of this adapter runs on: one for every statement but the user
+//! listing, and a small one for the listing (see `users/list.rs`).
 //!
 //! Every port method checks out one connection under the acquire timeout, runs its queries with bound parameters
 //! and translates errors at the boundary (see [`crate::errors`]), so callers see only domain types. The port
@@ -20,11 +21,15 @@ use crate::placement::ConnectionPlacement;
 use crate::setup::{PgConfig, PgSetupError};
 use crate::tls::Connector;
 
-/// The Postgres implementation of every storage port of the domain, on one connection pool. Cloning is cheap and
-/// shares the pool.
+/// The Postgres implementation of every storage port of the domain, on one connection pool, with a second small one
+/// for the user listing. Cloning is cheap and shares the pools.
 #[derive(Clone)]
 pub struct PgRepository {
     pool: Pool<AsyncPgConnection>,
+    /// Connections whose sessions plan every statement with its values (`plan_cache_mode = force_custom_plan`), for
+    /// the user listing alone: it is kept prepared there, and could not safely be anywhere else (see
+    /// `users/list.rs`). Every other statement keeps the default, where a statement on a key runs a plan made once.
+    listings: Pool<AsyncPgConnection>,
     acquire_timeout: Duration,
 }
 
@@ -35,14 +40,17 @@ impl fmt::Debug for PgRepository {
             .field("max_connections", &status.max_size)
             .field("open_connections", &status.size)
             .field("idle_connections", &status.available)
+            .field("listing_connections", &self.listings.status().max_size)
             .field("acquire_timeout", &self.acquire_timeout)
             .finish()
     }
 }
 
 impl PgRepository {
-    /// Builds the connection pool. Connections are opened lazily, on first use, so this succeeds while Postgres is
-    /// still starting; readiness is what [`UserStore::ping`](users_domain::ports::UserStore::ping) is for.
+    /// Builds the connection pools: `max_connections` for every statement but the user listing, and
+    /// `listing_connections` for the listing, whose sessions plan every execution with its values. Connections are
+    /// opened lazily, on first use, so this succeeds while Postgres is still starting; readiness is what
+    /// [`UserStore::ping`](users_domain::ports::UserStore::ping) is for.
     ///
     /// Every checkout is bounded by `acquire_timeout`, so requests fail as unavailable instead of hanging while
     /// Postgres is down. A connection is checked locally on every checkout, and with a round trip when it sat
@@ -51,7 +59,7 @@ impl PgRepository {
     ///
     /// # Errors
     /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
-    /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
+    /// connections in either pool or a zero timeout, [`PgSetupError::Pool`] when a pool cannot be built.
     pub async fn connect(config: &PgConfig) -> Result<Self, PgSetupError> {
         Self::connect_placed(config, ConnectionPlacement::new()).await
     }
@@ -62,7 +70,16 @@ impl PgRepository {
     /// # Errors
     /// As [`connect`](Self::connect).
     pub async fn connect_placed(config: &PgConfig, placement: ConnectionPlacement) -> Result<Self, PgSetupError> {
-        Ok(Self { pool: placed_pool(config, placement)?, acquire_timeout: config.acquire_timeout })
+        if config.listing_connections == 0 {
+            return Err(PgSetupError::InvalidConfig("listing_connections must be at least 1"));
+        }
+        let connector = Connector::from_url(&config.url)?;
+        let listing_connector = connector.with_setting(CUSTOM_PLANS);
+        Ok(Self {
+            pool: placed_pool(config, connector, config.max_connections, placement.clone())?,
+            listings: placed_pool(config, listing_connector, config.listing_connections, placement)?,
+            acquire_timeout: config.acquire_timeout,
+        })
     }
 
     /// Checks a connection out of the pool within the acquire timeout.
@@ -70,11 +87,29 @@ impl PgRepository {
     /// The pool's own timeouts apply per step (waiting for a slot, each recycle attempt, opening a connection);
     /// this outer bound makes the acquire timeout hold for the whole checkout, however many steps it takes.
     pub(crate) async fn connection(&self) -> Result<Object<AsyncPgConnection>, PortError> {
-        match tokio::time::timeout(self.acquire_timeout, self.pool.get()).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(error)) => Err(pool_error(error)),
-            Err(_elapsed) => Err(acquire_timed_out(self.acquire_timeout)),
-        }
+        checkout(&self.pool, self.acquire_timeout).await
+    }
+
+    /// Checks a connection out of the user listing's pool within the acquire timeout, as
+    /// [`connection`](Self::connection) does from the main one.
+    pub(crate) async fn listing_connection(&self) -> Result<Object<AsyncPgConnection>, PortError> {
+        checkout(&self.listings, self.acquire_timeout).await
+    }
+}
+
+/// The session setting of the user listing's connections: every execution of a prepared statement is planned with
+/// its values, never with a generic plan.
+const CUSTOM_PLANS: &str = "plan_cache_mode=force_custom_plan";
+
+/// A connection from `pool`, within `acquire_timeout` for the whole checkout.
+async fn checkout(
+    pool: &Pool<AsyncPgConnection>,
+    acquire_timeout: Duration,
+) -> Result<Object<AsyncPgConnection>, PortError> {
+    match tokio::time::timeout(acquire_timeout, pool.get()).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(pool_error(error)),
+        Err(_elapsed) => Err(acquire_timed_out(acquire_timeout)),
     }
 }
 
@@ -99,14 +134,20 @@ pub type ConnectionPool = Pool<AsyncPgConnection>;
 /// [`PgSetupError::InvalidUrl`] when the URL does not parse, [`PgSetupError::InvalidConfig`] for zero
 /// connections or a zero timeout, [`PgSetupError::Pool`] when the pool cannot be built.
 pub fn connection_pool(config: &PgConfig) -> Result<ConnectionPool, PgSetupError> {
-    placed_pool(config, ConnectionPlacement::new())
+    placed_pool(config, Connector::from_url(&config.url)?, config.max_connections, ConnectionPlacement::new())
 }
 
-/// The pool of [`connection_pool`], opening connections where `placement` says.
-fn placed_pool(config: &PgConfig, placement: ConnectionPlacement) -> Result<ConnectionPool, PgSetupError> {
+/// A pool of at most `size` connections opened by `connector` where `placement` says, with the checks and timeouts of
+/// `config`.
+fn placed_pool(
+    config: &PgConfig,
+    connector: Connector,
+    size: usize,
+    placement: ConnectionPlacement,
+) -> Result<ConnectionPool, PgSetupError> {
     // Parsed once: `sslmode`, the roots of `sslrootcert` and the driver's settings serve every connection.
-    let connector = Arc::new(Connector::from_url(&config.url)?);
-    if config.max_connections == 0 {
+    let connector = Arc::new(connector);
+    if size == 0 {
         return Err(PgSetupError::InvalidConfig("max_connections must be at least 1"));
     }
     if config.acquire_timeout.is_zero() {
@@ -136,7 +177,7 @@ fn placed_pool(config: &PgConfig, placement: ConnectionPlacement) -> Result<Conn
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(config.url.clone(), manager_config);
     Pool::builder(manager)
-        .max_size(config.max_connections)
+        .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.acquire_timeout))

@@ -18,8 +18,9 @@
 //!   user's update, or SQL assembled with `format!`).
 //! - After five executions Postgres may keep one generic plan for a prepared statement, made without the values.
 //!   That is what a statement on a key wants, but a generic user listing can walk the whole table for a rare
-//!   prefix or flag, so the listing is never kept prepared (see `users/list.rs`). The outbox's claim, run once per
-//!   dispatcher round, whose `LIMIT` a generic plan would guess, stays unprepared too.
+//!   prefix or flag, so the listing is kept prepared only on its own pool's connections, whose sessions plan every
+//!   execution with its values (see `users/list.rs`). The outbox's claim, run once per dispatcher round, whose
+//!   `LIMIT` a generic plan would guess, stays unprepared.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;

@@ -36,17 +36,23 @@ pub struct PgConfig {
     pub url: String,
     /// The most connections the pool opens at once.
     pub max_connections: usize,
+    /// The most connections the user listing's own pool opens at once, besides `max_connections`: listings run on
+    /// connections that plan every statement with its values (see `users/list.rs`), so they are kept apart, and a
+    /// flood of them waits for these without holding the connections every other request needs.
+    pub listing_connections: usize,
     /// How long a request waits for a connection before it fails as unavailable: waiting for a free slot,
     /// recycling and opening a connection all count against it.
     pub acquire_timeout: Duration,
 }
 
 impl Default for PgConfig {
-    /// The local development database (the `DATABASE_URL` default), 16 connections and a 3 s acquire timeout.
+    /// The local development database (the `DATABASE_URL` default), 16 connections, 4 more for user listings and a
+    /// 3 s acquire timeout.
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/user_management".to_owned(),
             max_connections: 16,
+            listing_connections: 4,
             acquire_timeout: Duration::from_secs(3),
         }
     }
@@ -58,6 +64,7 @@ impl fmt::Debug for PgConfig {
         f.debug_struct("PgConfig")
             .field("url", &redact(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("listing_connections", &self.listing_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .finish()
     }
@@ -144,10 +151,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_config_is_the_local_database_with_16_connections_and_3_seconds() {
+    fn the_default_config_is_the_local_database_with_16_and_4_connections_and_3_seconds() {
         let config = PgConfig::default();
         assert_eq!(config.url, "postgres://postgres@127.0.0.1:5432/user_management");
         assert_eq!(config.max_connections, 16);
+        assert_eq!(config.listing_connections, 4);
         assert_eq!(config.acquire_timeout, Duration::from_secs(3));
     }
 

@@ -243,6 +243,18 @@ impl Connector {
         Ok(Self { config, mode: split.mode, tls })
     }
 
+    /// This connector with `setting` (`name=value`) added to the session settings every connection starts with,
+    /// after any the connection string's `options` gives (a later setting of the same name wins).
+    pub(crate) fn with_setting(&self, setting: &str) -> Self {
+        let mut connector = self.clone();
+        let options = match self.config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} -c {setting}"),
+            _ => format!("-c {setting}"),
+        };
+        connector.config.options(&options);
+        connector
+    }
+
     /// Opens a connection, keeping the driver's whole error chain: diesel-async's own `establish` keeps only the
     /// outermost message ("error connecting to server"), which hides whether the server refused the connection,
     /// timed out, offered no TLS or presented a certificate that failed the check.
@@ -606,6 +618,17 @@ mod tests {
         let key_values = Connector::from_url("host=h connect_timeout=7").unwrap().config;
         assert_eq!(key_values.get_connect_timeout(), Some(&Duration::from_secs(7)));
         assert_eq!(key_values.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_session_setting_comes_after_the_options_the_connection_string_gives() {
+        let plain =
+            Connector::from_url("postgres://u@db/app").unwrap().with_setting("plan_cache_mode=force_custom_plan");
+        assert_eq!(plain.config.get_options(), Some("-c plan_cache_mode=force_custom_plan"));
+        let given = Connector::from_url("postgres://u@db/app?options=-c%20search_path%3Dx").unwrap();
+        let added = given.with_setting("plan_cache_mode=force_custom_plan");
+        assert_eq!(added.config.get_options(), Some("-c search_path=x -c plan_cache_mode=force_custom_plan"));
+        assert_eq!(given.config.get_options(), Some("-c search_path=x"), "the original is left as it was");
     }
 
     #[test]

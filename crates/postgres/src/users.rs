@@ -7,6 +7,9 @@
 mod list;
 mod update;
 
+#[doc(hidden)]
+pub use list::{ListingsOnConnection, PreparedListing};
+
 use std::sync::OnceLock;
 
 use diesel::dsl;

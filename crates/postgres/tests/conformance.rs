@@ -9,6 +9,11 @@ use users_testkit::TestDatabase;
 
 users_testkit::conformance_tests!(async {
     let database = TestDatabase::create().await;
-    let config = PgConfig { url: database.url(), max_connections: 4, acquire_timeout: Duration::from_secs(5) };
+    let config = PgConfig {
+        url: database.url(),
+        max_connections: 4,
+        listing_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+    };
     (PgRepository::connect(&config).await.unwrap(), database)
 });

@@ -1,25 +1,30 @@
 //! The filtered, keyset-paginated listing of users behind `GET /users`
 //! ([`UserStore::list_users`](users_domain::ports::UserStore::list_users)).
 //!
-//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter. It is
-//! built as a raw query on purpose: such a statement is never kept prepared on the connection, so Postgres plans it
-//! with the actual values every time. A prepared statement may be switched to a generic plan, made without the
-//! values, after its fifth run, and Postgres never reconsiders on that connection. A generic plan cannot use the
-//! prefix indexes (`LIKE $1` has no known prefix to scan for), nor pick between the sort's index and a filter's
-//! rows, and it was measured to go wrong at a million users: after five searches of prefixes that the planner
-//! misjudges, or of a page size of 100, a rare prefix walked the whole table (about 390 ms instead of 0.4), and after
-//! five listings of a role nobody has, a rare flag walked the whole email index (590 ms instead of 120). Parsing
-//! and planning each listing costs a fraction of a millisecond; that bound is worth it.
+//! The listing is one statement assembled from fixed SQL fragments with every value bound as a parameter, from a
+//! small set of texts: the flag filters are always written and fold away when unset, so only the role condition,
+//! the kind of prefix, the sort and the cursor change the text (48 texts at most).
+//!
+//! It runs on connections of its own (see [`PgRepository`]), whose sessions plan every execution of a prepared
+//! statement with its values (`plan_cache_mode = force_custom_plan`), and it is kept prepared there
+//! ([`Reused`](crate::reused::Reused)): parsed once per connection and text, planned every time. Under Postgres's
+//! default, a prepared statement may be switched to a generic plan, made without the values, after its fifth run,
+//! and Postgres never reconsiders on that connection. A generic plan cannot use the prefix indexes (`LIKE $1` has no
+//! known prefix to scan for), nor pick between the sort's index and a filter's rows, and it was measured to go wrong
+//! at a million users: after five searches of prefixes that the planner misjudges, or of a page size of 100, a rare
+//! prefix walked the whole table (about 390 ms instead of 0.4), and after five listings of a role nobody has, a rare
+//! flag walked the whole email index (590 ms instead of 120). The setting is the session's, so the main pool's
+//! statements on a key keep their plan made once.
 //!
 //! A prefix that needs no case mapping (ASCII without capitals, which the database's `lower()` leaves alone under
-//! any locale) is bound whole as the pattern, which spares Postgres parsing and folding `lower()` and `ESCAPE` four
-//! times; any other is lower-cased by that `lower()` in the statement, the database's one case mapping.
+//! any locale) is bound whole as the pattern, which spares Postgres folding `lower()` and `ESCAPE` four times; any
+//! other is lower-cased by that `lower()` in the statement, the database's one case mapping.
 
 use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, HasSqlType, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl as _;
 use users_domain::permissions::Role;
 use users_domain::ports::{PortError, UserCursor, UserQuery, UserSort};
@@ -27,6 +32,7 @@ use users_domain::user::User;
 
 use crate::errors::query_error;
 use crate::repository::PgRepository;
+use crate::reused::Reuse as _;
 use crate::rows::UserRow;
 
 /// The columns [`UserRow`] reads, in its order; `failed_login_count` is not part of a user.
@@ -48,11 +54,36 @@ struct PlanLine {
     line: String,
 }
 
-/// The text of a prepared statement.
+/// A user listing a connection keeps prepared, and how its executions were planned so far.
+#[doc(hidden)]
 #[derive(Debug, QueryableByName)]
-struct PreparedText {
+pub struct PreparedListing {
+    /// The statement's text.
     #[diesel(sql_type = Text)]
-    text: String,
+    pub text: String,
+    /// Executions that ran a generic plan, made without the values.
+    #[diesel(sql_type = BigInt)]
+    pub generic_plans: i64,
+    /// Executions planned with their values.
+    #[diesel(sql_type = BigInt)]
+    pub custom_plans: i64,
+}
+
+/// What one connection of a pool keeps prepared of the user listing, and how its session plans prepared statements.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ListingsOnConnection {
+    /// Its `plan_cache_mode`.
+    pub plan_cache_mode: String,
+    /// The user listings it keeps prepared.
+    pub prepared: Vec<PreparedListing>,
+}
+
+/// A setting's value.
+#[derive(Debug, QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    value: String,
 }
 
 /// A raw query under construction that numbers its own placeholders, so fragments and binds cannot get out of
@@ -120,14 +151,19 @@ fn list_statement(lead: &str, query: &UserQuery) -> Result<Statement, PortError>
         let roles: Vec<&'static str> = query.roles.iter().map(|role| role.as_str()).collect();
         statement.sql("role = ANY(").bind::<Array<Text>, _>(roles).sql(")")
     };
+    // Written whether set or not, so they do not multiply the statement's texts: planned with its values, an unset
+    // filter (`col = NULL OR NULL IS NULL`) folds to nothing and a set one to `col = value`.
     for (column, value) in [
         ("email_verified", query.email_verified),
         ("is_locked", query.is_locked),
         ("is_professional", query.is_professional),
     ] {
-        if let Some(value) = value {
-            statement = statement.sql(&format!(" AND {column} = ")).bind::<Bool, _>(value);
-        }
+        statement = statement
+            .sql(&format!(" AND ({column} = "))
+            .bind::<Nullable<Bool>, _>(value)
+            .sql(" OR ")
+            .bind::<Nullable<Bool>, _>(value)
+            .sql("::boolean IS NULL)");
     }
     // An empty prefix matches everyone, which is no filter at all.
     if let Some(prefix) = query.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
@@ -203,8 +239,8 @@ impl PgRepository {
     /// Lists one page of users (see [`users_domain::ports::UserStore::list_users`]).
     pub(crate) async fn list_users_page(&self, query: &UserQuery) -> Result<Vec<User>, PortError> {
         let statement = list_statement("", query)?;
-        let mut connection = self.connection().await?;
-        match statement.query.load::<UserRow>(&mut connection).await {
+        let mut connection = self.listing_connection().await?;
+        match statement.query.reused().load::<UserRow>(&mut connection).await {
             // A row the domain refuses is logged and left out, so one corrupt account cannot take the whole list
             // (and every page containing it) down with it.
             Ok(rows) => Ok(rows
@@ -230,28 +266,33 @@ impl PgRepository {
     #[doc(hidden)]
     pub async fn explain_list_users(&self, query: UserQuery) -> Result<String, PortError> {
         let statement = list_statement("EXPLAIN (FORMAT TEXT) ", &query)?;
-        let mut connection = self.connection().await?;
+        let mut connection = self.listing_connection().await?;
         match statement.query.load::<PlanLine>(&mut connection).await {
             Ok(lines) => Ok(lines.into_iter().map(|line| line.line).collect::<Vec<_>>().join("\n")),
             Err(error) => Err(query_error(error, &mut connection, "explaining a user listing")),
         }
     }
 
-    /// The user listings a connection of the pool keeps prepared (with a pool of one connection, the connection
-    /// every listing ran on), for the test that checks there are none.
+    /// What a connection of the listing's own pool (`listing_pool`) or of the main one keeps prepared of the user
+    /// listing, with its session's `plan_cache_mode`. With a pool of one connection, that is the connection every
+    /// listing ran on. For the tests that check listings are only ever planned with their values.
     ///
     /// # Errors
     /// [`PortError`] when storage fails.
     #[doc(hidden)]
-    pub async fn prepared_listings(&self) -> Result<Vec<String>, PortError> {
-        let mut connection = self.connection().await?;
-        let texts = diesel::sql_query(
-            "SELECT statement AS text FROM pg_prepared_statements WHERE starts_with(statement, 'SELECT id, email, ')",
+    pub async fn listings_on_connection(&self, listing_pool: bool) -> Result<ListingsOnConnection, PortError> {
+        let mut connection = if listing_pool { self.listing_connection().await? } else { self.connection().await? };
+        let mode = diesel::sql_query("SELECT current_setting('plan_cache_mode') AS value")
+            .get_result::<Setting>(&mut connection)
+            .await;
+        let prepared = diesel::sql_query(
+            "SELECT statement AS text, generic_plans, custom_plans FROM pg_prepared_statements \
+             WHERE starts_with(statement, 'SELECT id, email, ')",
         )
-        .load::<PreparedText>(&mut connection)
+        .load::<PreparedListing>(&mut connection)
         .await;
-        match texts {
-            Ok(rows) => Ok(rows.into_iter().map(|row| row.text).collect()),
+        match mode.and_then(|mode| prepared.map(|prepared| (mode, prepared))) {
+            Ok((mode, prepared)) => Ok(ListingsOnConnection { plan_cache_mode: mode.value, prepared }),
             Err(error) => Err(query_error(error, &mut connection, "reading the prepared listings")),
         }
     }
@@ -292,10 +333,10 @@ mod tests {
         let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
         let text = sql.split(" -- binds: ").next().unwrap();
         assert!(!text.contains("DROP") && !text.contains("'b"), "{text}");
-        assert!(text.contains("AND (lower(email), id) > (lower($8), $9)"), "{text}");
-        assert!(text.contains(r"OR search_last_name LIKE (lower($7) || '%') ESCAPE E'\\')"), "{text}");
-        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $10"), "{text}");
-        assert_eq!(statement.binds, 10);
+        assert!(text.contains("AND (lower(email), id) > (lower($12), $13)"), "{text}");
+        assert!(text.contains(r"OR search_last_name LIKE (lower($11) || '%') ESCAPE E'\\')"), "{text}");
+        assert!(text.ends_with("ORDER BY lower(email), id LIMIT $14"), "{text}");
+        assert_eq!(statement.binds, 14);
     }
 
     #[test]
@@ -303,10 +344,23 @@ mod tests {
         let statement = list_statement("", &filtered("o'b%")).unwrap();
         let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
         let (text, binds) = sql.split_once(" -- binds: ").unwrap();
-        assert!(text.contains("AND (search_email LIKE $4 OR search_nickname LIKE $5"), "{text}");
-        assert!(text.contains("OR search_last_name LIKE $7) AND (lower(email), id)") && !text.contains("ESCAPE"));
+        assert!(text.contains("AND (search_email LIKE $8 OR search_nickname LIKE $9"), "{text}");
+        assert!(text.contains("OR search_last_name LIKE $11) AND (lower(email), id)") && !text.contains("ESCAPE"));
         assert!(binds.contains(r#""o'b\\%%", "o'b\\%%""#), "escaped, then the wildcard: {binds}");
-        assert_eq!(statement.binds, 10);
+        assert_eq!(statement.binds, 14);
+    }
+
+    #[test]
+    fn the_flag_filters_are_written_whether_set_or_not() {
+        let unset = UserQuery { email_verified: None, is_professional: None, ..filtered("ada") };
+        let texts = [filtered("ada"), unset].map(|query| {
+            let statement = list_statement("", &query).unwrap();
+            let sql = diesel::debug_query::<Pg, _>(&statement.query).to_string();
+            (sql.split(" -- binds: ").next().unwrap().to_owned(), statement.binds)
+        });
+        assert_eq!(texts[0], texts[1], "one text whichever flags are set");
+        assert!(texts[0].0.contains("AND (email_verified = $2 OR $3::boolean IS NULL)"), "{}", texts[0].0);
+        assert!(texts[0].0.contains("AND (is_professional = $6 OR $7::boolean IS NULL)"), "{}", texts[0].0);
     }
 
     #[test]
@@ -336,11 +390,11 @@ mod tests {
             (diesel::debug_query::<Pg, _>(&statement.query).to_string(), statement.binds)
         };
         let (all, binds) = text(Role::ALL.into_iter().rev().collect());
-        assert!(all.contains("FROM users WHERE TRUE AND (search_email LIKE") && !all.contains("role ="), "{all}");
-        assert_eq!(binds, 5, "four prefixes and the limit");
+        assert!(all.contains("FROM users WHERE TRUE AND (email_verified =") && !all.contains("role ="), "{all}");
+        assert_eq!(binds, 11, "three flags twice, four prefixes and the limit");
         let (some, binds) = text(vec![Role::Anonymous, Role::Authenticated, Role::Manager]);
         assert!(some.contains("WHERE role = ANY($1) AND"), "{some}");
-        assert_eq!(binds, 6);
+        assert_eq!(binds, 12);
         let (none, _) = text(Vec::new());
         assert!(none.contains("WHERE role = ANY($1) AND"), "an empty list matches nothing: {none}");
     }

@@ -35,7 +35,8 @@ async fn a_server_that_never_answers_is_unavailable_within_the_acquire_timeout()
     // The kernel completes the TCP handshake for this listener, but nothing ever reads or answers: a hung server.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("postgres://postgres@{}/postgres", silent.local_addr().unwrap());
-    let config = PgConfig { url, max_connections: 2, acquire_timeout: Duration::from_millis(500) };
+    let config =
+        PgConfig { url, max_connections: 2, listing_connections: 1, acquire_timeout: Duration::from_millis(500) };
     let repository = PgRepository::connect(&config).await.unwrap();
     let started = Instant::now();
 
@@ -109,6 +110,8 @@ async fn connect_refuses_an_unparsable_url_at_once() {
 async fn connect_refuses_a_pool_without_connections_or_without_a_timeout() {
     let no_connections = PgConfig { max_connections: 0, ..PgConfig::default() };
     assert!(matches!(PgRepository::connect(&no_connections).await, Err(PgSetupError::InvalidConfig(_))));
+    let no_listing_connections = PgConfig { listing_connections: 0, ..PgConfig::default() };
+    assert!(matches!(PgRepository::connect(&no_listing_connections).await, Err(PgSetupError::InvalidConfig(_))));
     let no_timeout = PgConfig { acquire_timeout: Duration::ZERO, ..PgConfig::default() };
     assert!(matches!(PgRepository::connect(&no_timeout).await, Err(PgSetupError::InvalidConfig(_))));
 }

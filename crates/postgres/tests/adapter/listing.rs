@@ -262,10 +262,12 @@ async fn wildcards_quotes_and_backslashes_in_a_prefix_match_only_themselves() {
 }
 
 /// Postgres may switch a prepared statement to a generic plan for good, and a generic listing can walk the whole
-/// table for a rare prefix or flag: no listing, of any shape, may stay prepared on the connection.
+/// table for a rare prefix or flag: listings are kept prepared only on the listing's own connections, whose sessions
+/// plan every execution with its values, and never on the main pool's, whose sessions keep Postgres's default.
 #[tokio::test]
-async fn no_listing_is_kept_prepared_on_the_connection() {
+async fn listings_are_kept_prepared_only_where_every_execution_is_planned_with_its_values() {
     let database = TestDatabase::create().await;
+    // One connection in each pool: every listing runs on the same one.
     let repository = repository_with_connections(database.url(), 1).await;
     let ada = insert(&repository, "ada@example.com", "ada", Role::Authenticated, "Ada").await;
     let shapes = [
@@ -281,7 +283,36 @@ async fn no_listing_is_kept_prepared_on_the_connection() {
             assert_eq!(listed(&repository, query.clone()).await, [ada.id]);
         }
     }
-    assert_eq!(repository.prepared_listings().await.unwrap(), Vec::<String>::new());
+
+    let listing = repository.listings_on_connection(true).await.unwrap();
+    assert_eq!(listing.plan_cache_mode, "force_custom_plan");
+    // The filtered search shares its text with the plain one: a flag is written whether set or not.
+    assert_eq!(listing.prepared.len(), 5, "{:#?}", listing.prepared);
+    for prepared in &listing.prepared {
+        assert_eq!(prepared.generic_plans, 0, "{prepared:#?}");
+    }
+    let planned: i64 = listing.prepared.iter().map(|prepared| prepared.custom_plans).sum();
+    assert_eq!(planned, 36, "every execution planned with its values: {:#?}", listing.prepared);
+
+    let main = repository.listings_on_connection(false).await.unwrap();
+    assert_eq!(main.plan_cache_mode, "auto", "the statements on a key keep their plan made once");
+    assert!(main.prepared.is_empty(), "{:#?}", main.prepared);
+}
+
+/// A listing whose flag filter is unset folds it away, and one that sets it uses it: the same text gives both.
+#[tokio::test]
+async fn a_flag_filter_written_but_unset_filters_nothing() {
+    let database = TestDatabase::create().await;
+    let repository = repository_with_connections(database.url(), 1).await;
+    let verified = insert(&repository, "ver@example.com", "ver", Role::Authenticated, "Ver").await;
+    let unverified = insert(&repository, "unv@example.com", "unv", Role::Anonymous, "Unv").await;
+    for _ in 0..6 {
+        assert_eq!(listed_set(&repository, everyone(10)).await, ids([&verified, &unverified]));
+        let only_verified = UserQuery { email_verified: Some(true), ..everyone(10) };
+        assert_eq!(listed(&repository, only_verified).await, [verified.id]);
+        let only_unverified = UserQuery { email_verified: Some(false), ..everyone(10) };
+        assert_eq!(listed(&repository, only_unverified).await, [unverified.id]);
+    }
 }
 
 #[tokio::test]

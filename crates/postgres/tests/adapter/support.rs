@@ -25,7 +25,7 @@ pub async fn repository_at(url: String) -> PgRepository {
 
 /// A repository on `url` with room for `max_connections` queries at once, for tests that race them.
 pub async fn repository_with_connections(url: String, max_connections: usize) -> PgRepository {
-    let config = PgConfig { url, max_connections, acquire_timeout: Duration::from_secs(1) };
+    let config = PgConfig { url, max_connections, listing_connections: 1, acquire_timeout: Duration::from_secs(1) };
     PgRepository::connect(&config).await.unwrap()
 }
 
