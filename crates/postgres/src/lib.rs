@@ -1,6 +1,6 @@
 //! The Postgres adapter of user-management.
 //!
-//! [`PgRepository`], one struct around a deadpool pool of diesel-async connections, implements every storage port
+//! [`PgRepository`], one struct around deadpool pools of diesel-async connections, implements every storage port
 //! of the domain: [`UserStore`](users_domain::ports::UserStore), [`SessionStore`](users_domain::ports::SessionStore),
 //! [`EmailTokenStore`](users_domain::ports::EmailTokenStore), [`LoginThrottle`](users_domain::ports::LoginThrottle),
 //! [`MailOutbox`](users_domain::ports::MailOutbox), [`AccountRequests`](users_domain::ports::AccountRequests),
@@ -13,7 +13,7 @@
 //! ([`run_migrations`]). Every connection, the pool's and the migrations', honours the connection string's `sslmode`
 //! and `sslrootcert` with a rustls connector (`tls`).
 //!
-//! [`connection_pool`] hands out the pool itself, built as [`PgRepository`] builds it, for the bench's ceiling
+//! [`connection_pool`] hands out the main pool itself, built as [`PgRepository`] builds it, for the bench's ceiling
 //! (`xtask/baseline`), which must read over the very same connections; the service never uses it.
 //!
 //! The adapter decides nothing. The domain works out every value of a change (roles, which tokens die, which

@@ -74,7 +74,7 @@ impl PgRepository {
             return Err(PgSetupError::InvalidConfig("listing_connections must be at least 1"));
         }
         let connector = Connector::from_url(&config.url)?;
-        let listing_connector = connector.with_setting(CUSTOM_PLANS);
+        let listing_connector = connector.with_setting(CUSTOM_PLANS.0, CUSTOM_PLANS.1);
         Ok(Self {
             pool: placed_pool(config, connector, config.max_connections, placement.clone())?,
             listings: placed_pool(config, listing_connector, config.listing_connections, placement)?,
@@ -98,8 +98,8 @@ impl PgRepository {
 }
 
 /// The session setting of the user listing's connections: every execution of a prepared statement is planned with
-/// its values, never with a generic plan.
-const CUSTOM_PLANS: &str = "plan_cache_mode=force_custom_plan";
+/// its values, never with a generic plan. A connection whose session does not report it is refused.
+const CUSTOM_PLANS: (&str, &str) = ("plan_cache_mode", "force_custom_plan");
 
 /// A connection from `pool`, within `acquire_timeout` for the whole checkout.
 async fn checkout(
@@ -122,7 +122,7 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pool of diesel-async connections [`PgRepository`] runs on.
 pub type ConnectionPool = Pool<AsyncPgConnection>;
 
-/// Builds the pool exactly as [`PgRepository::connect`] does: at most `max_connections` connections honouring the
+/// Builds the main pool exactly as [`PgRepository::connect`] does: at most `max_connections` connections honouring the
 /// URL's `sslmode`, opened lazily, one idle for [`VERIFY_AFTER_IDLE`] or longer verified with a round trip before
 /// reuse, and every step of a checkout bounded by `acquire_timeout`.
 ///

@@ -29,8 +29,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use diesel::QueryableByName;
 use diesel::result::{ConnectionError, ConnectionResult};
-use diesel_async::AsyncPgConnection;
+use diesel::sql_types::Text;
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -214,6 +216,9 @@ pub(crate) struct Connector {
     config: tokio_postgres::Config,
     mode: SslMode,
     tls: RustlsConnect,
+    /// The session settings (name, value) a new connection must report before it is used (see
+    /// [`with_setting`](Self::with_setting)).
+    required: Vec<(&'static str, &'static str)>,
 }
 
 impl fmt::Debug for Connector {
@@ -240,18 +245,22 @@ impl Connector {
         });
         apply_network_defaults(&mut config, &split.kept_keys);
         let tls = RustlsConnect { config: Arc::new(client_config(split.mode, split.root.as_ref())?) };
-        Ok(Self { config, mode: split.mode, tls })
+        Ok(Self { config, mode: split.mode, tls, required: Vec::new() })
     }
 
-    /// This connector with `setting` (`name=value`) added to the session settings every connection starts with,
-    /// after any the connection string's `options` gives (a later setting of the same name wins).
-    pub(crate) fn with_setting(&self, setting: &str) -> Self {
+    /// This connector with the session setting `name` = `value` added to the start-up options of every connection,
+    /// after any the connection string's `options` gives (a later setting of the same name wins). A new connection
+    /// whose session does not then report that value is refused: a pooler in front of Postgres may drop start-up
+    /// options.
+    pub(crate) fn with_setting(&self, name: &'static str, value: &'static str) -> Self {
         let mut connector = self.clone();
+        let setting = format!("-c {name}={value}");
         let options = match self.config.get_options() {
-            Some(given) if !given.trim().is_empty() => format!("{given} -c {setting}"),
-            _ => format!("-c {setting}"),
+            Some(given) if !given.trim().is_empty() => format!("{given} {setting}"),
+            _ => setting,
         };
         connector.config.options(&options);
+        connector.required.push((name, value));
         connector
     }
 
@@ -264,7 +273,35 @@ impl Connector {
             .connect(self.tls.clone())
             .await
             .map_err(|error| ConnectionError::BadConnection(error_chain(&error)))?;
-        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        let mut connection = AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
+        for &(name, value) in &self.required {
+            check_setting(&mut connection, name, value).await?;
+        }
+        Ok(connection)
+    }
+}
+
+/// A setting's value, as `current_setting` reports it.
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+/// Refuses `connection` unless its session reports `value` for the setting `name`.
+async fn check_setting(connection: &mut AsyncPgConnection, name: &str, value: &str) -> ConnectionResult<()> {
+    let shown = diesel::sql_query("SELECT current_setting($1) AS value")
+        .bind::<Text, _>(name)
+        .get_result::<Setting>(connection)
+        .await
+        .map_err(|error| ConnectionError::BadConnection(format!("could not read the session's {name}: {error}")))?;
+    if shown.value == value {
+        Ok(())
+    } else {
+        Err(ConnectionError::BadConnection(format!(
+            "the session's {name} is {}, not the {value} its start-up options set (does a pooler drop them?)",
+            shown.value
+        )))
     }
 }
 
@@ -623,12 +660,29 @@ mod tests {
     #[test]
     fn a_session_setting_comes_after_the_options_the_connection_string_gives() {
         let plain =
-            Connector::from_url("postgres://u@db/app").unwrap().with_setting("plan_cache_mode=force_custom_plan");
+            Connector::from_url("postgres://u@db/app").unwrap().with_setting("plan_cache_mode", "force_custom_plan");
         assert_eq!(plain.config.get_options(), Some("-c plan_cache_mode=force_custom_plan"));
         let given = Connector::from_url("postgres://u@db/app?options=-c%20search_path%3Dx").unwrap();
-        let added = given.with_setting("plan_cache_mode=force_custom_plan");
+        let added = given.with_setting("plan_cache_mode", "force_custom_plan");
         assert_eq!(added.config.get_options(), Some("-c search_path=x -c plan_cache_mode=force_custom_plan"));
         assert_eq!(given.config.get_options(), Some("-c search_path=x"), "the original is left as it was");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_session_lacks_a_required_setting_is_refused() {
+        let database = users_testkit::TestDatabase::create().await;
+        let connector = Connector::from_url(&database.url()).unwrap();
+        connector.with_setting("plan_cache_mode", "force_custom_plan").connect().await.unwrap();
+        // What a pooler that drops the start-up options leaves: the requirement without the option.
+        let mut dropped = connector.clone();
+        dropped.required.push(("plan_cache_mode", "force_custom_plan"));
+        match dropped.connect().await {
+            Err(ConnectionError::BadConnection(message)) => {
+                assert!(message.contains("plan_cache_mode is auto, not the force_custom_plan"), "{message}");
+            }
+            Err(error) => panic!("refused for another reason: {error}"),
+            Ok(_) => panic!("a session without the setting was accepted"),
+        }
     }
 
     #[test]
