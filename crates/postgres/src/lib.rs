@@ -10,7 +10,7 @@
 //! [`PgRepository::purge`] is housekeeping: deleting what nothing needs any more, one instance at a time. Outside
 //! the domain's ports, it keeps the signing keys of access tokens ([`StoredSigningKey`]), so that every instance on
 //! one database signs and verifies with the same keys. It also owns the embedded migrations of `migrations/`
-//! ([`run_migrations`]). Every connection, the pool's and the migrations', honours the connection string's `sslmode`
+//! ([`run_migrations`]). Every connection, the pools' and the migrations', honours the connection string's `sslmode`
 //! and `sslrootcert` with a rustls connector (`tls`).
 //!
 //! [`connection_pool`] hands out the main pool itself, built as [`PgRepository`] builds it, for the bench's ceiling

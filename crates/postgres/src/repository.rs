@@ -119,7 +119,7 @@ pub const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How long the round trip that proves an idle connection alive may take before the connection is given up.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The pool of diesel-async connections [`PgRepository`] runs on.
+/// A pool of diesel-async connections, as the main one [`PgRepository`] runs on.
 pub type ConnectionPool = Pool<AsyncPgConnection>;
 
 /// Builds the main pool exactly as [`PgRepository::connect`] does: at most `max_connections` connections honouring the

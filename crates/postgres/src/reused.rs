@@ -13,9 +13,10 @@
 //!
 //! - The cache keeps every text it has seen for the life of the connection, so only queries whose texts come from a
 //!   small fixed set: a fixed statement, or a single-row insert whose optional columns each give one of two texts
-//!   (`DEFAULT` or a placeholder; five optional columns at most, so 32 texts). Never a statement whose text grows
-//!   with its input (a batch insert of any number of rows, a changeset of any combination of fields, such as a
-//!   user's update, or SQL assembled with `format!`).
+//!   (`DEFAULT` or a placeholder; five optional columns at most, so 32 texts), or the user listing, assembled from
+//!   fixed fragments into 48 texts at most whatever its input. Never a statement whose text grows with its input (a
+//!   batch insert of any number of rows, a changeset of any combination of fields, such as a user's update, or SQL
+//!   with values written into its text).
 //! - After five executions Postgres may keep one generic plan for a prepared statement, made without the values.
 //!   That is what a statement on a key wants, but a generic user listing can walk the whole table for a rare
 //!   prefix or flag, so the listing is kept prepared only on its own pool's connections, whose sessions plan every

@@ -34,7 +34,7 @@ pub struct PgConfig {
     /// `prefer` (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` are read as libpq reads
     /// them; see the `tls` module.
     pub url: String,
-    /// The most connections the pool opens at once.
+    /// The most connections the main pool (every statement but the user listing) opens at once.
     pub max_connections: usize,
     /// The most connections the user listing's own pool opens at once, besides `max_connections`: listings run on
     /// connections that plan every statement with its values (see `users/list.rs`), so they are kept apart, and a
