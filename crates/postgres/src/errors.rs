@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
+use diesel::connection::CacheSize;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::PoolError as ConnectionPoolError;
 use diesel_async::pooled_connection::PoolableConnection as _;
 use diesel_async::pooled_connection::deadpool::PoolError;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use users_domain::ports::{InsertUserError, PortError};
 
 /// The unique index behind [`InsertUserError::EmailTaken`] and
@@ -49,20 +50,22 @@ pub(crate) fn acquire_timed_out(timeout: Duration) -> PortError {
 /// What Postgres answers (SQLSTATE 0A000) when a statement prepared on a connection would now return other column
 /// types, after a migration changed the type of a column it reads: that statement fails on that connection every
 /// time from then on, and diesel-async keeps it in its cache. The driver hands over the message, not the code, so it
-/// is recognised in English, Postgres's default `lc_messages`; under a translation the connection keeps failing that
-/// statement until it ends.
+/// is recognised in English only (`lc_messages` of `C` or an English locale); under a translation the connection
+/// keeps failing that statement, as a 500, until it ends.
 const STALE_STATEMENT: &str = "cached plan must not change result type";
 
 /// Translates a failed query. `connection` is the connection it ran on: when the query left it broken (closed by
 /// the server, or with a transaction that could not be closed), the database is treated as unreachable even if
 /// the error itself does not say so, such as a server shutdown that interrupts a query in flight.
 ///
-/// A statement the connection keeps prepared that went stale ([`STALE_STATEMENT`]) breaks the connection on
-/// purpose: the pool drops it instead of handing it out again, and the request is answered as unavailable, to be
-/// retried on a fresh connection, rather than every later request on that connection failing until a restart.
+/// A statement the connection keeps prepared that went stale ([`STALE_STATEMENT`]) makes the connection forget
+/// every statement it keeps prepared (closing them on the server), so the next request on it prepares them afresh
+/// against the new column types; this request is answered as unavailable, to be retried, rather than every later
+/// request on that connection failing until a restart.
 pub(crate) fn query_error(error: DieselError, connection: &mut AsyncPgConnection, context: &'static str) -> PortError {
     if is_stale_statement(&error) {
-        discard(connection);
+        forget_prepared_statements(connection);
+        return PortError::Unavailable(anyhow::Error::new(error).context(context));
     }
     classify(error, connection.is_broken(), context)
 }
@@ -72,11 +75,11 @@ fn is_stale_statement(error: &DieselError) -> bool {
     matches!(error, DieselError::DatabaseError(_, info) if info.message() == STALE_STATEMENT)
 }
 
-/// Marks `connection` broken, as diesel-async itself does after a failed `COMMIT` or `ROLLBACK`: the pool's check on
-/// its return ([`is_broken`](diesel_async::pooled_connection::PoolableConnection::is_broken)) then drops it.
-fn discard(connection: &mut AsyncPgConnection) {
-    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(connection)
-        .set_in_error();
+/// Empties `connection`'s cache of prepared statements: replacing the cache drops every statement it held, and the
+/// driver closes each on the server as it is dropped. The cache then keeps statements again, as it did.
+fn forget_prepared_statements(connection: &mut AsyncPgConnection) {
+    connection.set_prepared_statement_cache_size(CacheSize::Disabled);
+    connection.set_prepared_statement_cache_size(CacheSize::Unbounded);
 }
 
 fn classify(error: DieselError, connection_broken: bool, context: &'static str) -> PortError {

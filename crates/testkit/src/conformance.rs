@@ -328,7 +328,8 @@ fn ids(users: &[User]) -> Vec<UserId> {
     users.iter().map(|user| user.id).collect()
 }
 
-fn query(sort: UserSort, limit: u32) -> UserQuery {
+/// A first page of everyone, in `sort` order, `limit` at most.
+pub fn query(sort: UserSort, limit: u32) -> UserQuery {
     UserQuery {
         limit,
         sort,

@@ -8,7 +8,7 @@ use users_domain::user::{PersonName, User, UserId};
 use users_postgres::PgRepository;
 use users_testkit::TestDatabase;
 
-use crate::support::{account, count, execute, new_user, repository, repository_with_connections};
+use crate::support::{account, count, everyone, execute, new_user, repository, repository_with_connections};
 
 /// The listing of nobody.
 const NO_ONE: [UserId; 0] = [];
@@ -23,20 +23,6 @@ const PREFIX_INDEXES: [&str; 4] = [
     "users_first_name_prefix_idx",
     "users_last_name_prefix_idx",
 ];
-
-/// A first page of everyone, oldest first.
-fn everyone(limit: u32) -> UserQuery {
-    UserQuery {
-        limit,
-        sort: UserSort::CreatedAt,
-        after: None,
-        prefix: None,
-        roles: Role::ALL.to_vec(),
-        email_verified: None,
-        is_locked: None,
-        is_professional: None,
-    }
-}
 
 /// A first page, 100 at most, of everyone whose email, nickname or name starts with `prefix`.
 fn search(prefix: &str) -> UserQuery {

@@ -12,7 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use users_domain::permissions::Role;
-use users_domain::ports::{EmailTokenPurpose, NewAccount, NewEmailToken, OutgoingMail, UserStore as _, UserUpdate};
+use users_domain::ports::{
+    EmailTokenPurpose, NewAccount, NewEmailToken, OutgoingMail, UserQuery, UserSort, UserStore as _, UserUpdate,
+};
 use users_domain::session::{NewSession, RefreshToken, SessionId, TokenHash};
 use users_domain::user::{EmailAddress, NewUser, Nickname, PasswordHash, PersonName, User, UserId};
 use users_postgres::{PgConfig, PgRepository};
@@ -27,6 +29,11 @@ pub async fn repository_at(url: String) -> PgRepository {
 pub async fn repository_with_connections(url: String, max_connections: usize) -> PgRepository {
     let config = PgConfig { url, max_connections, listing_connections: 1, acquire_timeout: Duration::from_secs(1) };
     PgRepository::connect(&config).await.unwrap()
+}
+
+/// A first page of everyone, oldest first.
+pub fn everyone(limit: u32) -> UserQuery {
+    users_testkit::conformance::query(UserSort::CreatedAt, limit)
 }
 
 /// A repository on a test database.
