@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use diesel::QueryableByName;
-use diesel::result::{ConnectionError, ConnectionResult};
+use diesel::result::{ConnectionError, ConnectionResult, QueryResult};
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use rustls::client::WebPkiServerVerifier;
@@ -288,19 +288,25 @@ struct Setting {
     value: String,
 }
 
-/// Refuses `connection` unless its session reports `value` for the setting `name`.
-async fn check_setting(connection: &mut AsyncPgConnection, name: &str, value: &str) -> ConnectionResult<()> {
+/// The value `connection`'s session reports for the setting `name`.
+pub(crate) async fn session_setting(connection: &mut AsyncPgConnection, name: &str) -> QueryResult<String> {
     let shown = diesel::sql_query("SELECT current_setting($1) AS value")
         .bind::<Text, _>(name)
         .get_result::<Setting>(connection)
+        .await?;
+    Ok(shown.value)
+}
+
+/// Refuses `connection` unless its session reports `value` for the setting `name`.
+async fn check_setting(connection: &mut AsyncPgConnection, name: &str, value: &str) -> ConnectionResult<()> {
+    let shown = session_setting(connection, name)
         .await
         .map_err(|error| ConnectionError::BadConnection(format!("could not read the session's {name}: {error}")))?;
-    if shown.value == value {
+    if shown == value {
         Ok(())
     } else {
         Err(ConnectionError::BadConnection(format!(
-            "the session's {name} is {}, not the {value} its start-up options set (does a pooler drop them?)",
-            shown.value
+            "the session's {name} is {shown}, not the {value} its start-up options set (does a pooler drop them?)"
         )))
     }
 }

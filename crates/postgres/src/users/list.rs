@@ -34,6 +34,7 @@ use crate::errors::query_error;
 use crate::repository::PgRepository;
 use crate::reused::Reuse as _;
 use crate::rows::UserRow;
+use crate::tls::session_setting;
 
 /// The columns [`UserRow`] reads, in its order; `failed_login_count` is not part of a user.
 const USER_COLUMNS: &str = "id, email, nickname, first_name, last_name, bio, profile_picture_id, \
@@ -77,13 +78,6 @@ pub struct ListingsOnConnection {
     pub plan_cache_mode: String,
     /// The user listings it keeps prepared.
     pub prepared: Vec<PreparedListing>,
-}
-
-/// A setting's value.
-#[derive(Debug, QueryableByName)]
-struct Setting {
-    #[diesel(sql_type = Text)]
-    value: String,
 }
 
 /// A raw query under construction that numbers its own placeholders, so fragments and binds cannot get out of
@@ -282,9 +276,7 @@ impl PgRepository {
     #[doc(hidden)]
     pub async fn listings_on_connection(&self, listing_pool: bool) -> Result<ListingsOnConnection, PortError> {
         let mut connection = if listing_pool { self.listing_connection().await? } else { self.connection().await? };
-        let mode = diesel::sql_query("SELECT current_setting('plan_cache_mode') AS value")
-            .get_result::<Setting>(&mut connection)
-            .await;
+        let mode = session_setting(&mut connection, "plan_cache_mode").await;
         let prepared = diesel::sql_query(
             "SELECT statement AS text, generic_plans, custom_plans FROM pg_prepared_statements \
              WHERE starts_with(statement, 'SELECT id, email, ')",
@@ -292,7 +284,7 @@ impl PgRepository {
         .load::<PreparedListing>(&mut connection)
         .await;
         match mode.and_then(|mode| prepared.map(|prepared| (mode, prepared))) {
-            Ok((mode, prepared)) => Ok(ListingsOnConnection { plan_cache_mode: mode.value, prepared }),
+            Ok((plan_cache_mode, prepared)) => Ok(ListingsOnConnection { plan_cache_mode, prepared }),
             Err(error) => Err(query_error(error, &mut connection, "reading the prepared listings")),
         }
     }

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, SimpleAsyncConnection as _};
+
 use users_domain::ports::{InsertUserError, PortError, UserStore as _, UserUpdate};
 use users_domain::user::{Bio, UserId};
 use users_postgres::{PgConfig, PgRepository, PgSetupError};
@@ -158,4 +160,32 @@ async fn a_prepared_statement_whose_result_type_changed_costs_one_request() {
         repository.update_user(update()).await.unwrap();
         assert_eq!(repository.list_users(everyone.clone()).await.unwrap().len(), 1);
     }
+}
+
+/// Listings run on connections of their own: one stuck in Postgres does not hold a connection every other request
+/// needs. With one connection in each pool, a listing waits on a lock while a statement on the main pool runs.
+#[tokio::test]
+async fn a_stuck_listing_holds_none_of_the_main_pools_connections() {
+    let database = TestDatabase::create().await;
+    let repository = repository_with_connections(database.url(), 1).await;
+    insert(&repository, "ada@example.com", "ada").await;
+    let mut holder = AsyncPgConnection::establish(&database.url()).await.unwrap();
+    holder.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").await.unwrap();
+
+    let listing = tokio::spawn({
+        let repository = repository.clone();
+        async move { repository.list_users(everyone(10)).await }
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let waiting = "SELECT count(*) AS count FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    while count(&database, waiting).await == 0 {
+        assert!(Instant::now() < deadline, "the listing never reached the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    repository.ping().await.unwrap();
+    assert!(!listing.is_finished(), "the listing was to wait for the lock");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(listing.await.unwrap().unwrap().len(), 1);
 }
