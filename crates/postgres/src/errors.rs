@@ -30,9 +30,14 @@ pub(crate) fn pool_error(error: PoolError) -> PortError {
         // A connection that cannot be established is an unreachable database whatever the reason: refused,
         // reset, the server starting up or shutting down, too many clients, or credentials that stopped working.
         // Each clears up, if at all, outside this process, so retrying later is the right answer for all of them.
-        PoolError::Timeout(_) | PoolError::Closed | PoolError::Backend(ConnectionPoolError::ConnectionError(_)) => {
+        PoolError::Timeout(_) | PoolError::Closed => {
             PortError::Unavailable(anyhow::Error::new(error).context("no database connection available"))
         }
+        // The connection's own error, not the pool's wrapper: that one repeats its source in its message, so a log
+        // line of the chain would say why twice.
+        PoolError::Backend(ConnectionPoolError::ConnectionError(connection)) => PortError::Unavailable(
+            anyhow::Error::new(connection).context("no database connection available: opening one failed"),
+        ),
         PoolError::Backend(ConnectionPoolError::QueryError(query_error)) => {
             classify(query_error, false, "checking a database connection out of the pool")
         }

@@ -95,6 +95,17 @@ impl PgRepository {
     pub(crate) async fn listing_connection(&self) -> Result<Object<AsyncPgConnection>, PortError> {
         checkout(&self.listings, self.acquire_timeout).await
     }
+
+    /// Checks out a connection of the user listing's pool, opening one if none is open: a session that does not
+    /// report `plan_cache_mode = force_custom_plan` is refused there, as on every listing connection. For start-up,
+    /// so that a pooler that drops start-up options is reported before the first request rather than by every
+    /// `GET /users` answering 503 while the rest of the service works.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when no listing connection can be had, with the reason.
+    pub async fn check_listing_connection(&self) -> Result<(), PortError> {
+        self.listing_connection().await.map(drop)
+    }
 }
 
 /// The session setting of the user listing's connections: every execution of a prepared statement is planned with
@@ -206,4 +217,38 @@ fn placed_pool(
         }))
         .build()
         .map_err(|error| PgSetupError::Pool(Box::new(error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository on `database` whose listing connections lack the start-up option their sessions are checked
+    /// for, as behind a pooler that drops start-up options.
+    fn behind_a_dropping_pooler(url: &str) -> PgRepository {
+        let config = PgConfig { url: url.to_owned(), listing_connections: 1, ..PgConfig::default() };
+        let connector = Connector::from_url(url).unwrap();
+        let dropping = connector.requiring_without_asking(CUSTOM_PLANS.0, CUSTOM_PLANS.1);
+        PgRepository {
+            pool: placed_pool(&config, connector, 1, ConnectionPlacement::new()).unwrap(),
+            listings: placed_pool(&config, dropping, 1, ConnectionPlacement::new()).unwrap(),
+            acquire_timeout: config.acquire_timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_start_up_check_refuses_listing_sessions_that_do_not_plan_with_the_values() {
+        let database = users_testkit::TestDatabase::create().await;
+        let config = PgConfig { url: database.url(), ..PgConfig::default() };
+        PgRepository::connect(&config).await.unwrap().check_listing_connection().await.unwrap();
+
+        match behind_a_dropping_pooler(&database.url()).check_listing_connection().await {
+            Err(PortError::Unavailable(error)) => {
+                let message = format!("{error:#}");
+                assert!(message.contains("plan_cache_mode is auto, not the force_custom_plan"), "{message}");
+                assert_eq!(message.matches("plan_cache_mode is auto").count(), 1, "said once: {message}");
+            }
+            other => panic!("a listing session without the setting passed the check: {other:?}"),
+        }
+    }
 }

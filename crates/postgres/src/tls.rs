@@ -264,6 +264,15 @@ impl Connector {
         connector
     }
 
+    /// This connector requiring the session setting `name` = `value` without asking for it in the start-up options:
+    /// what a connection through a pooler that drops them amounts to.
+    #[cfg(test)]
+    pub(crate) fn requiring_without_asking(&self, name: &'static str, value: &'static str) -> Self {
+        let mut connector = self.clone();
+        connector.required.push((name, value));
+        connector
+    }
+
     /// Opens a connection, keeping the driver's whole error chain: diesel-async's own `establish` keeps only the
     /// outermost message ("error connecting to server"), which hides whether the server refused the connection,
     /// timed out, offered no TLS or presented a certificate that failed the check.
@@ -680,8 +689,7 @@ mod tests {
         let connector = Connector::from_url(&database.url()).unwrap();
         connector.with_setting("plan_cache_mode", "force_custom_plan").connect().await.unwrap();
         // What a pooler that drops the start-up options leaves: the requirement without the option.
-        let mut dropped = connector.clone();
-        dropped.required.push(("plan_cache_mode", "force_custom_plan"));
+        let dropped = connector.requiring_without_asking("plan_cache_mode", "force_custom_plan");
         match dropped.connect().await {
             Err(ConnectionError::BadConnection(message)) => {
                 assert!(message.contains("plan_cache_mode is auto, not the force_custom_plan"), "{message}");
