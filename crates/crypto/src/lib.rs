@@ -2,8 +2,9 @@
 //! stored secrets.
 //!
 //! [`Argon2Hasher`] implements the domain's [`PasswordHasher`](users_domain::ports::PasswordHasher) port with
-//! argon2id (m=19456 KiB, t=2, p=1), running every hash and verify on tokio's blocking pool behind a semaphore so
-//! that a login storm queues and then sheds load instead of starving the runtime. [`JwtCodec`] implements the
+//! argon2id (m=19456 KiB, t=2, p=1), running every hash and verify on threads of its own at a lower scheduling
+//! priority, behind a semaphore, so that a login storm queues and then sheds load instead of starving the runtime or
+//! slowing the cheap requests down. [`JwtCodec`] implements the
 //! [`TokenCodec`](users_domain::ports::TokenCodec) port with ES256 JWTs signed and checked against a [`KeyRing`]: one
 //! P-256 key configured (`JWT_PRIVATE_KEY_FILE`), or several stored elsewhere (the service keeps them in the
 //! database) with activation times, so keys rotate without a restart. It publishes the keys that still verify as a

@@ -1,7 +1,8 @@
 //! Password hashing with argon2id behind a load-shedding semaphore.
 //!
 //! Argon2id with OWASP's parameters costs tens of milliseconds of CPU and 19 MiB of memory per call, so the work runs
-//! on tokio's blocking pool and at most `max_concurrent` calls run at once. A caller that cannot get a slot within
+//! on threads of its own at a lower scheduling priority (see the `threads` module: a login flood must not slow the
+//! cheap requests down) and at most `max_concurrent` calls run at once. A caller that cannot get a slot within
 //! `queue_timeout` gets [`PortError::Unavailable`], which the HTTP edge answers with 503: under a login storm the
 //! service degrades by refusing some logins quickly instead of making every request slow.
 //!
@@ -9,6 +10,7 @@
 //! for why freeing them makes the process keep hundreds of MiB), so argon2 holds at most `max_concurrent` × 19 MiB.
 
 mod memory;
+mod threads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,8 +112,8 @@ impl Argon2Hasher {
         })
     }
 
-    /// Waits for a slot, then runs `work` on the blocking pool while holding it, lending it the slot's argon2
-    /// buffer ([`Params::block_count`] blocks of the current parameters).
+    /// Waits for a slot, then runs `work` on a password thread (see `threads`) while holding it, lending it the
+    /// slot's argon2 buffer ([`Params::block_count`] blocks of the current parameters).
     async fn run<T, F>(&self, work: F) -> Result<T, PortError>
     where
         F: FnOnce(&mut [Block]) -> Result<T, PortError> + Send + 'static,
@@ -130,7 +132,7 @@ impl Argon2Hasher {
         // The permit moves into the blocking task: if the caller gives up (client gone, request timeout) the CPU
         // work still runs to its end, and the slot must stay taken until it does or the semaphore would undercount.
         // The lease holds both and gives the buffer back before it releases the permit.
-        let task = tokio::task::spawn_blocking(move || {
+        let task = threads::spawn(move || {
             let mut lease = memory.lease(permit);
             work(lease.memory())
         });
@@ -161,7 +163,7 @@ impl PasswordHasher for Argon2Hasher {
         clues: Vec<String>,
     ) -> Result<Result<Password, PasswordError>, PortError> {
         // The strength estimate takes from a few to several hundred milliseconds of CPU (zxcvbn's substitution
-        // search on symbol-heavy input), so it waits for a slot like a hash and runs on the blocking pool.
+        // search on symbol-heavy input), so it waits for a slot like a hash and runs on a password thread.
         self.run(move |_memory| Ok(candidate.judge(&clues))).await
     }
 
