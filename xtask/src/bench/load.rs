@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -52,6 +52,9 @@ pub(super) struct Load {
     pub(super) connections: u32,
     /// The status a correct answer has; any other counts as an error.
     pub(super) expected_status: u16,
+    /// A fixed rate for all connections together, in requests per second, with `oha`'s correction for coordinated
+    /// omission (a request that had to wait for its slot counts its wait); `None` sends as fast as answers come.
+    pub(super) rate: Option<u32>,
 }
 
 /// A request body.
@@ -69,12 +72,12 @@ pub(super) enum Body {
 
 /// A `GET` expecting 200.
 pub(super) fn get(url: String, bearer: Option<String>, connections: u32) -> Load {
-    Load { url, method: "GET", body: None, bearer, connections, expected_status: 200 }
+    Load { url, method: "GET", body: None, bearer, connections, expected_status: 200, rate: None }
 }
 
 /// A JSON `POST` without a token.
 pub(super) fn post_json(url: String, body: String, connections: u32, expected_status: u16) -> Load {
-    Load { url, method: "POST", body: Some(Body::Json(body)), bearer: None, connections, expected_status }
+    Load { url, method: "POST", body: Some(Body::Json(body)), bearer: None, connections, expected_status, rate: None }
 }
 
 /// The `oha` command that sends `load` for `duration` and prints its results as JSON.
@@ -97,8 +100,45 @@ pub(super) fn oha_command(oha: &Oha, load: &Load, duration: Duration) -> Command
     if let Some(token) = &load.bearer {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
+    if let Some(rate) = load.rate {
+        command.args(["-q", &rate.to_string(), "--latency-correction"]);
+    }
     command.arg(&load.url);
     command
+}
+
+/// An `oha` running a load beside the measured one, through the warm-up and the measured run (and a second more),
+/// whose figures are read when it ends.
+pub(super) struct Background {
+    child: Child,
+    description: String,
+    expected_status: u16,
+}
+
+/// Starts `load` in the background for the warm-up and the measured duration of `options`, and a second beyond, so
+/// that it covers the whole measured run.
+pub(super) fn start_background(oha: &Oha, load: &Load, options: &Options) -> Result<Background> {
+    let mut command = oha_command(oha, load, options.warmup + options.duration + Duration::from_secs(1));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let description = process::describe(&command);
+    let child = command.spawn().with_context(|| format!("could not start `{description}`"))?;
+    Ok(Background { child, description, expected_status: load.expected_status })
+}
+
+impl Background {
+    /// Waits for the background `oha` to end and reads its report.
+    pub(super) fn finish(self) -> Result<Measurement> {
+        let output =
+            self.child.wait_with_output().with_context(|| format!("could not wait for `{}`", self.description))?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "oha failed with {}: {}",
+                process::describe_status(output.status),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        parse_oha(&String::from_utf8_lossy(&output.stdout), self.expected_status)
+    }
 }
 
 /// Runs `oha` for the warm-up (results dropped), then for the measured duration.

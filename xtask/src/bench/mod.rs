@@ -195,7 +195,7 @@ fn run_scenarios(
                 _ => Err(anyhow::anyhow!("oha or bench-baseline is not available")),
             },
             Scenario::Upload => match oha {
-                Some(oha) => upload::upload(start, oha, options).map(|row| vec![row]),
+                Some(oha) => upload::upload(start, oha, options),
                 None => Err(anyhow::anyhow!("oha is not available")),
             },
             Scenario::Proxy => match oha {

@@ -1,19 +1,15 @@
 //! The scenarios that repeat one request with `oha`: `me`, `user-by-id`, `search`, `login`, and `storm`, which
 //! measures `GET /me` while a second `oha` floods `POST /login` with wrong passwords.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::json;
 
-use super::load::{get, oha_command, parse_oha, post_json, probe, run_oha};
+use super::load::{get, post_json, probe, run_oha, start_background};
 use super::options::{Options, Scenario};
 use super::report::{Row, error_note};
 use super::seed::{ADMIN_EMAIL, PASSWORD, SEED_DOMAIN};
 use super::server::{Server, login, user_id};
 use super::system::Oha;
-use crate::process;
 
 /// Connections of the read scenarios (`me`, `user-by-id`, `search`, and the measured half of `storm`).
 pub(super) const READ_CONNECTIONS: u32 = 64;
@@ -73,15 +69,9 @@ pub(super) fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, optio
     if scenario == Scenario::Storm {
         let body = json!({"email": seeded_email(2), "password": WRONG_PASSWORD}).to_string();
         let flood = post_json(server.url("/login"), body, STORM_FLOOD_CONNECTIONS, 401);
-        // The flood runs through the warm-up and the measured run, and a second beyond.
-        let flood_duration = options.warmup + options.duration + Duration::from_secs(1);
-        let mut flood_command = oha_command(oha, &flood, flood_duration);
-        flood_command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let flood_child = flood_command
-            .spawn()
-            .with_context(|| format!("could not start `{}`", process::describe(&flood_command)))?;
+        let flood_run = start_background(oha, &flood, options)?;
         let measured = run_oha(oha, &load, options, server);
-        let flood_output = flood_child.wait_with_output().context("could not wait for the flood's oha")?;
+        let flood_measured = flood_run.finish();
         let measured = measured?;
         let mut row = Row::new("storm");
         row.connections = Some(u64::from(load.connections));
@@ -92,16 +82,12 @@ pub(super) fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, optio
 
         let mut flood_row = Row::new("storm: login flood");
         flood_row.connections = Some(u64::from(flood.connections));
-        if flood_output.status.success() {
-            let flood_measured = parse_oha(&String::from_utf8_lossy(&flood_output.stdout), 401)?;
-            flood_row.note = format!("wrong passwords, 401 expected{}", error_note(&flood_measured));
-            flood_row.measurement = Some(flood_measured);
-        } else {
-            flood_row.failure = Some(format!(
-                "oha failed with {}: {}",
-                process::describe_status(flood_output.status),
-                String::from_utf8_lossy(&flood_output.stderr).trim()
-            ));
+        match flood_measured {
+            Ok(flood_measured) => {
+                flood_row.note = format!("wrong passwords, 401 expected{}", error_note(&flood_measured));
+                flood_row.measurement = Some(flood_measured);
+            }
+            Err(error) => flood_row.failure = Some(format!("{error:#}")),
         }
         rows.push(flood_row);
     } else {

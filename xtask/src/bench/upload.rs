@@ -1,11 +1,12 @@
 //! The `upload` scenario: a Garage and a second server storing in it, started for the scenario alone, and `oha`
-//! uploading a ~1 MB JPEG as a seeded user's profile picture; and the multipart body it sends.
+//! uploading a ~1 MB JPEG as a seeded user's profile picture while a second `oha` sends `GET /me` at a fixed rate;
+//! and the multipart body it sends.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::load::{Body, Load, probe, run_oha};
+use super::load::{Body, Load, get, probe, run_oha, start_background};
 use super::options::Options;
 use super::report::{Row, error_note};
 use super::seed::SEED_DOMAIN;
@@ -23,14 +24,23 @@ const UPLOAD_CONNECTIONS: u32 = 4;
 /// The seeded user who uploads a picture for themself in `upload` (not one the other scenarios log in as).
 const UPLOAD_USER: u64 = 3;
 
+/// The rate of `GET /me` sent beside the uploads, in requests per second: steady traffic of cheap reads, well below
+/// what the server serves alone, so its latency shows what the uploads do to the other requests rather than a
+/// queue of its own.
+const ME_DURING_UPLOAD_RATE: u32 = 1_000;
+
+/// Connections of the `GET /me` sent beside the uploads.
+const ME_DURING_UPLOAD_CONNECTIONS: u32 = 16;
+
 /// The boundary of the `upload` scenario's multipart body; the JPEG's bytes are checked not to contain it.
 const UPLOAD_BOUNDARY: &str = "um-bench-boundary-7f3c9a2e51d84b06";
 
 /// `upload`: starts a Garage (free ports, a fresh directory under `target/bench/garage`, its default bucket) and a
 /// second server storing in it, logs in as a seeded user and has `oha` upload a ~1 MB JPEG to that user's own
-/// `POST /users/{id}/profile-picture` on [`UPLOAD_CONNECTIONS`] connections. Garage, the second server and the
-/// pictures the run recorded are gone afterwards; the `fs` server of the other scenarios idles meanwhile.
-pub(super) fn upload(start: &StartServer<'_>, oha: &Oha, options: &Options) -> Result<Row> {
+/// `POST /users/{id}/profile-picture` on [`UPLOAD_CONNECTIONS`] connections, with `GET /me` at
+/// [`ME_DURING_UPLOAD_RATE`] beside it: two rows. Garage, the second server and the pictures the run recorded are
+/// gone afterwards; the `fs` server of the other scenarios idles meanwhile.
+pub(super) fn upload(start: &StartServer<'_>, oha: &Oha, options: &Options) -> Result<Vec<Row>> {
     let bench_dir = crate::target_dir().join("bench");
     let body_path = bench_dir.join("upload.multipart");
     let jpeg_bytes = write_upload_body(&body_path)?;
@@ -71,8 +81,9 @@ pub(super) fn upload(start: &StartServer<'_>, oha: &Oha, options: &Options) -> R
     outcome
 }
 
-/// The measured part of `upload`, against `server` (which stores in Garage).
-fn upload_on(server: &Server, oha: &Oha, options: &Options, body_path: &Path, jpeg_bytes: usize) -> Result<Row> {
+/// The measured part of `upload`, against `server` (which stores in Garage): the uploads, and `GET /me` at
+/// [`ME_DURING_UPLOAD_RATE`] beside them.
+fn upload_on(server: &Server, oha: &Oha, options: &Options, body_path: &Path, jpeg_bytes: usize) -> Result<Vec<Row>> {
     let email = format!("user{UPLOAD_USER}@{SEED_DOMAIN}");
     let id = user_id(server, &email)?;
     // The bucket is new, so pictures recorded by earlier runs would point at nothing; start and end without any.
@@ -89,12 +100,20 @@ fn upload_on(server: &Server, oha: &Oha, options: &Options, body_path: &Path, jp
         bearer: Some(token),
         connections: UPLOAD_CONNECTIONS,
         expected_status: 200,
+        rate: None,
     };
     let status = probe(server.addr, &load)?;
     if status != 200 {
         bail!("POST /users/{{id}}/profile-picture answered {status}");
     }
+    let reader = login(server.addr, &format!("user1@{SEED_DOMAIN}"))?.access_token;
+    let me = Load {
+        rate: Some(ME_DURING_UPLOAD_RATE),
+        ..get(server.url("/me"), Some(reader), ME_DURING_UPLOAD_CONNECTIONS)
+    };
+    let me_run = start_background(oha, &me, options)?;
     let measured = run_oha(oha, &load, options, server);
+    let me_measured = me_run.finish();
     let rss_kib = server.rss_kib().ok();
     if let Err(error) = psql(&server.database_url, &clear) {
         ui::warn(&format!("could not delete the uploaded pictures' rows: {error:#}"));
@@ -109,7 +128,20 @@ fn upload_on(server: &Server, oha: &Oha, options: &Options, body_path: &Path, jp
     );
     row.measurement = Some(measured);
     row.rss_kib = rss_kib;
-    Ok(row)
+
+    let mut me_row = Row::new("upload: GET /me");
+    me_row.connections = Some(u64::from(me.connections));
+    match me_measured {
+        Ok(me_measured) => {
+            me_row.note = format!(
+                "{ME_DURING_UPLOAD_RATE} req/s of GET /me (a fixed rate, waits counted) during the uploads{}",
+                error_note(&me_measured)
+            );
+            me_row.measurement = Some(me_measured);
+        }
+        Err(error) => me_row.failure = Some(format!("{error:#}")),
+    }
+    Ok(vec![row, me_row])
 }
 
 /// Writes the `upload` request body to `path`: one multipart part `file` holding [`bench_jpeg`], framed by
