@@ -1,8 +1,8 @@
 //! Password hashing with argon2id behind a load-shedding semaphore.
 //!
 //! Argon2id with OWASP's parameters costs tens of milliseconds of CPU and 19 MiB of memory per call, so the work runs
-//! on threads of its own at a lower scheduling priority (see the `threads` module: a login flood must not slow the
-//! cheap requests down) and at most `max_concurrent` calls run at once. A caller that cannot get a slot within
+//! on threads of its own at a lower scheduling priority (see `users-cpu`: a login flood must not slow the cheap
+//! requests down) and at most `max_concurrent` calls run at once. A caller that cannot get a slot within
 //! `queue_timeout` gets [`PortError::Unavailable`], which the HTTP edge answers with 503: under a login storm the
 //! service degrades by refusing some logins quickly instead of making every request slow.
 //!
@@ -10,7 +10,6 @@
 //! for why freeing them makes the process keep hundreds of MiB), so argon2 holds at most `max_concurrent` × 19 MiB.
 
 mod memory;
-mod threads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +19,15 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use tokio::sync::Semaphore;
+use users_cpu::CpuThreads;
 use users_domain::ports::{PasswordHasher, PortError};
 use users_domain::user::{PasswordCandidate, PasswordError};
 use users_domain::{Password, PasswordHash};
 
 use self::memory::MemoryPool;
+
+/// The threads hashing and the strength estimate run on, below the priority of the HTTP workers (see `users-cpu`).
+static PASSWORD_THREADS: CpuThreads = CpuThreads::new("password-work");
 
 /// Argon2 memory cost in KiB (19 MiB, OWASP's recommendation for argon2id with t=2, p=1).
 pub const MEMORY_KIB: u32 = 19_456;
@@ -112,7 +115,7 @@ impl Argon2Hasher {
         })
     }
 
-    /// Waits for a slot, then runs `work` on a password thread (see `threads`) while holding it, lending it the
+    /// Waits for a slot, then runs `work` on a password thread (see [`PASSWORD_THREADS`]) while holding it, lending it the
     /// slot's argon2 buffer ([`Params::block_count`] blocks of the current parameters).
     async fn run<T, F>(&self, work: F) -> Result<T, PortError>
     where
@@ -132,7 +135,7 @@ impl Argon2Hasher {
         // The permit moves into the blocking task: if the caller gives up (client gone, request timeout) the CPU
         // work still runs to its end, and the slot must stay taken until it does or the semaphore would undercount.
         // The lease holds both and gives the buffer back before it releases the permit.
-        let task = threads::spawn(move || {
+        let task = PASSWORD_THREADS.spawn(move || {
             let mut lease = memory.lease(permit);
             work(lease.memory())
         });
@@ -348,6 +351,15 @@ mod tests {
         let hasher = hasher(HasherConfig::default());
         assert!(hasher.verify(SECRET.to_owned(), Some(PasswordHash::new(phc.clone()))).await.unwrap());
         assert!(!hasher.verify("something-else-entirely".to_owned(), Some(PasswordHash::new(phc))).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn password_work_runs_on_the_password_threads() {
+        let thread = hasher(HasherConfig::default())
+            .run(|_memory| Ok(std::thread::current().name().map(str::to_owned)))
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("password-work"));
     }
 
     #[tokio::test]

@@ -1,18 +1,22 @@
 //! [`ImagePipeline`]: the async face of the image processor, bounding how many uploads are decoded at once.
 //!
-//! Decoding and resizing are CPU work of up to a few hundred milliseconds per upload, so they run on tokio's
-//! blocking pool instead of an executor thread, and a semaphore keeps the number in flight at about the number of
-//! cores. A caller that cannot get a slot within the queue timeout gets [`ImageError::Busy`] instead of piling up.
+//! Decoding and resizing are CPU work of up to a few hundred milliseconds per upload, so they run on threads of
+//! their own at a lower scheduling priority instead of an executor thread (see `users-cpu`: a burst of uploads must
+//! not slow the cheap requests down), and a semaphore keeps the number in flight at about the number of cores. A caller that cannot get a slot within the queue timeout gets [`ImageError::Busy`] instead of piling up.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use users_cpu::CpuThreads;
 use users_domain::ports::{ImageError, ImageProcessor, ProcessedImage};
 
 use crate::format::SourceFormat;
 use crate::process;
+
+/// The threads pictures are decoded and encoded on, below the priority of the HTTP workers.
+static PICTURE_THREADS: CpuThreads = CpuThreads::new("picture-work");
 
 /// How much image processing may run at once, and how long an upload waits for its turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +71,7 @@ impl ImageProcessor for ImagePipeline {
         };
         // The permit moves into the blocking task, so a caller that gives up does not free the slot while the CPU
         // is still busy with its upload.
-        let task = tokio::task::spawn_blocking(move || {
+        let task = PICTURE_THREADS.spawn(move || {
             let _permit = permit;
             process::process(format, &bytes)
         });

@@ -1,6 +1,6 @@
 //! The CPU-bound part of the pipeline: decode an upload within limits, orient it, and re-encode the three sizes.
 //!
-//! Everything here is synchronous and runs on tokio's blocking pool (see [`crate::pipeline`]). Nothing of the
+//! Everything here is synchronous and runs on the picture threads (see [`crate::pipeline`]). Nothing of the
 //! uploaded file survives but its pixels: the output is encoded afresh, so metadata and appended payloads are
 //! dropped by construction rather than by stripping.
 
