@@ -200,10 +200,13 @@ impl Application {
         let (service, shared_keys) = build_service_and_keys(&config, placement.clone()).await?;
         // A pooler that drops start-up options would leave every user listing answering 503 while the rest works;
         // found now, with the reason, instead of on the first `GET /users`.
-        service.ports().db.check_listing_connection().await.context(
-            "opening a connection for the user listing (its sessions must report plan_cache_mode = \
-             force_custom_plan, set as a start-up option)",
-        )?;
+        service.ports().db.check_listing_connection().await.with_context(|| {
+            format!(
+                "opening a user-listing connection to DATABASE_URL ({}), whose sessions must keep the start-up \
+                 option plan_cache_mode=force_custom_plan",
+                redact_url(&config.database.url)
+            )
+        })?;
         let mailer = AppMailer::from_config(&config)?;
         // The endpoints first, so that even the first events (the bootstrap admin's) are queued for them. Without
         // WEBHOOK_URLS nothing is delivered: every endpoint stops taking events.

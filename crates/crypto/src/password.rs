@@ -115,8 +115,8 @@ impl Argon2Hasher {
         })
     }
 
-    /// Waits for a slot, then runs `work` on a password thread (see [`PASSWORD_THREADS`]) while holding it, lending it the
-    /// slot's argon2 buffer ([`Params::block_count`] blocks of the current parameters).
+    /// Waits for a slot, then runs `work` on a password thread (see [`PASSWORD_THREADS`]) while holding it, lending it
+    /// the slot's argon2 buffer ([`Params::block_count`] blocks of the current parameters).
     async fn run<T, F>(&self, work: F) -> Result<T, PortError>
     where
         F: FnOnce(&mut [Block]) -> Result<T, PortError> + Send + 'static,

@@ -1,8 +1,9 @@
 //! [`ImagePipeline`]: the async face of the image processor, bounding how many uploads are decoded at once.
 //!
-//! Decoding and resizing are CPU work of up to a few hundred milliseconds per upload, so they run on threads of
-//! their own at a lower scheduling priority instead of an executor thread (see `users-cpu`: a burst of uploads must
-//! not slow the cheap requests down), and a semaphore keeps the number in flight at about the number of cores. A caller that cannot get a slot within the queue timeout gets [`ImageError::Busy`] instead of piling up.
+//! Decoding and resizing are CPU work of up to a few hundred milliseconds per upload, so they run on threads of their
+//! own at a lower scheduling priority instead of an executor thread (see `users-cpu`: a burst of uploads must not slow
+//! the cheap requests down), and a semaphore keeps the number in flight at about the number of cores. A caller that
+//! cannot get a slot within the queue timeout gets [`ImageError::Busy`] instead of piling up.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_upload_is_processed_on_the_blocking_pool() {
+    async fn an_upload_is_processed_into_its_sizes() {
         let processed = ImagePipeline::default().process(jpeg()).await.unwrap();
         assert_eq!((processed.original.width, processed.original.height), (120, 80));
         assert_eq!(processed.thumb.content_type, "image/jpeg");

@@ -96,15 +96,18 @@ impl PgRepository {
         checkout(&self.listings, self.acquire_timeout).await
     }
 
-    /// Checks out a connection of the user listing's pool, opening one if none is open: a session that does not
-    /// report `plan_cache_mode = force_custom_plan` is refused there, as on every listing connection. For start-up,
-    /// so that a pooler that drops start-up options is reported before the first request rather than by every
-    /// `GET /users` answering 503 while the rest of the service works.
+    /// Opens a connection of the user listing's pool and closes it again: a session that does not report
+    /// `plan_cache_mode = force_custom_plan` is refused there, as on every listing connection. For start-up, so that
+    /// a pooler that drops start-up options is reported before the first request rather than by every `GET /users`
+    /// answering 503 while the rest of the service works. The connection is taken out of the pool and closed, so it
+    /// holds no Postgres backend until the first listing.
     ///
     /// # Errors
     /// [`PortError::Unavailable`] when no listing connection can be had, with the reason.
     pub async fn check_listing_connection(&self) -> Result<(), PortError> {
-        self.listing_connection().await.map(drop)
+        let connection = self.listing_connection().await?;
+        drop(Object::take(connection));
+        Ok(())
     }
 }
 
@@ -240,7 +243,9 @@ mod tests {
     async fn the_start_up_check_refuses_listing_sessions_that_do_not_plan_with_the_values() {
         let database = users_testkit::TestDatabase::create().await;
         let config = PgConfig { url: database.url(), ..PgConfig::default() };
-        PgRepository::connect(&config).await.unwrap().check_listing_connection().await.unwrap();
+        let repository = PgRepository::connect(&config).await.unwrap();
+        repository.check_listing_connection().await.unwrap();
+        assert_eq!(repository.listings.status().size, 0, "the checked connection is closed, not kept");
 
         match behind_a_dropping_pooler(&database.url()).check_listing_connection().await {
             Err(PortError::Unavailable(error)) => {
