@@ -15,7 +15,7 @@
 //! to it from any runtime, and the caller awaits the result where it is. The callers bound how many of the threads
 //! are busy at once (their semaphores).
 
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Runtime};
@@ -24,12 +24,13 @@ use tokio::task::JoinHandle;
 /// How far below the rest of the process the threads run, in nice values: three steps, so that the heavy work
 /// weighs about half as much as a thread of the process's own priority (the kernel's weights fall by about a
 /// fifth per step). Measured against the default priority and against 6 and 10 (see the README's performance
-/// section): with 3, `GET /me` during a flood of logins kept most of the gain that 10 gave, while logins sent
-/// during a flood of reads were as fast as before; with 6 and 10 those logins' p99 grew from about 0.2 s to
-/// 0.7-1.2 s.
+/// section): with 3, `GET /me` during a flood of logins kept about half of the gain that 10 gave, while logins
+/// sent during a flood of reads were as fast as before; with 6 and 10 those logins' p99 grew from about 0.2 s to
+/// 0.4-1.2 s.
 pub const NICENESS: i32 = 3;
 
 /// The highest nice value, the lowest priority, Linux allows.
+#[cfg(target_os = "linux")]
 const LOWEST: i32 = 19;
 
 /// How long an idle thread is kept before it exits (it is started again, with its priority, when needed).
@@ -40,13 +41,16 @@ const KEEP_ALIVE: Duration = Duration::from_secs(60);
 pub struct CpuThreads {
     name: &'static str,
     runtime: OnceLock<Option<Runtime>>,
+    /// Whether a refused priority change was logged: said once per set, since whatever stops one thread (a seccomp
+    /// filter, say) stops the next one too.
+    warned: Once,
 }
 
 impl CpuThreads {
     /// Threads called `name` (as the operating system and a debugger show them), not started yet.
     #[must_use]
     pub const fn new(name: &'static str) -> Self {
-        Self { name, runtime: OnceLock::new() }
+        Self { name, runtime: OnceLock::new(), warned: Once::new() }
     }
 
     /// Runs `work` on one of these threads, or on the caller's runtime's blocking pool if they could not be had
@@ -63,41 +67,40 @@ impl CpuThreads {
         }
     }
 
-    fn build(&self) -> Option<Runtime> {
-        let name = self.name;
+    fn build(&'static self) -> Option<Runtime> {
         Builder::new_current_thread()
-            .thread_name(name)
+            .thread_name(self.name)
             .thread_keep_alive(KEEP_ALIVE)
-            .on_thread_start(move || lower_priority(name))
+            .on_thread_start(move || self.lower_priority())
             .build()
-            .inspect_err(|error| tracing::warn!(%error, threads = name, "no threads of their own; running at the default priority"))
+            .inspect_err(|error| {
+                tracing::warn!(%error, threads = self.name, "no threads of their own; running at the default priority");
+            })
             .ok()
     }
-}
 
-/// Lowers the priority of the calling thread by [`NICENESS`] from where it is (a process started at nice 5 gets
-/// threads at 8), at most to the lowest. On Linux the nice value belongs to the thread, so the rest of the process
-/// keeps its own.
-fn lower_priority(name: &'static str) {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::process::{getpriority_process, setpriority_process};
-        let thread = Some(rustix::thread::gettid());
-        let lowered = getpriority_process(thread)
-            .and_then(|current| setpriority_process(thread, (current + NICENESS).min(LOWEST)));
-        // Said once: whatever stops one thread (a seccomp filter, say) stops the next one too.
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        if let Err(error) = lowered {
-            WARNED.call_once(|| tracing::warn!(%error, threads = name, "could not lower a thread's priority"));
+    /// Lowers the priority of the calling thread by [`NICENESS`] from where it is (a process started at nice 5 gets
+    /// threads at 8), at most to the lowest. On Linux the nice value belongs to the thread, so the rest of the
+    /// process keeps its own; elsewhere nothing is changed.
+    fn lower_priority(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::process::{getpriority_process, setpriority_process};
+            let thread = Some(rustix::thread::gettid());
+            let lowered = getpriority_process(thread)
+                .and_then(|current| setpriority_process(thread, (current + NICENESS).min(LOWEST)));
+            if let Err(error) = lowered {
+                self.warned.call_once(|| {
+                    tracing::warn!(%error, threads = self.name, "could not lower the threads' priority");
+                });
+            }
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = name;
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use rustix::process::{getpid, getpriority_process};
+    use rustix::process::{getpid, getpriority_process, setpriority_process};
     use rustix::thread::gettid;
 
     use super::*;
@@ -107,7 +110,11 @@ mod tests {
     #[tokio::test]
     async fn work_runs_on_named_threads_of_lower_priority() {
         let main_thread = Some(getpid());
-        let (caller, main) = (getpriority_process(Some(gettid())).unwrap(), getpriority_process(main_thread).unwrap());
+        let main = getpriority_process(main_thread).unwrap();
+        // The test's thread first moves two steps down itself (which needs no privilege), so that a value set
+        // relative to it differs from the same value set absolutely.
+        let caller = (getpriority_process(Some(gettid())).unwrap() + 2).min(LOWEST);
+        setpriority_process(Some(gettid()), caller).unwrap();
         let (name, niceness) = TEST_THREADS
             .spawn(|| {
                 let name = std::thread::current().name().map(str::to_owned);
