@@ -164,7 +164,8 @@ struct Tools<'a> {
 /// ends the run with a row for each scenario left, and an interrupt ends it at once.
 ///
 /// `idle` runs first, on the fresh server, and the server is restarted after it: the buffers of its 10k connections
-/// would otherwise stay in the memory figures of every later row.
+/// would otherwise stay in the memory figures of every later row. The database is vacuumed before each scenario but
+/// the first (see [`seed::vacuum`]).
 fn run_scenarios(
     options: &Options,
     server: &mut Server,
@@ -182,6 +183,9 @@ fn run_scenarios(
         let current = &*server;
         process::check_interrupted()?;
         ui::step(&format!("Scenario `{}`", scenario.name()));
+        if index > 0 {
+            seed::vacuum(&current.database_url)?;
+        }
         let outcome = match scenario {
             Scenario::Idle => idle::idle(current, open_files).map(|row| vec![row]),
             Scenario::Argon2 => hashing::argon2_rate().map(|row| vec![row]),
