@@ -46,14 +46,23 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// The command line of `command`, for messages.
+/// The command line of `command`, for messages, with the value of an `Authorization` header argument (a load
+/// generator's bearer token) left out.
 pub fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(OsStr::to_string_lossy)
+        .map(|arg| {
+            let is_credential =
+                arg.get(..AUTHORIZATION.len()).is_some_and(|head| head.eq_ignore_ascii_case(AUTHORIZATION));
+            if is_credential { format!("{AUTHORIZATION} <redacted>").into() } else { arg }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The header name, with its colon, whose value [`describe`] leaves out.
+const AUTHORIZATION: &str = "Authorization:";
 
 /// How a process ended, for messages: `exit code 1` or `signal 15`.
 pub fn describe_status(status: ExitStatus) -> String {
@@ -294,5 +303,19 @@ impl Drop for Service {
         if let Err(error) = self.stop() {
             ui::warn(&format!("{error:#}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_described_command_leaves_out_the_bearer_token() {
+        let mut command = Command::new("oha");
+        command.args(["-H", "authorization: Bearer secret-token", "-H", "Accept: application/json", "http://x/me"]);
+        let description = describe(&command);
+        assert_eq!(description, "oha -H Authorization: <redacted> -H Accept: application/json http://x/me");
+        assert!(!description.contains("secret-token"));
     }
 }

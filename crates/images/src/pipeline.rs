@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::task::JoinError;
 use users_cpu::CpuThreads;
 use users_domain::ports::{ImageError, ImageProcessor, ProcessedImage};
 
@@ -53,6 +54,27 @@ impl ImagePipeline {
         let permits = config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         Self { permits: Arc::new(Semaphore::new(permits)), queue_timeout: config.queue_timeout }
     }
+
+    /// Waits for a slot (at most the queue timeout, else [`ImageError::Busy`]), then runs `work` on a picture thread
+    /// (see [`PICTURE_THREADS`]) while holding it. The inner error is a panic of `work`.
+    async fn run<T, F>(&self, work: F) -> Result<Result<T, JoinError>, ImageError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = match tokio::time::timeout(self.queue_timeout, Arc::clone(&self.permits).acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; if it were, no slot would ever come, which is what Busy says.
+            Ok(Err(_)) | Err(_) => return Err(ImageError::Busy),
+        };
+        // The permit moves into the blocking task, so a caller that gives up does not free the slot while the CPU
+        // is still busy with its upload.
+        let task = PICTURE_THREADS.spawn(move || {
+            let _permit = permit;
+            work()
+        });
+        Ok(task.await)
+    }
 }
 
 impl Default for ImagePipeline {
@@ -65,18 +87,7 @@ impl ImageProcessor for ImagePipeline {
     async fn process(&self, bytes: Vec<u8>) -> Result<ProcessedImage, ImageError> {
         // Judging the type reads a few bytes; a file of the wrong type is answered at once, without taking a slot.
         let format = SourceFormat::detect(&bytes)?;
-        let permit = match tokio::time::timeout(self.queue_timeout, Arc::clone(&self.permits).acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            // The semaphore is never closed; if it were, no slot would ever come, which is what Busy says.
-            Ok(Err(_)) | Err(_) => return Err(ImageError::Busy),
-        };
-        // The permit moves into the blocking task, so a caller that gives up does not free the slot while the CPU
-        // is still busy with its upload.
-        let task = PICTURE_THREADS.spawn(move || {
-            let _permit = permit;
-            process::process(format, &bytes)
-        });
-        task.await.unwrap_or_else(|err| {
+        self.run(move || process::process(format, &bytes)).await?.unwrap_or_else(|err| {
             // A panic inside a decoder means input it could not cope with; the upload is refused, and we want to
             // know about it.
             tracing::error!(error = %err, format = format.name(), "image processing task failed");
@@ -98,6 +109,12 @@ mod tests {
 
     fn saturated(pipeline: &ImagePipeline) -> tokio::sync::OwnedSemaphorePermit {
         Arc::clone(&pipeline.permits).try_acquire_owned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn picture_work_runs_on_the_picture_threads() {
+        let thread = ImagePipeline::default().run(|| std::thread::current().name().map(str::to_owned)).await;
+        assert_eq!(thread.unwrap().unwrap().as_deref(), Some("picture-work"));
     }
 
     #[tokio::test]

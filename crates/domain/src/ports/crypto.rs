@@ -18,7 +18,7 @@ pub trait PasswordHasher: Send + Sync + 'static {
     fn hash(&self, password: Password) -> impl Future<Output = Result<PasswordHash, PortError>> + Send;
 
     /// Runs the strength half of the password policy, [`PasswordCandidate::judge`], where CPU-bound work belongs
-    /// (the hasher's own threads, behind the same limit as hashing): the estimator can take hundreds of milliseconds on
+    /// (off the async workers, behind the same limit as hashing): the estimator can take hundreds of milliseconds on
     /// adversarial input, which must never stall the async workers.
     ///
     /// # Errors
