@@ -6,7 +6,6 @@
 //! stopped in order after it. [`Service`] stops its process on drop as well, so an early error or a panic leaves
 //! nothing behind. Every failure names the command and how it ended.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -46,23 +45,26 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// The command line of `command`, for messages, with the value of an `Authorization` header argument (a load
-/// generator's bearer token) left out.
+/// The command line of `command`, for messages, with what follows `authorization:` in any argument (a load
+/// generator's bearer token, as `-H 'Authorization: ...'`, `-HAuthorization: ...` or `--header=...`, and
+/// `Proxy-Authorization` alike) left out.
 pub fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
-        .map(OsStr::to_string_lossy)
-        .map(|arg| {
-            let is_credential =
-                arg.get(..AUTHORIZATION.len()).is_some_and(|head| head.eq_ignore_ascii_case(AUTHORIZATION));
-            if is_credential { format!("{AUTHORIZATION} <redacted>").into() } else { arg }
-        })
+        .map(|arg| redact_credentials(&arg.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// The header name, with its colon, whose value [`describe`] leaves out.
-const AUTHORIZATION: &str = "Authorization:";
+/// `arg` cut after the first `authorization:` (any case), with `<redacted>` in place of the rest.
+fn redact_credentials(arg: &str) -> String {
+    const NAME: &str = "authorization:";
+    // ASCII lower-casing keeps every byte where it was, and the match is ASCII, so its end is a character boundary.
+    match arg.to_ascii_lowercase().find(NAME).and_then(|at| arg.get(..at + NAME.len())) {
+        Some(kept) => format!("{kept} <redacted>"),
+        None => arg.to_owned(),
+    }
+}
 
 /// How a process ended, for messages: `exit code 1` or `signal 15`.
 pub fn describe_status(status: ExitStatus) -> String {
@@ -315,7 +317,17 @@ mod tests {
         let mut command = Command::new("oha");
         command.args(["-H", "authorization: Bearer secret-token", "-H", "Accept: application/json", "http://x/me"]);
         let description = describe(&command);
-        assert_eq!(description, "oha -H Authorization: <redacted> -H Accept: application/json http://x/me");
+        assert_eq!(description, "oha -H authorization: <redacted> -H Accept: application/json http://x/me");
         assert!(!description.contains("secret-token"));
+    }
+
+    #[test]
+    fn a_credential_joined_to_its_option_is_left_out_too() {
+        let mut command = Command::new("tool");
+        command.args(["-HAuthorization: Bearer one", "--header=Proxy-Authorization: Basic two", "plain"]);
+        assert_eq!(
+            describe(&command),
+            "tool -HAuthorization: <redacted> --header=Proxy-Authorization: <redacted> plain"
+        );
     }
 }

@@ -56,7 +56,8 @@ impl ImagePipeline {
     }
 
     /// Waits for a slot (at most the queue timeout, else [`ImageError::Busy`]), then runs `work` on a picture thread
-    /// (see [`PICTURE_THREADS`]) while holding it. The inner error is a panic of `work`.
+    /// (see [`PICTURE_THREADS`]) while holding it. The inner error is the task's: `work` panicked, or it was cancelled
+    /// (the runtime it ran on was shutting down).
     async fn run<T, F>(&self, work: F) -> Result<Result<T, JoinError>, ImageError>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -87,13 +88,20 @@ impl ImageProcessor for ImagePipeline {
     async fn process(&self, bytes: Vec<u8>) -> Result<ProcessedImage, ImageError> {
         // Judging the type reads a few bytes; a file of the wrong type is answered at once, without taking a slot.
         let format = SourceFormat::detect(&bytes)?;
-        self.run(move || process::process(format, &bytes)).await?.unwrap_or_else(|err| {
-            // A panic inside a decoder means input it could not cope with; the upload is refused, and we want to
-            // know about it.
-            tracing::error!(error = %err, format = format.name(), "image processing task failed");
-            Err(format.undecodable())
-        })
+        self.run(move || process::process(format, &bytes)).await?.unwrap_or_else(|error| Err(failed(format, &error)))
     }
+}
+
+/// What an upload whose processing task ended without an answer is told.
+fn failed(format: SourceFormat, error: &JoinError) -> ImageError {
+    if error.is_cancelled() {
+        // The runtime is shutting down: nothing was wrong with the upload, which may be tried again.
+        return ImageError::Busy;
+    }
+    // A panic inside a decoder means input it could not cope with; the upload is refused, and we want to know about
+    // it.
+    tracing::error!(error = %error, format = format.name(), "image processing task failed");
+    format.undecodable()
 }
 
 #[cfg(test)]
@@ -115,6 +123,18 @@ mod tests {
     async fn picture_work_runs_on_the_picture_threads() {
         let thread = ImagePipeline::default().run(|| std::thread::current().name().map(str::to_owned)).await;
         assert_eq!(thread.unwrap().unwrap().as_deref(), Some("picture-work"));
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_refuses_the_upload_and_a_cancelled_one_asks_for_a_retry() {
+        let panicked = tokio::spawn(async { panic!("decoder gave up") }).await.unwrap_err();
+        assert_eq!(failed(SourceFormat::Png, &panicked), SourceFormat::Png.undecodable());
+
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        let cancelled = cancelled.await.unwrap_err();
+        assert!(cancelled.is_cancelled());
+        assert_eq!(failed(SourceFormat::Png, &cancelled), ImageError::Busy);
     }
 
     #[tokio::test]

@@ -160,6 +160,9 @@ struct Tools<'a> {
     open_files: u64,
 }
 
+/// The note of a row whose scenario ran without the vacuum before it.
+const UNVACUUMED: &str = "not vacuumed before it";
+
 /// Runs the chosen scenarios one after the other. A scenario that fails becomes a row saying why; a server that died
 /// ends the run with a row for each scenario left, and an interrupt ends it at once.
 ///
@@ -183,8 +186,13 @@ fn run_scenarios(
         let current = &*server;
         process::check_interrupted()?;
         ui::step(&format!("Scenario `{}`", scenario.name()));
-        if index > 0 {
-            seed::vacuum(&current.database_url)?;
+        // A failed vacuum costs this scenario its clean start, not the run: the row says so.
+        let unvacuumed = match index {
+            0 => None,
+            _ => seed::vacuum(&current.database_url).err().map(|error| format!("{error:#}")),
+        };
+        if let Some(error) = &unvacuumed {
+            ui::warn(&format!("{error}; `{}` runs on the rows earlier scenarios left", scenario.name()));
         }
         let outcome = match scenario {
             Scenario::Idle => idle::idle(current, open_files).map(|row| vec![row]),
@@ -215,6 +223,17 @@ fn run_scenarios(
                 None => Err(anyhow::anyhow!("oha is not available")),
             },
         };
+        let outcome = outcome.map(|mut new_rows| {
+            if unvacuumed.is_some() {
+                for row in &mut new_rows {
+                    row.note = match row.note.as_str() {
+                        "" => UNVACUUMED.to_owned(),
+                        note => format!("{UNVACUUMED}; {note}"),
+                    };
+                }
+            }
+            new_rows
+        });
         match outcome {
             Ok(new_rows) => {
                 for row in &new_rows {
