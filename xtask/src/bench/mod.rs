@@ -163,6 +163,16 @@ struct Tools<'a> {
 /// The note of a row whose scenario ran without the vacuum before it.
 const UNVACUUMED: &str = "not vacuumed before it";
 
+/// `note` with [`UNVACUUMED`] in front. A note that starts with `"; "` (a row whose only note is its errors) is
+/// joined without a second separator, as the ceilings' shares are.
+fn note_unvacuumed(note: &str) -> String {
+    match note {
+        "" => UNVACUUMED.to_owned(),
+        note if note.starts_with("; ") => format!("{UNVACUUMED}{note}"),
+        note => format!("{UNVACUUMED}; {note}"),
+    }
+}
+
 /// Runs the chosen scenarios one after the other. A scenario that fails becomes a row saying why; a server that died
 /// ends the run with a row for each scenario left, and an interrupt ends it at once.
 ///
@@ -192,6 +202,8 @@ fn run_scenarios(
             _ => seed::vacuum(&current.database_url).err().map(|error| format!("{error:#}")),
         };
         if let Some(error) = &unvacuumed {
+            // An interrupt kills psql too; it ends the run, as it would have a moment later.
+            process::check_interrupted()?;
             ui::warn(&format!("{error}; `{}` runs on the rows earlier scenarios left", scenario.name()));
         }
         let outcome = match scenario {
@@ -226,10 +238,7 @@ fn run_scenarios(
         let outcome = outcome.map(|mut new_rows| {
             if unvacuumed.is_some() {
                 for row in &mut new_rows {
-                    row.note = match row.note.as_str() {
-                        "" => UNVACUUMED.to_owned(),
-                        note => format!("{UNVACUUMED}; {note}"),
-                    };
+                    row.note = note_unvacuumed(&row.note);
                 }
             }
             new_rows
@@ -247,6 +256,9 @@ fn run_scenarios(
                 let mut row = Row::new(scenario.name());
                 row.failure = Some(format!("failed: {error:#}"));
                 row.rss_kib = current.rss_kib().ok();
+                if unvacuumed.is_some() {
+                    row.note = UNVACUUMED.to_owned();
+                }
                 rows.push(row);
             }
         }
@@ -263,4 +275,16 @@ fn run_scenarios(
     }
     process::check_interrupted()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unvacuumed_row_says_so_once_and_keeps_its_note() {
+        assert_eq!(note_unvacuumed(""), "not vacuumed before it");
+        assert_eq!(note_unvacuumed("; errors: 3x HTTP 503"), "not vacuumed before it; errors: 3x HTTP 503");
+        assert_eq!(note_unvacuumed("target: user500"), "not vacuumed before it; target: user500");
+    }
 }
