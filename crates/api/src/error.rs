@@ -577,7 +577,9 @@ impl From<UploadError> for ApiError {
             UploadError::Image(ImageError::Invalid(detail)) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", detail)
             }
-            UploadError::Image(ImageError::Busy) => Self::unavailable(anyhow::anyhow!("image processing saturated")),
+            UploadError::Image(ImageError::Busy) => {
+                Self::unavailable(anyhow::anyhow!("image processing saturated or stopping"))
+            }
             UploadError::Port(error) => error.into(),
             other => Self::unexpected(&other),
         }

@@ -114,8 +114,8 @@ pub enum ImageError {
     /// A recognised type that does not decode, or dimensions outside the limits or the pixel budget.
     #[error("{0}")]
     Invalid(String),
-    /// Too many images are being processed; try again shortly.
-    #[error("image processing is saturated")]
+    /// Too many images are being processed, or the processor is stopping; try again shortly.
+    #[error("image processing is saturated or stopping")]
     Busy,
 }
 
