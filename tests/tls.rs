@@ -1,6 +1,7 @@
 //! TLS between the real binary and Postgres: the `sslmode` and `sslrootcert` of `DATABASE_URL`, against the local
 //! Postgres (which `cargo xtask test` expects to offer TLS, as Debian's cluster does with its certificate for
-//! `localhost`) and against a stand-in server that answers the TLS request with "no".
+//! `localhost`) and against a stand-in server that answers the TLS request with "no". And one thing a connection
+//! can lose on its way: the start-up option the user listing's sessions need, which a stand-in pooler drops.
 //!
 //! Which connections are encrypted is read from `pg_stat_ssl`, so a test that expects TLS fails if the binary
 //! quietly connected in clear.
@@ -193,4 +194,75 @@ async fn sslmode_require_against_a_server_without_tls_stops_start_up_naming_data
     let stderr = stderr_naming_database_url(&output);
     assert!(stderr.contains("does not support TLS"), "the reason is the missing TLS: {stderr}");
     assert_eq!(ssl_requests.try_recv(), Ok(true), "the binary asked for TLS first");
+}
+
+/// A stand-in for a connection pooler that drops start-up options: it reads each client's start-up message, leaves
+/// out its `options` parameter, and relays the connection to `upstream` (`host:port`). Every `options` value it
+/// dropped is reported on the returned channel, so a test can tell the option was asked for. Clients must not ask
+/// for TLS (`sslmode=disable`): it reads the start-up message in clear.
+async fn pooler_dropping_options(upstream: String) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (dropped, reports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let (upstream, dropped) = (upstream.clone(), dropped.clone());
+            tokio::spawn(async move {
+                let mut length = [0_u8; 4];
+                if client.read_exact(&mut length).await.is_err() {
+                    return;
+                }
+                let mut body = vec![0_u8; usize::try_from(u32::from_be_bytes(length)).unwrap() - 4];
+                client.read_exact(&mut body).await.unwrap();
+                // The protocol version, then name and value pairs of NUL-terminated strings, then one more NUL.
+                let (version, parameters) = body.split_at(4);
+                let fields: Vec<&[u8]> = parameters.split(|byte| *byte == 0).collect();
+                let mut kept = version.to_vec();
+                for pair in fields.chunks(2) {
+                    match pair {
+                        [name, value] if *name == b"options" => {
+                            let _ = dropped.send(String::from_utf8_lossy(value).into_owned());
+                        }
+                        [name, value] if !name.is_empty() => {
+                            for field in [name, value] {
+                                kept.extend_from_slice(field);
+                                kept.push(0);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                kept.push(0);
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                server.write_all(&u32::try_from(kept.len() + 4).unwrap().to_be_bytes()).await.unwrap();
+                server.write_all(&kept).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (port, reports)
+}
+
+#[tokio::test]
+async fn behind_a_pooler_that_drops_start_up_options_start_up_stops_naming_the_setting() {
+    let db = TestDatabase::create().await;
+    let url = with_params(&db.url(), "sslmode=disable");
+    let upstream = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
+    let (port, mut dropped) = pooler_dropping_options(upstream.clone()).await;
+    let through_pooler = url.replacen(&format!("@{upstream}/"), &format!("@127.0.0.1:{port}/"), 1);
+    assert_ne!(through_pooler, url, "the URL should now point at the stand-in pooler");
+
+    let output = tokio::task::spawn_blocking(move || serve_failing(&through_pooler)).await.unwrap();
+    let stderr = stderr_naming_database_url(&output);
+    assert!(stderr.contains("user-listing connection"), "the listing's connection is named: {stderr}");
+    assert!(stderr.contains("plan_cache_mode is auto, not the force_custom_plan"), "and why: {stderr}");
+    let mut options = Vec::new();
+    while let Ok(value) = dropped.try_recv() {
+        options.push(value);
+    }
+    assert!(
+        options.iter().any(|value| value.contains("plan_cache_mode=force_custom_plan")),
+        "the binary asked for the setting and the pooler dropped it: {options:?}"
+    );
 }

@@ -137,7 +137,7 @@ impl<P: Ports> Service<P> {
     }
 
     /// Checks a new password against the whole policy, with `context` (the user's own details) as clues: the
-    /// length here, the strength estimate on the hasher's threads. A weak password is the inner `Err`.
+    /// length here, the strength estimate by the hasher, off the async workers. A weak password is the inner `Err`.
     pub(crate) async fn new_password(
         &self,
         raw: &str,
