@@ -233,10 +233,10 @@ pub struct DatabaseUrl {
 impl DatabaseUrl {
     /// Picks `postgres://user:password@host:port/database?options` apart.
     pub fn parse(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
-            .with_context(|| format!("DATABASE_URL `{url}` does not start with postgres://"))?;
+        let rest =
+            url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).with_context(|| {
+                format!("DATABASE_URL `{}` does not start with postgres://", process::redact_url_password(url))
+            })?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (database, query) = match path.split_once('?') {
             Some((database, query)) => (database, Some(query)),

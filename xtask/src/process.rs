@@ -45,13 +45,14 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// The command line of `command`, for messages, with what follows `authorization:` in any argument (a load
-/// generator's bearer token, as `-H 'Authorization: ...'`, `-HAuthorization: ...` or `--header=...`, and
-/// `Proxy-Authorization` alike) left out.
+/// The command line of `command`, for messages, with credentials left out: what follows `authorization:` in any
+/// argument (a load generator's bearer token, as `-H 'Authorization: ...'`, `-HAuthorization: ...` or
+/// `--header=...`, and `Proxy-Authorization` alike), and the password of a URL (`postgres://user:secret@host/db`,
+/// as `psql --dbname` takes a database URL with one when `DATABASE_URL` has it).
 pub fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
-        .map(|arg| redact_credentials(&arg.to_string_lossy()))
+        .map(|arg| redact_url_password(&redact_credentials(&arg.to_string_lossy())))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -64,6 +65,31 @@ fn redact_credentials(arg: &str) -> String {
         Some(kept) => format!("{kept} <redacted>"),
         None => arg.to_owned(),
     }
+}
+
+/// `arg` with the password of every URL in it (between the `:` after the user name and the last `@` of the
+/// authority) replaced by `<redacted>`; a URL without a password is left as it is.
+pub fn redact_url_password(arg: &str) -> String {
+    let mut redacted = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after_scheme) = rest.split_at(scheme_end + "://".len());
+        redacted.push_str(before);
+        // The authority runs to the path, the query, the fragment or the end of the argument.
+        let authority_len = after_scheme.find(['/', '?', '#', ' ']).unwrap_or(after_scheme.len());
+        let (authority, tail) = after_scheme.split_at(authority_len);
+        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+            Some((colon, at)) => {
+                redacted.push_str(&authority[..=colon]);
+                redacted.push_str("<redacted>");
+                redacted.push_str(&authority[at..]);
+            }
+            None => redacted.push_str(authority),
+        }
+        rest = tail;
+    }
+    redacted.push_str(rest);
+    redacted
 }
 
 /// How a process ended, for messages: `exit code 1` or `signal 15`.
@@ -329,5 +355,30 @@ mod tests {
             describe(&command),
             "tool -HAuthorization: <redacted> --header=Proxy-Authorization: <redacted> plain"
         );
+    }
+
+    #[test]
+    fn a_described_command_leaves_out_the_password_of_a_url() {
+        let mut command = Command::new("psql");
+        command.args([
+            "--dbname",
+            "postgres://app:s3cr%40t:x@db.example:5432/app?sslmode=require",
+            "--dbname=postgresql://me:pw@[::1]/x",
+            "https://example.com/a@b:c",
+        ]);
+        let description = describe(&command);
+        assert_eq!(
+            description,
+            "psql --dbname postgres://app:<redacted>@db.example:5432/app?sslmode=require \
+             --dbname=postgresql://me:<redacted>@[::1]/x https://example.com/a@b:c"
+        );
+        assert!(!description.contains("s3cr") && !description.contains(":pw@"));
+    }
+
+    #[test]
+    fn a_url_without_a_password_is_described_as_it_is() {
+        for url in ["postgres://postgres@127.0.0.1:5432/postgres", "http://127.0.0.1:8080/me", "plain", "a://"] {
+            assert_eq!(redact_url_password(url), url);
+        }
     }
 }
