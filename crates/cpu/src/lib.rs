@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 
 /// How far below the rest of the process the threads run, in nice values: three steps, so that the heavy work
 /// weighs about half as much as a thread of the process's own priority (the kernel's weights fall by about a
-/// fifth per step). Measured against the default priority and against 6 and 10 (see the README's performance
-/// section): with 3, `GET /me` during a flood of logins kept about half of the gain that 10 gave, while logins
-/// sent during a flood of reads were as fast as before; with 6 and 10 those logins' p99 grew from about 0.2 s to
-/// 0.4-1.2 s.
+/// fifth per step). Measured against the default priority and against 6 and 10 (see `docs/performance.md`, "Latest
+/// figures: a whole run, and CPU work at a lower priority"): with 3, `GET /me` during a flood of logins kept about
+/// half of the gain that 10 gave, while logins sent during a flood of reads were as fast as before; with 6 and 10
+/// those logins' p99 grew from about 0.2 s to 0.4-1.2 s.
 pub const NICENESS: i32 = 3;
 
 /// The highest nice value, the lowest priority, Linux allows.
