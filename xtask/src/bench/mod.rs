@@ -10,7 +10,9 @@
 //! stack, runtime and pool that does nothing but the database read of `GET /me`, as the ceiling the `me` figure is
 //! compared with. `register` signs up a new address on every request and deletes those accounts after. `login-mfa`
 //! turns TOTP on for a range of seeded users in the database while it runs, and off again after it. `upload` starts
-//! its own Garage and a second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done. `proxy`
+//! its own Garage and a second server storing in it (`STORAGE_BACKEND=s3`), and stops both when it is done;
+//! `pictures` builds and runs `bench-pictures` (the `xtask/pictures` crate), the service's picture pipeline alone on
+//! `upload`'s JPEG, in-process, as the ceiling the `upload` figure is compared with. `proxy`
 //! starts a second instance on the same database and data directory and an nginx in front of both, and runs `me`
 //! and `login` through it. `soak`,
 //! run only when named, keeps `GET /me` going for minutes with nobody scraping the metrics and samples the server's
@@ -21,7 +23,7 @@
 //! command line and the scenarios), [`seed`] (the seeded database), [`server`] (the server under test and signing in
 //! to it), [`load`] (driving `oha`), [`system`] (memory and CPU figures from `/proc`), one module per family of
 //! scenarios ([`requests`], [`baseline`], [`register`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`],
-//! [`proxy`], [`upload`], [`soak`], [`idle`], [`hashing`]), and [`report`] (the rows, the table and the JSON report).
+//! [`proxy`], [`upload`], [`pictures`], [`soak`], [`idle`], [`hashing`]), and [`report`] (the rows, the table and the JSON report).
 
 mod baseline;
 mod hashing;
@@ -29,6 +31,7 @@ mod idle;
 mod load;
 mod mfa;
 mod options;
+mod pictures;
 mod proxy;
 mod refresh;
 mod register;
@@ -113,6 +116,8 @@ impl Bench {
             }
             (None, true) => Some(baseline::build()?),
         };
+        let pictures_bin =
+            if options.scenarios.contains(&Scenario::Pictures) { Some(pictures::build()?) } else { None };
 
         postgres::ensure_local_server()?;
         let data_dir = bench_dir.join("data");
@@ -128,7 +133,13 @@ impl Bench {
                 "other processes kept {busy:.0}% of the CPU busy just before the run; the figures will be lower"
             ));
         }
-        let tools = Tools { oha: oha.as_ref(), baseline: baseline_bin.as_deref(), bench_dir: &bench_dir, open_files };
+        let tools = Tools {
+            oha: oha.as_ref(),
+            baseline: baseline_bin.as_deref(),
+            pictures: pictures_bin.as_deref(),
+            bench_dir: &bench_dir,
+            open_files,
+        };
         let rows = run_scenarios(&options, &mut server, &start, &tools);
         ui::step("Stopping the server");
         if let Err(error) = server.service.stop() {
@@ -147,13 +158,15 @@ impl Bench {
     }
 }
 
-/// What the scenarios need besides the server: the load generator, the `bench-baseline` binary (when `baseline`
-/// runs), where logs go, and the open-files limit.
+/// What the scenarios need besides the server: the load generator, the `bench-baseline` and `bench-pictures`
+/// binaries (when `baseline` and `pictures` run), where logs go, and the open-files limit.
 struct Tools<'a> {
     /// `oha`, when a scenario uses it.
     oha: Option<&'a Oha>,
     /// `bench-baseline`, when `baseline` runs.
     baseline: Option<&'a std::path::Path>,
+    /// `bench-pictures`, when `pictures` runs.
+    pictures: Option<&'a std::path::Path>,
     /// `target/bench`.
     bench_dir: &'a std::path::Path,
     /// The raised limit of open files, for `idle`.
@@ -217,6 +230,10 @@ fn run_scenarios(
                     baseline::baseline(current, binary, tools.bench_dir, oha, options).map(|row| vec![row])
                 }
                 _ => Err(anyhow::anyhow!("oha or bench-baseline is not available")),
+            },
+            Scenario::Pictures => match tools.pictures {
+                Some(binary) => pictures::pictures(binary, tools.bench_dir, options).map(|row| vec![row]),
+                None => Err(anyhow::anyhow!("bench-pictures is not available")),
             },
             Scenario::Upload => match oha {
                 Some(oha) => upload::upload(start, oha, options),

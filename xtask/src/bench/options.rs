@@ -39,13 +39,15 @@ pub(super) enum Scenario {
     Proxy,
     /// `POST /users/{id}/profile-picture` of a ~1 MB JPEG, with the server storing in a Garage the run starts.
     Upload,
+    /// The service's picture pipeline alone on `upload`'s JPEG, in-process: the ceiling of `upload`.
+    Pictures,
     /// `GET /me` for `--soak-minutes` with nobody scraping `/metrics`, the server's memory sampled throughout.
     Soak,
 }
 
 impl Scenario {
     /// Every scenario, in running order.
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::Idle,
         Self::Me,
         Self::Baseline,
@@ -59,6 +61,7 @@ impl Scenario {
         Self::Storm,
         Self::Proxy,
         Self::Upload,
+        Self::Pictures,
         Self::Soak,
     ];
 
@@ -83,6 +86,7 @@ impl Scenario {
             Self::Storm => "storm",
             Self::Proxy => "proxy",
             Self::Upload => "upload",
+            Self::Pictures => "pictures",
             Self::Soak => "soak",
         }
     }

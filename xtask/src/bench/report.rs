@@ -52,6 +52,8 @@ pub(super) struct Row {
     pub(super) argon2_percent: Option<f64>,
     /// For `me`: the rate in percent of the `baseline` rate of the same run, when both ran.
     pub(super) baseline_percent: Option<f64>,
+    /// For `upload`: the rate in percent of the `pictures` rate of the same run, when both ran.
+    pub(super) pictures_percent: Option<f64>,
 }
 
 impl Row {
@@ -118,6 +120,9 @@ const HASHING_ROWS: [&str; 3] = ["login", "login-mfa", "register"];
 /// The rows whose rate is compared with the `baseline` rate: the same read with the service's work around it.
 const BASELINE_ROWS: [&str; 1] = ["me"];
 
+/// The rows whose rate is compared with the `pictures` rate: each of their requests runs the picture pipeline once.
+const PICTURE_ROWS: [&str; 1] = ["upload"];
+
 /// Which ceiling a row is compared with.
 #[derive(Clone, Copy)]
 enum Ceiling {
@@ -125,6 +130,8 @@ enum Ceiling {
     Argon2,
     /// The rate of `bench-baseline`.
     Baseline,
+    /// The in-process rate of the picture pipeline.
+    Pictures,
 }
 
 impl Ceiling {
@@ -133,6 +140,7 @@ impl Ceiling {
         match self {
             Self::Argon2 => "argon2",
             Self::Baseline => "baseline",
+            Self::Pictures => "pictures",
         }
     }
 
@@ -141,6 +149,7 @@ impl Ceiling {
         match self {
             Self::Argon2 => &HASHING_ROWS,
             Self::Baseline => &BASELINE_ROWS,
+            Self::Pictures => &PICTURE_ROWS,
         }
     }
 
@@ -149,16 +158,17 @@ impl Ceiling {
         match self {
             Self::Argon2 => &mut row.argon2_percent,
             Self::Baseline => &mut row.baseline_percent,
+            Self::Pictures => &mut row.pictures_percent,
         }
     }
 }
 
-/// Fills in the ratio of the `login`, `login-mfa` and `register` rates to the `argon2` rate, and of the `me` rate
-/// to the `baseline` rate, when both rows of a pair ran: in [`Row::argon2_percent`] or [`Row::baseline_percent`]
-/// and at the head of the note. A row that failed gets none (`login-mfa` may have figures yet have run out of TOTP
+/// Fills in the ratio of the `login`, `login-mfa` and `register` rates to the `argon2` rate, of the `me` rate to
+/// the `baseline` rate and of the `upload` rate to the `pictures` rate, when both rows of a pair ran: in
+/// [`Row::argon2_percent`], [`Row::baseline_percent`] or [`Row::pictures_percent`] and at the head of the note. A row that failed gets none (`login-mfa` may have figures yet have run out of TOTP
 /// steps, its rate then being no measure of the server), nor does any row when its ceiling failed.
 pub(super) fn compare_with_ceilings(rows: &mut [Row]) {
-    for ceiling in [Ceiling::Argon2, Ceiling::Baseline] {
+    for ceiling in [Ceiling::Argon2, Ceiling::Baseline, Ceiling::Pictures] {
         compare_with(rows, ceiling);
     }
 }
@@ -294,6 +304,7 @@ pub(super) fn report_json(
                 "note": row.note,
                 "argon2_percent": row.argon2_percent.map(finite),
                 "baseline_percent": row.baseline_percent.map(finite),
+                "pictures_percent": row.pictures_percent.map(finite),
             })
         })
         .collect();
@@ -378,6 +389,20 @@ mod tests {
         compare_with_ceilings(&mut rows);
         assert_eq!(rows.first().and_then(|row| row.baseline_percent), None);
         assert_eq!(rows.first().map(|row| row.note.as_str()), Some(""));
+    }
+
+    #[test]
+    fn upload_alone_is_compared_with_the_pictures_rate() {
+        let mut rows = vec![
+            rated("upload", 30.0, "1.12 MB JPEG"),
+            rated("upload: GET /me", 1000.0, "beside the uploads"),
+            rated("pictures", 60.0, "in-process"),
+        ];
+        compare_with_ceilings(&mut rows);
+        let notes: Vec<&str> = rows.iter().map(|row| row.note.as_str()).collect();
+        assert_eq!(notes, vec!["50% of the pictures rate; 1.12 MB JPEG", "beside the uploads", "in-process"]);
+        assert_eq!(rows.iter().map(|row| row.pictures_percent).collect::<Vec<_>>(), vec![Some(50.0), None, None]);
+        assert!(rows.iter().all(|row| row.argon2_percent.is_none() && row.baseline_percent.is_none()));
     }
 
     #[test]

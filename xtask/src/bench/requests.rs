@@ -53,6 +53,7 @@ pub(super) fn oha_scenario(scenario: Scenario, server: &Server, oha: &Oha, optio
         | Scenario::Argon2
         | Scenario::Refresh
         | Scenario::Upload
+        | Scenario::Pictures
         | Scenario::Proxy
         | Scenario::Soak => {
             bail!("`{}` is not an oha scenario", scenario.name())

@@ -170,7 +170,7 @@ fn multipart_body(content: &[u8]) -> Vec<u8> {
 
 /// The picture `upload` sends: a 2000x1500 diagonal colour gradient with per-pixel noise from a fixed-seed
 /// xorshift, as JPEG at quality 90. The noise is what makes it about 1 MB (a plain gradient compresses to a tenth).
-fn bench_jpeg() -> Result<Vec<u8>> {
+pub(super) fn bench_jpeg() -> Result<Vec<u8>> {
     const WIDTH: u32 = 2000;
     const HEIGHT: u32 = 1500;
     let mut state: u32 = 0x9e37_79b9;
