@@ -150,7 +150,7 @@ pub fn run_with_input(command: &mut Command, input: &str) -> Result<()> {
 }
 
 /// Fails, quoting the captured standard error, unless `output` of `command` tells of a successful exit.
-fn check_success(command: &Command, output: &Output) -> Result<()> {
+pub fn check_success(command: &Command, output: &Output) -> Result<()> {
     if !output.status.success() {
         bail!(
             "`{}` failed with {}: {}",

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::report::{Row, measure_latencies};
+use super::report::{Row, measure_latencies, note_disturbance};
 use super::seed::PASSWORD;
+use super::system::{MachineMeter, own_cpu_ticks};
 use crate::process;
 
 /// How long the in-process argon2 measurement runs.
@@ -21,6 +22,8 @@ pub(super) fn argon2_rate() -> Result<Row> {
     let (memory, iterations, lanes) = ARGON2_PARAMS;
     let params = Params::new(memory, iterations, lanes, Some(32)).map_err(|error| anyhow::anyhow!("{error}"))?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let machine = MachineMeter::start()?;
+    let own_before = own_cpu_ticks()?;
     let start = Instant::now();
     let end = start + ARGON2_DURATION;
     let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|scope| {
@@ -49,6 +52,7 @@ pub(super) fn argon2_rate() -> Result<Row> {
             .collect()
     });
     let elapsed = start.elapsed();
+    let disturbance = machine.disturbance(own_cpu_ticks()?.saturating_sub(own_before))?;
     let mut latencies = Vec::new();
     for result in results {
         latencies.extend(result?);
@@ -57,5 +61,6 @@ pub(super) fn argon2_rate() -> Result<Row> {
     row.connections = Some(threads as u64);
     row.note = format!("in-process hashes/s, m={memory},t={iterations},p={lanes}, {threads} threads");
     row.measurement = Some(measure_latencies(latencies, elapsed));
+    note_disturbance(&mut row, disturbance);
     Ok(row)
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::options::Options;
-use super::report::{Row, measure_latencies};
+use super::report::{Row, measure_latencies, note_disturbance};
+use super::system::{MachineMeter, output_and_cpu_ticks};
 use super::upload::bench_jpeg;
 use crate::{process, ui};
 
@@ -29,7 +30,9 @@ pub(super) fn pictures(binary: &Path, bench_dir: &Path, options: &Options) -> Re
     std::fs::write(&picture, bench_jpeg()?).with_context(|| format!("could not write {}", picture.display()))?;
     let mut command = Command::new(binary);
     command.arg(&picture).arg(options.duration.as_secs().max(1).to_string());
-    let output = process::output(&mut command)?;
+    let machine = MachineMeter::start()?;
+    let (output, ticks) = output_and_cpu_ticks(&mut command)?;
+    let disturbance = machine.disturbance(ticks)?;
     let (elapsed, times) = parse_output(&output)?;
     let in_flight = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut row = Row::new("pictures");
@@ -39,6 +42,7 @@ pub(super) fn pictures(binary: &Path, bench_dir: &Path, options: &Options) -> Re
          HTTP or storage"
     );
     row.measurement = Some(measure_latencies(times, elapsed));
+    note_disturbance(&mut row, disturbance);
     Ok(row)
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::options::Options;
 use super::system::Oha;
-use super::system::{cpu_model, format_kib};
+use super::system::{Disturbance, cpu_model, format_kib};
 
 /// The numbers of one measured load run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,6 +54,9 @@ pub(super) struct Row {
     pub(super) baseline_percent: Option<f64>,
     /// For `upload`: the rate in percent of the `pictures` rate of the same run, when both ran.
     pub(super) pictures_percent: Option<f64>,
+    /// For the in-process ceilings (`argon2`, `pictures`): the CPU other processes used (or the hypervisor took)
+    /// while they ran, in percent of one core.
+    pub(super) others_cpu_percent: Option<f64>,
 }
 
 impl Row {
@@ -163,6 +166,27 @@ impl Ceiling {
     }
 }
 
+/// Above this much CPU used by other processes while an in-process ceiling ran, in percent of one core (a twentieth
+/// of the two cores, as much as the ceiling could lose), its row and the shares of it say it was disturbed.
+const DISTURBED_PERCENT: f64 = 10.0;
+
+/// Records on the row of an in-process ceiling what else ran meanwhile, and says so in its note when it was enough
+/// to lower the ceiling.
+pub(super) fn note_disturbance(row: &mut Row, disturbance: Disturbance) {
+    row.others_cpu_percent = Some(disturbance.others_percent);
+    if is_disturbed(row) {
+        row.note = format!(
+            "{}; disturbed: other processes used {:.0}% of a core meanwhile",
+            row.note, disturbance.others_percent
+        );
+    }
+}
+
+/// Whether other processes used more than [`DISTURBED_PERCENT`] while `row`'s ceiling was measured.
+fn is_disturbed(row: &Row) -> bool {
+    row.others_cpu_percent.is_some_and(|others| others > DISTURBED_PERCENT)
+}
+
 /// Fills in the ratio of the `login`, `login-mfa` and `register` rates to the `argon2` rate, of the `me` rate to
 /// the `baseline` rate and of the `upload` rate to the `pictures` rate, when both rows of a pair ran: in
 /// [`Row::argon2_percent`], [`Row::baseline_percent`] or [`Row::pictures_percent`] and at the head of the note. A row that failed gets none (`login-mfa` may have figures yet have run out of TOTP
@@ -175,21 +199,19 @@ pub(super) fn compare_with_ceilings(rows: &mut [Row]) {
 
 /// [`compare_with_ceilings`] for one ceiling.
 fn compare_with(rows: &mut [Row], ceiling: Ceiling) {
-    let rate = rows
-        .iter()
-        .find(|row| row.scenario == ceiling.scenario() && row.failure.is_none())
-        .and_then(|row| row.measurement.as_ref())
-        .map(|m| m.requests_per_sec);
+    let ceiling_row = rows.iter().find(|row| row.scenario == ceiling.scenario() && row.failure.is_none());
+    let rate = ceiling_row.and_then(|row| row.measurement.as_ref()).map(|m| m.requests_per_sec);
     let Some(rate) = rate.filter(|rate| *rate > 0.0) else {
         return;
     };
+    let caveat = if ceiling_row.is_some_and(is_disturbed) { " (a disturbed ceiling)" } else { "" };
     for row in rows.iter_mut().filter(|row| ceiling.rows().contains(&row.scenario.as_str()) && row.failure.is_none()) {
         let Some(measured) = &row.measurement else {
             continue;
         };
         let percent = measured.requests_per_sec / rate * 100.0;
         *ceiling.field(row) = Some(percent);
-        let ratio = format!("{percent:.0}% of the {} rate", ceiling.scenario());
+        let ratio = format!("{percent:.0}% of the {} rate{caveat}", ceiling.scenario());
         row.note = if row.note.is_empty() {
             ratio
         } else if row.note.starts_with("; ") {
@@ -305,6 +327,7 @@ pub(super) fn report_json(
                 "argon2_percent": row.argon2_percent.map(finite),
                 "baseline_percent": row.baseline_percent.map(finite),
                 "pictures_percent": row.pictures_percent.map(finite),
+                "others_cpu_percent": row.others_cpu_percent.map(finite),
             })
         })
         .collect();
@@ -389,6 +412,22 @@ mod tests {
         compare_with_ceilings(&mut rows);
         assert_eq!(rows.first().and_then(|row| row.baseline_percent), None);
         assert_eq!(rows.first().map(|row| row.note.as_str()), Some(""));
+    }
+
+    #[test]
+    fn a_ceiling_measured_beside_other_work_says_so_and_so_do_its_shares() {
+        let mut quiet = rated("argon2", 120.0, "in-process");
+        note_disturbance(&mut quiet, Disturbance { others_percent: 4.0 });
+        assert_eq!(quiet.note, "in-process");
+        assert_eq!(quiet.others_cpu_percent, Some(4.0));
+
+        let mut busy = rated("argon2", 90.0, "in-process");
+        note_disturbance(&mut busy, Disturbance { others_percent: 37.4 });
+        assert_eq!(busy.note, "in-process; disturbed: other processes used 37% of a core meanwhile");
+        let mut rows = vec![rated("login", 45.0, ""), busy];
+        compare_with_ceilings(&mut rows);
+        assert_eq!(rows.first().map(|row| row.note.as_str()), Some("50% of the argon2 rate (a disturbed ceiling)"));
+        assert_eq!(rows.first().and_then(|row| row.argon2_percent), Some(50.0));
     }
 
     #[test]
