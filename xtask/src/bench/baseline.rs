@@ -18,7 +18,7 @@ use super::server::{Server, login};
 use super::system::Oha;
 use crate::http;
 use crate::postgres::{literal, psql};
-use crate::process::{self, Service};
+use crate::process::Service;
 use crate::ui;
 
 /// How long `bench-baseline` may take to answer `/healthz` after it was started.
@@ -26,11 +26,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds `bench-baseline` in release mode, as the server is built, and returns its path.
 pub(super) fn build() -> Result<PathBuf> {
-    ui::step("Building the baseline server (cargo build --release -p bench-baseline)");
-    let mut build = Command::new(crate::cargo());
-    build.current_dir(crate::project_root()).args(["build", "--release", "-p", "bench-baseline"]);
-    process::run(&mut build).context("could not build bench-baseline")?;
-    Ok(crate::target_dir().join("release").join("bench-baseline"))
+    super::build_release("bench-baseline", "the baseline server")
 }
 
 /// `baseline`: `user1` logs in to the service, as for `me`, and `bench-baseline` is loaded with that session's id

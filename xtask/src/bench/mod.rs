@@ -158,6 +158,16 @@ impl Bench {
     }
 }
 
+/// Builds the workspace member `package`, a binary of the same name that a ceiling runs (`what`, for the progress
+/// line), in release mode as the server is built, and returns its path.
+fn build_release(package: &str, what: &str) -> Result<std::path::PathBuf> {
+    ui::step(&format!("Building {what} (cargo build --release -p {package})"));
+    let mut build = std::process::Command::new(crate::cargo());
+    build.current_dir(crate::project_root()).args(["build", "--release", "-p", package]);
+    process::run(&mut build).with_context(|| format!("could not build {package}"))?;
+    Ok(crate::target_dir().join("release").join(package))
+}
+
 /// What the scenarios need besides the server: the load generator, the `bench-baseline` and `bench-pictures`
 /// binaries (when `baseline` and `pictures` run), where logs go, and the open-files limit.
 struct Tools<'a> {

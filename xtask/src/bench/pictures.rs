@@ -12,15 +12,10 @@ use super::options::Options;
 use super::report::{Row, measure_latencies, note_disturbance};
 use super::system::{MachineMeter, output_and_cpu_ticks};
 use super::upload::bench_jpeg;
-use crate::{process, ui};
 
 /// Builds `bench-pictures` in release mode, as the server is built, and returns its path.
 pub(super) fn build() -> Result<PathBuf> {
-    ui::step("Building the picture pipeline's ceiling (cargo build --release -p bench-pictures)");
-    let mut build = Command::new(crate::cargo());
-    build.current_dir(crate::project_root()).args(["build", "--release", "-p", "bench-pictures"]);
-    process::run(&mut build).context("could not build bench-pictures")?;
-    Ok(crate::target_dir().join("release").join("bench-pictures"))
+    super::build_release("bench-pictures", "the picture pipeline's ceiling")
 }
 
 /// `pictures`: `bench-pictures` processes the `upload` scenario's 2000x1500 JPEG (written to
