@@ -233,10 +233,11 @@ pub struct DatabaseUrl {
 impl DatabaseUrl {
     /// Picks `postgres://user:password@host:port/database?options` apart.
     pub fn parse(url: &str) -> Result<Self> {
-        let rest =
-            url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).with_context(|| {
-                format!("DATABASE_URL `{}` does not start with postgres://", process::redact_url_password(url))
-            })?;
+        // The value is not quoted: whatever it is instead (a key/value string, a typo), it may hold the password.
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .context("DATABASE_URL does not start with postgres:// or postgresql://")?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (database, query) = match path.split_once('?') {
             Some((database, query)) => (database, Some(query)),
@@ -253,7 +254,8 @@ impl DatabaseUrl {
             }
         };
         let port = port
-            .map(|port| port.parse::<u16>().with_context(|| format!("DATABASE_URL has an invalid port `{port}`")))
+            // Not quoted: a password holding an unencoded `/` would be read as the port.
+            .map(|port| port.parse::<u16>().context("DATABASE_URL has an invalid port"))
             .transpose()?;
         let scheme_len = url.len() - rest.len();
         let prefix = url.get(..scheme_len + authority.len()).unwrap_or(url);

@@ -67,28 +67,30 @@ fn redact_credentials(arg: &str) -> String {
     }
 }
 
-/// `arg` with the password of every URL in it (between the `:` after the user name and the last `@` of the
-/// authority) replaced by `<redacted>`; a URL without a password is left as it is.
+/// `arg` with the password of every URL in it replaced by `<redacted>`: from the `:` after the user name to the last
+/// `@` before the path. The authority is taken to run to the first `/` after `://`, as libpq reads it, so a password
+/// holding `?`, `#` or a space is still covered (at worst more than the password is left out); a URL without a
+/// password is left as it is.
 pub fn redact_url_password(arg: &str) -> String {
     let mut redacted = String::with_capacity(arg.len());
-    let mut rest = arg;
-    while let Some(scheme_end) = rest.find("://") {
-        let (before, after_scheme) = rest.split_at(scheme_end + "://".len());
-        redacted.push_str(before);
-        // The authority runs to the path, the query, the fragment or the end of the argument.
-        let authority_len = after_scheme.find(['/', '?', '#', ' ']).unwrap_or(after_scheme.len());
-        let (authority, tail) = after_scheme.split_at(authority_len);
-        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
-            Some((colon, at)) => {
-                redacted.push_str(&authority[..=colon]);
-                redacted.push_str("<redacted>");
-                redacted.push_str(&authority[at..]);
-            }
-            None => redacted.push_str(authority),
+    let mut copied = 0;
+    for (scheme, separator) in arg.match_indices("://") {
+        let start = scheme + separator.len();
+        let authority = arg.get(start..).map_or("", |rest| rest.split('/').next().unwrap_or(rest));
+        let Some((colon, at)) =
+            authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (start + colon, start + at)))
+        else {
+            continue;
+        };
+        // Authorities end at a `/`, which every later `://` holds, so no two of them overlap; checked all the same.
+        if colon < copied {
+            continue;
         }
-        rest = tail;
+        redacted.push_str(&arg[copied..=colon]);
+        redacted.push_str("<redacted>");
+        copied = at;
     }
-    redacted.push_str(rest);
+    redacted.push_str(&arg[copied..]);
     redacted
 }
 
@@ -373,6 +375,26 @@ mod tests {
              --dbname=postgresql://me:<redacted>@[::1]/x https://example.com/a@b:c"
         );
         assert!(!description.contains("s3cr") && !description.contains(":pw@"));
+    }
+
+    #[test]
+    fn a_password_holding_url_delimiters_or_a_second_url_is_left_out_too() {
+        for (url, secret) in [
+            ("postgres://app:pa?ss@db:5432/app", "pa?ss"),
+            ("postgres://app:pa#ss@db/app", "pa#ss"),
+            ("postgres://app:pa ss@db/app", "pa ss"),
+            ("a=postgres://u:first@h,b=postgres://v:second@k/x", "second"),
+            ("a=postgres://u:first@h,b=postgres://v:second@k/x", "first"),
+        ] {
+            let redacted = redact_url_password(url);
+            assert!(!redacted.contains(secret), "{url} -> {redacted}");
+            assert!(redacted.contains(":<redacted>@"), "{url} -> {redacted}");
+        }
+        assert_eq!(
+            redact_url_password("a=postgres://u@h,b=postgres://v:q@k"),
+            "a=postgres://u@h,b=postgres://v:<redacted>@k"
+        );
+        assert_eq!(redact_url_password("é postgres://ü:ß@ĥ/x ü"), "é postgres://ü:<redacted>@ĥ/x ü");
     }
 
     #[test]

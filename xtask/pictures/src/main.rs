@@ -29,12 +29,17 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let [path, seconds] = args.as_slice() else {
         return Err("usage: bench-pictures <picture> <seconds>".to_owned());
     };
-    let picture = std::fs::read(path).map_err(|error| format!("could not read {path}: {error}"))?;
-    let seconds: u64 = seconds.parse().map_err(|_| format!("`{seconds}` is not a whole number of seconds"))?;
+    let picture = std::fs::read(path).map_err(|error| format!("could not read {}: {error}", path.to_string_lossy()))?;
+    let seconds = seconds.to_string_lossy();
+    let seconds: u64 = seconds
+        .parse()
+        .ok()
+        .filter(|seconds| *seconds <= 24 * 60 * 60)
+        .ok_or_else(|| format!("`{seconds}` is not a whole number of seconds up to a day"))?;
     let in_flight = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

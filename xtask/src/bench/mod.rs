@@ -23,7 +23,8 @@
 //! command line and the scenarios), [`seed`] (the seeded database), [`server`] (the server under test and signing in
 //! to it), [`load`] (driving `oha`), [`system`] (memory and CPU figures from `/proc`), one module per family of
 //! scenarios ([`requests`], [`baseline`], [`register`], [`mfa`] with the TOTP codes of [`totp`], [`refresh`],
-//! [`proxy`], [`upload`], [`pictures`], [`soak`], [`idle`], [`hashing`]), and [`report`] (the rows, the table and the JSON report).
+//! [`proxy`], [`upload`], [`pictures`], [`soak`], [`idle`], [`hashing`]), and [`report`] (the rows, the table and
+//! the JSON report).
 
 mod baseline;
 mod hashing;

@@ -25,9 +25,10 @@ pub(super) fn pictures(binary: &Path, bench_dir: &Path, options: &Options) -> Re
     std::fs::write(&picture, bench_jpeg()?).with_context(|| format!("could not write {}", picture.display()))?;
     let mut command = Command::new(binary);
     command.arg(&picture).arg(options.duration.as_secs().max(1).to_string());
-    let machine = MachineMeter::start()?;
+    // What else ran meanwhile is a note on the figures, not a reason to lose them: unreadable, it is left out.
+    let machine = MachineMeter::start().ok();
     let (output, ticks) = output_and_cpu_ticks(&mut command)?;
-    let disturbance = machine.disturbance(ticks)?;
+    let disturbance = machine.zip(ticks).and_then(|(machine, ticks)| machine.disturbance(ticks).ok());
     let (elapsed, times) = parse_output(&output)?;
     let in_flight = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut row = Row::new("pictures");
@@ -37,7 +38,9 @@ pub(super) fn pictures(binary: &Path, bench_dir: &Path, options: &Options) -> Re
          HTTP or storage"
     );
     row.measurement = Some(measure_latencies(times, elapsed));
-    note_disturbance(&mut row, disturbance);
+    if let Some(disturbance) = disturbance {
+        note_disturbance(&mut row, disturbance);
+    }
     Ok(row)
 }
 

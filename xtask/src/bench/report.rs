@@ -166,8 +166,8 @@ impl Ceiling {
     }
 }
 
-/// Above this much CPU used by other processes while an in-process ceiling ran, in percent of one core (a twentieth
-/// of the two cores, as much as the ceiling could lose), its row and the shares of it say it was disturbed.
+/// Above this much CPU used by other processes (or taken by the hypervisor) while an in-process ceiling ran, in
+/// percent of one core, its row and the shares of it say it was disturbed.
 const DISTURBED_PERCENT: f64 = 10.0;
 
 /// Records on the row of an in-process ceiling what else ran meanwhile, and says so in its note when it was enough
@@ -175,10 +175,11 @@ const DISTURBED_PERCENT: f64 = 10.0;
 pub(super) fn note_disturbance(row: &mut Row, disturbance: Disturbance) {
     row.others_cpu_percent = Some(disturbance.others_percent);
     if is_disturbed(row) {
-        row.note = format!(
-            "{}; disturbed: other processes used {:.0}% of a core meanwhile",
-            row.note, disturbance.others_percent
+        let said = format!(
+            "disturbed: other processes or the hypervisor used {:.0}% of a core meanwhile",
+            disturbance.others_percent
         );
+        row.note = if row.note.is_empty() { said } else { format!("{}; {said}", row.note) };
     }
 }
 
@@ -189,8 +190,10 @@ fn is_disturbed(row: &Row) -> bool {
 
 /// Fills in the ratio of the `login`, `login-mfa` and `register` rates to the `argon2` rate, of the `me` rate to
 /// the `baseline` rate and of the `upload` rate to the `pictures` rate, when both rows of a pair ran: in
-/// [`Row::argon2_percent`], [`Row::baseline_percent`] or [`Row::pictures_percent`] and at the head of the note. A row that failed gets none (`login-mfa` may have figures yet have run out of TOTP
-/// steps, its rate then being no measure of the server), nor does any row when its ceiling failed.
+/// [`Row::argon2_percent`], [`Row::baseline_percent`] or [`Row::pictures_percent`] and at the head of the note, with
+/// "(a disturbed ceiling)" when the ceiling says it was. A row that failed gets none (`login-mfa` may have figures
+/// yet have run out of TOTP steps, its rate then being no measure of the server), nor does any row when its ceiling
+/// failed.
 pub(super) fn compare_with_ceilings(rows: &mut [Row]) {
     for ceiling in [Ceiling::Argon2, Ceiling::Baseline, Ceiling::Pictures] {
         compare_with(rows, ceiling);
@@ -423,7 +426,10 @@ mod tests {
 
         let mut busy = rated("argon2", 90.0, "in-process");
         note_disturbance(&mut busy, Disturbance { others_percent: 37.4 });
-        assert_eq!(busy.note, "in-process; disturbed: other processes used 37% of a core meanwhile");
+        assert_eq!(busy.note, "in-process; disturbed: other processes or the hypervisor used 37% of a core meanwhile");
+        let mut bare = rated("pictures", 50.0, "");
+        note_disturbance(&mut bare, Disturbance { others_percent: 12.0 });
+        assert_eq!(bare.note, "disturbed: other processes or the hypervisor used 12% of a core meanwhile");
         let mut rows = vec![rated("login", 45.0, ""), busy];
         compare_with_ceilings(&mut rows);
         assert_eq!(rows.first().map(|row| row.note.as_str()), Some("50% of the argon2 rate (a disturbed ceiling)"));

@@ -86,12 +86,11 @@ fn clock_ticks_per_second() -> f64 {
 /// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks summed over the cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MachineTicks {
-    /// Everything counted: user, nice, system, idle, iowait, irq, softirq and steal.
+    /// Everything counted: user, nice, system, idle, iowait, irq, softirq and steal (time the hypervisor gave
+    /// other guests while this machine wanted to run).
     total: u64,
     /// Idle and waiting for I/O.
     idle: u64,
-    /// Taken by the hypervisor for other guests while this machine wanted to run.
-    steal: u64,
 }
 
 impl MachineTicks {
@@ -104,16 +103,12 @@ impl MachineTicks {
     fn parse(line: &str) -> Self {
         let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|value| value.parse().ok()).collect();
         let value = |index: usize| values.get(index).copied().unwrap_or(0);
-        Self { total: values.iter().take(8).sum(), idle: value(3) + value(4), steal: value(7) }
+        Self { total: values.iter().take(8).sum(), idle: value(3) + value(4) }
     }
 
     /// The ticks from `earlier` to `self`.
     fn since(self, earlier: Self) -> Self {
-        Self {
-            total: self.total.saturating_sub(earlier.total),
-            idle: self.idle.saturating_sub(earlier.idle),
-            steal: self.steal.saturating_sub(earlier.steal),
-        }
+        Self { total: self.total.saturating_sub(earlier.total), idle: self.idle.saturating_sub(earlier.idle) }
     }
 
     /// The busy ticks: all but idle, steal included.
@@ -137,7 +132,8 @@ pub(super) fn machine_busy_percent(window: Duration) -> Result<f64> {
 /// the cores to themselves, so CPU that neither they nor idleness account for lowers them and every share of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Disturbance {
-    /// CPU used by other processes, or taken by the hypervisor, in percent of one core (as the CPU column).
+    /// CPU used by other processes (interrupt handling included) or taken by the hypervisor, in percent of one core
+    /// (as the CPU column).
     pub(super) others_percent: f64,
 }
 
@@ -174,8 +170,9 @@ pub(super) fn own_cpu_ticks() -> Result<u64> {
 
 /// Runs `command` as [`process::output`] does, and also returns the CPU time it used (all its threads, in clock
 /// ticks), read from `/proc/<pid>/stat` once its output has ended and before it is reaped, while its figures are
-/// still there. Its standard error is read on a thread of its own, so neither pipe can fill and stall it.
-pub(super) fn output_and_cpu_ticks(command: &mut Command) -> Result<(String, u64)> {
+/// still there; `None` when that could not be read. Its standard error is read on a thread of its own, so neither
+/// pipe can fill and stall it.
+pub(super) fn output_and_cpu_ticks(command: &mut Command) -> Result<(String, Option<u64>)> {
     use std::io::Read as _;
     process::check_interrupted()?;
     let mut child = command
@@ -190,20 +187,24 @@ pub(super) fn output_and_cpu_ticks(command: &mut Command) -> Result<(String, u64
         stderr.read_to_end(&mut text).map(|_| text)
     });
     let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .context("no standard output pipe")?
-        .read_to_end(&mut stdout)
-        .with_context(|| format!("could not read the output of `{}`", process::describe(command)))?;
-    // Unreaped, the process keeps its figures until `wait`; a read that fails (it was reaped elsewhere) gives none.
-    let ticks = cpu_ticks(child.id());
+    let read = child.stdout.take().context("no standard output pipe").and_then(|mut pipe| {
+        pipe.read_to_end(&mut stdout)
+            .with_context(|| format!("could not read the output of `{}`", process::describe(command)))
+    });
+    if let Err(error) = read {
+        // Not left running, nor unreaped.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(error);
+    }
+    // Unreaped, the process keeps its figures until `wait`.
+    let ticks = cpu_ticks(child.id()).ok();
     let status = child.wait().with_context(|| format!("could not wait for `{}`", process::describe(command)))?;
     let stderr = errors.join().map_err(|_| anyhow::anyhow!("the standard error reader panicked"))?.unwrap_or_default();
     process::check_success(command, &std::process::Output { status, stdout: Vec::new(), stderr })?;
     let stdout = String::from_utf8(stdout)
         .with_context(|| format!("`{}` printed something that is not UTF-8", process::describe(command)))?;
-    Ok((stdout, ticks?))
+    Ok((stdout, ticks))
 }
 
 /// Raises this process's soft limit on open files to its hard limit (the server, started later, inherits it), and
@@ -259,18 +260,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_machine_line_of_proc_stat_is_read_with_idle_and_steal_apart() {
+    fn the_machine_line_of_proc_stat_is_read_with_the_idle_time_apart() {
         let ticks = MachineTicks::parse("cpu  100 5 50 800 20 3 2 10 0 0");
-        assert_eq!(ticks, MachineTicks { total: 990, idle: 820, steal: 10 });
+        assert_eq!(ticks, MachineTicks { total: 990, idle: 820 });
         assert_eq!(ticks.busy(), 170);
         let later = MachineTicks::parse("cpu  300 5 70 900 20 3 2 30 0 0");
-        assert_eq!(later.since(ticks), MachineTicks { total: 340, idle: 100, steal: 20 });
+        assert_eq!(later.since(ticks), MachineTicks { total: 340, idle: 100 });
     }
 
     #[test]
     fn what_the_ceiling_did_not_use_of_the_busy_time_is_the_others_share() {
         // Two cores for 5 s at 100 ticks/s: 1,000 ticks, 960 busy, of which the ceiling used 900.
-        let ticks = MachineTicks { total: 1000, idle: 40, steal: 20 };
+        let ticks = MachineTicks { total: 1000, idle: 40 };
         let disturbance = disturbance_of(ticks, 900, Duration::from_secs(5), 100.0);
         assert!((disturbance.others_percent - 12.0).abs() < 1e-9, "{disturbance:?}");
         // A ceiling whose own count runs ahead of the machine's (rounding) is not a negative disturbance.
@@ -285,7 +286,7 @@ mod tests {
         command.args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo done"]);
         let (output, ticks) = output_and_cpu_ticks(&mut command)?;
         assert_eq!(output.trim(), "done");
-        assert!(ticks > 0, "the child's CPU time was not read");
+        assert!(ticks.is_some_and(|ticks| ticks > 0), "the child's CPU time was not read: {ticks:?}");
         let mut failing = Command::new("sh");
         failing.args(["-c", "echo why >&2; exit 3"]);
         let error = output_and_cpu_ticks(&mut failing).err().map(|error| format!("{error:#}")).unwrap_or_default();
