@@ -70,7 +70,8 @@ fn redact_credentials(arg: &str) -> String {
 /// `arg` with the password of every URL in it replaced by `<redacted>`: from the `:` after the user name to the last
 /// `@` before the path. The authority is taken to run to the first `/` after `://`, as libpq reads it, so a password
 /// holding `?`, `#` or a space is still covered (at worst more than the password is left out); a URL without a
-/// password is left as it is.
+/// password is left as it is. A password holding an unencoded `/` is not covered: libpq itself would read the URL
+/// differently, so such a URL does not connect either.
 pub fn redact_url_password(arg: &str) -> String {
     let mut redacted = String::with_capacity(arg.len());
     let mut copied = 0;

@@ -183,7 +183,7 @@ pub(super) fn note_disturbance(row: &mut Row, disturbance: Disturbance) {
     }
 }
 
-/// Whether other processes used more than [`DISTURBED_PERCENT`] while `row`'s ceiling was measured.
+/// Whether other processes (or the hypervisor) used more than [`DISTURBED_PERCENT`] while `row`'s ceiling was measured.
 fn is_disturbed(row: &Row) -> bool {
     row.others_cpu_percent.is_some_and(|others| others > DISTURBED_PERCENT)
 }
